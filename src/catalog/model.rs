@@ -1,0 +1,179 @@
+//! The catalog's records: what a table is, which partitions and files it has, and the
+//! statistics Tarn keeps for each file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The inferred (or declared) type of a Hive partition column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionType {
+    Int64,
+    Date,
+    Timestamp,
+    String,
+}
+
+impl PartitionType {
+    /// The Arrow type the engine exposes for this partition column.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            PartitionType::Int64 => DataType::Int64,
+            PartitionType::Date => DataType::Date32,
+            PartitionType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            PartitionType::String => DataType::Utf8,
+        }
+    }
+}
+
+impl fmt::Display for PartitionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartitionType::Int64 => "int64",
+            PartitionType::Date => "date",
+            PartitionType::Timestamp => "timestamp",
+            PartitionType::String => "string",
+        })
+    }
+}
+
+impl FromStr for PartitionType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "int64" | "bigint" | "int" => Ok(Self::Int64),
+            "date" => Ok(Self::Date),
+            "timestamp" => Ok(Self::Timestamp),
+            "string" | "varchar" => Ok(Self::String),
+            other => Err(format!(
+                "unknown partition type '{other}': use int64, date, timestamp or string"
+            )),
+        }
+    }
+}
+
+/// One Hive partition column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: PartitionType,
+}
+
+/// A table as the catalog records it.
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    pub id: i64,
+    pub database: String,
+    pub name: String,
+    /// URL of the table's root, ending in `/`.
+    pub location: String,
+    pub format: String,
+    pub partition_columns: Vec<PartitionColumn>,
+    /// The merged schema of the file columns (partition columns not included).
+    pub file_schema: SchemaRef,
+    pub schema_version: i64,
+    /// Bumped on every change to the table's files or schema.
+    pub version: i64,
+    pub updated_at: String,
+}
+
+impl TableEntry {
+    /// The schema queries see: file columns, then partition columns.
+    pub fn table_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .file_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            self.partition_columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.arrow_type(), true)),
+        );
+        std::sync::Arc::new(Schema::new(fields))
+    }
+}
+
+/// Statistics of one column in one file, as strings that cast back to the column's type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub min: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nulls: Option<u64>,
+}
+
+/// Per-column statistics of a file, keyed by column name.
+pub type FileStats = BTreeMap<String, ColumnStats>;
+
+/// A data file as the catalog records it.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// Object path inside the table's store.
+    pub path: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub last_modified: DateTime<Utc>,
+    pub row_count: u64,
+    /// Size of the Parquet footer, a hint that saves readers a round trip.
+    pub footer_size: Option<u64>,
+    /// The file's own schema (its columns as written).
+    pub file_schema: SchemaRef,
+    pub stats: FileStats,
+    /// Raw partition values in the table's partition column order (`None` is NULL).
+    pub partition_values: Vec<Option<String>>,
+    /// Path of the partition folder the file is in (the table root when unpartitioned).
+    pub partition_location: String,
+}
+
+/// A partition as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionEntry {
+    pub values: Vec<Option<String>>,
+    pub location: String,
+    pub file_count: i64,
+    pub total_bytes: i64,
+    pub row_count: i64,
+}
+
+/// A database and its tables' names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseEntry {
+    pub name: String,
+    pub description: String,
+}
+
+/// What one table's crawl changes, committed in one transaction.
+#[derive(Debug, Clone)]
+pub struct TableCommit {
+    pub database: String,
+    pub name: String,
+    pub location: String,
+    pub format: String,
+    pub partition_columns: Vec<PartitionColumn>,
+    /// The merged file schema after this crawl.
+    pub file_schema: SchemaRef,
+    /// Files new or changed since the last crawl (a changed file replaces the old row).
+    pub upserts: Vec<FileEntry>,
+    /// Paths of files that are gone.
+    pub removals: Vec<String>,
+}
+
+/// Outcome of committing a [`TableCommit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub created: bool,
+    pub new_schema_version: bool,
+    pub partitions_added: u64,
+    pub partitions_removed: u64,
+    pub changed: bool,
+}

@@ -1,0 +1,580 @@
+//! The catalog database: SQLite through sqlx, opened in WAL mode so a server and a crawl
+//! can share one data directory (many readers, one writer at a time, a busy timeout
+//! instead of an error when they meet).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::ipc::convert::try_schema_from_flatbuffer_bytes;
+use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::model::*;
+use crate::error::{Error, Result};
+
+/// Migrations of the catalog database, embedded in the binary (`catalog/migrations/`).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "catalog",
+    include_str!("../../catalog/migrations/0001_catalog.sql"),
+)];
+
+/// How long a writer waits for another writer (a crawl beside a server) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Handle to the catalog database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: SqlitePool,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Encodes a schema as an Arrow IPC schema message (the catalog's stored form).
+pub fn encode_schema(schema: &Schema) -> Vec<u8> {
+    let mut tracker = DictionaryTracker::new(false);
+    IpcDataGenerator::default()
+        .schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &IpcWriteOptions::default())
+        .ipc_message
+}
+
+fn decode_schema(bytes: &[u8], what: impl Fn() -> String) -> Result<SchemaRef> {
+    try_schema_from_flatbuffer_bytes(bytes)
+        .map(Arc::new)
+        .map_err(|e| Error::CatalogCorrupt {
+            what: what(),
+            reason: e.to_string(),
+        })
+}
+
+/// Drops schema- and field-level metadata, so equal schemas encode to equal bytes.
+pub fn strip_metadata(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
+            .collect::<Vec<Field>>(),
+    )
+}
+
+fn columns_text(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog in `data_dir/catalog.db` and applies the
+    /// migrations.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be created; [`Error::Catalog`] or
+    /// [`Error::Migrate`] when the database cannot be opened or migrated.
+    pub async fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("catalog.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(v, d, sql)| {
+                        Migration::new(
+                            *v,
+                            Cow::Borrowed(*d),
+                            MigrationType::Simple,
+                            Cow::Borrowed(*sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The catalog's generation: it changes whenever anything a query sees changes.
+    pub async fn generation(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT generation FROM catalog_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// All databases, by name.
+    pub async fn databases(&self) -> Result<Vec<DatabaseEntry>> {
+        let rows = sqlx::query("SELECT name, description FROM databases ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DatabaseEntry {
+                name: r.get(0),
+                description: r.get(1),
+            })
+            .collect())
+    }
+
+    /// All tables with their current schema.
+    pub async fn tables(&self) -> Result<Vec<TableEntry>> {
+        self.query_tables(None).await
+    }
+
+    /// One table by database and name.
+    pub async fn table(&self, database: &str, name: &str) -> Result<Option<TableEntry>> {
+        Ok(self
+            .query_tables(Some((database, name)))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn query_tables(&self, only: Option<(&str, &str)>) -> Result<Vec<TableEntry>> {
+        let sql = format!(
+            "SELECT t.id, d.name, t.name, t.location, t.format, t.partition_columns,
+                    t.schema_version, t.version, t.updated_at, s.schema
+             FROM tables t
+             JOIN databases d ON d.id = t.database_id
+             JOIN schema_versions s ON s.table_id = t.id AND s.version = t.schema_version
+             {}
+             ORDER BY d.name, t.name",
+            if only.is_some() {
+                "WHERE d.name = ?1 AND t.name = ?2"
+            } else {
+                ""
+            }
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some((db, name)) = only {
+            query = query.bind(db).bind(name);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|r| {
+                let database: String = r.get(1);
+                let name: String = r.get(2);
+                let what = || format!("table {database}.{name}");
+                let partition_columns: Vec<PartitionColumn> =
+                    serde_json::from_str(r.get::<&str, _>(5)).map_err(|e| {
+                        Error::CatalogCorrupt {
+                            what: what(),
+                            reason: format!("partition columns: {e}"),
+                        }
+                    })?;
+                let file_schema = decode_schema(r.get::<&[u8], _>(9), what)?;
+                Ok(TableEntry {
+                    id: r.get(0),
+                    database,
+                    name,
+                    location: r.get(3),
+                    format: r.get(4),
+                    partition_columns,
+                    file_schema,
+                    schema_version: r.get(6),
+                    version: r.get(7),
+                    updated_at: r.get(8),
+                })
+            })
+            .collect()
+    }
+
+    /// Every schema version of a table, oldest first, as (version, columns text, created).
+    pub async fn schema_history(&self, table_id: i64) -> Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT version, columns, created_at FROM schema_versions
+             WHERE table_id = ?1 ORDER BY version",
+        )
+        .bind(table_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// The partitions of a table, ordered by location.
+    pub async fn partitions(&self, table_id: i64) -> Result<Vec<PartitionEntry>> {
+        let rows = sqlx::query(
+            r#"SELECT "values", location, file_count, total_bytes, row_count
+               FROM partitions WHERE table_id = ?1 ORDER BY location"#,
+        )
+        .bind(table_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PartitionEntry {
+                    values: parse_values(r.get::<&str, _>(0), table_id)?,
+                    location: r.get(1),
+                    file_count: r.get(2),
+                    total_bytes: r.get(3),
+                    row_count: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    /// Every file of a table with its schema, statistics and partition values.
+    pub async fn files(&self, table_id: i64) -> Result<Vec<FileEntry>> {
+        let rows = sqlx::query(
+            r#"SELECT f.path, f.size, f.e_tag, f.last_modified, f.row_count, f.footer_size,
+                      f.file_schema_id, s.schema, f.stats, p."values", p.location
+               FROM data_files f
+               JOIN file_schemas s ON s.id = f.file_schema_id
+               LEFT JOIN partitions p ON p.id = f.partition_id
+               WHERE f.table_id = ?1
+               ORDER BY f.path"#,
+        )
+        .bind(table_id)
+        .fetch_all(&self.pool)
+        .await?;
+        // Files share a handful of schemas: decode each once.
+        let mut schemas: HashMap<i64, SchemaRef> = HashMap::new();
+        let mut files = Vec::with_capacity(rows.len());
+        for r in rows {
+            let path: String = r.get(0);
+            let corrupt = |reason: String| Error::CatalogCorrupt {
+                what: format!("file {path}"),
+                reason,
+            };
+            let schema_id: i64 = r.get(6);
+            let file_schema = match schemas.get(&schema_id) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let s = decode_schema(r.get::<&[u8], _>(7), || format!("file {path}"))?;
+                    schemas.insert(schema_id, Arc::clone(&s));
+                    s
+                }
+            };
+            let last_modified = DateTime::parse_from_rfc3339(r.get::<&str, _>(3))
+                .map_err(|e| corrupt(format!("last_modified: {e}")))?
+                .with_timezone(&Utc);
+            let stats: FileStats = serde_json::from_str(r.get::<&str, _>(8))
+                .map_err(|e| corrupt(format!("stats: {e}")))?;
+            let partition_values = match r.get::<Option<&str>, _>(9) {
+                Some(v) => parse_values(v, table_id)?,
+                None => vec![],
+            };
+            files.push(FileEntry {
+                size: r.get::<i64, _>(1) as u64,
+                e_tag: r.get(2),
+                last_modified,
+                row_count: r.get::<i64, _>(4) as u64,
+                footer_size: r.get::<Option<i64>, _>(5).map(|v| v as u64),
+                file_schema,
+                stats,
+                partition_values,
+                partition_location: r.get::<Option<String>, _>(10).unwrap_or_default(),
+                path,
+            });
+        }
+        Ok(files)
+    }
+
+    /// Commits one table's crawl in a single transaction: the table row, a new schema
+    /// version when the schema changed, partitions and files. A crash before the commit
+    /// leaves the previous state untouched.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the database rejects the write (nothing is applied).
+    pub async fn commit_table(&self, commit: &TableCommit) -> Result<CommitOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let ts = now();
+        sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
+            .bind(&commit.database)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await?;
+        let database_id: i64 = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+            .bind(&commit.database)
+            .fetch_one(&mut *tx)
+            .await?;
+        let partition_json = serde_json::to_string(&commit.partition_columns)
+            .map_err(|e| Error::Internal(format!("partition columns to JSON: {e}")))?;
+        let schema = strip_metadata(&commit.file_schema);
+        let schema_bytes = encode_schema(&schema);
+
+        let existing = sqlx::query(
+            "SELECT t.id, t.schema_version, s.schema, t.partition_columns, t.location
+             FROM tables t JOIN schema_versions s
+               ON s.table_id = t.id AND s.version = t.schema_version
+             WHERE t.database_id = ?1 AND t.name = ?2",
+        )
+        .bind(database_id)
+        .bind(&commit.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        let mut outcome = CommitOutcome {
+            created: false,
+            new_schema_version: false,
+            partitions_added: 0,
+            partitions_removed: 0,
+            changed: false,
+        };
+        let table_id: i64 = match existing {
+            Some(row) => {
+                let id: i64 = row.get(0);
+                let version: i64 = row.get(1);
+                let old_schema = decode_schema(row.get::<&[u8], _>(2), || {
+                    format!("table {}.{}", commit.database, commit.name)
+                })?;
+                if old_schema.as_ref() != &schema {
+                    sqlx::query(
+                        "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .bind(id)
+                    .bind(version + 1)
+                    .bind(&schema_bytes)
+                    .bind(columns_text(&schema))
+                    .bind(&ts)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE tables SET schema_version = ?2 WHERE id = ?1")
+                        .bind(id)
+                        .bind(version + 1)
+                        .execute(&mut *tx)
+                        .await?;
+                    outcome.new_schema_version = true;
+                }
+                if row.get::<&str, _>(3) != partition_json
+                    || row.get::<&str, _>(4) != commit.location
+                {
+                    sqlx::query(
+                        "UPDATE tables SET partition_columns = ?2, location = ?3 WHERE id = ?1",
+                    )
+                    .bind(id)
+                    .bind(&partition_json)
+                    .bind(&commit.location)
+                    .execute(&mut *tx)
+                    .await?;
+                    outcome.changed = true;
+                }
+                id
+            }
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO tables (database_id, name, location, format, partition_columns,
+                                         schema_version, version, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?6) RETURNING id",
+                )
+                .bind(database_id)
+                .bind(&commit.name)
+                .bind(&commit.location)
+                .bind(&commit.format)
+                .bind(&partition_json)
+                .bind(&ts)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
+                     VALUES (?1, 1, ?2, ?3, ?4)",
+                )
+                .bind(id)
+                .bind(&schema_bytes)
+                .bind(columns_text(&schema))
+                .bind(&ts)
+                .execute(&mut *tx)
+                .await?;
+                outcome.created = true;
+                outcome.new_schema_version = true;
+                id
+            }
+        };
+
+        for path in &commit.removals {
+            sqlx::query("DELETE FROM data_files WHERE table_id = ?1 AND path = ?2")
+                .bind(table_id)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        let mut schema_ids: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut partition_ids: BTreeMap<String, i64> = BTreeMap::new();
+        for file in &commit.upserts {
+            let bytes = encode_schema(&strip_metadata(&file.file_schema));
+            let schema_id = match schema_ids.get(&bytes) {
+                Some(id) => *id,
+                None => {
+                    sqlx::query("INSERT OR IGNORE INTO file_schemas (schema) VALUES (?1)")
+                        .bind(&bytes)
+                        .execute(&mut *tx)
+                        .await?;
+                    let id: i64 =
+                        sqlx::query_scalar("SELECT id FROM file_schemas WHERE schema = ?1")
+                            .bind(&bytes)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    schema_ids.insert(bytes, id);
+                    id
+                }
+            };
+            let partition_id = match partition_ids.get(&file.partition_location) {
+                Some(id) => *id,
+                None => {
+                    let values = serde_json::to_string(&file.partition_values)
+                        .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
+                    let inserted = sqlx::query(
+                        r#"INSERT OR IGNORE INTO partitions
+                             (table_id, "values", location, file_count, total_bytes, row_count)
+                           VALUES (?1, ?2, ?3, 0, 0, 0)"#,
+                    )
+                    .bind(table_id)
+                    .bind(&values)
+                    .bind(&file.partition_location)
+                    .execute(&mut *tx)
+                    .await?;
+                    outcome.partitions_added += inserted.rows_affected();
+                    let id: i64 = sqlx::query_scalar(
+                        "SELECT id FROM partitions WHERE table_id = ?1 AND location = ?2",
+                    )
+                    .bind(table_id)
+                    .bind(&file.partition_location)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    partition_ids.insert(file.partition_location.clone(), id);
+                    id
+                }
+            };
+            let stats = serde_json::to_string(&file.stats)
+                .map_err(|e| Error::Internal(format!("file stats to JSON: {e}")))?;
+            sqlx::query(
+                "INSERT INTO data_files (table_id, partition_id, path, size, e_tag, last_modified,
+                                         row_count, footer_size, file_schema_id, stats)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (table_id, path) DO UPDATE SET
+                   partition_id = excluded.partition_id, size = excluded.size,
+                   e_tag = excluded.e_tag, last_modified = excluded.last_modified,
+                   row_count = excluded.row_count, footer_size = excluded.footer_size,
+                   file_schema_id = excluded.file_schema_id, stats = excluded.stats",
+            )
+            .bind(table_id)
+            .bind(partition_id)
+            .bind(&file.path)
+            .bind(file.size as i64)
+            .bind(&file.e_tag)
+            .bind(
+                file.last_modified
+                    .to_rfc3339_opts(SecondsFormat::Micros, true),
+            )
+            .bind(file.row_count as i64)
+            .bind(file.footer_size.map(|v| v as i64))
+            .bind(schema_id)
+            .bind(stats)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        if !commit.upserts.is_empty() || !commit.removals.is_empty() {
+            sqlx::query(
+                "UPDATE partitions SET
+                   file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
+                   total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
+                   row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
+                 WHERE table_id = ?1",
+            )
+            .bind(table_id)
+            .execute(&mut *tx)
+            .await?;
+            let removed =
+                sqlx::query("DELETE FROM partitions WHERE table_id = ?1 AND file_count = 0")
+                    .bind(table_id)
+                    .execute(&mut *tx)
+                    .await?;
+            outcome.partitions_removed = removed.rows_affected();
+            outcome.changed = true;
+        }
+        outcome.changed |= outcome.created || outcome.new_schema_version;
+        if outcome.changed {
+            sqlx::query("UPDATE tables SET version = version + 1, updated_at = ?2 WHERE id = ?1")
+                .bind(table_id)
+                .bind(&ts)
+                .execute(&mut *tx)
+                .await?;
+            bump_generation(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Records the start of a crawl; returns its id.
+    pub async fn begin_crawl(&self, location: &str, database: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO crawls (location, database, started_at, status)
+             VALUES (?1, ?2, ?3, 'running') RETURNING id",
+        )
+        .bind(location)
+        .bind(database)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Records how a crawl ended, with its summary as JSON.
+    pub async fn finish_crawl(&self, id: i64, status: &str, summary: &str) -> Result<()> {
+        sqlx::query("UPDATE crawls SET finished_at = ?2, status = ?3, summary = ?4 WHERE id = ?1")
+            .bind(id)
+            .bind(now())
+            .bind(status)
+            .bind(summary)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The most recent crawls, newest first, as (id, location, status, summary JSON).
+    pub async fn crawls(&self, limit: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT id, location, status, summary FROM crawls ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+}
+
+async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+    sqlx::query("UPDATE catalog_state SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_values(json: &str, table_id: i64) -> Result<Vec<Option<String>>> {
+    serde_json::from_str(json).map_err(|e| Error::CatalogCorrupt {
+        what: format!("partition of table id {table_id}"),
+        reason: e.to_string(),
+    })
+}

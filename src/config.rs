@@ -1,0 +1,115 @@
+//! Command-line and environment configuration.
+//!
+//! Every flag can also be set through a `TARN_*` environment variable; a flag given on the
+//! command line wins over the environment, which wins over the default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tarn: crawl a Parquet lake into a catalog, query it with SQL, serve it over Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "tarn", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory holding the catalog database and Tarn's own files.
+    #[arg(
+        long,
+        global = true,
+        env = "TARN_DATA_DIR",
+        default_value = "./tarn-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Log filter (e.g. `info`, `tarn=debug`); logs go to stderr.
+    #[arg(long, global = true, env = "TARN_LOG", default_value = "warn")]
+    pub log: String,
+
+    /// A DataFusion setting as KEY=VALUE (repeatable), e.g.
+    /// `execution.target_partitions=4`.
+    #[arg(long = "datafusion-config", global = true, env = "TARN_DATAFUSION_CONFIG",
+          value_delimiter = ',', value_parser = parse_key_value)]
+    pub datafusion_config: Vec<(String, String)>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Tarn's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a sample lake, crawl it, show dashboard queries, and serve it.
+    Demo(DemoArgs),
+    /// Crawl a location (a path, file:// or s3:// URL) into the catalog.
+    Crawl(CrawlArgs),
+    /// Serve the catalog over Arrow Flight SQL.
+    Serve(ServeArgs),
+    /// Run one SQL statement and print its result.
+    Sql(SqlArgs),
+}
+
+/// `tarn crawl`.
+#[derive(Debug, Args)]
+pub struct CrawlArgs {
+    /// The location to crawl: a directory, `file:///…` or `s3://bucket/prefix`.
+    pub location: String,
+    /// Database to register the tables in (created if missing).
+    #[arg(long, env = "TARN_DATABASE", default_value = "default")]
+    pub database: String,
+    /// Register the whole location as one table with this name.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Parquet footers read concurrently.
+    #[arg(long, env = "TARN_FOOTER_CONCURRENCY", default_value_t = crate::crawler::DEFAULT_FOOTER_CONCURRENCY)]
+    pub footer_concurrency: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tarn serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, env = "TARN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+}
+
+/// Output formats of `tarn sql`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// `tarn sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The statement to run.
+    pub query: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+/// `tarn demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address to serve the demo on.
+    #[arg(long, env = "TARN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Generate, crawl and query, then exit instead of serving.
+    #[arg(long)]
+    pub no_serve: bool,
+    /// Number of events to generate.
+    #[arg(long, default_value_t = 300_000)]
+    pub events: usize,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}

@@ -1,0 +1,388 @@
+//! How a listing becomes tables: which objects are data, where each table's root is, and
+//! what Hive partitions (`key=value` folders) each file sits in, with their types.
+//!
+//! Everything here is pure: it works on paths relative to the crawl root, so it is
+//! exhaustively unit-tested without a store.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+
+use crate::catalog::PartitionType;
+
+/// The value Hive writes for a NULL partition value.
+pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Why a listed object is not data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A name (of the file or a folder above it) starting with `_` or `.` without `=`:
+    /// `_SUCCESS`, `.crc` files, `_temporary/` trees, `_delta_log/`.
+    Hidden,
+    /// A file still being written (`._COPYING_`, `.tmp`, `.inprogress`).
+    InProgress,
+    /// A zero-byte file.
+    Empty,
+}
+
+/// Decides whether an object (path relative to the crawl root) is a candidate data file.
+pub fn classify(relative: &str, size: u64) -> Option<Skip> {
+    let segments: Vec<&str> = relative.split('/').filter(|s| !s.is_empty()).collect();
+    if segments
+        .iter()
+        .any(|s| (s.starts_with('_') || s.starts_with('.')) && !s.contains('='))
+    {
+        return Some(Skip::Hidden);
+    }
+    let name = segments.last().copied().unwrap_or("");
+    if name.ends_with("._COPYING_") || name.ends_with(".tmp") || name.ends_with(".inprogress") {
+        return Some(Skip::InProgress);
+    }
+    if size == 0 {
+        return Some(Skip::Empty);
+    }
+    None
+}
+
+/// Splits a `key=value` folder name; the value is percent-decoded as Hive escapes it.
+pub fn parse_partition_segment(segment: &str) -> Option<(String, Option<String>)> {
+    let (key, value) = segment.split_once('=')?;
+    if key.is_empty() {
+        return None;
+    }
+    let value = percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .to_string();
+    let value = (value != HIVE_NULL).then_some(value);
+    Some((key.to_string(), value))
+}
+
+/// A table found in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLayout {
+    /// Folder of the table relative to the crawl root (`""` when the root is the table).
+    pub root: String,
+    /// Indices (into the input list) of the table's files.
+    pub files: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Node {
+    files: Vec<usize>,
+    children: BTreeMap<String, Node>,
+}
+
+impl Node {
+    fn all_files(&self, out: &mut Vec<usize>) {
+        out.extend(&self.files);
+        for child in self.children.values() {
+            child.all_files(out);
+        }
+    }
+}
+
+/// Groups data files (paths relative to the crawl root) into tables, like Glue: a folder
+/// whose children are data files or `key=value` folders is one table; otherwise each
+/// child folder is looked at in turn. With `root_is_table`, the crawl root is one table
+/// whatever its shape.
+pub fn group_tables(relative_paths: &[String], root_is_table: bool) -> Vec<TableLayout> {
+    let mut root = Node::default();
+    for (i, path) in relative_paths.iter().enumerate() {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let Some((_, dirs)) = segments.split_last() else {
+            continue;
+        };
+        let mut node = &mut root;
+        for dir in dirs {
+            node = node.children.entry((*dir).to_string()).or_default();
+        }
+        node.files.push(i);
+    }
+    let mut tables = Vec::new();
+    if root_is_table {
+        let mut files = Vec::new();
+        root.all_files(&mut files);
+        if !files.is_empty() {
+            files.sort_unstable();
+            tables.push(TableLayout {
+                root: String::new(),
+                files,
+            });
+        }
+    } else {
+        find_tables(&root, String::new(), &mut tables);
+    }
+    tables
+}
+
+fn find_tables(node: &Node, path: String, out: &mut Vec<TableLayout>) {
+    let is_table = !node.files.is_empty() || node.children.keys().any(|k| k.contains('='));
+    if is_table {
+        let mut files = Vec::new();
+        node.all_files(&mut files);
+        files.sort_unstable();
+        out.push(TableLayout { root: path, files });
+        return;
+    }
+    for (name, child) in &node.children {
+        let child_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}/{name}")
+        };
+        find_tables(child, child_path, out);
+    }
+}
+
+/// Where a file sits inside its table: its partition keys and values, and its folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePlacement {
+    pub keys: Vec<String>,
+    pub values: Vec<Option<String>>,
+    /// Folder of the file relative to the table root (`""` at the root).
+    pub folder: String,
+}
+
+/// Reads the partition keys and values of a file from its path relative to the table root.
+pub fn place_file(relative_to_table: &str) -> FilePlacement {
+    let segments: Vec<&str> = relative_to_table
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let dirs = segments.split_last().map(|(_, d)| d).unwrap_or(&[]);
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for dir in dirs {
+        if let Some((k, v)) = parse_partition_segment(dir) {
+            keys.push(k);
+            values.push(v);
+        }
+    }
+    FilePlacement {
+        keys,
+        values,
+        folder: dirs.join("/"),
+    }
+}
+
+/// Infers a partition column's type from every observed value (NULLs ignored): int64
+/// when all are integers, date when all are real `YYYY-MM-DD` dates, timestamp when all
+/// are ISO timestamps, else string.
+pub fn infer_partition_type<'a>(
+    values: impl IntoIterator<Item = &'a str> + Clone,
+) -> PartitionType {
+    let all = |f: fn(&str) -> bool| values.clone().into_iter().all(f);
+    if values.clone().into_iter().next().is_none() {
+        return PartitionType::String;
+    }
+    if all(|v| v.parse::<i64>().is_ok()) {
+        PartitionType::Int64
+    } else if all(|v| parse_date(v).is_some()) {
+        PartitionType::Date
+    } else if all(|v| parse_timestamp(v).is_some()) {
+        PartitionType::Timestamp
+    } else {
+        PartitionType::String
+    }
+}
+
+/// Parses a strict `YYYY-MM-DD` date.
+pub fn parse_date(v: &str) -> Option<NaiveDate> {
+    if v.len() != 10 {
+        return None;
+    }
+    NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
+}
+
+/// Parses an ISO-8601 timestamp (`T` or space separator, optional fraction, optional
+/// zone); a zoned value is converted to UTC.
+pub fn parse_timestamp(v: &str) -> Option<NaiveDateTime> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(v) {
+        return Some(dt.naive_utc());
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|fmt| NaiveDateTime::parse_from_str(v, fmt).ok())
+}
+
+/// Turns a folder name into a table name: lower case, `[a-z0-9_]` only.
+pub fn table_name_from(segment: &str) -> String {
+    let mut name: String = segment
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, 't');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn markers_temporary_and_hidden_files_are_skipped() {
+        assert_eq!(classify("events/_SUCCESS", 10), Some(Skip::Hidden));
+        assert_eq!(
+            classify("events/.part-1.parquet.crc", 10),
+            Some(Skip::Hidden)
+        );
+        assert_eq!(
+            classify("events/_temporary/0/part-1.parquet", 10),
+            Some(Skip::Hidden)
+        );
+        assert_eq!(
+            classify("events/part.parquet._COPYING_", 10),
+            Some(Skip::InProgress)
+        );
+        assert_eq!(classify("events/part.parquet", 0), Some(Skip::Empty));
+        assert_eq!(classify("events/year=2024/part.parquet", 10), None);
+        // A `_` name that is a partition folder is data.
+        assert_eq!(classify("events/_year=2024/part.parquet", 10), None);
+    }
+
+    #[test]
+    fn partition_segments_decode_and_null() {
+        assert_eq!(
+            parse_partition_segment("year=2024"),
+            Some(("year".into(), Some("2024".into())))
+        );
+        assert_eq!(
+            parse_partition_segment("ts=2024-01-05 13%3A00%3A00"),
+            Some(("ts".into(), Some("2024-01-05 13:00:00".into())))
+        );
+        assert_eq!(
+            parse_partition_segment("dt=__HIVE_DEFAULT_PARTITION__"),
+            Some(("dt".into(), None))
+        );
+        assert_eq!(parse_partition_segment("plain"), None);
+        assert_eq!(parse_partition_segment("=x"), None);
+    }
+
+    #[test]
+    fn root_with_partition_folders_is_one_table() {
+        let t = group_tables(
+            &paths(&[
+                "year=2024/month=01/a.parquet",
+                "year=2024/month=02/b.parquet",
+            ]),
+            false,
+        );
+        assert_eq!(
+            t,
+            vec![TableLayout {
+                root: "".into(),
+                files: vec![0, 1]
+            }]
+        );
+    }
+
+    #[test]
+    fn each_child_folder_is_a_table_and_nesting_recurses() {
+        let t = group_tables(
+            &paths(&[
+                "events/year=2024/a.parquet",
+                "users/u.parquet",
+                "raw/sales/s1.parquet",
+                "raw/sales/s2.parquet",
+                "events/year=2025/b.parquet",
+            ]),
+            false,
+        );
+        assert_eq!(
+            t,
+            vec![
+                TableLayout {
+                    root: "events".into(),
+                    files: vec![0, 4]
+                },
+                TableLayout {
+                    root: "raw/sales".into(),
+                    files: vec![2, 3]
+                },
+                TableLayout {
+                    root: "users".into(),
+                    files: vec![1]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn forced_root_table_takes_everything() {
+        let t = group_tables(&paths(&["a/x.parquet", "b/y.parquet"]), true);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].files, vec![0, 1]);
+    }
+
+    #[test]
+    fn place_file_reads_keys_in_order() {
+        let p = place_file("year=2024/month=01/day=05/hour=13/part-0.parquet");
+        assert_eq!(p.keys, vec!["year", "month", "day", "hour"]);
+        assert_eq!(
+            p.values,
+            vec![
+                Some("2024".to_string()),
+                Some("01".into()),
+                Some("05".into()),
+                Some("13".into())
+            ]
+        );
+        assert_eq!(p.folder, "year=2024/month=01/day=05/hour=13");
+        assert_eq!(place_file("part-0.parquet").folder, "");
+    }
+
+    #[test]
+    fn partition_types_are_inferred_from_every_value() {
+        assert_eq!(
+            infer_partition_type(["01", "12", "-3"]),
+            PartitionType::Int64
+        );
+        assert_eq!(
+            infer_partition_type(["2024-01-05", "2024-02-29"]),
+            PartitionType::Date
+        );
+        // 2023 is not a leap year: not a real date, so the column is a string.
+        assert_eq!(
+            infer_partition_type(["2024-01-05", "2023-02-29"]),
+            PartitionType::String
+        );
+        assert_eq!(
+            infer_partition_type(["2024-01-05 13:00:00", "2024-01-05T14:30:00Z"]),
+            PartitionType::Timestamp
+        );
+        // One non-integer among many integers makes the column a string (no sampling).
+        let mut many: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        many.push("x1".into());
+        assert_eq!(
+            infer_partition_type(many.iter().map(String::as_str)),
+            PartitionType::String
+        );
+        assert_eq!(
+            infer_partition_type(Vec::<&str>::new()),
+            PartitionType::String
+        );
+    }
+
+    #[test]
+    fn table_names_are_sanitised() {
+        assert_eq!(table_name_from("Web-Events"), "web_events");
+        assert_eq!(table_name_from("2024"), "t2024");
+    }
+}

@@ -1,0 +1,570 @@
+//! The crawler: list a prefix, find its tables and partitions, read the footers of new or
+//! changed Parquet files, merge schemas, and commit each table to the catalog.
+//!
+//! - [`layout`]: which objects are data, where tables start, partition keys and types.
+//! - [`schema`]: merging file schemas by column name, with widening.
+//! - [`footer`]: range reads of Parquet footers (schema, row count, statistics).
+//!
+//! A crawl lists once and reads only what changed: a file whose size and ETag (or
+//! modification time) match the catalog is not opened. Problems (a corrupt file, a schema
+//! conflict, a file that vanished mid-crawl) are collected in the [`CrawlSummary`] with the
+//! file's path; the crawl goes on without that file.
+
+pub mod footer;
+pub mod layout;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, FileEntry, PartitionColumn, TableCommit};
+use crate::error::{Error, Result};
+use crate::storage::{Location, StoreRegistry};
+use footer::{FooterError, read_footer};
+use layout::{Skip, classify, group_tables, infer_partition_type, place_file, table_name_from};
+use schema::SchemaMerger;
+
+/// Default number of footer reads in flight at once.
+pub const DEFAULT_FOOTER_CONCURRENCY: usize = 32;
+
+/// What a crawl is asked to do.
+#[derive(Debug, Clone)]
+pub struct CrawlOptions {
+    /// Database the tables are registered in.
+    pub database: String,
+    /// Register the whole location as one table with this name.
+    pub table: Option<String>,
+    /// Footer reads in flight at once (bounded so a large lake does not open thousands of
+    /// requests against the store).
+    pub footer_concurrency: usize,
+}
+
+impl Default for CrawlOptions {
+    fn default() -> Self {
+        Self {
+            database: "default".into(),
+            table: None,
+            footer_concurrency: DEFAULT_FOOTER_CONCURRENCY,
+        }
+    }
+}
+
+/// A file the crawl could not use, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Counts of listed objects that are not data.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Skipped {
+    pub hidden: u64,
+    pub in_progress: u64,
+    pub empty: u64,
+    pub not_parquet: u64,
+}
+
+/// What a crawl did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CrawlSummary {
+    pub location: String,
+    pub database: String,
+    pub tables_created: Vec<String>,
+    pub tables_updated: Vec<String>,
+    pub tables_unchanged: Vec<String>,
+    pub schema_versions_added: u64,
+    pub partitions_added: u64,
+    pub partitions_removed: u64,
+    pub files_listed: u64,
+    pub files_added: u64,
+    pub files_changed: u64,
+    pub files_removed: u64,
+    pub files_unchanged: u64,
+    pub bytes_added: u64,
+    pub footers_read: u64,
+    pub skipped: Skipped,
+    pub problems: Vec<Problem>,
+    pub elapsed_ms: u64,
+}
+
+impl std::fmt::Display for CrawlSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "Crawled {} into database '{}' in {:.2}s",
+            self.location,
+            self.database,
+            self.elapsed_ms as f64 / 1000.0
+        )?;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        writeln!(f, "  tables created:   {}", list(&self.tables_created))?;
+        writeln!(f, "  tables updated:   {}", list(&self.tables_updated))?;
+        writeln!(f, "  tables unchanged: {}", list(&self.tables_unchanged))?;
+        writeln!(
+            f,
+            "  partitions: +{} -{}   files: +{} ~{} -{} ({} unchanged)   bytes added: {}",
+            self.partitions_added,
+            self.partitions_removed,
+            self.files_added,
+            self.files_changed,
+            self.files_removed,
+            self.files_unchanged,
+            self.bytes_added
+        )?;
+        writeln!(
+            f,
+            "  listed {} objects, read {} footers; skipped {} hidden/marker, {} in progress, \
+             {} empty, {} not Parquet",
+            self.files_listed,
+            self.footers_read,
+            self.skipped.hidden,
+            self.skipped.in_progress,
+            self.skipped.empty,
+            self.skipped.not_parquet
+        )?;
+        if self.problems.is_empty() {
+            write!(f, "  problems: none")
+        } else {
+            write!(f, "  problems ({}):", self.problems.len())?;
+            for p in &self.problems {
+                write!(f, "\n    {}: {}", p.path, p.message)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Crawls locations into a catalog.
+#[derive(Debug, Clone)]
+pub struct Crawler {
+    catalog: Catalog,
+    stores: Arc<StoreRegistry>,
+}
+
+/// A listed candidate data file, with its path relative to the crawl root.
+struct Candidate {
+    meta: ObjectMeta,
+    relative: String,
+}
+
+impl Crawler {
+    pub fn new(catalog: Catalog, stores: Arc<StoreRegistry>) -> Self {
+        Self { catalog, stores }
+    }
+
+    /// Crawls `location` (a path or URL) and commits what it finds, one table per
+    /// transaction. The crawl itself is recorded in the catalog with its summary.
+    ///
+    /// # Errors
+    /// A bad location, a listing failure (e.g. a missing bucket) or a catalog failure.
+    /// Problems with single files are not errors: they are in the summary.
+    pub async fn crawl(&self, location: &str, options: &CrawlOptions) -> Result<CrawlSummary> {
+        let location = Location::parse(location)?;
+        let crawl_id = self
+            .catalog
+            .begin_crawl(location.url.as_str(), &options.database)
+            .await?;
+        let result = self.crawl_inner(&location, options).await;
+        let (status, summary_json) = match &result {
+            Ok(summary) => (
+                "succeeded",
+                serde_json::to_string(summary).unwrap_or_default(),
+            ),
+            Err(e) => (
+                "failed",
+                serde_json::json!({ "error": e.to_string() }).to_string(),
+            ),
+        };
+        self.catalog
+            .finish_crawl(crawl_id, status, &summary_json)
+            .await?;
+        result
+    }
+
+    async fn crawl_inner(
+        &self,
+        location: &Location,
+        options: &CrawlOptions,
+    ) -> Result<CrawlSummary> {
+        let started = Instant::now();
+        let store = self.stores.store_for(location)?;
+        let prefix = location.prefix();
+        let mut summary = CrawlSummary {
+            location: location.to_string(),
+            database: options.database.clone(),
+            ..Default::default()
+        };
+
+        let listed: Vec<ObjectMeta> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(location.to_string(), e))?;
+        summary.files_listed = listed.len() as u64;
+        let prefix_str = prefix.as_ref();
+        let mut candidates = Vec::new();
+        for meta in listed {
+            let full = meta.location.as_ref();
+            let relative = full
+                .strip_prefix(prefix_str)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string();
+            match classify(&relative, meta.size) {
+                Some(Skip::Hidden) => summary.skipped.hidden += 1,
+                Some(Skip::InProgress) => summary.skipped.in_progress += 1,
+                Some(Skip::Empty) => summary.skipped.empty += 1,
+                None => candidates.push(Candidate { meta, relative }),
+            }
+        }
+        candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
+        let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
+        let layouts = group_tables(&relatives, options.table.is_some());
+
+        let root_name = prefix_str.rsplit('/').next().unwrap_or("").to_string();
+        let mut names_seen: BTreeSet<String> = BTreeSet::new();
+        let mut seen_locations: BTreeSet<String> = BTreeSet::new();
+        for layout in layouts {
+            let name = match &options.table {
+                Some(t) => t.clone(),
+                None => {
+                    let last = layout.root.rsplit('/').next().unwrap_or("");
+                    let base = if layout.root.is_empty() {
+                        &root_name
+                    } else {
+                        last
+                    };
+                    let mut name = table_name_from(base);
+                    if names_seen.contains(&name) {
+                        name = table_name_from(&layout.root.replace('/', "_"));
+                    }
+                    name
+                }
+            };
+            names_seen.insert(name.clone());
+            let table_path = if layout.root.is_empty() {
+                prefix.clone()
+            } else if prefix_str.is_empty() {
+                object_store::path::Path::from(layout.root.as_str())
+            } else {
+                object_store::path::Path::from(format!("{prefix_str}/{}", layout.root))
+            };
+            let table_url = location.child_url(&table_path);
+            seen_locations.insert(table_url.clone());
+            let files: Vec<&Candidate> = layout.files.iter().map(|i| &candidates[*i]).collect();
+            self.crawl_table(
+                &store,
+                options,
+                &name,
+                &table_url,
+                table_path.as_ref(),
+                &files,
+                &mut summary,
+            )
+            .await?;
+        }
+
+        // Tables crawled from under this location before whose folders are now gone.
+        for table in self.catalog.tables().await? {
+            if table.database == options.database
+                && table.location.starts_with(location.url.as_str())
+                && !seen_locations.contains(&table.location)
+                && options.table.is_none()
+            {
+                self.crawl_table(
+                    &store,
+                    options,
+                    &table.name,
+                    &table.location,
+                    "",
+                    &[],
+                    &mut summary,
+                )
+                .await?;
+            }
+        }
+        summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(summary)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn crawl_table(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        options: &CrawlOptions,
+        name: &str,
+        table_url: &str,
+        table_path: &str,
+        files: &[&Candidate],
+        summary: &mut CrawlSummary,
+    ) -> Result<()> {
+        let qualified = format!("{}.{name}", options.database);
+        let existing = self.catalog.table(&options.database, name).await?;
+        if let Some(t) = &existing
+            && t.location != table_url
+        {
+            summary.problems.push(Problem {
+                path: table_url.to_string(),
+                message: format!(
+                    "table {qualified} already exists for location {}; crawl this folder \
+                     with --table to give it another name",
+                    t.location
+                ),
+            });
+            return Ok(());
+        }
+        let old_files: HashMap<String, FileEntry> = match &existing {
+            Some(t) => self
+                .catalog
+                .files(t.id)
+                .await?
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
+                .collect(),
+            None => HashMap::new(),
+        };
+
+        // Partition keys: the layout most files share; others are reported.
+        let placements: Vec<_> = files
+            .iter()
+            .map(|c| {
+                let rel = c
+                    .meta
+                    .location
+                    .as_ref()
+                    .strip_prefix(table_path)
+                    .unwrap_or(c.meta.location.as_ref())
+                    .trim_start_matches('/')
+                    .to_string();
+                place_file(&rel)
+            })
+            .collect();
+        let mut key_counts: BTreeMap<&Vec<String>, usize> = BTreeMap::new();
+        for p in &placements {
+            *key_counts.entry(&p.keys).or_default() += 1;
+        }
+        let keys: Vec<String> = key_counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, _)| (*k).clone())
+            .unwrap_or_default();
+        let same_keys = existing
+            .as_ref()
+            .map(|t| t.partition_columns.iter().map(|c| &c.name).eq(keys.iter()))
+            .unwrap_or(true);
+
+        let mut kept: Vec<(usize, FileEntry)> = Vec::new(); // unchanged, from the catalog
+        let mut to_read: Vec<usize> = Vec::new();
+        for (i, c) in files.iter().enumerate() {
+            if placements[i].keys != keys {
+                summary.problems.push(Problem {
+                    path: c.meta.location.to_string(),
+                    message: format!(
+                        "partition folders ({}) do not match the table's ({}); file left out",
+                        placements[i].keys.join("/"),
+                        keys.join("/")
+                    ),
+                });
+                continue;
+            }
+            match old_files.get(c.meta.location.as_ref()) {
+                Some(old) if same_keys && unchanged(old, &c.meta) => kept.push((i, old.clone())),
+                _ => to_read.push(i),
+            }
+        }
+
+        let footers: Vec<(usize, std::result::Result<footer::Footer, FooterError>)> =
+            futures::stream::iter(to_read.iter().copied())
+                .map(|i| {
+                    let store = Arc::clone(store);
+                    let meta = files[i].meta.clone();
+                    async move {
+                        (
+                            i,
+                            read_footer(store.as_ref(), &meta.location, meta.size).await,
+                        )
+                    }
+                })
+                .buffer_unordered(options.footer_concurrency.max(1))
+                .collect()
+                .await;
+        summary.footers_read += footers.len() as u64;
+        let mut footers: Vec<_> = footers;
+        footers.sort_by_key(|(i, _)| *i);
+
+        let partition_names: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut merger = match &existing {
+            Some(t) if same_keys => SchemaMerger::from_schema(&t.file_schema),
+            _ => SchemaMerger::default(),
+        };
+        for (_, f) in &kept {
+            // Unchanged files fitted this schema before; adding them only widens nullability.
+            let _ = merger.add(&f.path, &without(&f.file_schema, &partition_names));
+        }
+        let mut new_entries: Vec<(usize, FileEntry)> = Vec::new();
+        for (i, result) in footers {
+            let c = files[i];
+            let path = c.meta.location.to_string();
+            match result {
+                Ok(footer) => {
+                    let fitted = without(&footer.schema, &partition_names);
+                    if let Err(conflict) = merger.add(&path, &fitted) {
+                        summary.problems.push(Problem {
+                            message: conflict.describe(&path),
+                            path,
+                        });
+                        continue;
+                    }
+                    let placement = &placements[i];
+                    let partition_location = if placement.folder.is_empty() {
+                        table_path.to_string()
+                    } else {
+                        format!("{table_path}/{}", placement.folder)
+                    };
+                    new_entries.push((
+                        i,
+                        FileEntry {
+                            path,
+                            size: c.meta.size,
+                            e_tag: c.meta.e_tag.clone(),
+                            last_modified: c.meta.last_modified,
+                            row_count: footer.row_count,
+                            footer_size: Some(footer.footer_size),
+                            file_schema: footer.schema,
+                            stats: footer.stats,
+                            partition_values: placement.values.clone(),
+                            partition_location,
+                        },
+                    ));
+                }
+                Err(FooterError::NotParquet) if !looks_like_parquet(&path) => {
+                    summary.skipped.not_parquet += 1;
+                }
+                Err(e @ (FooterError::NotParquet | FooterError::Corrupt(_))) => {
+                    summary.problems.push(Problem {
+                        path,
+                        message: format!("{e}; file left out of the table"),
+                    });
+                }
+                Err(FooterError::Store(object_store::Error::NotFound { .. })) => {
+                    summary.problems.push(Problem {
+                        path,
+                        message: "deleted between listing and reading; left out".into(),
+                    });
+                }
+                Err(e) => {
+                    summary.problems.push(Problem {
+                        path,
+                        message: format!("{e}; file left out, crawl again to retry"),
+                    });
+                }
+            }
+        }
+
+        // Partition types from every value of the files that stay in the table.
+        let included_values: Vec<&Vec<Option<String>>> = kept
+            .iter()
+            .map(|(_, f)| &f.partition_values)
+            .chain(new_entries.iter().map(|(_, f)| &f.partition_values))
+            .collect();
+        let partition_columns: Vec<PartitionColumn> = keys
+            .iter()
+            .enumerate()
+            .map(|(k, key)| PartitionColumn {
+                name: key.clone(),
+                data_type: infer_partition_type(
+                    included_values.iter().filter_map(|v| v.get(k)?.as_deref()),
+                ),
+            })
+            .collect();
+
+        if existing.is_none() && new_entries.is_empty() {
+            return Ok(()); // nothing usable here: no table to create
+        }
+        let kept_paths: BTreeSet<&str> = kept.iter().map(|(_, f)| f.path.as_str()).collect();
+        let new_paths: BTreeSet<&str> = new_entries.iter().map(|(_, f)| f.path.as_str()).collect();
+        let removals: Vec<String> = old_files
+            .keys()
+            .filter(|p| !kept_paths.contains(p.as_str()) && !new_paths.contains(p.as_str()))
+            .cloned()
+            .collect();
+        for (_, f) in &new_entries {
+            if old_files.contains_key(&f.path) {
+                summary.files_changed += 1;
+            } else {
+                summary.files_added += 1;
+            }
+            summary.bytes_added += f.size;
+        }
+        summary.files_removed += removals.len() as u64;
+        summary.files_unchanged += kept.len() as u64;
+
+        let commit = TableCommit {
+            database: options.database.clone(),
+            name: name.to_string(),
+            location: table_url.to_string(),
+            format: "parquet".into(),
+            partition_columns,
+            file_schema: merger.finish(),
+            upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
+            removals,
+        };
+        let outcome = self.catalog.commit_table(&commit).await?;
+        summary.partitions_added += outcome.partitions_added;
+        summary.partitions_removed += outcome.partitions_removed;
+        if outcome.new_schema_version && !outcome.created {
+            summary.schema_versions_added += 1;
+        }
+        if outcome.created {
+            summary.tables_created.push(qualified);
+        } else if outcome.changed {
+            summary.tables_updated.push(qualified);
+        } else {
+            summary.tables_unchanged.push(qualified);
+        }
+        Ok(())
+    }
+}
+
+/// A file is unchanged when its size and ETag match (or, without ETags, its modification
+/// time): then its footer is not read again.
+fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
+    old.size == meta.size
+        && match (&old.e_tag, &meta.e_tag) {
+            (Some(a), Some(b)) => a == b,
+            _ => old.last_modified == meta.last_modified,
+        }
+}
+
+fn looks_like_parquet(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".parquet") || lower.ends_with(".parq") || lower.ends_with(".pq")
+}
+
+/// The file's columns minus those named like partition columns (Hive semantics: the
+/// folder's value wins over a column stored in the file).
+fn without(schema: &arrow::datatypes::Schema, names: &BTreeSet<&str>) -> arrow::datatypes::Schema {
+    if names.is_empty() {
+        return schema.clone();
+    }
+    arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| !names.contains(f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+}

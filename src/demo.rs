@@ -1,0 +1,280 @@
+//! `tarn demo`: writes a small lake laid out the way a Firehose-style writer leaves one,
+//! crawls it, answers a few dashboard queries, and serves it over Flight SQL.
+//!
+//! The lake (under `<data dir>/demo-lake`) holds:
+//! - `users/`: one file of users (id, name, country, plan, signup date);
+//! - `events/year=/month=/day=/hour=/`: clickstream events, one file per hour, with a
+//!   schema that evolves on the second day (`duration_ms` widens from int32 to int64 and a
+//!   `revenue` column appears), `_SUCCESS` markers, and an abandoned `_temporary/` upload
+//!   that the crawler must skip.
+//!
+//! The data is generated from a fixed seed, so every run writes the same lake.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+use crate::cli::{Context, announce, shutdown_signal, write_batches};
+use crate::config::{DemoArgs, OutputFormat};
+use crate::crawler::CrawlOptions;
+use crate::error::{Error, Result};
+
+const DAYS: u32 = 3;
+const USERS: i64 = 1_000;
+const COUNTRIES: &[&str] = &["DE", "FR", "GB", "IN", "JP", "NL", "US", "BR"];
+const PLANS: &[&str] = &["free", "pro", "team"];
+const EVENT_TYPES: &[&str] = &[
+    "view", "view", "view", "click", "click", "signup", "purchase",
+];
+const PAGES: &[&str] = &["/", "/pricing", "/docs", "/blog", "/checkout", "/account"];
+
+/// The queries the demo answers, with a title each.
+pub const DASHBOARD: &[(&str, &str)] = &[
+    (
+        "Events per day and type (date_trunc)",
+        "SELECT date_trunc('day', event_time) AS day, event_type, count(*) AS events \
+         FROM events GROUP BY 1, 2 ORDER BY 1, 3 DESC LIMIT 12",
+    ),
+    (
+        "Purchases in 15-minute windows on one hour (date_bin, partition pruning)",
+        "SELECT date_bin(INTERVAL '15 minutes', event_time, TIMESTAMP '2026-01-01') AS window_start, \
+         count(*) AS purchases \
+         FROM events WHERE day = 2 AND hour = 13 AND event_type = 'purchase' \
+         GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "Revenue by country and plan (join, schema evolution: revenue exists from day 2)",
+        "SELECT u.country, u.plan, count(*) AS purchases, round(sum(e.revenue), 2) AS revenue \
+         FROM events e JOIN users u ON e.user_id = u.user_id \
+         WHERE e.event_type = 'purchase' AND e.revenue IS NOT NULL \
+         GROUP BY 1, 2 ORDER BY revenue DESC LIMIT 8",
+    ),
+    (
+        "Top pages per day (window function)",
+        "SELECT day, page, views, rank FROM ( \
+           SELECT day, page, count(*) AS views, \
+                  rank() OVER (PARTITION BY day ORDER BY count(*) DESC) AS rank \
+           FROM events WHERE event_type = 'view' GROUP BY day, page) \
+         WHERE rank <= 2 ORDER BY day, rank",
+    ),
+];
+
+/// SplitMix64: a tiny, fixed pseudo-random sequence, so the demo lake is the same on
+/// every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// When the lake cannot be written, crawled or queried, or the server cannot start.
+pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> {
+    let lake = data_dir.join("demo-lake");
+    let started = Instant::now();
+    let written = write_lake(&lake, args.events)?;
+    if written {
+        println!(
+            "Wrote the demo lake ({} events) to {} in {:.2}s",
+            args.events,
+            lake.display(),
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("Using the demo lake at {}", lake.display());
+    }
+
+    let summary = ctx
+        .crawler()
+        .crawl(&lake.to_string_lossy(), &CrawlOptions::default())
+        .await?;
+    println!("{summary}\n");
+
+    let mut out = std::io::stdout().lock();
+    for (title, sql) in DASHBOARD {
+        let started = Instant::now();
+        let (schema, batches) = ctx.engine.query(sql).await?;
+        use std::io::Write;
+        writeln!(
+            out,
+            "-- {title} ({:.0} ms)",
+            started.elapsed().as_secs_f64() * 1000.0
+        )
+        .map_err(|e| Error::io("<stdout>", e))?;
+        write_batches(&mut out, &schema, &batches, OutputFormat::Table)?;
+    }
+    drop(out);
+
+    if args.no_serve {
+        return Ok(());
+    }
+    let (listener, addr) = crate::flight::bind(args.listen).await?;
+    println!(
+        "\nConnect with any Flight SQL client, for example:\n\
+         \x20 Python (ADBC):  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\")\n\
+         \x20 JDBC:           jdbc:arrow-flight-sql://{addr}?useEncryption=false\n\
+         \x20 Tarn:           tarn sql \"SELECT count(*) FROM events\"\n\
+         Press Ctrl-C to stop.\n"
+    );
+    announce(addr);
+    crate::flight::serve(ctx.engine.clone(), listener, shutdown_signal()).await
+}
+
+/// Writes the demo lake unless the same lake is already there. Returns whether it wrote.
+fn write_lake(lake: &Path, events: usize) -> Result<bool> {
+    let stamp = lake.join(".tarn-demo");
+    let wanted = format!("events={events}\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(false);
+    }
+    if lake.exists() {
+        std::fs::remove_dir_all(lake).map_err(|e| Error::io(lake, e))?;
+    }
+    let mut rng = Rng(0x7A2E_2026);
+    write_users(&lake.join("users"), &mut rng)?;
+    write_events(&lake.join("events"), events, &mut rng)?;
+    // An abandoned upload: a crawler that does not skip `_temporary` would fail on it.
+    let temp = lake.join("events/_temporary/0");
+    mkdir(&temp)?;
+    write_file(&temp.join("part-00000.parquet"), b"PAR1 partial upload")?;
+    write_file(&stamp, wanted.as_bytes())?;
+    Ok(true)
+}
+
+fn write_users(dir: &Path, rng: &mut Rng) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("country", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+        Field::new("signup_date", DataType::Date32, false),
+    ]));
+    let ids: Vec<i64> = (1..=USERS).collect();
+    let names: Vec<String> = ids.iter().map(|i| format!("user-{i:04}")).collect();
+    let countries: Vec<&str> = ids.iter().map(|_| rng.pick(COUNTRIES)).collect();
+    let plans: Vec<&str> = ids.iter().map(|_| rng.pick(PLANS)).collect();
+    // Sign-ups spread over 2025 (days since the epoch).
+    let signup: Vec<i32> = ids.iter().map(|_| 20_089 + rng.below(365) as i32).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids)),
+        Arc::new(StringArray::from(names)),
+        Arc::new(StringArray::from(countries)),
+        Arc::new(StringArray::from(plans)),
+        Arc::new(Date32Array::from(signup)),
+    ];
+    let batch = RecordBatch::try_new(schema, columns)?;
+    mkdir(dir)?;
+    write_parquet(&dir.join("users.parquet"), &batch)
+}
+
+fn write_events(dir: &Path, events: usize, rng: &mut Rng) -> Result<()> {
+    let hours = (DAYS * 24) as usize;
+    let per_hour = events.div_ceil(hours).max(1);
+    // 2026-01-01T00:00:00Z in microseconds.
+    let base: i64 = 1_767_225_600_000_000;
+    let hour_us: i64 = 3_600_000_000;
+    let mut remaining = events;
+    for h in 0..hours {
+        let n = per_hour.min(remaining);
+        remaining -= n;
+        let day = (h / 24) as u32 + 1;
+        let hour = (h % 24) as u32;
+        let evolved = day >= 2;
+        let mut times: Vec<i64> = (0..n)
+            .map(|_| base + h as i64 * hour_us + rng.below(hour_us as u64) as i64)
+            .collect();
+        times.sort_unstable();
+        let users: Vec<i64> = (0..n).map(|_| 1 + rng.below(USERS as u64) as i64).collect();
+        let types: Vec<&str> = (0..n).map(|_| rng.pick(EVENT_TYPES)).collect();
+        let pages: Vec<&str> = (0..n).map(|_| rng.pick(PAGES)).collect();
+        let durations: Vec<i64> = (0..n).map(|_| 50 + rng.below(5_000) as i64).collect();
+
+        let mut fields = vec![
+            Field::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("event_type", DataType::Utf8, false),
+            Field::new("page", DataType::Utf8, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(times)),
+            Arc::new(Int64Array::from(users)),
+            Arc::new(StringArray::from(types.clone())),
+            Arc::new(StringArray::from(pages)),
+        ];
+        if evolved {
+            fields.push(Field::new("duration_ms", DataType::Int64, false));
+            columns.push(Arc::new(Int64Array::from(durations)));
+            let revenue: Vec<Option<f64>> = types
+                .iter()
+                .map(|t| (*t == "purchase").then(|| (500 + rng.below(20_000)) as f64 / 100.0))
+                .collect();
+            fields.push(Field::new("revenue", DataType::Float64, true));
+            columns.push(Arc::new(Float64Array::from(revenue)));
+        } else {
+            fields.push(Field::new("duration_ms", DataType::Int32, false));
+            let narrow: Vec<i32> = durations.iter().map(|d| *d as i32).collect();
+            columns.push(Arc::new(Int32Array::from(narrow)));
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let part = dir.join(format!("year=2026/month=01/day={day:02}/hour={hour:02}"));
+        mkdir(&part)?;
+        write_parquet(&part.join(format!("events-{h:04}.parquet")), &batch)?;
+        if hour == 23 {
+            write_file(
+                &dir.join(format!("year=2026/month=01/day={day:02}/_SUCCESS")),
+                b"",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(2_048))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
+        .map_err(|e| Error::Internal(format!("writing {}: {e}", path.display())))?;
+    writer
+        .write(batch)
+        .and_then(|()| writer.close().map(|_| ()))
+        .map_err(|e| Error::Internal(format!("writing {}: {e}", path.display())))
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(PathBuf::from(path), e))
+}

@@ -1,0 +1,397 @@
+//! The query engine: DataFusion sessions whose catalog is Tarn's catalog.
+//!
+//! Tables are `database.table` in the catalog `tarn`. The table list is a snapshot of the
+//! catalog at a generation: each query first asks the catalog for its generation (one
+//! indexed read) and reloads the list only when a crawl has committed since. Table
+//! providers are cached per table version, so a table's file list is read from the
+//! catalog once per change, not once per query.
+
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::context::SessionState;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+use crate::catalog::{Catalog, TableEntry};
+use crate::error::{Error, Result};
+use crate::storage::{Location, StoreRegistry};
+use table::CatalogTable;
+
+/// Name of the DataFusion catalog that holds Tarn's databases.
+pub const CATALOG_NAME: &str = "tarn";
+/// The database unqualified table names resolve in.
+pub const DEFAULT_DATABASE: &str = "default";
+
+/// The catalog at one generation: databases and their tables.
+#[derive(Debug, Default)]
+struct Snapshot {
+    generation: i64,
+    databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    catalog: Catalog,
+    stores: Arc<StoreRegistry>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Providers by table id, with the table version they were built at.
+    providers: Mutex<HashMap<i64, (i64, Arc<CatalogTable>)>>,
+}
+
+/// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    state: SessionState,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// DataFusion settings as `key = value` (e.g. `datafusion.execution.target_partitions`).
+    pub datafusion_config: Vec<(String, String)>,
+}
+
+impl Engine {
+    /// Creates an engine over `catalog`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown or malformed DataFusion setting.
+    pub fn new(
+        catalog: Catalog,
+        stores: Arc<StoreRegistry>,
+        options: &EngineOptions,
+    ) -> Result<Self> {
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
+            .with_create_default_catalog_and_schema(false);
+        for (k, v) in &options.datafusion_config {
+            let key = if k.starts_with("datafusion.") {
+                k.clone()
+            } else {
+                format!("datafusion.{k}")
+            };
+            config.options_mut().set(&key, v).map_err(|e| {
+                Error::InvalidArgument(format!("DataFusion setting '{k}': {}", e.strip_backtrace()))
+            })?;
+        }
+        let shared = Arc::new(Shared {
+            catalog,
+            stores,
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                generation: -1,
+                ..Default::default()
+            })),
+            providers: Mutex::new(HashMap::new()),
+        });
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        state.catalog_list().register_catalog(
+            CATALOG_NAME.to_string(),
+            Arc::new(TarnCatalog {
+                shared: Arc::clone(&shared),
+            }),
+        );
+        Ok(Self { shared, state })
+    }
+
+    /// The catalog this engine reads.
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// The object stores this engine reads through.
+    pub fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.shared.stores
+    }
+
+    /// Brings the table list up to date with the catalog (cheap when nothing changed).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn refresh(&self) -> Result<()> {
+        let generation = self.shared.catalog.generation().await?;
+        if self.snapshot().generation == generation {
+            return Ok(());
+        }
+        let mut databases: BTreeMap<String, BTreeMap<String, TableEntry>> = BTreeMap::new();
+        for db in self.shared.catalog.databases().await? {
+            databases.entry(db.name).or_default();
+        }
+        for t in self.shared.catalog.tables().await? {
+            databases
+                .entry(t.database.clone())
+                .or_default()
+                .insert(t.name.clone(), t);
+        }
+        // Register every table's object store so scans can reach it.
+        for t in databases.values().flat_map(|d| d.values()) {
+            if let Ok(location) = Location::parse_catalogued(&t.location) {
+                if let Ok(store) = self.shared.stores.store_for(&location) {
+                    self.state
+                        .runtime_env()
+                        .register_object_store(location.store_url().as_ref(), store);
+                }
+            }
+        }
+        let snapshot = Arc::new(Snapshot {
+            generation,
+            databases,
+        });
+        if let Ok(mut guard) = self.shared.snapshot.write() {
+            *guard = snapshot;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    /// Databases and their tables, as of the last refresh.
+    pub fn tables(&self) -> Vec<TableEntry> {
+        self.snapshot()
+            .databases
+            .values()
+            .flat_map(|d| d.values().cloned())
+            .collect()
+    }
+
+    /// Database names, as of the last refresh.
+    pub fn databases(&self) -> Vec<String> {
+        self.snapshot().databases.keys().cloned().collect()
+    }
+
+    /// A fresh session over the current catalog, with `default_database` for unqualified
+    /// names.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn session(&self, default_database: Option<&str>) -> Result<SessionContext> {
+        self.refresh().await?;
+        let mut state = self.state.clone();
+        if let Some(db) = default_database {
+            state.config_mut().options_mut().catalog.default_schema = db.to_string();
+        }
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Plans `sql` (with optional bound parameters) into a DataFrame.
+    ///
+    /// Statements that would change state (DDL, DML, `SET`) are refused: the catalog is
+    /// changed by crawls, and a session's settings would not outlive the request.
+    ///
+    /// # Errors
+    /// [`Error::Sql`] for a parse or planning error, [`Error::TableNotFound`] for an unknown
+    /// table.
+    pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<DataFrame> {
+        let ctx = self.session(None).await?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(map_plan_error)?;
+        match params {
+            Some(p) => df.with_param_values(p).map_err(map_plan_error),
+            None => Ok(df),
+        }
+    }
+
+    /// Plans `sql` with its positional parameters `$1, $2, …` bound from the columns of
+    /// `row` (a one-row batch). Each value is cast to the type the planner inferred for
+    /// its placeholder, so a client binding an `int64` to an `int32` column still works.
+    ///
+    /// # Errors
+    /// As [`Engine::plan`], plus [`Error::InvalidArgument`] when the number of values does
+    /// not match the placeholders or a value cannot be cast.
+    pub async fn plan_with_row(&self, sql: &str, row: Option<&RecordBatch>) -> Result<DataFrame> {
+        let df = self.plan(sql, None).await?;
+        let Some(row) = row else { return Ok(df) };
+        let types = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(map_plan_error)?;
+        if types.len() != row.num_columns() {
+            return Err(Error::InvalidArgument(format!(
+                "the statement has {} parameter(s) but {} value(s) were bound",
+                types.len(),
+                row.num_columns()
+            )));
+        }
+        let mut values = Vec::with_capacity(row.num_columns());
+        for (i, column) in row.columns().iter().enumerate() {
+            let value = ScalarValue::try_from_array(column, 0).map_err(Error::from)?;
+            let value = match types.get(&format!("${}", i + 1)) {
+                Some(Some(expected)) if value.data_type() != *expected => {
+                    value.cast_to(expected).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "parameter ${} ({}) cannot be used as {expected}: {}",
+                            i + 1,
+                            value.data_type(),
+                            e.strip_backtrace()
+                        ))
+                    })?
+                }
+                _ => value,
+            };
+            values.push(value);
+        }
+        df.with_param_values(values).map_err(map_plan_error)
+    }
+
+    /// Runs `sql` and collects its result.
+    ///
+    /// # Errors
+    /// As [`Engine::plan`], plus [`Error::Execution`] when execution fails.
+    pub async fn query(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        let df = self.plan(sql, None).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(Error::from)?;
+        Ok((schema, batches))
+    }
+
+    /// The provider of `database.name`, built from the catalog (cached per version).
+    async fn provider(&self, database: &str, name: &str) -> Result<Option<Arc<CatalogTable>>> {
+        self.shared.provider(database, name).await
+    }
+
+    /// The provider of a table, for callers outside DataFusion (tests, tools).
+    ///
+    /// # Errors
+    /// [`Error::TableNotFound`] when the table is not in the catalog.
+    pub async fn table(&self, database: &str, name: &str) -> Result<Arc<CatalogTable>> {
+        self.refresh().await?;
+        self.provider(database, name)
+            .await?
+            .ok_or_else(|| Error::TableNotFound {
+                name: format!("{database}.{name}"),
+            })
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_default()
+    }
+
+    async fn provider(&self, database: &str, name: &str) -> Result<Option<Arc<CatalogTable>>> {
+        let snapshot = self.snapshot();
+        let Some(entry) = snapshot.databases.get(database).and_then(|d| d.get(name)) else {
+            return Ok(None);
+        };
+        if let Ok(cache) = self.providers.lock()
+            && let Some((version, provider)) = cache.get(&entry.id)
+            && *version == entry.version
+        {
+            return Ok(Some(Arc::clone(provider)));
+        }
+        // Read the entry again with its files, so they belong to one version even if a
+        // crawl commits in between (the version then simply moves on).
+        let files = self.catalog.files(entry.id).await?;
+        let location = Location::parse_catalogued(&entry.location)?;
+        let provider = Arc::new(CatalogTable::try_new(
+            entry.clone(),
+            files,
+            location.store_url(),
+        )?);
+        if let Ok(mut cache) = self.providers.lock() {
+            cache.insert(entry.id, (entry.version, Arc::clone(&provider)));
+        }
+        Ok(Some(provider))
+    }
+}
+
+/// Turns DataFusion's "table not found" planning error into [`Error::TableNotFound`].
+fn map_plan_error(e: DataFusionError) -> Error {
+    let message = e.to_string();
+    if let Some(rest) = message.split("table '").nth(1)
+        && message.contains("' not found")
+    {
+        let name = rest.split('\'').next().unwrap_or(rest);
+        let name = name
+            .strip_prefix(&format!("{CATALOG_NAME}."))
+            .unwrap_or(name);
+        return Error::TableNotFound {
+            name: name.to_string(),
+        };
+    }
+    Error::from(e)
+}
+
+#[derive(Debug)]
+struct TarnCatalog {
+    shared: Arc<Shared>,
+}
+
+impl CatalogProvider for TarnCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.shared.snapshot().databases.keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.shared
+            .snapshot()
+            .databases
+            .contains_key(name)
+            .then(|| {
+                Arc::new(TarnDatabase {
+                    shared: Arc::clone(&self.shared),
+                    name: name.to_string(),
+                }) as _
+            })
+    }
+}
+
+#[derive(Debug)]
+struct TarnDatabase {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+#[async_trait]
+impl SchemaProvider for TarnDatabase {
+    fn table_names(&self) -> Vec<String> {
+        self.shared
+            .snapshot()
+            .databases
+            .get(&self.name)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        match self.shared.provider(&self.name, name).await {
+            Ok(p) => Ok(p.map(|p| p as Arc<dyn TableProvider>)),
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.shared
+            .snapshot()
+            .databases
+            .get(&self.name)
+            .is_some_and(|t| t.contains_key(name))
+    }
+}

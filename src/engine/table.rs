@@ -1,0 +1,387 @@
+//! A catalog table as a DataFusion [`TableProvider`]: scans are planned from the catalog's
+//! file list, so a query never lists the store.
+//!
+//! Filters on partition columns are evaluated against the table's partition values before
+//! any file is opened (and reported to DataFusion as exact); every other filter is pushed
+//! into the Parquet scan for row-group and page pruning. Each file carries statistics
+//! (row count, per-column min/max/nulls) from the catalog, for the planner and pruning.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::compute::and;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
+use datafusion::common::{ColumnStatistics, DFSchema, ScalarValue, Statistics};
+use datafusion::config::TableParquetOptions;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use object_store::ObjectMeta;
+
+use crate::catalog::{FileEntry, PartitionType, TableEntry};
+use crate::crawler::layout::{parse_date, parse_timestamp};
+
+/// One partition: its typed values and the indices of its files.
+#[derive(Debug)]
+struct Partition {
+    files: Vec<usize>,
+}
+
+/// A table read from the catalog at one version.
+#[derive(Debug)]
+pub struct CatalogTable {
+    entry: TableEntry,
+    schema: SchemaRef,
+    store_url: ObjectStoreUrl,
+    files: Vec<PartitionedFile>,
+    partitions: Vec<Partition>,
+    /// One row per partition, one column per partition column (for pruning).
+    partition_values: RecordBatch,
+    statistics: Statistics,
+}
+
+/// Converts a raw partition value to the column's type (`None` is NULL).
+pub fn partition_scalar(value: Option<&str>, data_type: PartitionType) -> ScalarValue {
+    let Some(v) = value else {
+        return ScalarValue::try_from(&data_type.arrow_type()).unwrap_or(ScalarValue::Null);
+    };
+    match data_type {
+        PartitionType::Int64 => ScalarValue::Int64(v.parse().ok()),
+        PartitionType::Date => ScalarValue::Date32(parse_date(v).map(|d| {
+            // Days since the Unix epoch.
+            (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32
+        })),
+        PartitionType::Timestamp => ScalarValue::TimestampMicrosecond(
+            parse_timestamp(v).map(|t| t.and_utc().timestamp_micros()),
+            None,
+        ),
+        PartitionType::String => ScalarValue::Utf8(Some(v.to_string())),
+    }
+}
+
+fn stat_value(s: &Option<String>, data_type: &DataType) -> Precision<ScalarValue> {
+    match s {
+        // Min/max are inexact: Parquet may truncate string statistics.
+        Some(v) => match ScalarValue::try_from_string(v.clone(), data_type) {
+            Ok(value) if !value.is_null() => Precision::Inexact(value),
+            _ => Precision::Absent,
+        },
+        None => Precision::Absent,
+    }
+}
+
+fn file_statistics(
+    file: &FileEntry,
+    entry: &TableEntry,
+    partition_values: &[ScalarValue],
+) -> Statistics {
+    let rows = file.row_count as usize;
+    let mut columns: Vec<ColumnStatistics> = entry
+        .file_schema
+        .fields()
+        .iter()
+        .map(|field| {
+            if file.file_schema.field_with_name(field.name()).is_err() {
+                // Not in this file: every value is NULL.
+                return ColumnStatistics {
+                    null_count: Precision::Exact(rows),
+                    ..ColumnStatistics::new_unknown()
+                };
+            }
+            match file.stats.get(field.name()) {
+                Some(s) => ColumnStatistics {
+                    // Inexact: writers without statistics make a null count look like all rows.
+                    null_count: s
+                        .nulls
+                        .map(|n| Precision::Inexact(n as usize))
+                        .unwrap_or_default(),
+                    min_value: stat_value(&s.min, field.data_type()),
+                    max_value: stat_value(&s.max, field.data_type()),
+                    ..ColumnStatistics::new_unknown()
+                },
+                None => ColumnStatistics::new_unknown(),
+            }
+        })
+        .collect();
+    for value in partition_values {
+        let null = value.is_null();
+        columns.push(ColumnStatistics {
+            null_count: Precision::Exact(if null { rows } else { 0 }),
+            min_value: if null {
+                Precision::Absent
+            } else {
+                Precision::Exact(value.clone())
+            },
+            max_value: if null {
+                Precision::Absent
+            } else {
+                Precision::Exact(value.clone())
+            },
+            distinct_count: Precision::Exact(1),
+            ..ColumnStatistics::new_unknown()
+        });
+    }
+    Statistics {
+        num_rows: Precision::Exact(rows),
+        total_byte_size: Precision::Inexact(file.size as usize),
+        column_statistics: columns,
+    }
+}
+
+impl CatalogTable {
+    /// Builds the provider from a table's catalog entry and file list.
+    pub fn try_new(
+        entry: TableEntry,
+        files: Vec<FileEntry>,
+        store_url: ObjectStoreUrl,
+    ) -> crate::Result<Self> {
+        let schema = entry.table_schema();
+        let part_types: Vec<PartitionType> = entry
+            .partition_columns
+            .iter()
+            .map(|c| c.data_type)
+            .collect();
+        let mut by_location: BTreeMap<String, (Vec<ScalarValue>, Vec<usize>)> = BTreeMap::new();
+        let mut scan_files = Vec::with_capacity(files.len());
+        for (i, file) in files.iter().enumerate() {
+            let values: Vec<ScalarValue> = part_types
+                .iter()
+                .enumerate()
+                .map(|(k, t)| {
+                    partition_scalar(file.partition_values.get(k).and_then(|v| v.as_deref()), *t)
+                })
+                .collect();
+            let stats = file_statistics(file, &entry, &values);
+            let mut pf = PartitionedFile::new_from_meta(ObjectMeta {
+                location: object_store::path::Path::from(file.path.as_str()),
+                last_modified: file.last_modified,
+                size: file.size,
+                e_tag: file.e_tag.clone(),
+                version: None,
+            })
+            .with_partition_values(values.clone());
+            if let Some(hint) = file.footer_size {
+                pf = pf.with_metadata_size_hint(hint as usize);
+            }
+            pf.statistics = Some(Arc::new(stats));
+            scan_files.push(pf);
+            by_location
+                .entry(file.partition_location.clone())
+                .or_insert_with(|| (values, Vec::new()))
+                .1
+                .push(i);
+        }
+        let part_fields: Vec<Field> = entry
+            .partition_columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.arrow_type(), true))
+            .collect();
+        let part_schema = Arc::new(Schema::new(part_fields));
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); part_types.len()];
+        let mut partitions = Vec::with_capacity(by_location.len());
+        for (_, (values, idx)) in by_location {
+            for (k, v) in values.into_iter().enumerate() {
+                columns[k].push(v);
+            }
+            partitions.push(Partition { files: idx });
+        }
+        let arrays: Vec<ArrayRef> = columns
+            .into_iter()
+            .zip(part_schema.fields())
+            .map(|(vals, field)| {
+                if vals.is_empty() {
+                    Ok(new_null_array(field.data_type(), 0))
+                } else {
+                    ScalarValue::iter_to_array(vals)
+                }
+            })
+            .collect::<DfResult<_>>()?;
+        let partition_values = if arrays.is_empty() {
+            RecordBatch::new_empty(Arc::clone(&part_schema))
+        } else {
+            RecordBatch::try_new(Arc::clone(&part_schema), arrays)?
+        };
+        let statistics = Statistics::try_merge_iter(
+            scan_files.iter().filter_map(|f| f.statistics.as_deref()),
+            &schema,
+        )
+        .unwrap_or_else(|_| Statistics::new_unknown(&schema));
+        let statistics = if scan_files.is_empty() {
+            Statistics::new_unknown(&schema)
+        } else {
+            statistics
+        };
+        Ok(Self {
+            entry,
+            schema,
+            store_url,
+            files: scan_files,
+            partitions,
+            partition_values,
+            statistics,
+        })
+    }
+
+    /// The catalog entry this provider was built from.
+    pub fn entry(&self) -> &TableEntry {
+        &self.entry
+    }
+
+    fn partition_names(&self) -> Vec<&str> {
+        self.entry
+            .partition_columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// Indices of the partitions that may satisfy all `filters` (partition-only filters).
+    fn prune_partitions(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<usize>> {
+        let all: Vec<usize> = (0..self.partitions.len()).collect();
+        if filters.is_empty() || self.partitions.is_empty() {
+            return Ok(all);
+        }
+        let df_schema = DFSchema::try_from(self.partition_values.schema())?;
+        let mut mask: Option<BooleanArray> = None;
+        for filter in filters {
+            let expr = state.create_physical_expr((*filter).clone(), &df_schema)?;
+            let result = expr
+                .evaluate(&self.partition_values)?
+                .into_array(self.partition_values.num_rows())?;
+            let result = result
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal(format!("partition filter {filter} is not boolean"))
+                })?
+                .clone();
+            mask = Some(match mask {
+                Some(m) => and(&m, &result)?,
+                None => result,
+            });
+        }
+        let Some(mask) = mask else { return Ok(all) };
+        // NULL (unknown) is not true: that partition cannot match.
+        Ok(all
+            .into_iter()
+            .filter(|i| mask.is_valid(*i) && mask.value(*i))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl TableProvider for CatalogTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let names = self.partition_names();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if !names.is_empty() && expr_applicable_for_cols(&names, f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        Some(self.statistics.clone())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let names = self.partition_names();
+        let partition_filters: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| !names.is_empty() && expr_applicable_for_cols(&names, f))
+            .collect();
+        let kept = self.prune_partitions(state, &partition_filters)?;
+        let mut files: Vec<PartitionedFile> = kept
+            .iter()
+            .flat_map(|p| self.partitions[*p].files.iter())
+            .map(|i| self.files[*i].clone())
+            .collect();
+        if files.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+
+        // Spread the files over the target partitions, largest first onto the lightest
+        // group, so one group does not end up with all the big files.
+        let groups_n = state.config().target_partitions().max(1).min(files.len());
+        files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); groups_n];
+        for f in files {
+            let lightest = groups
+                .iter_mut()
+                .min_by_key(|(bytes, _)| *bytes)
+                .ok_or_else(|| DataFusionError::Internal("no file groups".into()))?;
+            lightest.0 += f.object_meta.size;
+            lightest.1.push(f);
+        }
+        let file_groups: Vec<FileGroup> = groups
+            .into_iter()
+            .map(|(_, mut files)| {
+                files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+                FileGroup::new(files)
+            })
+            .collect();
+        let statistics = Statistics::try_merge_iter(
+            file_groups
+                .iter()
+                .flat_map(|g| g.iter())
+                .filter_map(|f| f.statistics.as_deref()),
+            &self.schema,
+        )?;
+
+        let part_fields: Vec<FieldRef> = self.partition_values.schema().fields().to_vec();
+        let table_schema = TableSchema::builder(Arc::clone(&self.entry.file_schema))
+            .with_table_partition_cols(part_fields)
+            .build();
+        let options = TableParquetOptions {
+            global: state.config_options().execution.parquet.clone(),
+            ..Default::default()
+        };
+        let source = ParquetSource::new(table_schema).with_table_parquet_options(options);
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(file_groups)
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}

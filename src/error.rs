@@ -1,0 +1,146 @@
+//! Tarn's error type, and its one mapping to gRPC statuses.
+//!
+//! Variants separate a user's mistake (bad SQL, an unknown table, a bad path) from a fault
+//! in the lake (a corrupt file) and from Tarn's own bugs (`Internal`), so that the wire
+//! mapping and the log level follow from the variant, never from a string.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside Tarn.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL text could not be parsed or planned; the message carries DataFusion's
+    /// explanation (with the position when the parser gives one).
+    #[error("SQL error: {0}")]
+    Sql(String),
+
+    /// A query named a table that the catalog does not know.
+    #[error("table '{name}' not found; run `tarn crawl` on its location or check `SHOW TABLES`")]
+    TableNotFound { name: String },
+
+    /// A location that cannot be turned into an object store URL.
+    #[error("invalid location '{location}': {reason}")]
+    InvalidLocation { location: String, reason: String },
+
+    /// An argument or request that is malformed (bad parameter, bad ticket, bad flag).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Reading or listing the object store failed.
+    #[error("object store error at '{location}': {source}")]
+    ObjectStore {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// The catalog database failed (it could not be opened, migrated, read or written).
+    #[error("catalog database error: {0}")]
+    Catalog(#[from] sqlx::Error),
+
+    /// The catalog database's migrations failed.
+    #[error("catalog migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A catalog row that Tarn itself wrote could not be decoded: a bug or a hand edit.
+    #[error("catalog entry for {what} is damaged: {reason}")]
+    CatalogCorrupt { what: String, reason: String },
+
+    /// Query execution failed after planning.
+    #[error("query failed: {0}")]
+    Execution(String),
+
+    /// Local file I/O (the data directory, demo files).
+    #[error("I/O error at '{path}': {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A bug in Tarn: an invariant did not hold.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Wraps an object store error with the location it concerns.
+    pub fn store(location: impl Into<String>, source: object_store::Error) -> Self {
+        Error::ObjectStore {
+            location: location.into(),
+            source,
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as D;
+        match e {
+            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
+                Error::Sql(e.strip_backtrace().to_string())
+            }
+            D::Context(ctx, inner) => match Error::from(*inner) {
+                Error::Sql(m) => Error::Sql(format!("{ctx}: {m}")),
+                Error::Execution(m) => Error::Execution(format!("{ctx}: {m}")),
+                other => other,
+            },
+            D::Diagnostic(_, inner) => Error::from(*inner),
+            D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+                Ok(inner) => Error::from(inner),
+                Err(shared) => Error::Execution(shared.to_string()),
+            },
+            D::External(ext) => match ext.downcast::<Error>() {
+                Ok(tarn) => *tarn,
+                Err(other) => Error::Execution(other.to_string()),
+            },
+            other => Error::Execution(other.strip_backtrace().to_string()),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Execution(e.to_string())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        let message = e.to_string();
+        match e {
+            Error::Sql(_) | Error::InvalidArgument(_) | Error::InvalidLocation { .. } => {
+                tracing::debug!(%message, "request rejected");
+                Status::invalid_argument(message)
+            }
+            Error::TableNotFound { .. } => {
+                tracing::debug!(%message, "request rejected");
+                Status::not_found(message)
+            }
+            Error::ObjectStore { .. } | Error::Io { .. } | Error::Execution(_) => {
+                tracing::warn!(%message, "request failed");
+                Status::aborted(message)
+            }
+            Error::Catalog(_) | Error::Migrate(_) => {
+                tracing::error!(%message, "catalog unavailable");
+                Status::unavailable(message)
+            }
+            Error::CatalogCorrupt { .. } | Error::Internal(_) => {
+                tracing::error!(%message, "internal error");
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! The Arrow Flight SQL service.
+//!
+//! Queries are stateless: `GetFlightInfo` plans the statement (so errors surface there, with
+//! the result schema) and returns a ticket that carries the statement itself; `DoGet`
+//! plans it again and streams the result. Prepared statements work the same way, with
+//! bound parameters carried in the handle (see [`handle`]).
+//!
+//! Every result crosses the wire in one canonical shape (see [`wire_schema`]): view types
+//! become `Utf8`/`Binary`, dictionaries are hydrated, every field is nullable and carries no
+//! metadata. The schema advertised by `GetFlightInfo` and the one `DoGet` sends are the same
+//! by construction, which is what JDBC and ADBC check.
+
+pub mod handle;
+pub mod info;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::datasource::TableType;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::{CATALOG_NAME, Engine};
+use crate::error::{Error, Result};
+use handle::{StatementHandle, rewrite_question_marks};
+
+/// Largest gRPC message accepted (parameter batches, ingest): 64 MiB.
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+type FlightDataStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// Tarn's Flight SQL service.
+#[derive(Debug, Clone)]
+pub struct TarnFlightSql {
+    engine: Engine,
+}
+
+impl TarnFlightSql {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    /// Plans the statement in `handle` (first parameter row bound, if any) and returns its
+    /// wire schema.
+    async fn statement_schema(&self, handle: &StatementHandle) -> Result<SchemaRef> {
+        let sql = rewrite_question_marks(&handle.sql);
+        let rows = handle.param_rows();
+        let df = self.engine.plan_with_row(&sql, rows.first()).await?;
+        Ok(wire_schema(df.schema().as_arrow()))
+    }
+
+    /// Runs the statement in `handle` once per bound parameter row (once when none are
+    /// bound) and streams the results in the wire schema.
+    async fn execute(&self, handle: StatementHandle) -> Result<FlightDataStream> {
+        let sql = rewrite_question_marks(&handle.sql);
+        let rows = handle.param_rows();
+        let mut streams = Vec::new();
+        let mut schema: Option<SchemaRef> = None;
+        let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
+            vec![None]
+        } else {
+            rows.iter().map(Some).collect()
+        };
+        for row in runs {
+            let df = self.engine.plan_with_row(&sql, row).await?;
+            let this = wire_schema(df.schema().as_arrow());
+            match &schema {
+                Some(s) if s != &this => {
+                    return Err(Error::InvalidArgument(
+                        "parameter rows give results of different types; bind values of \
+                         one type per parameter"
+                            .into(),
+                    ));
+                }
+                Some(_) => {}
+                None => schema = Some(Arc::clone(&this)),
+            }
+            streams.push(df.execute_stream().await.map_err(Error::from)?);
+        }
+        let schema = schema.ok_or_else(|| Error::Internal("no statement was run".into()))?;
+        let target = Arc::clone(&schema);
+        let batches = futures::stream::iter(streams).flatten().map(move |batch| {
+            let batch = batch.map_err(|e| status_error(Error::from(e)))?;
+            to_wire_batch(&batch, &target).map_err(status_error)
+        });
+        Ok(encode(schema, batches))
+    }
+
+    fn info_for(
+        &self,
+        schema: &Schema,
+        ticket: Ticket,
+        descriptor: FlightDescriptor,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("encoding schema: {e}")))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1);
+        Ok(Response::new(info))
+    }
+
+    /// A session view of the catalog (databases and tables) for the metadata commands.
+    async fn objects(&self) -> Result<Vec<(String, String, TableType, SchemaRef)>> {
+        let ctx = self.engine.session(None).await?;
+        let mut out = Vec::new();
+        let Some(catalog) = ctx.catalog(CATALOG_NAME) else {
+            return Ok(out);
+        };
+        for db in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&db) else {
+                continue;
+            };
+            for name in schema.table_names() {
+                if let Some(table) = schema.table(&name).await.map_err(Error::from)? {
+                    out.push((
+                        db.clone(),
+                        name,
+                        table.table_type(),
+                        wire_schema(&table.schema()),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A ticket for a metadata command: the command itself.
+fn command_ticket(message: impl ProstMessageExt) -> Ticket {
+    Ticket::new(message.as_any().encode_to_vec())
+}
+
+fn status_error(e: Error) -> FlightError {
+    FlightError::Tonic(Box::new(Status::from(e)))
+}
+
+fn encode(
+    schema: SchemaRef,
+    batches: impl Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+) -> FlightDataStream {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from);
+    Box::pin(stream)
+}
+
+fn one_batch(batch: RecordBatch) -> FlightDataStream {
+    let schema = batch.schema();
+    encode(schema, futures::stream::iter([Ok(batch)]))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Error::Internal(format!("encoding schema: {e}")))?;
+    Ok(bytes)
+}
+
+/// The wire form of a result schema: views become `Utf8`/`Binary`, dictionaries become
+/// their values, every field is nullable, and no metadata is kept.
+pub fn wire_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| wire_field(f))
+            .collect::<Vec<FieldRef>>(),
+    ))
+}
+
+fn wire_field(field: &Field) -> FieldRef {
+    Arc::new(Field::new(field.name(), wire_type(field.data_type()), true))
+}
+
+fn wire_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, value) => wire_type(value),
+        DataType::List(f) => DataType::List(wire_field(f)),
+        DataType::ListView(f) => DataType::List(wire_field(f)),
+        DataType::LargeList(f) => DataType::LargeList(wire_field(f)),
+        DataType::LargeListView(f) => DataType::LargeList(wire_field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(wire_field(f), *n),
+        DataType::Struct(fields) => {
+            DataType::Struct(fields.iter().map(|f| wire_field(f)).collect::<Fields>())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Casts `batch` into `schema` (its wire schema).
+pub fn to_wire_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                arrow::compute::cast(column, field.data_type()).map_err(Error::from)
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
+}
+
+/// A failure building a metadata result: a bug, not a user error.
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("building a metadata result: {e}"))
+}
+
+fn flight_status(e: Error) -> Status {
+    Status::from(e)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for TarnFlightSql {
+    type FlightService = TarnFlightSql;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<
+        Response<
+            Pin<Box<dyn Stream<Item = std::result::Result<HandshakeResponse, Status>> + Send>>,
+        >,
+        Status,
+    > {
+        // No authentication yet: every handshake succeeds with an empty token.
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        let stream = futures::stream::iter([Ok(response)]);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let handle = StatementHandle::new(query.query);
+        let schema = self
+            .statement_schema(&handle)
+            .await
+            .map_err(flight_status)?;
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode().map_err(flight_status)?,
+        };
+        self.info_for(&schema, command_ticket(ticket), request.into_inner())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let handle =
+            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        let schema = self
+            .statement_schema(&handle)
+            .await
+            .map_err(flight_status)?;
+        let ticket = TicketStatementQuery {
+            statement_handle: query.prepared_statement_handle,
+        };
+        self.info_for(&schema, command_ticket(ticket), request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let handle = StatementHandle::decode(&ticket.statement_handle).map_err(flight_status)?;
+        Ok(Response::new(
+            self.execute(handle).await.map_err(flight_status)?,
+        ))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let handle =
+            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        Ok(Response::new(
+            self.execute(handle).await.map_err(flight_status)?,
+        ))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
+        let sql = rewrite_question_marks(&query.query);
+        let df = self.engine.plan(&sql, None).await.map_err(flight_status)?;
+        let dataset = wire_schema(df.schema().as_arrow());
+        let types = df.logical_plan().get_parameter_types().map_err(internal)?;
+        let mut names: Vec<&String> = types.keys().collect();
+        names.sort_by_key(|n| (n.len(), n.to_string()));
+        let params = Schema::new(
+            names
+                .into_iter()
+                .map(|n| {
+                    let t = types.get(n).cloned().flatten().unwrap_or(DataType::Null);
+                    Field::new(n.as_str(), wire_type(&t), true)
+                })
+                .collect::<Vec<_>>(),
+        );
+        let handle = StatementHandle::new(query.query);
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode().map_err(flight_status)?,
+            dataset_schema: schema_bytes(&dataset).map_err(flight_status)?,
+            parameter_schema: schema_bytes(&params).map_err(flight_status)?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> std::result::Result<(), Status> {
+        // Handles are stateless: nothing to release.
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> std::result::Result<DoPutPreparedStatementResult, Status> {
+        let mut handle =
+            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        let stream = request.into_inner().map_err(FlightError::from);
+        let params: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("reading bound parameters: {e}")))?;
+        handle.params = params.into_iter().filter(|b| b.num_rows() > 0).collect();
+        // Validate now, so a bad binding fails at bind time rather than at DoGet.
+        self.statement_schema(&handle)
+            .await
+            .map_err(flight_status)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode().map_err(flight_status)?),
+        })
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let mut builder: GetCatalogsBuilder = query.into_builder();
+        builder.append(CATALOG_NAME);
+        let batch = builder.build().map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let ctx = self.engine.session(None).await.map_err(flight_status)?;
+        let mut builder: GetDbSchemasBuilder = query.into_builder();
+        if let Some(catalog) = ctx.catalog(CATALOG_NAME) {
+            let mut names = catalog.schema_names();
+            names.sort();
+            for db in names {
+                builder.append(CATALOG_NAME, db);
+            }
+        }
+        let batch = builder.build().map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let mut objects = self.objects().await.map_err(flight_status)?;
+        objects.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut builder: GetTablesBuilder = query.into_builder();
+        for (db, name, kind, schema) in objects {
+            builder
+                .append(CATALOG_NAME, db, name, table_type_name(kind), &schema)
+                .map_err(internal)?;
+        }
+        let batch = builder.build().map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let mut builder = query.into_builder();
+        for kind in ["TABLE", "VIEW"] {
+            builder.append(kind);
+        }
+        let batch = builder.build().map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = info::SQL_INFO.schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let batch = info::SQL_INFO.record_batch(query.info).map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let schema = info::XDBC_INFO.schema();
+        self.info_for(&schema, command_ticket(query), request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        let batch = info::XDBC_INFO
+            .record_batch(query.data_type)
+            .map_err(internal)?;
+        Ok(Response::new(one_batch(batch)))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.info_for(
+            &primary_keys_schema(),
+            command_ticket(query),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        // Lake tables declare no keys.
+        Ok(Response::new(one_batch(RecordBatch::new_empty(
+            primary_keys_schema(),
+        ))))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.info_for(
+            &foreign_keys_schema(),
+            command_ticket(query),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        Ok(Response::new(one_batch(RecordBatch::new_empty(
+            foreign_keys_schema(),
+        ))))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.info_for(
+            &foreign_keys_schema(),
+            command_ticket(query),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        Ok(Response::new(one_batch(RecordBatch::new_empty(
+            foreign_keys_schema(),
+        ))))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.info_for(
+            &foreign_keys_schema(),
+            command_ticket(query),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        Ok(Response::new(one_batch(RecordBatch::new_empty(
+            foreign_keys_schema(),
+        ))))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> std::result::Result<Response<FlightDataStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "Tarn does not support the Flight SQL command {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+fn table_type_name(kind: TableType) -> &'static str {
+    match kind {
+        TableType::Base => "TABLE",
+        TableType::View => "VIEW",
+        TableType::Temporary => "LOCAL TEMPORARY",
+    }
+}
+
+/// The `CommandGetPrimaryKeys` result schema, from the Flight SQL specification.
+fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ]))
+}
+
+/// The exported/imported keys and cross-reference result schema, from the specification.
+fn foreign_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pk_catalog_name", DataType::Utf8, true),
+        Field::new("pk_db_schema_name", DataType::Utf8, true),
+        Field::new("pk_table_name", DataType::Utf8, false),
+        Field::new("pk_column_name", DataType::Utf8, false),
+        Field::new("fk_catalog_name", DataType::Utf8, true),
+        Field::new("fk_db_schema_name", DataType::Utf8, true),
+        Field::new("fk_table_name", DataType::Utf8, false),
+        Field::new("fk_column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("fk_key_name", DataType::Utf8, true),
+        Field::new("pk_key_name", DataType::Utf8, true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ]))
+}
+
+/// Serves `engine` over Flight SQL on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// [`Error::Internal`] when the gRPC server fails.
+pub async fn serve(
+    engine: Engine,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let service = FlightServiceServer::new(TarnFlightSql::new(engine))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    // Without TCP_NODELAY small request/response pairs (prepare, bind) wait for Nagle.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("Flight SQL server failed: {e}")))
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener with its address.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when the address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+    Ok((listener, local))
+}
