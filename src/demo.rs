@@ -2,10 +2,12 @@
 //! crawls it, answers a few dashboard queries, and serves it over Flight SQL.
 //!
 //! The lake (under `<data dir>/demo-lake`) holds:
-//! - `users/`: one file of users (id, name, country, plan, signup date);
-//! - `events/year=/month=/day=/hour=/`: clickstream events, one file per hour, with a
-//!   schema that evolves on the second day (`duration_ms` widens from int32 to int64 and a
-//!   `revenue` column appears), `_SUCCESS` markers, and an abandoned `_temporary/` upload
+//! An online-assessment product's data:
+//! - `users/`: learners (id, name, country, plan, signup date);
+//! - `scores/`: assessment attempts and their scores;
+//! - `events/year=/month=/day=/hour=/`: the app's events, one file per hour, with a schema
+//!   that evolves on the second day (`duration_ms` widens from int32 to int64 and a
+//!   `device` column appears), `_SUCCESS` markers, and an abandoned `_temporary/` upload
 //!   that the crawler must skip.
 //!
 //! The data is generated from a fixed seed, so every run writes the same lake.
@@ -29,41 +31,61 @@ use crate::error::{Error, Result};
 
 const DAYS: u32 = 3;
 const USERS: i64 = 1_000;
+const SCORES: usize = 20_000;
 const COUNTRIES: &[&str] = &["DE", "FR", "GB", "IN", "JP", "NL", "US", "BR"];
-const PLANS: &[&str] = &["free", "pro", "team"];
-const EVENT_TYPES: &[&str] = &[
-    "view", "view", "view", "click", "click", "signup", "purchase",
+const PLANS: &[&str] = &["free", "school", "enterprise"];
+const ASSESSMENTS: &[&str] = &[
+    "algebra-1",
+    "geometry-1",
+    "reading-a",
+    "reading-b",
+    "chemistry-intro",
+    "python-basics",
 ];
-const PAGES: &[&str] = &["/", "/pricing", "/docs", "/blog", "/checkout", "/account"];
+const EVENT_TYPES: &[&str] = &[
+    "question_view",
+    "question_view",
+    "question_view",
+    "answer_submit",
+    "answer_submit",
+    "hint_used",
+    "session_start",
+    "assessment_submit",
+];
+const DEVICES: &[&str] = &["web", "web", "ios", "android"];
 
 /// The queries the demo answers, with a title each.
 pub const DASHBOARD: &[(&str, &str)] = &[
     (
         "Events per day and type (date_trunc)",
         "SELECT date_trunc('day', event_time) AS day, event_type, count(*) AS events \
-         FROM events GROUP BY 1, 2 ORDER BY 1, 3 DESC LIMIT 12",
+         FROM events GROUP BY 1, 2 ORDER BY 1, 3 DESC LIMIT 10",
     ),
     (
-        "Purchases in 15-minute windows on one hour (date_bin, partition pruning)",
+        "Answers in 15-minute windows, day 2, 13:00 (date_bin; partition pruning)",
         "SELECT date_bin(INTERVAL '15 minutes', event_time, TIMESTAMP '2026-01-01') AS window_start, \
-         count(*) AS purchases \
-         FROM events WHERE day = 2 AND hour = 13 AND event_type = 'purchase' \
+         count(*) AS answers, count(DISTINCT user_id) AS learners \
+         FROM events WHERE day = 2 AND hour = 13 AND event_type = 'answer_submit' \
          GROUP BY 1 ORDER BY 1",
     ),
     (
-        "Revenue by country and plan (join, schema evolution: revenue exists from day 2)",
-        "SELECT u.country, u.plan, count(*) AS purchases, round(sum(e.revenue), 2) AS revenue \
-         FROM events e JOIN users u ON e.user_id = u.user_id \
-         WHERE e.event_type = 'purchase' AND e.revenue IS NOT NULL \
-         GROUP BY 1, 2 ORDER BY revenue DESC LIMIT 8",
+        "Average score by country and plan (join)",
+        "SELECT u.country, u.plan, count(*) AS attempts, round(avg(s.score), 1) AS avg_score \
+         FROM scores s JOIN users u ON s.user_id = u.user_id \
+         GROUP BY 1, 2 ORDER BY avg_score DESC LIMIT 8",
     ),
     (
-        "Top pages per day (window function)",
-        "SELECT day, page, views, rank FROM ( \
-           SELECT day, page, count(*) AS views, \
+        "Most-submitted assessments per day (window function)",
+        "SELECT day, assessment, submissions, rank FROM ( \
+           SELECT day, assessment, count(*) AS submissions, \
                   rank() OVER (PARTITION BY day ORDER BY count(*) DESC) AS rank \
-           FROM events WHERE event_type = 'view' GROUP BY day, page) \
+           FROM events WHERE event_type = 'assessment_submit' GROUP BY day, assessment) \
          WHERE rank <= 2 ORDER BY day, rank",
+    ),
+    (
+        "Events by device (schema evolution: `device` appears on day 2, so day 1 is NULL)",
+        "SELECT day, coalesce(device, '(not recorded)') AS device, count(*) AS events \
+         FROM events GROUP BY 1, 2 ORDER BY 1, 2",
     ),
 ];
 
@@ -147,7 +169,7 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
 /// Writes the demo lake unless the same lake is already there. Returns whether it wrote.
 fn write_lake(lake: &Path, events: usize) -> Result<bool> {
     let stamp = lake.join(".tarn-demo");
-    let wanted = format!("events={events}\n");
+    let wanted = format!("format=2 events={events}\n");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(false);
     }
@@ -156,6 +178,7 @@ fn write_lake(lake: &Path, events: usize) -> Result<bool> {
     }
     let mut rng = Rng(0x7A2E_2026);
     write_users(&lake.join("users"), &mut rng)?;
+    write_scores(&lake.join("scores"), &mut rng)?;
     write_events(&lake.join("events"), events, &mut rng)?;
     // An abandoned upload: a crawler that does not skip `_temporary` would fail on it.
     let temp = lake.join("events/_temporary/0");
@@ -191,27 +214,80 @@ fn write_users(dir: &Path, rng: &mut Rng) -> Result<()> {
     write_parquet(&dir.join("users.parquet"), &batch)
 }
 
+fn write_scores(dir: &Path, rng: &mut Rng) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("attempt_id", DataType::Int64, false),
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("assessment", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("max_score", DataType::Int32, false),
+        Field::new(
+            "submitted_at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+    ]));
+    mkdir(dir)?;
+    // Two files, as a daily export would leave them.
+    let per_file = SCORES / 2;
+    for part in 0..2 {
+        let ids: Vec<i64> = (0..per_file)
+            .map(|i| (part * per_file + i) as i64 + 1)
+            .collect();
+        let users: Vec<i64> = ids
+            .iter()
+            .map(|_| 1 + rng.below(USERS as u64) as i64)
+            .collect();
+        let assessments: Vec<&str> = ids.iter().map(|_| rng.pick(ASSESSMENTS)).collect();
+        // Scores cluster around 50 (a sum of three uniform draws), between 0 and 100.
+        let scores: Vec<f64> = ids
+            .iter()
+            .map(|_| {
+                let s = (rng.below(41) + rng.below(41) + rng.below(41)) as f64 * 0.85;
+                (s * 10.0).round() / 10.0
+            })
+            .collect();
+        let times: Vec<i64> = ids
+            .iter()
+            .map(|_| BASE_US + rng.below(u64::from(DAYS) * 24 * HOUR_US as u64) as i64)
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(Int64Array::from(users)),
+            Arc::new(StringArray::from(assessments)),
+            Arc::new(Float64Array::from(scores)),
+            Arc::new(Int32Array::from(vec![100; per_file])),
+            Arc::new(TimestampMicrosecondArray::from(times)),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        write_parquet(&dir.join(format!("scores-{part:03}.parquet")), &batch)?;
+    }
+    Ok(())
+}
+
+/// 2026-01-01T00:00:00 in microseconds since the epoch.
+const BASE_US: i64 = 1_767_225_600_000_000;
+const HOUR_US: i64 = 3_600_000_000;
+
 fn write_events(dir: &Path, events: usize, rng: &mut Rng) -> Result<()> {
     let hours = (DAYS * 24) as usize;
     let per_hour = events.div_ceil(hours).max(1);
-    // 2026-01-01T00:00:00Z in microseconds.
-    let base: i64 = 1_767_225_600_000_000;
-    let hour_us: i64 = 3_600_000_000;
     let mut remaining = events;
     for h in 0..hours {
         let n = per_hour.min(remaining);
         remaining -= n;
         let day = (h / 24) as u32 + 1;
         let hour = (h % 24) as u32;
+        // From day 2 the writer's schema evolves: duration_ms widens and device appears.
         let evolved = day >= 2;
         let mut times: Vec<i64> = (0..n)
-            .map(|_| base + h as i64 * hour_us + rng.below(hour_us as u64) as i64)
+            .map(|_| BASE_US + h as i64 * HOUR_US + rng.below(HOUR_US as u64) as i64)
             .collect();
         times.sort_unstable();
         let users: Vec<i64> = (0..n).map(|_| 1 + rng.below(USERS as u64) as i64).collect();
         let types: Vec<&str> = (0..n).map(|_| rng.pick(EVENT_TYPES)).collect();
-        let pages: Vec<&str> = (0..n).map(|_| rng.pick(PAGES)).collect();
-        let durations: Vec<i64> = (0..n).map(|_| 50 + rng.below(5_000) as i64).collect();
+        let assessments: Vec<&str> = (0..n).map(|_| rng.pick(ASSESSMENTS)).collect();
+        let durations: Vec<i64> = (0..n).map(|_| 200 + rng.below(60_000) as i64).collect();
 
         let mut fields = vec![
             Field::new(
@@ -221,23 +297,20 @@ fn write_events(dir: &Path, events: usize, rng: &mut Rng) -> Result<()> {
             ),
             Field::new("user_id", DataType::Int64, false),
             Field::new("event_type", DataType::Utf8, false),
-            Field::new("page", DataType::Utf8, false),
+            Field::new("assessment", DataType::Utf8, false),
         ];
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMicrosecondArray::from(times)),
             Arc::new(Int64Array::from(users)),
-            Arc::new(StringArray::from(types.clone())),
-            Arc::new(StringArray::from(pages)),
+            Arc::new(StringArray::from(types)),
+            Arc::new(StringArray::from(assessments)),
         ];
         if evolved {
             fields.push(Field::new("duration_ms", DataType::Int64, false));
             columns.push(Arc::new(Int64Array::from(durations)));
-            let revenue: Vec<Option<f64>> = types
-                .iter()
-                .map(|t| (*t == "purchase").then(|| (500 + rng.below(20_000)) as f64 / 100.0))
-                .collect();
-            fields.push(Field::new("revenue", DataType::Float64, true));
-            columns.push(Arc::new(Float64Array::from(revenue)));
+            let devices: Vec<&str> = (0..n).map(|_| rng.pick(DEVICES)).collect();
+            fields.push(Field::new("device", DataType::Utf8, true));
+            columns.push(Arc::new(StringArray::from(devices)));
         } else {
             fields.push(Field::new("duration_ms", DataType::Int32, false));
             let narrow: Vec<i32> = durations.iter().map(|d| *d as i32).collect();

@@ -88,7 +88,15 @@ impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
         match e {
-            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
+            // The parser's own message carries the line and column.
+            D::SQL(parser, _) => Error::Sql(
+                parser
+                    .to_string()
+                    .trim_start_matches("sql parser error: ")
+                    .to_string(),
+            ),
+            D::Plan(message) => Error::Sql(message),
+            D::SchemaError(..) | D::NotImplemented(_) => {
                 Error::Sql(e.strip_backtrace().to_string())
             }
             D::Context(ctx, inner) => match Error::from(*inner) {

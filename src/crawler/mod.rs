@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::datatypes::Schema;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
@@ -511,13 +512,35 @@ impl Crawler {
         summary.files_removed += removals.len() as u64;
         summary.files_unchanged += kept.len() as u64;
 
+        // The table's columns are those of the files it now holds (in the order they were
+        // first seen); columns only the removed files had are dropped, as Glue's default
+        // "update the table definition" policy does. Types never narrow.
+        let present: BTreeSet<&str> = kept
+            .iter()
+            .map(|(_, f)| &f.file_schema)
+            .chain(new_entries.iter().map(|(_, f)| &f.file_schema))
+            .flat_map(|s| s.fields().iter().map(|f| f.name().as_str()))
+            .collect();
+        let merged = merger.finish();
+        let file_schema = if present.is_empty() {
+            merged
+        } else {
+            Arc::new(Schema::new(
+                merged
+                    .fields()
+                    .iter()
+                    .filter(|f| present.contains(f.name().as_str()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ))
+        };
         let commit = TableCommit {
             database: options.database.clone(),
             name: name.to_string(),
             location: table_url.to_string(),
             format: "parquet".into(),
             partition_columns,
-            file_schema: merger.finish(),
+            file_schema,
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
             removals,
         };

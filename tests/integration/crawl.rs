@@ -1,0 +1,342 @@
+//! Crawling fixture lakes into the catalog, and re-crawling them.
+
+use arrow::datatypes::{DataType, TimeUnit};
+use datafusion::physical_plan::displayable;
+use tarn::catalog::PartitionType;
+use tarn::crawler::CrawlOptions;
+
+use crate::common::{Env, events_v1, events_v2, firehose_lake, write_bytes, write_parquet};
+
+#[tokio::test]
+async fn crawl_finds_tables_partitions_and_merged_schema_and_names_the_corrupt_file() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let summary = env.crawl(&lake).await;
+
+    assert_eq!(
+        summary.tables_created,
+        vec!["default.events", "default.users"]
+    );
+    assert_eq!(summary.files_added, 4, "{summary}");
+    assert_eq!(
+        summary.partitions_added, 4,
+        "3 event partitions + the users root: {summary}"
+    );
+    assert_eq!(
+        summary.skipped.hidden, 3,
+        "_SUCCESS, .crc, _temporary: {summary}"
+    );
+    assert_eq!(summary.skipped.in_progress, 1, "{summary}");
+    assert_eq!(summary.skipped.empty, 1, "{summary}");
+    assert_eq!(summary.problems.len(), 1, "{summary}");
+    assert!(
+        summary.problems[0]
+            .path
+            .ends_with("hour=00/corrupt.parquet"),
+        "{summary}"
+    );
+    assert!(summary.to_string().contains("corrupt.parquet"));
+
+    let events = env
+        .catalog
+        .table("default", "events")
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<(&str, PartitionType)> = events
+        .partition_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.data_type))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("year", PartitionType::Int64),
+            ("month", PartitionType::Int64),
+            ("day", PartitionType::Int64),
+            ("hour", PartitionType::Int64)
+        ]
+    );
+    let schema = events.table_schema();
+    let field = |n: &str| schema.field_with_name(n).unwrap().clone();
+    assert_eq!(
+        field("ts").data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, None)
+    );
+    assert_eq!(
+        field("user_id").data_type(),
+        &DataType::Int64,
+        "int32 widened to int64"
+    );
+    assert_eq!(
+        field("value").data_type(),
+        &DataType::Float64,
+        "float32 widened to float64"
+    );
+    assert!(
+        field("country").is_nullable(),
+        "missing from the first files, so nullable"
+    );
+    assert_eq!(field("year").data_type(), &DataType::Int64);
+
+    // Every good row is there, old files read through the merged schema.
+    assert_eq!(
+        env.rows("SELECT count(*), sum(value) FROM events").await,
+        vec![vec!["9", "44.75"]]
+    );
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events WHERE country IS NULL")
+            .await,
+        vec![vec!["6"]],
+        "5 rows from files without the column, 1 real NULL"
+    );
+    assert_eq!(
+        env.rows("SELECT arrow_typeof(user_id), arrow_typeof(value) FROM events LIMIT 1")
+            .await,
+        vec![vec!["Int64", "Float64"]]
+    );
+}
+
+#[tokio::test]
+async fn recrawl_reads_only_what_changed() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let first = env.crawl(&lake).await;
+    let events = env
+        .catalog
+        .table("default", "events")
+        .await
+        .unwrap()
+        .unwrap();
+
+    let again = env.crawl(&lake).await;
+    assert_eq!(
+        again.footers_read, 1,
+        "only the corrupt file is retried: {again}"
+    );
+    assert_eq!(again.files_unchanged, first.files_added, "{again}");
+    assert!(
+        again.tables_created.is_empty() && again.tables_updated.is_empty(),
+        "{again}"
+    );
+    assert_eq!(again.schema_versions_added, 0);
+    let same = env
+        .catalog
+        .table("default", "events")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.schema_version, events.schema_version);
+    assert_eq!(
+        same.version, events.version,
+        "nothing changed, so no new table version"
+    );
+
+    // A new hour lands, an old one is deleted.
+    write_parquet(
+        &lake.join("events/year=2024/month=01/day=06/hour=01/part-0.parquet"),
+        &events_v2(
+            &["2024-01-06 01:00:00"],
+            &[5],
+            &["view"],
+            &[7.0],
+            &[Some("JP")],
+        ),
+    );
+    std::fs::remove_dir_all(lake.join("events/year=2024/month=01/day=05/hour=14")).unwrap();
+    let third = env.crawl(&lake).await;
+    assert_eq!(
+        third.footers_read, 2,
+        "the new file and the corrupt one: {third}"
+    );
+    assert_eq!(third.files_added, 1, "{third}");
+    assert_eq!(third.files_removed, 1, "{third}");
+    assert_eq!(third.partitions_added, 1, "{third}");
+    assert_eq!(third.partitions_removed, 1, "{third}");
+    assert_eq!(third.schema_versions_added, 0, "same columns: {third}");
+    assert_eq!(third.tables_updated, vec!["default.events"]);
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["8"]]
+    );
+
+    // A new column arrives: a new schema version, older files read it as NULL.
+    write_parquet(
+        &lake.join("events/year=2024/month=01/day=06/hour=02/part-0.parquet"),
+        &{
+            let b = events_v1(&["2024-01-06 02:00:00"], &[1], &["view"], &[1.0]);
+            let mut fields = b.schema().fields().to_vec();
+            fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+                "device",
+                DataType::Utf8,
+                true,
+            )));
+            let mut cols = b.columns().to_vec();
+            cols.push(std::sync::Arc::new(arrow::array::StringArray::from(vec![
+                "ios",
+            ])));
+            arrow::array::RecordBatch::try_new(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                cols,
+            )
+            .unwrap()
+        },
+    );
+    let fourth = env.crawl(&lake).await;
+    assert_eq!(fourth.schema_versions_added, 1, "{fourth}");
+    let history = env.catalog.schema_history(events.id).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        env.rows("SELECT device, count(*) FROM events GROUP BY device ORDER BY device")
+            .await,
+        vec![vec!["ios", "1"], vec!["NULL", "8"]]
+    );
+}
+
+#[tokio::test]
+async fn a_type_conflict_is_reported_naming_both_files_and_the_file_is_left_out() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_parquet(
+        &lake.join("t/part-0.parquet"),
+        &events_v1(&["2024-01-01 00:00:00"], &[1], &["a"], &[1.0]),
+    );
+    // `kind` as an integer cannot merge with the string column.
+    let bad = {
+        let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "kind",
+            DataType::Int64,
+            false,
+        )]);
+        arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![7]))],
+        )
+        .unwrap()
+    };
+    write_parquet(&lake.join("t/part-1.parquet"), &bad);
+    let summary = env.crawl(&lake).await;
+    assert_eq!(summary.problems.len(), 1, "{summary}");
+    let problem = &summary.problems[0];
+    assert!(problem.path.ends_with("part-1.parquet"), "{summary}");
+    assert!(
+        problem.message.contains("kind"),
+        "names the column: {}",
+        problem.message
+    );
+    assert!(
+        problem.message.contains("part-0.parquet"),
+        "names the other file: {}",
+        problem.message
+    );
+    assert_eq!(env.rows("SELECT count(*) FROM t").await, vec![vec!["1"]]);
+}
+
+#[tokio::test]
+async fn partition_filters_prune_files_before_they_are_opened() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    env.crawl(&lake).await;
+
+    let files_scanned = |sql: &'static str| {
+        let engine = env.engine.clone();
+        async move {
+            let df = engine.plan(sql, None).await.unwrap();
+            let plan = df.create_physical_plan().await.unwrap();
+            let text = displayable(plan.as_ref()).indent(true).to_string();
+            text.matches(".parquet").count()
+        }
+    };
+    assert_eq!(files_scanned("SELECT * FROM events").await, 3);
+    assert_eq!(files_scanned("SELECT * FROM events WHERE day = 5").await, 2);
+    assert_eq!(
+        files_scanned("SELECT * FROM events WHERE day = 5 AND hour = 14").await,
+        1
+    );
+    assert_eq!(
+        files_scanned("SELECT * FROM events WHERE hour > 20").await,
+        0
+    );
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events WHERE day = 5 AND hour = 14")
+            .await,
+        vec![vec!["2"]]
+    );
+}
+
+#[tokio::test]
+async fn queries_read_the_catalog_not_the_store() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    env.crawl(&lake).await;
+    // A file that lands after the crawl is invisible until the next crawl: queries plan
+    // from the catalog's file list and never list the store.
+    write_parquet(
+        &lake.join("events/year=2024/month=01/day=05/hour=13/part-1.parquet"),
+        &events_v1(&["2024-01-05 13:30:00"], &[9], &["view"], &[1.0]),
+    );
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["9"]]
+    );
+    env.crawl(&lake).await;
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["10"]]
+    );
+}
+
+#[tokio::test]
+async fn named_table_and_database_options_and_bad_locations() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let options = CrawlOptions {
+        database: "web".into(),
+        table: Some("clicks".into()),
+        ..CrawlOptions::default()
+    };
+    env.crawl_with(&lake.join("events"), options).await;
+    assert_eq!(
+        env.rows("SELECT count(*) FROM web.clicks").await,
+        vec![vec!["9"]]
+    );
+
+    let crawler = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone());
+    let err = crawler
+        .crawl(
+            &env.dir.path().join("nope").to_string_lossy(),
+            &CrawlOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "names the path: {err}");
+    let err = crawler
+        .crawl("ftp://host/x", &CrawlOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ftp"), "names the scheme: {err}");
+}
+
+#[tokio::test]
+async fn catalog_survives_reopen() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    env.crawl(&lake).await;
+    let Env { dir, .. } = env;
+    let reopened = Env::open(dir).await;
+    assert_eq!(
+        reopened.rows("SELECT count(*) FROM events").await,
+        vec![vec!["9"]]
+    );
+    write_bytes(&reopened.lake().join("notes/README.txt"), b"not data");
+    let summary = reopened.crawl(&reopened.lake()).await;
+    assert_eq!(summary.skipped.not_parquet, 1, "{summary}");
+}

@@ -1,0 +1,319 @@
+//! The Flight SQL service through the Rust `FlightSqlServiceClient`.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::FlightInfo;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
+use futures::TryStreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::{Env, TestServer, events_v2, firehose_lake, render, write_parquet};
+
+async fn fetch(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> (Arc<Schema>, Vec<RecordBatch>) {
+    let advertised: Schema = info.clone().try_decode_schema().unwrap();
+    let mut batches = Vec::new();
+    let mut schema = None;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("endpoint has a ticket");
+        let mut stream = client.do_get(ticket).await.unwrap();
+        while let Some(batch) = stream.try_next().await.unwrap() {
+            batches.push(batch);
+        }
+        schema = stream.schema().cloned();
+    }
+    let schema = schema.expect("the stream carried a schema");
+    assert_eq!(
+        schema.as_ref(),
+        &advertised,
+        "DoGet schema equals the advertised schema"
+    );
+    (schema, batches)
+}
+
+async fn served() -> (Env, TestServer) {
+    let env = Env::new().await;
+    firehose_lake(&env.lake());
+    env.crawl(&env.lake()).await;
+    let server = TestServer::start(env.engine.clone()).await;
+    (env, server)
+}
+
+#[tokio::test]
+async fn statement_query_streams_the_advertised_schema_without_views() {
+    let (_env, server) = served().await;
+    let mut client = server.client().await;
+    let info = client
+        .execute(
+            "SELECT kind, count(*) AS n, max(value) AS top FROM events GROUP BY kind ORDER BY kind"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        schema.field(0).data_type(),
+        &DataType::Utf8,
+        "views are cast to Utf8"
+    );
+    assert!(schema.fields().iter().all(|f| f.is_nullable()));
+    assert_eq!(
+        render(&batches),
+        vec![
+            vec!["buy", "2", "20.0"],
+            vec!["click", "3", "3.25"],
+            vec!["view", "4", "4.0"]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn empty_result_keeps_its_schema() {
+    let (_env, server) = served().await;
+    let mut client = server.client().await;
+    let info = client
+        .execute("SELECT user_id, name FROM users WHERE false".into(), None)
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(schema.fields().len(), 2);
+    assert_eq!(schema.field(1).name(), "name");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}
+
+#[tokio::test]
+async fn prepared_statement_binds_parameters_per_row() {
+    let (_env, server) = served().await;
+    let mut client = server.client().await;
+    let mut prepared = client
+        .prepare(
+            "SELECT name FROM users WHERE user_id = ? ORDER BY name".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(prepared.dataset_schema().unwrap().field(0).name(), "name");
+    assert_eq!(prepared.parameter_schema().unwrap().fields().len(), 1);
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![3, 1]))],
+    )
+    .unwrap();
+    prepared.set_parameters(params).unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        render(&batches),
+        vec![vec!["cy"], vec!["ann"]],
+        "one execution per row"
+    );
+    prepared.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_map_to_statuses_a_person_can_act_on_and_the_server_lives_on() {
+    let (_env, server) = served().await;
+    let mut client = server.client().await;
+
+    let err = client
+        .execute("SELECT * FROM no_such_table".into(), None)
+        .await
+        .unwrap_err();
+    let status = tonic_status(err);
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("no_such_table"),
+        "{}",
+        status.message()
+    );
+
+    let err = client.execute("SELEC 1".into(), None).await.unwrap_err();
+    let status = tonic_status(err);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("Line: 1, Column: 1"),
+        "{}",
+        status.message()
+    );
+
+    let err = client
+        .execute("SELECT nope FROM users".into(), None)
+        .await
+        .unwrap_err();
+    let status = tonic_status(err);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("nope"), "{}", status.message());
+
+    let err = client
+        .execute("CREATE TABLE x (a int)".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(tonic_status(err).code(), Code::InvalidArgument);
+
+    // A forged ticket is refused, not a crash.
+    let err = client
+        .do_get(arrow_flight::Ticket::new(b"garbage".to_vec()))
+        .await
+        .err()
+        .expect("garbage ticket rejected");
+    assert_ne!(tonic_status(err).code(), Code::Ok);
+
+    // Still serving.
+    let info = client
+        .execute("SELECT count(*) FROM users".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches), vec![vec!["5"]]);
+    server.stop().await.unwrap();
+}
+
+fn tonic_status(err: arrow_flight::error::FlightError) -> tonic::Status {
+    match err {
+        arrow_flight::error::FlightError::Tonic(status) => *status,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn metadata_commands_list_everything_without_filters() {
+    let (_env, server) = served().await;
+    let mut client = server.client().await;
+
+    let info = client.get_catalogs().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches), vec![vec!["tarn"]]);
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let schemas: Vec<String> = render(&batches).into_iter().map(|r| r[1].clone()).collect();
+    assert!(schemas.contains(&"default".to_string()), "{schemas:?}");
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: Some("ev%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(schema.fields().len(), 5, "include_schema adds table_schema");
+    let rows = render(&batches);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(&rows[0][..4], &["tarn", "default", "events", "TABLE"]);
+    let batch = &batches[0];
+    let bytes = batch
+        .column(4)
+        .as_any()
+        .downcast_ref::<arrow::array::BinaryArray>()
+        .unwrap()
+        .value(0);
+    let table_schema = arrow::ipc::convert::try_schema_from_ipc_buffer(bytes).unwrap();
+    assert_eq!(
+        table_schema.field_with_name("kind").unwrap().data_type(),
+        &DataType::Utf8
+    );
+    assert!(
+        table_schema.field_with_name("hour").is_ok(),
+        "partition columns are listed"
+    );
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: false,
+        })
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(schema.fields().len(), 4);
+    let names: Vec<String> = render(&batches).into_iter().map(|r| r[2].clone()).collect();
+    assert!(names.contains(&"users".to_string()) && names.contains(&"events".to_string()));
+
+    let info = client.get_sql_info(vec![]).await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let all = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    assert!(all >= 90, "an empty id list means every id: {all}");
+    let info = client
+        .get_sql_info(vec![SqlInfo::FlightSqlServerName])
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+
+    let info = client.get_table_types().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert!(render(&batches).contains(&vec!["TABLE".to_string()]));
+
+    let info = client
+        .get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: None,
+            table: "events".into(),
+        })
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(schema.fields().len(), 6);
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
+    let info = client
+        .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() >= 10);
+}
+
+#[tokio::test]
+async fn a_running_server_sees_a_finished_crawl() {
+    let (env, server) = served().await;
+    let mut client = server.client().await;
+    let count = |client: &mut FlightSqlServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            let info = client
+                .execute("SELECT count(*) FROM events".into(), None)
+                .await
+                .unwrap();
+            render(&fetch(&mut client, info).await.1)
+        }
+    };
+    assert_eq!(count(&mut client).await, vec![vec!["9"]]);
+    write_parquet(
+        &env.lake()
+            .join("events/year=2024/month=01/day=07/hour=00/part-0.parquet"),
+        &events_v2(&["2024-01-07 00:00:00"], &[2], &["view"], &[1.0], &[None]),
+    );
+    // A second catalog handle on the same data directory, as `tarn crawl` would open.
+    let other = tarn::catalog::Catalog::open(&env.dir.path().join("data"))
+        .await
+        .unwrap();
+    tarn::crawler::Crawler::new(other, env.stores.clone())
+        .crawl(
+            &env.lake().to_string_lossy(),
+            &tarn::crawler::CrawlOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&mut client).await, vec![vec!["10"]]);
+}
