@@ -75,6 +75,11 @@ impl Engine {
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
             .with_create_default_catalog_and_schema(false);
+        // Evaluate pushed-down filters inside the Parquet decoder (row-level, with late
+        // materialisation), not only for row-group and page pruning.
+        let parquet = &mut config.options_mut().execution.parquet;
+        parquet.pushdown_filters = true;
+        parquet.reorder_filters = true;
         for (k, v) in &options.datafusion_config {
             let key = if k.starts_with("datafusion.") {
                 k.clone()
