@@ -22,10 +22,10 @@ def tarn_bin() -> str:
     return path
 
 
-def tarn(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+def tarn(data_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [tarn_bin(), "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
     )
 
 
@@ -43,16 +43,19 @@ def lake(tmp_path_factory):
 class Server:
     """`tarn serve` in a child process; the address comes from its ready line."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, command=("serve",), env: dict | None = None):
         self.proc = subprocess.Popen(
-            [tarn_bin(), "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+            [tarn_bin(), "--data-dir", str(data_dir), *command, "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
         )
+        self.output = []
         ready = threading.Event()
         found = {}
 
         def read():
             for line in self.proc.stdout:
+                self.output.append(line)
                 m = re.search(r"listening on grpc://(\S+)", line)
                 if m:
                     found["addr"] = m.group(1)
@@ -83,14 +86,18 @@ def server(lake):
     assert s.proc.returncode == 0, f"tarn serve exited with {s.proc.returncode}"
 
 
-@pytest.fixture()
-def conn(server):
+def connect(uri: str):
     import adbc_driver_flightsql.dbapi as flightsql
     import warnings
 
     with warnings.catch_warnings():
         # Tarn is read-only and has no transactions; the DB-API wrapper warns about that.
         warnings.simplefilter("ignore")
-        c = flightsql.connect(server.uri)
+        return flightsql.connect(uri)
+
+
+@pytest.fixture()
+def conn(server):
+    c = connect(server.uri)
     yield c
     c.close()
