@@ -221,8 +221,16 @@ impl Crawler {
             let relative = full
                 .strip_prefix(prefix_str)
                 .unwrap_or(full)
-                .trim_start_matches('/')
-                .to_string();
+                .trim_start_matches('/');
+            // The local store lists paths URL-encoded (a file named `eu%2Dwest` is listed as
+            // `eu%252Dwest`); layout rules and Hive partition values work on real names.
+            let relative = if location.url.scheme() == "file" {
+                percent_encoding::percent_decode_str(relative)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            } else {
+                relative.to_string()
+            };
             match classify(&relative, meta.size) {
                 Some(Skip::Hidden) => summary.skipped.hidden += 1,
                 Some(Skip::InProgress) => summary.skipped.in_progress += 1,

@@ -165,8 +165,18 @@ impl CatalogTable {
                 })
                 .collect();
             let stats = file_statistics(file, &entry, &values);
+            // Stored paths are object store paths already encoded: parse, never re-encode.
+            let location = object_store::path::Path::parse(&file.path).map_err(|e| {
+                crate::Error::CatalogCorrupt {
+                    what: format!(
+                        "file '{}' of table {}.{}",
+                        file.path, entry.database, entry.name
+                    ),
+                    reason: e.to_string(),
+                }
+            })?;
             let mut pf = PartitionedFile::new_from_meta(ObjectMeta {
-                location: object_store::path::Path::from(file.path.as_str()),
+                location,
                 last_modified: file.last_modified,
                 size: file.size,
                 e_tag: file.e_tag.clone(),

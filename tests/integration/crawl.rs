@@ -340,3 +340,71 @@ async fn catalog_survives_reopen() {
     let summary = reopened.crawl(&reopened.lake()).await;
     assert_eq!(summary.skipped.not_parquet, 1, "{summary}");
 }
+
+#[tokio::test]
+async fn date_and_string_partitions_are_typed_and_prune_with_nulls() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    let file = |dt: &str, region: &str, ts: &str, user: i32| {
+        write_parquet(
+            &lake.join(format!("daily/dt={dt}/region={region}/part-0.parquet")),
+            &events_v1(&[ts], &[user], &["view"], &[1.0]),
+        );
+    };
+    file("2024-01-05", "eu%2Dwest", "2024-01-05 10:00:00", 1);
+    file(
+        "2024-01-05",
+        "__HIVE_DEFAULT_PARTITION__",
+        "2024-01-05 11:00:00",
+        2,
+    );
+    file("2024-01-06", "us", "2024-01-06 10:00:00", 3);
+    // A name that needs escaping in a URL.
+    write_parquet(
+        &lake.join("daily/dt=2024-01-06/region=us/part 1 (copy).parquet"),
+        &events_v1(&["2024-01-06 12:00:00"], &[4], &["view"], &[1.0]),
+    );
+    let summary = env.crawl(&lake).await;
+    assert_eq!(summary.tables_created, vec!["default.daily"], "{summary}");
+
+    let daily = env
+        .catalog
+        .table("default", "daily")
+        .await
+        .unwrap()
+        .unwrap();
+    let types: Vec<(&str, PartitionType)> = daily
+        .partition_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.data_type))
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("dt", PartitionType::Date),
+            ("region", PartitionType::String)
+        ]
+    );
+    assert_eq!(
+        env.rows("SELECT arrow_typeof(dt), arrow_typeof(region) FROM daily LIMIT 1")
+            .await,
+        vec![vec!["Date32", "Utf8"]]
+    );
+    assert_eq!(
+        env.rows("SELECT user_id FROM daily WHERE dt = DATE '2024-01-05' AND region IS NULL")
+            .await,
+        vec![vec!["2"]],
+        "__HIVE_DEFAULT_PARTITION__ is NULL"
+    );
+    assert_eq!(
+        env.rows("SELECT region FROM daily WHERE dt = '2024-01-05' AND region IS NOT NULL")
+            .await,
+        vec![vec!["eu-west"]],
+        "partition values are percent-decoded"
+    );
+    assert_eq!(
+        env.rows("SELECT count(*) FROM daily WHERE dt > DATE '2024-01-05'")
+            .await,
+        vec![vec!["2"]]
+    );
+}
