@@ -186,6 +186,8 @@ fn tonic_status(err: arrow_flight::error::FlightError) -> tonic::Status {
 async fn metadata_commands_list_everything_without_filters() {
     let (_env, server) = served().await;
     let mut client = server.client().await;
+    // Handshake succeeds (no authentication yet), as JDBC and ADBC require.
+    client.handshake("analyst", "secret").await.unwrap();
 
     let info = client.get_catalogs().await.unwrap();
     let (_, batches) = fetch(&mut client, info).await;
