@@ -28,8 +28,12 @@ impl Context {
     pub async fn open(cli: &Cli) -> Result<Self> {
         let catalog = Catalog::open(&cli.data_dir).await?;
         let stores = Arc::new(StoreRegistry::default());
+        // SQL may create tables under the data directory and the --allow-location roots.
+        let mut allowed_locations = vec![cli.data_dir.to_string_lossy().into_owned()];
+        allowed_locations.extend(cli.allow_locations.iter().cloned());
         let options = EngineOptions {
             datafusion_config: cli.datafusion_config.clone(),
+            allowed_locations,
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {
@@ -63,6 +67,10 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
         database: args.database.clone(),
         table: args.table.clone(),
         footer_concurrency: args.footer_concurrency.max(1),
+        declared: crate::crawler::Declared {
+            partition_types: args.partition_types.iter().cloned().collect(),
+            ..Default::default()
+        },
     };
     let summary = ctx.crawler().crawl(&args.location, &options).await?;
     if args.json {

@@ -31,6 +31,17 @@ pub struct Cli {
           value_delimiter = ',', value_parser = parse_key_value)]
     pub datafusion_config: Vec<(String, String)>,
 
+    /// A location (path or URL prefix, e.g. `/data/lake` or `s3://bucket/`) under which
+    /// SQL may create tables (repeatable; the data directory is always allowed). Without
+    /// it, `CREATE EXTERNAL TABLE` cannot reach other server files.
+    #[arg(
+        long = "allow-location",
+        global = true,
+        env = "TARN_ALLOW_LOCATIONS",
+        value_delimiter = ','
+    )]
+    pub allow_locations: Vec<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,9 +73,18 @@ pub struct CrawlArgs {
     /// Parquet footers read concurrently.
     #[arg(long, env = "TARN_FOOTER_CONCURRENCY", default_value_t = crate::crawler::DEFAULT_FOOTER_CONCURRENCY)]
     pub footer_concurrency: usize,
+    /// Declare a partition column's type instead of inferring it, as KEY=TYPE with TYPE
+    /// one of int64, date, timestamp, string (repeatable; kept for later crawls).
+    #[arg(long = "partition-type", value_parser = parse_partition_type)]
+    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_partition_type(s: &str) -> Result<(String, crate::catalog::PartitionType), String> {
+    let (k, v) = parse_key_value(s)?;
+    Ok((k, v.parse()?))
 }
 
 /// `tarn serve`.

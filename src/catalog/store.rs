@@ -563,6 +563,162 @@ impl Catalog {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
+    /// Creates a database. Returns false when it already existed and `if_not_exists`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when it exists and `if_not_exists` is false.
+    pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let inserted =
+            sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
+                .bind(name)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if !inserted {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(Error::InvalidArgument(format!(
+                "database '{name}' already exists; use CREATE DATABASE IF NOT EXISTS to ignore this"
+            )));
+        }
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Drops a database; with `cascade` its tables go too (their files stay in the lake).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `default`, for a database that still has tables
+    /// without `cascade`, or one that does not exist without `if_exists`.
+    pub async fn drop_database(&self, name: &str, if_exists: bool, cascade: bool) -> Result<bool> {
+        if name == "default" {
+            return Err(Error::InvalidArgument(
+                "the database 'default' cannot be dropped".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else {
+            if if_exists {
+                return Ok(false);
+            }
+            return Err(Error::InvalidArgument(format!(
+                "database '{name}' does not exist"
+            )));
+        };
+        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM tables WHERE database_id = ?1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if tables > 0 && !cascade {
+            return Err(Error::InvalidArgument(format!(
+                "database '{name}' has {tables} table(s); drop them first or use DROP DATABASE {name} CASCADE"
+            )));
+        }
+        sqlx::query("DELETE FROM databases WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes a table from the catalog (its files stay in the lake). Returns whether it
+    /// existed.
+    pub async fn drop_table(&self, database: &str, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM tables WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+        )
+        .bind(database)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted > 0 {
+            bump_generation(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// A table's properties (a JSON object).
+    pub async fn table_properties(&self, table_id: i64) -> Result<serde_json::Value> {
+        let text: String = sqlx::query_scalar("SELECT properties FROM tables WHERE id = ?1")
+            .bind(table_id)
+            .fetch_one(&self.pool)
+            .await?;
+        serde_json::from_str(&text).map_err(|e| Error::CatalogCorrupt {
+            what: format!("properties of table id {table_id}"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Replaces a table's properties.
+    pub async fn set_table_properties(
+        &self,
+        table_id: i64,
+        properties: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE tables SET properties = ?2 WHERE id = ?1")
+            .bind(table_id)
+            .bind(properties.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the partition with exactly these values, and its files, from the catalog
+    /// (the files stay in the lake). Returns how many files were removed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the table has no such partition.
+    pub async fn drop_partition(&self, table_id: i64, values: &[Option<String>]) -> Result<u64> {
+        let json = serde_json::to_string(values)
+            .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM partitions WHERE table_id = ?1 AND \"values\" = ?2")
+                .bind(table_id)
+                .bind(&json)
+                .fetch_all(&mut *tx)
+                .await?;
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the table has no partition {json}"
+            )));
+        }
+        let mut files = 0;
+        for id in ids {
+            files += sqlx::query("DELETE FROM data_files WHERE partition_id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM partitions WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE tables SET version = version + 1, updated_at = ?2 WHERE id = ?1")
+            .bind(table_id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(files)
+    }
 }
 
 async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {

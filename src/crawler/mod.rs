@@ -18,12 +18,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Schema, SchemaRef};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, FileEntry, PartitionColumn, TableCommit};
+use crate::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
 use footer::{FooterError, read_footer};
@@ -43,6 +43,75 @@ pub struct CrawlOptions {
     /// Footer reads in flight at once (bounded so a large lake does not open thousands of
     /// requests against the store).
     pub footer_concurrency: usize,
+    /// Declared table layout (from `CREATE EXTERNAL TABLE` or `--partition-type`); what is
+    /// not declared is inferred.
+    pub declared: Declared,
+}
+
+/// What a user declared about a table instead of letting the crawl infer it. Stored in
+/// the table's properties, so later crawls and `MSCK REPAIR TABLE` keep it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Declared {
+    /// The file columns, fixed: files are read as this schema, nothing is added or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "schema_json")]
+    pub schema: Option<SchemaRef>,
+    /// The partition columns, in folder order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_keys: Option<Vec<String>>,
+    /// Partition column types that override inference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_types: BTreeMap<String, PartitionType>,
+}
+
+impl Declared {
+    pub fn is_empty(&self) -> bool {
+        *self == Declared::default()
+    }
+
+    /// Options given now win; what they leave open comes from what was declared before.
+    fn or(&self, earlier: &Declared) -> Declared {
+        let mut partition_types = earlier.partition_types.clone();
+        partition_types.extend(self.partition_types.clone());
+        Declared {
+            schema: self.schema.clone().or_else(|| earlier.schema.clone()),
+            partition_keys: self
+                .partition_keys
+                .clone()
+                .or_else(|| earlier.partition_keys.clone()),
+            partition_types,
+        }
+    }
+}
+
+/// A declared schema kept in table properties as its IPC bytes, hex-encoded.
+mod schema_json {
+    use arrow::datatypes::SchemaRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(schema: &Option<SchemaRef>, s: S) -> Result<S::Ok, S::Error> {
+        match schema {
+            Some(schema) => {
+                let bytes = crate::catalog::store::encode_schema(schema);
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                s.serialize_some(&hex)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SchemaRef>, D::Error> {
+        let Some(hex) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(serde::de::Error::custom)?;
+        arrow::ipc::convert::try_schema_from_flatbuffer_bytes(&bytes)
+            .map(|s| Some(std::sync::Arc::new(s)))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for CrawlOptions {
@@ -51,6 +120,7 @@ impl Default for CrawlOptions {
             database: "default".into(),
             table: None,
             footer_concurrency: DEFAULT_FOOTER_CONCURRENCY,
+            declared: Declared::default(),
         }
     }
 }
@@ -221,16 +291,8 @@ impl Crawler {
             let relative = full
                 .strip_prefix(prefix_str)
                 .unwrap_or(full)
-                .trim_start_matches('/');
-            // The local store lists paths URL-encoded (a file named `eu%2Dwest` is listed as
-            // `eu%252Dwest`); layout rules and Hive partition values work on real names.
-            let relative = if location.url.scheme() == "file" {
-                percent_encoding::percent_decode_str(relative)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            } else {
-                relative.to_string()
-            };
+                .trim_start_matches('/')
+                .to_string();
             match classify(&relative, meta.size) {
                 Some(Skip::Hidden) => summary.skipped.hidden += 1,
                 Some(Skip::InProgress) => summary.skipped.in_progress += 1,
@@ -334,6 +396,19 @@ impl Crawler {
             });
             return Ok(());
         }
+        let earlier = match &existing {
+            Some(t) => serde_json::from_value::<Declared>(
+                self.catalog
+                    .table_properties(t.id)
+                    .await?
+                    .get("declared")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default(),
+            None => Declared::default(),
+        };
+        let declared = options.declared.or(&earlier);
         let old_files: HashMap<String, FileEntry> = match &existing {
             Some(t) => self
                 .catalog
@@ -364,11 +439,14 @@ impl Crawler {
         for p in &placements {
             *key_counts.entry(&p.keys).or_default() += 1;
         }
-        let keys: Vec<String> = key_counts
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(k, _)| (*k).clone())
-            .unwrap_or_default();
+        let keys: Vec<String> = match &declared.partition_keys {
+            Some(keys) => keys.clone(),
+            None => key_counts
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(k, _)| (*k).clone())
+                .unwrap_or_default(),
+        };
         let same_keys = existing
             .as_ref()
             .map(|t| t.partition_columns.iter().map(|c| &c.name).eq(keys.iter()))
@@ -384,6 +462,27 @@ impl Crawler {
                         "partition folders ({}) do not match the table's ({}); file left out",
                         placements[i].keys.join("/"),
                         keys.join("/")
+                    ),
+                });
+                continue;
+            }
+            if let Some((key, value, t)) =
+                keys.iter().zip(&placements[i].values).find_map(|(k, v)| {
+                    let t = declared.partition_types.get(k)?;
+                    let v = v.as_deref()?;
+                    let fits = match t {
+                        PartitionType::String => true,
+                        PartitionType::Int64 => v.parse::<i64>().is_ok(),
+                        PartitionType::Date => layout::parse_date(v).is_some(),
+                        PartitionType::Timestamp => layout::parse_timestamp(v).is_some(),
+                    };
+                    (!fits).then_some((k, v, t))
+                })
+            {
+                summary.problems.push(Problem {
+                    path: c.meta.location.to_string(),
+                    message: format!(
+                        "partition value {key}={value} is not a {t} as declared; file left out"
                     ),
                 });
                 continue;
@@ -414,8 +513,9 @@ impl Crawler {
         footers.sort_by_key(|(i, _)| *i);
 
         let partition_names: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
-        let mut merger = match &existing {
-            Some(t) if same_keys => SchemaMerger::from_schema(&t.file_schema),
+        let mut merger = match (&declared.schema, &existing) {
+            (Some(schema), _) => SchemaMerger::from_schema(schema),
+            (None, Some(t)) if same_keys => SchemaMerger::from_schema(&t.file_schema),
             _ => SchemaMerger::default(),
         };
         for (_, f) in &kept {
@@ -493,13 +593,19 @@ impl Crawler {
             .enumerate()
             .map(|(k, key)| PartitionColumn {
                 name: key.clone(),
-                data_type: infer_partition_type(
-                    included_values.iter().filter_map(|v| v.get(k)?.as_deref()),
-                ),
+                data_type: declared
+                    .partition_types
+                    .get(key)
+                    .copied()
+                    .unwrap_or_else(|| {
+                        infer_partition_type(
+                            included_values.iter().filter_map(|v| v.get(k)?.as_deref()),
+                        )
+                    }),
             })
             .collect();
 
-        if existing.is_none() && new_entries.is_empty() {
+        if existing.is_none() && new_entries.is_empty() && declared.is_empty() {
             return Ok(()); // nothing usable here: no table to create
         }
         let kept_paths: BTreeSet<&str> = kept.iter().map(|(_, f)| f.path.as_str()).collect();
@@ -530,7 +636,9 @@ impl Crawler {
             .flat_map(|s| s.fields().iter().map(|f| f.name().as_str()))
             .collect();
         let merged = merger.finish();
-        let file_schema = if present.is_empty() {
+        let file_schema = if let Some(schema) = &declared.schema {
+            Arc::clone(schema)
+        } else if present.is_empty() {
             merged
         } else {
             Arc::new(Schema::new(
@@ -553,6 +661,19 @@ impl Crawler {
             removals,
         };
         let outcome = self.catalog.commit_table(&commit).await?;
+        if declared != earlier
+            && let Some(table) = self.catalog.table(&options.database, name).await?
+        {
+            let mut properties = self.catalog.table_properties(table.id).await?;
+            let value = serde_json::to_value(&declared)
+                .map_err(|e| Error::Internal(format!("declared layout to JSON: {e}")))?;
+            if let Some(map) = properties.as_object_mut() {
+                map.insert("declared".into(), value);
+            }
+            self.catalog
+                .set_table_properties(table.id, &properties)
+                .await?;
+        }
         summary.partitions_added += outcome.partitions_added;
         summary.partitions_removed += outcome.partitions_removed;
         if outcome.new_schema_version && !outcome.created {

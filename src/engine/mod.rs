@@ -6,6 +6,7 @@
 //! providers are cached per table version, so a table's file list is read from the
 //! catalog once per change, not once per query.
 
+pub mod ddl;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +53,15 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     state: SessionState,
+    /// URL prefixes SQL statements may name as locations.
+    allowed_locations: Arc<Vec<String>>,
+}
+
+/// A planned statement: a query for DataFusion, or a command Tarn runs itself.
+#[derive(Debug)]
+pub enum Statement {
+    Query(Box<DataFrame>),
+    Command(ddl::Command),
 }
 
 /// Engine settings.
@@ -59,6 +69,8 @@ pub struct Engine {
 pub struct EngineOptions {
     /// DataFusion settings as `key = value` (e.g. `datafusion.execution.target_partitions`).
     pub datafusion_config: Vec<(String, String)>,
+    /// Locations (paths or URLs) under which SQL DDL may create tables.
+    pub allowed_locations: Vec<String>,
 }
 
 impl Engine {
@@ -109,7 +121,27 @@ impl Engine {
                 shared: Arc::clone(&shared),
             }),
         );
-        Ok(Self { shared, state })
+        let allowed_locations = options
+            .allowed_locations
+            .iter()
+            .filter_map(|root| match Location::parse(root) {
+                Ok(location) => Some(location.url.to_string()),
+                Err(e) => {
+                    tracing::warn!(%root, error = %e, "ignoring an allowed location");
+                    None
+                }
+            })
+            .collect();
+        Ok(Self {
+            shared,
+            state,
+            allowed_locations: Arc::new(allowed_locations),
+        })
+    }
+
+    /// The session state every request starts from.
+    pub(crate) fn base_state(&self) -> &SessionState {
+        &self.state
     }
 
     /// The catalog this engine reads.
@@ -259,18 +291,40 @@ impl Engine {
         df.with_param_values(values).map_err(map_plan_error)
     }
 
-    /// Runs `sql` and collects its result.
+    /// Recognises Tarn's own statements, and plans everything else as a query with the
+    /// parameters of `row` bound (see [`Engine::plan_with_row`]).
     ///
     /// # Errors
-    /// As [`Engine::plan`], plus [`Error::Execution`] when execution fails.
+    /// As [`Engine::plan_with_row`].
+    pub async fn prepare(&self, sql: &str, row: Option<&RecordBatch>) -> Result<Statement> {
+        self.refresh().await?;
+        if let Some(command) = ddl::recognise(self, sql).await? {
+            return Ok(Statement::Command(command));
+        }
+        Ok(Statement::Query(Box::new(
+            self.plan_with_row(sql, row).await?,
+        )))
+    }
+
+    /// Runs `sql` (a query or a Tarn statement) and collects its result.
+    ///
+    /// # Errors
+    /// As [`Engine::prepare`], plus [`Error::Execution`] when execution fails.
     pub async fn query(
         &self,
         sql: &str,
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
-        let df = self.plan(sql, None).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(Error::from)?;
-        Ok((schema, batches))
+        match self.prepare(sql, None).await? {
+            Statement::Command(command) => {
+                let batch = self.run_command(&command).await?;
+                Ok((batch.schema(), vec![batch]))
+            }
+            Statement::Query(df) => {
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await.map_err(Error::from)?;
+                Ok((schema, batches))
+            }
+        }
     }
 
     /// The provider of `database.name`, built from the catalog (cached per version).

@@ -18,6 +18,49 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"TRN1";
+/// A ticket holding a result computed when the ticket was issued (a DDL statement's
+/// outcome), as an IPC stream.
+const RESULT_MAGIC: &[u8; 4] = b"TRR1";
+
+/// What a ticket holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TicketContent {
+    /// A statement to run.
+    Statement(StatementHandle),
+    /// A result already computed.
+    Result(Vec<RecordBatch>),
+}
+
+/// Encodes a computed result as a ticket.
+///
+/// # Errors
+/// When the batches cannot be written as IPC.
+pub fn encode_result(batches: &[RecordBatch]) -> Result<Bytes> {
+    let mut out = RESULT_MAGIC.to_vec();
+    if let Some(first) = batches.first() {
+        let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a ticket made by [`StatementHandle::encode`] or [`encode_result`].
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for bytes that are not a Tarn ticket.
+pub fn decode_ticket(bytes: &[u8]) -> Result<TicketContent> {
+    match bytes.strip_prefix(RESULT_MAGIC) {
+        Some(rest) => Ok(TicketContent::Result(
+            StreamReader::try_new(rest, None)
+                .and_then(|r| r.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| Error::InvalidArgument(format!("not a Tarn ticket: {e}")))?,
+        )),
+        None => StatementHandle::decode(bytes).map(TicketContent::Statement),
+    }
+}
 
 /// A statement as carried in a ticket or handle.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +236,25 @@ mod tests {
         let rows = decoded.param_rows();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].num_rows(), 1);
+    }
+
+    #[test]
+    fn result_tickets_round_trip() {
+        let batch = RecordBatch::try_from_iter([(
+            "result",
+            Arc::new(StringArray::from(vec!["created"])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let ticket = encode_result(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(
+            decode_ticket(&ticket).unwrap(),
+            TicketContent::Result(vec![batch])
+        );
+        let statement = StatementHandle::new("SELECT 1");
+        assert_eq!(
+            decode_ticket(&statement.encode().unwrap()).unwrap(),
+            TicketContent::Statement(statement)
+        );
     }
 
     #[test]

@@ -31,23 +31,27 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
     SchemaAsIpc, Ticket,
 };
 use datafusion::datasource::TableType;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::{CATALOG_NAME, Engine};
+use crate::engine::{CATALOG_NAME, Engine, Statement};
 use crate::error::{Error, Result};
-use handle::{StatementHandle, rewrite_question_marks};
+use handle::{
+    StatementHandle, TicketContent, decode_ticket, encode_result, rewrite_question_marks,
+};
 
 /// Largest gRPC message accepted (parameter batches, ingest): 64 MiB.
 const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
@@ -66,18 +70,56 @@ impl TarnFlightSql {
         Self { engine }
     }
 
-    /// Plans the statement in `handle` (first parameter row bound, if any) and returns its
-    /// wire schema.
-    async fn statement_schema(&self, handle: &StatementHandle) -> Result<SchemaRef> {
+    /// Plans the statement in `handle` (first parameter row bound, if any) for
+    /// `GetFlightInfo`: a query or `SHOW` gets its wire schema and a ticket that runs it;
+    /// a DDL statement runs now, and its ticket carries the result.
+    async fn flight_plan(&self, handle: &StatementHandle) -> Result<(SchemaRef, bytes::Bytes)> {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        let df = self.engine.plan_with_row(&sql, rows.first()).await?;
-        Ok(wire_schema(df.schema().as_arrow()))
+        match self.engine.prepare(&sql, rows.first()).await? {
+            Statement::Query(df) => Ok((wire_schema(df.schema().as_arrow()), handle.encode()?)),
+            Statement::Command(command) if command.is_update() => {
+                let batch = self.engine.run_command(&command).await?;
+                Ok((wire_schema(&batch.schema()), encode_result(&[batch])?))
+            }
+            Statement::Command(command) => Ok((wire_schema(&command.schema()), handle.encode()?)),
+        }
     }
 
-    /// Runs the statement in `handle` once per bound parameter row (once when none are
-    /// bound) and streams the results in the wire schema.
-    async fn execute(&self, handle: StatementHandle) -> Result<FlightDataStream> {
+    /// Runs a DDL statement for the update paths (JDBC's `executeUpdate`, ADBC's
+    /// `execute_update`); returns the affected row count, 0 for DDL as JDBC expects.
+    async fn update(&self, sql: &str) -> Result<i64> {
+        match self
+            .engine
+            .prepare(&rewrite_question_marks(sql), None)
+            .await?
+        {
+            Statement::Command(command) if command.is_update() => {
+                self.engine.run_command(&command).await?;
+                Ok(0)
+            }
+            _ => Err(Error::InvalidArgument(
+                "this statement returns rows; run it as a query, not as an update".into(),
+            )),
+        }
+    }
+
+    /// Streams what a ticket holds: a computed result, or the statement run once per bound
+    /// parameter row (once when none are bound), in the wire schema.
+    async fn execute(&self, ticket: TicketContent) -> Result<FlightDataStream> {
+        let handle = match ticket {
+            TicketContent::Result(batches) => {
+                let schema = batches
+                    .first()
+                    .map(|b| wire_schema(&b.schema()))
+                    .ok_or_else(|| Error::InvalidArgument("empty result ticket".into()))?;
+                let target = Arc::clone(&schema);
+                let stream = futures::stream::iter(batches)
+                    .map(move |b| to_wire_batch(&b, &target).map_err(status_error));
+                return Ok(encode(schema, stream));
+            }
+            TicketContent::Statement(handle) => handle,
+        };
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
         let mut streams = Vec::new();
@@ -88,8 +130,22 @@ impl TarnFlightSql {
             rows.iter().map(Some).collect()
         };
         for row in runs {
-            let df = self.engine.plan_with_row(&sql, row).await?;
-            let this = wire_schema(df.schema().as_arrow());
+            let (this, stream) = match self.engine.prepare(&sql, row).await? {
+                Statement::Query(df) => {
+                    let this = wire_schema(df.schema().as_arrow());
+                    (this, df.execute_stream().await.map_err(Error::from)?)
+                }
+                Statement::Command(command) => {
+                    let batch = self.engine.run_command(&command).await?;
+                    let this = wire_schema(&batch.schema());
+                    let stream: datafusion::execution::SendableRecordBatchStream =
+                        Box::pin(RecordBatchStreamAdapter::new(
+                            batch.schema(),
+                            futures::stream::iter([Ok(batch)]),
+                        ));
+                    (this, stream)
+                }
+            };
             match &schema {
                 Some(s) if s != &this => {
                     return Err(Error::InvalidArgument(
@@ -101,7 +157,7 @@ impl TarnFlightSql {
                 Some(_) => {}
                 None => schema = Some(Arc::clone(&this)),
             }
-            streams.push(df.execute_stream().await.map_err(Error::from)?);
+            streams.push(stream);
         }
         let schema = schema.ok_or_else(|| Error::Internal("no statement was run".into()))?;
         let target = Arc::clone(&schema);
@@ -278,13 +334,8 @@ impl FlightSqlService for TarnFlightSql {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let handle = StatementHandle::new(query.query);
-        let schema = self
-            .statement_schema(&handle)
-            .await
-            .map_err(flight_status)?;
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.encode().map_err(flight_status)?,
-        };
+        let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
+        let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
     }
 
@@ -295,13 +346,8 @@ impl FlightSqlService for TarnFlightSql {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let handle =
             StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
-        let schema = self
-            .statement_schema(&handle)
-            .await
-            .map_err(flight_status)?;
-        let ticket = TicketStatementQuery {
-            statement_handle: query.prepared_statement_handle,
-        };
+        let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
+        let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
     }
 
@@ -310,9 +356,9 @@ impl FlightSqlService for TarnFlightSql {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<FlightDataStream>, Status> {
-        let handle = StatementHandle::decode(&ticket.statement_handle).map_err(flight_status)?;
+        let content = decode_ticket(&ticket.statement_handle).map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(handle).await.map_err(flight_status)?,
+            self.execute(content).await.map_err(flight_status)?,
         ))
     }
 
@@ -321,10 +367,9 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<FlightDataStream>, Status> {
-        let handle =
-            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        let content = decode_ticket(&query.prepared_statement_handle).map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(handle).await.map_err(flight_status)?,
+            self.execute(content).await.map_err(flight_status)?,
         ))
     }
 
@@ -334,20 +379,35 @@ impl FlightSqlService for TarnFlightSql {
         _request: Request<arrow_flight::Action>,
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
         let sql = rewrite_question_marks(&query.query);
-        let df = self.engine.plan(&sql, None).await.map_err(flight_status)?;
-        let dataset = wire_schema(df.schema().as_arrow());
-        let types = df.logical_plan().get_parameter_types().map_err(internal)?;
-        let mut names: Vec<&String> = types.keys().collect();
-        names.sort_by_key(|n| (n.len(), n.to_string()));
-        let params = Schema::new(
-            names
-                .into_iter()
-                .map(|n| {
-                    let t = types.get(n).cloned().flatten().unwrap_or(DataType::Null);
-                    Field::new(n.as_str(), wire_type(&t), true)
-                })
-                .collect::<Vec<_>>(),
-        );
+        let prepared = self
+            .engine
+            .prepare(&sql, None)
+            .await
+            .map_err(flight_status)?;
+        let (dataset, params) = match prepared {
+            Statement::Query(df) => {
+                let types = df
+                    .logical_plan()
+                    .get_parameter_types()
+                    .map_err(|e| flight_status(Error::from(e)))?;
+                let mut names: Vec<&String> = types.keys().collect();
+                names.sort_by_key(|n| (n.len(), n.to_string()));
+                let params = Schema::new(
+                    names
+                        .into_iter()
+                        .map(|n| {
+                            let t = types.get(n).cloned().flatten().unwrap_or(DataType::Null);
+                            Field::new(n.as_str(), wire_type(&t), true)
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                (wire_schema(df.schema().as_arrow()), params)
+            }
+            // An empty dataset schema marks an update: JDBC then sends DoPut
+            // CommandPreparedStatementUpdate.
+            Statement::Command(c) if c.is_update() => (Arc::new(Schema::empty()), Schema::empty()),
+            Statement::Command(c) => (wire_schema(&c.schema()), Schema::empty()),
+        };
         let handle = StatementHandle::new(query.query);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode().map_err(flight_status)?,
@@ -379,7 +439,10 @@ impl FlightSqlService for TarnFlightSql {
             .map_err(|e| Status::invalid_argument(format!("reading bound parameters: {e}")))?;
         handle.params = params.into_iter().filter(|b| b.num_rows() > 0).collect();
         // Validate now, so a bad binding fails at bind time rather than at DoGet.
-        self.statement_schema(&handle)
+        let sql = rewrite_question_marks(&handle.sql);
+        let rows = handle.param_rows();
+        self.engine
+            .prepare(&sql, rows.first())
             .await
             .map_err(flight_status)?;
         Ok(DoPutPreparedStatementResult {
@@ -607,6 +670,24 @@ impl FlightSqlService for TarnFlightSql {
         Ok(Response::new(one_batch(RecordBatch::new_empty(
             foreign_keys_schema(),
         ))))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> std::result::Result<i64, Status> {
+        self.update(&command.query).await.map_err(flight_status)
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> std::result::Result<i64, Status> {
+        let handle =
+            StatementHandle::decode(&command.prepared_statement_handle).map_err(flight_status)?;
+        self.update(&handle.sql).await.map_err(flight_status)
     }
 
     async fn do_get_fallback(

@@ -207,7 +207,11 @@ impl Env {
         let engine = Engine::new(
             catalog.clone(),
             Arc::clone(&stores),
-            &EngineOptions::default(),
+            // SQL may create tables anywhere under the test's directory.
+            &EngineOptions {
+                allowed_locations: vec![dir.path().to_string_lossy().into_owned()],
+                ..EngineOptions::default()
+            },
         )
         .unwrap();
         Self {

@@ -319,3 +319,71 @@ async fn a_running_server_sees_a_finished_crawl() {
         .unwrap();
     assert_eq!(count(&mut client).await, vec![vec!["10"]]);
 }
+
+#[tokio::test]
+async fn ddl_over_flight_sql_persists_across_a_restart() {
+    let (env, server) = served().await;
+    let mut client = server.client().await;
+    let lake = env.lake().join("events").to_string_lossy().into_owned();
+
+    // The update path (JDBC executeUpdate, ADBC execute_update).
+    assert_eq!(
+        client
+            .execute_update("CREATE DATABASE web".into(), None)
+            .await
+            .unwrap(),
+        0
+    );
+    // A prepared DDL statement advertises an empty dataset schema (an update) and runs on
+    // DoPut CommandPreparedStatementUpdate.
+    let mut prepared = client
+        .prepare(
+            format!("CREATE EXTERNAL TABLE web.clicks STORED AS PARQUET LOCATION '{lake}'"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(prepared.dataset_schema().unwrap().fields().len(), 0);
+    assert_eq!(prepared.execute_update().await.unwrap(), 0);
+    // The query path (ADBC DB-API execute): runs at GetFlightInfo, the result is in the ticket.
+    let info = client
+        .execute(
+            "ALTER TABLE web.clicks DROP PARTITION (year=2024, month=1, day=6, hour=0)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert!(
+        render(&batches)[0][0].contains("dropped 1 partition"),
+        "{:?}",
+        render(&batches)
+    );
+
+    let info = client
+        .execute("SHOW PARTITIONS web.clicks".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches).len(), 2);
+
+    // A query sent as an update is refused with a reason.
+    let err = client
+        .execute_update("SELECT 1".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(tonic_status(err).code(), Code::InvalidArgument);
+    server.stop().await.unwrap();
+
+    // A new process over the same data directory sees it all.
+    let Env { dir, .. } = env;
+    let reopened = Env::open(dir).await;
+    let server = TestServer::start(reopened.engine.clone()).await;
+    let mut client = server.client().await;
+    let info = client
+        .execute("SELECT count(*) FROM web.clicks".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches), vec![vec!["5"]]);
+}

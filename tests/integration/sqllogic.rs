@@ -64,6 +64,7 @@ async fn sql_logic_tests() {
             let engine = engine.clone();
             async move { Ok::<_, tarn::Error>(TarnDb { engine }) }
         });
+        runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
         runner
             .run_file_async(&file)
             .await

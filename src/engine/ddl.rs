@@ -1,0 +1,696 @@
+//! Tarn's own statements: the DDL that changes the catalog, and the `SHOW` forms DataFusion
+//! does not answer. They are recognised before planning; everything else is a query.
+//!
+//! | Statement | Effect |
+//! |---|---|
+//! | `CREATE DATABASE [IF NOT EXISTS] d` (or `SCHEMA`) | a database |
+//! | `DROP DATABASE [IF EXISTS] d [CASCADE]` | drops it (and with CASCADE its tables) |
+//! | `CREATE EXTERNAL TABLE [IF NOT EXISTS] [d.]t [(cols)] STORED AS PARQUET [PARTITIONED BY (…)] LOCATION '…'` | crawls the location into `d.t`, with the declared columns and partition types kept |
+//! | `DROP TABLE [IF EXISTS] t` | removes `t` from the catalog (its files stay) |
+//! | `MSCK REPAIR TABLE t` | re-crawls `t`'s location (incremental) |
+//! | `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION (k = v, …)` | picks up that partition's files |
+//! | `ALTER TABLE t DROP [IF EXISTS] PARTITION (k = v, …)` | forgets that partition (its files stay) |
+//! | `SHOW DATABASES` | database names |
+//! | `SHOW PARTITIONS t` | `k=v/…` per partition, with file and row counts |
+//!
+//! DDL locations are checked against the allowed roots (`--allow-location`), so SQL cannot
+//! become a way to read arbitrary files of the server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    AlterTableOperation, BinaryOperator, Expr as SqlExpr, ObjectName, ObjectType, Partition,
+    Statement,
+};
+
+use crate::catalog::PartitionType;
+use crate::crawler::layout::{HIVE_NULL, parse_date, parse_timestamp};
+use crate::crawler::{CrawlOptions, Crawler, Declared};
+use crate::engine::{DEFAULT_DATABASE, Engine};
+use crate::error::{Error, Result};
+use crate::storage::Location;
+
+/// A statement Tarn runs itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    CreateDatabase {
+        name: String,
+        if_not_exists: bool,
+    },
+    DropDatabase {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    CreateExternalTable {
+        database: String,
+        name: String,
+        location: String,
+        if_not_exists: bool,
+        declared: Declared,
+    },
+    DropTable {
+        database: String,
+        name: String,
+        if_exists: bool,
+    },
+    Repair {
+        database: String,
+        name: String,
+    },
+    AddPartitions {
+        database: String,
+        name: String,
+        partitions: Vec<Vec<(String, String)>>,
+    },
+    DropPartitions {
+        database: String,
+        name: String,
+        partitions: Vec<Vec<(String, String)>>,
+        if_exists: bool,
+    },
+    ShowDatabases,
+    ShowPartitions {
+        database: String,
+        name: String,
+    },
+}
+
+impl Command {
+    /// Whether the command changes the catalog (an "update" to Flight SQL and JDBC).
+    pub fn is_update(&self) -> bool {
+        !matches!(
+            self,
+            Command::ShowDatabases | Command::ShowPartitions { .. }
+        )
+    }
+
+    /// The schema of the command's result.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Command::ShowDatabases => Arc::new(Schema::new(vec![Field::new(
+                "database_name",
+                DataType::Utf8,
+                false,
+            )])),
+            Command::ShowPartitions { .. } => Arc::new(Schema::new(vec![
+                Field::new("partition", DataType::Utf8, false),
+                Field::new("files", DataType::Int64, false),
+                Field::new("rows", DataType::Int64, false),
+            ])),
+            _ => Arc::new(Schema::new(vec![Field::new(
+                "result",
+                DataType::Utf8,
+                false,
+            )])),
+        }
+    }
+}
+
+/// Recognises Tarn's statements. `None` means "plan it as a query".
+///
+/// # Errors
+/// [`Error::Sql`] for a Tarn statement that is malformed (e.g. a partition spec that is
+/// not `key = value`).
+pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Command>> {
+    let state = engine.base_state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let Ok(statement) = state.sql_to_statement(sql, &dialect) else {
+        return Ok(None); // the query path reports the parse error
+    };
+    let default_db = DEFAULT_DATABASE;
+    match &statement {
+        DFStatement::CreateExternalTable(_) => {}
+        DFStatement::Statement(s) => match s.as_ref() {
+            Statement::Msck(msck) => {
+                let (database, name) = table_name(&msck.table_name, default_db)?;
+                return Ok(Some(Command::Repair { database, name }));
+            }
+            Statement::ShowDatabases { .. } | Statement::ShowSchemas { .. } => {
+                return Ok(Some(Command::ShowDatabases));
+            }
+            Statement::ShowVariable { variable }
+                if variable
+                    .first()
+                    .is_some_and(|i| i.value.eq_ignore_ascii_case("partitions")) =>
+            {
+                let parts: Vec<&str> = variable[1..].iter().map(|i| i.value.as_str()).collect();
+                let (database, name) = match parts.as_slice() {
+                    [t] => (default_db.to_string(), t.to_string()),
+                    [d, t] => (d.to_string(), t.to_string()),
+                    _ => {
+                        return Err(Error::Sql(
+                            "expected SHOW PARTITIONS [database.]table".into(),
+                        ));
+                    }
+                };
+                return Ok(Some(Command::ShowPartitions { database, name }));
+            }
+            Statement::AlterTable(alter) => {
+                let (database, name) = table_name(&alter.name, default_db)?;
+                let [operation] = alter.operations.as_slice() else {
+                    return Err(Error::Sql(
+                        "ALTER TABLE takes one operation at a time".into(),
+                    ));
+                };
+                return Ok(Some(match operation {
+                    AlterTableOperation::AddPartitions { new_partitions, .. } => {
+                        let partitions = new_partitions
+                            .iter()
+                            .map(|p| match p {
+                                Partition::Partitions(exprs) => partition_spec(exprs),
+                                Partition::Expr(e) => partition_spec(std::slice::from_ref(e)),
+                                _ => Err(Error::Sql("expected PARTITION (key = value, …)".into())),
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Command::AddPartitions {
+                            database,
+                            name,
+                            partitions,
+                        }
+                    }
+                    AlterTableOperation::DropPartitions {
+                        partitions,
+                        if_exists,
+                    } => Command::DropPartitions {
+                        database,
+                        name,
+                        partitions: vec![partition_spec(partitions)?],
+                        if_exists: *if_exists,
+                    },
+                    other => {
+                        return Err(Error::Sql(format!(
+                            "ALTER TABLE … {other} is not supported; Tarn supports ADD PARTITION \
+                             and DROP PARTITION (columns follow the files: crawl again)"
+                        )));
+                    }
+                }));
+            }
+            Statement::Drop {
+                object_type: ObjectType::Database,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => {
+                let [name] = names.as_slice() else {
+                    return Err(Error::Sql("DROP DATABASE takes one name".into()));
+                };
+                return Ok(Some(Command::DropDatabase {
+                    name: name.to_string(),
+                    if_exists: *if_exists,
+                    cascade: *cascade,
+                }));
+            }
+            Statement::CreateSchema { .. }
+            | Statement::CreateDatabase { .. }
+            | Statement::Drop { .. } => {}
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    }
+
+    // DataFusion plans these (types, names); Tarn carries them out.
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(Error::from)?;
+    let LogicalPlan::Ddl(ddl) = plan else {
+        return Ok(None);
+    };
+    Ok(Some(match ddl {
+        DdlStatement::CreateCatalogSchema(c) => Command::CreateDatabase {
+            name: last_part(&c.schema_name),
+            if_not_exists: c.if_not_exists,
+        },
+        DdlStatement::DropCatalogSchema(d) => Command::DropDatabase {
+            name: d.name.schema_name().to_string(),
+            if_exists: d.if_exists,
+            cascade: d.cascade,
+        },
+        DdlStatement::DropTable(d) => {
+            let (database, name) = table_reference(&d.name, default_db);
+            Command::DropTable {
+                database,
+                name,
+                if_exists: d.if_exists,
+            }
+        }
+        DdlStatement::CreateExternalTable(c) => {
+            let (database, name) = table_reference(&c.name, default_db);
+            let format = c.file_type.to_ascii_lowercase();
+            if format != "parquet" {
+                return Err(Error::Sql(format!(
+                    "STORED AS {} is not supported yet; Tarn reads Parquet tables",
+                    c.file_type
+                )));
+            }
+            let [location] = c.locations.as_slice() else {
+                return Err(Error::Sql(
+                    "CREATE EXTERNAL TABLE takes one LOCATION".into(),
+                ));
+            };
+            let fields = c.schema.as_arrow().fields().clone();
+            let mut partition_types = BTreeMap::new();
+            for key in &c.table_partition_cols {
+                if let Some(field) = fields.iter().find(|f| f.name() == key) {
+                    partition_types.insert(key.clone(), partition_type(key, field.data_type())?);
+                }
+            }
+            let file_fields: Vec<_> = fields
+                .iter()
+                .filter(|f| !c.table_partition_cols.contains(f.name()))
+                .map(|f| {
+                    // Declared strings are stored as Parquet writes them (Utf8); the
+                    // reader still produces views where DataFusion prefers them.
+                    let t = match f.data_type() {
+                        DataType::Utf8View => DataType::Utf8,
+                        DataType::BinaryView => DataType::Binary,
+                        other => other.clone(),
+                    };
+                    Arc::new(Field::new(f.name(), t, true))
+                })
+                .collect();
+            let declared = Declared {
+                schema: (!file_fields.is_empty()).then(|| Arc::new(Schema::new(file_fields))),
+                // Without PARTITIONED BY the partition folders are found as in a crawl.
+                partition_keys: (!c.table_partition_cols.is_empty())
+                    .then(|| c.table_partition_cols.clone()),
+                partition_types,
+            };
+            Command::CreateExternalTable {
+                database,
+                name,
+                location: location.clone(),
+                if_not_exists: c.if_not_exists,
+                declared,
+            }
+        }
+        // Tarn has one catalog; a database is a DataFusion schema.
+        DdlStatement::CreateCatalog(c) => Command::CreateDatabase {
+            name: c.catalog_name.clone(),
+            if_not_exists: c.if_not_exists,
+        },
+        _ => return Err(Error::Sql("this statement is not supported by Tarn".into())),
+    }))
+}
+
+fn last_part(name: &str) -> String {
+    name.rsplit('.').next().unwrap_or(name).to_string()
+}
+
+fn table_reference(t: &TableReference, default_db: &str) -> (String, String) {
+    (
+        t.schema().unwrap_or(default_db).to_string(),
+        t.table().to_string(),
+    )
+}
+
+fn table_name(name: &ObjectName, default_db: &str) -> Result<(String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+        .collect();
+    match parts.as_slice() {
+        [t] => Ok((default_db.to_string(), t.clone())),
+        [d, t] => Ok((d.clone(), t.clone())),
+        [_, d, t] => Ok((d.clone(), t.clone())),
+        _ => Err(Error::Sql(format!("'{name}' is not a table name"))),
+    }
+}
+
+/// `(k1 = v1, k2 = 'v2')` as key/value strings.
+fn partition_spec(exprs: &[SqlExpr]) -> Result<Vec<(String, String)>> {
+    exprs
+        .iter()
+        .map(|e| match e {
+            SqlExpr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let key = match left.as_ref() {
+                    SqlExpr::Identifier(i) => i.value.clone(),
+                    other => {
+                        return Err(Error::Sql(format!("'{other}' is not a partition column")));
+                    }
+                };
+                let value = match right.as_ref() {
+                    SqlExpr::Value(v) => match &v.value {
+                        datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s)
+                        | datafusion::sql::sqlparser::ast::Value::DoubleQuotedString(s) => {
+                            s.clone()
+                        }
+                        other => other.to_string(),
+                    },
+                    SqlExpr::Identifier(i) => i.value.clone(),
+                    other => other.to_string(),
+                };
+                Ok((key, value))
+            }
+            other => Err(Error::Sql(format!(
+                "expected key = value in a partition spec, found '{other}'"
+            ))),
+        })
+        .collect()
+}
+
+fn partition_type(key: &str, t: &DataType) -> Result<PartitionType> {
+    Ok(match t {
+        t if t.is_integer() => PartitionType::Int64,
+        DataType::Date32 | DataType::Date64 => PartitionType::Date,
+        DataType::Timestamp(..) => PartitionType::Timestamp,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => PartitionType::String,
+        other => {
+            return Err(Error::Sql(format!(
+                "partition column '{key}' cannot be {other}; use BIGINT, DATE, TIMESTAMP or STRING"
+            )));
+        }
+    })
+}
+
+/// Whether a stored partition value and one written in a statement mean the same value
+/// (`month = 1` names the folder `month=01` of an int64 column).
+fn same_partition_value(t: PartitionType, stored: Option<&str>, wanted: &str) -> bool {
+    let Some(stored) = stored else {
+        return wanted.eq_ignore_ascii_case("null") || wanted == HIVE_NULL;
+    };
+    if stored == wanted {
+        return true;
+    }
+    match t {
+        PartitionType::Int64 => {
+            matches!((stored.parse::<i64>(), wanted.parse::<i64>()), (Ok(a), Ok(b)) if a == b)
+        }
+        PartitionType::Date => {
+            matches!((parse_date(stored), parse_date(wanted)), (Some(a), Some(b)) if a == b)
+        }
+        PartitionType::Timestamp => {
+            matches!((parse_timestamp(stored), parse_timestamp(wanted)), (Some(a), Some(b)) if a == b)
+        }
+        PartitionType::String => false,
+    }
+}
+
+fn message(text: impl Into<String>) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "result",
+        DataType::Utf8,
+        false,
+    )]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from(vec![text.into()]))],
+    )?)
+}
+
+impl Engine {
+    /// Checks that SQL may name `location`: it must be under one of the allowed roots.
+    fn check_allowed(&self, location: &str) -> Result<Location> {
+        let parsed = Location::parse(location)?;
+        let url = parsed.url.as_str();
+        if self
+            .allowed_locations
+            .iter()
+            .any(|root| url.starts_with(root.as_str()))
+        {
+            return Ok(parsed);
+        }
+        Err(Error::InvalidLocation {
+            location: location.to_string(),
+            reason: format!(
+                "not under a location SQL may use ({}); start the server with \
+                 --allow-location to add one",
+                if self.allowed_locations.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    self.allowed_locations.join(", ")
+                }
+            ),
+        })
+    }
+
+    async fn existing_table(
+        &self,
+        database: &str,
+        name: &str,
+    ) -> Result<crate::catalog::TableEntry> {
+        self.catalog()
+            .table(database, name)
+            .await?
+            .ok_or_else(|| Error::TableNotFound {
+                name: format!("{database}.{name}"),
+            })
+    }
+
+    async fn recrawl(&self, database: &str, name: &str) -> Result<crate::crawler::CrawlSummary> {
+        let table = self.existing_table(database, name).await?;
+        let options = CrawlOptions {
+            database: database.to_string(),
+            table: Some(name.to_string()),
+            ..CrawlOptions::default()
+        };
+        Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
+            .crawl(&table.location, &options)
+            .await
+    }
+
+    /// Runs a Tarn statement and returns its result.
+    ///
+    /// # Errors
+    /// Whatever the statement fails with: an unknown table or database, a location that
+    /// is not allowed, a crawl failure.
+    pub async fn run_command(&self, command: &Command) -> Result<RecordBatch> {
+        let batch = match command {
+            Command::CreateDatabase {
+                name,
+                if_not_exists,
+            } => {
+                if self.catalog().create_database(name, *if_not_exists).await? {
+                    message(format!("created database {name}"))?
+                } else {
+                    message(format!("database {name} already exists"))?
+                }
+            }
+            Command::DropDatabase {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                if self
+                    .catalog()
+                    .drop_database(name, *if_exists, *cascade)
+                    .await?
+                {
+                    message(format!("dropped database {name}"))?
+                } else {
+                    message(format!("database {name} does not exist"))?
+                }
+            }
+            Command::CreateExternalTable {
+                database,
+                name,
+                location,
+                if_not_exists,
+                declared,
+            } => {
+                let parsed = self.check_allowed(location)?;
+                if let Some(existing) = self.catalog().table(database, name).await? {
+                    if *if_not_exists {
+                        return message(format!("table {database}.{name} already exists"));
+                    }
+                    return Err(Error::InvalidArgument(format!(
+                        "table {database}.{name} already exists (at {}); use IF NOT EXISTS, \
+                         or DROP TABLE first",
+                        existing.location
+                    )));
+                }
+                if !self.databases().contains(database) {
+                    self.refresh().await?;
+                    if !self.databases().contains(database) {
+                        return Err(Error::InvalidArgument(format!(
+                            "database '{database}' does not exist; CREATE DATABASE {database} first"
+                        )));
+                    }
+                }
+                let options = CrawlOptions {
+                    database: database.clone(),
+                    table: Some(name.clone()),
+                    declared: declared.clone(),
+                    ..CrawlOptions::default()
+                };
+                let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
+                    .crawl(parsed.url.as_str(), &options)
+                    .await?;
+                if self.catalog().table(database, name).await?.is_none() {
+                    return Err(Error::InvalidArgument(format!(
+                        "no Parquet files at {location} to make {database}.{name} from; declare \
+                         its columns to create it empty"
+                    )));
+                }
+                let mut text = format!(
+                    "created table {database}.{name}: {} files, {} partitions",
+                    summary.files_added, summary.partitions_added
+                );
+                for p in &summary.problems {
+                    text.push_str(&format!("; {}: {}", p.path, p.message));
+                }
+                message(text)?
+            }
+            Command::DropTable {
+                database,
+                name,
+                if_exists,
+            } => {
+                if self.catalog().drop_table(database, name).await? {
+                    message(format!(
+                        "dropped table {database}.{name} (its files are untouched)"
+                    ))?
+                } else if *if_exists {
+                    message(format!("table {database}.{name} does not exist"))?
+                } else {
+                    return Err(Error::TableNotFound {
+                        name: format!("{database}.{name}"),
+                    });
+                }
+            }
+            Command::Repair { database, name } | Command::AddPartitions { database, name, .. } => {
+                if let Command::AddPartitions { partitions, .. } = command {
+                    let table = self.existing_table(database, name).await?;
+                    for spec in partitions {
+                        let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
+                        let columns: Vec<&str> = table
+                            .partition_columns
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect();
+                        if keys != columns {
+                            return Err(Error::InvalidArgument(format!(
+                                "partition spec ({}) does not name the partition columns of \
+                                 {database}.{name} in order ({})",
+                                keys.join(", "),
+                                columns.join(", ")
+                            )));
+                        }
+                    }
+                }
+                let summary = self.recrawl(database, name).await?;
+                let mut text = format!(
+                    "repaired {database}.{name}: partitions +{} -{}, files +{} ~{} -{}",
+                    summary.partitions_added,
+                    summary.partitions_removed,
+                    summary.files_added,
+                    summary.files_changed,
+                    summary.files_removed
+                );
+                for p in &summary.problems {
+                    text.push_str(&format!("; {}: {}", p.path, p.message));
+                }
+                message(text)?
+            }
+            Command::DropPartitions {
+                database,
+                name,
+                partitions,
+                if_exists,
+            } => {
+                let table = self.existing_table(database, name).await?;
+                let existing = self.catalog().partitions(table.id).await?;
+                let mut dropped = 0;
+                let mut files = 0;
+                for spec in partitions {
+                    let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
+                    let columns: Vec<&str> = table
+                        .partition_columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    if keys != columns {
+                        return Err(Error::InvalidArgument(format!(
+                            "partition spec ({}) does not name the partition columns of \
+                             {database}.{name} in order ({})",
+                            keys.join(", "),
+                            columns.join(", ")
+                        )));
+                    }
+                    let matching: Vec<&Vec<Option<String>>> = existing
+                        .iter()
+                        .map(|p| &p.values)
+                        .filter(|values| {
+                            table
+                                .partition_columns
+                                .iter()
+                                .zip(values.iter())
+                                .zip(spec)
+                                .all(|((column, stored), (_, wanted))| {
+                                    same_partition_value(
+                                        column.data_type,
+                                        stored.as_deref(),
+                                        wanted,
+                                    )
+                                })
+                        })
+                        .collect();
+                    if matching.is_empty() && !*if_exists {
+                        return Err(Error::InvalidArgument(format!(
+                            "{database}.{name} has no partition ({}); see SHOW PARTITIONS {database}.{name}",
+                            spec.iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                    for values in matching {
+                        files += self.catalog().drop_partition(table.id, values).await?;
+                        dropped += 1;
+                    }
+                }
+                message(format!(
+                    "dropped {dropped} partition(s) of {database}.{name}, {files} file(s) \
+                     forgotten (the files are untouched)"
+                ))?
+            }
+            Command::ShowDatabases => {
+                self.refresh().await?;
+                let names = self.databases();
+                RecordBatch::try_new(command.schema(), vec![Arc::new(StringArray::from(names))])?
+            }
+            Command::ShowPartitions { database, name } => {
+                let table = self.existing_table(database, name).await?;
+                let partitions = self.catalog().partitions(table.id).await?;
+                let label = |values: &[Option<String>]| {
+                    table
+                        .partition_columns
+                        .iter()
+                        .zip(values)
+                        .map(|(c, v)| format!("{}={}", c.name, v.as_deref().unwrap_or("NULL")))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                };
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from(
+                        partitions
+                            .iter()
+                            .map(|p| label(&p.values))
+                            .collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        partitions.iter().map(|p| p.file_count).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        partitions.iter().map(|p| p.row_count).collect::<Vec<_>>(),
+                    )),
+                ];
+                RecordBatch::try_new(command.schema(), columns)?
+            }
+        };
+        Ok(batch)
+    }
+}
