@@ -135,6 +135,25 @@ pub struct StoreRegistry {
 }
 
 impl StoreRegistry {
+    /// Uses `store` for every location under `store_url` (e.g. `file:///` or
+    /// `s3://bucket/`), instead of one built from the environment: for embedding Tarn
+    /// with a store configured in code, and for instrumented stores in tests.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLocation`] when `store_url` is not a store root URL.
+    pub fn register(&self, store_url: &str, store: Arc<dyn ObjectStore>) -> Result<()> {
+        let url = url::Url::parse(store_url).map_err(|e| Error::InvalidLocation {
+            location: store_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let key = format!("{}://{}/", url.scheme(), url.host_str().unwrap_or_default());
+        self.stores
+            .lock()
+            .map_err(|_| Error::Internal("store registry lock poisoned".into()))?
+            .insert(key, store);
+        Ok(())
+    }
+
     /// Returns the store for a location, creating it on first use.
     ///
     /// # Errors

@@ -162,16 +162,22 @@ pub struct CrawlSummary {
     pub skipped: Skipped,
     pub problems: Vec<Problem>,
     pub elapsed_ms: u64,
+    /// Time spent listing the location.
+    pub list_ms: u64,
+    /// Wall time spent reading footers.
+    pub footer_ms: u64,
 }
 
 impl std::fmt::Display for CrawlSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "Crawled {} into database '{}' in {:.2}s",
+            "Crawled {} into database '{}' in {:.2}s (listing {:.2}s, footers {:.2}s)",
             self.location,
             self.database,
-            self.elapsed_ms as f64 / 1000.0
+            self.elapsed_ms as f64 / 1000.0,
+            self.list_ms as f64 / 1000.0,
+            self.footer_ms as f64 / 1000.0
         )?;
         let list = |v: &[String]| {
             if v.is_empty() {
@@ -284,6 +290,7 @@ impl Crawler {
             .await
             .map_err(|e| Error::store(location.to_string(), e))?;
         summary.files_listed = listed.len() as u64;
+        summary.list_ms = started.elapsed().as_millis() as u64;
         let prefix_str = prefix.as_ref();
         let mut candidates = Vec::new();
         for meta in listed {
@@ -412,7 +419,7 @@ impl Crawler {
         let old_files: HashMap<String, FileEntry> = match &existing {
             Some(t) => self
                 .catalog
-                .files(t.id)
+                .file_index(t.id)
                 .await?
                 .into_iter()
                 .map(|f| (f.path.clone(), f))
@@ -493,22 +500,29 @@ impl Crawler {
             }
         }
 
+        // Each read is its own task, so decoding footers uses every core, not only the
+        // task driving the crawl; at most `footer_concurrency` are in flight.
+        let footer_started = Instant::now();
         let footers: Vec<(usize, std::result::Result<footer::Footer, FooterError>)> =
             futures::stream::iter(to_read.iter().copied())
                 .map(|i| {
                     let store = Arc::clone(store);
                     let meta = files[i].meta.clone();
+                    let task = tokio::spawn(async move {
+                        read_footer(store.as_ref(), &meta.location, meta.size).await
+                    });
                     async move {
-                        (
-                            i,
-                            read_footer(store.as_ref(), &meta.location, meta.size).await,
-                        )
+                        let result = task.await.unwrap_or_else(|e| {
+                            Err(FooterError::Corrupt(format!("footer reader failed: {e}")))
+                        });
+                        (i, result)
                     }
                 })
                 .buffer_unordered(options.footer_concurrency.max(1))
                 .collect()
                 .await;
         summary.footers_read += footers.len() as u64;
+        summary.footer_ms += footer_started.elapsed().as_millis() as u64;
         let mut footers: Vec<_> = footers;
         footers.sort_by_key(|(i, _)| *i);
 
@@ -518,23 +532,39 @@ impl Crawler {
             (None, Some(t)) if same_keys => SchemaMerger::from_schema(&t.file_schema),
             _ => SchemaMerger::default(),
         };
+        // Lakes have many files and few schemas: equal schemas share one Arc (the catalog
+        // decodes each stored schema once; footers are interned here), and a schema the
+        // merger has taken is not merged again.
+        let mut interned: HashMap<Schema, SchemaRef> = HashMap::new();
+        let mut merged: std::collections::HashSet<usize> = std::collections::HashSet::new();
         for (_, f) in &kept {
             // Unchanged files fitted this schema before; adding them only widens nullability.
-            let _ = merger.add(&f.path, &without(&f.file_schema, &partition_names));
+            if merged.insert(Arc::as_ptr(&f.file_schema) as usize) {
+                let _ = merger.add(&f.path, &without(&f.file_schema, &partition_names));
+            }
         }
         let mut new_entries: Vec<(usize, FileEntry)> = Vec::new();
         for (i, result) in footers {
             let c = files[i];
             let path = c.meta.location.to_string();
             match result {
-                Ok(footer) => {
-                    let fitted = without(&footer.schema, &partition_names);
-                    if let Err(conflict) = merger.add(&path, &fitted) {
-                        summary.problems.push(Problem {
-                            message: conflict.describe(&path),
-                            path,
-                        });
-                        continue;
+                Ok(mut footer) => {
+                    footer.schema = Arc::clone(
+                        interned
+                            .entry(footer.schema.as_ref().clone())
+                            .or_insert_with(|| Arc::clone(&footer.schema)),
+                    );
+                    let key = Arc::as_ptr(&footer.schema) as usize;
+                    if !merged.contains(&key) {
+                        let fitted = without(&footer.schema, &partition_names);
+                        if let Err(conflict) = merger.add(&path, &fitted) {
+                            summary.problems.push(Problem {
+                                message: conflict.describe(&path),
+                                path,
+                            });
+                            continue;
+                        }
+                        merged.insert(key);
                     }
                     let placement = &placements[i];
                     let partition_location = if placement.folder.is_empty() {

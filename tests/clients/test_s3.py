@@ -72,3 +72,34 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
     assert out.returncode != 0
     assert "no-such-bucket" in out.stderr
     assert "panicked" not in out.stderr
+
+
+def test_listing_pages_through_thousands_of_keys(s3, tmp_path):
+    import boto3
+    import io
+    import json
+
+    import pyarrow as pa
+
+    client = boto3.client(
+        "s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
+    )
+    client.create_bucket(Bucket="wide")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"n": [1, 2, 3]}), buf)
+    data = buf.getvalue()
+    # 40 partitions of one data file and 30 side files each: 1,240 keys, two list pages.
+    for p in range(40):
+        client.put_object(Bucket="wide", Key=f"t/p={p:03d}/part-0.parquet", Body=data)
+        for k in range(30):
+            client.put_object(Bucket="wide", Key=f"t/p={p:03d}/.part-{k}.crc", Body=b"c")
+    crawl = tarn(tmp_path, "crawl", "s3://wide/", "--json", env=s3["env"])
+    assert crawl.returncode == 0, crawl.stderr
+    summary = json.loads(crawl.stdout)
+    assert summary["files_listed"] == 40 * 31
+    assert summary["files_added"] == 40
+    assert summary["skipped"]["hidden"] == 40 * 30
+    out = tarn(tmp_path, "sql", "SELECT count(*) AS n, count(DISTINCT p) AS parts FROM t",
+               "--format", "csv", env=s3["env"])
+    assert out.stdout.split() == ["n,parts", "120,40"]

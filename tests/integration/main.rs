@@ -5,3 +5,4 @@ mod common;
 mod crawl;
 mod flight;
 mod sqllogic;
+mod store;

@@ -1,0 +1,281 @@
+//! Crawl and planning speed, against DataFusion's own `ListingTable` schema inference over
+//! the same files in the same run.
+//!
+//! ```sh
+//! cargo bench --bench crawl                    # 10,000 files in 2,000 partitions
+//! cargo bench --bench crawl -- --files 2000    # a smaller lake
+//! ```
+//!
+//! The lake is generated once under `target/bench-data/` (20 to 100 columns: the writer
+//! adds columns as partitions go by, so the crawl merges many schemas). Reported:
+//! - cold crawl: files/s, and the split between listing and footer reads;
+//! - re-crawl with no change: must read no footer;
+//! - re-crawl after 1% new files: reads only those;
+//! - DataFusion `ListingOptions::infer_schema` over the same lake (reads every footer);
+//! - planning a partition-filtered query on a 100,000-file table from the catalog.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+use parquet::arrow::ArrowWriter;
+use tarn::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
+use tarn::crawler::{CrawlOptions, Crawler};
+use tarn::engine::{Engine, EngineOptions};
+use tarn::storage::StoreRegistry;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn write_file(path: &Path, columns: usize, seed: i64) {
+    let mut fields = vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("kind", DataType::Utf8, false),
+    ];
+    let rows = 64;
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            (0..rows).map(|i| seed * 1000 + i),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|i| format!("k{}", i % 7)),
+        )),
+    ];
+    for c in 2..columns {
+        fields.push(Field::new(format!("m{c:03}"), DataType::Float64, true));
+        arrays.push(Arc::new(Float64Array::from_iter_values(
+            (0..rows).map(|i| (seed + i + c as i64) as f64 / 4.0),
+        )));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("batch");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+}
+
+fn partition_dir(root: &Path, p: usize) -> PathBuf {
+    let day = p / 24;
+    root.join(format!(
+        "events/year=2024/month={:02}/day={:02}/hour={:02}",
+        day / 28 + 1,
+        day % 28 + 1,
+        p % 24
+    ))
+}
+
+fn generate(root: &Path, files: usize, partitions: usize) {
+    let stamp = root.join(".complete");
+    if stamp.exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(root);
+    let started = Instant::now();
+    let per_partition = files.div_ceil(partitions);
+    for f in 0..files {
+        let p = f / per_partition;
+        // 20 columns at first, 100 by the last partition.
+        let columns = 20 + 80 * p / partitions.max(1);
+        write_file(
+            &partition_dir(root, p).join(format!("part-{f:06}.parquet")),
+            columns,
+            f as i64,
+        );
+    }
+    std::fs::write(&stamp, b"").expect("stamp");
+    println!(
+        "generated {files} files in {partitions} partitions in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --all-targets` runs bench binaries too; only `cargo bench` passes
+    // `--bench`, so the test run merely proves this compiles.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("crawl benchmark: run it with `cargo bench --bench crawl`");
+        return;
+    }
+    let files = arg("--files", 10_000);
+    let partitions = arg("--partitions", (files / 5).max(1));
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let root = PathBuf::from(target).join(format!("bench-data/lake-{files}-{partitions}"));
+    generate(&root, files, partitions);
+    let root = std::fs::canonicalize(&root).expect("canonical");
+    let extra = root.join("events/year=2025");
+    let _ = std::fs::remove_dir_all(&extra);
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let catalog = Catalog::open(data.path()).await.expect("catalog");
+    let stores = Arc::new(StoreRegistry::default());
+    let crawler = Crawler::new(catalog.clone(), Arc::clone(&stores));
+    let lake = root.to_string_lossy().into_owned();
+
+    println!("\n== crawl: {files} Parquet files, {partitions} partitions, 20-100 columns ==");
+    let t = Instant::now();
+    let cold = crawler
+        .crawl(&lake, &CrawlOptions::default())
+        .await
+        .expect("crawl");
+    let cold_time = t.elapsed();
+    assert!(cold.problems.is_empty(), "{cold}");
+    println!(
+        "tarn cold crawl:            {:>8.0} files/s  ({:.2}s: listing {:.2}s, footers {:.2}s, rest {:.2}s)",
+        rate(cold.footers_read, cold_time),
+        cold_time.as_secs_f64(),
+        cold.list_ms as f64 / 1000.0,
+        cold.footer_ms as f64 / 1000.0,
+        (cold
+            .elapsed_ms
+            .saturating_sub(cold.list_ms + cold.footer_ms)) as f64
+            / 1000.0,
+    );
+
+    let t = Instant::now();
+    let again = crawler
+        .crawl(&lake, &CrawlOptions::default())
+        .await
+        .expect("crawl");
+    let again_time = t.elapsed();
+    println!(
+        "tarn re-crawl, no change:   {:>8.0} files/s  ({:.3}s, footers read: {})",
+        rate(again.files_listed, again_time),
+        again_time.as_secs_f64(),
+        again.footers_read
+    );
+
+    let new_files = (files / 100).max(1);
+    for f in 0..new_files {
+        write_file(
+            &extra.join(format!(
+                "month=01/day=01/hour={:02}/new-{f:05}.parquet",
+                f % 24
+            )),
+            100,
+            f as i64,
+        );
+    }
+    let t = Instant::now();
+    let delta = crawler
+        .crawl(&lake, &CrawlOptions::default())
+        .await
+        .expect("crawl");
+    let delta_time = t.elapsed();
+    println!(
+        "tarn re-crawl, 1% new:      {:>8.3}s        (footers read: {}, files added: {})",
+        delta_time.as_secs_f64(),
+        delta.footers_read,
+        delta.files_added
+    );
+    std::fs::remove_dir_all(&extra).expect("cleanup");
+
+    // The peer: DataFusion's ListingTable schema inference reads every footer.
+    let ctx = SessionContext::new();
+    let url = ListingTableUrl::parse(&format!("{lake}/events/")).expect("url");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let t = Instant::now();
+    let schema = options
+        .infer_schema(&ctx.state(), &url)
+        .await
+        .expect("infer");
+    let df_time = t.elapsed();
+    println!(
+        "datafusion infer_schema:    {:>8.0} files/s  ({:.2}s, {} columns)",
+        rate(files as u64, df_time),
+        df_time.as_secs_f64(),
+        schema.fields().len()
+    );
+    println!(
+        "ratio, cold crawl vs datafusion inference: {:.2}x (tarn also keeps per-file statistics and partitions)",
+        df_time.as_secs_f64() / cold_time.as_secs_f64()
+    );
+
+    // Planning over a large catalogued table: no listing, pruning from the catalog.
+    let big_files = arg("--plan-files", 100_000);
+    println!("\n== planning: a table of {big_files} catalogued files ==");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("kind", DataType::Utf8, true),
+    ]));
+    let upserts: Vec<FileEntry> = (0..big_files)
+        .map(|i| {
+            let day = (i / 200) % 500;
+            FileEntry {
+                path: format!("big/day={day}/f-{i}.parquet"),
+                size: 10_000,
+                e_tag: None,
+                last_modified: chrono::Utc::now(),
+                row_count: 1_000,
+                footer_size: Some(512),
+                file_schema: Arc::clone(&schema),
+                stats: Default::default(),
+                partition_values: vec![Some(day.to_string())],
+                partition_location: format!("big/day={day}"),
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    catalog
+        .commit_table(&TableCommit {
+            database: "default".into(),
+            name: "big".into(),
+            location: format!("file://{}/big/", root.display()),
+            format: "parquet".into(),
+            partition_columns: vec![PartitionColumn {
+                name: "day".into(),
+                data_type: PartitionType::Int64,
+            }],
+            file_schema: Arc::clone(&schema),
+            upserts,
+            removals: vec![],
+        })
+        .await
+        .expect("commit");
+    println!(
+        "catalog commit of {big_files} files: {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let engine = Engine::new(catalog.clone(), stores, &EngineOptions::default()).expect("engine");
+    let sql = "SELECT kind, count(*) FROM big WHERE day = 42 AND id > 5 GROUP BY kind";
+    let t = Instant::now();
+    let plan = engine
+        .plan(sql, None)
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical");
+    println!(
+        "first plan (loads the file list once per table version): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(plan);
+    let runs = 50;
+    let t = Instant::now();
+    for _ in 0..runs {
+        let df = engine.plan(sql, None).await.expect("plan");
+        let _ = df.create_physical_plan().await.expect("physical");
+    }
+    println!(
+        "planning a pruned query:    {:>8.2} ms each (mean of {runs}; goal < 10 ms; LIST calls: none, files come from the catalog)",
+        t.elapsed().as_secs_f64() * 1000.0 / runs as f64
+    );
+}
