@@ -71,6 +71,9 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
             partition_types: args.partition_types.iter().cloned().collect(),
             ..Default::default()
         },
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        max_tables: args.max_tables,
     };
     let summary = ctx.crawler().crawl(&args.location, &options).await?;
     if args.json {

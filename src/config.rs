@@ -77,6 +77,16 @@ pub struct CrawlArgs {
     /// one of int64, date, timestamp, string (repeatable; kept for later crawls).
     #[arg(long = "partition-type", value_parser = parse_partition_type)]
     pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
+    /// Crawl only files matching this glob (relative to the location; `**` crosses
+    /// folders). Repeatable.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob (relative to the location). Repeatable.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Refuse the crawl, changing nothing, if it would create more tables than this.
+    #[arg(long, env = "TARN_MAX_TABLES")]
+    pub max_tables: Option<usize>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -228,6 +228,68 @@ pub fn table_name_from(segment: &str) -> String {
     name
 }
 
+/// A table format Tarn does not crawl as loose Parquet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ForeignFormat {
+    Delta,
+    Iceberg,
+}
+
+impl std::fmt::Display for ForeignFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForeignFormat::Delta => "Delta Lake",
+            ForeignFormat::Iceberg => "Iceberg",
+        })
+    }
+}
+
+/// Folders (relative to the crawl root, `""` for the root itself) that hold a Delta or
+/// Iceberg table, judged on the whole listing: a Delta table has a commit
+/// (`_delta_log/00000000000000000000.json`), a checkpoint or `_last_checkpoint` in its log
+/// (an empty `_delta_log` is not a table); an Iceberg table has `metadata/*.metadata.json`
+/// or `metadata/version-hint.text`. Their data files must not be read as loose Parquet:
+/// they include files the table has removed.
+pub fn foreign_table_roots<'a>(
+    relatives: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, ForeignFormat)> {
+    let mut roots: Vec<(String, ForeignFormat)> = Vec::new();
+    for path in relatives {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let (root, folder) = dir.rsplit_once('/').unwrap_or(("", dir));
+        let format = match folder {
+            "_delta_log" if is_delta_log_entry(name) => ForeignFormat::Delta,
+            "metadata" if name.ends_with(".metadata.json") || name == "version-hint.text" => {
+                ForeignFormat::Iceberg
+            }
+            _ => continue,
+        };
+        if !roots.iter().any(|(r, _)| r == root) {
+            roots.push((root.to_string(), format));
+        }
+    }
+    roots.sort();
+    roots
+}
+
+fn is_delta_log_entry(name: &str) -> bool {
+    if name == "_last_checkpoint" {
+        return true;
+    }
+    let (version, rest) = name.split_at(name.len().min(20));
+    version.len() == 20
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && (rest == ".json" || (rest.starts_with(".checkpoint") && rest.ends_with(".parquet")))
+}
+
+/// Whether `relative` lies in the folder `root` (`""` is the crawl root: everything).
+pub fn is_under(relative: &str, root: &str) -> bool {
+    root.is_empty()
+        || relative
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +446,33 @@ mod tests {
     fn table_names_are_sanitised() {
         assert_eq!(table_name_from("Web-Events"), "web_events");
         assert_eq!(table_name_from("2024"), "t2024");
+    }
+
+    #[test]
+    fn delta_and_iceberg_tables_are_recognised_from_the_whole_listing() {
+        let listing = [
+            "sales/part-0.parquet",
+            "sales/_delta_log/00000000000000000000.json",
+            "sales/_delta_log/00000000000000000010.checkpoint.parquet",
+            "empty_log/_delta_log/README",
+            "empty_log/part-0.parquet",
+            "ice/data/00000-0.parquet",
+            "ice/metadata/v2.metadata.json",
+            "plain/part-0.parquet",
+        ];
+        assert_eq!(
+            foreign_table_roots(listing),
+            vec![
+                ("ice".to_string(), ForeignFormat::Iceberg),
+                ("sales".to_string(), ForeignFormat::Delta)
+            ]
+        );
+        assert_eq!(
+            foreign_table_roots(["_delta_log/_last_checkpoint", "x.parquet"]),
+            vec![(String::new(), ForeignFormat::Delta)]
+        );
+        assert!(is_under("sales/part-0.parquet", "sales"));
+        assert!(!is_under("salesman/part-0.parquet", "sales"));
+        assert!(is_under("anything", ""));
     }
 }

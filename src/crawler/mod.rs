@@ -27,7 +27,10 @@ use crate::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCo
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
 use footer::{FooterError, read_footer};
-use layout::{Skip, classify, group_tables, infer_partition_type, place_file, table_name_from};
+use layout::{
+    Skip, classify, foreign_table_roots, group_tables, infer_partition_type, is_under, place_file,
+    table_name_from,
+};
 use schema::SchemaMerger;
 
 /// Default number of footer reads in flight at once.
@@ -46,6 +49,29 @@ pub struct CrawlOptions {
     /// Declared table layout (from `CREATE EXTERNAL TABLE` or `--partition-type`); what is
     /// not declared is inferred.
     pub declared: Declared,
+    /// Glob patterns (relative to the crawled location) a file must match to be crawled;
+    /// empty means all.
+    pub include: Vec<String>,
+    /// Glob patterns (relative to the crawled location) of files to leave out.
+    pub exclude: Vec<String>,
+    /// Refuse the crawl, before changing anything, if it would create more tables than
+    /// this (a wrong location or layout often looks like hundreds of tables).
+    pub max_tables: Option<usize>,
+}
+
+/// Compiles glob patterns (`*` stays within a folder, `**` crosses folders).
+fn glob_set(patterns: &[String]) -> Result<globset::GlobSet> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("bad glob pattern '{p}': {e}")))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("bad glob patterns: {e}")))
 }
 
 /// What a user declared about a table instead of letting the crawl infer it. Stored in
@@ -121,6 +147,9 @@ impl Default for CrawlOptions {
             table: None,
             footer_concurrency: DEFAULT_FOOTER_CONCURRENCY,
             declared: Declared::default(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_tables: None,
         }
     }
 }
@@ -139,6 +168,10 @@ pub struct Skipped {
     pub in_progress: u64,
     pub empty: u64,
     pub not_parquet: u64,
+    /// Files of Delta or Iceberg tables.
+    pub other_format: u64,
+    /// Files left out by `--include` / `--exclude`.
+    pub excluded: u64,
 }
 
 /// What a crawl did.
@@ -292,14 +325,48 @@ impl Crawler {
         summary.files_listed = listed.len() as u64;
         summary.list_ms = started.elapsed().as_millis() as u64;
         let prefix_str = prefix.as_ref();
-        let mut candidates = Vec::new();
-        for meta in listed {
+        let relative_of = |meta: &ObjectMeta| {
             let full = meta.location.as_ref();
-            let relative = full
-                .strip_prefix(prefix_str)
+            full.strip_prefix(prefix_str)
                 .unwrap_or(full)
                 .trim_start_matches('/')
-                .to_string();
+                .to_string()
+        };
+        let foreign = foreign_table_roots(listed.iter().map(|m| {
+            let full = m.location.as_ref();
+            full.strip_prefix(prefix_str)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+        }));
+        for (root, format) in &foreign {
+            let path = if root.is_empty() {
+                location.to_string()
+            } else {
+                format!("{location}{root}/")
+            };
+            summary.problems.push(Problem {
+                path,
+                message: format!(
+                    "a {format} table: Tarn does not read {format} tables yet, so its files were \
+                     not crawled as loose Parquet (they can include files the table has removed)"
+                ),
+            });
+        }
+        let include = glob_set(&options.include)?;
+        let exclude = glob_set(&options.exclude)?;
+        let mut candidates = Vec::new();
+        for meta in listed {
+            let relative = relative_of(&meta);
+            if foreign.iter().any(|(root, _)| is_under(&relative, root)) {
+                summary.skipped.other_format += 1;
+                continue;
+            }
+            if (!options.include.is_empty() && !include.is_match(&relative))
+                || exclude.is_match(&relative)
+            {
+                summary.skipped.excluded += 1;
+                continue;
+            }
             match classify(&relative, meta.size) {
                 Some(Skip::Hidden) => summary.skipped.hidden += 1,
                 Some(Skip::InProgress) => summary.skipped.in_progress += 1,
@@ -314,6 +381,7 @@ impl Crawler {
         let root_name = prefix_str.rsplit('/').next().unwrap_or("").to_string();
         let mut names_seen: BTreeSet<String> = BTreeSet::new();
         let mut seen_locations: BTreeSet<String> = BTreeSet::new();
+        let mut planned = Vec::with_capacity(layouts.len());
         for layout in layouts {
             let name = match &options.table {
                 Some(t) => t.clone(),
@@ -341,6 +409,32 @@ impl Crawler {
             };
             let table_url = location.child_url(&table_path);
             seen_locations.insert(table_url.clone());
+            planned.push((layout, name, table_path, table_url));
+        }
+        if let Some(limit) = options.max_tables {
+            let mut new_tables = Vec::new();
+            for (_, name, _, _) in &planned {
+                if self.catalog.table(&options.database, name).await?.is_none() {
+                    new_tables.push(name.as_str());
+                }
+            }
+            if new_tables.len() > limit {
+                return Err(Error::InvalidArgument(format!(
+                    "this crawl would create {} tables (limit {limit}: {}{}); nothing was \
+                     changed. Check the location, crawl it as one table with --table, or raise \
+                     --max-tables",
+                    new_tables.len(),
+                    new_tables
+                        .iter()
+                        .take(5)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if new_tables.len() > 5 { ", …" } else { "" }
+                )));
+            }
+        }
+        for (layout, name, table_path, table_url) in planned {
             let files: Vec<&Candidate> = layout.files.iter().map(|i| &candidates[*i]).collect();
             self.crawl_table(
                 &store,

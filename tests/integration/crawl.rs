@@ -408,3 +408,94 @@ async fn date_and_string_partitions_are_typed_and_prune_with_nulls() {
         vec![vec!["2"]]
     );
 }
+
+#[tokio::test]
+async fn delta_and_iceberg_folders_are_reported_not_crawled_as_loose_parquet() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let parquet = |p: &str| {
+        write_parquet(
+            &lake.join(p),
+            &events_v1(&["2024-01-01 00:00:00"], &[1], &["a"], &[1.0]),
+        )
+    };
+    parquet("sales/part-0.parquet");
+    parquet("sales/part-1-removed-by-a-later-commit.parquet");
+    write_bytes(
+        &lake.join("sales/_delta_log/00000000000000000000.json"),
+        b"{}",
+    );
+    parquet("ice/data/00000-0.parquet");
+    write_bytes(&lake.join("ice/metadata/v1.metadata.json"), b"{}");
+    // An empty log is not a Delta table: this folder is crawled as Parquet.
+    parquet("loose/part-0.parquet");
+    write_bytes(&lake.join("loose/_delta_log/.keep"), b"x");
+
+    let summary = env.crawl(&lake).await;
+    assert_eq!(
+        summary.tables_created,
+        vec!["default.events", "default.loose", "default.users"]
+    );
+    assert_eq!(summary.skipped.other_format, 5, "{summary}");
+    let foreign: Vec<&str> = summary
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("does not read"))
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(foreign.len(), 2, "{summary}");
+    assert!(foreign.iter().any(|m| m.contains("Delta Lake")));
+    assert!(foreign.iter().any(|m| m.contains("Iceberg")));
+}
+
+#[tokio::test]
+async fn include_exclude_and_max_tables() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+
+    // Too many new tables: refused before anything is written.
+    let err = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+        .crawl(
+            &lake.to_string_lossy(),
+            &CrawlOptions {
+                max_tables: Some(1),
+                ..CrawlOptions::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("would create 2 tables"), "{err}");
+    assert!(
+        env.catalog.tables().await.unwrap().is_empty(),
+        "nothing was committed"
+    );
+
+    let options = CrawlOptions {
+        include: vec!["events/**".into()],
+        exclude: vec!["**/hour=14/**".into()],
+        ..CrawlOptions::default()
+    };
+    let summary = env.crawl_with(&lake, options).await;
+    assert_eq!(summary.tables_created, vec!["default.events"], "{summary}");
+    assert!(summary.skipped.excluded >= 2, "{summary}");
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["7"]]
+    );
+
+    let bad = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+        .crawl(
+            &lake.to_string_lossy(),
+            &CrawlOptions {
+                include: vec!["[".into()],
+                ..CrawlOptions::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("bad glob pattern '['"), "{bad}");
+}
