@@ -12,6 +12,7 @@
 
 pub mod handle;
 pub mod info;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -752,9 +753,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let service = FlightServiceServer::new(TarnFlightSql::new(engine))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let service =
+        FlightServiceServer::new(service::TarnFlightService::new(TarnFlightSql::new(engine)))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
     // Without TCP_NODELAY small request/response pairs (prepare, bind) wait for Nagle.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(stream) = &conn {

@@ -114,3 +114,24 @@ def test_raw_pyarrow_flight_gets_the_advertised_schema(server):
     assert sorted(table.column("device").to_pylist(), key=str) == sorted(
         ["web", "ios", "android", None], key=str
     )
+
+
+def test_execute_schema_uses_get_schema_without_running(conn):
+    cur = conn.cursor()
+    schema = cur.adbc_execute_schema("SELECT user_id, name FROM users")
+    assert schema.names == ["user_id", "name"]
+    assert schema.field("name").type == pa.string()
+    # DDL is described (as an update: no columns), not executed.
+    schema = cur.adbc_execute_schema("CREATE DATABASE never_made")
+    assert schema.names == []
+    cur.execute("SHOW DATABASES")
+    assert ("never_made",) not in cur.fetchall()
+
+
+def test_partitioned_execution(conn):
+    cur = conn.cursor()
+    partitions, schema = cur.adbc_execute_partitions("SELECT count(*) AS n FROM users")
+    assert schema.names == ["n"]
+    assert len(partitions) == 1
+    cur.adbc_read_partition(partitions[0])
+    assert cur.fetchall() == [(50,)]

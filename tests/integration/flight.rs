@@ -8,6 +8,7 @@ use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
 use futures::TryStreamExt;
+use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -386,4 +387,40 @@ async fn ddl_over_flight_sql_persists_across_a_restart() {
         .unwrap();
     let (_, batches) = fetch(&mut client, info).await;
     assert_eq!(render(&batches), vec![vec!["5"]]);
+}
+
+#[tokio::test]
+async fn get_schema_and_poll_flight_info_are_answered() {
+    let (_env, server) = served().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let command = arrow_flight::sql::CommandStatementQuery {
+        query: "SELECT name FROM users".into(),
+        transaction_id: None,
+    };
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(
+        arrow_flight::sql::ProstMessageExt::as_any(&command).encode_to_vec(),
+    );
+    let schema = raw
+        .get_schema(descriptor.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(&schema.schema).unwrap();
+    assert_eq!(schema.field(0).name(), "name");
+    assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
+
+    let poll = raw.poll_flight_info(descriptor).await.unwrap().into_inner();
+    assert!(
+        poll.flight_descriptor.is_none(),
+        "complete on the first poll"
+    );
+    let info = poll.info.expect("the poll carries the FlightInfo");
+    let mut client = server.client().await;
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
 }
