@@ -589,6 +589,29 @@ impl Catalog {
         Ok(())
     }
 
+    /// The most recent crawls, newest first.
+    pub async fn crawl_history(&self, limit: i64) -> Result<Vec<CrawlRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, location, database, started_at, finished_at, status, summary
+             FROM crawls ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CrawlRecord {
+                id: r.get(0),
+                location: r.get(1),
+                database: r.get(2),
+                started_at: r.get(3),
+                finished_at: r.get(4),
+                status: r.get(5),
+                summary: r.get(6),
+            })
+            .collect())
+    }
+
     /// The most recent crawls, newest first, as (id, location, status, summary JSON).
     pub async fn crawls(&self, limit: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
         let rows = sqlx::query(
@@ -758,6 +781,20 @@ impl Catalog {
         tx.commit().await?;
         Ok(files)
     }
+}
+
+/// One recorded crawl.
+#[derive(Debug, Clone)]
+pub struct CrawlRecord {
+    pub id: i64,
+    pub location: String,
+    pub database: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    /// The crawl summary (or error) as JSON.
+    pub summary: Option<String>,
 }
 
 async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {

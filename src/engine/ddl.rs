@@ -12,6 +12,8 @@
 //! | `ALTER TABLE t DROP [IF EXISTS] PARTITION (k = v, …)` | forgets that partition (its files stay) |
 //! | `SHOW DATABASES` | database names |
 //! | `SHOW PARTITIONS t` | `k=v/…` per partition, with file and row counts |
+//! | `SHOW HISTORY t` | every schema version of `t` |
+//! | `SHOW CRAWLS` | the last 100 crawls: when, where, what changed, problems |
 //!
 //! DDL locations are checked against the allowed roots (`--allow-location`), so SQL cannot
 //! become a way to read arbitrary files of the server.
@@ -80,6 +82,11 @@ pub enum Command {
         database: String,
         name: String,
     },
+    ShowHistory {
+        database: String,
+        name: String,
+    },
+    ShowCrawls,
 }
 
 impl Command {
@@ -87,7 +94,10 @@ impl Command {
     pub fn is_update(&self) -> bool {
         !matches!(
             self,
-            Command::ShowDatabases | Command::ShowPartitions { .. }
+            Command::ShowDatabases
+                | Command::ShowPartitions { .. }
+                | Command::ShowHistory { .. }
+                | Command::ShowCrawls
         )
     }
 
@@ -103,6 +113,23 @@ impl Command {
                 Field::new("partition", DataType::Utf8, false),
                 Field::new("files", DataType::Int64, false),
                 Field::new("rows", DataType::Int64, false),
+            ])),
+            Command::ShowHistory { .. } => Arc::new(Schema::new(vec![
+                Field::new("version", DataType::Int64, false),
+                Field::new("created_at", DataType::Utf8, false),
+                Field::new("columns", DataType::Utf8, false),
+            ])),
+            Command::ShowCrawls => Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("location", DataType::Utf8, false),
+                Field::new("database", DataType::Utf8, false),
+                Field::new("status", DataType::Utf8, false),
+                Field::new("started_at", DataType::Utf8, false),
+                Field::new("finished_at", DataType::Utf8, true),
+                Field::new("files_added", DataType::Int64, true),
+                Field::new("files_removed", DataType::Int64, true),
+                Field::new("problems", DataType::Int64, true),
+                Field::new("summary", DataType::Utf8, true),
             ])),
             _ => Arc::new(Schema::new(vec![Field::new(
                 "result",
@@ -136,21 +163,32 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
                 return Ok(Some(Command::ShowDatabases));
             }
             Statement::ShowVariable { variable }
-                if variable
-                    .first()
-                    .is_some_and(|i| i.value.eq_ignore_ascii_case("partitions")) =>
+                if variable.first().is_some_and(|i| {
+                    ["partitions", "history", "crawls"]
+                        .iter()
+                        .any(|k| i.value.eq_ignore_ascii_case(k))
+                }) =>
             {
+                let what = variable[0].value.to_ascii_lowercase();
+                if what == "crawls" {
+                    return Ok(Some(Command::ShowCrawls));
+                }
                 let parts: Vec<&str> = variable[1..].iter().map(|i| i.value.as_str()).collect();
                 let (database, name) = match parts.as_slice() {
                     [t] => (default_db.to_string(), t.to_string()),
                     [d, t] => (d.to_string(), t.to_string()),
                     _ => {
-                        return Err(Error::Sql(
-                            "expected SHOW PARTITIONS [database.]table".into(),
-                        ));
+                        return Err(Error::Sql(format!(
+                            "expected SHOW {} [database.]table",
+                            what.to_uppercase()
+                        )));
                     }
                 };
-                return Ok(Some(Command::ShowPartitions { database, name }));
+                return Ok(Some(if what == "history" {
+                    Command::ShowHistory { database, name }
+                } else {
+                    Command::ShowPartitions { database, name }
+                }));
             }
             Statement::AlterTable(alter) => {
                 let (database, name) = table_name(&alter.name, default_db)?;
@@ -656,6 +694,62 @@ impl Engine {
                     "dropped {dropped} partition(s) of {database}.{name}, {files} file(s) \
                      forgotten (the files are untouched)"
                 ))?
+            }
+            Command::ShowHistory { database, name } => {
+                let table = self.existing_table(database, name).await?;
+                let history = self.catalog().schema_history(table.id).await?;
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(
+                        history.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        history.iter().map(|h| h.2.clone()).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        history.iter().map(|h| h.1.clone()).collect::<Vec<_>>(),
+                    )),
+                ];
+                RecordBatch::try_new(command.schema(), columns)?
+            }
+            Command::ShowCrawls => {
+                let crawls = self.catalog().crawl_history(100).await?;
+                let summary: Vec<Option<serde_json::Value>> = crawls
+                    .iter()
+                    .map(|c| {
+                        c.summary
+                            .as_deref()
+                            .and_then(|s| serde_json::from_str(s).ok())
+                    })
+                    .collect();
+                let count = |key: &str| -> Int64Array {
+                    summary
+                        .iter()
+                        .map(|s| {
+                            let v = s.as_ref()?.get(key)?;
+                            v.as_i64().or_else(|| v.as_array().map(|a| a.len() as i64))
+                        })
+                        .collect()
+                };
+                let strings =
+                    |f: &dyn Fn(&crate::catalog::store::CrawlRecord) -> Option<String>| {
+                        Arc::new(StringArray::from(crawls.iter().map(f).collect::<Vec<_>>()))
+                            as ArrayRef
+                    };
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(
+                        crawls.iter().map(|c| c.id).collect::<Vec<_>>(),
+                    )),
+                    strings(&|c| Some(c.location.clone())),
+                    strings(&|c| Some(c.database.clone())),
+                    strings(&|c| Some(c.status.clone())),
+                    strings(&|c| Some(c.started_at.clone())),
+                    strings(&|c| c.finished_at.clone()),
+                    Arc::new(count("files_added")),
+                    Arc::new(count("files_removed")),
+                    Arc::new(count("problems")),
+                    strings(&|c| c.summary.clone()),
+                ];
+                RecordBatch::try_new(command.schema(), columns)?
             }
             Command::ShowDatabases => {
                 self.refresh().await?;

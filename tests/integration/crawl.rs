@@ -193,6 +193,26 @@ async fn recrawl_reads_only_what_changed() {
             .await,
         vec![vec!["ios", "1"], vec!["NULL", "8"]]
     );
+
+    // The schema history and the crawl history are queryable.
+    let history = env.rows("SHOW HISTORY events").await;
+    assert_eq!(
+        history.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
+        vec!["1", "2"]
+    );
+    assert!(history[1][2].contains("device"), "{history:?}");
+    let crawls = env.rows("SHOW CRAWLS").await;
+    assert_eq!(crawls.len(), 4, "{crawls:?}");
+    // Newest first: the fourth crawl added one file; the third added one and removed one.
+    assert_eq!(&crawls[0][3], "succeeded");
+    assert_eq!(
+        (&crawls[0][6][..], &crawls[1][6][..], &crawls[1][7][..]),
+        ("1", "1", "1")
+    );
+    assert_eq!(
+        &crawls[3][8], "1",
+        "the corrupt file is a problem in every crawl"
+    );
 }
 
 #[tokio::test]
