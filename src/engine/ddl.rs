@@ -34,7 +34,7 @@ use datafusion::sql::sqlparser::ast::{
 use crate::catalog::PartitionType;
 use crate::crawler::layout::{HIVE_NULL, parse_date, parse_timestamp};
 use crate::crawler::{CrawlOptions, Crawler, Declared};
-use crate::engine::{DEFAULT_DATABASE, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::storage::Location;
 
@@ -151,7 +151,7 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
     let Ok(statement) = state.sql_to_statement(sql, &dialect) else {
         return Ok(None); // the query path reports the parse error
     };
-    let default_db = DEFAULT_DATABASE;
+    let default_db = &engine.default_database();
     match &statement {
         DFStatement::CreateExternalTable(_) => {}
         DFStatement::Statement(s) => match s.as_ref() {

@@ -144,6 +144,33 @@ impl Engine {
         &self.state
     }
 
+    /// The database unqualified table names resolve in.
+    pub fn default_database(&self) -> String {
+        self.state.config().options().catalog.default_schema.clone()
+    }
+
+    /// This engine with `database` as the default for unqualified names (what a client
+    /// sets with a `database` header or JDBC URL property).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the database does not exist.
+    pub async fn in_database(&self, database: &str) -> Result<Engine> {
+        self.refresh().await?;
+        if !self.databases().iter().any(|d| d == database) {
+            return Err(Error::InvalidArgument(format!(
+                "database '{database}' does not exist; see SHOW DATABASES"
+            )));
+        }
+        let mut engine = self.clone();
+        engine
+            .state
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = database.to_string();
+        Ok(engine)
+    }
+
     /// The catalog this engine reads.
     pub fn catalog(&self) -> &Catalog {
         &self.shared.catalog

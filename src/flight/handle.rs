@@ -5,8 +5,9 @@
 //! per-statement state, so a client that never calls DoGet leaks nothing, and DoGet may
 //! reach any Tarn node behind a load balancer.
 //!
-//! Layout: `b"TRN1"`, the SQL length (u32, little-endian), the SQL (UTF-8), then the
-//! parameter batches as an IPC stream (absent when nothing is bound).
+//! Layout: `b"TRN2"`, the SQL length (u32, little-endian), the SQL (UTF-8), the default
+//! database's length (u32, 0 for none) and name, then the parameter batches as an IPC
+//! stream (absent when nothing is bound).
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"TRN1";
+const MAGIC: &[u8; 4] = b"TRN2";
 /// A ticket holding a result computed when the ticket was issued (a DDL statement's
 /// outcome), as an IPC stream.
 const RESULT_MAGIC: &[u8; 4] = b"TRR1";
@@ -69,6 +70,8 @@ pub struct StatementHandle {
     pub sql: String,
     /// Bound parameter rows; each row is one execution.
     pub params: Vec<RecordBatch>,
+    /// The database unqualified names resolve in, when the client chose one.
+    pub database: Option<String>,
 }
 
 impl StatementHandle {
@@ -76,6 +79,7 @@ impl StatementHandle {
         Self {
             sql: sql.into(),
             params: Vec::new(),
+            database: None,
         }
     }
 
@@ -91,6 +95,11 @@ impl StatementHandle {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&sql_len.to_le_bytes());
         out.extend_from_slice(self.sql.as_bytes());
+        let database = self.database.as_deref().unwrap_or("");
+        let db_len = u32::try_from(database.len())
+            .map_err(|_| Error::InvalidArgument("database name is too long".into()))?;
+        out.extend_from_slice(&db_len.to_le_bytes());
+        out.extend_from_slice(database.as_bytes());
         if let Some(first) = self.params.first() {
             let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
             for batch in &self.params {
@@ -126,6 +135,18 @@ impl StatementHandle {
         let sql = std::str::from_utf8(sql)
             .map_err(|_| bad("SQL is not UTF-8"))?
             .to_string();
+        let (len, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("truncated"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad("truncated"));
+        }
+        let (database, rest) = rest.split_at(len);
+        let database = std::str::from_utf8(database)
+            .map_err(|_| bad("database is not UTF-8"))?
+            .to_string();
+        let database = (!database.is_empty()).then_some(database);
         let params = if rest.is_empty() {
             Vec::new()
         } else {
@@ -134,7 +155,11 @@ impl StatementHandle {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| bad(&format!("parameters: {e}")))?
         };
-        Ok(Self { sql, params })
+        Ok(Self {
+            sql,
+            params,
+            database,
+        })
     }
 
     /// The parameter rows, as one batch per execution row (empty batches dropped).
@@ -230,6 +255,7 @@ mod tests {
         let bound = StatementHandle {
             sql: "SELECT $1, $2".into(),
             params: vec![batch],
+            database: Some("web".into()),
         };
         let decoded = StatementHandle::decode(&bound.encode().unwrap()).unwrap();
         assert_eq!(decoded, bound);
@@ -259,7 +285,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_clear_error() {
-        for bytes in [&b""[..], b"hello", b"TRN1\x05\x00\x00\x00ab"] {
+        for bytes in [&b""[..], b"hello", b"TRN2\x05\x00\x00\x00ab"] {
             let err = StatementHandle::decode(bytes).unwrap_err().to_string();
             assert!(err.contains("not a Tarn statement handle"), "{err}");
         }

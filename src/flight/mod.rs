@@ -71,16 +71,25 @@ impl TarnFlightSql {
         Self { engine }
     }
 
+    /// The engine for a statement: with the database the client chose as default.
+    async fn engine_for(&self, database: Option<&str>) -> Result<Engine> {
+        match database {
+            Some(db) => self.engine.in_database(db).await,
+            None => Ok(self.engine.clone()),
+        }
+    }
+
     /// Plans the statement in `handle` (first parameter row bound, if any) for
     /// `GetFlightInfo`: a query or `SHOW` gets its wire schema and a ticket that runs it;
     /// a DDL statement runs now, and its ticket carries the result.
     async fn flight_plan(&self, handle: &StatementHandle) -> Result<(SchemaRef, bytes::Bytes)> {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        match self.engine.prepare(&sql, rows.first()).await? {
+        let engine = self.engine_for(handle.database.as_deref()).await?;
+        match engine.prepare(&sql, rows.first()).await? {
             Statement::Query(df) => Ok((wire_schema(df.schema().as_arrow()), handle.encode()?)),
             Statement::Command(command) if command.is_update() => {
-                let batch = self.engine.run_command(&command).await?;
+                let batch = engine.run_command(&command).await?;
                 Ok((wire_schema(&batch.schema()), encode_result(&[batch])?))
             }
             Statement::Command(command) => Ok((wire_schema(&command.schema()), handle.encode()?)),
@@ -89,14 +98,11 @@ impl TarnFlightSql {
 
     /// Runs a DDL statement for the update paths (JDBC's `executeUpdate`, ADBC's
     /// `execute_update`); returns the affected row count, 0 for DDL as JDBC expects.
-    async fn update(&self, sql: &str) -> Result<i64> {
-        match self
-            .engine
-            .prepare(&rewrite_question_marks(sql), None)
-            .await?
-        {
+    async fn update(&self, sql: &str, database: Option<&str>) -> Result<i64> {
+        let engine = self.engine_for(database).await?;
+        match engine.prepare(&rewrite_question_marks(sql), None).await? {
             Statement::Command(command) if command.is_update() => {
-                self.engine.run_command(&command).await?;
+                engine.run_command(&command).await?;
                 Ok(0)
             }
             _ => Err(Error::InvalidArgument(
@@ -123,6 +129,7 @@ impl TarnFlightSql {
         };
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
+        let engine = self.engine_for(handle.database.as_deref()).await?;
         let mut streams = Vec::new();
         let mut schema: Option<SchemaRef> = None;
         let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
@@ -131,13 +138,13 @@ impl TarnFlightSql {
             rows.iter().map(Some).collect()
         };
         for row in runs {
-            let (this, stream) = match self.engine.prepare(&sql, row).await? {
+            let (this, stream) = match engine.prepare(&sql, row).await? {
                 Statement::Query(df) => {
                     let this = wire_schema(df.schema().as_arrow());
                     (this, df.execute_stream().await.map_err(Error::from)?)
                 }
                 Statement::Command(command) => {
-                    let batch = self.engine.run_command(&command).await?;
+                    let batch = engine.run_command(&command).await?;
                     let this = wire_schema(&batch.schema());
                     let stream: datafusion::execution::SendableRecordBatchStream =
                         Box::pin(RecordBatchStreamAdapter::new(
@@ -303,6 +310,16 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("building a metadata result: {e}"))
 }
 
+/// The default database a request asks for, from its `database` (or `schema`) header:
+/// ADBC sends `adbc.flight.sql.rpc.call_header.database`, and JDBC sends unknown URL
+/// properties (`…?database=web`) as headers.
+pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
+    ["database", "schema"].iter().find_map(|key| {
+        let value = request.metadata().get(*key)?.to_str().ok()?.trim();
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
 fn flight_status(e: Error) -> Status {
     Status::from(e)
 }
@@ -334,7 +351,8 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let handle = StatementHandle::new(query.query);
+        let mut handle = StatementHandle::new(query.query);
+        handle.database = requested_database(&request);
         let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
@@ -345,8 +363,11 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let handle =
+        let mut handle =
             StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        if handle.database.is_none() {
+            handle.database = requested_database(&request);
+        }
         let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
@@ -377,11 +398,14 @@ impl FlightSqlService for TarnFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
         let sql = rewrite_question_marks(&query.query);
+        let database = requested_database(&request);
         let prepared = self
-            .engine
+            .engine_for(database.as_deref())
+            .await
+            .map_err(flight_status)?
             .prepare(&sql, None)
             .await
             .map_err(flight_status)?;
@@ -409,7 +433,8 @@ impl FlightSqlService for TarnFlightSql {
             Statement::Command(c) if c.is_update() => (Arc::new(Schema::empty()), Schema::empty()),
             Statement::Command(c) => (wire_schema(&c.schema()), Schema::empty()),
         };
-        let handle = StatementHandle::new(query.query);
+        let mut handle = StatementHandle::new(query.query);
+        handle.database = database;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode().map_err(flight_status)?,
             dataset_schema: schema_bytes(&dataset).map_err(flight_status)?,
@@ -442,7 +467,9 @@ impl FlightSqlService for TarnFlightSql {
         // Validate now, so a bad binding fails at bind time rather than at DoGet.
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        self.engine
+        self.engine_for(handle.database.as_deref())
+            .await
+            .map_err(flight_status)?
             .prepare(&sql, rows.first())
             .await
             .map_err(flight_status)?;
@@ -676,9 +703,12 @@ impl FlightSqlService for TarnFlightSql {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
-        self.update(&command.query).await.map_err(flight_status)
+        let database = requested_database(&request);
+        self.update(&command.query, database.as_deref())
+            .await
+            .map_err(flight_status)
     }
 
     async fn do_put_prepared_statement_update(
@@ -688,7 +718,13 @@ impl FlightSqlService for TarnFlightSql {
     ) -> std::result::Result<i64, Status> {
         let handle =
             StatementHandle::decode(&command.prepared_statement_handle).map_err(flight_status)?;
-        self.update(&handle.sql).await.map_err(flight_status)
+        let database = handle
+            .database
+            .clone()
+            .or_else(|| requested_database(&_request));
+        self.update(&handle.sql, database.as_deref())
+            .await
+            .map_err(flight_status)
     }
 
     async fn do_get_fallback(

@@ -35,7 +35,9 @@ impl TarnFlightService {
         let rows = handle.param_rows();
         let schema = match self
             .sql
-            .engine
+            .engine_for(handle.database.as_deref())
+            .await
+            .map_err(flight_status)?
             .prepare(&sql, rows.first())
             .await
             .map_err(flight_status)?
@@ -108,8 +110,9 @@ impl FlightService for TarnFlightService {
             .map_err(|e| Status::invalid_argument(format!("GetSchema: {e}")))?;
         let schema = match command {
             Command::CommandStatementQuery(q) => {
-                self.statement_schema(&StatementHandle::new(q.query))
-                    .await?
+                let mut handle = StatementHandle::new(q.query);
+                handle.database = super::requested_database(&request);
+                self.statement_schema(&handle).await?
             }
             Command::CommandPreparedStatementQuery(q) => {
                 let handle =

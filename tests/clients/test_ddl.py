@@ -42,3 +42,16 @@ def test_create_external_table_over_adbc_survives_restart(lake, tmp_path):
             assert len(cur.fetchall()) == 8
     finally:
         server.stop()
+
+    # A default database through an ADBC call header (JDBC: a `database=` URL property).
+    server = Server(tmp_path, command=serve)
+    try:
+        import adbc_driver_flightsql.dbapi as flightsql
+
+        with flightsql.connect(
+            server.uri, db_kwargs={"adbc.flight.sql.rpc.call_header.database": "analytics"}
+        ) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM events")
+            assert cur.fetchone() == (expected,)
+    finally:
+        server.stop()

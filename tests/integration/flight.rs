@@ -424,3 +424,50 @@ async fn get_schema_and_poll_flight_info_are_answered() {
     let (_, batches) = fetch(&mut client, info).await;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
 }
+
+#[tokio::test]
+async fn a_database_header_sets_the_default_database() {
+    let (env, server) = served().await;
+    let mut client = server.client().await;
+    let lake = env.lake().join("users").to_string_lossy().into_owned();
+    client
+        .execute_update("CREATE DATABASE crm".into(), None)
+        .await
+        .unwrap();
+    client
+        .execute_update(
+            format!("CREATE EXTERNAL TABLE crm.people STORED AS PARQUET LOCATION '{lake}'"),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let mut in_crm = server.client().await;
+    in_crm.set_header("database", "crm");
+    let info = in_crm
+        .execute("SELECT count(*) FROM people".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut in_crm, info).await;
+    assert_eq!(render(&batches), vec![vec!["5"]]);
+    // Prepared statements remember it in their handle.
+    let mut prepared = in_crm
+        .prepare("SELECT name FROM people WHERE user_id = 2".into(), None)
+        .await
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut in_crm, info).await;
+    assert_eq!(render(&batches), vec![vec!["bob"]]);
+
+    let mut lost = server.client().await;
+    lost.set_header("database", "nowhere");
+    let status = tonic_status(lost.execute("SELECT 1".into(), None).await.unwrap_err());
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("database 'nowhere' does not exist"),
+        "{}",
+        status.message()
+    );
+}
