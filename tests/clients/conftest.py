@@ -86,14 +86,14 @@ def server(lake):
     assert s.proc.returncode == 0, f"tarn serve exited with {s.proc.returncode}"
 
 
-def connect(uri: str):
+def connect(uri: str, **kwargs):
     import adbc_driver_flightsql.dbapi as flightsql
     import warnings
 
     with warnings.catch_warnings():
         # Tarn is read-only and has no transactions; the DB-API wrapper warns about that.
         warnings.simplefilter("ignore")
-        return flightsql.connect(uri)
+        return flightsql.connect(uri, **kwargs)
 
 
 @pytest.fixture()

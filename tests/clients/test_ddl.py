@@ -46,9 +46,7 @@ def test_create_external_table_over_adbc_survives_restart(lake, tmp_path):
     # A default database through an ADBC call header (JDBC: a `database=` URL property).
     server = Server(tmp_path, command=serve)
     try:
-        import adbc_driver_flightsql.dbapi as flightsql
-
-        with flightsql.connect(
+        with connect(
             server.uri, db_kwargs={"adbc.flight.sql.rpc.call_header.database": "analytics"}
         ) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM events")
