@@ -376,7 +376,15 @@ impl Crawler {
         }
         candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
         let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
-        let layouts = group_tables(&relatives, options.table.is_some());
+        let mut layouts = group_tables(&relatives, options.table.is_some());
+        if layouts.is_empty() && options.table.is_some() {
+            // A named table whose folder holds no data (yet, or any more): still crawl it,
+            // so its catalogued files are dropped or its declared layout is created.
+            layouts.push(layout::TableLayout {
+                root: String::new(),
+                files: Vec::new(),
+            });
+        }
 
         let root_name = prefix_str.rsplit('/').next().unwrap_or("").to_string();
         let mut names_seen: BTreeSet<String> = BTreeSet::new();
@@ -448,12 +456,20 @@ impl Crawler {
             .await?;
         }
 
-        // Tables crawled from under this location before whose folders are now gone.
+        // Tables crawled from under this location before whose folders are now gone. A
+        // folder that still holds objects is not gone: it may be a table declared inside
+        // another table's tree (`CREATE EXTERNAL TABLE … LOCATION '…/year=2024/'`).
+        let listed_relatives: Vec<&str> = candidates.iter().map(|c| c.relative.as_str()).collect();
         for table in self.catalog.tables().await? {
+            let Some(table_relative) = table.location.strip_prefix(location.url.as_str()) else {
+                continue;
+            };
+            let table_relative = table_relative.trim_end_matches('/');
+            let still_there = listed_relatives.iter().any(|r| is_under(r, table_relative));
             if table.database == options.database
-                && table.location.starts_with(location.url.as_str())
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
+                && !still_there
             {
                 self.crawl_table(
                     &store,

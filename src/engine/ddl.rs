@@ -173,7 +173,7 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
                 if what == "crawls" {
                     return Ok(Some(Command::ShowCrawls));
                 }
-                let parts: Vec<&str> = variable[1..].iter().map(|i| i.value.as_str()).collect();
+                let parts: Vec<String> = variable[1..].iter().map(normalize).collect();
                 let (database, name) = match parts.as_slice() {
                     [t] => (default_db.to_string(), t.to_string()),
                     [d, t] => (d.to_string(), t.to_string()),
@@ -240,8 +240,16 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
                 let [name] = names.as_slice() else {
                     return Err(Error::Sql("DROP DATABASE takes one name".into()));
                 };
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident().map(normalize))
+                    .collect();
+                let [name] = parts.as_slice() else {
+                    return Err(Error::Sql(format!("'{name}' is not a database name")));
+                };
                 return Ok(Some(Command::DropDatabase {
-                    name: name.to_string(),
+                    name: name.clone(),
                     if_exists: *if_exists,
                     cascade: *cascade,
                 }));
@@ -339,6 +347,16 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
     }))
 }
 
+/// An identifier as DataFusion resolves it: unquoted names are lower-cased, quoted ones
+/// kept as written.
+fn normalize(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
 fn last_part(name: &str) -> String {
     name.rsplit('.').next().unwrap_or(name).to_string()
 }
@@ -354,7 +372,7 @@ fn table_name(name: &ObjectName, default_db: &str) -> Result<(String, String)> {
     let parts: Vec<String> = name
         .0
         .iter()
-        .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+        .filter_map(|p| p.as_ident().map(normalize))
         .collect();
     match parts.as_slice() {
         [t] => Ok((default_db.to_string(), t.clone())),
@@ -375,7 +393,7 @@ fn partition_spec(exprs: &[SqlExpr]) -> Result<Vec<(String, String)>> {
                 right,
             } => {
                 let key = match left.as_ref() {
-                    SqlExpr::Identifier(i) => i.value.clone(),
+                    SqlExpr::Identifier(i) => normalize(i),
                     other => {
                         return Err(Error::Sql(format!("'{other}' is not a partition column")));
                     }
@@ -452,16 +470,7 @@ fn message(text: impl Into<String>) -> Result<RecordBatch> {
 impl Engine {
     /// Checks that SQL may name `location`: it must be under one of the allowed roots.
     fn check_allowed(&self, location: &str) -> Result<Location> {
-        let parsed = Location::parse(location)?;
-        let url = parsed.url.as_str();
-        if self
-            .allowed_locations
-            .iter()
-            .any(|root| url.starts_with(root.as_str()))
-        {
-            return Ok(parsed);
-        }
-        Err(Error::InvalidLocation {
+        let refuse = || Error::InvalidLocation {
             location: location.to_string(),
             reason: format!(
                 "not under a location SQL may use ({}); start the server with \
@@ -472,7 +481,47 @@ impl Engine {
                     self.allowed_locations.join(", ")
                 }
             ),
-        })
+        };
+        let allowed = |url: &str| {
+            self.allowed_locations
+                .iter()
+                .any(|root| url.starts_with(root.as_str()))
+        };
+        // First a lexical check, before anything touches the disk (so SQL cannot probe
+        // which server paths exist): no dot segments, no encoded separators or dots, and
+        // the text itself must be under an allowed root.
+        let lowered = location.to_ascii_lowercase();
+        if ["%2f", "%5c", "%2e"].iter().any(|e| lowered.contains(e))
+            || location
+                .split(['/', '\\'])
+                .any(|seg| seg == ".." || seg == ".")
+        {
+            return Err(refuse());
+        }
+        let lexical = if location.contains("://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("file://{location}")
+        } else {
+            return Err(Error::InvalidLocation {
+                location: location.to_string(),
+                reason: "use an absolute path or a URL".into(),
+            });
+        };
+        let lexical = if lexical.ends_with('/') {
+            lexical
+        } else {
+            format!("{lexical}/")
+        };
+        if !allowed(&lexical) {
+            return Err(refuse());
+        }
+        // Then the real location (symbolic links resolved) must be allowed too.
+        let parsed = Location::parse(location)?;
+        if !allowed(parsed.url.as_str()) {
+            return Err(refuse());
+        }
+        Ok(parsed)
     }
 
     async fn existing_table(
@@ -758,6 +807,11 @@ impl Engine {
             }
             Command::ShowPartitions { database, name } => {
                 let table = self.existing_table(database, name).await?;
+                if table.partition_columns.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "table {database}.{name} is not partitioned"
+                    )));
+                }
                 let partitions = self.catalog().partitions(table.id).await?;
                 let label = |values: &[Option<String>]| {
                     table

@@ -44,8 +44,9 @@ struct Shared {
     catalog: Catalog,
     stores: Arc<StoreRegistry>,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// Providers by table id, with the table version they were built at.
-    providers: Mutex<HashMap<i64, (i64, Arc<CatalogTable>)>>,
+    /// Providers by table id, with the entry they were built from (ids can be reused
+    /// after a drop, so the whole entry is compared, not only the version).
+    providers: Mutex<HashMap<i64, (TableEntry, Arc<CatalogTable>)>>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -214,7 +215,10 @@ impl Engine {
             generation,
             databases,
         });
-        if let Ok(mut guard) = self.shared.snapshot.write() {
+        // Two refreshes can race; never let an older snapshot replace a newer one.
+        if let Ok(mut guard) = self.shared.snapshot.write()
+            && guard.generation <= snapshot.generation
+        {
             *guard = snapshot;
         }
         Ok(())
@@ -387,8 +391,12 @@ impl Shared {
             return Ok(None);
         };
         if let Ok(cache) = self.providers.lock()
-            && let Some((version, provider)) = cache.get(&entry.id)
-            && *version == entry.version
+            && let Some((built_from, provider)) = cache.get(&entry.id)
+            && built_from.version == entry.version
+            && built_from.updated_at == entry.updated_at
+            && built_from.location == entry.location
+            && built_from.database == entry.database
+            && built_from.name == entry.name
         {
             return Ok(Some(Arc::clone(provider)));
         }
@@ -402,7 +410,7 @@ impl Shared {
             location.store_url(),
         )?);
         if let Ok(mut cache) = self.providers.lock() {
-            cache.insert(entry.id, (entry.version, Arc::clone(&provider)));
+            cache.insert(entry.id, (entry.clone(), Arc::clone(&provider)));
         }
         Ok(Some(provider))
     }

@@ -199,18 +199,29 @@ impl TarnFlightSql {
         let Some(catalog) = ctx.catalog(CATALOG_NAME) else {
             return Ok(out);
         };
+        // Catalog tables come from the snapshot: listing them must not load every table's
+        // file list, and one damaged table must not hide the others.
+        for table in self.engine.tables() {
+            let schema = wire_schema(&table.table_schema());
+            out.push((table.database, table.name, TableType::Base, schema));
+        }
+        // DataFusion's own views (information_schema) are cheap to describe.
+        let tarn_databases = self.engine.databases();
         for db in catalog.schema_names() {
+            if tarn_databases.contains(&db) {
+                continue;
+            }
             let Some(schema) = catalog.schema(&db) else {
                 continue;
             };
             for name in schema.table_names() {
-                if let Some(table) = schema.table(&name).await.map_err(Error::from)? {
-                    out.push((
-                        db.clone(),
-                        name,
-                        table.table_type(),
-                        wire_schema(&table.schema()),
-                    ));
+                match schema.table(&name).await {
+                    Ok(Some(table)) => {
+                        let wire = wire_schema(&table.schema());
+                        out.push((db.clone(), name, table.table_type(), wire));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%db, %name, error = %e, "table left out of GetTables"),
                 }
             }
         }

@@ -519,3 +519,32 @@ async fn include_exclude_and_max_tables() {
         .to_string();
     assert!(bad.contains("bad glob pattern '['"), "{bad}");
 }
+
+#[tokio::test]
+async fn repair_of_an_emptied_folder_and_nested_tables_survive_a_parent_crawl() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let hour13 = lake.join("events/year=2024/month=01/day=05/hour=13");
+    env.engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE h13 STORED AS PARQUET LOCATION '{}'",
+            hour13.display()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(env.rows("SELECT count(*) FROM h13").await, vec![vec!["3"]]);
+
+    // Crawling the parent folder keeps the table declared inside another table's tree.
+    env.crawl(&lake).await;
+    assert_eq!(env.rows("SELECT count(*) FROM h13").await, vec![vec!["3"]]);
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["9"]]
+    );
+
+    // Emptied folder: the repair forgets its files instead of keeping dead entries.
+    std::fs::remove_file(hour13.join("part-0.parquet")).unwrap();
+    env.engine.query("MSCK REPAIR TABLE h13").await.unwrap();
+    assert_eq!(env.rows("SELECT count(*) FROM h13").await, vec![vec!["0"]]);
+}
