@@ -246,6 +246,7 @@ async fn main() {
             file_schema: Arc::clone(&schema),
             upserts,
             removals: vec![],
+            declared: None,
         })
         .await
         .expect("commit");

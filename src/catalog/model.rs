@@ -166,6 +166,8 @@ pub struct TableCommit {
     pub upserts: Vec<FileEntry>,
     /// Paths of files that are gone.
     pub removals: Vec<String>,
+    /// When set, stored as the table's `declared` property in the same transaction.
+    pub declared: Option<serde_json::Value>,
 }
 
 /// Outcome of committing a [`TableCommit`].

@@ -424,6 +424,17 @@ impl Catalog {
             }
         };
 
+        if let Some(declared) = &commit.declared {
+            sqlx::query(
+                "UPDATE tables SET properties = json_set(properties, '$.declared', json(?2))
+                 WHERE id = ?1",
+            )
+            .bind(table_id)
+            .bind(declared.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+
         for path in &commit.removals {
             sqlx::query("DELETE FROM data_files WHERE table_id = ?1 AND path = ?2")
                 .bind(table_id)

@@ -799,21 +799,17 @@ impl Crawler {
             file_schema,
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
             removals,
+            // What the user declared travels with the commit: same transaction.
+            declared: if declared != earlier {
+                Some(
+                    serde_json::to_value(&declared)
+                        .map_err(|e| Error::Internal(format!("declared layout to JSON: {e}")))?,
+                )
+            } else {
+                None
+            },
         };
         let outcome = self.catalog.commit_table(&commit).await?;
-        if declared != earlier
-            && let Some(table) = self.catalog.table(&options.database, name).await?
-        {
-            let mut properties = self.catalog.table_properties(table.id).await?;
-            let value = serde_json::to_value(&declared)
-                .map_err(|e| Error::Internal(format!("declared layout to JSON: {e}")))?;
-            if let Some(map) = properties.as_object_mut() {
-                map.insert("declared".into(), value);
-            }
-            self.catalog
-                .set_table_properties(table.id, &properties)
-                .await?;
-        }
         summary.partitions_added += outcome.partitions_added;
         summary.partitions_removed += outcome.partitions_removed;
         if outcome.new_schema_version && !outcome.created {
