@@ -75,7 +75,28 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
         exclude: args.exclude.clone(),
         max_tables: args.max_tables,
     };
-    let summary = ctx.crawler().crawl(&args.location, &options).await?;
+    // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:20}] {pos}/{len} footers {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let shown = bar.clone();
+    let crawler = ctx.crawler().with_progress(move |p| {
+        shown.set_length(p.footers_to_read);
+        shown.set_position(p.footers_read);
+        shown.set_message(format!(
+            "{} listed, {:.1} MB",
+            p.files_listed,
+            p.bytes as f64 / 1e6
+        ));
+    });
+    let summary = crawler.crawl(&args.location, &options).await;
+    bar.finish_and_clear();
+    let summary = summary?;
     if args.json {
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| Error::Internal(format!("encoding the crawl summary: {e}")))?;

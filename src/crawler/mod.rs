@@ -261,6 +261,42 @@ impl std::fmt::Display for CrawlSummary {
 pub struct Crawler {
     catalog: Catalog,
     stores: Arc<StoreRegistry>,
+    progress: Option<ProgressReporter>,
+}
+
+/// How far a crawl has got, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Objects listed so far.
+    pub files_listed: u64,
+    /// Footers the crawl has decided to read so far.
+    pub footers_to_read: u64,
+    /// Footers read so far.
+    pub footers_read: u64,
+    /// Bytes of the files whose footers were read.
+    pub bytes: u64,
+}
+
+/// Receives [`Progress`] as a crawl advances.
+#[derive(Clone)]
+pub struct ProgressReporter {
+    state: Arc<std::sync::Mutex<Progress>>,
+    report: Arc<dyn Fn(&Progress) + Send + Sync>,
+}
+
+impl std::fmt::Debug for ProgressReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressReporter")
+    }
+}
+
+impl ProgressReporter {
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        if let Ok(mut state) = self.state.lock() {
+            change(&mut state);
+            (self.report)(&state);
+        }
+    }
 }
 
 /// A listed candidate data file, with its path relative to the crawl root.
@@ -271,7 +307,26 @@ struct Candidate {
 
 impl Crawler {
     pub fn new(catalog: Catalog, stores: Arc<StoreRegistry>) -> Self {
-        Self { catalog, stores }
+        Self {
+            catalog,
+            stores,
+            progress: None,
+        }
+    }
+
+    /// Calls `report` whenever the crawl advances (listing done, each footer read).
+    pub fn with_progress(mut self, report: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(ProgressReporter {
+            state: Arc::default(),
+            report: Arc::new(report),
+        });
+        self
+    }
+
+    fn report(&self, change: impl FnOnce(&mut Progress)) {
+        if let Some(p) = &self.progress {
+            p.update(change);
+        }
     }
 
     /// Crawls `location` (a path or URL) and commits what it finds, one table per
@@ -323,6 +378,7 @@ impl Crawler {
             .await
             .map_err(|e| Error::store(location.to_string(), e))?;
         summary.files_listed = listed.len() as u64;
+        self.report(|p| p.files_listed += listed.len() as u64);
         summary.list_ms = started.elapsed().as_millis() as u64;
         let prefix_str = prefix.as_ref();
         let relative_of = |meta: &ObjectMeta| {
@@ -610,6 +666,7 @@ impl Crawler {
             }
         }
 
+        self.report(|p| p.footers_to_read += to_read.len() as u64);
         // Each read is its own task, so decoding footers uses every core, not only the
         // task driving the crawl; at most `footer_concurrency` are in flight.
         let footer_started = Instant::now();
@@ -629,6 +686,13 @@ impl Crawler {
                     }
                 })
                 .buffer_unordered(options.footer_concurrency.max(1))
+                .inspect(|(i, _)| {
+                    let size = files[*i].meta.size;
+                    self.report(|p| {
+                        p.footers_read += 1;
+                        p.bytes += size;
+                    });
+                })
                 .collect()
                 .await;
         summary.footers_read += footers.len() as u64;

@@ -548,3 +548,28 @@ async fn repair_of_an_emptied_folder_and_nested_tables_survive_a_parent_crawl() 
     env.engine.query("MSCK REPAIR TABLE h13").await.unwrap();
     assert_eq!(env.rows("SELECT count(*) FROM h13").await, vec![vec!["0"]]);
 }
+
+#[tokio::test]
+async fn progress_is_reported_as_the_crawl_advances() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let summary = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+        .with_progress(move |p| sink.lock().unwrap().push(*p))
+        .crawl(&lake.to_string_lossy(), &CrawlOptions::default())
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let last = seen.last().expect("progress was reported");
+    assert_eq!(last.files_listed, summary.files_listed);
+    assert_eq!(last.footers_read, summary.footers_read);
+    assert_eq!(last.footers_to_read, summary.footers_read);
+    assert!(last.bytes > 0);
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].footers_read <= w[1].footers_read),
+        "monotonic"
+    );
+}
