@@ -4,7 +4,7 @@
 //! Everything here is pure: it works on paths relative to the crawl root, so it is
 //! exhaustively unit-tested without a store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 
@@ -115,8 +115,43 @@ pub fn group_tables(relative_paths: &[String], root_is_table: bool) -> Vec<Table
     tables
 }
 
+/// Depths (below `node`) at which files sit.
+fn file_depths(node: &Node, depth: usize, out: &mut BTreeSet<usize>) {
+    if !node.files.is_empty() {
+        out.insert(depth);
+    }
+    for child in node.children.values() {
+        file_depths(child, depth + 1, out);
+    }
+}
+
+/// A folder name that looks like a partition value written without its key, as
+/// Firehose's default `YYYY/MM/DD/HH/` prefixes are: digits, or a date.
+fn is_unnamed_partition_value(name: &str) -> bool {
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())) || parse_date(name).is_some()
+}
+
+/// Whether `node` is a table partitioned by folders without `key=` (Glue names them
+/// `partition_0`, `partition_1`, …): every folder down to the files looks like a value,
+/// and every file sits at the same depth.
+fn has_unnamed_partitions(node: &Node) -> bool {
+    fn all_value_folders(node: &Node) -> bool {
+        node.children
+            .iter()
+            .all(|(name, child)| is_unnamed_partition_value(name) && all_value_folders(child))
+    }
+    let mut depths = BTreeSet::new();
+    file_depths(node, 0, &mut depths);
+    !node.children.is_empty()
+        && depths.len() == 1
+        && !depths.contains(&0)
+        && all_value_folders(node)
+}
+
 fn find_tables(node: &Node, path: String, out: &mut Vec<TableLayout>) {
-    let is_table = !node.files.is_empty() || node.children.keys().any(|k| k.contains('='));
+    let is_table = !node.files.is_empty()
+        || node.children.keys().any(|k| k.contains('='))
+        || has_unnamed_partitions(node);
     if is_table {
         let mut files = Vec::new();
         node.all_files(&mut files);
@@ -152,6 +187,13 @@ pub fn place_file(relative_to_table: &str) -> FilePlacement {
     let dirs = segments.split_last().map(|(_, d)| d).unwrap_or(&[]);
     let mut keys = Vec::new();
     let mut values = Vec::new();
+    if !dirs.is_empty() && dirs.iter().all(|d| is_unnamed_partition_value(d)) {
+        // `2024/01/05/13/`: positional partitions, named as Glue names them.
+        for (i, dir) in dirs.iter().enumerate() {
+            keys.push(format!("partition_{i}"));
+            values.push(Some((*dir).to_string()));
+        }
+    }
     for dir in dirs {
         if let Some((k, v)) = parse_partition_segment(dir) {
             keys.push(k);
@@ -474,5 +516,35 @@ mod tests {
         assert!(is_under("sales/part-0.parquet", "sales"));
         assert!(!is_under("salesman/part-0.parquet", "sales"));
         assert!(is_under("anything", ""));
+    }
+
+    #[test]
+    fn firehose_default_prefixes_are_one_table_with_unnamed_partitions() {
+        let paths: Vec<String> = [
+            "events/2024/01/05/13/a.parquet",
+            "events/2024/01/05/14/b.parquet",
+            "events/2024/01/06/00/c.parquet",
+            "users/u.parquet",
+            "mixed/2024/a.parquet",
+            "mixed/2024/01/b.parquet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let roots: Vec<String> = group_tables(&paths, false)
+            .into_iter()
+            .map(|t| t.root)
+            .collect();
+        // `mixed` has files at two depths: not one partitioned table, so its folders are
+        // looked at in turn (as before).
+        assert_eq!(roots, vec!["events", "mixed/2024", "users"]);
+        let placed = place_file("2024/01/05/13/a.parquet");
+        assert_eq!(
+            placed.keys,
+            vec!["partition_0", "partition_1", "partition_2", "partition_3"]
+        );
+        assert_eq!(placed.values[3].as_deref(), Some("13"));
+        assert!(place_file("year=2024/a.parquet").keys == vec!["year"]);
+        assert!(place_file("data/a.parquet").keys.is_empty());
     }
 }

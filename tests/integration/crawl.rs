@@ -573,3 +573,49 @@ async fn progress_is_reported_as_the_crawl_advances() {
         "monotonic"
     );
 }
+
+#[tokio::test]
+async fn firehose_default_prefixes_become_unnamed_partitions() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    let write = |dir: &str, ts: &str, user: i32| {
+        write_parquet(
+            &lake.join(format!("stream/{dir}/part-0.parquet")),
+            &events_v1(&[ts], &[user], &["view"], &[1.0]),
+        )
+    };
+    write("2024/01/05/13", "2024-01-05 13:00:00", 1);
+    write("2024/01/05/14", "2024-01-05 14:00:00", 2);
+    write("2024/01/06/00", "2024-01-06 00:00:00", 3);
+    let summary = env.crawl(&lake).await;
+    assert_eq!(
+        summary.tables_created,
+        vec!["default.stream"],
+        "one table, not one per hour: {summary}"
+    );
+    let table = env
+        .catalog
+        .table("default", "stream")
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<(&str, PartitionType)> = table
+        .partition_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.data_type))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("partition_0", PartitionType::Int64),
+            ("partition_1", PartitionType::Int64),
+            ("partition_2", PartitionType::Int64),
+            ("partition_3", PartitionType::Int64)
+        ]
+    );
+    assert_eq!(
+        env.rows("SELECT user_id FROM stream WHERE partition_2 = 5 AND partition_3 = 14")
+            .await,
+        vec![vec!["2"]]
+    );
+}
