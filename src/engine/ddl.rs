@@ -455,6 +455,26 @@ fn same_partition_value(t: PartitionType, stored: Option<&str>, wanted: &str) ->
     }
 }
 
+/// A partition spec must name the table's partition columns, in order.
+fn check_spec(table: &crate::catalog::TableEntry, spec: &[(String, String)]) -> Result<()> {
+    let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
+    let columns: Vec<&str> = table
+        .partition_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    if keys != columns {
+        return Err(Error::InvalidArgument(format!(
+            "partition spec ({}) does not name the partition columns of {}.{} in order ({})",
+            keys.join(", "),
+            table.database,
+            table.name,
+            columns.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn message(text: impl Into<String>) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "result",
@@ -652,20 +672,7 @@ impl Engine {
                 if let Command::AddPartitions { partitions, .. } = command {
                     let table = self.existing_table(database, name).await?;
                     for spec in partitions {
-                        let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
-                        let columns: Vec<&str> = table
-                            .partition_columns
-                            .iter()
-                            .map(|c| c.name.as_str())
-                            .collect();
-                        if keys != columns {
-                            return Err(Error::InvalidArgument(format!(
-                                "partition spec ({}) does not name the partition columns of \
-                                 {database}.{name} in order ({})",
-                                keys.join(", "),
-                                columns.join(", ")
-                            )));
-                        }
+                        check_spec(&table, spec)?;
                     }
                 }
                 let summary = self.recrawl(database, name).await?;
@@ -693,20 +700,7 @@ impl Engine {
                 let mut dropped = 0;
                 let mut files = 0;
                 for spec in partitions {
-                    let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
-                    let columns: Vec<&str> = table
-                        .partition_columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    if keys != columns {
-                        return Err(Error::InvalidArgument(format!(
-                            "partition spec ({}) does not name the partition columns of \
-                             {database}.{name} in order ({})",
-                            keys.join(", "),
-                            columns.join(", ")
-                        )));
-                    }
+                    check_spec(&table, spec)?;
                     let matching: Vec<&Vec<Option<String>>> = existing
                         .iter()
                         .map(|p| &p.values)

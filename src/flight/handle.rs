@@ -124,28 +124,21 @@ impl StatementHandle {
         let rest = bytes
             .strip_prefix(MAGIC)
             .ok_or_else(|| bad("unknown format"))?;
-        let (len, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| bad("truncated"))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(bad("truncated"));
-        }
-        let (sql, rest) = rest.split_at(len);
-        let sql = std::str::from_utf8(sql)
-            .map_err(|_| bad("SQL is not UTF-8"))?
-            .to_string();
-        let (len, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| bad("truncated"))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(bad("truncated"));
-        }
-        let (database, rest) = rest.split_at(len);
-        let database = std::str::from_utf8(database)
-            .map_err(|_| bad("database is not UTF-8"))?
-            .to_string();
+        // A u32 length, then that many bytes of UTF-8.
+        let text = |bytes: &[u8], what: &str| -> Result<(String, usize)> {
+            let (len, rest) = bytes
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad("truncated"))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let value = rest.get(..len).ok_or_else(|| bad("truncated"))?;
+            let value =
+                std::str::from_utf8(value).map_err(|_| bad(&format!("{what} is not UTF-8")))?;
+            Ok((value.to_string(), 4 + len))
+        };
+        let (sql, used) = text(rest, "SQL")?;
+        let rest = &rest[used..];
+        let (database, used) = text(rest, "database")?;
+        let rest = &rest[used..];
         let database = (!database.is_empty()).then_some(database);
         let params = if rest.is_empty() {
             Vec::new()
