@@ -237,6 +237,16 @@ impl Env {
             .unwrap()
     }
 
+    /// The partition columns of `default.name`, as `name type`.
+    pub async fn partition_types(&self, name: &str) -> Vec<String> {
+        let table = self.catalog.table("default", name).await.unwrap().unwrap();
+        table
+            .partition_columns
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.data_type))
+            .collect()
+    }
+
     /// Runs `sql` and renders the result as rows of strings (NULL as "NULL").
     pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
         let (_, batches) = self.engine.query(sql).await.unwrap();

@@ -2,7 +2,6 @@
 
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::physical_plan::displayable;
-use tarn::catalog::PartitionType;
 use tarn::crawler::CrawlOptions;
 
 use crate::common::{Env, events_v1, events_v2, firehose_lake, write_bytes, write_parquet};
@@ -44,19 +43,9 @@ async fn crawl_finds_tables_partitions_and_merged_schema_and_names_the_corrupt_f
         .await
         .unwrap()
         .unwrap();
-    let keys: Vec<(&str, PartitionType)> = events
-        .partition_columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.data_type))
-        .collect();
     assert_eq!(
-        keys,
-        vec![
-            ("year", PartitionType::Int64),
-            ("month", PartitionType::Int64),
-            ("day", PartitionType::Int64),
-            ("hour", PartitionType::Int64)
-        ]
+        env.partition_types("events").await,
+        vec!["year int64", "month int64", "day int64", "hour int64"]
     );
     let schema = events.table_schema();
     let field = |n: &str| schema.field_with_name(n).unwrap().clone();
@@ -387,23 +376,9 @@ async fn date_and_string_partitions_are_typed_and_prune_with_nulls() {
     let summary = env.crawl(&lake).await;
     assert_eq!(summary.tables_created, vec!["default.daily"], "{summary}");
 
-    let daily = env
-        .catalog
-        .table("default", "daily")
-        .await
-        .unwrap()
-        .unwrap();
-    let types: Vec<(&str, PartitionType)> = daily
-        .partition_columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.data_type))
-        .collect();
     assert_eq!(
-        types,
-        vec![
-            ("dt", PartitionType::Date),
-            ("region", PartitionType::String)
-        ]
+        env.partition_types("daily").await,
+        vec!["dt date", "region string"]
     );
     assert_eq!(
         env.rows("SELECT arrow_typeof(dt), arrow_typeof(region) FROM daily LIMIT 1")
@@ -593,24 +568,13 @@ async fn firehose_default_prefixes_become_unnamed_partitions() {
         vec!["default.stream"],
         "one table, not one per hour: {summary}"
     );
-    let table = env
-        .catalog
-        .table("default", "stream")
-        .await
-        .unwrap()
-        .unwrap();
-    let keys: Vec<(&str, PartitionType)> = table
-        .partition_columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.data_type))
-        .collect();
     assert_eq!(
-        keys,
+        env.partition_types("stream").await,
         vec![
-            ("partition_0", PartitionType::Int64),
-            ("partition_1", PartitionType::Int64),
-            ("partition_2", PartitionType::Int64),
-            ("partition_3", PartitionType::Int64)
+            "partition_0 int64",
+            "partition_1 int64",
+            "partition_2 int64",
+            "partition_3 int64"
         ]
     );
     assert_eq!(
