@@ -31,9 +31,18 @@ impl Context {
         // SQL may create tables under the data directory and the --allow-location roots.
         let mut allowed_locations = vec![cli.data_dir.to_string_lossy().into_owned()];
         allowed_locations.extend(cli.allow_locations.iter().cloned());
+        let warehouse = match &cli.warehouse {
+            Some(w) => w.clone(),
+            None => {
+                let dir = cli.data_dir.join("warehouse");
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                dir.to_string_lossy().into_owned()
+            }
+        };
         let options = EngineOptions {
             datafusion_config: cli.datafusion_config.clone(),
             allowed_locations,
+            warehouse: Some(warehouse),
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {

@@ -42,6 +42,11 @@ pub struct Cli {
     )]
     pub allow_locations: Vec<String>,
 
+    /// Where Tarn writes tables it creates itself (bulk ingest): a path or URL such as
+    /// `s3://bucket/warehouse`. Defaults to `warehouse/` in the data directory.
+    #[arg(long, global = true, env = "TARN_WAREHOUSE")]
+    pub warehouse: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -25,6 +25,18 @@ pub enum Error {
     #[error("invalid location '{location}': {reason}")]
     InvalidLocation { location: String, reason: String },
 
+    /// Something the request would create already exists (ingest in `create` mode).
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// The caller is known but its role does not allow the request.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// The caller did not prove who it is (no, bad or expired credentials).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
     /// An argument or request that is malformed (bad parameter, bad ticket, bad flag).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -132,6 +144,18 @@ impl From<Error> for tonic::Status {
             Error::Sql(_) | Error::InvalidArgument(_) | Error::InvalidLocation { .. } => {
                 tracing::debug!(%message, "request rejected");
                 Status::invalid_argument(message)
+            }
+            Error::AlreadyExists(_) => {
+                tracing::debug!(%message, "request rejected");
+                Status::already_exists(message)
+            }
+            Error::PermissionDenied(_) => {
+                tracing::info!(%message, "request refused");
+                Status::permission_denied(message)
+            }
+            Error::Unauthenticated(_) => {
+                tracing::info!(%message, "request refused");
+                Status::unauthenticated(message)
             }
             Error::TableNotFound { .. } => {
                 tracing::debug!(%message, "request rejected");

@@ -12,6 +12,7 @@
 //! - [`crawler`]: listing, table and partition discovery, footer reading, schema merging.
 //! - [`engine`]: DataFusion sessions whose tables are planned from the catalog.
 //! - [`flight`]: the Arrow Flight SQL service.
+//! - [`ingest`]: bulk ingest of record batches into Parquet tables.
 //! - [`demo`]: the sample lake behind `tarn demo`.
 
 pub mod catalog;
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod flight;
+pub mod ingest;
 pub mod storage;
 
 pub use error::{Error, Result};

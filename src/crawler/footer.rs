@@ -126,7 +126,8 @@ fn stats_roundtrip(t: &DataType) -> bool {
         )
 }
 
-fn file_stats(
+/// The per-column statistics of a file from its decoded footer.
+pub fn file_stats(
     metadata: &parquet::file::metadata::ParquetMetaData,
     schema: &SchemaRef,
 ) -> FileStats {

@@ -56,6 +56,8 @@ pub struct Engine {
     state: SessionState,
     /// URL prefixes SQL statements may name as locations.
     allowed_locations: Arc<Vec<String>>,
+    /// Where Tarn writes tables of its own (ingested tables, rollups).
+    warehouse: Option<Arc<Location>>,
 }
 
 /// A planned statement: a query for DataFusion, or a command Tarn runs itself.
@@ -72,6 +74,9 @@ pub struct EngineOptions {
     pub datafusion_config: Vec<(String, String)>,
     /// Locations (paths or URLs) under which SQL DDL may create tables.
     pub allowed_locations: Vec<String>,
+    /// Location (path or URL) under which Tarn writes tables it creates itself, e.g. by
+    /// bulk ingest: `<warehouse>/<database>/<table>/`.
+    pub warehouse: Option<String>,
 }
 
 impl Engine {
@@ -133,10 +138,15 @@ impl Engine {
                 }
             })
             .collect();
+        let warehouse = match &options.warehouse {
+            Some(w) => Some(Arc::new(Location::parse(w)?)),
+            None => None,
+        };
         Ok(Self {
             shared,
             state,
             allowed_locations: Arc::new(allowed_locations),
+            warehouse,
         })
     }
 
@@ -170,6 +180,28 @@ impl Engine {
             .catalog
             .default_schema = database.to_string();
         Ok(engine)
+    }
+
+    /// The location of a new table Tarn creates itself: `<warehouse>/<database>/<table>/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when no warehouse is configured.
+    pub fn warehouse_location(&self, database: &str, table: &str) -> Result<Location> {
+        let warehouse = self.warehouse.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no warehouse location is configured for tables Tarn creates; start Tarn \
+                 with --warehouse PATH_OR_URL"
+                    .into(),
+            )
+        })?;
+        let mut url = warehouse.url.clone();
+        url.path_segments_mut()
+            .map_err(|_| Error::Internal(format!("warehouse '{warehouse}' cannot have children")))?
+            .pop_if_empty()
+            .push(database)
+            .push(table)
+            .push("");
+        Ok(Location { url })
     }
 
     /// The catalog this engine reads.

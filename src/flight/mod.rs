@@ -32,9 +32,9 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
-    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
@@ -50,6 +50,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{CATALOG_NAME, Engine, Statement};
 use crate::error::{Error, Result};
+use crate::ingest::{IngestMode, IngestRequest};
 use handle::{
     StatementHandle, TicketContent, decode_ticket, encode_result, rewrite_question_marks,
 };
@@ -720,6 +721,74 @@ impl FlightSqlService for TarnFlightSql {
         self.update(&command.query, database.as_deref())
             .await
             .map_err(flight_status)
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> std::result::Result<i64, Status> {
+        use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+        if command.temporary {
+            return Err(Status::invalid_argument(
+                "Tarn has no temporary tables; ingest into a catalog table instead",
+            ));
+        }
+        if command.transaction_id.is_some() {
+            return Err(Status::invalid_argument(
+                "Tarn has no transactions; ingest without a transaction id",
+            ));
+        }
+        let options = command.table_definition_options.unwrap_or_default();
+        let if_exists = TableExistsOption::try_from(options.if_exists)
+            .unwrap_or(TableExistsOption::Unspecified);
+        let if_not_exist = TableNotExistOption::try_from(options.if_not_exist)
+            .unwrap_or(TableNotExistOption::Unspecified);
+        // Unspecified options take the Flight SQL defaults: fail if the table exists,
+        // fail if it does not.
+        let mode = match (if_not_exist, if_exists) {
+            (TableNotExistOption::Create, TableExistsOption::Append) => IngestMode::CreateAppend,
+            (TableNotExistOption::Create, TableExistsOption::Replace) => IngestMode::Replace,
+            (TableNotExistOption::Create, _) => IngestMode::Create,
+            (_, TableExistsOption::Append) => IngestMode::Append,
+            (_, TableExistsOption::Replace) => {
+                return Err(Status::invalid_argument(
+                    "ingest with replace-if-exists but fail-if-missing is not supported; use \
+                     mode replace (create or replace)",
+                ));
+            }
+            (_, _) => {
+                return Err(Status::invalid_argument(
+                    "ingest that fails both when the table exists and when it does not can \
+                     never succeed; choose a mode: create, append, replace or create_append",
+                ));
+            }
+        };
+        let database = command
+            .schema
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| requested_database(&request));
+        if let Some(catalog) = command.catalog.as_deref()
+            && !catalog.is_empty()
+            && catalog != CATALOG_NAME
+        {
+            return Err(Status::not_found(format!(
+                "catalog '{catalog}' does not exist; Tarn has one catalog, '{CATALOG_NAME}'"
+            )));
+        }
+        let ingest_request = IngestRequest {
+            database,
+            table: command.table.clone(),
+            mode,
+        };
+        let stream = request.into_inner().map_err(FlightError::from);
+        let batches = FlightRecordBatchStream::new_from_flight_data(stream)
+            .map_err(|e| Error::InvalidArgument(format!("reading the ingested rows: {e}")));
+        let rows = crate::ingest::ingest(&self.engine, &ingest_request, batches)
+            .await
+            .map_err(flight_status)?;
+        i64::try_from(rows).map_err(internal)
     }
 
     async fn do_put_prepared_statement_update(

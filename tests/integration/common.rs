@@ -204,12 +204,15 @@ impl Env {
     pub async fn open(dir: TempDir) -> Self {
         let catalog = Catalog::open(&dir.path().join("data")).await.unwrap();
         let stores = Arc::new(StoreRegistry::default());
+        let warehouse = dir.path().join("warehouse");
+        std::fs::create_dir_all(&warehouse).unwrap();
         let engine = Engine::new(
             catalog.clone(),
             Arc::clone(&stores),
             // SQL may create tables anywhere under the test's directory.
             &EngineOptions {
                 allowed_locations: vec![dir.path().to_string_lossy().into_owned()],
+                warehouse: Some(warehouse.to_string_lossy().into_owned()),
                 ..EngineOptions::default()
             },
         )

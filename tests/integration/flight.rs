@@ -471,3 +471,95 @@ async fn a_database_header_sets_the_default_database() {
         status.message()
     );
 }
+
+fn ingest_command(table: &str, mode: (i32, i32)) -> arrow_flight::sql::CommandStatementIngest {
+    arrow_flight::sql::CommandStatementIngest {
+        table_definition_options: Some(arrow_flight::sql::TableDefinitionOptions {
+            if_not_exist: mode.0,
+            if_exists: mode.1,
+        }),
+        table: table.to_string(),
+        ..Default::default()
+    }
+}
+
+fn id_batch(ids: Vec<i64>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids))]).unwrap()
+}
+
+#[tokio::test]
+async fn bulk_ingest_commits_all_batches_or_nothing() {
+    use arrow_flight::sql::{TableExistsOption as Exists, TableNotExistOption as Missing};
+    let (env, server) = served().await;
+    let mut client = server.client().await;
+    let create = (Missing::Create as i32, Exists::Fail as i32);
+    let batches = vec![Ok(id_batch(vec![1, 2, 3])), Ok(id_batch(vec![4, 5]))];
+    let rows = client
+        .execute_ingest(
+            ingest_command("ids", create),
+            futures::stream::iter(batches),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, 5);
+    let info = client
+        .execute("SELECT sum(id) AS s FROM ids".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches), render_sum(15));
+
+    // Rows whose `id` cannot widen into the table's fail the whole ingest after its files
+    // were written: nothing is committed and those files are deleted.
+    let append = (Missing::Fail as i32, Exists::Append as i32);
+    let strings = || {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+            vec![Arc::new(arrow::array::StringArray::from(vec!["x", "y"]))],
+        )
+    };
+    let err = client
+        .execute_ingest(
+            ingest_command("ids", append),
+            futures::stream::iter(vec![
+                strings().map_err(Into::into),
+                strings().map_err(Into::into),
+            ]),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("column 'id' is Utf8"), "{err}");
+    let info = client
+        .execute("SELECT sum(id) AS s FROM ids".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(render(&batches), render_sum(15));
+    let files: Vec<_> = walk(&env.dir.path().join("warehouse"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(files.len(), 1, "only the committed file remains: {files:?}");
+}
+
+fn render_sum(n: i64) -> Vec<Vec<String>> {
+    render(&[RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("s", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![n]))],
+    )
+    .unwrap()])
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -1,0 +1,615 @@
+//! Bulk ingest: a stream of record batches written as Parquet into a table's location and
+//! registered in the catalog in one commit (what Flight SQL's `CommandStatementIngest`,
+//! ADBC's `adbc_ingest`, asks for).
+//!
+//! Files are written first, under names no crawl or reader has seen; the catalog commit
+//! that lists them is the moment they become visible, so readers see the table before or
+//! after the ingest, never a part of it. A failed ingest deletes what it wrote. `replace`
+//! swaps the table's file list in the same commit and deletes the old files afterwards.
+//!
+//! Partitioned tables take rows that carry their partition columns; each row goes to its
+//! partition's folder (an existing folder when the partition exists, so `month=01` stays
+//! `month=01`), and the partition columns are not written into the files, as in Hive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use futures::{Stream, StreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::catalog::{FileEntry, PartitionColumn, PartitionEntry, PartitionType, TableCommit};
+use crate::crawler::footer::file_stats;
+use crate::crawler::layout::HIVE_NULL;
+use crate::crawler::schema::SchemaMerger;
+use crate::engine::{DEFAULT_DATABASE, Engine};
+use crate::error::{Error, Result};
+use crate::storage::Location;
+
+/// What to do when the table does or does not exist (ADBC's four ingest modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Create the table; fail if it exists.
+    Create,
+    /// Append to the table; fail if it does not exist.
+    Append,
+    /// Replace the table's rows, creating it if needed.
+    Replace,
+    /// Append, creating the table if needed.
+    CreateAppend,
+}
+
+impl IngestMode {
+    fn creates(self) -> bool {
+        !matches!(self, IngestMode::Append)
+    }
+}
+
+/// A bulk ingest request.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub database: Option<String>,
+    pub table: String,
+    pub mode: IngestMode,
+}
+
+/// Rows per Parquet file before the writer starts another one.
+const ROWS_PER_FILE: usize = 4_000_000;
+/// Partitions one ingest may write to at once (each holds an open writer).
+const MAX_OPEN_PARTITIONS: usize = 512;
+
+/// One file being written.
+struct OpenFile {
+    writer: AsyncArrowWriter<BufWriter>,
+    path: Path,
+    values: Vec<Option<String>>,
+    folder: String,
+    rows: usize,
+}
+
+/// What an ingest has written so far: finished files, and files still open.
+struct Written {
+    store: Arc<dyn ObjectStore>,
+    done: Vec<FileEntry>,
+    open: HashMap<Vec<Option<String>>, OpenFile>,
+    started: Vec<Path>,
+}
+
+impl Written {
+    /// Deletes every file this ingest started (best effort: the files are not in the
+    /// catalog, so a leftover is invisible to queries, but it would be found by a crawl).
+    async fn abort(self) {
+        for path in self.started {
+            if let Err(e) = self.store.delete(&path).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(%path, error = %e, "could not delete a file of a failed ingest");
+            }
+        }
+    }
+}
+
+/// Writes `batches` into the table named by `request` and commits them; returns the number
+/// of rows ingested.
+///
+/// # Errors
+/// [`Error::AlreadyExists`] / [`Error::TableNotFound`] when the mode does not allow the
+/// table's state; [`Error::InvalidArgument`] when the rows do not fit the table (a column
+/// of an incompatible type, a missing partition column); store errors while writing. On
+/// any error nothing is committed and the written files are deleted.
+pub async fn ingest<S>(engine: &Engine, request: &IngestRequest, batches: S) -> Result<u64>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send,
+{
+    let database = request
+        .database
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| engine.default_database());
+    let name = request.table.as_str();
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "ingest needs a table name".to_string(),
+        ));
+    }
+    let catalog = engine.catalog();
+    let existing = catalog.table(&database, name).await?;
+    let qualified = format!("{database}.{name}");
+    match (&existing, request.mode) {
+        (Some(_), IngestMode::Create) => {
+            return Err(Error::AlreadyExists(format!(
+                "table '{qualified}' already exists; ingest in append or replace mode to add \
+                 to it or overwrite it"
+            )));
+        }
+        (None, mode) if !mode.creates() => {
+            return Err(Error::TableNotFound { name: qualified });
+        }
+        (None, _) => {
+            if database != DEFAULT_DATABASE
+                && !catalog
+                    .databases()
+                    .await?
+                    .iter()
+                    .any(|d| d.name == database)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "database '{database}' does not exist; run CREATE DATABASE {database} first"
+                )));
+            }
+        }
+        _ => {}
+    }
+    if let Some(t) = &existing
+        && t.format != "parquet"
+    {
+        return Err(Error::InvalidArgument(format!(
+            "table '{qualified}' is stored as {}; ingest writes Parquet tables only",
+            t.format
+        )));
+    }
+
+    let location = match &existing {
+        Some(t) => Location::parse_catalogued(&t.location)?,
+        None => engine.warehouse_location(&database, name)?,
+    };
+    let partition_columns: Vec<PartitionColumn> = existing
+        .as_ref()
+        .map(|t| t.partition_columns.clone())
+        .unwrap_or_default();
+    let partitions = match &existing {
+        Some(t) if !partition_columns.is_empty() => catalog.partitions(t.id).await?,
+        _ => Vec::new(),
+    };
+    let store = engine.stores().store_for(&location)?;
+    let router = PartitionRouter::new(&location, &partition_columns, &partitions, &qualified)?;
+
+    let ingest_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut written = Written {
+        store: Arc::clone(&store),
+        done: Vec::new(),
+        open: HashMap::new(),
+        started: Vec::new(),
+    };
+    let result = write_all(&mut written, &router, &ingest_id, batches).await;
+    let (file_schema, rows) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            written.abort().await;
+            return Err(e);
+        }
+    };
+
+    // The table's schema after the ingest: the rows' schema for a new or replaced table,
+    // the table's widened to take the rows in when appending.
+    let mut merger = match (&existing, request.mode) {
+        (Some(t), IngestMode::Append | IngestMode::CreateAppend) => {
+            SchemaMerger::from_schema(&t.file_schema)
+        }
+        _ => SchemaMerger::default(),
+    };
+    if let Err(conflict) = merger.add("the ingested rows", &file_schema) {
+        written.abort().await;
+        return Err(Error::InvalidArgument(format!(
+            "cannot append to '{qualified}': column '{}' is {} in the rows but {} in the \
+             table; cast it, or ingest in replace mode",
+            conflict.column, conflict.file_type, conflict.table_type
+        )));
+    }
+    let removals: Vec<String> = match (&existing, request.mode) {
+        (Some(t), IngestMode::Replace) => catalog
+            .file_index(t.id)
+            .await?
+            .into_iter()
+            .map(|f| f.path)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let commit = TableCommit {
+        database: database.clone(),
+        name: name.to_string(),
+        location: location.to_string(),
+        format: "parquet".to_string(),
+        partition_columns,
+        file_schema: merger.finish(),
+        upserts: written.done.clone(),
+        removals: removals.clone(),
+        declared: None,
+    };
+    if let Err(e) = catalog.commit_table(&commit).await {
+        written.abort().await;
+        return Err(e);
+    }
+    // The old files are no longer listed; delete them so a re-crawl does not bring them
+    // back.
+    for path in removals {
+        if let Err(e) = store.delete(&Path::from(path.as_str())).await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(%path, error = %e, "could not delete a replaced file");
+        }
+    }
+    engine.refresh().await?;
+    tracing::info!(table = %qualified, rows, files = commit.upserts.len(), "ingested");
+    Ok(rows)
+}
+
+/// Writes every batch; returns the rows' file schema (partition columns removed) and the
+/// row count.
+async fn write_all<S>(
+    written: &mut Written,
+    router: &PartitionRouter,
+    ingest_id: &str,
+    batches: S,
+) -> Result<(SchemaRef, u64)>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send,
+{
+    let mut batches = std::pin::pin!(batches);
+    let mut schema: Option<(SchemaRef, SchemaRef)> = None;
+    let mut rows = 0u64;
+    let mut file_seq = 0usize;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let (input_schema, file_schema) = match &schema {
+            Some(s) => s.clone(),
+            None => {
+                let s = router.file_schema(&batch.schema())?;
+                schema = Some(s.clone());
+                s
+            }
+        };
+        if batch.schema().fields() != input_schema.fields() {
+            return Err(Error::InvalidArgument(
+                "every batch of an ingest must have the same schema".into(),
+            ));
+        }
+        rows += batch.num_rows() as u64;
+        for (values, folder, part) in router.split(&batch)? {
+            if !written.open.contains_key(&values) && written.open.len() >= MAX_OPEN_PARTITIONS {
+                return Err(Error::InvalidArgument(format!(
+                    "the rows span more than {MAX_OPEN_PARTITIONS} partitions; ingest them in \
+                     smaller groups"
+                )));
+            }
+            let open = match written.open.entry(values.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    file_seq += 1;
+                    let path =
+                        Path::from(format!("{folder}/part-{ingest_id}-{file_seq:05}.parquet"));
+                    written.started.push(path.clone());
+                    v.insert(open_file(
+                        &written.store,
+                        path,
+                        values.clone(),
+                        folder,
+                        &file_schema,
+                    )?)
+                }
+            };
+            open.writer
+                .write(&part)
+                .await
+                .map_err(|e| Error::Execution(format!("writing '{}': {e}", open.path)))?;
+            open.rows += part.num_rows();
+            if open.rows >= ROWS_PER_FILE
+                && let Some(full) = written.open.remove(&values)
+            {
+                let entry = finish_file(&written.store, full, &file_schema).await?;
+                written.done.push(entry);
+            }
+        }
+    }
+    let Some((_, file_schema)) = schema else {
+        return Err(Error::InvalidArgument(
+            "the ingest carried no schema (no batches were sent)".into(),
+        ));
+    };
+    for (_, open) in std::mem::take(&mut written.open) {
+        let entry = finish_file(&written.store, open, &file_schema).await?;
+        written.done.push(entry);
+    }
+    Ok((file_schema, rows))
+}
+
+fn open_file(
+    store: &Arc<dyn ObjectStore>,
+    path: Path,
+    values: Vec<Option<String>>,
+    folder: String,
+    schema: &SchemaRef,
+) -> Result<OpenFile> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let sink = BufWriter::new(Arc::clone(store), path.clone());
+    let writer = AsyncArrowWriter::try_new(sink, Arc::clone(schema), Some(props))
+        .map_err(|e| Error::Execution(format!("writing '{path}': {e}")))?;
+    Ok(OpenFile {
+        writer,
+        path,
+        values,
+        folder,
+        rows: 0,
+    })
+}
+
+/// Closes a file and describes it as the catalog records files.
+async fn finish_file(
+    store: &Arc<dyn ObjectStore>,
+    open: OpenFile,
+    schema: &SchemaRef,
+) -> Result<FileEntry> {
+    let metadata = open
+        .writer
+        .close()
+        .await
+        .map_err(|e| Error::Execution(format!("finishing '{}': {e}", open.path)))?;
+    let head = store
+        .head(&open.path)
+        .await
+        .map_err(|e| Error::store(open.path.to_string(), e))?;
+    let entry = FileEntry {
+        path: open.path.to_string(),
+        size: head.size,
+        e_tag: head.e_tag,
+        last_modified: head.last_modified,
+        row_count: metadata.file_metadata().num_rows().max(0) as u64,
+        footer_size: None,
+        file_schema: Arc::clone(schema),
+        stats: file_stats(&metadata, schema),
+        partition_values: open.values,
+        partition_location: open.folder,
+    };
+    Ok(entry)
+}
+
+/// Sends each row to its partition folder.
+struct PartitionRouter {
+    root: String,
+    columns: Vec<PartitionColumn>,
+    /// Existing partitions by their normalised values: raw values and folder.
+    existing: HashMap<Vec<Option<String>>, (Vec<Option<String>>, String)>,
+    /// Zero-padding width of integer partition folders (`month=01`), per column.
+    widths: Vec<usize>,
+    table: String,
+}
+
+impl PartitionRouter {
+    fn new(
+        location: &Location,
+        columns: &[PartitionColumn],
+        partitions: &[PartitionEntry],
+        table: &str,
+    ) -> Result<Self> {
+        let root = location.prefix().to_string();
+        let mut existing = HashMap::new();
+        let mut widths = vec![0usize; columns.len()];
+        for p in partitions {
+            let named = columns
+                .iter()
+                .all(|c| p.location.contains(&format!("{}=", c.name)));
+            if !named {
+                return Err(Error::InvalidArgument(format!(
+                    "table '{table}' has partition folders that are not key=value (such as \
+                     '{}'); ingest writes only key=value partitions",
+                    p.location
+                )));
+            }
+            let key: Vec<Option<String>> = p
+                .values
+                .iter()
+                .zip(columns)
+                .map(|(v, c)| normalise(v.as_deref(), c.data_type))
+                .collect();
+            for (i, v) in p.values.iter().enumerate() {
+                if let Some(v) = v
+                    && columns[i].data_type == PartitionType::Int64
+                    && v.len() > 1
+                    && v.starts_with('0')
+                {
+                    widths[i] = widths[i].max(v.len());
+                }
+            }
+            existing.insert(key, (p.values.clone(), p.location.clone()));
+        }
+        Ok(Self {
+            root,
+            columns: columns.to_vec(),
+            existing,
+            widths,
+            table: table.to_string(),
+        })
+    }
+
+    /// The schema the files get: the rows' schema without the partition columns (which
+    /// must all be present).
+    fn file_schema(&self, input: &SchemaRef) -> Result<(SchemaRef, SchemaRef)> {
+        for c in &self.columns {
+            if input.field_with_name(&c.name).is_err() {
+                return Err(Error::InvalidArgument(format!(
+                    "table '{}' is partitioned by {}; the rows have no column '{}'",
+                    self.table,
+                    self.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    c.name
+                )));
+            }
+        }
+        let fields: Vec<_> = input
+            .fields()
+            .iter()
+            .filter(|f| !self.columns.iter().any(|c| &c.name == f.name()))
+            .map(|f| {
+                // Files hold plain types: views and dictionaries are a reader's concern.
+                let t = match f.data_type() {
+                    DataType::Utf8View => DataType::Utf8,
+                    DataType::BinaryView => DataType::Binary,
+                    DataType::Dictionary(_, v) => v.as_ref().clone(),
+                    t => t.clone(),
+                };
+                f.as_ref().clone().with_data_type(t)
+            })
+            .collect();
+        if fields.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the rows have no columns besides the partition columns".into(),
+            ));
+        }
+        Ok((Arc::clone(input), Arc::new(Schema::new(fields))))
+    }
+
+    /// Splits a batch into (raw partition values, folder, rows without partition columns).
+    fn split(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<(Vec<Option<String>>, String, RecordBatch)>> {
+        let file_cols: Vec<usize> = batch
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !self.columns.iter().any(|c| &c.name == f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let project = |b: &RecordBatch| -> Result<RecordBatch> {
+            let b = b.project(&file_cols)?;
+            let columns = b
+                .columns()
+                .iter()
+                .map(|a| match a.data_type() {
+                    DataType::Utf8View => cast(a, &DataType::Utf8),
+                    DataType::BinaryView => cast(a, &DataType::Binary),
+                    DataType::Dictionary(_, v) => cast(a, v),
+                    _ => Ok(Arc::clone(a)),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let fields: Vec<_> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, a)| f.as_ref().clone().with_data_type(a.data_type().clone()))
+                .collect();
+            Ok(RecordBatch::try_new(
+                Arc::new(Schema::new(fields)),
+                columns,
+            )?)
+        };
+        if self.columns.is_empty() {
+            return Ok(vec![(Vec::new(), self.root.clone(), project(batch)?)]);
+        }
+        let value_columns = self
+            .columns
+            .iter()
+            .map(|c| {
+                let array = batch.column_by_name(&c.name).ok_or_else(|| {
+                    Error::Internal(format!("partition column '{}' vanished", c.name))
+                })?;
+                Ok(cast(array, &DataType::Utf8)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let strings: Vec<&arrow::array::StringArray> = value_columns
+            .iter()
+            .map(|a| {
+                a.as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .ok_or_else(|| Error::Internal("cast to Utf8 gave another type".into()))
+            })
+            .collect::<Result<_>>()?;
+        let mut groups: HashMap<Vec<Option<String>>, Vec<u32>> = HashMap::new();
+        let mut order: Vec<Vec<Option<String>>> = Vec::new();
+        for row in 0..batch.num_rows() {
+            let key: Vec<Option<String>> = strings
+                .iter()
+                .zip(&self.columns)
+                .map(|(a, c)| normalise((!a.is_null(row)).then(|| a.value(row)), c.data_type))
+                .collect();
+            let rows = groups.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            });
+            rows.push(row as u32);
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for key in order {
+            let indices = UInt32Array::from(groups.remove(&key).unwrap_or_default());
+            let part = take_record_batch(batch, &indices)?;
+            let (raw, folder) = match self.existing.get(&key) {
+                Some((raw, folder)) => (raw.clone(), folder.clone()),
+                None => self.new_partition(&key),
+            };
+            out.push((raw, folder, project(&part)?));
+        }
+        Ok(out)
+    }
+
+    /// Raw values and folder of a partition the table does not have yet.
+    fn new_partition(&self, key: &[Option<String>]) -> (Vec<Option<String>>, String) {
+        let raw: Vec<Option<String>> = key
+            .iter()
+            .zip(&self.widths)
+            .map(|(v, &width)| {
+                v.as_ref().map(|v| match v.parse::<i64>() {
+                    Ok(n) if width > 0 && n >= 0 => format!("{n:0width$}"),
+                    _ => v.clone(),
+                })
+            })
+            .collect();
+        let mut folder = self.root.clone();
+        for (c, v) in self.columns.iter().zip(&raw) {
+            let value = match v {
+                Some(v) => percent_encoding::utf8_percent_encode(v, HIVE_ESCAPE).to_string(),
+                None => HIVE_NULL.to_string(),
+            };
+            if !folder.is_empty() {
+                folder.push('/');
+            }
+            folder.push_str(&format!("{}={value}", c.name));
+        }
+        (raw, folder)
+    }
+}
+
+/// Characters Hive escapes in partition folder names.
+const HIVE_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b'/')
+    .add(b'=')
+    .add(b'%')
+    .add(b'"')
+    .add(b'#')
+    .add(b'?')
+    .add(b'\\')
+    .add(b':')
+    .add(b'*')
+    .add(b'<')
+    .add(b'>')
+    .add(b'|')
+    .add(b'{')
+    .add(b'[');
+
+/// A partition value in the form equal values share (`01` and `1` are one integer).
+fn normalise(value: Option<&str>, data_type: PartitionType) -> Option<String> {
+    let v = value?;
+    Some(match data_type {
+        PartitionType::Int64 => v
+            .trim()
+            .parse::<i64>()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| v.to_string()),
+        // Hive writes `2024-01-05 13:00:00`, Arrow's cast `2024-01-05T13:00:00`.
+        PartitionType::Timestamp => v.replacen('T', " ", 1),
+        _ => v.to_string(),
+    })
+}
