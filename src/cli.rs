@@ -6,11 +6,13 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
 use crate::catalog::Catalog;
-use crate::config::{Cli, Command, CrawlArgs, OutputFormat, ServeArgs, SqlArgs};
+use crate::config::{AuthCommand, Cli, Command, CrawlArgs, OutputFormat, ServeArgs, SqlArgs};
 use crate::crawler::{CrawlOptions, Crawler};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
+use crate::flight::ServeOptions;
 use crate::storage::StoreRegistry;
 
 /// Everything a command needs: the catalog, the stores and an engine over them.
@@ -62,12 +64,17 @@ impl Context {
 /// # Errors
 /// Whatever the command fails with; the binary prints it and exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
+    // Auth helpers need no catalog.
+    if let Command::Auth(command) = &cli.command {
+        return auth_command(command);
+    }
     let ctx = Context::open(&cli).await?;
     match &cli.command {
         Command::Crawl(args) => crawl(&ctx, args).await,
         Command::Sql(args) => sql(&ctx, args).await,
-        Command::Serve(args) => serve(&ctx, args).await,
+        Command::Serve(args) => serve(&ctx, &cli.data_dir, args).await,
         Command::Demo(args) => crate::demo::run(&ctx, &cli.data_dir, args).await,
+        Command::Auth(command) => auth_command(command),
     }
 }
 
@@ -167,15 +174,83 @@ pub fn write_batches(
     Ok(())
 }
 
-async fn serve(ctx: &Context, args: &ServeArgs) -> Result<()> {
+async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> Result<()> {
+    let secret_file = args
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secret.key"));
+    let signer = Signer::from_file(&secret_file)?;
+    let auth = match &args.config {
+        Some(path) => {
+            let config = AuthConfig::load(path)?;
+            if config.users.is_empty() && config.tokens.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "config file '{}' has no users and no tokens, so nobody could connect",
+                    path.display()
+                )));
+            }
+            Authenticator::new(&config, signer)
+        }
+        None if !args.listen.ip().is_loopback() && !args.insecure_no_auth => {
+            return Err(Error::InvalidArgument(format!(
+                "refusing to listen on {} without authentication: give --config with users or \
+                 tokens, or pass --insecure-no-auth if the network is trusted",
+                args.listen
+            )));
+        }
+        None => Authenticator::disabled(signer),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read(cert).map_err(|e| Error::io(cert, e))?,
+            std::fs::read(key).map_err(|e| Error::io(key, e))?,
+        )),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
+    let options = ServeOptions {
+        auth: std::sync::Arc::new(auth),
+        tls,
+    };
     let (listener, addr) = crate::flight::bind(args.listen).await?;
-    announce(addr);
-    crate::flight::serve(ctx.engine.clone(), listener, shutdown_signal()).await
+    announce_scheme(scheme, addr);
+    crate::flight::serve_with(ctx.engine.clone(), listener, options, shutdown_signal()).await
+}
+
+/// `tarn auth …`.
+fn auth_command(command: &AuthCommand) -> Result<()> {
+    match command {
+        AuthCommand::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| Error::io("<stdin>", e))?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "give the password on stdin, e.g. `read -s P; echo \"$P\" | tarn auth \
+                     hash-password`"
+                        .into(),
+                ));
+            }
+            println!("{}", hash_password(password)?);
+        }
+        AuthCommand::NewToken => {
+            let (token, sha256) = new_api_token();
+            println!("token:  {token}");
+            println!("sha256 = \"{sha256}\"");
+        }
+    }
+    Ok(())
 }
 
 /// Prints the line clients and test harnesses wait for.
 pub fn announce(addr: std::net::SocketAddr) {
-    println!("Tarn Flight SQL listening on grpc://{addr}");
+    announce_scheme("grpc", addr);
+}
+
+fn announce_scheme(scheme: &str, addr: std::net::SocketAddr) {
+    println!("Tarn Flight SQL listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 }
 

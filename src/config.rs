@@ -62,6 +62,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one SQL statement and print its result.
     Sql(SqlArgs),
+    /// Make password hashes and API tokens for the config file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 /// `tarn crawl`.
@@ -108,6 +111,38 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, env = "TARN_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Config file (TOML) with the users, roles and API tokens; with it, every call must
+    /// authenticate. See the README's "Authentication" section.
+    #[arg(long, env = "TARN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Secret that signs bearer tokens and statement handles; nodes sharing it accept each
+    /// other's. Created on first use. Defaults to `secret.key` in the data directory.
+    #[arg(long, env = "TARN_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "TARN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TARN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address (refused otherwise).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// `tarn auth`: helpers for the config file.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the argon2 hash of a password (read from stdin) for a user's `password_hash`.
+    HashPassword,
+    /// Make a new API token; prints the token (give it to the client) and the `sha256` line
+    /// for the config file.
+    NewToken,
 }
 
 /// Output formats of `tarn sql`.

@@ -4,6 +4,7 @@
 //! them with Apache DataFusion, and serves them over Arrow Flight SQL.
 //!
 //! # Layout
+//! - [`auth`]: users, roles, API tokens, signed bearer tokens and handles.
 //! - [`config`]: the command line and environment (`TARN_*`) settings.
 //! - [`error`]: the crate's error type and its mapping to gRPC statuses.
 //! - [`storage`]: locations and the object stores behind them.
@@ -15,6 +16,7 @@
 //! - [`ingest`]: bulk ingest of record batches into Parquet tables.
 //! - [`demo`]: the sample lake behind `tarn demo`.
 
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Authenticator, Caller, Signer};
 use crate::engine::{CATALOG_NAME, Engine, Statement};
 use crate::error::{Error, Result};
 use crate::ingest::{IngestMode, IngestRequest};
@@ -65,11 +66,42 @@ type FlightDataStream =
 #[derive(Debug, Clone)]
 pub struct TarnFlightSql {
     engine: Engine,
+    auth: Arc<Authenticator>,
 }
 
 impl TarnFlightSql {
+    /// A service without authentication (every caller may do everything).
     pub fn new(engine: Engine) -> Self {
-        Self { engine }
+        Self::with_auth(engine, Arc::new(Authenticator::disabled(Signer::random())))
+    }
+
+    /// A service that checks callers with `auth` and signs handles with its secret.
+    pub fn with_auth(engine: Engine, auth: Arc<Authenticator>) -> Self {
+        Self { engine, auth }
+    }
+
+    /// Signs a ticket or handle, so that only what this server (or one sharing its
+    /// secret) issued is accepted back.
+    fn seal(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        bytes::Bytes::from(self.auth.signer().seal(&bytes))
+    }
+
+    fn open<'a>(&self, sealed: &'a [u8]) -> Result<&'a [u8]> {
+        self.auth.signer().open(sealed).ok_or_else(|| {
+            Error::InvalidArgument(
+                "this ticket or statement handle was not issued by this server (or was \
+                 altered); run or prepare the statement again"
+                    .into(),
+            )
+        })
+    }
+
+    pub(crate) fn open_handle(&self, sealed: &[u8]) -> Result<StatementHandle> {
+        StatementHandle::decode(self.open(sealed)?)
+    }
+
+    fn open_ticket(&self, sealed: &[u8]) -> Result<TicketContent> {
+        decode_ticket(self.open(sealed)?)
     }
 
     /// The engine for a statement: with the database the client chose as default.
@@ -83,26 +115,40 @@ impl TarnFlightSql {
     /// Plans the statement in `handle` (first parameter row bound, if any) for
     /// `GetFlightInfo`: a query or `SHOW` gets its wire schema and a ticket that runs it;
     /// a DDL statement runs now, and its ticket carries the result.
-    async fn flight_plan(&self, handle: &StatementHandle) -> Result<(SchemaRef, bytes::Bytes)> {
+    async fn flight_plan(
+        &self,
+        handle: &StatementHandle,
+        caller: &Caller,
+    ) -> Result<(SchemaRef, bytes::Bytes)> {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
         let engine = self.engine_for(handle.database.as_deref()).await?;
         match engine.prepare(&sql, rows.first()).await? {
-            Statement::Query(df) => Ok((wire_schema(df.schema().as_arrow()), handle.encode()?)),
+            Statement::Query(df) => Ok((
+                wire_schema(df.schema().as_arrow()),
+                self.seal(handle.encode()?),
+            )),
             Statement::Command(command) if command.is_update() => {
+                caller.require_admin(&statement_kind(&handle.sql))?;
                 let batch = engine.run_command(&command).await?;
-                Ok((wire_schema(&batch.schema()), encode_result(&[batch])?))
+                Ok((
+                    wire_schema(&batch.schema()),
+                    self.seal(encode_result(&[batch])?),
+                ))
             }
-            Statement::Command(command) => Ok((wire_schema(&command.schema()), handle.encode()?)),
+            Statement::Command(command) => {
+                Ok((wire_schema(&command.schema()), self.seal(handle.encode()?)))
+            }
         }
     }
 
     /// Runs a DDL statement for the update paths (JDBC's `executeUpdate`, ADBC's
     /// `execute_update`); returns the affected row count, 0 for DDL as JDBC expects.
-    async fn update(&self, sql: &str, database: Option<&str>) -> Result<i64> {
+    async fn update(&self, sql: &str, database: Option<&str>, caller: &Caller) -> Result<i64> {
         let engine = self.engine_for(database).await?;
         match engine.prepare(&rewrite_question_marks(sql), None).await? {
             Statement::Command(command) if command.is_update() => {
+                caller.require_admin(&statement_kind(sql))?;
                 engine.run_command(&command).await?;
                 Ok(0)
             }
@@ -114,7 +160,7 @@ impl TarnFlightSql {
 
     /// Streams what a ticket holds: a computed result, or the statement run once per bound
     /// parameter row (once when none are bound), in the wire schema.
-    async fn execute(&self, ticket: TicketContent) -> Result<FlightDataStream> {
+    async fn execute(&self, ticket: TicketContent, caller: &Caller) -> Result<FlightDataStream> {
         let handle = match ticket {
             TicketContent::Result(batches) => {
                 let schema = batches
@@ -145,6 +191,9 @@ impl TarnFlightSql {
                     (this, df.execute_stream().await.map_err(Error::from)?)
                 }
                 Statement::Command(command) => {
+                    if command.is_update() {
+                        caller.require_admin(&statement_kind(&handle.sql))?;
+                    }
                     let batch = engine.run_command(&command).await?;
                     let this = wire_schema(&batch.schema());
                     let stream: datafusion::execution::SendableRecordBatchStream =
@@ -332,6 +381,34 @@ pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
     })
 }
 
+/// The caller the outer service authenticated (a reader when none was recorded, so a
+/// path that skipped authentication cannot change anything).
+pub(crate) fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            name: "unauthenticated".into(),
+            role: crate::auth::Role::Reader,
+        })
+}
+
+/// The statement's leading keywords (`CREATE EXTERNAL TABLE`), to name it in messages.
+fn statement_kind(sql: &str) -> String {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .take(3)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if words.is_empty() {
+        "this statement".into()
+    } else {
+        words.join(" ")
+    }
+}
+
 fn flight_status(e: Error) -> Status {
     Status::from(e)
 }
@@ -365,7 +442,10 @@ impl FlightSqlService for TarnFlightSql {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let mut handle = StatementHandle::new(query.query);
         handle.database = requested_database(&request);
-        let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
+        let (schema, statement_handle) = self
+            .flight_plan(&handle, &caller(&request))
+            .await
+            .map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
     }
@@ -375,12 +455,16 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let mut handle =
-            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        let mut handle = self
+            .open_handle(&query.prepared_statement_handle)
+            .map_err(flight_status)?;
         if handle.database.is_none() {
             handle.database = requested_database(&request);
         }
-        let (schema, statement_handle) = self.flight_plan(&handle).await.map_err(flight_status)?;
+        let (schema, statement_handle) = self
+            .flight_plan(&handle, &caller(&request))
+            .await
+            .map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
         self.info_for(&schema, command_ticket(ticket), request.into_inner())
     }
@@ -388,22 +472,30 @@ impl FlightSqlService for TarnFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> std::result::Result<Response<FlightDataStream>, Status> {
-        let content = decode_ticket(&ticket.statement_handle).map_err(flight_status)?;
+        let content = self
+            .open_ticket(&ticket.statement_handle)
+            .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content).await.map_err(flight_status)?,
+            self.execute(content, &caller(&request))
+                .await
+                .map_err(flight_status)?,
         ))
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> std::result::Result<Response<FlightDataStream>, Status> {
-        let content = decode_ticket(&query.prepared_statement_handle).map_err(flight_status)?;
+        let content = self
+            .open_ticket(&query.prepared_statement_handle)
+            .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content).await.map_err(flight_status)?,
+            self.execute(content, &caller(&request))
+                .await
+                .map_err(flight_status)?,
         ))
     }
 
@@ -448,7 +540,7 @@ impl FlightSqlService for TarnFlightSql {
         let mut handle = StatementHandle::new(query.query);
         handle.database = database;
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: handle.encode().map_err(flight_status)?,
+            prepared_statement_handle: self.seal(handle.encode().map_err(flight_status)?),
             dataset_schema: schema_bytes(&dataset).map_err(flight_status)?,
             parameter_schema: schema_bytes(&params).map_err(flight_status)?,
         })
@@ -468,8 +560,9 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<DoPutPreparedStatementResult, Status> {
-        let mut handle =
-            StatementHandle::decode(&query.prepared_statement_handle).map_err(flight_status)?;
+        let mut handle = self
+            .open_handle(&query.prepared_statement_handle)
+            .map_err(flight_status)?;
         let stream = request.into_inner().map_err(FlightError::from);
         let params: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
             .try_collect()
@@ -486,7 +579,7 @@ impl FlightSqlService for TarnFlightSql {
             .await
             .map_err(flight_status)?;
         Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(handle.encode().map_err(flight_status)?),
+            prepared_statement_handle: Some(self.seal(handle.encode().map_err(flight_status)?)),
         })
     }
 
@@ -718,7 +811,7 @@ impl FlightSqlService for TarnFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
         let database = requested_database(&request);
-        self.update(&command.query, database.as_deref())
+        self.update(&command.query, database.as_deref(), &caller(&request))
             .await
             .map_err(flight_status)
     }
@@ -729,6 +822,9 @@ impl FlightSqlService for TarnFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
         use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+        caller(&request)
+            .require_admin("ingest")
+            .map_err(flight_status)?;
         if command.temporary {
             return Err(Status::invalid_argument(
                 "Tarn has no temporary tables; ingest into a catalog table instead",
@@ -796,13 +892,14 @@ impl FlightSqlService for TarnFlightSql {
         command: CommandPreparedStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
-        let handle =
-            StatementHandle::decode(&command.prepared_statement_handle).map_err(flight_status)?;
+        let handle = self
+            .open_handle(&command.prepared_statement_handle)
+            .map_err(flight_status)?;
         let database = handle
             .database
             .clone()
             .or_else(|| requested_database(&_request));
-        self.update(&handle.sql, database.as_deref())
+        self.update(&handle.sql, database.as_deref(), &caller(&_request))
             .await
             .map_err(flight_status)
     }
@@ -860,7 +957,25 @@ fn foreign_keys_schema() -> SchemaRef {
     ]))
 }
 
-/// Serves `engine` over Flight SQL on `listener` until `shutdown` completes.
+/// How the server authenticates callers and secures connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub auth: Arc<Authenticator>,
+    /// PEM certificate chain and private key: serve TLS instead of plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            auth: Arc::new(Authenticator::disabled(Signer::random())),
+            tls: None,
+        }
+    }
+}
+
+/// Serves `engine` over Flight SQL on `listener` until `shutdown` completes, without
+/// authentication or TLS.
 ///
 /// # Errors
 /// [`Error::Internal`] when the gRPC server fails.
@@ -869,10 +984,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let service =
-        FlightServiceServer::new(service::TarnFlightService::new(TarnFlightSql::new(engine)))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    serve_with(engine, listener, ServeOptions::default(), shutdown).await
+}
+
+/// Serves `engine` over Flight SQL on `listener` with `options` until `shutdown` completes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an unusable certificate or key; [`Error::Internal`] when
+/// the gRPC server fails.
+pub async fn serve_with(
+    engine: Engine,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let sql = TarnFlightSql::with_auth(engine, Arc::clone(&options.auth));
+    let service = FlightServiceServer::new(service::TarnFlightService::new(sql))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     // Without TCP_NODELAY small request/response pairs (prepare, bind) wait for Nagle.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(stream) = &conn {
@@ -880,7 +1009,14 @@ pub async fn serve(
         }
         conn
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = options.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::InvalidArgument(format!("TLS certificate or key: {e}")))?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

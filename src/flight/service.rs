@@ -3,13 +3,18 @@
 //! arrow-flight implements `FlightService` for any `FlightSqlService`, but answers
 //! `GetSchema` and `PollFlightInfo` with Unimplemented. ADBC uses both (`ExecuteSchema`,
 //! incremental execution), so this thin outer service answers them and hands every other
-//! call to the Flight SQL implementation unchanged.
+//! call to the Flight SQL implementation.
+//!
+//! It is also where callers are authenticated: `Handshake` turns Basic credentials (or a
+//! valid bearer token) into a bearer token in the `authorization` response header, and every
+//! other call must carry a valid `authorization` header; the caller is recorded in the
+//! request's extensions for the Flight SQL layer's role checks.
 
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::{Any, Command};
 use arrow_flight::{
-    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, PollInfo,
-    SchemaResult, Ticket,
+    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, SchemaResult, Ticket,
 };
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,6 +31,17 @@ pub struct TarnFlightService {
 impl TarnFlightService {
     pub fn new(sql: TarnFlightSql) -> Self {
         Self { sql }
+    }
+
+    /// Authenticates a request and records its caller for the Flight SQL layer.
+    fn authorize<T>(&self, mut request: Request<T>) -> Result<Request<T>, Status> {
+        let caller = self
+            .sql
+            .auth
+            .authenticate(authorization(&request).as_deref())
+            .map_err(flight_status)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
     }
 
     /// The schema a descriptor's statement would return, without running it (DDL
@@ -65,13 +81,51 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        FlightService::handshake(&self.sql, request).await
+        let auth = self.sql.auth.as_ref();
+        let header = authorization(&request);
+        let caller = match header {
+            Some(_) => auth.authenticate(header.as_deref()),
+            None if !auth.enabled() => Ok(crate::auth::Caller::anonymous()),
+            // pyarrow's legacy handshake sends a BasicAuth message as the payload.
+            None => {
+                let mut stream = request.into_inner();
+                match stream.message().await? {
+                    Some(first) => match arrow_flight::BasicAuth::decode(&*first.payload) {
+                        Ok(basic) if !basic.username.is_empty() => {
+                            auth.login(&basic.username, &basic.password)
+                        }
+                        _ => auth.authenticate(None),
+                    },
+                    None => auth.authenticate(None),
+                }
+            }
+        }
+        .map_err(flight_status)?;
+        let token = if auth.enabled() {
+            auth.issue(&caller)
+        } else {
+            String::new()
+        };
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let mut response =
+            Response::new(Box::pin(futures::stream::iter([Ok(response)])) as Self::HandshakeStream);
+        if !token.is_empty() {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("bearer token is not a valid header value"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
     }
 
     async fn list_flights(
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::list_flights(&self.sql, request).await
     }
 
@@ -79,6 +133,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let request = self.authorize(request)?;
         FlightService::get_flight_info(&self.sql, request).await
     }
 
@@ -86,6 +141,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
+        let request = self.authorize(request)?;
         // Queries are planned synchronously, so the first poll is already complete: the
         // answer carries the whole FlightInfo and no descriptor to poll again.
         let info = FlightService::get_flight_info(&self.sql, request)
@@ -103,6 +159,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        let request = self.authorize(request)?;
         let any = Any::decode(&*request.get_ref().cmd).map_err(|e| {
             Status::invalid_argument(format!("GetSchema: not a Flight SQL command: {e}"))
         })?;
@@ -115,8 +172,10 @@ impl FlightService for TarnFlightService {
                 self.statement_schema(&handle).await?
             }
             Command::CommandPreparedStatementQuery(q) => {
-                let handle =
-                    StatementHandle::decode(&q.prepared_statement_handle).map_err(flight_status)?;
+                let handle = self
+                    .sql
+                    .open_handle(&q.prepared_statement_handle)
+                    .map_err(flight_status)?;
                 self.statement_schema(&handle).await?
             }
             // Metadata commands have no side effects: their FlightInfo carries the schema.
@@ -134,6 +193,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::do_get(&self.sql, request).await
     }
 
@@ -141,6 +201,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::do_put(&self.sql, request).await
     }
 
@@ -148,6 +209,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::do_exchange(&self.sql, request).await
     }
 
@@ -155,6 +217,7 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::do_action(&self.sql, request).await
     }
 
@@ -162,6 +225,16 @@ impl FlightService for TarnFlightService {
         &self,
         request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let request = self.authorize(request)?;
         FlightService::list_actions(&self.sql, request).await
     }
+}
+
+/// The `authorization` header, if any.
+fn authorization<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

@@ -56,9 +56,9 @@ class Server:
         def read():
             for line in self.proc.stdout:
                 self.output.append(line)
-                m = re.search(r"listening on grpc://(\S+)", line)
+                m = re.search(r"listening on (grpc(?:\+tls)?)://(\S+)", line)
                 if m:
-                    found["addr"] = m.group(1)
+                    found["scheme"], found["addr"] = m.group(1), m.group(2)
                     ready.set()
             ready.set()
 
@@ -66,7 +66,7 @@ class Server:
         if not ready.wait(60) or "addr" not in found:
             self.stop()
             raise RuntimeError(f"tarn serve did not start: {self.proc.stderr.read()}")
-        self.uri = f"grpc://{found['addr']}"
+        self.uri = f"{found['scheme']}://{found['addr']}"
 
     def stop(self):
         if self.proc.poll() is None:
@@ -101,3 +101,21 @@ def conn(server):
     c = connect(server.uri)
     yield c
     c.close()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def flight_sql_command(name: str, query: str) -> bytes:
+    """A Flight SQL command with one string field (the query), wrapped in protobuf `Any`,
+    encoded by hand: what a raw `pyarrow.flight` client sends."""
+    inner = b"\x0a" + _varint(len(query.encode())) + query.encode()
+    url = f"type.googleapis.com/arrow.flight.protocol.sql.{name}".encode()
+    return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(inner)) + inner

@@ -5,6 +5,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from conftest import flight_sql_command
+
 
 def test_crawl_summary_names_the_corrupt_file_and_skips_the_rest(lake):
     s = lake["summary"]
@@ -85,27 +87,10 @@ def test_errors_are_clear_and_the_server_lives_on(conn):
     assert cur.fetchall() == [(1,)]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _command(name: str, query: str) -> bytes:
-    """A Flight SQL command wrapped in protobuf `Any`, encoded by hand."""
-    inner = b"\x0a" + _varint(len(query.encode())) + query.encode()
-    url = f"type.googleapis.com/arrow.flight.protocol.sql.{name}".encode()
-    return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(inner)) + inner
-
-
 def test_raw_pyarrow_flight_gets_the_advertised_schema(server):
     client = flight.FlightClient(server.uri)
     descriptor = flight.FlightDescriptor.for_command(
-        _command("CommandStatementQuery", "SELECT device, max(score) AS top FROM events GROUP BY device")
+        flight_sql_command("CommandStatementQuery", "SELECT device, max(score) AS top FROM events GROUP BY device")
     )
     info = client.get_flight_info(descriptor)
     assert [f.type for f in info.schema] == [pa.string(), pa.float64()]

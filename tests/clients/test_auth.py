@@ -1,0 +1,162 @@
+"""Authentication, roles and TLS, through the real clients: ADBC (Basic credentials, API
+tokens) and raw pyarrow.flight (basic-token handshake), against `tarn serve` with a config
+file of users and tokens and a TLS certificate from a throwaway CA."""
+
+import subprocess
+from pathlib import Path
+
+import adbc_driver_flightsql
+import adbc_driver_manager
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+import trustme
+
+from conftest import Server, connect, flight_sql_command, tarn, tarn_bin
+
+PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+
+
+def hash_password(password: str) -> str:
+    out = subprocess.run(
+        [tarn_bin(), "auth", "hash-password"], input=password + "\n",
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def secured(lake, tmp_path_factory):
+    """A TLS, auth-enabled server over the shared lake's catalog."""
+    root = tmp_path_factory.mktemp("secured")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = root / "cert.pem", root / "key.pem", root / "ca.pem"
+    cert_path.write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+
+    made = tarn(root, "auth", "new-token")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.split("token:")[1].split()[0]
+    sha_line = next(line for line in made.stdout.splitlines() if line.startswith("sha256"))
+    config = root / "tarn.toml"
+    config.write_text(
+        "token_ttl_secs = 600\n\n"
+        f'[[users]]\nname = "alice"\npassword_hash = "{hash_password(PASSWORDS["alice"])}"\nrole = "admin"\n\n'
+        f'[[users]]\nname = "bob"\npassword_hash = "{hash_password(PASSWORDS["bob"])}"\nrole = "reader"\n\n'
+        f'[[tokens]]\nname = "dashboard-job"\n{sha_line}\nrole = "reader"\n'
+    )
+    server = Server(lake["data_dir"], command=(
+        "serve", "--config", str(config), "--tls-cert", str(cert_path), "--tls-key", str(key_path),
+    ))
+    yield {"server": server, "ca": ca_path.read_text(), "token": token}
+    server.stop()
+    assert server.proc.returncode == 0
+
+
+def tls_kwargs(secured, **extra):
+    return {adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value: secured["ca"], **extra}
+
+
+def login(secured, user):
+    return connect(
+        secured["server"].uri,
+        db_kwargs=tls_kwargs(secured, username=user, password=PASSWORDS[user]),
+    )
+
+
+def test_server_announces_tls(secured):
+    assert secured["server"].uri.startswith("grpc+tls://")
+
+
+def test_no_or_wrong_credentials_are_refused(secured):
+    with pytest.raises(adbc_driver_manager.Error, match="(?i)unauthenticated|credentials"):
+        with connect(secured["server"].uri, db_kwargs=tls_kwargs(secured)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    with pytest.raises(adbc_driver_manager.Error, match="wrong user name or password"):
+        with connect(
+            secured["server"].uri,
+            db_kwargs=tls_kwargs(secured, username="alice", password="rabbit"),
+        ) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+
+def test_admin_queries_runs_ddl_and_ingests(secured):
+    with login(secured, "alice") as conn, conn.cursor() as cur:
+        cur.execute("SELECT name FROM users WHERE user_id = ?", parameters=(7,))
+        assert cur.fetchall() == [("learner-007",)]
+        cur.execute("CREATE DATABASE IF NOT EXISTS secured_db")
+        assert cur.adbc_ingest("t", pa.table({"x": [1, 2]}), mode="replace", db_schema_name="secured_db") == 2
+        cur.execute("SELECT sum(x) FROM secured_db.t")
+        assert cur.fetchall() == [(3,)]
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        assert any(s["db_schema_name"] == "secured_db" for o in objects for s in o["catalog_db_schemas"])
+
+
+def test_reader_may_query_but_not_change_anything(secured):
+    with login(secured, "bob") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM users")
+        assert cur.fetchall() == [(50,)]
+        with pytest.raises(adbc_driver_manager.Error, match="user 'bob' has role reader, and CREATE DATABASE needs role admin"):
+            cur.execute("CREATE DATABASE not_allowed")
+        with pytest.raises(adbc_driver_manager.Error, match="has role reader, and ingest needs role admin"):
+            cur.adbc_ingest("t2", pa.table({"x": [1]}), mode="create")
+        cur.execute("SHOW DATABASES")
+        assert ("not_allowed",) not in cur.fetchall()
+
+
+def test_api_token_as_bearer_header(secured):
+    header = {adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {secured['token']}"}
+    with connect(secured["server"].uri, db_kwargs=tls_kwargs(secured, **header)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events")
+        assert cur.fetchone()[0] > 0
+        with pytest.raises(adbc_driver_manager.Error, match="'dashboard-job' has role reader"):
+            cur.execute("DROP TABLE users")
+
+
+def test_raw_pyarrow_flight_with_basic_auth_over_tls(secured):
+    client = flight.FlightClient(secured["server"].uri, tls_root_certs=secured["ca"].encode())
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("alice", "rabbit")
+    header = client.authenticate_basic_token("alice", PASSWORDS["alice"])
+    assert header[0] == b"authorization" and header[1].startswith(b"Bearer tarn1.")
+    options = flight.FlightCallOptions(headers=[header])
+    descriptor = flight.FlightDescriptor.for_command(
+        flight_sql_command("CommandStatementQuery", "SELECT count(*) AS n FROM users")
+    )
+    info = client.get_flight_info(descriptor, options)
+    table = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert table.to_pydict() == {"n": [50]}
+    # Without the token the same ticket is refused.
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.do_get(info.endpoints[0].ticket).read_all()
+
+
+def test_plaintext_client_cannot_talk_to_a_tls_server(secured):
+    plain = secured["server"].uri.replace("grpc+tls://", "grpc://")
+    with pytest.raises(adbc_driver_manager.Error):
+        with connect(plain, db_kwargs={"username": "alice", "password": PASSWORDS["alice"]}) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+
+def test_tampered_ticket_is_refused(server):
+    client = flight.FlightClient(server.uri)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        flight_sql_command("CommandStatementQuery", "SELECT 1 AS one")
+    ))
+    raw = info.endpoints[0].ticket.ticket
+    # The ticket wraps the signed handle in a protobuf Any; flip a byte of the SQL.
+    tampered = raw.replace(b"SELECT 1", b"SELECT 2")
+    assert tampered != raw
+    with pytest.raises(pa.ArrowInvalid, match="not issued by this server"):
+        client.do_get(flight.Ticket(tampered)).read_all()
+
+
+def test_serving_beyond_loopback_without_auth_is_refused(tmp_path):
+    out = subprocess.run(
+        [tarn_bin(), "--data-dir", str(tmp_path), "serve", "--listen", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert "without authentication" in out.stderr
