@@ -10,9 +10,11 @@
 //! metadata. The schema advertised by `GetFlightInfo` and the one `DoGet` sends are the same
 //! by construction, which is what JDBC and ADBC check.
 
+pub mod cancel;
 pub mod handle;
 pub mod info;
 pub mod service;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -375,10 +377,19 @@ fn internal(e: impl std::fmt::Display) -> Status {
 /// ADBC sends `adbc.flight.sql.rpc.call_header.database`, and JDBC sends unknown URL
 /// properties (`…?database=web`) as headers.
 pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
-    ["database", "schema"].iter().find_map(|key| {
-        let value = request.metadata().get(*key)?.to_str().ok()?.trim();
-        (!value.is_empty()).then(|| value.to_string())
-    })
+    ["database", "schema"]
+        .iter()
+        .find_map(|key| {
+            let value = request.metadata().get(*key)?.to_str().ok()?.trim();
+            (!value.is_empty()).then(|| value.to_string())
+        })
+        .or_else(|| {
+            // The session's `schema` option (SetSessionOptions), when no header names one.
+            request
+                .extensions()
+                .get::<session::Options>()
+                .and_then(|o| o.get("schema").cloned())
+        })
 }
 
 /// The caller the outer service authenticated (a reader when none was recorded, so a

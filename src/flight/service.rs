@@ -19,6 +19,14 @@ use arrow_flight::{
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use arrow_flight::sql::{ActionCancelQueryRequest, ActionCancelQueryResult, ProstMessageExt};
+use arrow_flight::{CancelFlightInfoRequest, CancelFlightInfoResult};
+use futures::StreamExt;
+
+use super::cancel::{self, Running};
+use super::session;
 use super::{StatementHandle, TarnFlightSql, flight_status, schema_bytes, wire_schema};
 use crate::engine::Statement;
 
@@ -26,11 +34,113 @@ use crate::engine::Statement;
 #[derive(Debug, Clone)]
 pub struct TarnFlightService {
     sql: TarnFlightSql,
+    running: Arc<Running>,
 }
 
 impl TarnFlightService {
     pub fn new(sql: TarnFlightSql) -> Self {
-        Self { sql }
+        Self {
+            sql,
+            running: Arc::new(Running::default()),
+        }
+    }
+
+    /// Session and cancellation actions, which arrow-flight's Flight SQL layer does not
+    /// know; `None` for any other action.
+    async fn tarn_action(
+        &self,
+        request: &Request<Action>,
+    ) -> Option<Result<Response<<Sql as FlightService>::DoActionStream>, Status>> {
+        let action = request.get_ref();
+        let signer = self.sql.auth.signer();
+        let result = match action.r#type.as_str() {
+            "CancelFlightInfo" => {
+                let info = match CancelFlightInfoRequest::decode(&*action.body) {
+                    Ok(r) => r.info.unwrap_or_default(),
+                    Err(e) => {
+                        return Some(Err(Status::invalid_argument(format!(
+                            "CancelFlightInfo: {e}"
+                        ))));
+                    }
+                };
+                self.cancel(&info);
+                let status = arrow_flight::CancelStatus::Cancelled as i32;
+                Ok((CancelFlightInfoResult { status }.encode_to_vec(), None))
+            }
+            "CancelQuery" => {
+                let info = match Any::decode(&*action.body)
+                    .ok()
+                    .and_then(|any| any.unpack::<ActionCancelQueryRequest>().ok().flatten())
+                    .and_then(|r| FlightInfo::decode(&*r.info).ok())
+                {
+                    Some(info) => info,
+                    None => {
+                        return Some(Err(Status::invalid_argument(
+                            "CancelQuery: not an ActionCancelQueryRequest",
+                        )));
+                    }
+                };
+                self.cancel(&info);
+                // 1: cancelled.
+                Ok((
+                    ActionCancelQueryResult { result: 1 }
+                        .as_any()
+                        .encode_to_vec(),
+                    None,
+                ))
+            }
+            "SetSessionOptions" => match session::SetSessionOptionsRequest::decode(&*action.body) {
+                Ok(set) => {
+                    let mut options = session::from_request(request, signer);
+                    let databases = match self.sql.engine.refresh().await {
+                        Ok(()) => self.sql.engine.databases(),
+                        Err(e) => return Some(Err(flight_status(e))),
+                    };
+                    let result =
+                        session::apply(&mut options, set, |db| databases.iter().any(|d| d == db));
+                    let cookie = session::set_cookie(Some(&options), signer);
+                    Ok((result.encode_to_vec(), Some(cookie)))
+                }
+                Err(e) => Err(Status::invalid_argument(format!("SetSessionOptions: {e}"))),
+            },
+            "GetSessionOptions" => {
+                let options = session::from_request(request, signer);
+                Ok((session::to_result(&options).encode_to_vec(), None))
+            }
+            "CloseSession" => {
+                let result = session::CloseSessionResult {
+                    status: session::CLOSED,
+                };
+                Ok((
+                    result.encode_to_vec(),
+                    Some(session::set_cookie(None, signer)),
+                ))
+            }
+            _ => return None,
+        };
+        Some(result.and_then(|(body, cookie)| {
+            let item = arrow_flight::Result { body: body.into() };
+            let mut response = Response::new(Box::pin(futures::stream::iter([Ok(item)]))
+                as <Sql as FlightService>::DoActionStream);
+            if let Some(cookie) = cookie {
+                let value = cookie
+                    .parse()
+                    .map_err(|_| Status::internal("session cookie is not a valid header"))?;
+                response.metadata_mut().insert("set-cookie", value);
+            }
+            Ok(response)
+        }))
+    }
+
+    /// Cancels the running streams of every ticket of `info`.
+    fn cancel(&self, info: &FlightInfo) {
+        let mut stopped = 0;
+        for endpoint in &info.endpoint {
+            if let Some(ticket) = &endpoint.ticket {
+                stopped += self.running.cancel(&ticket.ticket);
+            }
+        }
+        tracing::info!(streams = stopped, "query cancelled");
     }
 
     /// Authenticates a request and records its caller for the Flight SQL layer.
@@ -40,7 +150,9 @@ impl TarnFlightService {
             .auth
             .authenticate(authorization(&request).as_deref())
             .map_err(flight_status)?;
+        let options = session::from_request(&request, self.sql.auth.signer());
         request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(options);
         Ok(request)
     }
 
@@ -194,7 +306,15 @@ impl FlightService for TarnFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let request = self.authorize(request)?;
-        FlightService::do_get(&self.sql, request).await
+        let (token, registration) = self.running.start(&request.get_ref().ticket)?;
+        let stream = FlightService::do_get(&self.sql, request)
+            .await?
+            .into_inner();
+        Ok(Response::new(cancel::cancellable(
+            stream,
+            token,
+            registration,
+        )))
     }
 
     async fn do_put(
@@ -218,6 +338,9 @@ impl FlightService for TarnFlightService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let request = self.authorize(request)?;
+        if let Some(response) = self.tarn_action(&request).await {
+            return response;
+        }
         FlightService::do_action(&self.sql, request).await
     }
 
@@ -226,7 +349,27 @@ impl FlightService for TarnFlightService {
         request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         let request = self.authorize(request)?;
-        FlightService::list_actions(&self.sql, request).await
+        let listed = FlightService::list_actions(&self.sql, request)
+            .await?
+            .into_inner();
+        let ours = [
+            (
+                "CancelFlightInfo",
+                "Cancel a running query: its DoGet streams end CANCELLED",
+            ),
+            ("SetSessionOptions", "Set session options: catalog, schema"),
+            ("GetSessionOptions", "Get the session's options"),
+            ("CloseSession", "End the session"),
+        ]
+        .map(|(kind, description)| {
+            Ok(arrow_flight::ActionType {
+                r#type: kind.to_string(),
+                description: description.to_string(),
+            })
+        });
+        Ok(Response::new(Box::pin(
+            listed.chain(futures::stream::iter(ours)),
+        )))
     }
 }
 
