@@ -407,12 +407,19 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Caller {
 
 /// The statement's leading keywords (`CREATE EXTERNAL TABLE`), to name it in messages.
 fn statement_kind(sql: &str) -> String {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
-        .take(3)
-        .map(str::to_ascii_uppercase)
-        .collect();
+    const OBJECTS: [&str; 6] = ["TABLE", "DATABASE", "SCHEMA", "VIEW", "PARTITION", "INTO"];
+    let mut words: Vec<String> = Vec::new();
+    for word in sql.split_whitespace().take(4) {
+        if !word.chars().all(|c| c.is_ascii_alphabetic()) {
+            break;
+        }
+        let word = word.to_ascii_uppercase();
+        let last = OBJECTS.contains(&word.as_str());
+        words.push(word);
+        if last {
+            break;
+        }
+    }
     if words.is_empty() {
         "this statement".into()
     } else {

@@ -3,57 +3,14 @@ tokens) and raw pyarrow.flight (basic-token handshake), against `tarn serve` wit
 file of users and tokens and a TLS certificate from a throwaway CA."""
 
 import subprocess
-from pathlib import Path
 
 import adbc_driver_flightsql
 import adbc_driver_manager
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-import trustme
 
-from conftest import Server, connect, flight_sql_command, tarn, tarn_bin
-
-PASSWORDS = {"alice": "wonderland", "bob": "builder"}
-
-
-def hash_password(password: str) -> str:
-    out = subprocess.run(
-        [tarn_bin(), "auth", "hash-password"], input=password + "\n",
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def secured(lake, tmp_path_factory):
-    """A TLS, auth-enabled server over the shared lake's catalog."""
-    root = tmp_path_factory.mktemp("secured")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = root / "cert.pem", root / "key.pem", root / "ca.pem"
-    cert_path.write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca.cert_pem.write_to_path(str(ca_path))
-
-    made = tarn(root, "auth", "new-token")
-    assert made.returncode == 0, made.stderr
-    token = made.stdout.split("token:")[1].split()[0]
-    sha_line = next(line for line in made.stdout.splitlines() if line.startswith("sha256"))
-    config = root / "tarn.toml"
-    config.write_text(
-        "token_ttl_secs = 600\n\n"
-        f'[[users]]\nname = "alice"\npassword_hash = "{hash_password(PASSWORDS["alice"])}"\nrole = "admin"\n\n'
-        f'[[users]]\nname = "bob"\npassword_hash = "{hash_password(PASSWORDS["bob"])}"\nrole = "reader"\n\n'
-        f'[[tokens]]\nname = "dashboard-job"\n{sha_line}\nrole = "reader"\n'
-    )
-    server = Server(lake["data_dir"], command=(
-        "serve", "--config", str(config), "--tls-cert", str(cert_path), "--tls-key", str(key_path),
-    ))
-    yield {"server": server, "ca": ca_path.read_text(), "token": token}
-    server.stop()
-    assert server.proc.returncode == 0
-
+from conftest import PASSWORDS, connect, flight_sql_command, tarn_bin
 
 def tls_kwargs(secured, **extra):
     return {adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value: secured["ca"], **extra}
