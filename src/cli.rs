@@ -6,9 +6,14 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use crate::admin::{AdminClient, AdminService, Remote, proto};
 use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
 use crate::catalog::Catalog;
-use crate::config::{AuthCommand, Cli, Command, CrawlArgs, OutputFormat, ServeArgs, SqlArgs};
+use crate::config::{
+    AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, OutputFormat, RemoteArgs, ServeArgs, SqlArgs,
+    TableArgs, TablesArgs,
+};
+use crate::crawler::CrawlSummary;
 use crate::crawler::{CrawlOptions, Crawler};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
@@ -64,9 +69,22 @@ impl Context {
 /// # Errors
 /// Whatever the command fails with; the binary prints it and exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
-    // Auth helpers need no catalog.
-    if let Command::Auth(command) = &cli.command {
-        return auth_command(command);
+    // Auth helpers need no catalog; remote admin commands use the server's.
+    match &cli.command {
+        Command::Auth(command) => return auth_command(command),
+        Command::Crawl(args) if args.remote.server.is_some() => {
+            return remote_crawl(args).await;
+        }
+        Command::Tables(TablesArgs { remote, .. })
+        | Command::Describe(TableArgs { remote, .. })
+        | Command::Partitions(TableArgs { remote, .. })
+        | Command::Crawls(CrawlsArgs { remote, .. })
+            if remote.server.is_some() =>
+        {
+            let admin = Admin::Remote(remote_of(remote)?.connect().await?);
+            return admin_command(admin, &cli.command).await;
+        }
+        _ => {}
     }
     let ctx = Context::open(&cli).await?;
     match &cli.command {
@@ -75,7 +93,235 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(&ctx, &cli.data_dir, args).await,
         Command::Demo(args) => crate::demo::run(&ctx, &cli.data_dir, args).await,
         Command::Auth(command) => auth_command(command),
+        Command::Tables(_) | Command::Describe(_) | Command::Partitions(_) | Command::Crawls(_) => {
+            let admin = Admin::Local(AdminService::new(ctx.engine.clone()));
+            admin_command(admin, &cli.command).await
+        }
     }
+}
+
+/// The admin API, in this process or on a server.
+enum Admin {
+    Local(AdminService),
+    Remote(AdminClient),
+}
+
+macro_rules! admin_call {
+    ($admin:expr, $method:ident, $request:expr) => {
+        match $admin {
+            Admin::Local(service) => {
+                proto::admin_server::Admin::$method(service, tonic::Request::new($request))
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(crate::admin::remote_error)
+            }
+            Admin::Remote(client) => client
+                .$method($request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(crate::admin::remote_error),
+        }
+    };
+}
+
+/// Splits `db.table` (or `table`, in `default`).
+fn split_table(name: &str) -> (String, String) {
+    match name.split_once('.') {
+        Some((db, table)) => (db.to_string(), table.to_string()),
+        None => (
+            crate::engine::DEFAULT_DATABASE.to_string(),
+            name.to_string(),
+        ),
+    }
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(header.iter().copied());
+    for row in rows {
+        table.add_row(row);
+    }
+    println!("{table}");
+}
+
+/// `tarn tables | describe | partitions | crawls`, locally or remotely.
+async fn admin_command(mut admin: Admin, command: &Command) -> Result<()> {
+    match command {
+        Command::Tables(args) => {
+            let request = proto::ListTablesRequest {
+                database: args.database.clone(),
+            };
+            let response = admin_call!(&mut admin, list_tables, request)?;
+            let rows = response
+                .tables
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t.database,
+                        t.name,
+                        t.format,
+                        t.location,
+                        t.version.to_string(),
+                        t.updated_at,
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "database", "table", "format", "location", "version", "updated",
+                ],
+                rows,
+            );
+        }
+        Command::Describe(args) => {
+            let (database, table) = split_table(&args.table);
+            let request = proto::DescribeTableRequest { database, table };
+            let d = admin_call!(&mut admin, describe_table, request)?;
+            if let Some(t) = &d.table {
+                println!("{}.{} ({}) at {}", t.database, t.name, t.format, t.location);
+                println!("version {}, updated {}", t.version, t.updated_at);
+            }
+            println!(
+                "{} partitions, {} files, {:.1} MB, {} rows",
+                d.partitions,
+                d.files,
+                d.bytes as f64 / 1e6,
+                d.rows
+            );
+            let rows = d
+                .columns
+                .into_iter()
+                .map(|c| {
+                    vec![
+                        c.name,
+                        c.data_type,
+                        if c.nullable { "yes" } else { "no" }.to_string(),
+                        if c.partition { "partition" } else { "" }.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["column", "type", "nullable", ""], rows);
+            let rows = d
+                .schema_history
+                .into_iter()
+                .map(|v| vec![v.version.to_string(), v.created_at, v.schema])
+                .collect();
+            print_table(&["schema version", "created", "columns"], rows);
+        }
+        Command::Partitions(args) => {
+            let (database, table) = split_table(&args.table);
+            let request = proto::ListPartitionsRequest { database, table };
+            let p = admin_call!(&mut admin, list_partitions, request)?;
+            let mut header: Vec<&str> = p.columns.iter().map(String::as_str).collect();
+            header.extend(["files", "bytes", "rows", "location"]);
+            let rows = p
+                .partitions
+                .into_iter()
+                .map(|part| {
+                    let mut row: Vec<String> = part
+                        .values
+                        .into_iter()
+                        .map(|v| v.value.unwrap_or_else(|| "NULL".into()))
+                        .collect();
+                    row.extend([
+                        part.files.to_string(),
+                        part.bytes.to_string(),
+                        part.rows.to_string(),
+                        part.location,
+                    ]);
+                    row
+                })
+                .collect();
+            print_table(&header, rows);
+        }
+        Command::Crawls(args) => {
+            let request = proto::CrawlHistoryRequest { limit: args.limit };
+            let h = admin_call!(&mut admin, crawl_history, request)?;
+            let rows = h
+                .crawls
+                .into_iter()
+                .map(|c| {
+                    let summary = c
+                        .summary_json
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str::<CrawlSummary>(j).ok())
+                        .map(|s| {
+                            format!(
+                                "+{} ~{} -{} files, {} problems, {:.2}s",
+                                s.files_added,
+                                s.files_changed,
+                                s.files_removed,
+                                s.problems.len(),
+                                s.elapsed_ms as f64 / 1000.0
+                            )
+                        })
+                        .or(c.summary_json)
+                        .unwrap_or_default();
+                    vec![
+                        c.id.to_string(),
+                        c.started_at,
+                        c.status,
+                        c.database,
+                        c.location,
+                        summary,
+                    ]
+                })
+                .collect();
+            print_table(
+                &["id", "started", "status", "database", "location", "summary"],
+                rows,
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn remote_of(args: &RemoteArgs) -> Result<Remote> {
+    let tls_ca = match &args.tls_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| Error::io(path, e))?),
+        None => None,
+    };
+    Ok(Remote {
+        url: args.server.clone().unwrap_or_default(),
+        token: args.token.clone(),
+        user: args.user.clone(),
+        password: args.password.clone(),
+        tls_ca,
+    })
+}
+
+/// `tarn crawl --server URL`: the crawl runs on the server.
+async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
+    let request = proto::CrawlRequest {
+        location: args.location.clone(),
+        database: Some(args.database.clone()),
+        table: args.table.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        partition_types: args
+            .partition_types
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        max_tables: args.max_tables.unwrap_or(0) as u32,
+    };
+    let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
+    let summary: CrawlSummary = serde_json::from_str(&response.summary_json)
+        .map_err(|e| Error::Internal(format!("the server's crawl summary: {e}")))?;
+    print_summary(&summary, args.json)
+}
+
+fn print_summary(summary: &CrawlSummary, json: bool) -> Result<()> {
+    if json {
+        let json = serde_json::to_string_pretty(summary)
+            .map_err(|e| Error::Internal(format!("encoding the crawl summary: {e}")))?;
+        println!("{json}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
 }
 
 async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
@@ -112,15 +358,7 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
     });
     let summary = crawler.crawl(&args.location, &options).await;
     bar.finish_and_clear();
-    let summary = summary?;
-    if args.json {
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| Error::Internal(format!("encoding the crawl summary: {e}")))?;
-        println!("{json}");
-    } else {
-        println!("{summary}");
-    }
-    Ok(())
+    print_summary(&summary?, args.json)
 }
 
 async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {

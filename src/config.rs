@@ -62,6 +62,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one SQL statement and print its result.
     Sql(SqlArgs),
+    /// List the catalog's tables.
+    Tables(TablesArgs),
+    /// Show a table: location, columns, size and schema history.
+    Describe(TableArgs),
+    /// List a table's partitions with their files, bytes and rows.
+    Partitions(TableArgs),
+    /// Show the most recent crawls and their summaries.
+    Crawls(CrawlsArgs),
     /// Make password hashes and API tokens for the config file.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -98,6 +106,8 @@ pub struct CrawlArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 fn parse_partition_type(s: &str) -> Result<(String, crate::catalog::PartitionType), String> {
@@ -133,6 +143,56 @@ pub struct ServeArgs {
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long)]
     pub insecure_no_auth: bool,
+}
+
+/// Where admin commands run: the local catalog, or a remote server's admin API.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RemoteArgs {
+    /// Run on a remote Tarn server (`grpc://host:port` or `grpc+tls://host:port`) through
+    /// its admin API instead of on the local catalog.
+    #[arg(long, env = "TARN_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token for --server (an API token).
+    #[arg(long, env = "TARN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// User name for --server (with TARN_PASSWORD).
+    #[arg(long, env = "TARN_USER")]
+    pub user: Option<String>,
+    /// Password for --user; prefer the environment variable to the flag.
+    #[arg(long, env = "TARN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// PEM CA certificate that signed the server's TLS certificate.
+    #[arg(long, env = "TARN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// `tarn tables`.
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    /// Only this database's tables.
+    #[arg(long)]
+    pub database: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `tarn describe` and `tarn partitions`.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// The table, as `name` (in database `default`) or `database.name`.
+    pub table: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `tarn crawls`.
+#[derive(Debug, Args)]
+pub struct CrawlsArgs {
+    /// How many of the most recent crawls.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// `tarn auth`: helpers for the config file.

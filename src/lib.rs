@@ -4,6 +4,7 @@
 //! them with Apache DataFusion, and serves them over Arrow Flight SQL.
 //!
 //! # Layout
+//! - [`admin`]: the admin gRPC API (crawls, tables, partitions, history) and its client.
 //! - [`auth`]: users, roles, API tokens, signed bearer tokens and handles.
 //! - [`config`]: the command line and environment (`TARN_*`) settings.
 //! - [`error`]: the crate's error type and its mapping to gRPC statuses.
@@ -16,6 +17,7 @@
 //! - [`ingest`]: bulk ingest of record batches into Parquet tables.
 //! - [`demo`]: the sample lake behind `tarn demo`.
 
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod cli;

@@ -155,14 +155,14 @@ impl Default for CrawlOptions {
 }
 
 /// A file the crawl could not use, and why.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Problem {
     pub path: String,
     pub message: String,
 }
 
 /// Counts of listed objects that are not data.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub hidden: u64,
     pub in_progress: u64,
@@ -175,7 +175,7 @@ pub struct Skipped {
 }
 
 /// What a crawl did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct CrawlSummary {
     pub location: String,
     pub database: String,

@@ -489,7 +489,7 @@ fn message(text: impl Into<String>) -> Result<RecordBatch> {
 
 impl Engine {
     /// Checks that SQL may name `location`: it must be under one of the allowed roots.
-    fn check_allowed(&self, location: &str) -> Result<Location> {
+    pub(crate) fn check_allowed(&self, location: &str) -> Result<Location> {
         let refuse = || Error::InvalidLocation {
             location: location.to_string(),
             reason: format!(

@@ -1016,6 +1016,7 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let sql_engine = engine.clone();
     let sql = TarnFlightSql::with_auth(engine, Arc::clone(&options.auth));
     let service = FlightServiceServer::new(service::TarnFlightService::new(sql))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -1034,8 +1035,10 @@ pub async fn serve_with(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::InvalidArgument(format!("TLS certificate or key: {e}")))?;
     }
+    let admin = crate::admin::AdminService::new(sql_engine).server(Arc::clone(&options.auth));
     builder
         .add_service(service)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("Flight SQL server failed: {e}")))
