@@ -563,3 +563,98 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A self-signed certificate for 127.0.0.1/localhost: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap();
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn rust_client_over_tls_with_password_login_and_roles() {
+    use tarn::auth::{AuthConfig, Authenticator, Role, Signer, UserConfig, hash_password};
+    let env = Env::new().await;
+    firehose_lake(&env.lake());
+    env.crawl(&env.lake()).await;
+    let config = AuthConfig {
+        token_ttl_secs: None,
+        users: vec![
+            UserConfig {
+                name: "alice".into(),
+                password_hash: hash_password("wonderland").unwrap(),
+                role: Role::Admin,
+            },
+            UserConfig {
+                name: "bob".into(),
+                password_hash: hash_password("builder").unwrap(),
+                role: Role::Reader,
+            },
+        ],
+        tokens: vec![],
+    };
+    let (cert, key) = self_signed();
+    let options = tarn::flight::ServeOptions {
+        auth: Arc::new(Authenticator::new(&config, Signer::random())),
+        tls: Some((cert.clone().into_bytes(), key.into_bytes())),
+    };
+    let server = TestServer::start_with(env.engine.clone(), options).await;
+    let connect = || async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&cert))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        FlightSqlServiceClient::new(channel)
+    };
+
+    // Without credentials: refused.
+    let mut anonymous = connect().await;
+    let err = anonymous
+        .execute("SELECT 1".into(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requires credentials"), "{err}");
+    assert!(anonymous.handshake("alice", "rabbit").await.is_err());
+
+    // The reader queries, but cannot run DDL.
+    let mut bob = connect().await;
+    let token = bob.handshake("bob", "builder").await.unwrap();
+    assert!(String::from_utf8_lossy(&token).starts_with("tarn1."));
+    let info = bob
+        .execute("SELECT count(*) AS n FROM events".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut bob, info).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let err = bob
+        .execute_update("CREATE DATABASE nope".into(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("user 'bob' has role reader, and CREATE DATABASE needs role admin"),
+        "{err}"
+    );
+
+    // The admin may.
+    let mut alice = connect().await;
+    alice.handshake("alice", "wonderland").await.unwrap();
+    alice
+        .execute_update("CREATE DATABASE made_by_alice".into(), None)
+        .await
+        .unwrap();
+    assert!(
+        env.catalog
+            .databases()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.name == "made_by_alice")
+    );
+}
