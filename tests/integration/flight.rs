@@ -566,8 +566,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// A self-signed certificate for 127.0.0.1/localhost: (certificate PEM, key PEM).
 fn self_signed() -> (String, String) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
