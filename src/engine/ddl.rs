@@ -28,7 +28,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     AlterTableOperation, BinaryOperator, Expr as SqlExpr, ObjectName, ObjectType, Partition,
-    Statement,
+    Statement, TableObject,
 };
 
 use crate::catalog::PartitionType;
@@ -87,6 +87,16 @@ pub enum Command {
         name: String,
     },
     ShowCrawls,
+    /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
+    /// query's rows bulk-ingested into the table.
+    Insert {
+        database: String,
+        name: String,
+        columns: Vec<String>,
+        /// The source query as SQL (`VALUES …` or `SELECT …`).
+        source: String,
+        overwrite: bool,
+    },
 }
 
 impl Command {
@@ -119,6 +129,11 @@ impl Command {
                 Field::new("created_at", DataType::Utf8, false),
                 Field::new("columns", DataType::Utf8, false),
             ])),
+            Command::Insert { .. } => Arc::new(Schema::new(vec![Field::new(
+                "count",
+                DataType::UInt64,
+                false,
+            )])),
             Command::ShowCrawls => Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Int64, false),
                 Field::new("location", DataType::Utf8, false),
@@ -252,6 +267,48 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
                     name: name.clone(),
                     if_exists: *if_exists,
                     cascade: *cascade,
+                }));
+            }
+            Statement::Insert(insert) => {
+                let TableObject::TableName(table) = &insert.table else {
+                    return Err(Error::Sql(
+                        "INSERT INTO a table function is not supported".into(),
+                    ));
+                };
+                let (database, name) = table_name(table, default_db)?;
+                if insert.partitioned.is_some()
+                    || !insert.assignments.is_empty()
+                    || insert.on.is_some()
+                    || insert.returning.is_some()
+                {
+                    return Err(Error::Sql(
+                        "Tarn supports INSERT [OVERWRITE] INTO t [(columns)] VALUES … | SELECT …; \
+                         partition clauses, SET, ON CONFLICT and RETURNING are not supported \
+                         (partition columns are ordinary columns of the inserted rows)"
+                            .into(),
+                    ));
+                }
+                let source = insert
+                    .source
+                    .as_ref()
+                    .ok_or_else(|| Error::Sql("INSERT needs VALUES or a SELECT".into()))?
+                    .to_string();
+                let columns = insert
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        c.0.last()
+                            .and_then(|p| p.as_ident())
+                            .map(normalize)
+                            .ok_or_else(|| Error::Sql(format!("'{c}' is not a column name")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(Some(Command::Insert {
+                    database,
+                    name,
+                    columns,
+                    source,
+                    overwrite: insert.overwrite,
                 }));
             }
             Statement::CreateSchema { .. }
@@ -488,6 +545,159 @@ fn message(text: impl Into<String>) -> Result<RecordBatch> {
 }
 
 impl Engine {
+    /// Runs a command with the parameter rows a client bound (each row is one execution of
+    /// the statement; an `INSERT`'s rows from every execution go into one ingest).
+    ///
+    /// # Errors
+    /// As [`Engine::run_command`] and [`Engine::insert`].
+    pub async fn run_statement(
+        &self,
+        command: &Command,
+        rows: &[RecordBatch],
+    ) -> Result<RecordBatch> {
+        match command {
+            Command::Insert { .. } => self.insert_command(command, rows).await,
+            _ => self.run_command(command).await,
+        }
+    }
+
+    async fn insert_command(&self, command: &Command, rows: &[RecordBatch]) -> Result<RecordBatch> {
+        let Command::Insert {
+            database,
+            name,
+            columns,
+            source,
+            overwrite,
+        } = command
+        else {
+            return Err(Error::Internal("not an INSERT".into()));
+        };
+        let count = self
+            .insert(database, name, columns, source, *overwrite, rows)
+            .await?;
+        Ok(RecordBatch::try_new(
+            command.schema(),
+            vec![Arc::new(arrow::array::UInt64Array::from(vec![count]))],
+        )?)
+    }
+
+    /// `INSERT`: plans `source` once per parameter row (once without), fits its columns to
+    /// the table's (by the column list, else by position; cast to the table's types) and
+    /// bulk-ingests the rows in one commit. Returns the number of rows inserted.
+    ///
+    /// # Errors
+    /// [`Error::TableNotFound`]; [`Error::Sql`] when the columns do not fit the table; as
+    /// [`crate::ingest::ingest`].
+    pub async fn insert(
+        &self,
+        database: &str,
+        name: &str,
+        columns: &[String],
+        source: &str,
+        overwrite: bool,
+        rows: &[RecordBatch],
+    ) -> Result<u64> {
+        use futures::{StreamExt, TryStreamExt};
+        let table =
+            self.catalog()
+                .table(database, name)
+                .await?
+                .ok_or_else(|| Error::TableNotFound {
+                    name: format!("{database}.{name}"),
+                })?;
+        let table_schema = table.table_schema();
+        let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
+            vec![None]
+        } else {
+            rows.iter().map(Some).collect()
+        };
+        let mut streams = Vec::with_capacity(runs.len());
+        let mut target: Option<SchemaRef> = None;
+        for row in runs {
+            let df = self.plan_with_row(source, row).await?;
+            let produced = df.schema().as_arrow().clone();
+            let names: Vec<String> = if columns.is_empty() {
+                if produced.fields().len() > table_schema.fields().len() {
+                    return Err(Error::Sql(format!(
+                        "INSERT gives {} values per row but {database}.{name} has {} columns",
+                        produced.fields().len(),
+                        table_schema.fields().len()
+                    )));
+                }
+                table_schema
+                    .fields()
+                    .iter()
+                    .take(produced.fields().len())
+                    .map(|f| f.name().clone())
+                    .collect()
+            } else {
+                if columns.len() != produced.fields().len() {
+                    return Err(Error::Sql(format!(
+                        "INSERT names {} columns but gives {} values per row",
+                        columns.len(),
+                        produced.fields().len()
+                    )));
+                }
+                columns.to_vec()
+            };
+            let mut fields = Vec::with_capacity(names.len());
+            for (n, f) in names.iter().zip(produced.fields()) {
+                let t = table_schema
+                    .field_with_name(n)
+                    .map(|tf| tf.data_type().clone())
+                    .map_err(|_| Error::Sql(format!("{database}.{name} has no column '{n}'")))?;
+                if !arrow::compute::can_cast_types(f.data_type(), &t) {
+                    return Err(Error::Sql(format!(
+                        "column '{n}' is {t} in {database}.{name}; a {} value cannot be \
+                         inserted into it",
+                        f.data_type()
+                    )));
+                }
+                fields.push(Field::new(n, t, true));
+            }
+            let schema: SchemaRef = Arc::new(Schema::new(fields));
+            if target.as_ref().is_some_and(|t| t != &schema) {
+                return Err(Error::InvalidArgument(
+                    "parameter rows give values of different types; bind one type per \
+                     parameter"
+                        .into(),
+                ));
+            }
+            target = Some(Arc::clone(&schema));
+            let stream = df.execute_stream().await.map_err(Error::from)?;
+            streams.push(stream.map_err(Error::from).and_then(move |batch| {
+                let schema = Arc::clone(&schema);
+                async move {
+                    let columns = batch
+                        .columns()
+                        .iter()
+                        .zip(schema.fields())
+                        .map(|(c, f)| {
+                            // Strict: a value that does not convert is an error, not NULL.
+                            let options = arrow::compute::CastOptions {
+                                safe: false,
+                                ..Default::default()
+                            };
+                            arrow::compute::cast_with_options(c, f.data_type(), &options)
+                                .map_err(|e| Error::Sql(format!("column '{}': {e}", f.name())))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(RecordBatch::try_new(schema, columns)?)
+                }
+            }));
+        }
+        let request = crate::ingest::IngestRequest {
+            database: Some(database.to_string()),
+            table: name.to_string(),
+            mode: if overwrite {
+                crate::ingest::IngestMode::Replace
+            } else {
+                crate::ingest::IngestMode::Append
+            },
+        };
+        crate::ingest::ingest(self, &request, futures::stream::iter(streams).flatten()).await
+    }
+
     /// Checks that SQL may name `location`: it must be under one of the allowed roots.
     pub(crate) fn check_allowed(&self, location: &str) -> Result<Location> {
         let refuse = || Error::InvalidLocation {
@@ -576,6 +786,7 @@ impl Engine {
     /// is not allowed, a crawl failure.
     pub async fn run_command(&self, command: &Command) -> Result<RecordBatch> {
         let batch = match command {
+            Command::Insert { .. } => self.insert_command(command, &[]).await?,
             Command::CreateDatabase {
                 name,
                 if_not_exists,

@@ -132,7 +132,7 @@ impl TarnFlightSql {
             )),
             Statement::Command(command) if command.is_update() => {
                 caller.require_admin(&statement_kind(&handle.sql))?;
-                let batch = engine.run_command(&command).await?;
+                let batch = engine.run_statement(&command, &rows).await?;
                 Ok((
                     wire_schema(&batch.schema()),
                     self.seal(encode_result(&[batch])?),
@@ -146,13 +146,31 @@ impl TarnFlightSql {
 
     /// Runs a DDL statement for the update paths (JDBC's `executeUpdate`, ADBC's
     /// `execute_update`); returns the affected row count, 0 for DDL as JDBC expects.
-    async fn update(&self, sql: &str, database: Option<&str>, caller: &Caller) -> Result<i64> {
+    async fn update(
+        &self,
+        sql: &str,
+        database: Option<&str>,
+        caller: &Caller,
+        rows: &[RecordBatch],
+    ) -> Result<i64> {
         let engine = self.engine_for(database).await?;
-        match engine.prepare(&rewrite_question_marks(sql), None).await? {
+        match engine
+            .prepare(&rewrite_question_marks(sql), rows.first())
+            .await?
+        {
             Statement::Command(command) if command.is_update() => {
                 caller.require_admin(&statement_kind(sql))?;
-                engine.run_command(&command).await?;
-                Ok(0)
+                let result = engine.run_statement(&command, rows).await?;
+                // An INSERT reports the rows it wrote; DDL reports 0, as JDBC expects.
+                Ok(match command {
+                    crate::engine::ddl::Command::Insert { .. } => result
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::UInt64Array>()
+                        .map(|a| a.value(0) as i64)
+                        .unwrap_or(0),
+                    _ => 0,
+                })
             }
             _ => Err(Error::InvalidArgument(
                 "this statement returns rows; run it as a query, not as an update".into(),
@@ -829,7 +847,7 @@ impl FlightSqlService for TarnFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
         let database = requested_database(&request);
-        self.update(&command.query, database.as_deref(), &caller(&request))
+        self.update(&command.query, database.as_deref(), &caller(&request), &[])
             .await
             .map_err(flight_status)
     }
@@ -908,7 +926,7 @@ impl FlightSqlService for TarnFlightSql {
     async fn do_put_prepared_statement_update(
         &self,
         command: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
         let handle = self
             .open_handle(&command.prepared_statement_handle)
@@ -916,8 +934,25 @@ impl FlightSqlService for TarnFlightSql {
         let database = handle
             .database
             .clone()
-            .or_else(|| requested_database(&_request));
-        self.update(&handle.sql, database.as_deref(), &caller(&_request))
+            .or_else(|| requested_database(&request));
+        let caller = caller(&request);
+        // Parameters come with the update (ADBC's executemany, JDBC batches), or were bound
+        // to the handle before.
+        // The first message may carry only the descriptor (no IPC header): skip such.
+        let stream = request
+            .into_inner()
+            .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+            .map_err(FlightError::from);
+        let sent: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("reading bound parameters: {e}")))?;
+        let mut bound = handle.clone();
+        if sent.iter().any(|b| b.num_rows() > 0) {
+            bound.params = sent.into_iter().filter(|b| b.num_rows() > 0).collect();
+        }
+        let rows = bound.param_rows();
+        self.update(&handle.sql, database.as_deref(), &caller, &rows)
             .await
             .map_err(flight_status)
     }

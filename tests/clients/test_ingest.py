@@ -162,3 +162,37 @@ def test_ingest_into_a_crawled_partitioned_table_keeps_its_layout(tmp_path):
                 cur.adbc_ingest("clicks", pa.table({"id": [9], "page": ["z"], "year": [2024]}), mode="append")
     finally:
         server.stop()
+
+
+def test_insert_statements_append_through_ingest(fresh):
+    server, data_dir = fresh
+    with connect(server.uri) as conn:
+        with conn.cursor() as cur:
+            cur.adbc_ingest("people", pa.table({"id": pa.array([1], pa.int64()), "name": ["ann"]}), mode="create")
+        with conn.cursor() as cur:
+            # The query path (ADBC's execute) answers DML with a count.
+            cur.execute("INSERT INTO people VALUES (2, 'bob'), (3, 'cy')")
+            assert cur.fetchall() == [(2,)]
+            # Prepared with multi-row parameters (executemany): one ingest for all rows.
+            cur.executemany("INSERT INTO people VALUES (?, ?)", [(4, "dee"), (5, "eve"), (6, "fay")])
+            # A column list in another order, and a SELECT as the source.
+            cur.execute("INSERT INTO people (name, id) SELECT upper(name), id + 100 FROM people WHERE id <= 2")
+            assert cur.fetchall() == [(2,)]
+            cur.execute("SELECT id, name FROM people ORDER BY id")
+            assert cur.fetchall() == [
+                (1, "ann"), (2, "bob"), (3, "cy"), (4, "dee"), (5, "eve"), (6, "fay"),
+                (101, "ANN"), (102, "BOB"),
+            ]
+            files_before = parquet_files(data_dir / "warehouse")
+            with pytest.raises(adbc_driver_manager.Error, match="column 'id'"):
+                cur.execute("INSERT INTO people VALUES ('x', 'y')")
+            with pytest.raises(adbc_driver_manager.Error, match="has no column 'age'"):
+                cur.execute("INSERT INTO people (id, age) VALUES (7, 30)")
+            with pytest.raises(adbc_driver_manager.Error, match="not found"):
+                cur.execute("INSERT INTO nobody VALUES (1)")
+            assert parquet_files(data_dir / "warehouse") == files_before
+            cur.execute("SELECT count(*) FROM people")
+            assert cur.fetchall() == [(8,)]
+            # The partial INSERT is nothing: DuckDB over the files agrees.
+            table_dir = data_dir / "warehouse" / "default" / "people"
+            assert duckdb.sql(f"SELECT count(*) FROM '{table_dir}/*.parquet'").fetchall() == [(8,)]
