@@ -120,3 +120,9 @@ def test_partitioned_execution(conn):
     assert len(partitions) == 1
     cur.adbc_read_partition(partitions[0])
     assert cur.fetchall() == [(50,)]
+
+
+def test_get_info_names_the_server(conn):
+    info = conn.adbc_get_info()
+    assert info["vendor_name"] == "Tarn"
+    assert info["vendor_version"] and info["vendor_arrow_version"].startswith("59")
