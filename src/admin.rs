@@ -154,6 +154,7 @@ impl Admin for AdminService {
             include: r.include,
             exclude: r.exclude,
             max_tables: (r.max_tables > 0).then_some(r.max_tables as usize),
+            crawler: None,
         };
         let crawler = Crawler::new(
             self.engine.catalog().clone(),

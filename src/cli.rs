@@ -9,6 +9,8 @@ use arrow::datatypes::SchemaRef;
 use crate::admin::{AdminClient, AdminService, Remote, proto};
 use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
 use crate::catalog::Catalog;
+use crate::catalog::{CrawlerDef, CrawlerOptions};
+use crate::config::CrawlerCommand;
 use crate::config::{
     AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, OutputFormat, RemoteArgs, ServeArgs, SqlArgs,
     TableArgs, TablesArgs,
@@ -93,11 +95,149 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(&ctx, &cli.data_dir, args).await,
         Command::Demo(args) => crate::demo::run(&ctx, &cli.data_dir, args).await,
         Command::Auth(command) => auth_command(command),
+        Command::Crawler(command) => crawler_command(&ctx, command).await,
         Command::Tables(_) | Command::Describe(_) | Command::Partitions(_) | Command::Crawls(_) => {
             let admin = Admin::Local(AdminService::new(ctx.engine.clone()));
             admin_command(admin, &cli.command).await
         }
     }
+}
+
+/// `tarn crawler …`.
+async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> {
+    use crate::crawler::jobs;
+    let catalog = &ctx.catalog;
+    let find = |name: &str| {
+        let name = name.to_string();
+        async move {
+            catalog.crawler(&name).await?.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "crawler '{name}' does not exist; see `tarn crawler list`"
+                ))
+            })
+        }
+    };
+    match command {
+        CrawlerCommand::Create(args) => {
+            if let Some(schedule) = &args.schedule {
+                jobs::parse_schedule(schedule)?;
+            }
+            let location = crate::storage::Location::parse(&args.location)?;
+            let crawler = CrawlerDef {
+                name: args.name.clone(),
+                location: location.to_string(),
+                database: args.database.clone(),
+                options: CrawlerOptions {
+                    table: args.table.clone(),
+                    include: args.include.clone(),
+                    exclude: args.exclude.clone(),
+                    partition_types: args.partition_types.iter().cloned().collect(),
+                    max_tables: args.max_tables,
+                },
+                schedule: args.schedule.clone(),
+                created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                last_started_at: None,
+            };
+            catalog.create_crawler(&crawler).await?;
+            let next = jobs::next_run(&crawler)?
+                .map(|t| format!(", next run {}", t.to_rfc3339()))
+                .unwrap_or_else(|| ", runs on demand".into());
+            println!(
+                "created crawler {} for {}{next}",
+                crawler.name, crawler.location
+            );
+        }
+        CrawlerCommand::Run { name, json } => {
+            let crawler = find(name).await?;
+            let summary = jobs::run(catalog, &ctx.stores, &crawler, chrono::Utc::now()).await?;
+            print_summary(&summary, *json)?;
+        }
+        CrawlerCommand::RunDue => {
+            let outcomes = jobs::run_due(catalog, &ctx.stores, chrono::Utc::now()).await?;
+            if outcomes.is_empty() {
+                println!("no crawler is due");
+            }
+            let mut failed = 0;
+            for (name, outcome) in outcomes {
+                match outcome {
+                    Ok(s) => println!(
+                        "{name}: +{} ~{} -{} files, {} problems",
+                        s.files_added,
+                        s.files_changed,
+                        s.files_removed,
+                        s.problems.len()
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{name}: failed: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(Error::Execution(format!("{failed} crawler(s) failed")));
+            }
+        }
+        CrawlerCommand::List => {
+            let mut rows = Vec::new();
+            for c in catalog.crawlers().await? {
+                let next = jobs::next_run(&c)?
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "on demand".into());
+                rows.push(vec![
+                    c.name.clone(),
+                    c.location.clone(),
+                    c.database.clone(),
+                    c.schedule.clone().unwrap_or_default(),
+                    c.last_started_at.clone().unwrap_or_default(),
+                    next,
+                ]);
+            }
+            print_table(
+                &[
+                    "crawler", "location", "database", "schedule", "last run", "next run",
+                ],
+                rows,
+            );
+        }
+        CrawlerCommand::History { name, limit } => {
+            find(name).await?;
+            let crawls = catalog
+                .crawl_history_of(Some(name), i64::from(*limit))
+                .await?;
+            let rows = crawls
+                .into_iter()
+                .map(|c| {
+                    let summary = c
+                        .summary
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str::<CrawlSummary>(j).ok())
+                        .map(|s| {
+                            format!(
+                                "+{} ~{} -{} files, {} problems, {:.2}s",
+                                s.files_added,
+                                s.files_changed,
+                                s.files_removed,
+                                s.problems.len(),
+                                s.elapsed_ms as f64 / 1000.0
+                            )
+                        })
+                        .or(c.summary)
+                        .unwrap_or_default();
+                    vec![c.id.to_string(), c.started_at, c.status, summary]
+                })
+                .collect();
+            print_table(&["id", "started", "status", "summary"], rows);
+        }
+        CrawlerCommand::Drop { name } => {
+            if !catalog.drop_crawler(name).await? {
+                return Err(Error::InvalidArgument(format!(
+                    "crawler '{name}' does not exist"
+                )));
+            }
+            println!("dropped crawler {name}");
+        }
+    }
+    Ok(())
 }
 
 /// The admin API, in this process or on a server.
@@ -336,6 +476,7 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         max_tables: args.max_tables,
+        crawler: None,
     };
     // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
     let bar = indicatif::ProgressBar::new(0);
@@ -451,6 +592,19 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         tls,
     };
     let (listener, addr) = crate::flight::bind(args.listen).await?;
+    // Scheduled crawlers run inside the server.
+    let engine = ctx.engine.clone();
+    tokio::spawn(crate::crawler::jobs::schedule_loop(
+        ctx.catalog.clone(),
+        std::sync::Arc::clone(&ctx.stores),
+        std::time::Duration::from_secs(args.schedule_check_secs.max(1)),
+        move || {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let _ = engine.refresh().await;
+            });
+        },
+    ));
     announce_scheme(scheme, addr);
     crate::flight::serve_with(ctx.engine.clone(), listener, options, shutdown_signal()).await
 }

@@ -62,6 +62,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one SQL statement and print its result.
     Sql(SqlArgs),
+    /// Define, run and inspect crawlers (named, scheduled crawls kept in the catalog).
+    #[command(subcommand)]
+    Crawler(CrawlerCommand),
     /// List the catalog's tables.
     Tables(TablesArgs),
     /// Show a table: location, columns, size and schema history.
@@ -140,9 +143,66 @@ pub struct ServeArgs {
     #[arg(long, env = "TARN_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// How often the server checks for scheduled crawlers that are due, in seconds.
+    #[arg(long, env = "TARN_SCHEDULE_CHECK_SECS", default_value_t = 15)]
+    pub schedule_check_secs: u64,
+
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long)]
     pub insecure_no_auth: bool,
+}
+
+/// `tarn crawler …`.
+#[derive(Debug, Subcommand)]
+pub enum CrawlerCommand {
+    /// Define a crawler: a location, crawl options and an optional cron schedule.
+    Create(CrawlerCreateArgs),
+    /// Run a crawler now and print its summary.
+    Run {
+        name: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every scheduled crawler that is due (for an external scheduler; `tarn serve`
+    /// runs due crawlers itself).
+    RunDue,
+    /// List crawlers with their schedules and next runs.
+    List,
+    /// A crawler's recent crawls.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Forget a crawler (its crawl history stays).
+    Drop { name: String },
+}
+
+/// `tarn crawler create`.
+#[derive(Debug, Args)]
+pub struct CrawlerCreateArgs {
+    pub name: String,
+    /// The location to crawl: a directory, `file:///…` or `s3://bucket/prefix`.
+    pub location: String,
+    /// Database to register the tables in.
+    #[arg(long, default_value = "default")]
+    pub database: String,
+    /// Cron schedule (5 fields, e.g. `*/15 * * * *`, or `@hourly`); without it the crawler
+    /// runs only when asked.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Register the whole location as one table with this name.
+    #[arg(long)]
+    pub table: Option<String>,
+    #[arg(long = "partition-type", value_parser = parse_partition_type)]
+    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
+    #[arg(long)]
+    pub include: Vec<String>,
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    #[arg(long)]
+    pub max_tables: Option<usize>,
 }
 
 /// Where admin commands run: the local catalog, or a remote server's admin API.

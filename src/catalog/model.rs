@@ -179,3 +179,34 @@ pub struct CommitOutcome {
     pub partitions_removed: u64,
     pub changed: bool,
 }
+
+/// How a crawler crawls: the options of `tarn crawl`, kept with the crawler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CrawlerOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_types: BTreeMap<String, PartitionType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tables: Option<usize>,
+}
+
+/// A crawler as the catalog records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrawlerDef {
+    pub name: String,
+    /// Normalised location URL.
+    pub location: String,
+    pub database: String,
+    pub options: CrawlerOptions,
+    /// Cron expression (5 fields, or 6 with seconds); `None` runs only on demand.
+    pub schedule: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; when the crawler last started.
+    pub last_started_at: Option<String>,
+}

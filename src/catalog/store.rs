@@ -20,11 +20,18 @@ use super::model::*;
 use crate::error::{Error, Result};
 
 /// Migrations of the catalog database, embedded in the binary (`catalog/migrations/`).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "catalog",
-    include_str!("../../catalog/migrations/0001_catalog.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "catalog",
+        include_str!("../../catalog/migrations/0001_catalog.sql"),
+    ),
+    (
+        2,
+        "crawlers",
+        include_str!("../../catalog/migrations/0002_crawlers.sql"),
+    ),
+];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -576,14 +583,20 @@ impl Catalog {
     }
 
     /// Records the start of a crawl; returns its id.
-    pub async fn begin_crawl(&self, location: &str, database: &str) -> Result<i64> {
+    pub async fn begin_crawl(
+        &self,
+        location: &str,
+        database: &str,
+        crawler: Option<&str>,
+    ) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO crawls (location, database, started_at, status)
-             VALUES (?1, ?2, ?3, 'running') RETURNING id",
+            "INSERT INTO crawls (location, database, started_at, status, crawler)
+             VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
         )
         .bind(location)
         .bind(database)
         .bind(now())
+        .bind(crawler)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -602,11 +615,21 @@ impl Catalog {
 
     /// The most recent crawls, newest first.
     pub async fn crawl_history(&self, limit: i64) -> Result<Vec<CrawlRecord>> {
+        self.crawl_history_of(None, limit).await
+    }
+
+    /// The most recent crawls (of one crawler, when named), newest first.
+    pub async fn crawl_history_of(
+        &self,
+        crawler: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CrawlRecord>> {
         let rows = sqlx::query(
             "SELECT id, location, database, started_at, finished_at, status, summary
-             FROM crawls ORDER BY id DESC LIMIT ?1",
+             FROM crawls WHERE ?2 IS NULL OR crawler = ?2 ORDER BY id DESC LIMIT ?1",
         )
         .bind(limit)
+        .bind(crawler)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -636,6 +659,89 @@ impl Catalog {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
+    /// Stores a new crawler.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when a crawler of that name exists.
+    pub async fn create_crawler(&self, crawler: &CrawlerDef) -> Result<()> {
+        let options = serde_json::to_string(&crawler.options)
+            .map_err(|e| Error::Internal(format!("crawler options to JSON: {e}")))?;
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO crawlers (name, location, database, options, schedule, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&crawler.name)
+        .bind(&crawler.location)
+        .bind(&crawler.database)
+        .bind(options)
+        .bind(&crawler.schedule)
+        .bind(&crawler.created_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::AlreadyExists(format!(
+                "crawler '{}' already exists; drop it first to redefine it",
+                crawler.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every crawler, by name.
+    pub async fn crawlers(&self) -> Result<Vec<CrawlerDef>> {
+        let rows = sqlx::query(
+            "SELECT name, location, database, options, schedule, created_at, last_started_at
+             FROM crawlers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let options: String = r.get(3);
+                Ok(CrawlerDef {
+                    options: serde_json::from_str(&options).map_err(|e| Error::CatalogCorrupt {
+                        what: format!("crawler '{name}'"),
+                        reason: e.to_string(),
+                    })?,
+                    name,
+                    location: r.get(1),
+                    database: r.get(2),
+                    schedule: r.get(4),
+                    created_at: r.get(5),
+                    last_started_at: r.get(6),
+                })
+            })
+            .collect()
+    }
+
+    /// One crawler.
+    pub async fn crawler(&self, name: &str) -> Result<Option<CrawlerDef>> {
+        Ok(self.crawlers().await?.into_iter().find(|c| c.name == name))
+    }
+
+    /// Forgets a crawler (its crawls stay in the history). Returns whether it existed.
+    pub async fn drop_crawler(&self, name: &str) -> Result<bool> {
+        let dropped = sqlx::query("DELETE FROM crawlers WHERE name = ?1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        Ok(dropped)
+    }
+
+    /// Records that a crawler started at `at` (RFC 3339), so its schedule moves on.
+    pub async fn crawler_started(&self, name: &str, at: &str) -> Result<()> {
+        sqlx::query("UPDATE crawlers SET last_started_at = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Creates a database. Returns false when it already existed and `if_not_exists`.
     ///
     /// # Errors

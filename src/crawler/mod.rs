@@ -4,6 +4,7 @@
 //! - [`layout`]: which objects are data, where tables start, partition keys and types.
 //! - [`schema`]: merging file schemas by column name, with widening.
 //! - [`footer`]: range reads of Parquet footers (schema, row count, statistics).
+//! - [`jobs`]: crawlers as catalog objects, their cron schedules and the scheduler.
 //!
 //! A crawl lists once and reads only what changed: a file whose size and ETag (or
 //! modification time) match the catalog is not opened. Problems (a corrupt file, a schema
@@ -11,6 +12,7 @@
 //! file's path; the crawl goes on without that file.
 
 pub mod footer;
+pub mod jobs;
 pub mod layout;
 pub mod schema;
 
@@ -57,6 +59,8 @@ pub struct CrawlOptions {
     /// Refuse the crawl, before changing anything, if it would create more tables than
     /// this (a wrong location or layout often looks like hundreds of tables).
     pub max_tables: Option<usize>,
+    /// The crawler this crawl runs for, recorded with the crawl.
+    pub crawler: Option<String>,
 }
 
 /// Compiles glob patterns (`*` stays within a folder, `**` crosses folders).
@@ -150,6 +154,7 @@ impl Default for CrawlOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             max_tables: None,
+            crawler: None,
         }
     }
 }
@@ -339,7 +344,11 @@ impl Crawler {
         let location = Location::parse(location)?;
         let crawl_id = self
             .catalog
-            .begin_crawl(location.url.as_str(), &options.database)
+            .begin_crawl(
+                location.url.as_str(),
+                &options.database,
+                options.crawler.as_deref(),
+            )
             .await?;
         let result = self.crawl_inner(&location, options).await;
         let (status, summary_json) = match &result {

@@ -63,11 +63,37 @@ class Server:
                     ready.set()
             ready.set()
 
+        self.log = []
+        self.logged = threading.Condition()
+
+        def read_log():
+            for line in self.proc.stderr:
+                with self.logged:
+                    self.log.append(line)
+                    self.logged.notify_all()
+
         threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=read_log, daemon=True).start()
         if not ready.wait(60) or "addr" not in found:
             self.stop()
-            raise RuntimeError(f"tarn serve did not start: {self.proc.stderr.read()}")
+            raise RuntimeError(f"tarn serve did not start: {''.join(self.log)}")
         self.uri = f"{found['scheme']}://{found['addr']}"
+
+    def wait_for_log(self, pattern: str, timeout: float = 60) -> str:
+        """Waits until the server logs a line matching `pattern` (its log goes to stderr)."""
+        found = {}
+
+        def seen():
+            for line in self.log:
+                if re.search(pattern, line):
+                    found["line"] = line
+                    return True
+            return False
+
+        with self.logged:
+            if not self.logged.wait_for(seen, timeout):
+                raise AssertionError(f"server never logged {pattern!r}: {''.join(self.log)[-2000:]}")
+        return found["line"]
 
     def stop(self):
         if self.proc.poll() is None:

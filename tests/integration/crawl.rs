@@ -583,3 +583,91 @@ async fn firehose_default_prefixes_become_unnamed_partitions() {
         vec![vec!["2"]]
     );
 }
+
+#[tokio::test]
+async fn scheduled_crawlers_run_when_due_and_are_recorded() {
+    use chrono::{DateTime, Utc};
+    use tarn::catalog::{CrawlerDef, CrawlerOptions};
+    use tarn::crawler::jobs::run_due;
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+    let location = tarn::storage::Location::parse(&lake.to_string_lossy()).unwrap();
+    env.catalog
+        .create_crawler(&CrawlerDef {
+            name: "hourly".into(),
+            location: location.to_string(),
+            database: "sched".into(),
+            options: CrawlerOptions::default(),
+            schedule: Some("0 * * * *".into()),
+            created_at: "2026-01-01T10:05:00Z".into(),
+            last_started_at: None,
+        })
+        .await
+        .unwrap();
+    let duplicate = env
+        .catalog
+        .create_crawler(&env.catalog.crawler("hourly").await.unwrap().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        duplicate.to_string().contains("already exists"),
+        "{duplicate}"
+    );
+
+    // Not due before 11:00.
+    assert!(
+        run_due(&env.catalog, &env.stores, at("2026-01-01T10:59:59Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ran = run_due(&env.catalog, &env.stores, at("2026-01-01T11:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(ran.len(), 1);
+    let summary = ran[0].1.as_ref().unwrap();
+    assert!(summary.files_added > 0);
+    assert!(
+        env.catalog
+            .table("sched", "events")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // It ran at 11:00, so the next run is 12:00.
+    assert!(
+        run_due(&env.catalog, &env.stores, at("2026-01-01T11:30:00Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = run_due(&env.catalog, &env.stores, at("2026-01-01T12:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].1.as_ref().unwrap().files_added,
+        0,
+        "nothing changed"
+    );
+
+    let history = env
+        .catalog
+        .crawl_history_of(Some("hourly"), 10)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().all(|c| c.status == "succeeded"));
+    // Ad-hoc crawls are not the crawler's.
+    env.crawl(&lake).await;
+    assert_eq!(
+        env.catalog
+            .crawl_history_of(Some("hourly"), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(env.catalog.crawl_history(10).await.unwrap().len(), 3);
+}
