@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Authenticator, Caller, Role};
+use crate::auth::Authenticator;
 use crate::crawler::{CrawlOptions, CrawlSummary, Crawler, DEFAULT_FOOTER_CONCURRENCY, Declared};
 use crate::engine::{DEFAULT_DATABASE, Engine};
 use crate::error::{Error, Result};
+use crate::flight::caller;
 
 /// Code generated from `proto/tarn/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -70,17 +71,6 @@ impl AdminService {
                 })
             })
     }
-}
-
-fn caller<T>(request: &Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(|| Caller {
-            name: "unauthenticated".into(),
-            role: Role::Reader,
-        })
 }
 
 fn table_summary(t: &crate::catalog::TableEntry) -> proto::TableSummary {

@@ -207,22 +207,7 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
             let rows = crawls
                 .into_iter()
                 .map(|c| {
-                    let summary = c
-                        .summary
-                        .as_deref()
-                        .and_then(|j| serde_json::from_str::<CrawlSummary>(j).ok())
-                        .map(|s| {
-                            format!(
-                                "+{} ~{} -{} files, {} problems, {:.2}s",
-                                s.files_added,
-                                s.files_changed,
-                                s.files_removed,
-                                s.problems.len(),
-                                s.elapsed_ms as f64 / 1000.0
-                            )
-                        })
-                        .or(c.summary)
-                        .unwrap_or_default();
+                    let summary = summary_line(c.summary);
                     vec![c.id.to_string(), c.started_at, c.status, summary]
                 })
                 .collect();
@@ -382,22 +367,7 @@ async fn admin_command(mut admin: Admin, command: &Command) -> Result<()> {
                 .crawls
                 .into_iter()
                 .map(|c| {
-                    let summary = c
-                        .summary_json
-                        .as_deref()
-                        .and_then(|j| serde_json::from_str::<CrawlSummary>(j).ok())
-                        .map(|s| {
-                            format!(
-                                "+{} ~{} -{} files, {} problems, {:.2}s",
-                                s.files_added,
-                                s.files_changed,
-                                s.files_removed,
-                                s.problems.len(),
-                                s.elapsed_ms as f64 / 1000.0
-                            )
-                        })
-                        .or(c.summary_json)
-                        .unwrap_or_default();
+                    let summary = summary_line(c.summary_json);
                     vec![
                         c.id.to_string(),
                         c.started_at,
@@ -451,6 +421,24 @@ async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)
         .map_err(|e| Error::Internal(format!("the server's crawl summary: {e}")))?;
     print_summary(&summary, args.json)
+}
+
+/// One line for a recorded crawl: its counts, or the stored text (an error) as it is.
+fn summary_line(json: Option<String>) -> String {
+    json.as_deref()
+        .and_then(|j| serde_json::from_str::<CrawlSummary>(j).ok())
+        .map(|s| {
+            format!(
+                "+{} ~{} -{} files, {} problems, {:.2}s",
+                s.files_added,
+                s.files_changed,
+                s.files_removed,
+                s.problems.len(),
+                s.elapsed_ms as f64 / 1000.0
+            )
+        })
+        .or(json)
+        .unwrap_or_default()
 }
 
 fn print_summary(summary: &CrawlSummary, json: bool) -> Result<()> {

@@ -166,7 +166,11 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] when the database does not exist.
     pub async fn in_database(&self, database: &str) -> Result<Engine> {
-        self.refresh().await?;
+        // The snapshot usually knows the database; only an unknown one needs a fresh look
+        // (the statement's own planning refreshes the snapshot anyway).
+        if !self.databases().iter().any(|d| d == database) {
+            self.refresh().await?;
+        }
         if !self.databases().iter().any(|d| d == database) {
             return Err(Error::InvalidArgument(format!(
                 "database '{database}' does not exist; see SHOW DATABASES"
@@ -254,6 +258,11 @@ impl Engine {
             *guard = snapshot;
         }
         Ok(())
+    }
+
+    /// The catalog generation of this engine's current snapshot.
+    pub fn generation(&self) -> i64 {
+        self.snapshot().generation
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -360,7 +369,24 @@ impl Engine {
     /// # Errors
     /// As [`Engine::plan_with_row`].
     pub async fn prepare(&self, sql: &str, row: Option<&RecordBatch>) -> Result<Statement> {
-        self.refresh().await?;
+        self.prepare_at(sql, row, None).await
+    }
+
+    /// As [`Engine::prepare`], but when `at_least` is given and this engine's catalog
+    /// snapshot is already at least that generation, the snapshot is used without asking
+    /// the catalog (a ticket planned moments ago on this node needs no second look).
+    ///
+    /// # Errors
+    /// As [`Engine::plan_with_row`].
+    pub async fn prepare_at(
+        &self,
+        sql: &str,
+        row: Option<&RecordBatch>,
+        at_least: Option<i64>,
+    ) -> Result<Statement> {
+        if !at_least.is_some_and(|g| self.generation() >= g) {
+            self.refresh().await?;
+        }
         if let Some(command) = ddl::recognise(self, sql).await? {
             return Ok(Statement::Command(command));
         }

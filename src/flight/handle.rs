@@ -5,9 +5,10 @@
 //! per-statement state, so a client that never calls DoGet leaks nothing, and DoGet may
 //! reach any Tarn node behind a load balancer.
 //!
-//! Layout: `b"TRN2"`, the SQL length (u32, little-endian), the SQL (UTF-8), the default
-//! database's length (u32, 0 for none) and name, then the parameter batches as an IPC
-//! stream (absent when nothing is bound).
+//! Layout: `b"TRN3"`, the SQL length (u32, little-endian), the SQL (UTF-8), the default
+//! database's length (u32, 0 for none) and name, the catalog generation the statement was
+//! planned at (i64, -1 for none), then the parameter batches as an IPC stream (absent when
+//! nothing is bound). The server signs the whole (see `TarnFlightSql::seal`).
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"TRN2";
+const MAGIC: &[u8; 4] = b"TRN3";
 /// A ticket holding a result computed when the ticket was issued (a DDL statement's
 /// outcome), as an IPC stream.
 const RESULT_MAGIC: &[u8; 4] = b"TRR1";
@@ -72,6 +73,10 @@ pub struct StatementHandle {
     pub params: Vec<RecordBatch>,
     /// The database unqualified names resolve in, when the client chose one.
     pub database: Option<String>,
+    /// The catalog generation a ticket's statement was planned at: running it needs a
+    /// catalog snapshot at least this new (a node whose snapshot is as new skips the check).
+    /// `None` for prepared statements, which always run on the newest catalog.
+    pub generation: Option<i64>,
 }
 
 impl StatementHandle {
@@ -80,6 +85,7 @@ impl StatementHandle {
             sql: sql.into(),
             params: Vec::new(),
             database: None,
+            generation: None,
         }
     }
 
@@ -100,6 +106,7 @@ impl StatementHandle {
             .map_err(|_| Error::InvalidArgument("database name is too long".into()))?;
         out.extend_from_slice(&db_len.to_le_bytes());
         out.extend_from_slice(database.as_bytes());
+        out.extend_from_slice(&self.generation.unwrap_or(-1).to_le_bytes());
         if let Some(first) = self.params.first() {
             let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
             for batch in &self.params {
@@ -140,6 +147,11 @@ impl StatementHandle {
         let (database, used) = text(rest, "database")?;
         let rest = &rest[used..];
         let database = (!database.is_empty()).then_some(database);
+        let (generation, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| bad("truncated"))?;
+        let generation = i64::from_le_bytes(*generation);
+        let generation = (generation >= 0).then_some(generation);
         let params = if rest.is_empty() {
             Vec::new()
         } else {
@@ -152,6 +164,7 @@ impl StatementHandle {
             sql,
             params,
             database,
+            generation,
         })
     }
 
@@ -249,6 +262,7 @@ mod tests {
             sql: "SELECT $1, $2".into(),
             params: vec![batch],
             database: Some("web".into()),
+            generation: Some(42),
         };
         let decoded = StatementHandle::decode(&bound.encode().unwrap()).unwrap();
         assert_eq!(decoded, bound);
@@ -278,7 +292,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_clear_error() {
-        for bytes in [&b""[..], b"hello", b"TRN2\x05\x00\x00\x00ab"] {
+        for bytes in [&b""[..], b"hello", b"TRN3\x05\x00\x00\x00ab"] {
             let err = StatementHandle::decode(bytes).unwrap_err().to_string();
             assert!(err.contains("not a Tarn statement handle"), "{err}");
         }

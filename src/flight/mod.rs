@@ -126,10 +126,15 @@ impl TarnFlightSql {
         let rows = handle.param_rows();
         let engine = self.engine_for(handle.database.as_deref()).await?;
         match engine.prepare(&sql, rows.first()).await? {
-            Statement::Query(df) => Ok((
-                wire_schema(df.schema().as_arrow()),
-                self.seal(handle.encode()?),
-            )),
+            Statement::Query(df) => {
+                // The ticket runs on a catalog at least as new as the one it was planned on.
+                let mut ticket = handle.clone();
+                ticket.generation = Some(engine.generation());
+                Ok((
+                    wire_schema(df.schema().as_arrow()),
+                    self.seal(ticket.encode()?),
+                ))
+            }
             Statement::Command(command) if command.is_update() => {
                 caller.require_admin(&statement_kind(&handle.sql))?;
                 let batch = engine.run_statement(&command, &rows).await?;
@@ -205,7 +210,7 @@ impl TarnFlightSql {
             rows.iter().map(Some).collect()
         };
         for row in runs {
-            let (this, stream) = match engine.prepare(&sql, row).await? {
+            let (this, stream) = match engine.prepare_at(&sql, row, handle.generation).await? {
                 Statement::Query(df) => {
                     let this = wire_schema(df.schema().as_arrow());
                     (this, df.execute_stream().await.map_err(Error::from)?)
