@@ -306,7 +306,13 @@ impl Engine {
     /// [`Error::Sql`] for a parse or planning error, [`Error::TableNotFound`] for an unknown
     /// table.
     pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<DataFrame> {
-        let ctx = self.session(None).await?;
+        self.refresh().await?;
+        self.plan_current(sql, params).await
+    }
+
+    /// As [`Engine::plan`], on the current catalog snapshot (the caller refreshed it).
+    async fn plan_current(&self, sql: &str, params: Option<ParamValues>) -> Result<DataFrame> {
+        let ctx = SessionContext::new_with_state(self.state.clone());
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -325,11 +331,14 @@ impl Engine {
     /// `row` (a one-row batch). Each value is cast to the type the planner inferred for
     /// its placeholder, so a client binding an `int64` to an `int32` column still works.
     ///
+    /// Plans on the engine's current catalog snapshot: [`Engine::prepare`] refreshes it
+    /// first (once per statement, not once per parameter row).
+    ///
     /// # Errors
     /// As [`Engine::plan`], plus [`Error::InvalidArgument`] when the number of values does
     /// not match the placeholders or a value cannot be cast.
     pub async fn plan_with_row(&self, sql: &str, row: Option<&RecordBatch>) -> Result<DataFrame> {
-        let df = self.plan(sql, None).await?;
+        let df = self.plan_current(sql, None).await?;
         let Some(row) = row else { return Ok(df) };
         let types = df
             .logical_plan()
