@@ -145,6 +145,11 @@ impl Admin for AdminService {
             exclude: r.exclude,
             max_tables: (r.max_tables > 0).then_some(r.max_tables as usize),
             crawler: None,
+            schema_change: if r.schema_change.is_empty() {
+                Default::default()
+            } else {
+                r.schema_change.parse().map_err(Status::invalid_argument)?
+            },
         };
         let crawler = Crawler::new(
             self.engine.catalog().clone(),

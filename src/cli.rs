@@ -133,6 +133,7 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
                     exclude: args.exclude.clone(),
                     partition_types: args.partition_types.iter().cloned().collect(),
                     max_tables: args.max_tables,
+                    schema_change: args.schema_change,
                 },
                 schedule: args.schedule.clone(),
                 created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -416,6 +417,7 @@ async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
         max_tables: args.max_tables.unwrap_or(0) as u32,
+        schema_change: format!("{:?}", args.schema_change).to_ascii_lowercase(),
     };
     let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)
@@ -465,6 +467,7 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
         exclude: args.exclude.clone(),
         max_tables: args.max_tables,
         crawler: None,
+        schema_change: args.schema_change,
     };
     // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
     let bar = indicatif::ProgressBar::new(0);

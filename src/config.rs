@@ -106,6 +106,11 @@ pub struct CrawlArgs {
     /// Refuse the crawl, changing nothing, if it would create more tables than this.
     #[arg(long, env = "TARN_MAX_TABLES")]
     pub max_tables: Option<usize>,
+    /// When files change an existing table's columns: `update` applies the change, `log`
+    /// keeps the table's columns and reports it, `fail` leaves the table untouched and
+    /// reports it.
+    #[arg(long, default_value = "update")]
+    pub schema_change: crate::crawler::SchemaChangePolicy,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +208,9 @@ pub struct CrawlerCreateArgs {
     pub exclude: Vec<String>,
     #[arg(long)]
     pub max_tables: Option<usize>,
+    /// `update`, `log` or `fail` (see `tarn crawl --help`).
+    #[arg(long, default_value = "update")]
+    pub schema_change: crate::crawler::SchemaChangePolicy,
 }
 
 /// Where admin commands run: the local catalog, or a remote server's admin API.

@@ -193,6 +193,8 @@ pub struct CrawlerOptions {
     pub partition_types: BTreeMap<String, PartitionType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tables: Option<usize>,
+    #[serde(default)]
+    pub schema_change: crate::crawler::SchemaChangePolicy,
 }
 
 /// A crawler as the catalog records it.

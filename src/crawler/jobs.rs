@@ -67,6 +67,7 @@ pub fn crawl_options(crawler: &CrawlerDef) -> CrawlOptions {
         exclude: crawler.options.exclude.clone(),
         max_tables: crawler.options.max_tables,
         crawler: Some(crawler.name.clone()),
+        schema_change: crawler.options.schema_change,
         ..CrawlOptions::default()
     }
 }

@@ -61,6 +61,58 @@ pub struct CrawlOptions {
     pub max_tables: Option<usize>,
     /// The crawler this crawl runs for, recorded with the crawl.
     pub crawler: Option<String>,
+    /// What to do when an existing table's schema changes (Glue's schema change policy).
+    pub schema_change: SchemaChangePolicy,
+}
+
+/// What a crawl does when the files change an existing table's columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaChangePolicy {
+    /// Apply it: new columns are added, types widen, columns no file has are dropped.
+    #[default]
+    Update,
+    /// Keep the table's schema, catalogue the files, and report the change as a problem.
+    Log,
+    /// Leave the table as it was (no file added or removed) and report the change.
+    Fail,
+}
+
+impl std::str::FromStr for SchemaChangePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "update" => Ok(Self::Update),
+            "log" => Ok(Self::Log),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!(
+                "unknown schema change policy '{other}': use update, log or fail"
+            )),
+        }
+    }
+}
+
+/// How a table's columns differ, for messages: added, dropped and retyped columns.
+fn describe_schema_change(old: &Schema, new: &Schema) -> Option<String> {
+    let mut parts = Vec::new();
+    for f in new.fields() {
+        match old.field_with_name(f.name()) {
+            Err(_) => parts.push(format!("new column {} {}", f.name(), f.data_type())),
+            Ok(o) if o.data_type() != f.data_type() => parts.push(format!(
+                "column {} {} -> {}",
+                f.name(),
+                o.data_type(),
+                f.data_type()
+            )),
+            Ok(_) => {}
+        }
+    }
+    for f in old.fields() {
+        if new.field_with_name(f.name()).is_err() {
+            parts.push(format!("column {} dropped", f.name()));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// Compiles glob patterns (`*` stays within a folder, `**` crosses folders).
@@ -155,6 +207,7 @@ impl Default for CrawlOptions {
             exclude: Vec::new(),
             max_tables: None,
             crawler: None,
+            schema_change: SchemaChangePolicy::Update,
         }
     }
 }
@@ -863,6 +916,38 @@ impl Crawler {
                     .collect::<Vec<_>>(),
             ))
         };
+        let mut file_schema = file_schema;
+        if let Some(table) = &existing
+            && options.schema_change != SchemaChangePolicy::Update
+            && declared.schema.is_none()
+            && let Some(change) = describe_schema_change(&table.file_schema, &file_schema)
+        {
+            match options.schema_change {
+                SchemaChangePolicy::Fail => {
+                    summary.problems.push(Problem {
+                        path: table_url.to_string(),
+                        message: format!(
+                            "the schema of {qualified} changed ({change}); with \
+                             --schema-change fail nothing of this table was committed; crawl \
+                             with --schema-change update to accept the change"
+                        ),
+                    });
+                    summary.tables_unchanged.push(qualified);
+                    return Ok(());
+                }
+                _ => {
+                    summary.problems.push(Problem {
+                        path: table_url.to_string(),
+                        message: format!(
+                            "the schema of {qualified} changed ({change}); with \
+                             --schema-change log the table keeps its columns and the files \
+                             are catalogued"
+                        ),
+                    });
+                    file_schema = Arc::clone(&table.file_schema);
+                }
+            }
+        }
         let commit = TableCommit {
             database: options.database.clone(),
             name: name.to_string(),

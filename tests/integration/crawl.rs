@@ -671,3 +671,85 @@ async fn scheduled_crawlers_run_when_due_and_are_recorded() {
     );
     assert_eq!(env.catalog.crawl_history(10).await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn schema_change_policies_update_log_and_fail() {
+    use tarn::crawler::SchemaChangePolicy;
+    let env = Env::new().await;
+    let events = env.lake().join("events");
+    let v1 = || events_v1(&["2024-01-05 13:00:00"], &[1], &["click"], &[1.5]);
+    write_parquet(&events.join("day=05/part-0.parquet"), &v1());
+    env.crawl(&events).await;
+    let columns = |env: &Env| {
+        let env = env.engine.clone();
+        async move {
+            let t = env
+                .catalog()
+                .table("default", "events")
+                .await
+                .unwrap()
+                .unwrap();
+            t.file_schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = columns(&env).await;
+    // A new file brings a new column and wider types.
+    write_parquet(
+        &events.join("day=06/part-0.parquet"),
+        &events_v2(
+            &["2024-01-06 00:01:00"],
+            &[7],
+            &["buy"],
+            &[2.5],
+            &[Some("NL")],
+        ),
+    );
+    let with = |policy| CrawlOptions {
+        schema_change: policy,
+        ..CrawlOptions::default()
+    };
+
+    let failed = env
+        .crawl_with(&events, with(SchemaChangePolicy::Fail))
+        .await;
+    let message = &failed.problems[0].message;
+    assert!(message.contains("new column country Utf8"), "{message}");
+    assert!(
+        message.contains("column user_id Int32 -> Int64"),
+        "{message}"
+    );
+    assert!(
+        message.contains("nothing of this table was committed"),
+        "{message}"
+    );
+    assert_eq!(columns(&env).await, before);
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["1"]]
+    );
+
+    let logged = env.crawl_with(&events, with(SchemaChangePolicy::Log)).await;
+    assert!(logged.problems[0].message.contains("keeps its columns"));
+    assert_eq!(columns(&env).await, before, "the schema is kept");
+    assert_eq!(
+        env.rows("SELECT count(*) FROM events").await,
+        vec![vec!["2"]]
+    );
+
+    let updated = env
+        .crawl_with(&events, with(SchemaChangePolicy::Update))
+        .await;
+    assert!(updated.problems.is_empty());
+    let after = columns(&env).await;
+    assert!(after.contains(&"country Utf8".to_string()), "{after:?}");
+    assert!(after.contains(&"user_id Int64".to_string()), "{after:?}");
+    assert_eq!(
+        env.rows("SELECT country FROM events WHERE country IS NOT NULL")
+            .await,
+        vec![vec!["NL"]]
+    );
+}
