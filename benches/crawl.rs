@@ -188,7 +188,7 @@ async fn main() {
 
     // The peer: DataFusion's ListingTable schema inference reads every footer.
     let ctx = SessionContext::new();
-    let url = ListingTableUrl::parse(&format!("{lake}/events/")).expect("url");
+    let url = ListingTableUrl::parse(format!("{lake}/events/")).expect("url");
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let t = Instant::now();

@@ -97,7 +97,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Auth(command) => auth_command(command),
         Command::Crawler(command) => crawler_command(&ctx, command).await,
         Command::Tables(_) | Command::Describe(_) | Command::Partitions(_) | Command::Crawls(_) => {
-            let admin = Admin::Local(AdminService::new(ctx.engine.clone()));
+            let admin = Admin::Local(Box::new(AdminService::new(ctx.engine.clone())));
             admin_command(admin, &cli.command).await
         }
     }
@@ -228,7 +228,7 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
 
 /// The admin API, in this process or on a server.
 enum Admin {
-    Local(AdminService),
+    Local(Box<AdminService>),
     Remote(AdminClient),
 }
 
@@ -236,7 +236,7 @@ macro_rules! admin_call {
     ($admin:expr, $method:ident, $request:expr) => {
         match $admin {
             Admin::Local(service) => {
-                proto::admin_server::Admin::$method(service, tonic::Request::new($request))
+                proto::admin_server::Admin::$method(&**service, tonic::Request::new($request))
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(crate::admin::remote_error)

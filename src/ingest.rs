@@ -132,20 +132,19 @@ where
         (None, mode) if !mode.creates() => {
             return Err(Error::TableNotFound { name: qualified });
         }
-        (None, _) => {
-            if database != DEFAULT_DATABASE
-                && !catalog
-                    .databases()
-                    .await?
-                    .iter()
-                    .any(|d| d.name == database)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "database '{database}' does not exist; run CREATE DATABASE {database} first"
-                )));
-            }
-        }
         _ => {}
+    }
+    if existing.is_none()
+        && database != DEFAULT_DATABASE
+        && !catalog
+            .databases()
+            .await?
+            .iter()
+            .any(|d| d.name == database)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "database '{database}' does not exist; run CREATE DATABASE {database} first"
+        )));
     }
     if let Some(t) = &existing
         && t.format != "parquet"
@@ -372,12 +371,15 @@ async fn finish_file(
     Ok(entry)
 }
 
+/// Partition values in the table's partition column order (`None` is NULL).
+type PartitionKey = Vec<Option<String>>;
+
 /// Sends each row to its partition folder.
 struct PartitionRouter {
     root: String,
     columns: Vec<PartitionColumn>,
     /// Existing partitions by their normalised values: raw values and folder.
-    existing: HashMap<Vec<Option<String>>, (Vec<Option<String>>, String)>,
+    existing: HashMap<PartitionKey, (PartitionKey, String)>,
     /// Zero-padding width of integer partition folders (`month=01`), per column.
     widths: Vec<usize>,
     table: String,
@@ -471,10 +473,7 @@ impl PartitionRouter {
     }
 
     /// Splits a batch into (raw partition values, folder, rows without partition columns).
-    fn split(
-        &self,
-        batch: &RecordBatch,
-    ) -> Result<Vec<(Vec<Option<String>>, String, RecordBatch)>> {
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(PartitionKey, String, RecordBatch)>> {
         let file_cols: Vec<usize> = batch
             .schema()
             .fields()

@@ -239,12 +239,12 @@ impl Engine {
         }
         // Register every table's object store so scans can reach it.
         for t in databases.values().flat_map(|d| d.values()) {
-            if let Ok(location) = Location::parse_catalogued(&t.location) {
-                if let Ok(store) = self.shared.stores.store_for(&location) {
-                    self.state
-                        .runtime_env()
-                        .register_object_store(location.store_url().as_ref(), store);
-                }
+            if let Ok(location) = Location::parse_catalogued(&t.location)
+                && let Ok(store) = self.shared.stores.store_for(&location)
+            {
+                self.state
+                    .runtime_env()
+                    .register_object_store(location.store_url().as_ref(), store);
             }
         }
         let snapshot = Arc::new(Snapshot {
@@ -393,7 +393,7 @@ impl Engine {
         row: Option<&RecordBatch>,
         at_least: Option<i64>,
     ) -> Result<Statement> {
-        if !at_least.is_some_and(|g| self.generation() >= g) {
+        if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
         if let Some(command) = ddl::recognise(self, sql).await? {

@@ -352,7 +352,7 @@ impl TableProvider for CatalogTable {
         // Spread the files over the target partitions, largest first onto the lightest
         // group, so one group does not end up with all the big files.
         let groups_n = state.config().target_partitions().max(1).min(files.len());
-        files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
+        files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); groups_n];
         for f in files {
             let lightest = groups

@@ -629,7 +629,7 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info_for(&schema, command_ticket(query), request.into_inner())
     }
 
@@ -702,7 +702,7 @@ impl FlightSqlService for TarnFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info_for(&schema, command_ticket(query), request.into_inner())
     }
 

@@ -162,8 +162,7 @@ async fn errors_map_to_statuses_a_person_can_act_on_and_the_server_lives_on() {
     let err = client
         .do_get(arrow_flight::Ticket::new(b"garbage".to_vec()))
         .await
-        .err()
-        .expect("garbage ticket rejected");
+        .expect_err("garbage ticket rejected");
     assert_ne!(tonic_status(err).code(), Code::Ok);
 
     // Still serving.
