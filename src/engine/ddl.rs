@@ -160,14 +160,10 @@ impl Command {
 /// # Errors
 /// [`Error::Sql`] for a Tarn statement that is malformed (e.g. a partition spec that is
 /// not `key = value`).
-pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Command>> {
+pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Result<Option<Command>> {
     let state = engine.base_state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let Ok(statement) = state.sql_to_statement(sql, &dialect) else {
-        return Ok(None); // the query path reports the parse error
-    };
     let default_db = &engine.default_database();
-    match &statement {
+    match statement {
         DFStatement::CreateExternalTable(_) => {}
         DFStatement::Statement(s) => match s.as_ref() {
             Statement::Msck(msck) => {
@@ -321,7 +317,7 @@ pub(crate) async fn recognise(engine: &Engine, sql: &str) -> Result<Option<Comma
 
     // DataFusion plans these (types, names); Tarn carries them out.
     let plan = state
-        .statement_to_plan(statement)
+        .statement_to_plan(statement.clone())
         .await
         .map_err(Error::from)?;
     let LogicalPlan::Ddl(ddl) = plan else {

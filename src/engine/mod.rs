@@ -313,12 +313,8 @@ impl Engine {
     /// As [`Engine::plan`], on the current catalog snapshot (the caller refreshed it).
     async fn plan_current(&self, sql: &str, params: Option<ParamValues>) -> Result<DataFrame> {
         let ctx = SessionContext::new_with_state(self.state.clone());
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let df = ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, read_only())
             .await
             .map_err(map_plan_error)?;
         match params {
@@ -338,40 +334,56 @@ impl Engine {
     /// As [`Engine::plan`], plus [`Error::InvalidArgument`] when the number of values does
     /// not match the placeholders or a value cannot be cast.
     pub async fn plan_with_row(&self, sql: &str, row: Option<&RecordBatch>) -> Result<DataFrame> {
-        let df = self.plan_current(sql, None).await?;
-        let Some(row) = row else { return Ok(df) };
-        let types = df
-            .logical_plan()
-            .get_parameter_types()
-            .map_err(map_plan_error)?;
-        if types.len() != row.num_columns() {
-            return Err(Error::InvalidArgument(format!(
-                "the statement has {} parameter(s) but {} value(s) were bound",
-                types.len(),
-                row.num_columns()
-            )));
-        }
-        let mut values = Vec::with_capacity(row.num_columns());
-        for (i, column) in row.columns().iter().enumerate() {
-            let value = ScalarValue::try_from_array(column, 0).map_err(Error::from)?;
-            let value = match types.get(&format!("${}", i + 1)) {
-                Some(Some(expected)) if value.data_type() != *expected => {
-                    value.cast_to(expected).map_err(|e| {
-                        Error::InvalidArgument(format!(
-                            "parameter ${} ({}) cannot be used as {expected}: {}",
-                            i + 1,
-                            value.data_type(),
-                            e.strip_backtrace()
-                        ))
-                    })?
-                }
-                _ => value,
-            };
-            values.push(value);
-        }
-        df.with_param_values(values).map_err(map_plan_error)
+        bind_row(self.plan_current(sql, None).await?, row)
     }
+}
 
+/// Statements a request may plan: queries only (DDL, DML and `SET` go through Tarn's own
+/// commands or are refused).
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Binds the positional parameters `$1, $2, …` of `df` from the columns of `row` (a
+/// one-row batch), each cast to the type the planner inferred for its placeholder.
+fn bind_row(df: DataFrame, row: Option<&RecordBatch>) -> Result<DataFrame> {
+    let Some(row) = row else { return Ok(df) };
+    let types = df
+        .logical_plan()
+        .get_parameter_types()
+        .map_err(map_plan_error)?;
+    if types.len() != row.num_columns() {
+        return Err(Error::InvalidArgument(format!(
+            "the statement has {} parameter(s) but {} value(s) were bound",
+            types.len(),
+            row.num_columns()
+        )));
+    }
+    let mut values = Vec::with_capacity(row.num_columns());
+    for (i, column) in row.columns().iter().enumerate() {
+        let value = ScalarValue::try_from_array(column, 0).map_err(Error::from)?;
+        let value = match types.get(&format!("${}", i + 1)) {
+            Some(Some(expected)) if value.data_type() != *expected => {
+                value.cast_to(expected).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "parameter ${} ({}) cannot be used as {expected}: {}",
+                        i + 1,
+                        value.data_type(),
+                        e.strip_backtrace()
+                    ))
+                })?
+            }
+            _ => value,
+        };
+        values.push(value);
+    }
+    df.with_param_values(values).map_err(map_plan_error)
+}
+
+impl Engine {
     /// Recognises Tarn's own statements, and plans everything else as a query with the
     /// parameters of `row` bound (see [`Engine::plan_with_row`]).
     ///
@@ -396,12 +408,23 @@ impl Engine {
         if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
-        if let Some(command) = ddl::recognise(self, sql).await? {
+        // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
+        let dialect = self.state.config().options().sql_parser.dialect;
+        let statement = self
+            .state
+            .sql_to_statement(sql, &dialect)
+            .map_err(map_plan_error)?;
+        if let Some(command) = ddl::recognise(self, &statement).await? {
             return Ok(Statement::Command(command));
         }
-        Ok(Statement::Query(Box::new(
-            self.plan_with_row(sql, row).await?,
-        )))
+        let plan = self
+            .state
+            .statement_to_plan(statement)
+            .await
+            .map_err(map_plan_error)?;
+        read_only().verify_plan(&plan).map_err(map_plan_error)?;
+        let df = DataFrame::new(self.state.clone(), plan);
+        Ok(Statement::Query(Box::new(bind_row(df, row)?)))
     }
 
     /// Runs `sql` (a query or a Tarn statement) and collects its result.
