@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
-use crate::crawler::{CrawlOptions, CrawlSummary, Crawler, DEFAULT_FOOTER_CONCURRENCY, Declared};
+use crate::catalog::CrawlerOptions;
+use crate::crawler::{CrawlOptions, CrawlSummary, Crawler};
 use crate::engine::{DEFAULT_DATABASE, Engine};
 use crate::error::{Error, Result};
 use crate::flight::caller;
@@ -130,27 +131,23 @@ impl Admin for AdminService {
                     .map_err(|e: String| Status::invalid_argument(format!("partition '{k}': {e}")))
             })
             .collect::<std::result::Result<_, Status>>()?;
-        let options = CrawlOptions {
-            database: r
-                .database
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| DEFAULT_DATABASE.to_string()),
+        let kept = CrawlerOptions {
             table: r.table.filter(|t| !t.is_empty()),
-            footer_concurrency: DEFAULT_FOOTER_CONCURRENCY,
-            declared: Declared {
-                partition_types,
-                ..Declared::default()
-            },
             include: r.include,
             exclude: r.exclude,
+            partition_types,
             max_tables: (r.max_tables > 0).then_some(r.max_tables as usize),
-            crawler: None,
             schema_change: if r.schema_change.is_empty() {
                 Default::default()
             } else {
                 r.schema_change.parse().map_err(Status::invalid_argument)?
             },
         };
+        let database = r
+            .database
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+        let options = CrawlOptions::from_kept(&database, &kept);
         let crawler = Crawler::new(
             self.engine.catalog().clone(),
             Arc::clone(self.engine.stores()),

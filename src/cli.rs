@@ -9,7 +9,7 @@ use arrow::datatypes::SchemaRef;
 use crate::admin::{AdminClient, AdminService, Remote, proto};
 use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
 use crate::catalog::Catalog;
-use crate::catalog::{CrawlerDef, CrawlerOptions};
+use crate::catalog::CrawlerDef;
 use crate::config::CrawlerCommand;
 use crate::config::{
     AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, OutputFormat, RemoteArgs, ServeArgs, SqlArgs,
@@ -127,14 +127,7 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
                 name: args.name.clone(),
                 location: location.to_string(),
                 database: args.database.clone(),
-                options: CrawlerOptions {
-                    table: args.table.clone(),
-                    include: args.include.clone(),
-                    exclude: args.exclude.clone(),
-                    partition_types: args.partition_types.iter().cloned().collect(),
-                    max_tables: args.max_tables,
-                    schema_change: args.schema_change,
-                },
+                options: args.shape.options(),
                 schedule: args.schedule.clone(),
                 created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 last_started_at: None,
@@ -405,19 +398,20 @@ fn remote_of(args: &RemoteArgs) -> Result<Remote> {
 
 /// `tarn crawl --server URL`: the crawl runs on the server.
 async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
+    let shape = args.shape.options();
     let request = proto::CrawlRequest {
         location: args.location.clone(),
         database: Some(args.database.clone()),
-        table: args.table.clone(),
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-        partition_types: args
+        table: shape.table,
+        include: shape.include,
+        exclude: shape.exclude,
+        partition_types: shape
             .partition_types
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
-        max_tables: args.max_tables.unwrap_or(0) as u32,
-        schema_change: format!("{:?}", args.schema_change).to_ascii_lowercase(),
+        max_tables: shape.max_tables.unwrap_or(0) as u32,
+        schema_change: shape.schema_change.to_string(),
     };
     let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)
@@ -456,18 +450,8 @@ fn print_summary(summary: &CrawlSummary, json: bool) -> Result<()> {
 
 async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
     let options = CrawlOptions {
-        database: args.database.clone(),
-        table: args.table.clone(),
         footer_concurrency: args.footer_concurrency.max(1),
-        declared: crate::crawler::Declared {
-            partition_types: args.partition_types.iter().cloned().collect(),
-            ..Default::default()
-        },
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-        max_tables: args.max_tables,
-        crawler: None,
-        schema_change: args.schema_change,
+        ..CrawlOptions::from_kept(&args.database, &args.shape.options())
     };
     // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
     let bar = indicatif::ProgressBar::new(0);

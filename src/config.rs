@@ -86,31 +86,11 @@ pub struct CrawlArgs {
     /// Database to register the tables in (created if missing).
     #[arg(long, env = "TARN_DATABASE", default_value = "default")]
     pub database: String,
-    /// Register the whole location as one table with this name.
-    #[arg(long)]
-    pub table: Option<String>,
     /// Parquet footers read concurrently.
     #[arg(long, env = "TARN_FOOTER_CONCURRENCY", default_value_t = crate::crawler::DEFAULT_FOOTER_CONCURRENCY)]
     pub footer_concurrency: usize,
-    /// Declare a partition column's type instead of inferring it, as KEY=TYPE with TYPE
-    /// one of int64, date, timestamp, string (repeatable; kept for later crawls).
-    #[arg(long = "partition-type", value_parser = parse_partition_type)]
-    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
-    /// Crawl only files matching this glob (relative to the location; `**` crosses
-    /// folders). Repeatable.
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// Leave out files matching this glob (relative to the location). Repeatable.
-    #[arg(long)]
-    pub exclude: Vec<String>,
-    /// Refuse the crawl, changing nothing, if it would create more tables than this.
-    #[arg(long, env = "TARN_MAX_TABLES")]
-    pub max_tables: Option<usize>,
-    /// When files change an existing table's columns: `update` applies the change, `log`
-    /// keeps the table's columns and reports it, `fail` leaves the table untouched and
-    /// reports it.
-    #[arg(long, default_value = "update")]
-    pub schema_change: crate::crawler::SchemaChangePolicy,
+    #[command(flatten)]
+    pub shape: CrawlShapeArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -184,6 +164,47 @@ pub enum CrawlerCommand {
     Drop { name: String },
 }
 
+/// How a location is crawled: the options `tarn crawl` and `tarn crawler create` share.
+#[derive(Debug, Clone, Args)]
+pub struct CrawlShapeArgs {
+    /// Register the whole location as one table with this name.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Declare a partition column's type instead of inferring it, as KEY=TYPE with TYPE
+    /// one of int64, date, timestamp, string (repeatable; kept for later crawls).
+    #[arg(long = "partition-type", value_parser = parse_partition_type)]
+    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
+    /// Crawl only files matching this glob (relative to the location; `**` crosses
+    /// folders). Repeatable.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave out files matching this glob (relative to the location). Repeatable.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Refuse the crawl, changing nothing, if it would create more tables than this.
+    #[arg(long, env = "TARN_MAX_TABLES")]
+    pub max_tables: Option<usize>,
+    /// When files change an existing table's columns: `update` applies the change, `log`
+    /// keeps the table's columns and reports it, `fail` leaves the table untouched and
+    /// reports it.
+    #[arg(long, default_value = "update")]
+    pub schema_change: crate::crawler::SchemaChangePolicy,
+}
+
+impl CrawlShapeArgs {
+    /// The options as the catalog keeps them for a crawler.
+    pub fn options(&self) -> crate::catalog::CrawlerOptions {
+        crate::catalog::CrawlerOptions {
+            table: self.table.clone(),
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            partition_types: self.partition_types.iter().cloned().collect(),
+            max_tables: self.max_tables,
+            schema_change: self.schema_change,
+        }
+    }
+}
+
 /// `tarn crawler create`.
 #[derive(Debug, Args)]
 pub struct CrawlerCreateArgs {
@@ -197,20 +218,8 @@ pub struct CrawlerCreateArgs {
     /// runs only when asked.
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Register the whole location as one table with this name.
-    #[arg(long)]
-    pub table: Option<String>,
-    #[arg(long = "partition-type", value_parser = parse_partition_type)]
-    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
-    #[arg(long)]
-    pub include: Vec<String>,
-    #[arg(long)]
-    pub exclude: Vec<String>,
-    #[arg(long)]
-    pub max_tables: Option<usize>,
-    /// `update`, `log` or `fail` (see `tarn crawl --help`).
-    #[arg(long, default_value = "update")]
-    pub schema_change: crate::crawler::SchemaChangePolicy,
+    #[command(flatten)]
+    pub shape: CrawlShapeArgs,
 }
 
 /// Where admin commands run: the local catalog, or a remote server's admin API.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use croner::Cron;
 
-use super::{CrawlOptions, CrawlSummary, Crawler, Declared};
+use super::{CrawlOptions, CrawlSummary, Crawler};
 use crate::catalog::{Catalog, CrawlerDef};
 use crate::error::{Error, Result};
 use crate::storage::StoreRegistry;
@@ -57,18 +57,8 @@ pub fn next_run(crawler: &CrawlerDef) -> Result<Option<DateTime<Utc>>> {
 /// The crawl options a crawler runs with.
 pub fn crawl_options(crawler: &CrawlerDef) -> CrawlOptions {
     CrawlOptions {
-        database: crawler.database.clone(),
-        table: crawler.options.table.clone(),
-        declared: Declared {
-            partition_types: crawler.options.partition_types.clone(),
-            ..Declared::default()
-        },
-        include: crawler.options.include.clone(),
-        exclude: crawler.options.exclude.clone(),
-        max_tables: crawler.options.max_tables,
         crawler: Some(crawler.name.clone()),
-        schema_change: crawler.options.schema_change,
-        ..CrawlOptions::default()
+        ..CrawlOptions::from_kept(&crawler.database, &crawler.options)
     }
 }
 

@@ -65,6 +65,26 @@ pub struct CrawlOptions {
     pub schema_change: SchemaChangePolicy,
 }
 
+impl CrawlOptions {
+    /// The options of a crawl into `database` as the catalog keeps them (for a crawler,
+    /// or as `tarn crawl` and the admin API take them).
+    pub fn from_kept(database: &str, kept: &crate::catalog::CrawlerOptions) -> Self {
+        Self {
+            database: database.to_string(),
+            table: kept.table.clone(),
+            declared: Declared {
+                partition_types: kept.partition_types.clone(),
+                ..Declared::default()
+            },
+            include: kept.include.clone(),
+            exclude: kept.exclude.clone(),
+            max_tables: kept.max_tables,
+            schema_change: kept.schema_change,
+            ..Self::default()
+        }
+    }
+}
+
 /// What a crawl does when the files change an existing table's columns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +96,16 @@ pub enum SchemaChangePolicy {
     Log,
     /// Leave the table as it was (no file added or removed) and report the change.
     Fail,
+}
+
+impl std::fmt::Display for SchemaChangePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Update => "update",
+            Self::Log => "log",
+            Self::Fail => "fail",
+        })
+    }
 }
 
 impl std::str::FromStr for SchemaChangePolicy {

@@ -115,18 +115,6 @@ impl Running {
         }
         streams.len()
     }
-
-    /// How many streams are running (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|i| i.streams.values().map(Vec::len).sum())
-            .unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -933,7 +933,7 @@ impl FlightSqlService for TarnFlightSql {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
-        let handle = self
+        let mut handle = self
             .open_handle(&command.prepared_statement_handle)
             .map_err(flight_status)?;
         let database = handle
@@ -952,11 +952,10 @@ impl FlightSqlService for TarnFlightSql {
             .try_collect()
             .await
             .map_err(|e| Status::invalid_argument(format!("reading bound parameters: {e}")))?;
-        let mut bound = handle.clone();
         if sent.iter().any(|b| b.num_rows() > 0) {
-            bound.params = sent.into_iter().filter(|b| b.num_rows() > 0).collect();
+            handle.params = sent.into_iter().filter(|b| b.num_rows() > 0).collect();
         }
-        let rows = bound.param_rows();
+        let rows = handle.param_rows();
         self.update(&handle.sql, database.as_deref(), &caller, &rows)
             .await
             .map_err(flight_status)
