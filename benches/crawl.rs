@@ -29,6 +29,9 @@ use tarn::crawler::{CrawlOptions, Crawler};
 use tarn::engine::{Engine, EngineOptions};
 use tarn::storage::StoreRegistry;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
