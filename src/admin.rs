@@ -154,6 +154,7 @@ impl Admin for AdminService {
         );
         let summary = crawler.crawl(&location.to_string(), &options).await?;
         self.engine.refresh().await?;
+        self.engine.refresh_stale_rollups().await;
         Ok(Response::new(crawl_response(&summary)))
     }
 

@@ -52,6 +52,7 @@ impl Context {
             datafusion_config: cli.datafusion_config.clone(),
             allowed_locations,
             warehouse: Some(warehouse),
+            rollup_rewrite: !cli.no_rollup_rewrite,
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {
@@ -474,7 +475,10 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
     });
     let summary = crawler.crawl(&args.location, &options).await;
     bar.finish_and_clear();
-    print_summary(&summary?, args.json)
+    let summary = summary?;
+    // Rollups over what the crawl changed catch up now, not at their first query.
+    ctx.engine.refresh_stale_rollups().await;
+    print_summary(&summary, args.json)
 }
 
 async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {
@@ -574,9 +578,11 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         std::sync::Arc::clone(&ctx.stores),
         std::time::Duration::from_secs(args.schedule_check_secs.max(1)),
         move || {
+            // Every tick: rollups catch up with changes from scheduled crawls and from
+            // crawls and ingests of other processes sharing the catalog.
             let engine = engine.clone();
             tokio::spawn(async move {
-                let _ = engine.refresh().await;
+                engine.refresh_stale_rollups().await;
             });
         },
     ));

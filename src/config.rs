@@ -47,6 +47,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "TARN_WAREHOUSE")]
     pub warehouse: Option<String>,
 
+    /// Answer queries from their base tables only, never from materialized views (rollups
+    /// are still kept up to date). For comparisons and troubleshooting.
+    #[arg(long, global = true, env = "TARN_NO_ROLLUP_REWRITE")]
+    pub no_rollup_rewrite: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -237,6 +237,7 @@ where
     }
     engine.refresh().await?;
     tracing::info!(table = %qualified, rows, files = commit.upserts.len(), "ingested");
+    engine.refresh_stale_rollups().await;
     Ok(rows)
 }
 
@@ -317,6 +318,29 @@ where
         written.done.push(entry);
     }
     Ok((file_schema, rows))
+}
+
+/// Writes `batches` as one zstd Parquet file at `path`, in the partition `folder` with raw
+/// partition `values`, and describes it as the catalog records files.
+///
+/// # Errors
+/// Store errors while writing; on error the file may be left behind (the caller deletes).
+pub(crate) async fn write_file(
+    store: &Arc<dyn ObjectStore>,
+    path: Path,
+    values: Vec<Option<String>>,
+    folder: String,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<FileEntry> {
+    let mut open = open_file(store, path, values, folder, schema)?;
+    for batch in batches {
+        open.writer
+            .write(batch)
+            .await
+            .map_err(|e| Error::Execution(format!("writing '{}': {e}", open.path)))?;
+    }
+    finish_file(store, open, schema).await
 }
 
 fn open_file(

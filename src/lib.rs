@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod ingest;
+pub mod rollup;
 pub mod storage;
 
 pub use error::{Error, Result};

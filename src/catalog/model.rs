@@ -212,3 +212,85 @@ pub struct CrawlerDef {
     /// RFC 3339; when the crawler last started.
     pub last_started_at: Option<String>,
 }
+
+/// A rollup's definition (`CREATE MATERIALIZED VIEW`), as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollupDef {
+    pub database: String,
+    pub name: String,
+    pub base_database: String,
+    pub base_table: String,
+    /// The statement as the user wrote it.
+    pub sql: String,
+    /// Grouping columns, in the order of the definition.
+    pub dimensions: Vec<RollupDimension>,
+    /// Stored aggregate states.
+    pub measures: Vec<RollupMeasure>,
+    /// The definition's `WHERE` clause, as SQL over the base table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// How stale (seconds since the last refresh) answers may be before base partitions the
+    /// rollup has not caught up with are read from the base; `None` means always exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_secs: Option<u64>,
+}
+
+/// One grouping column of a rollup: a base column, or a base timestamp truncated to a grain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollupDimension {
+    /// Column name in the rollup's storage.
+    pub name: String,
+    /// The base column.
+    pub column: String,
+    /// `date_trunc` grain (`hour`, `day`, …), when the dimension is a truncated time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grain: Option<String>,
+}
+
+/// The aggregate state kinds a rollup stores; each re-aggregates exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeasureKind {
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+impl MeasureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeasureKind::Count => "count",
+            MeasureKind::Sum => "sum",
+            MeasureKind::Min => "min",
+            MeasureKind::Max => "max",
+        }
+    }
+}
+
+/// One stored aggregate state: `kind(column)`, or `count(*)` when `column` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RollupMeasure {
+    pub kind: MeasureKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+}
+
+impl RollupMeasure {
+    /// The state's column name in the rollup's storage.
+    pub fn storage_name(&self) -> String {
+        match &self.column {
+            Some(c) => format!("{}__{c}", self.kind.as_str()),
+            None => "__count".to_string(),
+        }
+    }
+}
+
+/// A rollup with its bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRecord {
+    pub definition: RollupDef,
+    pub created_at: String,
+    /// RFC 3339; when the last refresh finished.
+    pub refreshed_at: Option<String>,
+}

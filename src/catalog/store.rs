@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "crawlers",
         include_str!("../../catalog/migrations/0002_crawlers.sql"),
     ),
+    (
+        3,
+        "rollups",
+        include_str!("../../catalog/migrations/0003_rollups.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -740,6 +745,119 @@ impl Catalog {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Stores a rollup's definition (its rows come with its first refresh).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the database has a rollup of that name;
+    /// [`Error::InvalidArgument`] when the database does not exist.
+    pub async fn create_rollup(&self, rollup: &RollupDef) -> Result<()> {
+        let definition = serde_json::to_string(rollup)
+            .map_err(|e| Error::Internal(format!("rollup definition to JSON: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let database_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+                .bind(&rollup.database)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(database_id) = database_id else {
+            return Err(Error::InvalidArgument(format!(
+                "database '{}' does not exist; CREATE DATABASE it first",
+                rollup.database
+            )));
+        };
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO rollups (database_id, name, definition, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(database_id)
+        .bind(&rollup.name)
+        .bind(definition)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::AlreadyExists(format!(
+                "materialized view '{}.{}' already exists; DROP MATERIALIZED VIEW it first to \
+                 redefine it",
+                rollup.database, rollup.name
+            )));
+        }
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every rollup, by database and name.
+    pub async fn rollups(&self) -> Result<Vec<RollupRecord>> {
+        let rows = sqlx::query(
+            "SELECT d.name, r.name, r.definition, r.created_at, r.refreshed_at
+             FROM rollups r JOIN databases d ON d.id = r.database_id
+             ORDER BY d.name, r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let database: String = r.get(0);
+                let name: String = r.get(1);
+                let definition: String = r.get(2);
+                Ok(RollupRecord {
+                    definition: serde_json::from_str(&definition).map_err(|e| {
+                        Error::CatalogCorrupt {
+                            what: format!("materialized view '{database}.{name}'"),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                    created_at: r.get(3),
+                    refreshed_at: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    /// Records that a rollup finished a refresh at `at` (RFC 3339).
+    pub async fn rollup_refreshed(&self, database: &str, name: &str, at: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE rollups SET refreshed_at = ?3 WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+        )
+        .bind(database)
+        .bind(name)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a rollup and its storage table (the caller deletes the files). Returns
+    /// whether it existed.
+    pub async fn drop_rollup(&self, database: &str, name: &str, storage: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM rollups WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+        )
+        .bind(database)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM tables WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+        )
+        .bind(database)
+        .bind(storage)
+        .execute(&mut *tx)
+        .await?;
+        if deleted > 0 {
+            bump_generation(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
     }
 
     /// Creates a database. Returns false when it already existed and `if_not_exists`.

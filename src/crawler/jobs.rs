@@ -114,12 +114,13 @@ pub async fn run_due(
     Ok(outcomes)
 }
 
-/// The server's scheduler: checks for due crawlers every `every` until the process ends.
+/// The server's scheduler: checks for due crawlers every `every` until the process ends,
+/// and calls `after_tick` after each check (the server refreshes stale rollups there).
 pub async fn schedule_loop(
     catalog: Catalog,
     stores: Arc<StoreRegistry>,
     every: std::time::Duration,
-    after_run: impl Fn() + Send + 'static,
+    after_tick: impl Fn() + Send + 'static,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -138,11 +139,11 @@ pub async fn schedule_loop(
                         );
                     }
                 }
-                after_run();
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the crawlers"),
         }
+        after_tick();
     }
 }
 

@@ -27,8 +27,8 @@ use datafusion::common::TableReference;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    AlterTableOperation, BinaryOperator, Expr as SqlExpr, ObjectName, ObjectType, Partition,
-    Statement, TableObject,
+    AlterTableOperation, BinaryOperator, CreateTableOptions, Expr as SqlExpr, ObjectName,
+    ObjectType, Partition, SqlOption, Statement, TableObject,
 };
 
 use crate::catalog::PartitionType;
@@ -87,6 +87,26 @@ pub enum Command {
         name: String,
     },
     ShowCrawls,
+    /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] d.v AS SELECT …`: a rollup.
+    CreateMaterializedView {
+        definition: Box<crate::catalog::RollupDef>,
+        if_not_exists: bool,
+        or_replace: bool,
+    },
+    /// `REFRESH MATERIALIZED VIEW d.v [FULL]`.
+    RefreshMaterializedView {
+        database: String,
+        name: String,
+        full: bool,
+    },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] d.v`.
+    DropMaterializedView {
+        database: String,
+        name: String,
+        if_exists: bool,
+    },
+    /// `SHOW MATERIALIZED VIEWS`.
+    ShowMaterializedViews,
     /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
     /// query's rows bulk-ingested into the table.
     Insert {
@@ -108,6 +128,7 @@ impl Command {
                 | Command::ShowPartitions { .. }
                 | Command::ShowHistory { .. }
                 | Command::ShowCrawls
+                | Command::ShowMaterializedViews
         )
     }
 
@@ -134,6 +155,7 @@ impl Command {
                 DataType::UInt64,
                 false,
             )])),
+            Command::ShowMaterializedViews => crate::rollup::show_schema(),
             Command::ShowCrawls => Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Int64, false),
                 Field::new("location", DataType::Utf8, false),
@@ -172,6 +194,44 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
             }
             Statement::ShowDatabases { .. } | Statement::ShowSchemas { .. } => {
                 return Ok(Some(Command::ShowDatabases));
+            }
+            Statement::ShowViews {
+                materialized: true, ..
+            } => return Ok(Some(Command::ShowMaterializedViews)),
+            Statement::ShowVariable { variable }
+                if variable.len() == 2
+                    && variable[0].value.eq_ignore_ascii_case("materialized")
+                    && variable[1].value.eq_ignore_ascii_case("views") =>
+            {
+                return Ok(Some(Command::ShowMaterializedViews));
+            }
+            Statement::CreateView(view) if view.materialized => {
+                let (database, name) = table_name(&view.name, default_db)?;
+                let mut definition =
+                    crate::rollup::define(engine, &database, &name, &s.to_string(), &view.query)
+                        .await?;
+                definition.max_staleness_secs = staleness_option(&view.options)?;
+                return Ok(Some(Command::CreateMaterializedView {
+                    definition: Box::new(definition),
+                    if_not_exists: view.if_not_exists,
+                    or_replace: view.or_replace,
+                }));
+            }
+            Statement::Drop {
+                object_type: ObjectType::MaterializedView,
+                if_exists,
+                names,
+                ..
+            } => {
+                let [name] = names.as_slice() else {
+                    return Err(Error::Sql("DROP MATERIALIZED VIEW takes one name".into()));
+                };
+                let (database, name) = table_name(name, default_db)?;
+                return Ok(Some(Command::DropMaterializedView {
+                    database,
+                    name,
+                    if_exists: *if_exists,
+                }));
             }
             Statement::ShowVariable { variable }
                 if variable.first().is_some_and(|i| {
@@ -397,6 +457,83 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
             if_not_exists: c.if_not_exists,
         },
         _ => return Err(Error::Sql("this statement is not supported by Tarn".into())),
+    }))
+}
+
+/// `WITH (max_staleness_seconds = N)` of a materialized view: how old its rows may be
+/// before queries read the base for partitions it has not caught up with.
+fn staleness_option(options: &CreateTableOptions) -> Result<Option<u64>> {
+    let list = match options {
+        CreateTableOptions::None => return Ok(None),
+        CreateTableOptions::With(list)
+        | CreateTableOptions::Options(list)
+        | CreateTableOptions::Plain(list)
+        | CreateTableOptions::TableProperties(list) => list,
+    };
+    let mut out = None;
+    for option in list {
+        let SqlOption::KeyValue { key, value } = option else {
+            return Err(Error::Sql(format!(
+                "materialized view option {option} is not supported; use \
+                 WITH (max_staleness_seconds = N)"
+            )));
+        };
+        if !key.value.eq_ignore_ascii_case("max_staleness_seconds") {
+            return Err(Error::Sql(format!(
+                "unknown materialized view option '{key}'; Tarn knows max_staleness_seconds"
+            )));
+        }
+        let text = value.to_string();
+        let secs = text.trim_matches('\'').parse::<u64>().map_err(|_| {
+            Error::Sql(format!(
+                "max_staleness_seconds must be a whole number of seconds, not {text}"
+            ))
+        })?;
+        out = Some(secs);
+    }
+    Ok(out)
+}
+
+/// `REFRESH MATERIALIZED VIEW [d.]v [FULL]`, which the SQL parser does not know.
+pub(crate) fn recognise_refresh(sql: &str, default_db: &str) -> Option<Result<Command>> {
+    let words: Vec<&str> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    let [first, second, third, rest @ ..] = words.as_slice() else {
+        return None;
+    };
+    if !(first.eq_ignore_ascii_case("refresh")
+        && second.eq_ignore_ascii_case("materialized")
+        && third.eq_ignore_ascii_case("view"))
+    {
+        return None;
+    }
+    let usage = || Error::Sql("expected REFRESH MATERIALIZED VIEW [database.]name [FULL]".into());
+    let (name, full) = match rest {
+        [name] => (*name, false),
+        [name, full] if full.eq_ignore_ascii_case("full") => (*name, true),
+        _ => return Some(Err(usage())),
+    };
+    let parts: Vec<String> = name
+        .split('.')
+        .map(
+            |p| match p.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                Some(quoted) => quoted.to_string(),
+                None => p.to_ascii_lowercase(),
+            },
+        )
+        .collect();
+    let (database, name) = match parts.as_slice() {
+        [n] => (default_db.to_string(), n.clone()),
+        [d, n] => (d.clone(), n.clone()),
+        _ => return Some(Err(usage())),
+    };
+    Some(Ok(Command::RefreshMaterializedView {
+        database,
+        name,
+        full,
     }))
 }
 
@@ -770,9 +907,11 @@ impl Engine {
             table: Some(name.to_string()),
             ..CrawlOptions::default()
         };
-        Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
+        let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
             .crawl(&table.location, &options)
-            .await
+            .await?;
+        self.refresh_stale_rollups().await;
+        Ok(summary)
     }
 
     /// Runs a Tarn statement and returns its result.
@@ -783,6 +922,47 @@ impl Engine {
     pub async fn run_command(&self, command: &Command) -> Result<RecordBatch> {
         let batch = match command {
             Command::Insert { .. } => self.insert_command(command, &[]).await?,
+            Command::CreateMaterializedView {
+                definition,
+                if_not_exists,
+                or_replace,
+            } => {
+                if *or_replace {
+                    self.drop_rollup(&definition.database, &definition.name)
+                        .await?;
+                }
+                message(
+                    self.create_rollup(definition.as_ref().clone(), *if_not_exists)
+                        .await?,
+                )?
+            }
+            Command::RefreshMaterializedView {
+                database,
+                name,
+                full,
+            } => {
+                let report = self.refresh_rollup(database, name, *full).await?;
+                message(format!("refreshed {database}.{name}: {report}"))?
+            }
+            Command::DropMaterializedView {
+                database,
+                name,
+                if_exists,
+            } => {
+                if self.drop_rollup(database, name).await? {
+                    message(format!("dropped materialized view {database}.{name}"))?
+                } else if *if_exists {
+                    message(format!(
+                        "materialized view {database}.{name} does not exist"
+                    ))?
+                } else {
+                    return Err(Error::InvalidArgument(format!(
+                        "materialized view '{database}.{name}' does not exist; see SHOW \
+                         MATERIALIZED VIEWS"
+                    )));
+                }
+            }
+            Command::ShowMaterializedViews => self.show_rollups().await?,
             Command::CreateDatabase {
                 name,
                 if_not_exists,

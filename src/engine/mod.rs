@@ -47,6 +47,10 @@ struct Shared {
     /// Providers by table id, with the entry they were built from (ids can be reused
     /// after a drop, so the whole entry is compared, not only the version).
     providers: Mutex<HashMap<i64, (TableEntry, Arc<CatalogTable>)>>,
+    /// Rollups by base table, with their freshness, as of the snapshot's generation.
+    rollups: crate::rollup::rewrite::SharedIndex,
+    /// Held while stale rollups are being refreshed (one pass at a time).
+    rollup_refresh: tokio::sync::Mutex<()>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -68,7 +72,7 @@ pub enum Statement {
 }
 
 /// Engine settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// DataFusion settings as `key = value` (e.g. `datafusion.execution.target_partitions`).
     pub datafusion_config: Vec<(String, String)>,
@@ -77,6 +81,19 @@ pub struct EngineOptions {
     /// Location (path or URL) under which Tarn writes tables it creates itself, e.g. by
     /// bulk ingest: `<warehouse>/<database>/<table>/`.
     pub warehouse: Option<String>,
+    /// Whether aggregations may be answered from materialized views (rollups).
+    pub rollup_rewrite: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            datafusion_config: Vec::new(),
+            allowed_locations: Vec::new(),
+            warehouse: None,
+            rollup_rewrite: true,
+        }
+    }
 }
 
 impl Engine {
@@ -116,10 +133,24 @@ impl Engine {
                 ..Default::default()
             })),
             providers: Mutex::new(HashMap::new()),
+            rollups: Default::default(),
+            rollup_refresh: tokio::sync::Mutex::new(()),
         });
+        // The rollup rewrite runs first, on the plan as the query wrote it (before filters
+        // and projections are pushed into scans).
+        let mut rules = datafusion::optimizer::Optimizer::new().rules;
+        if options.rollup_rewrite {
+            rules.insert(
+                0,
+                Arc::new(crate::rollup::rewrite::RollupRewrite::new(Arc::clone(
+                    &shared.rollups,
+                ))),
+            );
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_optimizer_rules(rules)
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -148,6 +179,16 @@ impl Engine {
             allowed_locations: Arc::new(allowed_locations),
             warehouse,
         })
+    }
+
+    /// This engine without the rollup rewrite: every aggregation reads its base table.
+    pub fn without_rollup_rewrite(&self) -> Engine {
+        let rules = datafusion::optimizer::Optimizer::new().rules;
+        let mut engine = self.clone();
+        engine.state = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_optimizer_rules(rules)
+            .build();
+        engine
     }
 
     /// The session state every request starts from.
@@ -257,7 +298,133 @@ impl Engine {
         {
             *guard = snapshot;
         }
+        self.refresh_rollup_index(generation).await
+    }
+
+    /// Compares every rollup with its base at this generation, for the query rewrite.
+    async fn refresh_rollup_index(&self, generation: i64) -> Result<()> {
+        let mut index = crate::rollup::RollupIndex::new();
+        for record in self.shared.catalog.rollups().await? {
+            let def = &record.definition;
+            let base = match self
+                .shared
+                .provider(&def.base_database, &def.base_table)
+                .await
+            {
+                Ok(Some(base)) => base,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(rollup = %def.name, error = %e, "rollup left out of rewrites");
+                    continue;
+                }
+            };
+            let storage = self
+                .shared
+                .provider(&def.database, &crate::rollup::storage_table(&def.name))
+                .await
+                .ok()
+                .flatten();
+            let filter = match &def.filter {
+                Some(f) => match self.analysed_filter(def, f).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(rollup = %def.name, error = %e,
+                            "rollup filter cannot be planned; rollup left out of rewrites");
+                        continue;
+                    }
+                },
+                None => Vec::new(),
+            };
+            let state = crate::rollup::RollupState::new(&record, &base, storage, filter);
+            index
+                .entry((def.base_database.clone(), def.base_table.clone()))
+                .or_default()
+                .push(Arc::new(state));
+        }
+        // Only the refresh that installed this generation's snapshot may publish.
+        if self.snapshot().generation == generation
+            && let Ok(mut guard) = self.shared.rollups.write()
+        {
+            *guard = Arc::new(index);
+        }
         Ok(())
+    }
+
+    /// A rollup's `WHERE` clause as the analysed, unqualified conjuncts a query's filter is
+    /// compared with.
+    async fn analysed_filter(
+        &self,
+        def: &crate::catalog::RollupDef,
+        filter: &str,
+    ) -> Result<Vec<datafusion::logical_expr::Expr>> {
+        let sql = format!(
+            "SELECT * FROM {CATALOG_NAME}.\"{}\".\"{}\" WHERE {filter}",
+            def.base_database.replace('"', "\"\""),
+            def.base_table.replace('"', "\"\"")
+        );
+        let plan = self
+            .state
+            .create_logical_plan(&sql)
+            .await
+            .map_err(Error::from)?;
+        let plan = self
+            .state
+            .analyzer()
+            .execute_and_check(plan, self.state.config_options(), |_, _| {})
+            .map_err(Error::from)?;
+        let mut out = Vec::new();
+        let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |node| {
+            if let datafusion::logical_expr::LogicalPlan::Filter(f) = node {
+                for c in datafusion::logical_expr::utils::split_conjunction(&f.predicate) {
+                    out.push(crate::rollup::rewrite::strip(c));
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        Ok(out)
+    }
+
+    /// The rollups as of the last refresh, with their freshness.
+    pub fn rollup_states(&self) -> Vec<Arc<crate::rollup::RollupState>> {
+        self.shared
+            .rollups
+            .read()
+            .map(|g| g.values().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// For `EXPLAIN`: which rollup answers each aggregation of `statement`, and why the
+    /// others were not used.
+    async fn rollup_notes(&self, statement: datafusion::sql::parser::Statement) -> Vec<String> {
+        let index = self.rollup_index();
+        if index.is_empty() {
+            return Vec::new();
+        }
+        let Ok(plan) = self.state.statement_to_plan(statement).await else {
+            return Vec::new();
+        };
+        match self
+            .state
+            .analyzer()
+            .execute_and_check(plan, self.state.config_options(), |_, _| {})
+        {
+            Ok(plan) => crate::rollup::rewrite::notes(&plan, &index),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The right to run a pass of rollup refreshes, unless one is running.
+    pub(crate) fn rollup_refresh_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.shared.rollup_refresh.try_lock().ok()
+    }
+
+    /// The rollup index as of the last refresh.
+    pub(crate) fn rollup_index(&self) -> Arc<crate::rollup::RollupIndex> {
+        self.shared
+            .rollups
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_default()
     }
 
     /// The catalog generation of this engine's current snapshot.
@@ -269,12 +436,13 @@ impl Engine {
         self.shared.snapshot()
     }
 
-    /// Databases and their tables, as of the last refresh.
+    /// Databases and their tables, as of the last refresh (rollup storage left out).
     pub fn tables(&self) -> Vec<TableEntry> {
         self.snapshot()
             .databases
             .values()
             .flat_map(|d| d.values().cloned())
+            .filter(|t| !crate::rollup::is_storage_table(&t.name))
             .collect()
     }
 
@@ -336,6 +504,30 @@ impl Engine {
     pub async fn plan_with_row(&self, sql: &str, row: Option<&RecordBatch>) -> Result<DataFrame> {
         bind_row(self.plan_current(sql, None).await?, row)
     }
+}
+
+/// `EXPLAIN`'s rows followed by one `rollups` row per rollup decision (explaining is cheap:
+/// the plan is rendered, not run).
+async fn with_notes(df: DataFrame, notes: Vec<String>) -> Result<DataFrame> {
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    if schema.fields().len() != 2 {
+        return Ok(df);
+    }
+    let state = df.clone().into_parts().0;
+    let mut batches = df.collect().await.map_err(Error::from)?;
+    let kinds = arrow::array::StringArray::from(vec!["rollups"; notes.len()]);
+    let texts = arrow::array::StringArray::from(notes);
+    batches.push(RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(kinds), Arc::new(texts)],
+    )?);
+    let batches = batches
+        .into_iter()
+        .map(|b| b.with_schema(Arc::clone(&schema)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    SessionContext::new_with_state(state)
+        .read_batches(batches)
+        .map_err(map_plan_error)
 }
 
 /// Statements a request may plan: queries only (DDL, DML and `SET` go through Tarn's own
@@ -408,6 +600,9 @@ impl Engine {
         if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
+        if let Some(command) = ddl::recognise_refresh(sql, &self.default_database()) {
+            return Ok(Statement::Command(command?));
+        }
         // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
         let dialect = self.state.config().options().sql_parser.dialect;
         let statement = self
@@ -417,13 +612,22 @@ impl Engine {
         if let Some(command) = ddl::recognise(self, &statement).await? {
             return Ok(Statement::Command(command));
         }
+        let notes = match &statement {
+            datafusion::sql::parser::Statement::Explain(e) if !e.options.analyze => {
+                self.rollup_notes(e.statement.as_ref().clone()).await
+            }
+            _ => Vec::new(),
+        };
         let plan = self
             .state
             .statement_to_plan(statement)
             .await
             .map_err(map_plan_error)?;
         read_only().verify_plan(&plan).map_err(map_plan_error)?;
-        let df = DataFrame::new(self.state.clone(), plan);
+        let mut df = DataFrame::new(self.state.clone(), plan);
+        if !notes.is_empty() {
+            df = with_notes(df, notes).await?;
+        }
         Ok(Statement::Query(Box::new(bind_row(df, row)?)))
     }
 
@@ -560,7 +764,12 @@ impl SchemaProvider for TarnDatabase {
             .snapshot()
             .databases
             .get(&self.name)
-            .map(|t| t.keys().cloned().collect())
+            .map(|t| {
+                t.keys()
+                    .filter(|n| !crate::rollup::is_storage_table(n))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -6,7 +6,7 @@
 //! into the Parquet scan for row-group and page pruning. Each file carries statistics
 //! (row count, per-column min/max/nulls) from the catalog, for the planner and pruning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
@@ -248,6 +248,26 @@ impl CatalogTable {
     /// The catalog entry this provider was built from.
     pub fn entry(&self) -> &TableEntry {
         &self.entry
+    }
+
+    /// Every partition's files (their object metadata), keyed by the partition's values.
+    pub fn partition_files(&self) -> HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> {
+        let mut out: HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> = HashMap::new();
+        for file in &self.files {
+            out.entry(file.partition_values.clone())
+                .or_default()
+                .push(&file.object_meta);
+        }
+        out
+    }
+
+    /// Rows and bytes of the table's files.
+    pub fn size(&self) -> (u64, u64) {
+        let rows = match self.statistics.num_rows {
+            Precision::Exact(n) | Precision::Inexact(n) => n as u64,
+            Precision::Absent => 0,
+        };
+        (rows, self.files.iter().map(|f| f.object_meta.size).sum())
     }
 
     fn partition_names(&self) -> Vec<&str> {

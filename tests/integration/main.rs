@@ -4,5 +4,6 @@
 mod common;
 mod crawl;
 mod flight;
+mod rollup;
 mod sqllogic;
 mod store;

@@ -1,0 +1,974 @@
+//! Materialized rollups: `CREATE MATERIALIZED VIEW … AS SELECT dims, aggregates FROM base
+//! GROUP BY dims`, stored as Parquet, refreshed per base partition, and used by a query
+//! rewrite ([`rewrite`]) that keeps every answer exact.
+//!
+//! A rollup's rows are kept per base partition: its storage table
+//! `<database>.__rollup_<name>` has the base's partition columns, and each storage
+//! partition holds the definition's groups computed from that one base partition. Queries
+//! re-aggregate across partitions (sum of counts and sums, min of mins, max of maxes), so a
+//! partition can be recomputed alone. Each storage file's name carries the fingerprint of
+//! the base partition's files (paths, sizes, ETags) it was computed from; a refresh
+//! recomputes the partitions whose fingerprint changed and swaps their files in one
+//! catalog commit, so readers see a partition's old rows or its new ones, never a mix.
+
+pub mod rewrite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::common::{Column, ScalarValue, TableReference};
+use datafusion::logical_expr::{Expr, LogicalPlan, col, lit};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Query, SetExpr, Statement};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{
+    MeasureKind, PartitionColumn, RollupDef, RollupDimension, RollupMeasure, RollupRecord,
+    TableCommit,
+};
+use crate::engine::table::{CatalogTable, partition_scalar};
+use crate::engine::{CATALOG_NAME, Engine};
+use crate::error::{Error, Result};
+use crate::storage::Location;
+
+/// Storage tables of rollups are named `__rollup_<name>` and left out of table listings.
+pub const STORAGE_PREFIX: &str = "__rollup_";
+
+/// The storage table of rollup `name`.
+pub fn storage_table(name: &str) -> String {
+    format!("{STORAGE_PREFIX}{name}")
+}
+
+/// Whether a table name is a rollup's storage (hidden from listings).
+pub fn is_storage_table(name: &str) -> bool {
+    name.starts_with(STORAGE_PREFIX)
+}
+
+/// `date_trunc` grains, finest first.
+const GRAINS: &[&str] = &[
+    "microsecond",
+    "millisecond",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "quarter",
+    "year",
+];
+
+/// Whether rows truncated to `fine` can be truncated again to `coarse` with the same
+/// result as truncating the originals: every coarse bucket is a union of fine ones (weeks
+/// do not nest in months, quarters or years).
+pub fn grain_derivable(coarse: &str, fine: &str) -> bool {
+    let rank = |g: &str| GRAINS.iter().position(|x| *x == g);
+    let (Some(c), Some(f)) = (rank(coarse), rank(fine)) else {
+        return false;
+    };
+    if fine == "week" {
+        return coarse == "week";
+    }
+    c >= f
+}
+
+/// A base partition to recompute: typed values, raw values, fingerprint of its files.
+type StalePartition = (Vec<ScalarValue>, Vec<Option<String>>, String);
+
+/// Rows refreshed per aggregation query (base partitions computed together).
+const PARTITIONS_PER_QUERY: usize = 64;
+
+/// The fingerprint of a base partition: a digest of its files' paths, sizes and ETags.
+pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a ObjectMeta>) -> String {
+    let mut lines: Vec<String> = files
+        .into_iter()
+        .map(|f| {
+            format!(
+                "{}\t{}\t{}",
+                f.location,
+                f.size,
+                f.e_tag.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    lines.sort();
+    let mut hasher = Sha256::new();
+    for line in lines {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint a storage file was computed from (`part-<fingerprint>-<id>.parquet`).
+pub fn file_fingerprint(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let rest = name.strip_prefix("part-")?;
+    rest.split('-').next()
+}
+
+/// Storage partitions by values: their fingerprint (`None` when their files disagree, as
+/// after an interrupted write, which makes the partition stale).
+pub fn storage_fingerprints(storage: &CatalogTable) -> HashMap<Vec<ScalarValue>, Option<String>> {
+    storage
+        .partition_files()
+        .into_iter()
+        .map(|(values, files)| {
+            let mut prints = files
+                .iter()
+                .map(|f| file_fingerprint(f.location.as_ref()).map(str::to_string));
+            let first = prints.next().flatten();
+            let same = prints.all(|p| p == first);
+            (values, if same { first } else { None })
+        })
+        .collect()
+}
+
+/// The storage column of a dimension on `column`, truncated to `grain` when given.
+fn dimension_name(column: &str, grain: Option<&str>) -> String {
+    match grain {
+        Some(g) => format!("{column}__{g}"),
+        None => column.to_string(),
+    }
+}
+
+/// An unqualified column reference.
+pub(crate) fn column(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// The expression of a dimension over the base table's columns.
+pub(crate) fn dimension_expr(dim: &RollupDimension) -> Expr {
+    match &dim.grain {
+        Some(g) => datafusion::functions::expr_fn::date_trunc(lit(g.as_str()), column(&dim.column)),
+        None => column(&dim.column),
+    }
+}
+
+/// The expression computing a measure's state over the base table's columns.
+pub(crate) fn measure_expr(measure: &RollupMeasure) -> Expr {
+    use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+    let arg = match &measure.column {
+        Some(c) => column(c),
+        None => lit(1i64),
+    };
+    match measure.kind {
+        MeasureKind::Count => count(arg),
+        MeasureKind::Sum => sum(arg),
+        MeasureKind::Min => min(arg),
+        MeasureKind::Max => max(arg),
+    }
+}
+
+/// Reads a `CREATE MATERIALIZED VIEW` query into a definition.
+///
+/// # Errors
+/// [`Error::Sql`] naming what the definition may not contain: several tables, a grouping
+/// that is not a column or `date_trunc('grain', column)`, an aggregate Tarn cannot merge.
+pub(crate) async fn define(
+    engine: &Engine,
+    database: &str,
+    name: &str,
+    sql: &str,
+    query: &Query,
+) -> Result<RollupDef> {
+    let plan = engine
+        .base_state()
+        .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(
+            Box::new(query.clone()),
+        ))))
+        .await
+        .map_err(Error::from)?;
+    let unsupported = |what: String| {
+        Error::Sql(format!(
+            "materialized view {database}.{name}: {what}; a materialized view is \
+             SELECT <columns or date_trunc('grain', column)>, <count | sum | min | max | avg> \
+             FROM one table [WHERE …] GROUP BY <those columns>"
+        ))
+    };
+    // Projection → Aggregate → [Filter] → [SubqueryAlias] → TableScan.
+    let mut node = &plan;
+    while let LogicalPlan::Projection(p) = node {
+        node = p.input.as_ref();
+    }
+    let LogicalPlan::Aggregate(aggregate) = node else {
+        return Err(unsupported("the query has no GROUP BY".into()));
+    };
+    let mut node = aggregate.input.as_ref();
+    let mut has_filter = false;
+    let scan = loop {
+        match node {
+            LogicalPlan::Filter(f) => {
+                has_filter = true;
+                node = f.input.as_ref();
+            }
+            LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+            LogicalPlan::TableScan(scan) => break scan,
+            other => {
+                return Err(unsupported(format!(
+                    "it reads {} where one table is expected",
+                    other.display()
+                )));
+            }
+        }
+    };
+    let base_entry = rewrite::catalog_entry(&scan.source).ok_or_else(|| {
+        unsupported(format!(
+            "'{}' is not a table of Tarn's catalog",
+            scan.table_name
+        ))
+    })?;
+    if is_storage_table(&base_entry.name) {
+        return Err(unsupported(
+            "it reads another materialized view's storage".into(),
+        ));
+    }
+    let partition_names: Vec<&str> = base_entry
+        .partition_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+
+    let mut dimensions = Vec::new();
+    for expr in &aggregate.group_expr {
+        let expr = rewrite::strip(expr);
+        let (column, grain) = match &expr {
+            Expr::Column(c) => (c.name.clone(), None),
+            other => match rewrite::truncation(other) {
+                Some((grain, c)) => (c, Some(grain)),
+                None => {
+                    return Err(unsupported(format!(
+                        "GROUP BY {other} is not a column or date_trunc('grain', column)"
+                    )));
+                }
+            },
+        };
+        // Partition columns are always kept (storage is partitioned like the base).
+        if grain.is_none() && partition_names.contains(&column.as_str()) {
+            continue;
+        }
+        let dim = RollupDimension {
+            name: dimension_name(&column, grain.as_deref()),
+            column,
+            grain,
+        };
+        if !dimensions.contains(&dim) {
+            dimensions.push(dim);
+        }
+    }
+    let mut measures = vec![RollupMeasure {
+        kind: MeasureKind::Count,
+        column: None,
+    }];
+    let mut add = |m: RollupMeasure| {
+        if !measures.contains(&m) {
+            measures.push(m);
+        }
+    };
+    for expr in &aggregate.aggr_expr {
+        let expr = rewrite::strip(expr);
+        let Expr::AggregateFunction(f) = &expr else {
+            return Err(unsupported(format!("{expr} is not an aggregate")));
+        };
+        let p = &f.params;
+        if p.distinct {
+            return Err(unsupported(format!(
+                "{expr}: DISTINCT aggregates cannot be merged across partitions"
+            )));
+        }
+        if p.filter.is_some() || !p.order_by.is_empty() {
+            return Err(unsupported(format!(
+                "{expr}: FILTER and ORDER BY in aggregates are not supported"
+            )));
+        }
+        let argument = match p.args.as_slice() {
+            [] => None,
+            [Expr::Literal(v, _)] if !v.is_null() && f.func.name() == "count" => None,
+            [Expr::Column(c)] => Some(c.name.clone()),
+            _ => {
+                return Err(unsupported(format!(
+                    "{expr}: aggregate arguments must be a column"
+                )));
+            }
+        };
+        let kind = |k| RollupMeasure {
+            kind: k,
+            column: argument.clone(),
+        };
+        match (f.func.name(), &argument) {
+            ("count", _) => add(kind(MeasureKind::Count)),
+            ("sum", Some(_)) => add(kind(MeasureKind::Sum)),
+            ("min", Some(_)) => add(kind(MeasureKind::Min)),
+            ("max", Some(_)) => add(kind(MeasureKind::Max)),
+            ("avg", Some(_)) => {
+                add(kind(MeasureKind::Sum));
+                add(kind(MeasureKind::Count));
+            }
+            (other, _) => {
+                return Err(unsupported(format!(
+                    "{other}() cannot be kept as a mergeable state (count, sum, min, max and \
+                     avg can)"
+                )));
+            }
+        }
+    }
+    let filter = if has_filter {
+        match query.body.as_ref() {
+            SetExpr::Select(select) => select.selection.as_ref().map(|e| e.to_string()),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Ok(RollupDef {
+        database: database.to_string(),
+        name: name.to_string(),
+        base_database: base_entry.database.clone(),
+        base_table: base_entry.name.clone(),
+        sql: sql.to_string(),
+        dimensions,
+        measures,
+        filter,
+        max_staleness_secs: None,
+    })
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Base partitions recomputed.
+    pub refreshed: usize,
+    /// Storage partitions removed because their base partition is gone.
+    pub removed: usize,
+    /// Base partitions already up to date.
+    pub unchanged: usize,
+    /// Rows written.
+    pub rows: u64,
+}
+
+impl std::fmt::Display for RefreshReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} partition(s) refreshed ({} rows), {} removed, {} up to date",
+            self.refreshed, self.rows, self.removed, self.unchanged
+        )
+    }
+}
+
+impl Engine {
+    /// Defines a rollup and computes it.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] for a name taken by a rollup or table; as
+    /// [`Engine::refresh_rollup`].
+    pub async fn create_rollup(&self, def: RollupDef, if_not_exists: bool) -> Result<String> {
+        self.refresh().await?;
+        if self.rollup(&def.database, &def.name).await?.is_some() {
+            if if_not_exists {
+                return Ok(format!(
+                    "materialized view {}.{} already exists",
+                    def.database, def.name
+                ));
+            }
+            return Err(Error::AlreadyExists(format!(
+                "materialized view '{}.{}' already exists; DROP MATERIALIZED VIEW it first to \
+                 redefine it",
+                def.database, def.name
+            )));
+        }
+        if self
+            .catalog()
+            .table(&def.database, &def.name)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists(format!(
+                "'{}.{}' is a table; pick another name for the materialized view",
+                def.database, def.name
+            )));
+        }
+        // The storage location must be writable before anything is recorded.
+        self.warehouse_location(&def.database, &storage_table(&def.name))?;
+        self.catalog().create_rollup(&def).await?;
+        let report = self.refresh_rollup(&def.database, &def.name, true).await?;
+        Ok(format!(
+            "created materialized view {}.{}: {report}",
+            def.database, def.name
+        ))
+    }
+
+    /// A rollup's record.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn rollup(&self, database: &str, name: &str) -> Result<Option<RollupRecord>> {
+        Ok(self
+            .catalog()
+            .rollups()
+            .await?
+            .into_iter()
+            .find(|r| r.definition.database == database && r.definition.name == name))
+    }
+
+    /// Brings a rollup up to date with its base: recomputes the base partitions whose files
+    /// changed (every partition with `full`), drops those whose base partition is gone.
+    /// Partitions are committed in groups, each group atomically; an interrupted refresh
+    /// leaves the groups before it committed and the rest as they were.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown rollup; [`Error::TableNotFound`] when its
+    /// base table is gone; query and store errors while computing (files written by the
+    /// failed group are deleted).
+    pub async fn refresh_rollup(
+        &self,
+        database: &str,
+        name: &str,
+        full: bool,
+    ) -> Result<RefreshReport> {
+        let record = self.rollup(database, name).await?.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "materialized view '{database}.{name}' does not exist; see SHOW MATERIALIZED VIEWS"
+            ))
+        })?;
+        let def = record.definition;
+        let started = Utc::now();
+        let base = self.table(&def.base_database, &def.base_table).await?;
+        let base_entry = base.entry().clone();
+        let storage_name = storage_table(&def.name);
+        let location = match self.catalog().table(&def.database, &storage_name).await? {
+            Some(t) => Location::parse_catalogued(&t.location)?,
+            None => self.warehouse_location(&def.database, &storage_name)?,
+        };
+        let store = self.stores().store_for(&location)?;
+        let storage = match self.catalog().table(&def.database, &storage_name).await? {
+            Some(_) => Some(self.table(&def.database, &storage_name).await?),
+            None => None,
+        };
+        let current = storage
+            .as_deref()
+            .map(storage_fingerprints)
+            .unwrap_or_default();
+        let storage_files: HashMap<Vec<ScalarValue>, Vec<String>> = storage
+            .as_deref()
+            .map(|s| {
+                s.partition_files()
+                    .into_iter()
+                    .map(|(k, files)| (k, files.iter().map(|f| f.location.to_string()).collect()))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        // Base partitions by typed values, with their raw values and fingerprint.
+        let types: Vec<_> = base_entry
+            .partition_columns
+            .iter()
+            .map(|c| c.data_type)
+            .collect();
+        let mut raw: HashMap<Vec<ScalarValue>, Vec<Option<String>>> = HashMap::new();
+        for file in self.catalog().files(base_entry.id).await? {
+            let key = typed(&file.partition_values, &types);
+            raw.entry(key).or_insert(file.partition_values);
+        }
+        let mut stale = Vec::new();
+        let mut report = RefreshReport::default();
+        for (key, files) in base.partition_files() {
+            let print = fingerprint(files.iter().copied());
+            if !full
+                && current
+                    .get(&key)
+                    .is_some_and(|p| p.as_deref() == Some(&print))
+            {
+                report.unchanged += 1;
+                continue;
+            }
+            let values = raw.get(&key).cloned().unwrap_or_default();
+            stale.push((key, values, print));
+        }
+        stale.sort_by(|a, b| a.1.cmp(&b.1));
+        let gone: Vec<String> = storage_files
+            .iter()
+            .filter(|(k, _)| !base.partition_files().contains_key(*k))
+            .flat_map(|(_, files)| files.iter().cloned())
+            .collect();
+        report.removed = storage_files
+            .keys()
+            .filter(|k| !base.partition_files().contains_key(*k))
+            .count();
+
+        let ctx = SessionContext::new_with_state(self.base_state().clone());
+        let mut storage_schema: Option<SchemaRef> =
+            storage.as_ref().map(|s| s.entry().file_schema.clone());
+        let mut first = true;
+        for group in stale.chunks(PARTITIONS_PER_QUERY) {
+            let (result_schema, batches) =
+                compute(&ctx, &def, &base_entry.partition_columns, group).await?;
+            let mut written = Vec::new();
+            let result = async {
+                let mut upserts = Vec::new();
+                let mut removals = Vec::new();
+                for (key, values, print) in group {
+                    let rows = rows_of(&batches, &base_entry.partition_columns, key)?;
+                    let schema = storage_schema
+                        .get_or_insert_with(|| file_schema(&result_schema, &def))
+                        .clone();
+                    let rows = rows
+                        .iter()
+                        .map(|b| conform(b, &schema))
+                        .collect::<Result<Vec<_>>>()?;
+                    report.rows += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                    let folder = partition_folder(&location, &base_entry.partition_columns, values);
+                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    let path = Path::from(format!("{folder}/part-{print}-{}.parquet", &id[..12]));
+                    written.push(path.clone());
+                    let entry = crate::ingest::write_file(
+                        &store,
+                        path,
+                        values.clone(),
+                        folder,
+                        &schema,
+                        &rows,
+                    )
+                    .await?;
+                    upserts.push(entry);
+                    if let Some(old) = storage_files.get(key) {
+                        removals.extend(old.iter().cloned());
+                    }
+                }
+                if first {
+                    removals.extend(gone.iter().cloned());
+                }
+                let commit = TableCommit {
+                    database: def.database.clone(),
+                    name: storage_name.clone(),
+                    location: location.to_string(),
+                    format: "parquet".to_string(),
+                    partition_columns: base_entry.partition_columns.clone(),
+                    file_schema: storage_schema
+                        .clone()
+                        .unwrap_or_else(|| file_schema(&result_schema, &def)),
+                    upserts,
+                    removals: removals.clone(),
+                    declared: None,
+                };
+                self.catalog().commit_table(&commit).await?;
+                Ok::<_, Error>(removals)
+            }
+            .await;
+            match result {
+                Ok(removals) => {
+                    delete_quietly(&store, removals).await;
+                    report.refreshed += group.len();
+                    first = false;
+                }
+                Err(e) => {
+                    delete_quietly(&store, written.iter().map(|p| p.to_string()).collect()).await;
+                    return Err(e);
+                }
+            }
+        }
+        if first && !gone.is_empty() {
+            // Nothing to recompute, but base partitions vanished.
+            let storage_entry = storage.as_ref().map(|s| s.entry().clone());
+            if let Some(entry) = storage_entry {
+                let commit = TableCommit {
+                    database: def.database.clone(),
+                    name: storage_name.clone(),
+                    location: location.to_string(),
+                    format: "parquet".to_string(),
+                    partition_columns: entry.partition_columns.clone(),
+                    file_schema: entry.file_schema.clone(),
+                    upserts: Vec::new(),
+                    removals: gone.clone(),
+                    declared: None,
+                };
+                self.catalog().commit_table(&commit).await?;
+                delete_quietly(&store, gone).await;
+            }
+        }
+        self.catalog()
+            .rollup_refreshed(
+                &def.database,
+                &def.name,
+                &started.to_rfc3339_opts(SecondsFormat::Millis, true),
+            )
+            .await?;
+        self.refresh().await?;
+        tracing::info!(rollup = %format!("{}.{}", def.database, def.name), %report, "refreshed");
+        Ok(report)
+    }
+
+    /// Refreshes every rollup that has not caught up with its base (after a crawl or
+    /// ingest, and on the server's schedule). One pass runs at a time; a pass that finds
+    /// another running returns at once. A failing rollup is logged and left stale: queries
+    /// stay exact, reading the base for the partitions it has not caught up with.
+    pub async fn refresh_stale_rollups(&self) {
+        let Some(_running) = self.rollup_refresh_guard() else {
+            return;
+        };
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "could not read the catalog to refresh rollups");
+            return;
+        }
+        for state in self.rollup_states() {
+            let d = &state.def;
+            if state.stale.is_empty() && state.excluded.is_empty() && state.storage.is_some() {
+                continue;
+            }
+            if let Err(e) = self.refresh_rollup(&d.database, &d.name, false).await {
+                tracing::warn!(rollup = %format!("{}.{}", d.database, d.name), error = %e,
+                    "rollup refresh failed; queries read the base for its stale partitions");
+            }
+        }
+    }
+
+    /// Drops a rollup: its definition, its storage table and its files. Returns whether
+    /// it existed.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be written.
+    pub async fn drop_rollup(&self, database: &str, name: &str) -> Result<bool> {
+        let storage_name = storage_table(name);
+        let files = match self.catalog().table(database, &storage_name).await? {
+            Some(t) => Some((
+                Location::parse_catalogued(&t.location)?,
+                self.catalog().file_index(t.id).await?,
+            )),
+            None => None,
+        };
+        let dropped = self
+            .catalog()
+            .drop_rollup(database, name, &storage_name)
+            .await?;
+        if let Some((location, files)) = files
+            && let Ok(store) = self.stores().store_for(&location)
+        {
+            delete_quietly(&store, files.into_iter().map(|f| f.path).collect()).await;
+        }
+        self.refresh().await?;
+        Ok(dropped)
+    }
+
+    /// `SHOW MATERIALIZED VIEWS`: every rollup with its size and freshness.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn show_rollups(&self) -> Result<RecordBatch> {
+        self.refresh().await?;
+        let states = self.rollup_states();
+        let mut cols: [Vec<Option<String>>; 4] = Default::default();
+        let mut nums: [Vec<Option<i64>>; 4] = Default::default();
+        for r in self.catalog().rollups().await? {
+            let d = &r.definition;
+            let state = states
+                .iter()
+                .find(|s| s.def.database == d.database && s.def.name == d.name);
+            cols[0].push(Some(format!("{}.{}", d.database, d.name)));
+            cols[1].push(Some(format!("{}.{}", d.base_database, d.base_table)));
+            let (rows, bytes, partitions, stale) = match state {
+                Some(s) => {
+                    let (rows, bytes) = s.storage.as_ref().map(|t| t.size()).unwrap_or((0, 0));
+                    (
+                        Some(rows as i64),
+                        Some(bytes as i64),
+                        Some(s.base_partitions as i64),
+                        Some(s.stale.len() as i64),
+                    )
+                }
+                None => (None, None, None, None),
+            };
+            nums[0].push(rows);
+            nums[1].push(bytes);
+            nums[2].push(partitions);
+            nums[3].push(stale);
+            cols[2].push(r.refreshed_at.clone());
+            cols[3].push(Some(d.sql.clone()));
+        }
+        let schema = show_schema();
+        let [name, base, refreshed, sql] = cols;
+        let [rows, bytes, partitions, stale] = nums;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(name)),
+            Arc::new(StringArray::from(base)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(bytes)),
+            Arc::new(Int64Array::from(partitions)),
+            Arc::new(Int64Array::from(stale)),
+            Arc::new(StringArray::from(refreshed)),
+            Arc::new(StringArray::from(sql)),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// The schema of `SHOW MATERIALIZED VIEWS`.
+pub fn show_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("base_table", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("bytes", DataType::Int64, true),
+        Field::new("base_partitions", DataType::Int64, true),
+        Field::new("stale_partitions", DataType::Int64, true),
+        Field::new("refreshed_at", DataType::Utf8, true),
+        Field::new("definition", DataType::Utf8, true),
+    ]))
+}
+
+fn typed(values: &[Option<String>], types: &[crate::catalog::PartitionType]) -> Vec<ScalarValue> {
+    types
+        .iter()
+        .enumerate()
+        .map(|(k, t)| partition_scalar(values.get(k).and_then(|v| v.as_deref()), *t))
+        .collect()
+}
+
+/// `p1 = v1 AND p2 = v2 …` for one partition (`IS NULL` for a NULL value).
+pub(crate) fn partition_predicate(columns: &[PartitionColumn], key: &[ScalarValue]) -> Expr {
+    let terms = columns.iter().zip(key).map(|(c, v)| {
+        if v.is_null() {
+            column(&c.name).is_null()
+        } else {
+            column(&c.name).eq(Expr::Literal(v.clone(), None))
+        }
+    });
+    datafusion::logical_expr::utils::conjunction(terms).unwrap_or_else(|| lit(true))
+}
+
+/// Computes the rollup rows of a group of base partitions, grouped by the dimensions and
+/// the partition columns.
+async fn compute(
+    ctx: &SessionContext,
+    def: &RollupDef,
+    partition_columns: &[PartitionColumn],
+    group: &[StalePartition],
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let base = TableReference::full(
+        CATALOG_NAME,
+        def.base_database.as_str(),
+        def.base_table.as_str(),
+    );
+    let mut df = ctx.table(base).await.map_err(Error::from)?;
+    if let Some(filter) = &def.filter {
+        let expr = df.parse_sql_expr(filter).map_err(Error::from)?;
+        df = df.filter(expr).map_err(Error::from)?;
+    }
+    if !partition_columns.is_empty() {
+        let which = datafusion::logical_expr::utils::disjunction(
+            group
+                .iter()
+                .map(|(key, _, _)| partition_predicate(partition_columns, key)),
+        );
+        if let Some(which) = which {
+            df = df.filter(which).map_err(Error::from)?;
+        }
+    }
+    let mut keys: Vec<Expr> = def
+        .dimensions
+        .iter()
+        .map(|d| dimension_expr(d).alias(&d.name))
+        .collect();
+    keys.extend(
+        partition_columns
+            .iter()
+            .map(|c| col(Column::new_unqualified(&c.name))),
+    );
+    let aggregates: Vec<Expr> = def
+        .measures
+        .iter()
+        .map(|m| measure_expr(m).alias(m.storage_name()))
+        .collect();
+    let df = df.aggregate(keys, aggregates).map_err(Error::from)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.collect().await.map_err(Error::from)?))
+}
+
+/// The rows of `batches` in the partition `key`, without the partition columns.
+fn rows_of(
+    batches: &[RecordBatch],
+    partition_columns: &[PartitionColumn],
+    key: &[ScalarValue],
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let schema = batch.schema();
+        let mut keep: Vec<u32> = Vec::new();
+        let partition_arrays = partition_columns
+            .iter()
+            .map(|c| {
+                let i = schema.index_of(&c.name)?;
+                cast(batch.column(i), &c.data_type.arrow_type())
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, arrow::error::ArrowError>>()?;
+        for row in 0..batch.num_rows() {
+            let mut matches = true;
+            for (array, want) in partition_arrays.iter().zip(key) {
+                let value = ScalarValue::try_from_array(array, row).map_err(Error::from)?;
+                if &value != want {
+                    matches = false;
+                    break;
+                }
+            }
+            if matches {
+                keep.push(row as u32);
+            }
+        }
+        if keep.is_empty() {
+            continue;
+        }
+        let data_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| {
+                !partition_columns
+                    .iter()
+                    .any(|c| c.name == *schema.field(*i).name())
+            })
+            .collect();
+        let projected = batch.project(&data_columns)?;
+        out.push(take_record_batch(&projected, &UInt32Array::from(keep))?);
+    }
+    Ok(out)
+}
+
+/// The schema of a rollup's storage files: dimensions and measures, in plain types.
+fn file_schema(result: &SchemaRef, def: &RollupDef) -> SchemaRef {
+    let fields: Vec<Field> = result
+        .fields()
+        .iter()
+        .filter(|f| {
+            def.dimensions.iter().any(|d| &d.name == f.name())
+                || def.measures.iter().any(|m| &m.storage_name() == f.name())
+        })
+        .map(|f| Field::new(f.name(), plain(f.data_type()), true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn plain(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, v) => plain(v),
+        other => other.clone(),
+    }
+}
+
+/// Casts a batch's columns to the storage schema (by name).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let i = batch.schema().index_of(f.name())?;
+            cast(batch.column(i), f.data_type())
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// `<root>/k1=v1/k2=v2` for raw partition values.
+fn partition_folder(
+    location: &Location,
+    columns: &[PartitionColumn],
+    values: &[Option<String>],
+) -> String {
+    let mut parts: Vec<String> = location
+        .prefix()
+        .parts()
+        .map(|p| p.as_ref().to_string())
+        .collect();
+    for (c, v) in columns.iter().zip(values) {
+        let v = v.as_deref().unwrap_or(crate::crawler::layout::HIVE_NULL);
+        parts.push(format!("{}={v}", c.name));
+    }
+    Path::from_iter(parts).to_string()
+}
+
+async fn delete_quietly(store: &Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {
+    for path in paths {
+        if let Err(e) = store.delete(&Path::from(path.as_str())).await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(%path, error = %e, "could not delete a replaced rollup file");
+        }
+    }
+}
+
+/// A rollup as the query rewrite sees it: its definition, storage, and which base
+/// partitions it has not caught up with.
+#[derive(Debug)]
+pub struct RollupState {
+    pub def: RollupDef,
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// The base table version this state was computed against.
+    pub base_version: i64,
+    pub base_partitions: usize,
+    /// The storage table (none before the first refresh committed).
+    pub storage: Option<Arc<CatalogTable>>,
+    /// Base partitions whose rollup rows are missing or out of date.
+    pub stale: Vec<Vec<ScalarValue>>,
+    /// Storage partitions to leave out (out of date, or their base partition is gone).
+    pub excluded: Vec<Vec<ScalarValue>>,
+    pub partition_columns: Vec<PartitionColumn>,
+    /// The definition's filter, analysed, as unqualified conjuncts.
+    pub filter: Vec<Expr>,
+}
+
+impl RollupState {
+    /// Compares a rollup's storage with its base.
+    pub(crate) fn new(
+        record: &RollupRecord,
+        base: &CatalogTable,
+        storage: Option<Arc<CatalogTable>>,
+        filter: Vec<Expr>,
+    ) -> Self {
+        let current = storage
+            .as_deref()
+            .map(storage_fingerprints)
+            .unwrap_or_default();
+        let partitions = base.partition_files();
+        let mut stale = Vec::new();
+        let mut fresh = std::collections::HashSet::new();
+        for (key, files) in &partitions {
+            let print = fingerprint(files.iter().copied());
+            if current
+                .get(key)
+                .is_some_and(|p| p.as_deref() == Some(&print))
+            {
+                fresh.insert(key.clone());
+            } else {
+                stale.push(key.clone());
+            }
+        }
+        let excluded = current
+            .keys()
+            .filter(|k| !fresh.contains(*k))
+            .cloned()
+            .collect();
+        Self {
+            def: record.definition.clone(),
+            refreshed_at: record
+                .refreshed_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            base_version: base.entry().version,
+            base_partitions: partitions.len(),
+            storage,
+            stale,
+            excluded,
+            partition_columns: base.entry().partition_columns.clone(),
+            filter,
+        }
+    }
+}
+
+/// Rollups by `(base database, base table)`.
+pub type RollupIndex = BTreeMap<(String, String), Vec<Arc<RollupState>>>;

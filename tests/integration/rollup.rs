@@ -1,0 +1,411 @@
+//! Materialized rollups: every answer from a rollup equals the base table's answer, on a
+//! fresh rollup, after new partitions and late files land, after files are deleted, and
+//! with a refresh interrupted midway; EXPLAIN says which rollup was used and why not.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::TimestampMicrosecondArray;
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+use crate::common::{Env, render, write_parquet};
+
+const KINDS: &[&str] = &["view", "click", "buy", "share"];
+const COUNTRIES: &[Option<&str>] = &[Some("DE"), Some("FR"), None, Some("US"), Some("JP")];
+
+/// A small deterministic generator.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// One hour of events: `rows` rows in `events/year=2024/month=MM/day=DD/hour=HH/name`.
+fn write_hour(lake: &Path, day: u32, hour: u32, rows: usize, seed: u64, name: &str) {
+    let mut rng = Lcg(seed);
+    let start = crate::common::micros(&format!("2024-03-{day:02} {hour:02}:00:00"));
+    let ts: Vec<i64> = (0..rows)
+        .map(|_| start + rng.below(3_600_000_000) as i64)
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("amount", DataType::Int64, true),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMicrosecondArray::from(ts)),
+        Arc::new(Int64Array::from_iter_values(
+            (0..rows).map(|_| 1 + rng.below(40) as i64),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|_| KINDS[rng.below(KINDS.len() as u64) as usize]),
+        )),
+        Arc::new(StringArray::from_iter(
+            (0..rows).map(|_| COUNTRIES[rng.below(COUNTRIES.len() as u64) as usize]),
+        )),
+        Arc::new(Int64Array::from_iter((0..rows).map(|_| {
+            let v = rng.below(1000) as i64;
+            (v % 7 != 0).then_some(v)
+        }))),
+        Arc::new(Float64Array::from_iter_values(
+            (0..rows).map(|_| rng.below(10_000) as f64 / 8.0),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).unwrap();
+    write_parquet(
+        &lake.join(format!(
+            "events/year=2024/month=03/day={day:02}/hour={hour:02}/{name}"
+        )),
+        &batch,
+    );
+}
+
+/// Three days of hourly partitions (one hour is empty of files: it does not exist).
+fn write_lake(lake: &Path) {
+    for day in 1..=3 {
+        for hour in 0..24 {
+            write_hour(
+                lake,
+                day,
+                hour,
+                40,
+                u64::from(day * 100 + hour),
+                "part-0.parquet",
+            );
+        }
+    }
+}
+
+const DEFINITION: &str = "CREATE MATERIALIZED VIEW ev_hourly AS \
+    SELECT date_trunc('hour', ts) AS hour_start, kind, country, count(*) AS n, \
+           sum(amount) AS amount, count(amount) AS amounts, avg(amount) AS avg_amount, \
+           min(value) AS min_value, max(value) AS max_value, max(ts) AS last_ts \
+    FROM events GROUP BY 1, 2, 3";
+
+/// Dashboard queries and the rollup each one must be answered from (`None`: the base).
+const DASHBOARD: &[(&str, bool)] = &[
+    ("SELECT count(*) FROM events", true),
+    (
+        "SELECT date_trunc('hour', ts) AS h, count(*), sum(amount) FROM events \
+         GROUP BY 1 ORDER BY 1",
+        true,
+    ),
+    (
+        "SELECT date_trunc('day', ts) AS d, kind, count(*) AS n, avg(amount) FROM events \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+        true,
+    ),
+    (
+        "SELECT date_trunc('month', ts), min(value), max(value), max(ts) FROM events GROUP BY 1",
+        true,
+    ),
+    (
+        "SELECT kind, count(*) AS n FROM events WHERE ts >= TIMESTAMP '2024-03-02 00:00:00' \
+         AND ts < TIMESTAMP '2024-03-03 06:00:00' GROUP BY kind ORDER BY n DESC, kind LIMIT 3",
+        true,
+    ),
+    (
+        "SELECT country, count(amount), sum(amount) FROM events WHERE day = 2 AND hour < 12 \
+         GROUP BY country ORDER BY country NULLS FIRST",
+        true,
+    ),
+    (
+        "SELECT day, hour, count(*) FROM events WHERE kind IN ('buy', 'share') \
+         GROUP BY day, hour ORDER BY day, hour",
+        true,
+    ),
+    (
+        "SELECT count(*) FROM events WHERE country IS NULL AND kind = 'view'",
+        true,
+    ),
+    // Not answerable: a finer grain, a column that is not a dimension, a misaligned range,
+    // DISTINCT.
+    (
+        "SELECT date_trunc('minute', ts), count(*) FROM events GROUP BY 1 ORDER BY 1 LIMIT 5",
+        false,
+    ),
+    (
+        "SELECT user_id, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
+        false,
+    ),
+    (
+        "SELECT count(*) FROM events WHERE ts >= TIMESTAMP '2024-03-02 00:30:00'",
+        false,
+    ),
+    ("SELECT count(DISTINCT kind) FROM events", false),
+];
+
+/// Rows rendered, floats rounded (re-aggregation may sum floats in another order), sorted.
+async fn answer(engine: &tarn::engine::Engine, sql: &str) -> Vec<Vec<String>> {
+    let (_, batches) = engine
+        .query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut rows: Vec<Vec<String>> = render(&batches)
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|v| match v.parse::<f64>() {
+                    Ok(f) if v.contains('.') => format!("{f:.6}"),
+                    _ => v,
+                })
+                .collect()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The `rollups` lines of EXPLAIN.
+async fn notes(env: &Env, sql: &str) -> Vec<String> {
+    env.rows(&format!("EXPLAIN {sql}"))
+        .await
+        .into_iter()
+        .filter(|r| r[0] == "rollups")
+        .map(|r| r[1].clone())
+        .collect()
+}
+
+/// Every dashboard query gives the base table's answer, from the rollup when it can.
+async fn assert_exact(env: &Env, scenario: &str) {
+    assert_exact_with(env, scenario, 0).await;
+}
+
+/// As [`assert_exact`], plus `random` randomised groupings and filters.
+async fn assert_exact_with(env: &Env, scenario: &str, random: usize) {
+    let base = env.engine.without_rollup_rewrite();
+    for (sql, uses_rollup) in DASHBOARD {
+        let expected = answer(&base, sql).await;
+        assert!(!expected.is_empty(), "{scenario}: {sql} returned nothing");
+        let got = answer(&env.engine, sql).await;
+        assert_eq!(got, expected, "{scenario}: {sql}");
+        let notes = notes(env, sql).await;
+        let used = notes
+            .iter()
+            .any(|n| n.starts_with("used default.ev_hourly"));
+        assert_eq!(used, *uses_rollup, "{scenario}: {sql}: {notes:?}");
+        if !uses_rollup {
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with("not used default.ev_hourly: ")),
+                "{scenario}: {sql}: EXPLAIN must say why the rollup was not used: {notes:?}"
+            );
+        }
+    }
+    // Randomised groupings and filters.
+    let groupings = [
+        "kind",
+        "country",
+        "date_trunc('day', ts)",
+        "date_trunc('hour', ts)",
+        "date_trunc('week', ts)",
+        "day",
+        "hour",
+    ];
+    let filters = [
+        "TRUE",
+        "kind = 'buy'",
+        "day >= 2",
+        "ts >= TIMESTAMP '2024-03-01 12:00:00'",
+        "ts < TIMESTAMP '2024-03-03 00:00:00'",
+        "country IS NOT NULL",
+        "country = 'DE' OR kind = 'view'",
+    ];
+    let aggregates = [
+        "count(*)",
+        "sum(amount)",
+        "min(value)",
+        "max(ts)",
+        "avg(amount)",
+        "count(country)",
+    ];
+    let mut rng = Lcg(7);
+    for _ in 0..random {
+        let g: Vec<&str> = groupings
+            .iter()
+            .filter(|_| rng.below(3) == 0)
+            .copied()
+            .collect();
+        let f = filters[rng.below(filters.len() as u64) as usize];
+        let a = aggregates[rng.below(aggregates.len() as u64) as usize];
+        let select: Vec<&str> = g.iter().copied().chain([a]).collect();
+        let mut sql = format!("SELECT {} FROM events WHERE {f}", select.join(", "));
+        if !g.is_empty() {
+            sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+        }
+        let expected = answer(&base, &sql).await;
+        assert_eq!(
+            answer(&env.engine, &sql).await,
+            expected,
+            "{scenario}: {sql}"
+        );
+    }
+}
+
+async fn stale_partitions(env: &Env) -> i64 {
+    let rows = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows[0][5].parse().unwrap()
+}
+
+#[tokio::test]
+async fn rollup_answers_stay_exact_as_data_lands() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+
+    let created = env.rows(DEFINITION).await;
+    assert!(
+        created[0][0].contains("72 partition(s) refreshed"),
+        "{created:?}"
+    );
+    let shown = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert_eq!(shown[0][0], "default.ev_hourly");
+    assert_eq!(shown[0][1], "default.events");
+    assert_eq!(shown[0][4], "72", "base partitions: {shown:?}");
+    assert_eq!(shown[0][5], "0", "stale partitions: {shown:?}");
+    // The storage table is not listed with the user's tables.
+    let tables = env.rows("SHOW TABLES").await;
+    assert!(
+        !tables.iter().any(|r| r[2].starts_with("__rollup_")),
+        "{tables:?}"
+    );
+    assert_exact_with(&env, "fresh rollup", 16).await;
+
+    // A new hour lands and is crawled: until the refresh, it is read from the base.
+    write_hour(&lake, 4, 0, 25, 999, "part-0.parquet");
+    env.crawl(&lake).await;
+    assert_eq!(stale_partitions(&env).await, 1);
+    let n = notes(&env, DASHBOARD[0].0).await;
+    assert!(
+        n[0].contains("1 of 73 base partition(s) it has not caught up with read from the base"),
+        "{n:?}"
+    );
+    assert_exact(&env, "new partition, before refresh").await;
+    let refreshed = env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
+    assert!(
+        refreshed[0][0].contains("1 partition(s) refreshed")
+            && refreshed[0][0].contains("72 up to date"),
+        "{refreshed:?}"
+    );
+    assert_eq!(stale_partitions(&env).await, 0);
+    assert_exact(&env, "new partition, refreshed").await;
+
+    // A late file in an old partition.
+    write_hour(&lake, 1, 5, 10, 4242, "part-late.parquet");
+    env.crawl(&lake).await;
+    assert_eq!(stale_partitions(&env).await, 1);
+    assert_exact(&env, "late file, before refresh").await;
+    env.rows("REFRESH MATERIALIZED VIEW default.ev_hourly")
+        .await;
+    assert_eq!(stale_partitions(&env).await, 0);
+    assert_exact(&env, "late file, refreshed").await;
+
+    // A partition's files are deleted: its rollup rows must no longer count.
+    std::fs::remove_dir_all(lake.join("events/year=2024/month=03/day=02/hour=07")).unwrap();
+    env.crawl(&lake).await;
+    assert_exact_with(&env, "deleted partition, before refresh", 8).await;
+    let refreshed = env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
+    assert!(refreshed[0][0].contains("1 removed"), "{refreshed:?}");
+    assert_exact(&env, "deleted partition, refreshed").await;
+
+    // A file rewritten in place (same name, other rows).
+    write_hour(&lake, 3, 23, 33, 31337, "part-0.parquet");
+    env.crawl(&lake).await;
+    assert_eq!(stale_partitions(&env).await, 1);
+    assert_exact_with(&env, "rewritten file, before refresh", 8).await;
+
+    // A full refresh interrupted midway: answers stay exact, the next refresh completes.
+    let engine = env.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .refresh_rollup("default", "ev_hourly", true)
+            .await
+            .map(|r| r.refreshed)
+    });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    task.abort();
+    let _ = task.await;
+    assert_exact(&env, "interrupted full refresh").await;
+    env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
+    assert_eq!(stale_partitions(&env).await, 0);
+    assert_exact(&env, "after the interrupted refresh").await;
+
+    // Changes made through Tarn refresh the rollup at once: a re-crawl by SQL, an INSERT.
+    write_hour(&lake, 4, 1, 12, 77, "part-0.parquet");
+    env.rows("MSCK REPAIR TABLE events").await;
+    assert_eq!(stale_partitions(&env).await, 0);
+    env.rows(
+        "INSERT INTO events (ts, user_id, kind, country, amount, value, year, month, day, hour) \
+         VALUES (TIMESTAMP '2024-03-04 02:10:00', 7, 'buy', 'DE', 5, 1.5, 2024, 3, 4, 2), \
+                (TIMESTAMP '2024-03-01 00:20:00', 8, 'view', NULL, NULL, 2.5, 2024, 3, 1, 0)",
+    )
+    .await;
+    assert_eq!(stale_partitions(&env).await, 0);
+    assert_exact(&env, "after MSCK REPAIR and INSERT").await;
+
+    // A restart keeps the rollup and its freshness.
+    let reopened = Env::open(env.dir).await;
+    assert_eq!(stale_partitions(&reopened).await, 0);
+    assert_exact(&reopened, "after a restart").await;
+    let dropped = reopened.rows("DROP MATERIALIZED VIEW ev_hourly").await;
+    assert!(dropped[0][0].contains("dropped"), "{dropped:?}");
+    assert!(reopened.rows("SHOW MATERIALIZED VIEWS").await.is_empty());
+    let n = notes(&reopened, DASHBOARD[0].0).await;
+    assert!(n.is_empty(), "{n:?}");
+}
+
+#[tokio::test]
+async fn definitions_that_cannot_be_kept_are_refused_clearly() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    let cases = [
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT kind, count(DISTINCT user_id) FROM events GROUP BY kind",
+            "DISTINCT",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT kind, median(value) FROM events GROUP BY kind",
+            "median() cannot be kept",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT upper(kind), count(*) FROM events GROUP BY 1",
+            "is not a column or date_trunc",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT kind FROM events",
+            "no GROUP BY",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW events AS SELECT kind, count(*) FROM events GROUP BY kind",
+            "is a table",
+        ),
+        ("REFRESH MATERIALIZED VIEW nope", "does not exist"),
+        ("DROP MATERIALIZED VIEW nope", "does not exist"),
+    ];
+    for (sql, expected) in cases {
+        let err = env.engine.query(sql).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+    assert!(env.rows("SHOW MATERIALIZED VIEWS").await.is_empty());
+}
