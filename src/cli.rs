@@ -53,6 +53,10 @@ impl Context {
             allowed_locations,
             warehouse: Some(warehouse),
             rollup_rewrite: !cli.no_rollup_rewrite,
+            rollup_memory: match cli.command {
+                Command::Serve(_) | Command::Demo(_) => cli.rollup_memory_mb << 20,
+                _ => 0,
+            },
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {

@@ -52,6 +52,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "TARN_NO_ROLLUP_REWRITE")]
     pub no_rollup_rewrite: bool,
 
+    /// Megabytes of memory a server (`serve`, `demo`) keeps materialized views' rows in,
+    /// so dashboard queries read no files; views beyond it are read from their files.
+    #[arg(long, global = true, env = "TARN_ROLLUP_MEMORY_MB",
+          default_value_t = crate::rollup::MEMORY_BUDGET_MB)]
+    pub rollup_memory_mb: usize,
+
     #[command(subcommand)]
     pub command: Command,
 }

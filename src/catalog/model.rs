@@ -233,6 +233,17 @@ pub struct RollupDef {
     /// rollup has not caught up with are read from the base; `None` means always exact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness_secs: Option<u64>,
+    /// How many of the base's partition columns (leading ones) the rollup's storage is
+    /// partitioned by; `None` means all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_depth: Option<usize>,
+}
+
+impl RollupDef {
+    /// The storage's partition depth for a base with `columns` partition columns.
+    pub fn depth(&self, columns: usize) -> usize {
+        self.storage_depth.unwrap_or(columns).min(columns)
+    }
 }
 
 /// One grouping column of a rollup: a base column, or a base timestamp truncated to a grain.

@@ -49,6 +49,9 @@ struct Shared {
     providers: Mutex<HashMap<i64, (TableEntry, Arc<CatalogTable>)>>,
     /// Rollups by base table, with their freshness, as of the snapshot's generation.
     rollups: crate::rollup::rewrite::SharedIndex,
+    /// Rollups' rows in memory by storage table id, with the entry they were read from.
+    #[allow(clippy::type_complexity)]
+    rollup_memory: Mutex<HashMap<i64, (TableEntry, Arc<datafusion::datasource::MemTable>, usize)>>,
     /// Held while stale rollups are being refreshed (one pass at a time).
     rollup_refresh: tokio::sync::Mutex<()>,
 }
@@ -62,6 +65,8 @@ pub struct Engine {
     allowed_locations: Arc<Vec<String>>,
     /// Where Tarn writes tables of its own (ingested tables, rollups).
     warehouse: Option<Arc<Location>>,
+    /// Bytes of Arrow memory for rollups' rows (see [`EngineOptions::rollup_memory`]).
+    rollup_memory: usize,
 }
 
 /// A planned statement: a query for DataFusion, or a command Tarn runs itself.
@@ -83,6 +88,9 @@ pub struct EngineOptions {
     pub warehouse: Option<String>,
     /// Whether aggregations may be answered from materialized views (rollups).
     pub rollup_rewrite: bool,
+    /// Bytes of Arrow memory for keeping rollups' rows in memory (0: scan their files). A
+    /// server sets it; one-shot commands do not pay for loading.
+    pub rollup_memory: usize,
 }
 
 impl Default for EngineOptions {
@@ -92,6 +100,7 @@ impl Default for EngineOptions {
             allowed_locations: Vec::new(),
             warehouse: None,
             rollup_rewrite: true,
+            rollup_memory: 0,
         }
     }
 }
@@ -135,6 +144,7 @@ impl Engine {
             providers: Mutex::new(HashMap::new()),
             rollups: Default::default(),
             rollup_refresh: tokio::sync::Mutex::new(()),
+            rollup_memory: Mutex::new(HashMap::new()),
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
@@ -178,6 +188,7 @@ impl Engine {
             state,
             allowed_locations: Arc::new(allowed_locations),
             warehouse,
+            rollup_memory: options.rollup_memory,
         })
     }
 
@@ -304,6 +315,7 @@ impl Engine {
     /// Compares every rollup with its base at this generation, for the query rewrite.
     async fn refresh_rollup_index(&self, generation: i64) -> Result<()> {
         let mut index = crate::rollup::RollupIndex::new();
+        let mut budget = self.rollup_memory;
         for record in self.shared.catalog.rollups().await? {
             let def = &record.definition;
             let base = match self
@@ -335,7 +347,13 @@ impl Engine {
                 },
                 None => Vec::new(),
             };
-            let state = crate::rollup::RollupState::new(&record, &base, storage, filter);
+            let mut state =
+                crate::rollup::RollupState::new(&record, &base, storage.clone(), filter);
+            if let Some(storage) = storage
+                && budget > 0
+            {
+                state.memory = self.rollup_in_memory(storage, &mut budget).await;
+            }
             index
                 .entry((def.base_database.clone(), def.base_table.clone()))
                 .or_default()
@@ -348,6 +366,47 @@ impl Engine {
             *guard = Arc::new(index);
         }
         Ok(())
+    }
+
+    /// A rollup's rows in memory, loaded once per storage version while `budget` lasts.
+    async fn rollup_in_memory(
+        &self,
+        storage: Arc<CatalogTable>,
+        budget: &mut usize,
+    ) -> Option<Arc<datafusion::datasource::MemTable>> {
+        let entry = storage.entry().clone();
+        let cached = self.shared.rollup_memory.lock().ok().and_then(|cache| {
+            cache
+                .get(&entry.id)
+                .filter(|(e, _, _)| e.version == entry.version && e.updated_at == entry.updated_at)
+                .map(|(_, table, bytes)| (Arc::clone(table), *bytes))
+        });
+        let (table, bytes) = match cached {
+            Some(hit) => hit,
+            None => {
+                let ctx = SessionContext::new_with_state(self.state.clone());
+                let partitions = self.state.config().target_partitions();
+                match crate::rollup::load_into_memory(&ctx, storage, partitions, *budget).await {
+                    Ok(Some((table, bytes))) => {
+                        if let Ok(mut cache) = self.shared.rollup_memory.lock() {
+                            cache.insert(entry.id, (entry, Arc::clone(&table), bytes));
+                        }
+                        (table, bytes)
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(table = %entry.name, error = %e,
+                            "rollup rows not loaded into memory; its files are scanned");
+                        return None;
+                    }
+                }
+            }
+        };
+        if bytes > *budget {
+            return None;
+        }
+        *budget -= bytes;
+        Some(table)
     }
 
     /// A rollup's `WHERE` clause as the analysed, unqualified conjuncts a query's filter is

@@ -231,8 +231,12 @@ pub(crate) async fn define(
             "it reads another materialized view's storage".into(),
         ));
     }
-    let partition_names: Vec<&str> = base_entry
-        .partition_columns
+    // Storage is partitioned by all but the finest base partition column (a year of hourly
+    // partitions is kept in 365 daily files, not 8,760): few files for queries over long
+    // ranges, and one day recomputed when one hour changes.
+    let columns = base_entry.partition_columns.len();
+    let depth = if columns >= 2 { columns - 1 } else { columns };
+    let partition_names: Vec<&str> = base_entry.partition_columns[..depth]
         .iter()
         .map(|c| c.name.as_str())
         .collect();
@@ -338,6 +342,7 @@ pub(crate) async fn define(
         measures,
         filter,
         max_staleness_secs: None,
+        storage_depth: Some(depth),
     })
 }
 
@@ -443,6 +448,9 @@ impl Engine {
         let started = Utc::now();
         let base = self.table(&def.base_database, &def.base_table).await?;
         let base_entry = base.entry().clone();
+        let depth = def.depth(base_entry.partition_columns.len());
+        let prefix = &base_entry.partition_columns[..depth];
+        let base_groups = groups(&base, depth);
         let storage_name = storage_table(&def.name);
         let location = match self.catalog().table(&def.database, &storage_name).await? {
             Some(t) => Location::parse_catalogued(&t.location)?,
@@ -468,19 +476,17 @@ impl Engine {
             .unwrap_or_default();
 
         // Base partitions by typed values, with their raw values and fingerprint.
-        let types: Vec<_> = base_entry
-            .partition_columns
-            .iter()
-            .map(|c| c.data_type)
-            .collect();
+        let types: Vec<_> = prefix.iter().map(|c| c.data_type).collect();
         let mut raw: HashMap<Vec<ScalarValue>, Vec<Option<String>>> = HashMap::new();
-        for file in self.catalog().files(base_entry.id).await? {
+        for mut file in self.catalog().files(base_entry.id).await? {
+            file.partition_values.truncate(depth);
             let key = typed(&file.partition_values, &types);
             raw.entry(key).or_insert(file.partition_values);
         }
         let mut stale = Vec::new();
         let mut report = RefreshReport::default();
-        for (key, files) in base.partition_files() {
+        for (key, files) in &base_groups {
+            let key = key.clone();
             let print = fingerprint(files.iter().copied());
             if !full
                 && current
@@ -496,12 +502,12 @@ impl Engine {
         stale.sort_by(|a, b| a.1.cmp(&b.1));
         let gone: Vec<String> = storage_files
             .iter()
-            .filter(|(k, _)| !base.partition_files().contains_key(*k))
+            .filter(|(k, _)| !base_groups.contains_key(*k))
             .flat_map(|(_, files)| files.iter().cloned())
             .collect();
         report.removed = storage_files
             .keys()
-            .filter(|k| !base.partition_files().contains_key(*k))
+            .filter(|k| !base_groups.contains_key(*k))
             .count();
 
         let ctx = SessionContext::new_with_state(self.base_state().clone());
@@ -509,14 +515,13 @@ impl Engine {
             storage.as_ref().map(|s| s.entry().file_schema.clone());
         let mut first = true;
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
-            let (result_schema, batches) =
-                compute(&ctx, &def, &base_entry.partition_columns, group).await?;
+            let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;
             let mut written = Vec::new();
             let result = async {
                 let mut upserts = Vec::new();
                 let mut removals = Vec::new();
                 for (key, values, print) in group {
-                    let rows = rows_of(&batches, &base_entry.partition_columns, key)?;
+                    let rows = rows_of(&batches, prefix, key)?;
                     let schema = storage_schema
                         .get_or_insert_with(|| file_schema(&result_schema, &def))
                         .clone();
@@ -525,7 +530,7 @@ impl Engine {
                         .map(|b| conform(b, &schema))
                         .collect::<Result<Vec<_>>>()?;
                     report.rows += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                    let folder = partition_folder(&location, &base_entry.partition_columns, values);
+                    let folder = partition_folder(&location, prefix, values);
                     let id = uuid::Uuid::new_v4().simple().to_string();
                     let path = Path::from(format!("{folder}/part-{print}-{}.parquet", &id[..12]));
                     written.push(path.clone());
@@ -551,7 +556,7 @@ impl Engine {
                     name: storage_name.clone(),
                     location: location.to_string(),
                     format: "parquet".to_string(),
-                    partition_columns: base_entry.partition_columns.clone(),
+                    partition_columns: prefix.to_vec(),
                     file_schema: storage_schema
                         .clone()
                         .unwrap_or_else(|| file_schema(&result_schema, &def)),
@@ -716,11 +721,22 @@ pub fn show_schema() -> SchemaRef {
         Field::new("base_table", DataType::Utf8, false),
         Field::new("rows", DataType::Int64, true),
         Field::new("bytes", DataType::Int64, true),
-        Field::new("base_partitions", DataType::Int64, true),
+        Field::new("partitions", DataType::Int64, true),
         Field::new("stale_partitions", DataType::Int64, true),
         Field::new("refreshed_at", DataType::Utf8, true),
         Field::new("definition", DataType::Utf8, true),
     ]))
+}
+
+/// A base table's files grouped by the first `depth` partition values.
+fn groups(base: &CatalogTable, depth: usize) -> HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> {
+    let mut out: HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> = HashMap::new();
+    for (key, files) in base.partition_files() {
+        out.entry(key[..depth.min(key.len())].to_vec())
+            .or_default()
+            .extend(files);
+    }
+    out
 }
 
 fn typed(values: &[Option<String>], types: &[crate::catalog::PartitionType]) -> Vec<ScalarValue> {
@@ -919,6 +935,8 @@ pub struct RollupState {
     pub partition_columns: Vec<PartitionColumn>,
     /// The definition's filter, analysed, as unqualified conjuncts.
     pub filter: Vec<Expr>,
+    /// The storage's rows held in memory (small rollups), scanned instead of its files.
+    pub memory: Option<Arc<datafusion::datasource::MemTable>>,
 }
 
 impl RollupState {
@@ -933,7 +951,10 @@ impl RollupState {
             .as_deref()
             .map(storage_fingerprints)
             .unwrap_or_default();
-        let partitions = base.partition_files();
+        let depth = record
+            .definition
+            .depth(base.entry().partition_columns.len());
+        let partitions = groups(base, depth);
         let mut stale = Vec::new();
         let mut fresh = std::collections::HashSet::new();
         for (key, files) in &partitions {
@@ -964,10 +985,48 @@ impl RollupState {
             storage,
             stale,
             excluded,
-            partition_columns: base.entry().partition_columns.clone(),
+            partition_columns: base.entry().partition_columns[..depth].to_vec(),
             filter,
+            memory: None,
         }
     }
+}
+
+/// Arrow memory a server spends by default on keeping rollups' rows in memory (all rollups
+/// together; `--rollup-memory-mb`).
+pub const MEMORY_BUDGET_MB: usize = 512;
+
+/// Reads a rollup's storage into memory, split into `partitions` for parallel scans.
+///
+/// # Errors
+/// Read errors; a storage larger than `limit` bytes of Arrow memory is `Ok(None)`.
+pub(crate) async fn load_into_memory(
+    ctx: &SessionContext,
+    storage: Arc<CatalogTable>,
+    partitions: usize,
+    limit: usize,
+) -> Result<Option<(Arc<datafusion::datasource::MemTable>, usize)>> {
+    use datafusion::catalog::TableProvider;
+    let schema = storage.schema();
+    let batches = ctx
+        .read_table(storage)
+        .map_err(Error::from)?
+        .collect()
+        .await
+        .map_err(Error::from)?;
+    let mut bytes = 0;
+    let mut split: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1)];
+    for (i, batch) in batches.into_iter().enumerate() {
+        let batch = conform(&batch, &schema)?;
+        bytes += batch.get_array_memory_size();
+        if bytes > limit {
+            return Ok(None);
+        }
+        let n = split.len();
+        split[i % n].push(batch);
+    }
+    let table = datafusion::datasource::MemTable::try_new(schema, split).map_err(Error::from)?;
+    Ok(Some((Arc::new(table), bytes)))
 }
 
 /// Rollups by `(base database, base table)`.

@@ -566,7 +566,10 @@ fn attempt(
                 def.database.as_str(),
                 storage_table(&def.name).as_str(),
             );
-            let source = provider_as_source(Arc::clone(storage) as Arc<dyn TableProvider>);
+            let source = match &state.memory {
+                Some(rows) => provider_as_source(Arc::clone(rows) as Arc<dyn TableProvider>),
+                None => provider_as_source(Arc::clone(storage) as Arc<dyn TableProvider>),
+            };
             let mut rollup = LogicalPlanBuilder::scan(reference, source, None)?;
             if let Some(f) = conjunction(filters.clone()) {
                 rollup = rollup.filter(f)?;
@@ -641,8 +644,16 @@ fn attempt(
     let plan = build().map_err(|e| format!("building the rewritten plan failed: {e}"))?;
     let (rows, _) = storage.size();
     let mut note = format!(
-        "used {}.{} ({rows} rows) for the aggregation over {}.{}",
-        def.database, def.name, entry.database, entry.name
+        "used {}.{} ({rows} rows{}) for the aggregation over {}.{}",
+        def.database,
+        def.name,
+        if state.memory.is_some() {
+            ", in memory"
+        } else {
+            ""
+        },
+        entry.database,
+        entry.name
     );
     if stale {
         note.push_str(&format!(

@@ -213,6 +213,8 @@ impl Env {
             &EngineOptions {
                 allowed_locations: vec![dir.path().to_string_lossy().into_owned()],
                 warehouse: Some(warehouse.to_string_lossy().into_owned()),
+                // As a server: rollups' rows in memory.
+                rollup_memory: 64 << 20,
                 ..EngineOptions::default()
             },
         )
