@@ -349,6 +349,7 @@ impl Engine {
             };
             let mut state =
                 crate::rollup::RollupState::new(&record, &base, storage.clone(), filter);
+            state.view = self.view_of(def).await;
             if let Some(storage) = storage
                 && budget > 0
             {
@@ -366,6 +367,40 @@ impl Engine {
             *guard = Arc::new(index);
         }
         Ok(())
+    }
+
+    /// A materialized view as a table: its defining query, planned on this snapshot with its
+    /// base table's database as the default (the definition reads that one table).
+    async fn view_of(
+        &self,
+        def: &crate::catalog::RollupDef,
+    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+        use datafusion::sql::parser::Statement as DFStatement;
+        use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+        let mut state = self.state.clone();
+        state.config_mut().options_mut().catalog.default_schema = def.base_database.clone();
+        let dialect = state.config().options().sql_parser.dialect;
+        let query = match state.sql_to_statement(&def.sql, &dialect) {
+            Ok(DFStatement::Statement(s)) => match *s {
+                SqlStatement::CreateView(v) => v.query,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let text = query.to_string();
+        match state
+            .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
+            .await
+        {
+            Ok(plan) => Some(Arc::new(datafusion::catalog::view::ViewTable::new(
+                plan,
+                Some(text),
+            ))),
+            Err(e) => {
+                tracing::warn!(view = %def.name, error = %e, "materialized view cannot be queried by name");
+                None
+            }
+        }
     }
 
     /// A rollup's rows in memory, loaded once per storage version while `budget` lasts.
@@ -731,6 +766,31 @@ impl Engine {
 }
 
 impl Shared {
+    /// The materialized view `database.name`, as a queryable view.
+    fn view(&self, database: &str, name: &str) -> Option<Arc<dyn TableProvider>> {
+        let index = self.rollups.read().ok()?;
+        index
+            .values()
+            .flatten()
+            .find(|s| s.def.database == database && s.def.name == name)
+            .and_then(|s| s.view.clone())
+    }
+
+    /// Names of the queryable materialized views of `database`.
+    fn view_names(&self, database: &str) -> Vec<String> {
+        self.rollups
+            .read()
+            .map(|index| {
+                index
+                    .values()
+                    .flatten()
+                    .filter(|s| s.def.database == database && s.view.is_some())
+                    .map(|s| s.def.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot
             .read()
@@ -827,6 +887,7 @@ impl SchemaProvider for TarnDatabase {
                 t.keys()
                     .filter(|n| !crate::rollup::is_storage_table(n))
                     .cloned()
+                    .chain(self.shared.view_names(&self.name))
                     .collect()
             })
             .unwrap_or_default()
@@ -834,7 +895,8 @@ impl SchemaProvider for TarnDatabase {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.shared.provider(&self.name, name).await {
-            Ok(p) => Ok(p.map(|p| p as Arc<dyn TableProvider>)),
+            Ok(Some(p)) => Ok(Some(p as Arc<dyn TableProvider>)),
+            Ok(None) => Ok(self.shared.view(&self.name, name)),
             Err(e) => Err(DataFusionError::External(Box::new(e))),
         }
     }
@@ -845,5 +907,6 @@ impl SchemaProvider for TarnDatabase {
             .databases
             .get(&self.name)
             .is_some_and(|t| t.contains_key(name))
+            || self.shared.view(&self.name, name).is_some()
     }
 }

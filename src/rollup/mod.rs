@@ -937,6 +937,9 @@ pub struct RollupState {
     pub filter: Vec<Expr>,
     /// The storage's rows held in memory (small rollups), scanned instead of its files.
     pub memory: Option<Arc<datafusion::datasource::MemTable>>,
+    /// The view itself, as a table users can query by name: its defining query (which the
+    /// rewrite then answers from the storage).
+    pub view: Option<Arc<dyn datafusion::catalog::TableProvider>>,
 }
 
 impl RollupState {
@@ -988,6 +991,7 @@ impl RollupState {
             partition_columns: base.entry().partition_columns[..depth].to_vec(),
             filter,
             memory: None,
+            view: None,
         }
     }
 }

@@ -289,6 +289,24 @@ async fn rollup_answers_stay_exact_as_data_lands() {
     );
     assert_exact_with(&env, "fresh rollup", 16).await;
 
+    // The view can be queried by name: its definition's rows, answered from its storage.
+    let select = &DEFINITION[DEFINITION.find("SELECT").unwrap()..];
+    let by_name = "SELECT * FROM ev_hourly";
+    assert_eq!(
+        answer(&env.engine, by_name).await,
+        answer(&env.engine.without_rollup_rewrite(), select).await
+    );
+    assert!(
+        notes(&env, by_name).await[0].starts_with("used default.ev_hourly"),
+        "{:?}",
+        notes(&env, by_name).await
+    );
+    let listed = env.rows("SHOW TABLES").await;
+    assert!(
+        listed.iter().any(|r| r[2] == "ev_hourly" && r[3] == "VIEW"),
+        "{listed:?}"
+    );
+
     // A new hour lands and is crawled: until the refresh, it is read from the base.
     write_hour(&lake, 4, 0, 25, 999, "part-0.parquet");
     env.crawl(&lake).await;
