@@ -1,9 +1,10 @@
-//! The admin gRPC API (`proto/tarn/v1/admin.proto`): crawls, tables, partitions and crawl
-//! history, served beside Flight SQL on the same port, and the client the CLI uses to reach
-//! a remote server (`--server URL`).
+//! The admin gRPC API (`proto/tarn/v1/admin.proto`): crawls, tables, partitions, crawl
+//! history and materialized views, served beside Flight SQL on the same port, and the
+//! client the CLI uses to reach a remote server (`--server URL`).
 
 use std::sync::Arc;
 
+use arrow::array::Array;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
@@ -20,6 +21,15 @@ pub mod proto {
 }
 
 use proto::admin_server::{Admin, AdminServer};
+
+/// A request's database, or the default one when it names none.
+fn non_empty_or_default(database: String) -> String {
+    if database.is_empty() {
+        DEFAULT_DATABASE.to_string()
+    } else {
+        database
+    }
+}
 
 /// The admin service over an engine.
 #[derive(Debug, Clone)]
@@ -50,6 +60,15 @@ impl AdminService {
             request.extensions_mut().insert(caller);
             Ok(request)
         })
+    }
+
+    /// The engine with `database` (when given) as the default for unqualified names.
+    async fn in_database(&self, database: &str) -> std::result::Result<Engine, Status> {
+        if database.is_empty() {
+            Ok(self.engine.clone())
+        } else {
+            Ok(self.engine.in_database(database).await?)
+        }
     }
 
     async fn table(
@@ -265,6 +284,107 @@ impl Admin for AdminService {
                 .collect(),
             partitions,
         }))
+    }
+
+    async fn list_views(
+        &self,
+        _request: Request<proto::ListViewsRequest>,
+    ) -> std::result::Result<Response<proto::ListViewsResponse>, Status> {
+        let shown = self.engine.show_rollups().await?;
+        let text = |c: usize, row: usize| {
+            shown
+                .column(c)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .filter(|a| a.is_valid(row))
+                .map(|a| a.value(row).to_string())
+                .unwrap_or_default()
+        };
+        let number = |c: usize, row: usize| {
+            shown
+                .column(c)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .filter(|a| a.is_valid(row))
+                .map(|a| a.value(row))
+                .unwrap_or_default()
+        };
+        let views = (0..shown.num_rows())
+            .map(|row| proto::View {
+                name: text(0, row),
+                base_table: text(1, row),
+                rows: number(2, row),
+                bytes: number(3, row),
+                partitions: number(4, row),
+                stale_partitions: number(5, row),
+                refreshed_at: text(6, row),
+                definition: text(7, row),
+            })
+            .collect();
+        Ok(Response::new(proto::ListViewsResponse { views }))
+    }
+
+    async fn create_view(
+        &self,
+        request: Request<proto::CreateViewRequest>,
+    ) -> std::result::Result<Response<proto::CreateViewResponse>, Status> {
+        caller(&request).require_admin("CREATE MATERIALIZED VIEW")?;
+        let r = request.into_inner();
+        let engine = self.in_database(&r.database).await?;
+        let command = match engine.prepare(&r.sql, None).await? {
+            crate::engine::Statement::Command(
+                c @ crate::engine::ddl::Command::CreateMaterializedView { .. },
+            ) => c,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "CreateView takes a CREATE MATERIALIZED VIEW statement",
+                ));
+            }
+        };
+        let result = engine.run_command(&command).await?;
+        let message = result
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .map(|a| a.value(0).to_string())
+            .unwrap_or_default();
+        Ok(Response::new(proto::CreateViewResponse { message }))
+    }
+
+    async fn refresh_view(
+        &self,
+        request: Request<proto::RefreshViewRequest>,
+    ) -> std::result::Result<Response<proto::RefreshViewResponse>, Status> {
+        caller(&request).require_admin("REFRESH MATERIALIZED VIEW")?;
+        let r = request.into_inner();
+        let database = non_empty_or_default(r.database);
+        let report = self
+            .engine
+            .refresh_rollup(&database, &r.name, r.full)
+            .await?;
+        Ok(Response::new(proto::RefreshViewResponse {
+            refreshed: report.refreshed as i64,
+            removed: report.removed as i64,
+            unchanged: report.unchanged as i64,
+            rows: report.rows as i64,
+        }))
+    }
+
+    async fn drop_view(
+        &self,
+        request: Request<proto::DropViewRequest>,
+    ) -> std::result::Result<Response<proto::DropViewResponse>, Status> {
+        caller(&request).require_admin("DROP MATERIALIZED VIEW")?;
+        let r = request.into_inner();
+        let database = non_empty_or_default(r.database);
+        let dropped = self.engine.drop_rollup(&database, &r.name).await?;
+        if !dropped && !r.if_exists {
+            return Err(Status::not_found(format!(
+                "materialized view '{database}.{}' does not exist",
+                r.name
+            )));
+        }
+        Ok(Response::new(proto::DropViewResponse { dropped }))
     }
 
     async fn crawl_history(

@@ -836,23 +836,8 @@ impl Catalog {
     /// whether it existed.
     pub async fn drop_rollup(&self, database: &str, name: &str, storage: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM rollups WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
-        )
-        .bind(database)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "DELETE FROM tables WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
-        )
-        .bind(database)
-        .bind(storage)
-        .execute(&mut *tx)
-        .await?;
+        let deleted = delete_named(&mut tx, Named::Rollup, database, name).await?;
+        delete_named(&mut tx, Named::Table, database, storage).await?;
         if deleted > 0 {
             bump_generation(&mut tx).await?;
         }
@@ -933,15 +918,7 @@ impl Catalog {
     /// existed.
     pub async fn drop_table(&self, database: &str, name: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM tables WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
-        )
-        .bind(database)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let deleted = delete_named(&mut tx, Named::Table, database, name).await?;
         if deleted > 0 {
             bump_generation(&mut tx).await?;
         }
@@ -1030,6 +1007,37 @@ pub struct CrawlRecord {
     pub status: String,
     /// The crawl summary (or error) as JSON.
     pub summary: Option<String>,
+}
+
+/// Catalog objects named within a database.
+enum Named {
+    Table,
+    Rollup,
+}
+
+/// Deletes the object `database.name` of a kind; returns how many rows went.
+async fn delete_named(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    kind: Named,
+    database: &str,
+    name: &str,
+) -> Result<u64> {
+    let sql = match kind {
+        Named::Table => {
+            "DELETE FROM tables WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+        }
+        Named::Rollup => {
+            "DELETE FROM rollups WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+        }
+    };
+    Ok(sqlx::query(sql)
+        .bind(database)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
 }
 
 async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {

@@ -460,3 +460,89 @@ async fn definitions_that_cannot_be_kept_are_refused_clearly() {
     }
     assert!(env.rows("SHOW MATERIALIZED VIEWS").await.is_empty());
 }
+
+#[tokio::test]
+async fn views_are_managed_over_the_admin_api() {
+    use tarn::admin::proto;
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    let server = crate::common::TestServer::start(env.engine.clone()).await;
+    let mut admin = proto::admin_client::AdminClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+
+    let created = admin
+        .create_view(proto::CreateViewRequest {
+            database: String::new(),
+            sql: DEFINITION.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        created
+            .message
+            .contains("created materialized view default.ev_hourly"),
+        "{created:?}"
+    );
+    let not_a_view = admin
+        .create_view(proto::CreateViewRequest {
+            database: String::new(),
+            sql: "SELECT 1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_a_view.code(), tonic::Code::InvalidArgument);
+
+    write_hour(&lake, 4, 0, 25, 999, "part-0.parquet");
+    env.crawl(&lake).await;
+    let views = admin
+        .list_views(proto::ListViewsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .views;
+    assert_eq!(views.len(), 1);
+    assert_eq!(
+        (
+            views[0].name.as_str(),
+            views[0].base_table.as_str(),
+            views[0].partitions,
+            views[0].stale_partitions
+        ),
+        ("default.ev_hourly", "default.events", 4, 1)
+    );
+    let refreshed = admin
+        .refresh_view(proto::RefreshViewRequest {
+            database: String::new(),
+            name: "ev_hourly".into(),
+            full: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((refreshed.refreshed, refreshed.unchanged), (1, 3));
+    assert!(refreshed.rows > 0);
+    let dropped = admin
+        .drop_view(proto::DropViewRequest {
+            database: String::new(),
+            name: "ev_hourly".into(),
+            if_exists: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dropped.dropped);
+    let missing = admin
+        .drop_view(proto::DropViewRequest {
+            database: String::new(),
+            name: "ev_hourly".into(),
+            if_exists: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    server.stop().await.unwrap();
+}
