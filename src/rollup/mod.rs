@@ -115,19 +115,19 @@ pub fn file_fingerprint(path: &str) -> Option<&str> {
     rest.split('-').next()
 }
 
-/// Storage partitions by values: their fingerprint (`None` when their files disagree, as
-/// after an interrupted write, which makes the partition stale).
+/// Storage partitions by values: their fingerprint. A refresh writes exactly one file per
+/// partition; a partition with several (two refreshes that raced, each replacing the file it
+/// saw) has `None`, so it counts as stale and is read from the base until refreshed again.
 pub fn storage_fingerprints(storage: &CatalogTable) -> HashMap<Vec<ScalarValue>, Option<String>> {
     storage
         .partition_files()
         .into_iter()
         .map(|(values, files)| {
-            let mut prints = files
-                .iter()
-                .map(|f| file_fingerprint(f.location.as_ref()).map(str::to_string));
-            let first = prints.next().flatten();
-            let same = prints.all(|p| p == first);
-            (values, if same { first } else { None })
+            let print = match files.as_slice() {
+                [only] => file_fingerprint(only.location.as_ref()).map(str::to_string),
+                _ => None,
+            };
+            (values, print)
         })
         .collect()
 }
