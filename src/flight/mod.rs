@@ -280,6 +280,19 @@ impl TarnFlightSql {
             let schema = wire_schema(&table.table_schema());
             out.push((table.database, table.name, TableType::Base, schema));
         }
+        // Materialized views, queryable by name.
+        for state in self.engine.rollup_states() {
+            if let Some(view) = &state.view {
+                let schema = wire_schema(&view.schema());
+                let def = &state.def;
+                out.push((
+                    def.database.clone(),
+                    def.name.clone(),
+                    TableType::View,
+                    schema,
+                ));
+            }
+        }
         // DataFusion's own views (information_schema) are cheap to describe.
         let tarn_databases = self.engine.databases();
         for db in catalog.schema_names() {

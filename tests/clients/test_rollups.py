@@ -57,6 +57,21 @@ def test_materialized_view_answers_dashboards_and_follows_ingest(tmp_path):
             cur.execute(DAILY)
             ours = [tuple(r) for r in cur.fetchall()]
             assert ours == oracle(good["events"])
+
+            # BI tools find the view through GetTables, as a view with its columns.
+            objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+            tables = {
+                t["table_name"]: t
+                for c in objects for d in c["catalog_db_schemas"] for t in d["db_schema_tables"]
+            }
+            assert tables["events_hourly"]["table_type"] == "VIEW"
+            assert [c["column_name"] for c in tables["events_hourly"]["table_columns"]] == [
+                "h", "kind", "n", "total", "best"
+            ]
+            assert tables["events"]["table_type"] == "TABLE"
+            assert not any(name.startswith("__rollup_") for name in tables)
+            cur.execute("SELECT sum(n) FROM events_hourly")
+            assert cur.fetchall() == [(sum(r[2] for r in ours),)]
             assert any(n.startswith("used default.events_hourly") for n in explain(cur, DAILY))
             why_not = explain(cur, "SELECT user_id, count(*) FROM events GROUP BY 1")
             assert why_not == [
