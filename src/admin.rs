@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use arrow::array::Array;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
@@ -290,35 +289,20 @@ impl Admin for AdminService {
         &self,
         _request: Request<proto::ListViewsRequest>,
     ) -> std::result::Result<Response<proto::ListViewsResponse>, Status> {
-        let shown = self.engine.show_rollups().await?;
-        let text = |c: usize, row: usize| {
-            shown
-                .column(c)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .filter(|a| a.is_valid(row))
-                .map(|a| a.value(row).to_string())
-                .unwrap_or_default()
-        };
-        let number = |c: usize, row: usize| {
-            shown
-                .column(c)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .filter(|a| a.is_valid(row))
-                .map(|a| a.value(row))
-                .unwrap_or_default()
-        };
-        let views = (0..shown.num_rows())
-            .map(|row| proto::View {
-                name: text(0, row),
-                base_table: text(1, row),
-                rows: number(2, row),
-                bytes: number(3, row),
-                partitions: number(4, row),
-                stale_partitions: number(5, row),
-                refreshed_at: text(6, row),
-                definition: text(7, row),
+        let views = self
+            .engine
+            .rollup_summaries()
+            .await?
+            .into_iter()
+            .map(|v| proto::View {
+                name: v.name,
+                base_table: v.base_table,
+                rows: v.rows.unwrap_or_default(),
+                bytes: v.bytes.unwrap_or_default(),
+                partitions: v.partitions.unwrap_or_default(),
+                stale_partitions: v.stale_partitions.unwrap_or_default(),
+                refreshed_at: v.refreshed_at.unwrap_or_default(),
+                definition: v.definition,
             })
             .collect();
         Ok(Response::new(proto::ListViewsResponse { views }))

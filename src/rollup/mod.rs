@@ -450,21 +450,15 @@ impl Engine {
         let base_entry = base.entry().clone();
         let depth = def.depth(base_entry.partition_columns.len());
         let prefix = &base_entry.partition_columns[..depth];
-        let base_groups = groups(&base, depth);
         let storage_name = storage_table(&def.name);
-        let location = match self.catalog().table(&def.database, &storage_name).await? {
-            Some(t) => Location::parse_catalogued(&t.location)?,
-            None => self.warehouse_location(&def.database, &storage_name)?,
+        let (location, storage) = match self.catalog().table(&def.database, &storage_name).await? {
+            Some(t) => (
+                Location::parse_catalogued(&t.location)?,
+                Some(self.table(&def.database, &storage_name).await?),
+            ),
+            None => (self.warehouse_location(&def.database, &storage_name)?, None),
         };
         let store = self.stores().store_for(&location)?;
-        let storage = match self.catalog().table(&def.database, &storage_name).await? {
-            Some(_) => Some(self.table(&def.database, &storage_name).await?),
-            None => None,
-        };
-        let current = storage
-            .as_deref()
-            .map(storage_fingerprints)
-            .unwrap_or_default();
         let storage_files: HashMap<Vec<ScalarValue>, Vec<String>> = storage
             .as_deref()
             .map(|s| {
@@ -474,58 +468,63 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
+        let comparison = Comparison::of(&base, storage.as_deref(), depth);
 
-        // Base partitions by typed values, with their raw values and fingerprint.
+        // The raw partition values (folder names) of each partition to recompute.
         let types: Vec<_> = prefix.iter().map(|c| c.data_type).collect();
         let mut raw: HashMap<Vec<ScalarValue>, Vec<Option<String>>> = HashMap::new();
-        for mut file in self.catalog().files(base_entry.id).await? {
-            file.partition_values.truncate(depth);
-            let key = typed(&file.partition_values, &types);
-            raw.entry(key).or_insert(file.partition_values);
+        for mut partition in self.catalog().partitions(base_entry.id).await? {
+            partition.values.truncate(depth);
+            let key = typed(&partition.values, &types);
+            raw.entry(key).or_insert(partition.values);
         }
-        let mut stale = Vec::new();
-        let mut report = RefreshReport::default();
-        for (key, files) in &base_groups {
-            let key = key.clone();
-            let print = fingerprint(files.iter().copied());
-            if !full
-                && current
-                    .get(&key)
-                    .is_some_and(|p| p.as_deref() == Some(&print))
-            {
-                report.unchanged += 1;
-                continue;
-            }
-            let values = raw.get(&key).cloned().unwrap_or_default();
-            stale.push((key, values, print));
-        }
-        stale.sort_by(|a, b| a.1.cmp(&b.1));
-        let gone: Vec<String> = storage_files
-            .iter()
-            .filter(|(k, _)| !base_groups.contains_key(*k))
-            .flat_map(|(_, files)| files.iter().cloned())
+        let mut report = RefreshReport {
+            removed: comparison.gone.len(),
+            ..RefreshReport::default()
+        };
+        let to_compute: Vec<(Vec<ScalarValue>, String)> = if full {
+            groups(&base, depth)
+                .into_iter()
+                .map(|(key, files)| (key, fingerprint(files)))
+                .collect()
+        } else {
+            comparison.stale
+        };
+        report.unchanged = comparison.partitions - to_compute.len();
+        let mut stale: Vec<StalePartition> = to_compute
+            .into_iter()
+            .map(|(key, print)| {
+                let values = raw.get(&key).cloned().unwrap_or_default();
+                (key, values, print)
+            })
             .collect();
-        report.removed = storage_files
-            .keys()
-            .filter(|k| !base_groups.contains_key(*k))
-            .count();
+        stale.sort_by(|a, b| a.1.cmp(&b.1));
 
         let ctx = SessionContext::new_with_state(self.base_state().clone());
         let mut storage_schema: Option<SchemaRef> =
             storage.as_ref().map(|s| s.entry().file_schema.clone());
-        let mut first = true;
+        let commit = |schema: SchemaRef, upserts, removals| TableCommit {
+            database: def.database.clone(),
+            name: storage_name.clone(),
+            location: location.to_string(),
+            format: "parquet".to_string(),
+            partition_columns: prefix.to_vec(),
+            file_schema: schema,
+            upserts,
+            removals,
+            declared: None,
+        };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;
+            let schema = storage_schema
+                .get_or_insert_with(|| file_schema(&result_schema, &def))
+                .clone();
             let mut written = Vec::new();
             let result = async {
                 let mut upserts = Vec::new();
                 let mut removals = Vec::new();
                 for (key, values, print) in group {
-                    let rows = rows_of(&batches, prefix, key)?;
-                    let schema = storage_schema
-                        .get_or_insert_with(|| file_schema(&result_schema, &def))
-                        .clone();
-                    let rows = rows
+                    let rows = rows_of(&batches, prefix, key)?
                         .iter()
                         .map(|b| conform(b, &schema))
                         .collect::<Result<Vec<_>>>()?;
@@ -548,23 +547,9 @@ impl Engine {
                         removals.extend(old.iter().cloned());
                     }
                 }
-                if first {
-                    removals.extend(gone.iter().cloned());
-                }
-                let commit = TableCommit {
-                    database: def.database.clone(),
-                    name: storage_name.clone(),
-                    location: location.to_string(),
-                    format: "parquet".to_string(),
-                    partition_columns: prefix.to_vec(),
-                    file_schema: storage_schema
-                        .clone()
-                        .unwrap_or_else(|| file_schema(&result_schema, &def)),
-                    upserts,
-                    removals: removals.clone(),
-                    declared: None,
-                };
-                self.catalog().commit_table(&commit).await?;
+                self.catalog()
+                    .commit_table(&commit(Arc::clone(&schema), upserts, removals.clone()))
+                    .await?;
                 Ok::<_, Error>(removals)
             }
             .await;
@@ -572,7 +557,6 @@ impl Engine {
                 Ok(removals) => {
                     delete_quietly(&store, removals).await;
                     report.refreshed += group.len();
-                    first = false;
                 }
                 Err(e) => {
                     delete_quietly(&store, written.iter().map(|p| p.to_string()).collect()).await;
@@ -580,24 +564,19 @@ impl Engine {
                 }
             }
         }
-        if first && !gone.is_empty() {
-            // Nothing to recompute, but base partitions vanished.
-            let storage_entry = storage.as_ref().map(|s| s.entry().clone());
-            if let Some(entry) = storage_entry {
-                let commit = TableCommit {
-                    database: def.database.clone(),
-                    name: storage_name.clone(),
-                    location: location.to_string(),
-                    format: "parquet".to_string(),
-                    partition_columns: entry.partition_columns.clone(),
-                    file_schema: entry.file_schema.clone(),
-                    upserts: Vec::new(),
-                    removals: gone.clone(),
-                    declared: None,
-                };
-                self.catalog().commit_table(&commit).await?;
-                delete_quietly(&store, gone).await;
-            }
+        // Storage partitions whose base partition is gone (the storage exists: they are in it).
+        let gone: Vec<String> = comparison
+            .gone
+            .iter()
+            .filter_map(|k| storage_files.get(k))
+            .flatten()
+            .cloned()
+            .collect();
+        if let (false, Some(schema)) = (gone.is_empty(), storage_schema) {
+            self.catalog()
+                .commit_table(&commit(schema, Vec::new(), gone.clone()))
+                .await?;
+            delete_quietly(&store, gone).await;
         }
         self.catalog()
             .rollup_refreshed(
@@ -667,51 +646,78 @@ impl Engine {
     /// # Errors
     /// [`Error::Catalog`] when the catalog cannot be read.
     pub async fn show_rollups(&self) -> Result<RecordBatch> {
+        let views = self.rollup_summaries().await?;
+        let text = |f: fn(&RollupSummary) -> Option<String>| {
+            Arc::new(StringArray::from(views.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+        };
+        let number = |f: fn(&RollupSummary) -> Option<i64>| {
+            Arc::new(Int64Array::from(views.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+        };
+        let columns = vec![
+            text(|v| Some(v.name.clone())),
+            text(|v| Some(v.base_table.clone())),
+            number(|v| v.rows),
+            number(|v| v.bytes),
+            number(|v| v.partitions),
+            number(|v| v.stale_partitions),
+            text(|v| v.refreshed_at.clone()),
+            text(|v| Some(v.definition.clone())),
+        ];
+        Ok(RecordBatch::try_new(show_schema(), columns)?)
+    }
+
+    /// Every rollup with its size and freshness (`SHOW MATERIALIZED VIEWS`, the admin API).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn rollup_summaries(&self) -> Result<Vec<RollupSummary>> {
         self.refresh().await?;
         let states = self.rollup_states();
-        let mut cols: [Vec<Option<String>>; 4] = Default::default();
-        let mut nums: [Vec<Option<i64>>; 4] = Default::default();
-        for r in self.catalog().rollups().await? {
-            let d = &r.definition;
-            let state = states
-                .iter()
-                .find(|s| s.def.database == d.database && s.def.name == d.name);
-            cols[0].push(Some(format!("{}.{}", d.database, d.name)));
-            cols[1].push(Some(format!("{}.{}", d.base_database, d.base_table)));
-            let (rows, bytes, partitions, stale) = match state {
-                Some(s) => {
-                    let (rows, bytes) = s.storage.as_ref().map(|t| t.size()).unwrap_or((0, 0));
-                    (
-                        Some(rows as i64),
-                        Some(bytes as i64),
-                        Some(s.base_partitions as i64),
-                        Some(s.stale.len() as i64),
-                    )
+        Ok(self
+            .catalog()
+            .rollups()
+            .await?
+            .into_iter()
+            .map(|r| {
+                let d = r.definition;
+                let state = states
+                    .iter()
+                    .find(|s| s.def.database == d.database && s.def.name == d.name);
+                let (rows, bytes) = state
+                    .and_then(|s| s.storage.as_ref())
+                    .map(|t| t.size())
+                    .unwrap_or((0, 0));
+                RollupSummary {
+                    name: format!("{}.{}", d.database, d.name),
+                    base_table: format!("{}.{}", d.base_database, d.base_table),
+                    rows: state.map(|_| rows as i64),
+                    bytes: state.map(|_| bytes as i64),
+                    partitions: state.map(|s| s.base_partitions as i64),
+                    stale_partitions: state.map(|s| s.stale.len() as i64),
+                    refreshed_at: r.refreshed_at,
+                    definition: d.sql,
                 }
-                None => (None, None, None, None),
-            };
-            nums[0].push(rows);
-            nums[1].push(bytes);
-            nums[2].push(partitions);
-            nums[3].push(stale);
-            cols[2].push(r.refreshed_at.clone());
-            cols[3].push(Some(d.sql.clone()));
-        }
-        let schema = show_schema();
-        let [name, base, refreshed, sql] = cols;
-        let [rows, bytes, partitions, stale] = nums;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(name)),
-            Arc::new(StringArray::from(base)),
-            Arc::new(Int64Array::from(rows)),
-            Arc::new(Int64Array::from(bytes)),
-            Arc::new(Int64Array::from(partitions)),
-            Arc::new(Int64Array::from(stale)),
-            Arc::new(StringArray::from(refreshed)),
-            Arc::new(StringArray::from(sql)),
-        ];
-        Ok(RecordBatch::try_new(schema, columns)?)
+            })
+            .collect())
     }
+}
+
+/// One materialized view with its size and freshness; the numbers are `None` while its
+/// base table cannot be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupSummary {
+    /// `database.name`.
+    pub name: String,
+    /// `database.table`.
+    pub base_table: String,
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
+    pub partitions: Option<i64>,
+    pub stale_partitions: Option<i64>,
+    /// RFC 3339.
+    pub refreshed_at: Option<String>,
+    /// The `CREATE MATERIALIZED VIEW` statement.
+    pub definition: String,
 }
 
 /// The schema of `SHOW MATERIALIZED VIEWS`.
@@ -950,32 +956,10 @@ impl RollupState {
         storage: Option<Arc<CatalogTable>>,
         filter: Vec<Expr>,
     ) -> Self {
-        let current = storage
-            .as_deref()
-            .map(storage_fingerprints)
-            .unwrap_or_default();
         let depth = record
             .definition
             .depth(base.entry().partition_columns.len());
-        let partitions = groups(base, depth);
-        let mut stale = Vec::new();
-        let mut fresh = std::collections::HashSet::new();
-        for (key, files) in &partitions {
-            let print = fingerprint(files.iter().copied());
-            if current
-                .get(key)
-                .is_some_and(|p| p.as_deref() == Some(&print))
-            {
-                fresh.insert(key.clone());
-            } else {
-                stale.push(key.clone());
-            }
-        }
-        let excluded = current
-            .keys()
-            .filter(|k| !fresh.contains(*k))
-            .cloned()
-            .collect();
+        let comparison = Comparison::of(base, storage.as_deref(), depth);
         Self {
             def: record.definition.clone(),
             refreshed_at: record
@@ -984,10 +968,10 @@ impl RollupState {
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc)),
             base_version: base.entry().version,
-            base_partitions: partitions.len(),
+            base_partitions: comparison.partitions,
             storage,
-            stale,
-            excluded,
+            stale: comparison.stale.into_iter().map(|(key, _)| key).collect(),
+            excluded: comparison.excluded,
             partition_columns: base.entry().partition_columns[..depth].to_vec(),
             filter,
             memory: None,
@@ -1031,6 +1015,53 @@ pub(crate) async fn load_into_memory(
     }
     let table = datafusion::datasource::MemTable::try_new(schema, split).map_err(Error::from)?;
     Ok(Some((Arc::new(table), bytes)))
+}
+
+/// A rollup's storage partitions against its base's, at the storage's partition depth.
+pub(crate) struct Comparison {
+    /// Base partitions whose stored rows are missing or out of date, with the fingerprint
+    /// of their files now.
+    pub stale: Vec<(Vec<ScalarValue>, String)>,
+    /// Storage partitions not up to date (stale, or their base partition is gone).
+    pub excluded: Vec<Vec<ScalarValue>>,
+    /// Storage partitions whose base partition is gone.
+    pub gone: Vec<Vec<ScalarValue>>,
+    /// Base partitions (at the storage's depth).
+    pub partitions: usize,
+}
+
+impl Comparison {
+    pub(crate) fn of(base: &CatalogTable, storage: Option<&CatalogTable>, depth: usize) -> Self {
+        let current = storage.map(storage_fingerprints).unwrap_or_default();
+        let partitions = groups(base, depth);
+        let mut stale = Vec::new();
+        let mut fresh = std::collections::HashSet::new();
+        for (key, files) in &partitions {
+            let print = fingerprint(files.iter().copied());
+            if current
+                .get(key)
+                .is_some_and(|p| p.as_deref() == Some(&print))
+            {
+                fresh.insert(key.clone());
+            } else {
+                stale.push((key.clone(), print));
+            }
+        }
+        Self {
+            stale,
+            excluded: current
+                .keys()
+                .filter(|k| !fresh.contains(*k))
+                .cloned()
+                .collect(),
+            gone: current
+                .keys()
+                .filter(|k| !partitions.contains_key(*k))
+                .cloned()
+                .collect(),
+            partitions: partitions.len(),
+        }
+    }
 }
 
 /// Rollups by `(base database, base table)`.
