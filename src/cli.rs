@@ -57,6 +57,10 @@ impl Context {
                 Command::Serve(_) | Command::Demo(_) => cli.rollup_memory_mb << 20,
                 _ => 0,
             },
+            result_cache: match cli.command {
+                Command::Serve(_) | Command::Demo(_) => cli.result_cache_mb << 20,
+                _ => 0,
+            },
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {

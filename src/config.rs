@@ -58,6 +58,16 @@ pub struct Cli {
           default_value_t = crate::rollup::MEMORY_BUDGET_MB)]
     pub rollup_memory_mb: usize,
 
+    /// Megabytes of memory a server (`serve`, `demo`) keeps query results in, so a
+    /// repeated query over unchanged tables is answered without running it (0: off).
+    #[arg(
+        long,
+        global = true,
+        env = "TARN_RESULT_CACHE_MB",
+        default_value_t = 256
+    )]
+    pub result_cache_mb: usize,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -107,6 +107,8 @@ pub enum Command {
     },
     /// `SHOW MATERIALIZED VIEWS`.
     ShowMaterializedViews,
+    /// `SHOW RESULT CACHE`: the result cache's size, hits and misses.
+    ShowResultCache,
     /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
     /// query's rows bulk-ingested into the table.
     Insert {
@@ -129,6 +131,7 @@ impl Command {
                 | Command::ShowHistory { .. }
                 | Command::ShowCrawls
                 | Command::ShowMaterializedViews
+                | Command::ShowResultCache
         )
     }
 
@@ -156,6 +159,20 @@ impl Command {
                 false,
             )])),
             Command::ShowMaterializedViews => crate::rollup::show_schema(),
+            Command::ShowResultCache => Arc::new(Schema::new(
+                [
+                    "entries",
+                    "bytes",
+                    "budget_bytes",
+                    "hits",
+                    "misses",
+                    "evictions",
+                    "uncacheable",
+                ]
+                .into_iter()
+                .map(|name| Field::new(name, DataType::UInt64, false))
+                .collect::<Vec<_>>(),
+            )),
             Command::ShowCrawls => Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Int64, false),
                 Field::new("location", DataType::Utf8, false),
@@ -204,6 +221,13 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                     && variable[1].value.eq_ignore_ascii_case("views") =>
             {
                 return Ok(Some(Command::ShowMaterializedViews));
+            }
+            Statement::ShowVariable { variable }
+                if variable.len() == 2
+                    && variable[0].value.eq_ignore_ascii_case("result")
+                    && variable[1].value.eq_ignore_ascii_case("cache") =>
+            {
+                return Ok(Some(Command::ShowResultCache));
             }
             Statement::CreateView(view) if view.materialized => {
                 let (database, name) = table_name(&view.name, default_db)?;
@@ -963,6 +987,22 @@ impl Engine {
                 }
             }
             Command::ShowMaterializedViews => self.show_rollups().await?,
+            Command::ShowResultCache => {
+                let s = self.result_cache_stats();
+                let columns: Vec<arrow::array::ArrayRef> = [
+                    s.entries as u64,
+                    s.bytes as u64,
+                    s.budget as u64,
+                    s.hits,
+                    s.misses,
+                    s.evictions,
+                    s.uncacheable,
+                ]
+                .into_iter()
+                .map(|v| Arc::new(arrow::array::UInt64Array::from(vec![v])) as _)
+                .collect();
+                RecordBatch::try_new(command.schema(), columns)?
+            }
             Command::CreateDatabase {
                 name,
                 if_not_exists,

@@ -6,6 +6,7 @@
 //! providers are cached per table version, so a table's file list is read from the
 //! catalog once per change, not once per query.
 
+pub mod cache;
 pub mod ddl;
 pub mod table;
 
@@ -17,10 +18,11 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use futures::TryStreamExt;
 
 use crate::catalog::{Catalog, TableEntry};
 use crate::error::{Error, Result};
@@ -54,6 +56,8 @@ struct Shared {
     rollup_memory: Mutex<HashMap<i64, (TableEntry, Arc<datafusion::datasource::MemTable>, usize)>>,
     /// Held while stale rollups are being refreshed (one pass at a time).
     rollup_refresh: tokio::sync::Mutex<()>,
+    /// Answers of repeated queries.
+    results: Arc<cache::ResultCache>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -67,6 +71,8 @@ pub struct Engine {
     warehouse: Option<Arc<Location>>,
     /// Bytes of Arrow memory for rollups' rows (see [`EngineOptions::rollup_memory`]).
     rollup_memory: usize,
+    /// Whether the rollup rewrite is among the optimizer rules (part of result cache keys).
+    rollup_rewrite: bool,
 }
 
 /// A planned statement: a query for DataFusion, or a command Tarn runs itself.
@@ -91,6 +97,8 @@ pub struct EngineOptions {
     /// Bytes of Arrow memory for keeping rollups' rows in memory (0: scan their files). A
     /// server sets it; one-shot commands do not pay for loading.
     pub rollup_memory: usize,
+    /// Bytes of memory for the result cache (0: off). A server sets it.
+    pub result_cache: usize,
 }
 
 impl Default for EngineOptions {
@@ -101,6 +109,7 @@ impl Default for EngineOptions {
             warehouse: None,
             rollup_rewrite: true,
             rollup_memory: 0,
+            result_cache: 0,
         }
     }
 }
@@ -145,6 +154,7 @@ impl Engine {
             rollups: Default::default(),
             rollup_refresh: tokio::sync::Mutex::new(()),
             rollup_memory: Mutex::new(HashMap::new()),
+            results: Arc::new(cache::ResultCache::new(options.result_cache)),
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
@@ -189,6 +199,7 @@ impl Engine {
             allowed_locations: Arc::new(allowed_locations),
             warehouse,
             rollup_memory: options.rollup_memory,
+            rollup_rewrite: options.rollup_rewrite,
         })
     }
 
@@ -199,6 +210,7 @@ impl Engine {
         engine.state = SessionStateBuilder::new_from_existing(self.state.clone())
             .with_optimizer_rules(rules)
             .build();
+        engine.rollup_rewrite = false;
         engine
     }
 
@@ -712,13 +724,16 @@ impl Engine {
             }
             _ => Vec::new(),
         };
-        let plan = self
-            .state
+        // The query's own state, with its start time: `now()` and `current_date` are that
+        // instant throughout the query.
+        let mut state = self.state.clone();
+        state.mark_start_execution();
+        let plan = state
             .statement_to_plan(statement)
             .await
             .map_err(map_plan_error)?;
         read_only().verify_plan(&plan).map_err(map_plan_error)?;
-        let mut df = DataFrame::new(self.state.clone(), plan);
+        let mut df = DataFrame::new(state, plan);
         if !notes.is_empty() {
             df = with_notes(df, notes).await?;
         }
@@ -740,10 +755,53 @@ impl Engine {
             }
             Statement::Query(df) => {
                 let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await.map_err(Error::from)?;
+                let stream = self.execute(*df).await?;
+                let batches = stream.try_collect().await.map_err(Error::from)?;
                 Ok((schema, batches))
             }
         }
+    }
+
+    /// Runs a planned query. A query that reads only catalog tables and calls no volatile
+    /// function is answered from the result cache when the same plan ran before over the
+    /// same versions of its tables and of the materialized views over them.
+    ///
+    /// # Errors
+    /// [`Error::Execution`] when the plan cannot start.
+    pub async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
+        let results = &self.shared.results;
+        if !results.enabled() {
+            return df.execute_stream().await.map_err(Error::from);
+        }
+        let Some(inputs) = cache::plan_inputs(df.logical_plan()) else {
+            results.skipped();
+            return df.execute_stream().await.map_err(Error::from);
+        };
+        let views: Vec<(i64, i64)> = self
+            .rollup_states()
+            .iter()
+            .filter(|s| {
+                inputs
+                    .iter()
+                    .any(|i| i.database == s.def.base_database && i.name == s.def.base_table)
+            })
+            .filter_map(|s| s.storage.as_ref())
+            .map(|t| (t.entry().id, t.entry().version))
+            .collect();
+        let key = format!(
+            "{}\n{inputs:?}\n{views:?}\nrewrite={}",
+            df.logical_plan().display_indent(),
+            self.rollup_rewrite
+        );
+        results
+            .serve(key, || df.execute_stream())
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The result cache's size and counters.
+    pub fn result_cache_stats(&self) -> cache::CacheStats {
+        self.shared.results.stats()
     }
 
     /// The provider of `database.name`, built from the catalog (cached per version).

@@ -213,7 +213,7 @@ impl TarnFlightSql {
             let (this, stream) = match engine.prepare_at(&sql, row, handle.generation).await? {
                 Statement::Query(df) => {
                     let this = wire_schema(df.schema().as_arrow());
-                    (this, df.execute_stream().await.map_err(Error::from)?)
+                    (this, engine.execute(*df).await?)
                 }
                 Statement::Command(command) => {
                     if command.is_update() {

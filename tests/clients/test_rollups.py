@@ -27,6 +27,11 @@ def oracle(files):
     return [tuple(r) for r in db.sql(DAILY_DUCKDB).fetchall()]
 
 
+def cache_counters(cur):
+    cur.execute("SHOW RESULT CACHE")
+    return cur.fetch_arrow_table().to_pylist()[0]
+
+
 def explain(cur, sql):
     cur.execute("EXPLAIN " + sql)
     return [r["plan"] for r in cur.fetch_arrow_table().to_pylist() if r["plan_type"] == "rollups"]
@@ -57,6 +62,13 @@ def test_materialized_view_answers_dashboards_and_follows_ingest(tmp_path):
             cur.execute(DAILY)
             ours = [tuple(r) for r in cur.fetchall()]
             assert ours == oracle(good["events"])
+
+            # The dashboard repeats its query: answered from the result cache.
+            before = cache_counters(cur)
+            cur.execute(DAILY)
+            assert [tuple(r) for r in cur.fetchall()] == ours
+            after = cache_counters(cur)
+            assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
 
             # BI tools find the view through GetTables, as a view with its columns.
             objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
@@ -100,6 +112,8 @@ def test_materialized_view_answers_dashboards_and_follows_ingest(tmp_path):
             ]
             assert len(written) == 2
             assert ours == oracle(good["events"] + written)
+            # The cached answer from before the ingest was not used (the table changed).
+            assert cache_counters(cur)["hits"] == after["hits"]
 
             cur.execute("DROP MATERIALIZED VIEW events_hourly")
             cur.fetchall()

@@ -215,6 +215,8 @@ impl Env {
                 warehouse: Some(warehouse.to_string_lossy().into_owned()),
                 // As a server: rollups' rows in memory.
                 rollup_memory: 64 << 20,
+                // As a server: repeated queries answered from the result cache.
+                result_cache: 64 << 20,
                 ..EngineOptions::default()
             },
         )

@@ -1,6 +1,7 @@
 //! Tarn's integration tests: real lakes on disk, a real SQLite catalog, a real Flight SQL
 //! server on 127.0.0.1:0 and the Rust Flight SQL client.
 
+mod cache;
 mod common;
 mod crawl;
 mod flight;
