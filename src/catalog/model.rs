@@ -266,6 +266,13 @@ pub enum MeasureKind {
     Sum,
     Min,
     Max,
+    /// A HyperLogLog sketch (`approx_distinct`), merged at query time.
+    #[serde(rename = "approx_distinct")]
+    ApproxDistinct,
+    /// `count(DISTINCT column)` per rollup group: exact only for a query grouped by
+    /// exactly the rollup's groups.
+    #[serde(rename = "count_distinct")]
+    CountDistinct,
 }
 
 impl MeasureKind {
@@ -275,6 +282,8 @@ impl MeasureKind {
             MeasureKind::Sum => "sum",
             MeasureKind::Min => "min",
             MeasureKind::Max => "max",
+            MeasureKind::ApproxDistinct => "approx_distinct",
+            MeasureKind::CountDistinct => "count_distinct",
         }
     }
 }

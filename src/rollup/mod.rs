@@ -12,6 +12,7 @@
 //! catalog commit, so readers see a partition's old rows or its new ones, never a mix.
 
 pub mod rewrite;
+pub mod sketch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -165,6 +166,8 @@ pub(crate) fn measure_expr(measure: &RollupMeasure) -> Expr {
         MeasureKind::Sum => sum(arg),
         MeasureKind::Min => min(arg),
         MeasureKind::Max => max(arg),
+        MeasureKind::ApproxDistinct => sketch::state_udaf().call(vec![arg]),
+        MeasureKind::CountDistinct => datafusion::functions_aggregate::expr_fn::count_distinct(arg),
     }
 }
 
@@ -190,7 +193,8 @@ pub(crate) async fn define(
     let unsupported = |what: String| {
         Error::Sql(format!(
             "materialized view {database}.{name}: {what}; a materialized view is \
-             SELECT <columns or date_trunc('grain', column)>, <count | sum | min | max | avg> \
+             SELECT <columns or date_trunc('grain', column)>, <count | sum | min | max | avg | \
+             approx_distinct | count(DISTINCT)> \
              FROM one table [WHERE …] GROUP BY <those columns>"
         ))
     };
@@ -242,6 +246,7 @@ pub(crate) async fn define(
         .collect();
 
     let mut dimensions = Vec::new();
+    let mut grouped_partitions = Vec::new();
     for expr in &aggregate.group_expr {
         let expr = rewrite::strip(expr);
         let (column, grain) = match &expr {
@@ -257,6 +262,7 @@ pub(crate) async fn define(
         };
         // Partition columns are always kept (storage is partitioned like the base).
         if grain.is_none() && partition_names.contains(&column.as_str()) {
+            grouped_partitions.push(column);
             continue;
         }
         let dim = RollupDimension {
@@ -283,9 +289,9 @@ pub(crate) async fn define(
             return Err(unsupported(format!("{expr} is not an aggregate")));
         };
         let p = &f.params;
-        if p.distinct {
+        if p.distinct && f.func.name() != "count" {
             return Err(unsupported(format!(
-                "{expr}: DISTINCT aggregates cannot be merged across partitions"
+                "{expr}: DISTINCT aggregates other than count cannot be kept"
             )));
         }
         if p.filter.is_some() || !p.order_by.is_empty() {
@@ -308,6 +314,38 @@ pub(crate) async fn define(
             column: argument.clone(),
         };
         match (f.func.name(), &argument) {
+            ("count", Some(c)) if p.distinct => {
+                // Kept per rollup row, which must then be a whole group: every storage
+                // partition column among the GROUP BY.
+                let missing: Vec<&str> = partition_names
+                    .iter()
+                    .copied()
+                    .filter(|n| !grouped_partitions.iter().any(|g| g == n))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(unsupported(format!(
+                        "count(DISTINCT {c}) cannot be merged across partitions, so the view \
+                         must GROUP BY {} as well (or keep approx_distinct({c}), which merges)",
+                        missing.join(", ")
+                    )));
+                }
+                add(kind(MeasureKind::CountDistinct))
+            }
+            ("approx_distinct", Some(c)) => {
+                let data_type = base_entry
+                    .table_schema()
+                    .field_with_name(c)
+                    .map(|f| f.data_type().clone())
+                    .map_err(|e| unsupported(e.to_string()))?;
+                if !sketch::sketchable(&data_type) {
+                    return Err(unsupported(format!(
+                        "approx_distinct({c}) over {data_type} values cannot be kept as a \
+                         sketch (integers of 32 or 64 bits, strings, dates, timestamps, \
+                         decimals and binary can)"
+                    )));
+                }
+                add(kind(MeasureKind::ApproxDistinct))
+            }
             ("count", _) => add(kind(MeasureKind::Count)),
             ("sum", Some(_)) => add(kind(MeasureKind::Sum)),
             ("min", Some(_)) => add(kind(MeasureKind::Min)),
@@ -318,8 +356,8 @@ pub(crate) async fn define(
             }
             (other, _) => {
                 return Err(unsupported(format!(
-                    "{other}() cannot be kept as a mergeable state (count, sum, min, max and \
-                     avg can)"
+                    "{other}() cannot be kept as a mergeable state (count, sum, min, max, avg, \
+                     approx_distinct and count(DISTINCT) can)"
                 )));
             }
         }

@@ -397,6 +397,8 @@ impl Columns<'_> {
 struct Aggregates<'a> {
     measures: &'a [RollupMeasure],
     partials: Vec<Expr>,
+    /// A kept `count(DISTINCT …)` the query uses: right only for whole rollup groups.
+    exact_groups: Option<String>,
 }
 
 impl Aggregates<'_> {
@@ -419,6 +421,13 @@ impl Aggregates<'_> {
             MeasureKind::Count | MeasureKind::Sum => sum(stored),
             MeasureKind::Min => min(stored),
             MeasureKind::Max => max(stored),
+            MeasureKind::ApproxDistinct => super::sketch::merge_udaf().call(vec![stored]),
+            // One row per group (the query groups exactly like the rollup).
+            MeasureKind::CountDistinct => {
+                self.exact_groups =
+                    Some(format!("count(DISTINCT {})", arg.as_deref().unwrap_or("*")));
+                max(stored)
+            }
         };
         let name = format!("__p{}", self.partials.len());
         self.partials.push(partial.alias(&name));
@@ -430,10 +439,19 @@ impl Aggregates<'_> {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
             return Err(format!("{expr} is not a plain aggregate"));
         };
-        if params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
+        let name = func.name();
+        if params.distinct && name != "count"
+            || params.filter.is_some()
+            || !params.order_by.is_empty()
+        {
             return Err(format!("{expr} cannot be merged from partial states"));
         }
-        let name = func.name();
+        // Distinct counts hash the column's own values: no casts.
+        if (params.distinct || name == "approx_distinct")
+            && !matches!(params.args.as_slice(), [Expr::Column(_)])
+        {
+            return Err(format!("{expr} is not a distinct count of a column"));
+        }
         let arg = match params.args.as_slice() {
             [] => None,
             [Expr::Literal(v, _)] if name == "count" && !v.is_null() => None,
@@ -447,6 +465,8 @@ impl Aggregates<'_> {
             _ => return Err(format!("{expr} is not an aggregate of a column")),
         };
         let value = match name {
+            "count" if params.distinct => self.state(MeasureKind::CountDistinct, &arg)?,
+            "approx_distinct" => self.state(MeasureKind::ApproxDistinct, &arg)?,
             "count" => datafusion::functions::expr_fn::coalesce(vec![
                 self.state(MeasureKind::Count, &arg)?,
                 lit(0i64),
@@ -544,12 +564,16 @@ fn attempt(
     let mut aggregates = Aggregates {
         measures: &def.measures,
         partials: Vec::new(),
+        exact_groups: None,
     };
     let schema = aggregate.schema.as_ref();
     let mut finals = Vec::new();
     for (j, a) in aggregate.aggr_expr.iter().enumerate() {
         let (_, field) = schema.qualified_field(aggregate.group_expr.len() + j);
         finals.push(aggregates.aggregate(&strip(a), field.data_type())?);
+    }
+    if let Some(what) = &aggregates.exact_groups {
+        exact_grouping(&groups, state, what)?;
     }
 
     // Within the view's staleness allowance, its rows are served as they are.
@@ -668,6 +692,41 @@ fn attempt(
         ));
     }
     Ok((plan, note))
+}
+
+/// A kept distinct count is one value per rollup group: the query must group by exactly the
+/// rollup's groups (its dimensions and storage partition columns, each at its own grain).
+fn exact_grouping(groups: &[Expr], state: &RollupState, what: &str) -> Result<(), String> {
+    let mut wanted: Vec<&str> = state
+        .partition_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(state.def.dimensions.iter().map(|d| d.name.as_str()))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut got: Vec<&str> = Vec::new();
+    for g in groups {
+        let inner = match g {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        match inner {
+            Expr::Column(c) => got.push(c.name.as_str()),
+            _ => got.push(""),
+        }
+    }
+    got.sort_unstable();
+    got.dedup();
+    if got == wanted {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} is kept per group of the view, so the query must GROUP BY exactly its \
+             groups ({})",
+            wanted.join(", ")
+        ))
+    }
 }
 
 #[cfg(test)]

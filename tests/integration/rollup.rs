@@ -438,6 +438,110 @@ async fn rollup_answers_stay_exact_as_data_lands() {
     assert!(n.is_empty(), "{n:?}");
 }
 
+/// Queries over the sketch view (`ev_users`) and the exact distinct-count view
+/// (`ev_exact`), and the view each must be answered from (`None`: the base).
+const DISTINCT_QUERIES: &[(&str, Option<&str>)] = &[
+    (
+        "SELECT date_trunc('day', ts) AS d, approx_distinct(user_id) AS u FROM events \
+         GROUP BY 1 ORDER BY 1",
+        Some("ev_users"),
+    ),
+    (
+        "SELECT kind, approx_distinct(user_id), approx_distinct(country), count(*) FROM events \
+         WHERE ts >= TIMESTAMP '2024-03-02 00:00:00' GROUP BY kind ORDER BY kind",
+        Some("ev_users"),
+    ),
+    (
+        "SELECT approx_distinct(user_id) FROM events",
+        Some("ev_users"),
+    ),
+    (
+        "SELECT year, month, day, kind, count(DISTINCT user_id) FROM events \
+         GROUP BY year, month, day, kind ORDER BY 1, 2, 3, 4",
+        Some("ev_exact"),
+    ),
+    (
+        "SELECT day, kind, count(DISTINCT user_id) AS u FROM events WHERE kind <> 'view' \
+         GROUP BY kind, day, month, year ORDER BY 1, 2",
+        Some("ev_exact"),
+    ),
+    // Coarser than the view's groups: a kept distinct count cannot be merged.
+    (
+        "SELECT kind, count(DISTINCT user_id) FROM events GROUP BY kind ORDER BY kind",
+        None,
+    ),
+    (
+        "SELECT year, month, day, count(DISTINCT user_id) FROM events GROUP BY 1, 2, 3",
+        None,
+    ),
+];
+
+async fn assert_distinct_exact(env: &Env, scenario: &str) {
+    let base = env.engine.without_rollup_rewrite();
+    for (sql, view) in DISTINCT_QUERIES {
+        let expected = answer(&base, sql).await;
+        assert!(!expected.is_empty(), "{scenario}: {sql}");
+        assert_eq!(
+            answer(&env.engine, sql).await,
+            expected,
+            "{scenario}: {sql}"
+        );
+        let notes = notes(env, sql).await;
+        let used: Vec<&String> = notes.iter().filter(|n| n.starts_with("used ")).collect();
+        match view {
+            Some(v) => assert!(
+                used.len() == 1 && used[0].starts_with(&format!("used default.{v} ")),
+                "{scenario}: {sql}: {notes:?}"
+            ),
+            None => {
+                assert!(used.is_empty(), "{scenario}: {sql}: {notes:?}");
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.starts_with("not used default.ev_exact")
+                            && n.contains("must GROUP BY exactly its groups")),
+                    "{scenario}: {sql}: {notes:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn distinct_counts_are_kept_as_sketches_or_per_group() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(
+        "CREATE MATERIALIZED VIEW ev_users AS SELECT date_trunc('hour', ts) AS h, kind, \
+         approx_distinct(user_id) AS users, approx_distinct(country) AS countries, count(*) AS n \
+         FROM events GROUP BY 1, 2",
+    )
+    .await;
+    env.rows(
+        "CREATE MATERIALIZED VIEW ev_exact AS SELECT year, month, day, kind, \
+         count(DISTINCT user_id) AS users FROM events GROUP BY year, month, day, kind",
+    )
+    .await;
+    assert_distinct_exact(&env, "fresh views").await;
+
+    // Data lands (a late file in an old hour, a new day) without a refresh: the views'
+    // stale partitions are computed from the base and merged with their rows.
+    write_hour(&lake, 2, 5, 30, 77, "late.parquet");
+    write_hour(&lake, 4, 1, 30, 78, "part-0.parquet");
+    env.crawl(&lake).await;
+    let shown = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert!(shown.iter().all(|r| r[5] == "2"), "{shown:?}");
+    assert_distinct_exact(&env, "stale views").await;
+
+    env.rows("REFRESH MATERIALIZED VIEW ev_users").await;
+    env.rows("REFRESH MATERIALIZED VIEW ev_exact").await;
+    let shown = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert!(shown.iter().all(|r| r[5] == "0"), "{shown:?}");
+    assert_distinct_exact(&env, "refreshed views").await;
+}
+
 #[tokio::test]
 async fn definitions_that_cannot_be_kept_are_refused_clearly() {
     let env = Env::new().await;
@@ -447,7 +551,12 @@ async fn definitions_that_cannot_be_kept_are_refused_clearly() {
     let cases = [
         (
             "CREATE MATERIALIZED VIEW v AS SELECT kind, count(DISTINCT user_id) FROM events GROUP BY kind",
-            "DISTINCT",
+            "count(DISTINCT user_id) cannot be merged across partitions, so the view must GROUP \
+             BY year, month, day as well (or keep approx_distinct(user_id), which merges)",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW v AS SELECT kind, sum(DISTINCT amount) FROM events GROUP BY kind",
+            "DISTINCT aggregates other than count cannot be kept",
         ),
         (
             "CREATE MATERIALIZED VIEW v AS SELECT kind, median(value) FROM events GROUP BY kind",
