@@ -1,0 +1,301 @@
+"""TPC-H benchmark: the 22 queries through Tarn's Flight SQL server (ADBC client), DataFusion
+in-process with default settings (`cargo bench --bench tpch`), and DuckDB, on the same
+Parquet files, in the same run.
+
+Run with `scripts/bench-tpch [--scale 1 --scale 10] [--runs 5] [--query N …]`: it builds
+the release binaries and the Python clients, generates the data with `tpchgen-cli` (kept
+between runs), crawls it into a fresh Tarn catalog, and writes
+`benches/results/tpch-sf<N>.md` and `.png`. Each query runs once cold and `--runs` times
+warm; medians and p95 are of the warm runs. Tarn's result cache is off: every run executes.
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERIES = ROOT / "benches" / "tpch"
+RESULTS = ROOT / "benches" / "results"
+TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
+
+
+def query_text(q: int, scale: float) -> str:
+    text = (QUERIES / f"q{q:02d}.sql").read_text()
+    return text.replace("{FRACTION}", f"{0.0001 / scale}").strip().rstrip(";")
+
+
+def first_row(table) -> str:
+    """The first row, values joined by `|`, numbers rounded (engines differ in digits)."""
+    if table.num_rows == 0:
+        return ""
+    values = []
+    for column in table.columns:
+        v = column[0].as_py()
+        values.append(normalise(v))
+    return "|".join(values)
+
+
+def normalise(v) -> str:
+    if v is None:
+        return "NULL"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if isinstance(v, bool):
+        return str(v)
+    return f"{f:.2f}"
+
+
+def normalise_row(text: str) -> str:
+    return "|".join(normalise(v) for v in text.split("|")) if text else ""
+
+
+def peak_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def generate(scale: float, work: Path, tpchgen: str) -> Path:
+    data = work / f"sf{scale:g}"
+    marker = data / ".complete"
+    if marker.exists():
+        print(f"using TPC-H SF{scale:g} at {data}")
+        return data
+    parts = max(2, int(scale * 2))
+    print(f"generating TPC-H SF{scale:g} ({parts} files per table) in {data} ...", flush=True)
+    started = time.time()
+    subprocess.run([tpchgen, "parquet", "-s", f"{scale:g}", "--parts", str(parts),
+                    "--output-dir", str(data), "--overwrite"], check=True)
+    marker.write_text("")
+    print(f"  generated in {time.time() - started:.0f} s")
+    return data
+
+
+def run_tarn(args, data: Path, scale: float, queries):
+    sys.path.insert(0, str(ROOT / "benches"))
+    from dashboard import Server
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    data_dir = Path(args.work_dir) / f"tarn-sf{scale:g}"
+    subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    started = time.perf_counter()
+    crawl = subprocess.run([args.tarn, "--data-dir", str(data_dir), "crawl", str(data)],
+                           capture_output=True, text=True)
+    if crawl.returncode != 0:
+        sys.exit(f"tarn crawl failed: {crawl.stderr}")
+    print(f"  tarn crawl: {time.perf_counter() - started:.2f} s")
+    flags = [a for f in args.tarn_flag or [] for a in f.split()]
+    server = Server(args.tarn, data_dir, "--result-cache-mb", "0", "--rollup-memory-mb", "0",
+                    *flags)
+    results = {}
+    try:
+        conn = flightsql.connect(server.uri)
+        for q in queries:
+            sql = query_text(q, scale)
+            times = []
+            for _ in range(args.runs + 1):
+                t = time.perf_counter()
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    table = cur.fetch_arrow_table()
+                times.append((time.perf_counter() - t) * 1000)
+            results[q] = {"ms": times, "rows": table.num_rows, "first": first_row(table)}
+            print(f"  Tarn Q{q}: {statistics.median(times[1:]):.0f} ms", flush=True)
+        conn.close()
+        peak = peak_rss_kb(server.proc.pid)
+    finally:
+        server.stop()
+    return results, peak
+
+
+def run_datafusion(args, data: Path, scale: float, queries):
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "tpch", "--", str(data), str(QUERIES),
+         f"{scale:g}", str(args.runs), *map(str, queries)],
+        cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"DataFusion run failed: {out.stderr[-2000:]}")
+    results, peak = {}, 0
+    for line in out.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        row = json.loads(line)
+        if "peak_rss_kb" in row:
+            peak = row["peak_rss_kb"]
+        else:
+            row["first"] = normalise_row(row["first"])
+            results[row["query"]] = row
+            print(f"  DataFusion Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
+                  flush=True)
+    return results, peak
+
+
+def duckdb_worker(data: str, scale: float, runs: int, queries) -> None:
+    """Runs in its own process, so its peak memory is DuckDB's alone."""
+    import duckdb
+    db = duckdb.connect()
+    for t in TABLES:
+        db.sql(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{data}/{t}/*.parquet')")
+    for q in queries:
+        sql = query_text(q, scale)
+        times = []
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            table = db.sql(sql).to_arrow_table()
+            times.append((time.perf_counter() - t) * 1000)
+        print(json.dumps({"query": q, "ms": times, "rows": table.num_rows,
+                          "first": first_row(table)}), flush=True)
+    print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def run_duckdb(args, data: Path, scale: float, queries):
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--duckdb-worker", str(data), "--scale", f"{scale:g}",
+         "--runs", str(args.runs), *[a for q in queries for a in ("--query", str(q))]],
+        stdout=subprocess.PIPE, text=True)
+    results, peak = {}, 0
+    for line in proc.stdout:
+        row = json.loads(line)
+        if "peak_rss_kb" in row:
+            peak = row["peak_rss_kb"]
+        else:
+            results[row["query"]] = row
+            print(f"  DuckDB Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
+                  flush=True)
+    if proc.wait() != 0:
+        sys.exit("DuckDB run failed")
+    return results, peak
+
+
+def stats(ms):
+    warm = sorted(ms[1:])
+    p95 = warm[min(len(warm) - 1, math.ceil(len(warm) * 0.95) - 1)]
+    return statistics.median(warm), p95, ms[0]
+
+
+def geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def report(scale, queries, tarn, datafusion, duck, peaks, runs) -> str:
+    lines = [
+        f"# TPC-H SF{scale:g}: Tarn (Flight SQL, ADBC) vs DataFusion in-process vs DuckDB",
+        "",
+        f"{os.cpu_count()} cores; one cold run and {runs} warm runs per query; "
+        "times in ms (warm median / p95, cold); ratios of warm medians.",
+        "",
+        "| query | Tarn | DataFusion | DuckDB | Tarn / DuckDB | Tarn / DataFusion | answers |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    sums = {"tarn": 0.0, "df": 0.0, "duck": 0.0}
+    medians = {"tarn": [], "df": [], "duck": []}
+    behind = []
+    for q in queries:
+        t, d, k = stats(tarn[q]["ms"]), stats(datafusion[q]["ms"]), stats(duck[q]["ms"])
+        for key, s in (("tarn", t), ("df", d), ("duck", k)):
+            sums[key] += s[0]
+            medians[key].append(s[0])
+        same = (tarn[q]["rows"] == datafusion[q]["rows"] == duck[q]["rows"]
+                and tarn[q]["first"] == datafusion[q]["first"] == duck[q]["first"])
+        if t[0] > k[0]:
+            behind.append(f"Q{q}")
+        lines.append(
+            f"| Q{q} | {t[0]:.0f} / {t[1]:.0f}, {t[2]:.0f} | {d[0]:.0f} / {d[1]:.0f}, {d[2]:.0f} "
+            f"| {k[0]:.0f} / {k[1]:.0f}, {k[2]:.0f} | {t[0] / k[0]:.2f} | {t[0] / d[0]:.2f} | "
+            f"{'same' if same else 'DIFFER'} |")
+    lines.append(
+        f"| **sum** | {sums['tarn']:.0f} | {sums['df']:.0f} | {sums['duck']:.0f} | "
+        f"{sums['tarn'] / sums['duck']:.2f} | {sums['tarn'] / sums['df']:.2f} | |")
+    g = {k: geomean(v) for k, v in medians.items()}
+    lines.append(
+        f"| **geometric mean** | {g['tarn']:.0f} | {g['df']:.0f} | {g['duck']:.0f} | "
+        f"{g['tarn'] / g['duck']:.2f} | {g['tarn'] / g['df']:.2f} | |")
+    lines.append(
+        f"| **peak memory (MB)** | {peaks['tarn'] / 1024:.0f} (server) | "
+        f"{peaks['df'] / 1024:.0f} | {peaks['duck'] / 1024:.0f} | | | |")
+    lines += ["", f"Behind DuckDB: {', '.join(behind) if behind else 'none'}.", ""]
+    return "\n".join(lines)
+
+
+def chart(scale, queries, tarn, datafusion, duck, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    width = 0.27
+    xs = range(len(queries))
+    fig, ax = plt.subplots(figsize=(14, 5))
+    for i, (label, res) in enumerate((("Tarn (Flight SQL)", tarn),
+                                      ("DataFusion in-process", datafusion),
+                                      ("DuckDB", duck))):
+        ax.bar([x + (i - 1) * width for x in xs],
+               [stats(res[q]["ms"])[0] for q in queries], width, label=label)
+    ax.set_xticks(list(xs), [f"Q{q}" for q in queries])
+    ax.set_ylabel("warm median (ms, log)")
+    ax.set_yscale("log")
+    ax.set_title(f"TPC-H SF{scale:g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, action="append")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--query", type=int, action="append")
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "tarn-tpch"))
+    parser.add_argument("--tarn", default=str(ROOT / "target" / "release" / "tarn"))
+    parser.add_argument("--tpchgen", default=str(Path(sys.executable).parent / "tpchgen-cli"))
+    parser.add_argument("--duckdb-worker", default=None)
+    # For tuning: extra global flags of `tarn serve` (e.g. "--datafusion-config
+    # execution.parquet.pushdown_filters=false"), and Tarn alone (no report written).
+    parser.add_argument("--tarn-flag", action="append")
+    parser.add_argument("--tarn-only", action="store_true")
+    args = parser.parse_args()
+    queries = args.query or list(range(1, 23))
+    scales = args.scale or [1.0, 10.0]
+    if args.duckdb_worker:
+        duckdb_worker(args.duckdb_worker, scales[0], args.runs, queries)
+        return
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for scale in scales:
+        data = generate(scale, work, args.tpchgen)
+        print(f"SF{scale:g}: Tarn through Flight SQL", flush=True)
+        tarn, tarn_peak = run_tarn(args, data, scale, queries)
+        if args.tarn_only:
+            medians = [stats(tarn[q]["ms"])[0] for q in queries]
+            print(f"Tarn SF{scale:g}: sum {sum(medians):.0f} ms, geometric mean "
+                  f"{geomean(medians):.0f} ms, peak {tarn_peak / 1024:.0f} MB")
+            continue
+        print(f"SF{scale:g}: DataFusion in-process", flush=True)
+        datafusion, df_peak = run_datafusion(args, data, scale, queries)
+        print(f"SF{scale:g}: DuckDB", flush=True)
+        duck, duck_peak = run_duckdb(args, data, scale, queries)
+        peaks = {"tarn": tarn_peak, "df": df_peak, "duck": duck_peak}
+        text = report(scale, queries, tarn, datafusion, duck, peaks, args.runs)
+        name = f"tpch-sf{scale:g}"
+        (RESULTS / f"{name}.md").write_text(text)
+        chart(scale, queries, tarn, datafusion, duck, RESULTS / f"{name}.png")
+        print()
+        print(text)
+        print(f"written {RESULTS / name}.md and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+//! TPC-H with DataFusion in-process, default settings: the baseline `benches/tpch.py` sets
+//! beside Tarn's Flight SQL server and DuckDB on the same files.
+//!
+//! `cargo bench --bench tpch -- DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY…]` registers
+//! every folder of `DATA_DIR` as a Parquet table, runs each query once cold and
+//! `WARM_RUNS` times warm, and prints one JSON object per query
+//! (`{"query": 1, "ms": [cold, warm…], "rows": 4, "first": "…"}`), then
+//! `{"peak_rss_kb": …}`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use mimalloc::MiMalloc;
+
+// The allocator Tarn's binary uses, so the comparison is of the engines.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+type Failure = Box<dyn std::error::Error>;
+
+#[tokio::main]
+async fn main() -> Result<(), Failure> {
+    // `cargo bench` passes `--bench`; positional arguments are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let [data, queries, scale, runs, only @ ..] = args.as_slice() else {
+        return Err("usage: tpch DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY…]".into());
+    };
+    let scale: f64 = scale.parse()?;
+    let runs: usize = runs.parse()?;
+    let ctx = SessionContext::new();
+    for entry in std::fs::read_dir(data)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("{}/", entry.path().display());
+            ctx.register_parquet(&name, &path, ParquetReadOptions::default())
+                .await?;
+        }
+    }
+    let selected: Vec<usize> = if only.is_empty() {
+        (1..=22).collect()
+    } else {
+        only.iter().map(|q| q.parse()).collect::<Result<_, _>>()?
+    };
+    for q in selected {
+        let sql = query_text(Path::new(queries), q, scale)?;
+        let mut times = Vec::with_capacity(runs + 1);
+        let mut rows = 0;
+        let mut first = String::new();
+        for _ in 0..=runs {
+            let started = Instant::now();
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            rows = batches.iter().map(|b| b.num_rows()).sum();
+            first = first_row(&batches)?;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"query": q, "ms": times, "rows": rows, "first": first})
+        );
+    }
+    println!("{}", serde_json::json!({"peak_rss_kb": peak_rss_kb()}));
+    Ok(())
+}
+
+/// The query's text with the scale-dependent parameter of Q11 substituted.
+fn query_text(dir: &Path, q: usize, scale: f64) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(dir.join(format!("q{q:02}.sql")))?;
+    Ok(text
+        .replace("{FRACTION}", &format!("{}", 0.0001 / scale))
+        .trim()
+        .trim_end_matches(';')
+        .to_string())
+}
+
+/// The first row, values separated by `|` (to compare answers across engines).
+fn first_row(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> Result<String, Failure> {
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(String::new());
+    };
+    let options = FormatOptions::default().with_null("NULL");
+    let mut values = Vec::new();
+    for column in batch.columns() {
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+        values.push(formatter.value(0).to_string());
+    }
+    Ok(values.join("|"))
+}
+
+/// The process's peak resident memory, from `/proc/self/status` (0 where unavailable).
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
