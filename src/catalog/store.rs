@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollups",
         include_str!("../../catalog/migrations/0003_rollups.sql"),
     ),
+    (
+        4,
+        "deferred_deletes",
+        include_str!("../../catalog/migrations/0004_deferred_deletes.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -829,6 +834,53 @@ impl Catalog {
         .bind(at)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Schedules the deletion of `paths` (objects of the table at `location`) at `due_at`
+    /// (RFC 3339, UTC).
+    pub async fn defer_deletes(
+        &self,
+        location: &str,
+        paths: &[String],
+        due_at: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for path in paths {
+            sqlx::query(
+                "INSERT INTO deferred_deletes (location, path, due_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(location)
+            .bind(path)
+            .bind(due_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletions due at `now` (RFC 3339, UTC): `(id, location, path)`.
+    pub async fn due_deletes(&self, now: &str) -> Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query_as::<_, (i64, String, String)>(
+            "SELECT id, location, path FROM deferred_deletes WHERE due_at <= ?1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Forgets deletions that were carried out.
+    pub async fn forget_deletes(&self, ids: &[i64]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM deferred_deletes WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -593,7 +593,7 @@ impl Engine {
             .await;
             match result {
                 Ok(removals) => {
-                    delete_quietly(&store, removals).await;
+                    self.defer_deletes(&location, removals).await;
                     report.refreshed += group.len();
                 }
                 Err(e) => {
@@ -614,7 +614,7 @@ impl Engine {
             self.catalog()
                 .commit_table(&commit(schema, Vec::new(), gone.clone()))
                 .await?;
-            delete_quietly(&store, gone).await;
+            self.defer_deletes(&location, gone).await;
         }
         self.catalog()
             .rollup_refreshed(
@@ -636,6 +636,9 @@ impl Engine {
         let Some(_running) = self.rollup_refresh_guard() else {
             return;
         };
+        if let Err(e) = self.sweep_deferred_deletes(Utc::now()).await {
+            tracing::warn!(error = %e, "could not delete replaced rollup files; will retry");
+        }
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "could not read the catalog to refresh rollups");
             return;
@@ -670,10 +673,9 @@ impl Engine {
             .catalog()
             .drop_rollup(database, name, &storage_name)
             .await?;
-        if let Some((location, files)) = files
-            && let Ok(store) = self.stores().store_for(&location)
-        {
-            delete_quietly(&store, files.into_iter().map(|f| f.path).collect()).await;
+        if let Some((location, files)) = files {
+            self.defer_deletes(&location, files.into_iter().map(|f| f.path).collect())
+                .await;
         }
         self.refresh().await?;
         Ok(dropped)
@@ -949,6 +951,59 @@ fn partition_folder(
         parts.push(format!("{}={v}", c.name));
     }
     Path::from_iter(parts).to_string()
+}
+
+/// How long a replaced rollup file outlives its replacement: a query planned before the
+/// replacement may still be reading it.
+pub const DELETE_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+impl Engine {
+    /// Schedules replaced files of `location` for deletion after [`DELETE_GRACE`]. A failure
+    /// only leaves files behind (logged): the catalog no longer references them.
+    async fn defer_deletes(&self, location: &Location, paths: Vec<String>) {
+        if paths.is_empty() {
+            return;
+        }
+        let due = (Utc::now() + DELETE_GRACE).to_rfc3339_opts(SecondsFormat::Millis, true);
+        if let Err(e) = self
+            .catalog()
+            .defer_deletes(location.url.as_str(), &paths, &due)
+            .await
+        {
+            tracing::warn!(location = %location.url, files = paths.len(), error = %e,
+                "could not schedule the deletion of replaced rollup files; they stay");
+        }
+    }
+
+    /// Deletes the replaced files whose grace period ended by `now` (after every crawl,
+    /// ingest and server tick). Returns how many deletions were carried out.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read or written.
+    pub async fn sweep_deferred_deletes(&self, now: DateTime<Utc>) -> Result<usize> {
+        let due = self
+            .catalog()
+            .due_deletes(&now.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .await?;
+        let mut by_location: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (_, location, path) in &due {
+            by_location
+                .entry(location.as_str())
+                .or_default()
+                .push(path.clone());
+        }
+        for (location, paths) in by_location {
+            match Location::parse_catalogued(location).and_then(|l| self.stores().store_for(&l)) {
+                Ok(store) => delete_quietly(&store, paths).await,
+                Err(e) => {
+                    tracing::warn!(%location, error = %e, "cannot reach replaced rollup files")
+                }
+            }
+        }
+        let ids: Vec<i64> = due.iter().map(|(id, _, _)| *id).collect();
+        self.catalog().forget_deletes(&ids).await?;
+        Ok(ids.len())
+    }
 }
 
 async fn delete_quietly(store: &Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {

@@ -542,6 +542,68 @@ async fn distinct_counts_are_kept_as_sketches_or_per_group() {
     assert_distinct_exact(&env, "refreshed views").await;
 }
 
+/// The Parquet files under `dir`, recursively, sorted.
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn replaced_rollup_files_outlive_their_replacement_by_a_grace_period() {
+    use chrono::{TimeDelta, Utc};
+    use tarn::rollup::DELETE_GRACE;
+
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(DEFINITION).await;
+    let storage = env.dir.path().join("warehouse/default/__rollup_ev_hourly");
+    let before = parquet_files(&storage);
+    assert_eq!(before.len(), 3, "one file per day: {before:?}");
+
+    // A late file in day 2: that day's rollup file is replaced, but a query planned
+    // before the refresh may still be reading the old one.
+    write_hour(&lake, 2, 5, 30, 91, "late.parquet");
+    env.crawl(&lake).await;
+    env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
+    assert_eq!(parquet_files(&storage).len(), 4);
+    assert_eq!(
+        env.engine.sweep_deferred_deletes(Utc::now()).await.unwrap(),
+        0
+    );
+    assert_eq!(parquet_files(&storage).len(), 4);
+
+    // Once the grace period is over, the sweep deletes it; answers stay exact.
+    let later = Utc::now() + DELETE_GRACE + TimeDelta::seconds(1);
+    assert_eq!(env.engine.sweep_deferred_deletes(later).await.unwrap(), 1);
+    let after = parquet_files(&storage);
+    assert_eq!(after.len(), 3);
+    let gone: Vec<_> = before.iter().filter(|f| !after.contains(f)).collect();
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].to_string_lossy().contains("day=02"), "{gone:?}");
+    assert_exact(&env, "after the sweep").await;
+
+    // A dropped view's files go the same way.
+    env.rows("DROP MATERIALIZED VIEW ev_hourly").await;
+    assert_eq!(parquet_files(&storage).len(), 3);
+    let later = Utc::now() + DELETE_GRACE + TimeDelta::seconds(1);
+    assert_eq!(env.engine.sweep_deferred_deletes(later).await.unwrap(), 3);
+    assert!(parquet_files(&storage).is_empty());
+}
+
 #[tokio::test]
 async fn definitions_that_cannot_be_kept_are_refused_clearly() {
     let env = Env::new().await;
