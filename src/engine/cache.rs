@@ -62,21 +62,17 @@ struct Inner {
 /// A bounded, least-recently-used cache of query results.
 #[derive(Debug)]
 pub struct ResultCache {
+    /// Bytes of results kept at most (fixed at start).
+    budget: usize,
     inner: Mutex<Inner>,
 }
 
 impl ResultCache {
     /// A cache holding at most `budget` bytes of Arrow data (0 disables it).
     pub fn new(budget: usize) -> Self {
-        let inner = Inner {
-            stats: CacheStats {
-                budget,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
         Self {
-            inner: Mutex::new(inner),
+            budget,
+            inner: Mutex::new(Inner::default()),
         }
     }
 
@@ -87,20 +83,21 @@ impl ResultCache {
     }
 
     pub fn enabled(&self) -> bool {
-        self.lock().stats.budget > 0
+        self.budget > 0
     }
 
     pub fn stats(&self) -> CacheStats {
         let inner = self.lock();
         CacheStats {
             entries: inner.entries.len(),
+            budget: self.budget,
             ..inner.stats
         }
     }
 
     /// Largest result kept, so one query cannot flush the whole cache.
     fn entry_limit(&self) -> usize {
-        self.lock().stats.budget / 8
+        self.budget / 8
     }
 
     /// Counts a query that cannot be cached.
@@ -129,7 +126,7 @@ impl ResultCache {
 
     fn insert(&self, key: String, schema: SchemaRef, batches: Vec<RecordBatch>, bytes: usize) {
         let mut inner = self.lock();
-        if bytes > inner.stats.budget / 8 {
+        if bytes > self.entry_limit() {
             inner.stats.uncacheable += 1;
             return;
         }
@@ -138,7 +135,7 @@ impl ResultCache {
         if let Some(old) = inner.entries.remove(&key) {
             inner.stats.bytes -= old.bytes;
         }
-        while inner.stats.bytes + bytes > inner.stats.budget {
+        while inner.stats.bytes + bytes > self.budget {
             let Some(oldest) = inner
                 .entries
                 .iter()
