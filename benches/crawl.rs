@@ -250,6 +250,7 @@ async fn main() {
             upserts,
             removals: vec![],
             declared: None,
+            format_state: None,
         })
         .await
         .expect("commit");

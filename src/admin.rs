@@ -160,6 +160,7 @@ impl Admin for AdminService {
             } else {
                 r.schema_change.parse().map_err(Status::invalid_argument)?
             },
+            sample_rows: None,
         };
         let database = r
             .database
@@ -217,11 +218,31 @@ impl Admin for AdminService {
         let catalog = self.engine.catalog();
         let partitions = catalog.partitions(table.id).await?;
         let history = catalog.schema_history(table.id).await?;
-        let partition_names: Vec<&str> = table
+        // A Delta table's partition columns and size are those of its catalogued version.
+        let format_state = catalog
+            .table_properties(table.id)
+            .await?
+            .get("format_state")
+            .cloned()
+            .unwrap_or_default();
+        let mut partition_names: Vec<&str> = table
             .partition_columns
             .iter()
             .map(|c| c.name.as_str())
             .collect();
+        if let Some(names) = format_state["partition_columns"].as_array() {
+            partition_names.extend(names.iter().filter_map(|n| n.as_str()));
+        }
+        let (files, bytes) = match (
+            format_state["files"].as_i64(),
+            format_state["bytes"].as_i64(),
+        ) {
+            (Some(files), Some(bytes)) => (files, bytes),
+            _ => (
+                partitions.iter().map(|p| p.file_count).sum(),
+                partitions.iter().map(|p| p.total_bytes).sum(),
+            ),
+        };
         let columns = table
             .table_schema()
             .fields()
@@ -237,8 +258,9 @@ impl Admin for AdminService {
             table: Some(table_summary(&table)),
             columns,
             partitions: partitions.len() as i64,
-            files: partitions.iter().map(|p| p.file_count).sum(),
-            bytes: partitions.iter().map(|p| p.total_bytes).sum(),
+            files,
+            bytes,
+            delta_version: format_state["version"].as_u64(),
             rows: partitions.iter().map(|p| p.row_count).sum(),
             schema_history: history
                 .into_iter()
@@ -454,6 +476,7 @@ impl Remote {
         let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint_url)
             .map_err(|e| Error::InvalidArgument(format!("server URL '{}': {e}", self.url)))?;
         if tls {
+            crate::config::use_ring_for_tls();
             let mut config = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = &self.tls_ca {
                 config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));

@@ -310,6 +310,9 @@ async fn admin_command(mut admin: Admin, command: &Command) -> Result<()> {
                 println!("{}.{} ({}) at {}", t.database, t.name, t.format, t.location);
                 println!("version {}, updated {}", t.version, t.updated_at);
             }
+            if let Some(v) = d.delta_version {
+                println!("Delta version {v} (earlier ones: SHOW HISTORY, VERSION AS OF n)");
+            }
             println!(
                 "{} partitions, {} files, {:.1} MB, {} rows",
                 d.partitions,

@@ -210,6 +210,10 @@ pub struct CrawlShapeArgs {
     /// reports it.
     #[arg(long, default_value = "update")]
     pub schema_change: crate::crawler::SchemaChangePolicy,
+    /// CSV and JSON files: how many records from the start of each new file its columns
+    /// are inferred from (the sample grows to fit them, up to 64 MiB).
+    #[arg(long, env = "TARN_SAMPLE_ROWS")]
+    pub sample_rows: Option<usize>,
 }
 
 impl CrawlShapeArgs {
@@ -222,6 +226,7 @@ impl CrawlShapeArgs {
             partition_types: self.partition_types.iter().cloned().collect(),
             max_tables: self.max_tables,
             schema_change: self.schema_change,
+            sample_rows: self.sample_rows,
         }
     }
 }
@@ -340,4 +345,12 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+/// Makes ring rustls's process-wide crypto provider, as tonic's TLS is built with it. Two
+/// providers are compiled in (deltalake's HTTP client brings aws-lc-rs), and rustls then
+/// refuses to pick one by itself. Idempotent.
+pub fn use_ring_for_tls() {
+    // An error means a provider is installed already, which is all this asks for.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

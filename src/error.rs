@@ -98,42 +98,61 @@ impl Error {
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        use datafusion::error::DataFusionError as D;
-        match e {
-            // The parser's own message carries the line and column.
-            D::SQL(parser, _) => Error::Sql(
-                parser
-                    .to_string()
-                    .trim_start_matches("sql parser error: ")
-                    .to_string(),
-            ),
-            D::Plan(message) => Error::Sql(message),
-            D::SchemaError(..) | D::NotImplemented(_) => {
-                Error::Sql(e.strip_backtrace().to_string())
-            }
-            D::Context(ctx, inner) => match Error::from(*inner) {
-                Error::Sql(m) => Error::Sql(format!("{ctx}: {m}")),
-                Error::Execution(m) => Error::Execution(format!("{ctx}: {m}")),
-                other => other,
-            },
-            D::Diagnostic(_, inner) => Error::from(*inner),
-            D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
-                Ok(inner) => Error::from(inner),
-                Err(shared) => Error::Execution(shared.to_string()),
-            },
-            D::External(ext) => match ext.downcast::<Error>() {
-                Ok(tarn) => *tarn,
-                Err(other) => Error::Execution(other.to_string()),
-            },
-            other => Error::Execution(other.strip_backtrace().to_string()),
+        match from_datafusion(e) {
+            Error::Execution(message) => execution(message),
+            other => other,
         }
+    }
+}
+
+/// Tarn's error for a DataFusion error (before [`execution`] adds fixes).
+fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        // The parser's own message carries the line and column.
+        D::SQL(parser, _) => Error::Sql(
+            parser
+                .to_string()
+                .trim_start_matches("sql parser error: ")
+                .to_string(),
+        ),
+        D::Plan(message) => Error::Sql(message),
+        D::SchemaError(..) | D::NotImplemented(_) => Error::Sql(e.strip_backtrace().to_string()),
+        D::Context(ctx, inner) => match Error::from(*inner) {
+            Error::Sql(m) => Error::Sql(format!("{ctx}: {m}")),
+            Error::Execution(m) => Error::Execution(format!("{ctx}: {m}")),
+            other => other,
+        },
+        D::Diagnostic(_, inner) => Error::from(*inner),
+        D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+            Ok(inner) => Error::from(inner),
+            Err(shared) => Error::Execution(shared.to_string()),
+        },
+        D::External(ext) => match ext.downcast::<Error>() {
+            Ok(tarn) => *tarn,
+            Err(other) => Error::Execution(other.to_string()),
+        },
+        other => Error::Execution(other.strip_backtrace().to_string()),
     }
 }
 
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
-        Error::Execution(e.to_string())
+        execution(e.to_string())
     }
+}
+
+/// An execution failure; a value that does not parse as its column's type gets the fix,
+/// since for CSV and JSON tables that type was inferred from a sample.
+fn execution(message: String) -> Error {
+    if message.contains("Error while parsing value") && !message.contains("--sample-rows") {
+        return Error::Execution(format!(
+            "{message}; a CSV or JSON table's column types are inferred from the first records \
+             of each file: crawl it again with a larger --sample-rows, or declare the columns \
+             with CREATE EXTERNAL TABLE … (column TYPE, …) STORED AS CSV"
+        ));
+    }
+    Error::Execution(message)
 }
 
 impl From<Error> for tonic::Status {

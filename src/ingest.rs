@@ -221,6 +221,7 @@ where
         upserts: written.done.clone(),
         removals: removals.clone(),
         declared: None,
+        format_state: None,
     };
     if let Err(e) = catalog.commit_table(&commit).await {
         written.abort().await;

@@ -15,6 +15,7 @@
 //! - [`engine`]: DataFusion sessions whose tables are planned from the catalog.
 //! - [`flight`]: the Arrow Flight SQL service.
 //! - [`ingest`]: bulk ingest of record batches into Parquet tables.
+//! - [`delta`]: Delta Lake tables (log replay, time travel) through deltalake.
 //! - [`demo`]: the sample lake behind `tarn demo`.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod crawler;
+pub mod delta;
 pub mod demo;
 pub mod engine;
 pub mod error;

@@ -168,6 +168,10 @@ pub struct TableCommit {
     pub removals: Vec<String>,
     /// When set, stored as the table's `declared` property in the same transaction.
     pub declared: Option<serde_json::Value>,
+    /// What a table format with its own log records of the version catalogued (a Delta
+    /// table's version), stored as the `format_state` property; a change is a new table
+    /// version.
+    pub format_state: Option<serde_json::Value>,
 }
 
 /// Outcome of committing a [`TableCommit`].
@@ -195,6 +199,9 @@ pub struct CrawlerOptions {
     pub max_tables: Option<usize>,
     #[serde(default)]
     pub schema_change: crate::crawler::SchemaChangePolicy,
+    /// CSV and JSON: records sampled per new file to infer its columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rows: Option<usize>,
 }
 
 /// A crawler as the catalog records it.

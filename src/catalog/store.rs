@@ -353,7 +353,8 @@ impl Catalog {
         let schema_bytes = encode_schema(&schema);
 
         let existing = sqlx::query(
-            "SELECT t.id, t.schema_version, s.schema, t.partition_columns, t.location
+            "SELECT t.id, t.schema_version, s.schema, t.partition_columns, t.location, t.format,
+                    json_extract(t.properties, '$.format_state')
              FROM tables t JOIN schema_versions s
                ON s.table_id = t.id AND s.version = t.schema_version
              WHERE t.database_id = ?1 AND t.name = ?2",
@@ -398,15 +399,24 @@ impl Catalog {
                 }
                 if row.get::<&str, _>(3) != partition_json
                     || row.get::<&str, _>(4) != commit.location
+                    || row.get::<&str, _>(5) != commit.format
                 {
                     sqlx::query(
-                        "UPDATE tables SET partition_columns = ?2, location = ?3 WHERE id = ?1",
+                        "UPDATE tables SET partition_columns = ?2, location = ?3, format = ?4
+                         WHERE id = ?1",
                     )
                     .bind(id)
                     .bind(&partition_json)
                     .bind(&commit.location)
+                    .bind(&commit.format)
                     .execute(&mut *tx)
                     .await?;
+                    outcome.changed = true;
+                }
+                let old_state = row
+                    .get::<Option<String>, _>(6)
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+                if commit.format_state.is_some() && commit.format_state != old_state {
                     outcome.changed = true;
                 }
                 id
@@ -441,15 +451,21 @@ impl Catalog {
             }
         };
 
-        if let Some(declared) = &commit.declared {
-            sqlx::query(
-                "UPDATE tables SET properties = json_set(properties, '$.declared', json(?2))
-                 WHERE id = ?1",
-            )
-            .bind(table_id)
-            .bind(declared.to_string())
-            .execute(&mut *tx)
-            .await?;
+        for (key, value) in [
+            ("format_state", &commit.format_state),
+            ("declared", &commit.declared),
+        ] {
+            if let Some(value) = value {
+                sqlx::query(
+                    "UPDATE tables SET properties = json_set(properties, '$.' || ?2, json(?3))
+                     WHERE id = ?1",
+                )
+                .bind(table_id)
+                .bind(key)
+                .bind(value.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
         }
 
         for path in &commit.removals {

@@ -314,7 +314,8 @@ pub fn foreign_table_roots<'a>(
     roots
 }
 
-fn is_delta_log_entry(name: &str) -> bool {
+/// Whether `name`, in a `_delta_log/` folder, makes that folder a Delta table's log.
+pub fn is_delta_log_entry(name: &str) -> bool {
     if name == "_last_checkpoint" {
         return true;
     }

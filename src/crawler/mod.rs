@@ -15,6 +15,7 @@ pub mod footer;
 pub mod jobs;
 pub mod layout;
 pub mod schema;
+pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,14 +27,19 @@ use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
+use crate::delta::At;
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
 use footer::{FooterError, read_footer};
 use layout::{
-    Skip, classify, foreign_table_roots, group_tables, infer_partition_type, is_under, place_file,
-    table_name_from,
+    ForeignFormat, Skip, classify, foreign_table_roots, group_tables, infer_partition_type,
+    is_under, place_file, table_name_from,
 };
 use schema::SchemaMerger;
+use text::FileFormat;
+
+/// Default number of records of a CSV or JSON file its columns are inferred from.
+pub const DEFAULT_SAMPLE_ROWS: usize = 1000;
 
 /// Default number of footer reads in flight at once.
 pub const DEFAULT_FOOTER_CONCURRENCY: usize = 32;
@@ -63,6 +69,9 @@ pub struct CrawlOptions {
     pub crawler: Option<String>,
     /// What to do when an existing table's schema changes (Glue's schema change policy).
     pub schema_change: SchemaChangePolicy,
+    /// CSV and JSON files: how many records of each new file's start its columns are
+    /// inferred from.
+    pub sample_rows: usize,
 }
 
 impl CrawlOptions {
@@ -80,6 +89,7 @@ impl CrawlOptions {
             exclude: kept.exclude.clone(),
             max_tables: kept.max_tables,
             schema_change: kept.schema_change,
+            sample_rows: kept.sample_rows.unwrap_or(DEFAULT_SAMPLE_ROWS),
             ..Self::default()
         }
     }
@@ -238,6 +248,7 @@ impl Default for CrawlOptions {
             max_tables: None,
             crawler: None,
             schema_change: SchemaChangePolicy::Update,
+            sample_rows: DEFAULT_SAMPLE_ROWS,
         }
     }
 }
@@ -280,6 +291,9 @@ pub struct CrawlSummary {
     pub files_unchanged: u64,
     pub bytes_added: u64,
     pub footers_read: u64,
+    /// CSV and JSON files whose start was read to infer their columns.
+    #[serde(default)]
+    pub samples_read: u64,
     pub skipped: Skipped,
     pub problems: Vec<Problem>,
     pub elapsed_ms: u64,
@@ -323,10 +337,11 @@ impl std::fmt::Display for CrawlSummary {
         )?;
         writeln!(
             f,
-            "  listed {} objects, read {} footers; skipped {} hidden/marker, {} in progress, \
-             {} empty, {} not Parquet",
+            "  listed {} objects, read {} footers and {} CSV/JSON samples; skipped {} \
+             hidden/marker, {} in progress, {} empty, {} not data",
             self.files_listed,
             self.footers_read,
+            self.samples_read,
             self.skipped.hidden,
             self.skipped.in_progress,
             self.skipped.empty,
@@ -486,20 +501,32 @@ impl Crawler {
                 .unwrap_or(full)
                 .trim_start_matches('/')
         }));
+        // Delta tables are catalogued from their logs; one inside a folder crawled as one
+        // named table, and Iceberg tables, are reported.
+        let mut delta_roots: Vec<String> = Vec::new();
         for (root, format) in &foreign {
             let path = if root.is_empty() {
                 location.to_string()
             } else {
                 format!("{location}{root}/")
             };
-            summary.problems.push(Problem {
-                path,
-                message: format!(
-                    "a {format} table: Tarn does not read {format} tables yet, so its files were \
-                     not crawled as loose Parquet (they can include files the table has removed)"
-                ),
-            });
+            let message = match format {
+                ForeignFormat::Delta if options.table.is_none() || root.is_empty() => {
+                    delta_roots.push(root.clone());
+                    continue;
+                }
+                ForeignFormat::Delta => "a Delta Lake table inside the folder of the named \
+                     table: its files were not crawled as loose Parquet; crawl its own folder to \
+                     catalogue it as a Delta table"
+                    .to_string(),
+                ForeignFormat::Iceberg => "an Iceberg table: Tarn does not read Iceberg tables \
+                     yet, so its files were not crawled as loose Parquet (they can include files \
+                     the table has removed)"
+                    .to_string(),
+            };
+            summary.problems.push(Problem { path, message });
         }
+        let delta_newest = newest_delta_versions(listed.iter().map(&relative_of), &delta_roots);
         let include = glob_set(&options.include)?;
         let exclude = glob_set(&options.exclude)?;
         let mut candidates = Vec::new();
@@ -525,7 +552,7 @@ impl Crawler {
         candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
         let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
         let mut layouts = group_tables(&relatives, options.table.is_some());
-        if layouts.is_empty() && options.table.is_some() {
+        if layouts.is_empty() && options.table.is_some() && delta_roots.is_empty() {
             // A named table whose folder holds no data (yet, or any more): still crawl it,
             // so its catalogued files are dropped or its declared layout is created.
             layouts.push(layout::TableLayout {
@@ -537,6 +564,35 @@ impl Crawler {
         let root_name = prefix_str.rsplit('/').next().unwrap_or("").to_string();
         let mut names_seen: BTreeSet<String> = BTreeSet::new();
         let mut seen_locations: BTreeSet<String> = BTreeSet::new();
+        let mut planned_delta = Vec::with_capacity(delta_roots.len());
+        for root in &delta_roots {
+            let name = match &options.table {
+                Some(t) => t.clone(),
+                None => {
+                    let base = if root.is_empty() {
+                        root_name.as_str()
+                    } else {
+                        root.rsplit('/').next().unwrap_or("")
+                    };
+                    let mut name = table_name_from(base);
+                    if names_seen.contains(&name) {
+                        name = table_name_from(&root.replace('/', "_"));
+                    }
+                    name
+                }
+            };
+            names_seen.insert(name.clone());
+            let table_path = if root.is_empty() {
+                prefix.clone()
+            } else if prefix_str.is_empty() {
+                object_store::path::Path::from(root.as_str())
+            } else {
+                object_store::path::Path::from(format!("{prefix_str}/{root}"))
+            };
+            let table_url = location.child_url(&table_path);
+            seen_locations.insert(table_url.clone());
+            planned_delta.push((name, table_url, delta_newest.get(root).copied()));
+        }
         let mut planned = Vec::with_capacity(layouts.len());
         for layout in layouts {
             let name = match &options.table {
@@ -569,7 +625,11 @@ impl Crawler {
         }
         if let Some(limit) = options.max_tables {
             let mut new_tables = Vec::new();
-            for (_, name, _, _) in &planned {
+            let names = planned
+                .iter()
+                .map(|(_, name, _, _)| name)
+                .chain(planned_delta.iter().map(|(name, _, _)| name));
+            for name in names {
                 if self.catalog.table(&options.database, name).await?.is_none() {
                     new_tables.push(name.as_str());
                 }
@@ -589,6 +649,10 @@ impl Crawler {
                     if new_tables.len() > 5 { ", …" } else { "" }
                 )));
             }
+        }
+        for (name, table_url, newest) in planned_delta {
+            self.crawl_delta(&store, options, &name, &table_url, newest, &mut summary)
+                .await?;
         }
         for (layout, name, table_path, table_url) in planned {
             let files: Vec<&Candidate> = layout.files.iter().map(|i| &candidates[*i]).collect();
@@ -618,6 +682,20 @@ impl Crawler {
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
                 && !still_there
+                && table.format == "delta"
+            {
+                summary.problems.push(Problem {
+                    path: table.location.clone(),
+                    message: format!(
+                        "the Delta log of {}.{} is gone; the table keeps the version last \
+                         catalogued (DROP TABLE removes it)",
+                        table.database, table.name
+                    ),
+                });
+            } else if table.database == options.database
+                && !seen_locations.contains(&table.location)
+                && options.table.is_none()
+                && !still_there
             {
                 self.crawl_table(
                     &store,
@@ -635,6 +713,88 @@ impl Crawler {
         Ok(summary)
     }
 
+    /// Catalogues the Delta table at `table_url` at the newest version of its log. When the
+    /// listing shows the version already catalogued, nothing is read.
+    async fn crawl_delta(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        options: &CrawlOptions,
+        name: &str,
+        table_url: &str,
+        newest: Option<u64>,
+        summary: &mut CrawlSummary,
+    ) -> Result<()> {
+        let qualified = format!("{}.{name}", options.database);
+        let Some(existing) = self.table_at(options, name, table_url, summary).await? else {
+            return Ok(());
+        };
+        if let Some(t) = &existing
+            && t.format == "delta"
+            && newest.is_some()
+            && crate::delta::catalogued_version(&self.catalog.table_properties(t.id).await?)
+                == newest
+        {
+            summary.tables_unchanged.push(qualified);
+            return Ok(());
+        }
+        let opened = match crate::delta::open(Arc::clone(store), table_url, At::Newest).await {
+            Ok(table) => crate::delta::describe(&table, table_url),
+            Err(e) => Err(e),
+        };
+        let described = match opened {
+            Ok(d) => d,
+            Err(e) => {
+                summary.problems.push(Problem {
+                    path: table_url.to_string(),
+                    message: format!("{e}; the table was left as it was"),
+                });
+                return Ok(());
+            }
+        };
+        if let Some(t) = &existing
+            && t.format == "delta"
+            && options.schema_change != SchemaChangePolicy::Update
+            && let Some(change) = describe_schema_change(&t.file_schema, &described.schema)
+        {
+            let fail = options.schema_change == SchemaChangePolicy::Fail;
+            summary.problems.push(Problem {
+                path: table_url.to_string(),
+                message: if fail {
+                    format!(
+                        "the schema of {qualified} changed in Delta version {} ({change}); with \
+                         --schema-change fail the table stays at the version catalogued before",
+                        described.version
+                    )
+                } else {
+                    format!(
+                        "the schema of {qualified} changed in Delta version {} ({change}); a \
+                         Delta table's columns are those of its log, so the table takes them",
+                        described.version
+                    )
+                },
+            });
+            if fail {
+                summary.tables_unchanged.push(qualified);
+                return Ok(());
+            }
+        }
+        let commit = TableCommit {
+            database: options.database.clone(),
+            name: name.to_string(),
+            location: table_url.to_string(),
+            format: "delta".into(),
+            partition_columns: Vec::new(),
+            file_schema: Arc::clone(&described.schema),
+            upserts: Vec::new(),
+            removals: Vec::new(),
+            declared: None,
+            format_state: Some(crate::delta::format_state(&described)),
+        };
+        let outcome = self.catalog.commit_table(&commit).await?;
+        record(summary, &outcome, qualified);
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn crawl_table(
         &self,
@@ -647,20 +807,9 @@ impl Crawler {
         summary: &mut CrawlSummary,
     ) -> Result<()> {
         let qualified = format!("{}.{name}", options.database);
-        let existing = self.catalog.table(&options.database, name).await?;
-        if let Some(t) = &existing
-            && t.location != table_url
-        {
-            summary.problems.push(Problem {
-                path: table_url.to_string(),
-                message: format!(
-                    "table {qualified} already exists for location {}; crawl this folder \
-                     with --table to give it another name",
-                    t.location
-                ),
-            });
+        let Some(existing) = self.table_at(options, name, table_url, summary).await? else {
             return Ok(());
-        }
+        };
         let earlier = match &existing {
             Some(t) => serde_json::from_value::<Declared>(
                 self.catalog
@@ -758,21 +907,47 @@ impl Crawler {
             }
         }
 
+        // What the table is already: its format (while it keeps files) and, for CSV, its
+        // header and delimiter, which new files are read with.
+        let existing_format = existing.as_ref().and_then(|t| FileFormat::parse(&t.format));
+        let existing_state = match &existing {
+            Some(t) => self
+                .catalog
+                .table_properties(t.id)
+                .await?
+                .get("format_state")
+                .cloned()
+                .unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        let header_hint = existing_state["has_header"].as_bool();
+        let sample_rows = options.sample_rows.max(1);
+        let sample_bytes = (sample_rows as u64 * 1024).clamp(1 << 20, 64 << 20);
+
         self.report(|p| p.footers_to_read += to_read.len() as u64);
         // Each read is its own task, so decoding footers uses every core, not only the
         // task driving the crawl; at most `footer_concurrency` are in flight.
         let footer_started = Instant::now();
-        let footers: Vec<(usize, std::result::Result<footer::Footer, FooterError>)> =
+        let reads: Vec<(usize, std::result::Result<FileRead, ReadError>)> =
             futures::stream::iter(to_read.iter().copied())
                 .map(|i| {
                     let store = Arc::clone(store);
                     let meta = files[i].meta.clone();
                     let task = tokio::spawn(async move {
-                        read_footer(store.as_ref(), &meta.location, meta.size).await
+                        read_file(
+                            store.as_ref(),
+                            &meta,
+                            header_hint,
+                            sample_bytes,
+                            sample_rows,
+                        )
+                        .await
                     });
                     async move {
                         let result = task.await.unwrap_or_else(|e| {
-                            Err(FooterError::Corrupt(format!("footer reader failed: {e}")))
+                            Err(ReadError::Footer(FooterError::Corrupt(format!(
+                                "file reader failed: {e}"
+                            ))))
                         });
                         (i, result)
                     }
@@ -787,17 +962,86 @@ impl Crawler {
                 })
                 .collect()
                 .await;
-        summary.footers_read += footers.len() as u64;
         summary.footer_ms += footer_started.elapsed().as_millis() as u64;
-        let mut footers: Vec<_> = footers;
-        footers.sort_by_key(|(i, _)| *i);
+        let mut reads = reads;
+        reads.sort_by_key(|(i, _)| *i);
+        for (_, read) in &reads {
+            match read {
+                Ok(FileRead::Parquet(_)) | Err(ReadError::Footer(_)) => summary.footers_read += 1,
+                Ok(FileRead::Text(_)) | Err(ReadError::Sample(_)) => summary.samples_read += 1,
+            }
+        }
+
+        // One format per table: the one it holds, else the one most of its new files have.
+        let table_format = match existing_format {
+            Some(f) if !kept.is_empty() => f,
+            _ => {
+                let mut counts: BTreeMap<FileFormat, usize> = BTreeMap::new();
+                for (_, read) in &reads {
+                    if let Ok(r) = read {
+                        *counts.entry(r.format()).or_default() += 1;
+                    }
+                }
+                // Most files first; on a tie Parquet, then CSV, then JSON.
+                counts
+                    .iter()
+                    .max_by_key(|(f, n)| (**n, std::cmp::Reverse(**f)))
+                    .map(|(f, _)| *f)
+                    .or(existing_format)
+                    .unwrap_or(FileFormat::Parquet)
+            }
+        };
+        // CSV: one header decision per table (kept from its first crawl), the majority's
+        // when new; files sampled the other way are read again the table's way.
+        let csv_samples: Vec<&text::TextSample> = reads
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Ok(FileRead::Text(t)) if t.format == FileFormat::Csv => Some(t),
+                _ => None,
+            })
+            .collect();
+        let has_header = header_hint.unwrap_or_else(|| {
+            csv_samples.iter().filter(|t| t.has_header).count() * 2 >= csv_samples.len()
+        });
+        let delimiter = existing_state["delimiter"]
+            .as_str()
+            .and_then(|d| d.bytes().next())
+            .or_else(|| csv_samples.first().map(|t| t.delimiter))
+            .unwrap_or(b',');
+        if table_format == FileFormat::Csv && header_hint.is_none() {
+            for (i, read) in reads.iter_mut() {
+                if let Ok(FileRead::Text(t)) = read
+                    && t.format == FileFormat::Csv
+                    && t.has_header != has_header
+                {
+                    let meta = &files[*i].meta;
+                    *read = text::sample(
+                        store.as_ref(),
+                        &meta.location,
+                        meta.size,
+                        Some(FileFormat::Csv),
+                        Some(has_header),
+                        sample_bytes,
+                        sample_rows,
+                    )
+                    .await
+                    .map(FileRead::Text)
+                    .map_err(ReadError::Sample);
+                }
+            }
+        }
 
         let partition_names: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
         let mut merger = match (&declared.schema, &existing) {
             (Some(schema), _) => SchemaMerger::from_schema(schema),
-            (None, Some(t)) if same_keys => SchemaMerger::from_schema(&t.file_schema),
+            (None, Some(t)) if same_keys && existing_format == Some(table_format) => {
+                SchemaMerger::from_schema(&t.file_schema)
+            }
             _ => SchemaMerger::default(),
         };
+        if table_format != FileFormat::Parquet {
+            merger = merger.lenient();
+        }
         // Lakes have many files and few schemas: equal schemas share one Arc (the catalog
         // decodes each stored schema once; footers are interned here), and a schema the
         // merger has taken is not merged again.
@@ -810,72 +1054,124 @@ impl Crawler {
             }
         }
         let mut new_entries: Vec<(usize, FileEntry)> = Vec::new();
-        for (i, result) in footers {
+        for (i, result) in reads {
             let c = files[i];
             let path = c.meta.location.to_string();
-            match result {
-                Ok(mut footer) => {
-                    footer.schema = Arc::clone(
-                        interned
-                            .entry(footer.schema.as_ref().clone())
-                            .or_insert_with(|| Arc::clone(&footer.schema)),
-                    );
-                    let key = Arc::as_ptr(&footer.schema) as usize;
-                    if !merged.contains(&key) {
-                        let fitted = without(&footer.schema, &partition_names);
-                        if let Err(conflict) = merger.add(&path, &fitted) {
-                            summary.problems.push(Problem {
-                                message: conflict.describe(&path),
-                                path,
-                            });
-                            continue;
-                        }
-                        merged.insert(key);
-                    }
-                    let placement = &placements[i];
-                    let partition_location = if placement.folder.is_empty() {
-                        table_path.to_string()
-                    } else {
-                        format!("{table_path}/{}", placement.folder)
-                    };
-                    new_entries.push((
-                        i,
-                        FileEntry {
-                            path,
-                            size: c.meta.size,
-                            e_tag: c.meta.e_tag.clone(),
-                            last_modified: c.meta.last_modified,
-                            row_count: footer.row_count,
-                            footer_size: Some(footer.footer_size),
-                            file_schema: footer.schema,
-                            stats: footer.stats,
-                            partition_values: placement.values.clone(),
-                            partition_location,
-                        },
-                    ));
+            let read = match result {
+                Ok(read) if read.format() != table_format => {
+                    summary.problems.push(Problem {
+                        message: format!(
+                            "a {} file in {qualified}, whose files are {table_format}: a table \
+                             holds one format, so this file was left out; move it to a folder \
+                             of its own or leave it out with --exclude",
+                            read.format()
+                        ),
+                        path,
+                    });
+                    continue;
                 }
-                Err(FooterError::NotParquet) if !looks_like_parquet(&path) => {
+                Ok(read) => read,
+                Err(ReadError::Footer(FooterError::NotParquet))
+                | Err(ReadError::Sample(text::SampleError::NotText(_)))
+                    if text::format_from_name(&path).is_none() =>
+                {
                     summary.skipped.not_parquet += 1;
+                    continue;
                 }
-                Err(e @ (FooterError::NotParquet | FooterError::Corrupt(_))) => {
+                Err(ReadError::Footer(e @ (FooterError::NotParquet | FooterError::Corrupt(_)))) => {
                     summary.problems.push(Problem {
                         path,
                         message: format!("{e}; file left out of the table"),
                     });
+                    continue;
                 }
-                Err(FooterError::Store(object_store::Error::NotFound { .. })) => {
+                Err(
+                    ReadError::Footer(FooterError::Store(object_store::Error::NotFound { .. }))
+                    | ReadError::Sample(text::SampleError::Store(object_store::Error::NotFound {
+                        ..
+                    })),
+                ) => {
                     summary.problems.push(Problem {
                         path,
                         message: "deleted between listing and reading; left out".into(),
                     });
+                    continue;
                 }
-                Err(e) => {
+                Err(ReadError::Footer(e @ FooterError::Store(_))) => {
                     summary.problems.push(Problem {
                         path,
                         message: format!("{e}; file left out, crawl again to retry"),
                     });
+                    continue;
                 }
+                Err(ReadError::Sample(e @ text::SampleError::Store(_))) => {
+                    summary.problems.push(Problem {
+                        path,
+                        message: format!("{e}; file left out, crawl again to retry"),
+                    });
+                    continue;
+                }
+                Err(ReadError::Sample(e)) => {
+                    summary.problems.push(Problem {
+                        path,
+                        message: format!("{e}; file left out of the table"),
+                    });
+                    continue;
+                }
+            };
+            let (schema, row_count, footer_size, stats) = match read {
+                FileRead::Parquet(footer) => (
+                    footer.schema,
+                    footer.row_count,
+                    Some(footer.footer_size),
+                    footer.stats,
+                ),
+                // Rows and statistics of text files are unknown until they are read.
+                FileRead::Text(sample) => (
+                    Arc::new(sample.schema),
+                    0,
+                    None,
+                    crate::catalog::FileStats::new(),
+                ),
+            };
+            let schema = Arc::clone(
+                interned
+                    .entry(schema.as_ref().clone())
+                    .or_insert_with(|| Arc::clone(&schema)),
+            );
+            let key = Arc::as_ptr(&schema) as usize;
+            if !merged.contains(&key) {
+                let fitted = without(&schema, &partition_names);
+                if let Err(conflict) = merger.add(&path, &fitted) {
+                    summary.problems.push(Problem {
+                        message: conflict.describe(&path),
+                        path,
+                    });
+                    continue;
+                }
+                merged.insert(key);
             }
+            let placement = &placements[i];
+            let partition_location = if placement.folder.is_empty() {
+                table_path.to_string()
+            } else {
+                format!("{table_path}/{}", placement.folder)
+            };
+            new_entries.push((
+                i,
+                FileEntry {
+                    path,
+                    size: c.meta.size,
+                    e_tag: c.meta.e_tag.clone(),
+                    last_modified: c.meta.last_modified,
+                    row_count,
+                    footer_size,
+                    file_schema: schema,
+                    stats,
+                    partition_values: placement.values.clone(),
+                    partition_location,
+                },
+            ));
         }
 
         // Partition types from every value of the files that stay in the table.
@@ -982,12 +1278,20 @@ impl Crawler {
             database: options.database.clone(),
             name: name.to_string(),
             location: table_url.to_string(),
-            format: "parquet".into(),
+            format: table_format.as_str().into(),
             partition_columns,
             file_schema,
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
             removals,
             // What the user declared travels with the commit: same transaction.
+            format_state: match table_format {
+                FileFormat::Parquet => None,
+                FileFormat::Csv => Some(serde_json::json!({
+                    "has_header": has_header,
+                    "delimiter": (delimiter as char).to_string(),
+                })),
+                FileFormat::Json => Some(serde_json::json!({})),
+            },
             declared: if declared != earlier {
                 Some(
                     serde_json::to_value(&declared)
@@ -1000,18 +1304,141 @@ impl Crawler {
         let outcome = self.catalog.commit_table(&commit).await?;
         summary.partitions_added += outcome.partitions_added;
         summary.partitions_removed += outcome.partitions_removed;
-        if outcome.new_schema_version && !outcome.created {
-            summary.schema_versions_added += 1;
-        }
-        if outcome.created {
-            summary.tables_created.push(qualified);
-        } else if outcome.changed {
-            summary.tables_updated.push(qualified);
-        } else {
-            summary.tables_unchanged.push(qualified);
-        }
+        record(summary, &outcome, qualified);
         Ok(())
     }
+
+    /// The catalogued table `name` (`Some(None)` when there is none yet), or `None` when
+    /// the name is taken by a table at another location, which is reported.
+    async fn table_at(
+        &self,
+        options: &CrawlOptions,
+        name: &str,
+        table_url: &str,
+        summary: &mut CrawlSummary,
+    ) -> Result<Option<Option<crate::catalog::TableEntry>>> {
+        let existing = self.catalog.table(&options.database, name).await?;
+        if let Some(t) = &existing
+            && t.location != table_url
+        {
+            summary.problems.push(Problem {
+                path: table_url.to_string(),
+                message: format!(
+                    "table {}.{name} already exists for location {}; crawl this folder \
+                     with --table to give it another name",
+                    options.database, t.location
+                ),
+            });
+            return Ok(None);
+        }
+        Ok(Some(existing))
+    }
+}
+
+/// Counts a committed table in the crawl's summary.
+fn record(summary: &mut CrawlSummary, outcome: &crate::catalog::CommitOutcome, qualified: String) {
+    if outcome.new_schema_version && !outcome.created {
+        summary.schema_versions_added += 1;
+    }
+    if outcome.created {
+        summary.tables_created.push(qualified);
+    } else if outcome.changed {
+        summary.tables_updated.push(qualified);
+    } else {
+        summary.tables_unchanged.push(qualified);
+    }
+}
+
+/// What reading the start or the footer of a file gave.
+enum FileRead {
+    Parquet(footer::Footer),
+    Text(text::TextSample),
+}
+
+impl FileRead {
+    fn format(&self) -> FileFormat {
+        match self {
+            FileRead::Parquet(_) => FileFormat::Parquet,
+            FileRead::Text(t) => t.format,
+        }
+    }
+}
+
+enum ReadError {
+    Footer(FooterError),
+    Sample(text::SampleError),
+}
+
+/// Reads what the catalog needs of one file: a Parquet footer, or a sample of a CSV or JSON
+/// file's start. A name without a known extension is tried as Parquet, then as text.
+async fn read_file(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    header: Option<bool>,
+    sample_bytes: u64,
+    sample_rows: usize,
+) -> std::result::Result<FileRead, ReadError> {
+    let sample = |format| async move {
+        text::sample(
+            store,
+            &meta.location,
+            meta.size,
+            format,
+            header,
+            sample_bytes,
+            sample_rows,
+        )
+        .await
+        .map(FileRead::Text)
+        .map_err(ReadError::Sample)
+    };
+    match text::format_from_name(meta.location.as_ref()) {
+        Some(FileFormat::Parquet) => read_footer(store, &meta.location, meta.size)
+            .await
+            .map(FileRead::Parquet)
+            .map_err(ReadError::Footer),
+        Some(format) => sample(Some(format)).await,
+        None => match read_footer(store, &meta.location, meta.size).await {
+            Ok(footer) => Ok(FileRead::Parquet(footer)),
+            // Only names without an extension (Firehose writes none) are sniffed: a
+            // `README.txt` or `app.log` in a lake is not a table.
+            Err(FooterError::NotParquet) if !text::has_extension(meta.location.as_ref()) => {
+                sample(None).await
+            }
+            Err(e) => Err(ReadError::Footer(e)),
+        },
+    }
+}
+
+/// The newest version in the log of each Delta table root, from the listing alone: a
+/// commit `_delta_log/<version>.json` or a checkpoint `_delta_log/<version>.checkpoint….parquet`.
+fn newest_delta_versions(
+    relatives: impl Iterator<Item = String>,
+    roots: &[String],
+) -> HashMap<String, u64> {
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    if roots.is_empty() {
+        return newest;
+    }
+    for relative in relatives {
+        let (root, file) = match relative.rsplit_once("_delta_log/") {
+            Some((root, file)) => (root.trim_end_matches('/'), file),
+            None => continue,
+        };
+        if file.contains('/') || !roots.iter().any(|r| r == root) {
+            continue;
+        }
+        let digits = file.split('.').next().unwrap_or("");
+        let is_log = file.ends_with(".json") || file.contains(".checkpoint");
+        if digits.len() == 20
+            && is_log
+            && let Ok(version) = digits.parse::<u64>()
+        {
+            let entry = newest.entry(root.to_string()).or_insert(version);
+            *entry = (*entry).max(version);
+        }
+    }
+    newest
 }
 
 /// A file is unchanged when its size and ETag match (or, without ETags, its modification
@@ -1022,11 +1449,6 @@ fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
             (Some(a), Some(b)) => a == b,
             _ => old.last_modified == meta.last_modified,
         }
-}
-
-fn looks_like_parquet(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.ends_with(".parquet") || lower.ends_with(".parq") || lower.ends_with(".pq")
 }
 
 /// The file's columns minus those named like partition columns (Hive semantics: the

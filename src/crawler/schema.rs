@@ -43,6 +43,9 @@ pub struct SchemaMerger {
     fields: Vec<Field>,
     origins: Vec<Option<String>>,
     files_seen: usize,
+    /// Text files (CSV, JSON): types were guessed from a sample, so files that disagree
+    /// widen to the wider number or to text instead of conflicting.
+    lenient: bool,
 }
 
 fn rank_signed(t: &DataType) -> Option<u8> {
@@ -151,7 +154,14 @@ impl SchemaMerger {
             fields: schema.fields().iter().map(|f| f.as_ref().clone()).collect(),
             origins: vec![None; schema.fields().len()],
             files_seen: 0,
+            lenient: false,
         }
+    }
+
+    /// Merges guessed types (CSV, JSON): disagreements widen instead of conflicting.
+    pub fn lenient(mut self) -> Self {
+        self.lenient = true;
+        self
     }
 
     /// Checks whether `file_schema` fits the table; when it does, widens the table schema
@@ -166,6 +176,9 @@ impl SchemaMerger {
                     match widen(current, field.data_type()) {
                         Some(t) if &t == current => {}
                         Some(t) => updates.push((i, t)),
+                        None if self.lenient => {
+                            updates.push((i, super::text::text_widen(current, field.data_type())))
+                        }
                         None => {
                             return Err(Conflict {
                                 column: field.name().clone(),

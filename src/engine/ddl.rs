@@ -56,6 +56,8 @@ pub enum Command {
         location: String,
         if_not_exists: bool,
         declared: Declared,
+        /// `parquet`, `csv`, `json` or `delta` (`STORED AS`): what the location must hold.
+        format: String,
     },
     DropTable {
         database: String,
@@ -148,10 +150,13 @@ impl Command {
                 Field::new("files", DataType::Int64, false),
                 Field::new("rows", DataType::Int64, false),
             ])),
+            // A Parquet table's schema versions; a Delta table's commits (newest first), with
+            // their operations.
             Command::ShowHistory { .. } => Arc::new(Schema::new(vec![
                 Field::new("version", DataType::Int64, false),
                 Field::new("created_at", DataType::Utf8, false),
-                Field::new("columns", DataType::Utf8, false),
+                Field::new("columns", DataType::Utf8, true),
+                Field::new("operation", DataType::Utf8, true),
             ])),
             Command::Insert { .. } => Arc::new(Schema::new(vec![Field::new(
                 "count",
@@ -428,11 +433,20 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
         DdlStatement::CreateExternalTable(c) => {
             let (database, name) = table_reference(&c.name, default_db);
             let format = c.file_type.to_ascii_lowercase();
-            if format != "parquet" {
+            let delta = format == "delta";
+            if !matches!(format.as_str(), "parquet" | "csv" | "json" | "delta") {
                 return Err(Error::Sql(format!(
-                    "STORED AS {} is not supported yet; Tarn reads Parquet tables",
+                    "STORED AS {} is not supported yet; Tarn reads PARQUET, CSV, JSON and DELTA \
+                     tables",
                     c.file_type
                 )));
+            }
+            if delta && (!c.schema.fields().is_empty() || !c.table_partition_cols.is_empty()) {
+                return Err(Error::Sql(
+                    "a Delta table's columns and partitions come from its log: leave out the \
+                     column list and PARTITIONED BY"
+                        .into(),
+                ));
             }
             let [location] = c.locations.as_slice() else {
                 return Err(Error::Sql(
@@ -473,6 +487,7 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                 location: location.clone(),
                 if_not_exists: c.if_not_exists,
                 declared,
+                format,
             }
         }
         // Tarn has one catalog; a database is a DataFusion schema.
@@ -671,6 +686,13 @@ fn same_partition_value(t: PartitionType, stored: Option<&str>, wanted: &str) ->
 
 /// A partition spec must name the table's partition columns, in order.
 fn check_spec(table: &crate::catalog::TableEntry, spec: &[(String, String)]) -> Result<()> {
+    if table.format == "delta" {
+        return Err(Error::InvalidArgument(format!(
+            "{}.{} is a Delta table: its partitions come from its log; MSCK REPAIR TABLE \
+             catalogues its newest version",
+            table.database, table.name
+        )));
+    }
     let keys: Vec<&str> = spec.iter().map(|(k, _)| k.as_str()).collect();
     let columns: Vec<&str> = table
         .partition_columns
@@ -1034,8 +1056,30 @@ impl Engine {
                 location,
                 if_not_exists,
                 declared,
+                format,
             } => {
                 let parsed = self.check_allowed(location)?;
+                if format == "delta" {
+                    let store = self.stores().store_for(&parsed)?;
+                    let log = object_store::path::Path::from(format!(
+                        "{}/_delta_log",
+                        parsed.prefix().as_ref().trim_end_matches('/')
+                    ));
+                    let entries: Vec<_> =
+                        futures::TryStreamExt::try_collect(store.list(Some(&log)))
+                            .await
+                            .map_err(|e| Error::store(location.clone(), e))?;
+                    if !entries.iter().any(|m| {
+                        crate::crawler::layout::is_delta_log_entry(
+                            m.location.filename().unwrap_or(""),
+                        )
+                    }) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{location} holds no Delta table: its _delta_log/ has no commit or \
+                             checkpoint; use STORED AS PARQUET for loose Parquet files"
+                        )));
+                    }
+                }
                 if let Some(existing) = self.catalog().table(database, name).await? {
                     if *if_not_exists {
                         return message(format!("table {database}.{name} already exists"));
@@ -1063,16 +1107,40 @@ impl Engine {
                 let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
                     .crawl(parsed.url.as_str(), &options)
                     .await?;
-                if self.catalog().table(database, name).await?.is_none() {
-                    return Err(Error::InvalidArgument(format!(
+                let Some(created) = self.catalog().table(database, name).await? else {
+                    let mut text = format!(
                         "no Parquet files at {location} to make {database}.{name} from; declare \
                          its columns to create it empty"
+                    );
+                    for p in &summary.problems {
+                        text.push_str(&format!("; {}: {}", p.path, p.message));
+                    }
+                    return Err(Error::InvalidArgument(text));
+                };
+                if &created.format != format {
+                    // This statement made the table from what it found; it is not what was
+                    // asked for, so it goes again.
+                    self.catalog().drop_table(database, name).await?;
+                    return Err(Error::InvalidArgument(format!(
+                        "{location} holds {} files, not {}; nothing was created (use STORED AS \
+                         {})",
+                        created.format.to_ascii_uppercase(),
+                        format.to_ascii_uppercase(),
+                        created.format.to_ascii_uppercase()
                     )));
                 }
-                let mut text = format!(
-                    "created table {database}.{name}: {} files, {} partitions",
-                    summary.files_added, summary.partitions_added
-                );
+                let mut text = if created.format == "delta" {
+                    let properties = self.catalog().table_properties(created.id).await?;
+                    format!(
+                        "created Delta table {database}.{name} at version {}",
+                        crate::delta::catalogued_version(&properties).unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "created table {database}.{name}: {} files, {} partitions",
+                        summary.files_added, summary.partitions_added
+                    )
+                };
                 for p in &summary.problems {
                     text.push_str(&format!("; {}: {}", p.path, p.message));
                 }
@@ -1167,17 +1235,29 @@ impl Engine {
             }
             Command::ShowHistory { database, name } => {
                 let table = self.existing_table(database, name).await?;
-                let history = self.catalog().schema_history(table.id).await?;
+                let rows: Vec<(i64, String, Option<String>, Option<String>)> = if table.format
+                    == "delta"
+                {
+                    let location = Location::parse_catalogued(&table.location)?;
+                    let store = self.stores().store_for(&location)?;
+                    crate::delta::history(store, &table.location)
+                        .await?
+                        .into_iter()
+                        .map(|c| (c.version as i64, c.committed_at, None, c.operation))
+                        .collect()
+                } else {
+                    self.catalog()
+                        .schema_history(table.id)
+                        .await?
+                        .into_iter()
+                        .map(|(version, columns, created)| (version, created, Some(columns), None))
+                        .collect()
+                };
                 let columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(
-                        history.iter().map(|h| h.0).collect::<Vec<_>>(),
-                    )),
-                    Arc::new(StringArray::from(
-                        history.iter().map(|h| h.2.clone()).collect::<Vec<_>>(),
-                    )),
-                    Arc::new(StringArray::from(
-                        history.iter().map(|h| h.1.clone()).collect::<Vec<_>>(),
-                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2.as_deref()))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3.as_deref()))),
                 ];
                 RecordBatch::try_new(command.schema(), columns)?
             }

@@ -58,6 +58,10 @@ struct Shared {
     rollup_refresh: tokio::sync::Mutex<()>,
     /// Answers of repeated queries.
     results: Arc<cache::ResultCache>,
+    /// Earlier versions of Delta tables read by time travel, by table id, table version
+    /// and Delta version.
+    #[allow(clippy::type_complexity)]
+    versions: Mutex<HashMap<(i64, i64, u64), Arc<CatalogTable>>>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -154,6 +158,7 @@ impl Engine {
             rollup_refresh: tokio::sync::Mutex::new(()),
             rollup_memory: Mutex::new(HashMap::new()),
             results: Arc::new(cache::ResultCache::new(options.result_cache)),
+            versions: Mutex::default(),
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
@@ -705,6 +710,14 @@ impl Engine {
         if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
+        let travelled;
+        let sql = match crate::delta::time_travel::find(sql) {
+            Some(found) => {
+                travelled = self.resolve_time_travel(found).await?;
+                travelled.as_str()
+            }
+            None => sql,
+        };
         if let Some(command) = ddl::recognise_refresh(sql, &self.default_database()) {
             return Ok(Statement::Command(command?));
         }
@@ -737,6 +750,56 @@ impl Engine {
             df = with_notes(df, notes).await?;
         }
         Ok(Statement::Query(Box::new(bind_row(df, row)?)))
+    }
+
+    /// The statement with its `VERSION AS OF` / `TIMESTAMP AS OF` clauses replaced by
+    /// versioned table names; an instant is resolved to the version it selects now, so the
+    /// plan names a fixed version.
+    async fn resolve_time_travel(&self, found: crate::delta::time_travel::Found) -> Result<String> {
+        use crate::delta::time_travel::Spec;
+        let default_db = self.default_database();
+        let snapshot = self.snapshot();
+        let mut versions = Vec::with_capacity(found.clauses.len());
+        for clause in &found.clauses {
+            let database = clause.database.as_deref().unwrap_or(&default_db);
+            let entry = snapshot
+                .databases
+                .get(database)
+                .and_then(|d| d.get(&clause.table))
+                .ok_or_else(|| Error::TableNotFound {
+                    name: format!("{database}.{}", clause.table),
+                })?;
+            if entry.format != "delta" {
+                return Err(Error::Sql(format!(
+                    "{database}.{} is a {} table; VERSION AS OF and TIMESTAMP AS OF read \
+                     earlier versions of Delta tables only",
+                    clause.table, entry.format
+                )));
+            }
+            versions.push(match &clause.spec {
+                Spec::Version(v) => *v,
+                Spec::Timestamp(text) => {
+                    let instant =
+                        arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, text)
+                            .map_err(|_| {
+                                Error::Sql(format!(
+                                    "TIMESTAMP AS OF '{text}' is not a timestamp; write it like \
+                             '2024-05-01 12:00:00' (UTC) or '2024-05-01T12:00:00+02:00'"
+                                ))
+                            })?;
+                    let location = Location::parse_catalogued(&entry.location)?;
+                    let store = self.shared.stores.store_for(&location)?;
+                    let table = crate::delta::open(
+                        store,
+                        &entry.location,
+                        crate::delta::At::Timestamp(instant.with_timezone(&chrono::Utc)),
+                    )
+                    .await?;
+                    table.version().unwrap_or_default() as u64
+                }
+            });
+        }
+        Ok(found.apply(&versions))
     }
 
     /// Runs `sql` (a query or a Tarn statement) and collects its result.
@@ -870,17 +933,82 @@ impl Shared {
         {
             return Ok(Some(Arc::clone(provider)));
         }
-        // Read the entry again with its files, so they belong to one version even if a
-        // crawl commits in between (the version then simply moves on).
-        let files = self.catalog.files(entry.id).await?;
         let location = Location::parse_catalogued(&entry.location)?;
-        let provider = Arc::new(CatalogTable::try_new(
-            entry.clone(),
-            files,
-            location.store_url(),
-        )?);
+        let provider = if entry.format == "delta" {
+            let properties = self.catalog.table_properties(entry.id).await?;
+            let at = match crate::delta::catalogued_version(&properties) {
+                Some(v) => crate::delta::At::Version(v),
+                None => crate::delta::At::Newest,
+            };
+            Arc::new(self.delta_table(entry, at).await?)
+        } else {
+            // Read the entry again with its files, so they belong to one version even if a
+            // crawl commits in between (the version then simply moves on).
+            let files = self.catalog.files(entry.id).await?;
+            let text = match entry.format.as_str() {
+                "parquet" => None,
+                format => {
+                    let properties = self.catalog.table_properties(entry.id).await?;
+                    table::TextOptions::of(format, &properties["format_state"])
+                }
+            };
+            Arc::new(CatalogTable::try_new(
+                entry.clone(),
+                files,
+                location.store_url(),
+                text,
+            )?)
+        };
         if let Ok(mut cache) = self.providers.lock() {
             cache.insert(entry.id, (entry.clone(), Arc::clone(&provider)));
+        }
+        Ok(Some(provider))
+    }
+}
+
+impl Shared {
+    /// A Delta table at one version, read through deltalake.
+    async fn delta_table(&self, entry: &TableEntry, at: crate::delta::At) -> Result<CatalogTable> {
+        let location = Location::parse_catalogued(&entry.location)?;
+        let store = self.stores.store_for(&location)?;
+        let table = crate::delta::open(store, &entry.location, at).await?;
+        let provider = crate::delta::provider(&table, &entry.location)?;
+        Ok(CatalogTable::delegating(entry.clone(), provider))
+    }
+
+    /// `name@v<N>` (see [`crate::delta::time_travel`]): version N of the Delta table `name`.
+    async fn versioned(&self, database: &str, name: &str) -> Result<Option<Arc<CatalogTable>>> {
+        let Some((table, version)) = crate::delta::time_travel::split_versioned(name) else {
+            return Ok(None);
+        };
+        let snapshot = self.snapshot();
+        let Some(entry) = snapshot.databases.get(database).and_then(|d| d.get(table)) else {
+            return Ok(None);
+        };
+        let key = (entry.id, entry.version, version);
+        if let Ok(cache) = self.versions.lock()
+            && let Some(provider) = cache.get(&key)
+        {
+            return Ok(Some(Arc::clone(provider)));
+        }
+        if entry.format != "delta" {
+            return Err(Error::Sql(format!(
+                "{database}.{table} is a {} table; VERSION AS OF and TIMESTAMP AS OF read \
+                 earlier versions of Delta tables only",
+                entry.format
+            )));
+        }
+        let provider = Arc::new(
+            self.delta_table(entry, crate::delta::At::Version(version))
+                .await?,
+        );
+        if let Ok(mut cache) = self.versions.lock() {
+            // A few versions are read again and again (a dashboard comparing two days);
+            // older ones are simply dropped.
+            if cache.len() >= 32 {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&provider));
         }
         Ok(Some(provider))
     }
@@ -953,7 +1081,13 @@ impl SchemaProvider for TarnDatabase {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.shared.provider(&self.name, name).await {
             Ok(Some(p)) => Ok(Some(p as Arc<dyn TableProvider>)),
-            Ok(None) => Ok(self.shared.view(&self.name, name)),
+            Ok(None) => match self.shared.view(&self.name, name) {
+                Some(view) => Ok(Some(view)),
+                None => match self.shared.versioned(&self.name, name).await {
+                    Ok(p) => Ok(p.map(|p| p as Arc<dyn TableProvider>)),
+                    Err(e) => Err(DataFusionError::External(Box::new(e))),
+                },
+            },
             Err(e) => Err(DataFusionError::External(Box::new(e))),
         }
     }

@@ -33,6 +33,10 @@ use object_store::ObjectMeta;
 
 use crate::catalog::{FileEntry, PartitionType, TableEntry};
 use crate::crawler::layout::{parse_date, parse_timestamp};
+use crate::crawler::text::{Compression, FileFormat};
+use datafusion::config::CsvOptions;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::physical_plan::{CsvSource, JsonSource};
 
 /// One partition: its typed values and the indices of its files.
 #[derive(Debug)]
@@ -51,6 +55,35 @@ pub struct CatalogTable {
     /// One row per partition, one column per partition column (for pruning).
     partition_values: RecordBatch,
     statistics: Statistics,
+    /// A table with its own log (Delta): scans go to the format's reader, which reads the
+    /// version the catalog recorded.
+    delegate: Option<Arc<dyn TableProvider>>,
+    /// CSV or JSON files, read with these options (Parquet when `None`).
+    text: Option<TextOptions>,
+}
+
+/// How a CSV or JSON table's files are read (from its catalogued `format_state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextOptions {
+    pub format: FileFormat,
+    pub has_header: bool,
+    pub delimiter: u8,
+}
+
+impl TextOptions {
+    /// The options of a table of `format` with the catalogued `format_state`; `None` for
+    /// Parquet and Delta tables.
+    pub fn of(format: &str, state: &serde_json::Value) -> Option<Self> {
+        let format = FileFormat::parse(format).filter(|f| *f != FileFormat::Parquet)?;
+        Some(Self {
+            format,
+            has_header: state["has_header"].as_bool().unwrap_or(true),
+            delimiter: state["delimiter"]
+                .as_str()
+                .and_then(|d| d.bytes().next())
+                .unwrap_or(b','),
+        })
+    }
 }
 
 /// Converts a raw partition value to the column's type (`None` is NULL).
@@ -147,6 +180,7 @@ impl CatalogTable {
         entry: TableEntry,
         files: Vec<FileEntry>,
         store_url: ObjectStoreUrl,
+        text: Option<TextOptions>,
     ) -> crate::Result<Self> {
         let schema = entry.table_schema();
         let part_types: Vec<PartitionType> = entry
@@ -186,7 +220,10 @@ impl CatalogTable {
             if let Some(hint) = file.footer_size {
                 pf = pf.with_metadata_size_hint(hint as usize);
             }
-            pf.statistics = Some(Arc::new(stats));
+            // A text file's rows and values are unknown until it is read.
+            if text.is_none() {
+                pf.statistics = Some(Arc::new(stats));
+            }
             scan_files.push(pf);
             by_location
                 .entry(file.partition_location.clone())
@@ -229,7 +266,7 @@ impl CatalogTable {
             &schema,
         )
         .unwrap_or_else(|_| Statistics::new_unknown(&schema));
-        let statistics = if scan_files.is_empty() {
+        let statistics = if scan_files.is_empty() || text.is_some() {
             Statistics::new_unknown(&schema)
         } else {
             statistics
@@ -242,7 +279,35 @@ impl CatalogTable {
             partitions,
             partition_values,
             statistics,
+            delegate: None,
+            text,
         })
+    }
+
+    /// A table whose format reads itself (Delta): `provider` plans its scans; the catalog
+    /// holds no file list for it.
+    pub fn delegating(entry: TableEntry, provider: Arc<dyn TableProvider>) -> Self {
+        let schema = provider.schema();
+        let statistics = provider
+            .statistics()
+            .unwrap_or_else(|| Statistics::new_unknown(&schema));
+        let part_schema = Arc::new(Schema::empty());
+        Self {
+            entry,
+            schema,
+            store_url: ObjectStoreUrl::local_filesystem(),
+            files: Vec::new(),
+            partitions: Vec::new(),
+            partition_values: RecordBatch::new_empty(part_schema),
+            statistics,
+            delegate: Some(provider),
+            text: None,
+        }
+    }
+
+    /// Whether scans go to a format's own reader (a Delta table).
+    pub fn is_delegating(&self) -> bool {
+        self.delegate.is_some()
     }
 
     /// The catalog entry this provider was built from.
@@ -276,6 +341,66 @@ impl CatalogTable {
             .iter()
             .map(|c| c.name.as_str())
             .collect()
+    }
+
+    /// The scan of a CSV or JSON table: one per compression (the codec is per scan), in
+    /// one union.
+    fn scan_text(
+        &self,
+        text: &TextOptions,
+        table_schema: TableSchema,
+        file_groups: Vec<FileGroup>,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut by_codec: BTreeMap<Compression, Vec<FileGroup>> = BTreeMap::new();
+        for group in file_groups {
+            let mut split: BTreeMap<Compression, Vec<PartitionedFile>> = BTreeMap::new();
+            for file in group.iter() {
+                split
+                    .entry(Compression::of(file.object_meta.location.as_ref()))
+                    .or_default()
+                    .push(file.clone());
+            }
+            for (codec, files) in split {
+                by_codec
+                    .entry(codec)
+                    .or_default()
+                    .push(FileGroup::new(files));
+            }
+        }
+        let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        for (codec, groups) in by_codec {
+            let source: Arc<dyn datafusion::datasource::physical_plan::FileSource> =
+                match text.format {
+                    FileFormat::Json => Arc::new(JsonSource::new(table_schema.clone())),
+                    _ => Arc::new(CsvSource::new(table_schema.clone()).with_csv_options(
+                        CsvOptions {
+                            has_header: Some(text.has_header),
+                            delimiter: text.delimiter,
+                            // Files with fewer columns (written before a column was
+                            // added) read NULL for the missing ones.
+                            truncated_rows: Some(true),
+                            ..CsvOptions::default()
+                        },
+                    )),
+                };
+            let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
+                .with_file_groups(groups)
+                .with_file_compression_type(match codec {
+                    Compression::None => FileCompressionType::UNCOMPRESSED,
+                    Compression::Gzip => FileCompressionType::GZIP,
+                    Compression::Zstd => FileCompressionType::ZSTD,
+                })
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            scans.push(DataSourceExec::from_data_source(config));
+        }
+        match scans.len() {
+            1 => Ok(scans.remove(0)),
+            _ => datafusion::physical_plan::union::UnionExec::try_new(scans),
+        }
     }
 
     /// Indices of the partitions that may satisfy all `filters` (partition-only filters).
@@ -312,6 +437,19 @@ impl CatalogTable {
     }
 }
 
+/// Whether a limit pushed into `plan` would pass through every node and reach a leaf
+/// that also claims to pass it on.
+fn passes_limit_to_nothing(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if !plan.supports_limit_pushdown() {
+        return false;
+    }
+    match plan.children().as_slice() {
+        [] => true,
+        [child] => passes_limit_to_nothing(child),
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl TableProvider for CatalogTable {
     fn schema(&self) -> SchemaRef {
@@ -326,6 +464,9 @@ impl TableProvider for CatalogTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        if let Some(delegate) = &self.delegate {
+            return delegate.supports_filters_pushdown(filters);
+        }
         let names = self.partition_names();
         Ok(filters
             .iter()
@@ -350,6 +491,44 @@ impl TableProvider for CatalogTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(delegate) = &self.delegate {
+            let plan = delegate.scan(state, projection, filters, limit).await?;
+            if limit.is_none() || !passes_limit_to_nothing(&plan) {
+                return Ok(plan);
+            }
+            // deltalake answers a scan of partition columns alone from its log, in a plan
+            // that lets a limit pass through it with nowhere to go, so DataFusion would drop
+            // the limit. Reading one data column more takes the ordinary (limited) path;
+            // the extra column is projected away.
+            let wanted: Vec<usize> = projection
+                .cloned()
+                .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+            for extra in (0..self.schema.fields().len()).filter(|i| !wanted.contains(i)) {
+                let mut widened = wanted.clone();
+                widened.push(extra);
+                let plan = delegate.scan(state, Some(&widened), filters, limit).await?;
+                if passes_limit_to_nothing(&plan) {
+                    continue;
+                }
+                let schema = plan.schema();
+                let columns: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = (0
+                    ..wanted.len())
+                    .map(|i| {
+                        let name = schema.field(i).name().clone();
+                        (
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                &name, i,
+                            )) as _,
+                            name,
+                        )
+                    })
+                    .collect();
+                return Ok(Arc::new(
+                    datafusion::physical_plan::projection::ProjectionExec::try_new(columns, plan)?,
+                ));
+            }
+            return Ok(plan);
+        }
         let names = self.partition_names();
         let partition_filters: Vec<&Expr> = filters
             .iter()
@@ -389,6 +568,13 @@ impl TableProvider for CatalogTable {
                 FileGroup::new(files)
             })
             .collect();
+        let part_fields: Vec<FieldRef> = self.partition_values.schema().fields().to_vec();
+        let table_schema = TableSchema::builder(Arc::clone(&self.entry.file_schema))
+            .with_table_partition_cols(part_fields)
+            .build();
+        if let Some(text) = &self.text {
+            return self.scan_text(text, table_schema, file_groups, projection, limit);
+        }
         let statistics = Statistics::try_merge_iter(
             file_groups
                 .iter()
@@ -396,11 +582,6 @@ impl TableProvider for CatalogTable {
                 .filter_map(|f| f.statistics.as_deref()),
             &self.schema,
         )?;
-
-        let part_fields: Vec<FieldRef> = self.partition_values.schema().fields().to_vec();
-        let table_schema = TableSchema::builder(Arc::clone(&self.entry.file_schema))
-            .with_table_partition_cols(part_fields)
-            .build();
         let options = TableParquetOptions {
             global: state.config_options().execution.parquet.clone(),
             ..Default::default()

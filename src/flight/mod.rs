@@ -1082,6 +1082,7 @@ pub async fn serve_with(
     });
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = options.tls {
+        crate::config::use_ring_for_tls();
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))

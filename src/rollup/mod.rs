@@ -428,6 +428,19 @@ impl Engine {
                 def.database, def.name
             )));
         }
+        if let Some(base) = self
+            .catalog()
+            .table(&def.base_database, &def.base_table)
+            .await?
+            && base.format == "delta"
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{}.{} is a Delta table: materialized views are kept per partition of \
+                 catalogued Parquet files, which a Delta table does not have in the catalog; \
+                 define the view over a Parquet table",
+                def.base_database, def.base_table
+            )));
+        }
         if self
             .catalog()
             .table(&def.database, &def.name)
@@ -551,6 +564,7 @@ impl Engine {
             upserts,
             removals,
             declared: None,
+            format_state: None,
         };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,31 @@ def flight_sql_command(name: str, query: str) -> bytes:
     inner = b"\x0a" + _varint(len(query.encode())) + query.encode()
     url = f"type.googleapis.com/arrow.flight.protocol.sql.{name}".encode()
     return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(inner)) + inner
+
+
+@contextmanager
+def moto_s3(*buckets: str):
+    """A real S3 API server (moto) on loopback with `buckets` created; yields the AWS
+    environment that points Tarn (and boto3/deltalake) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            "AWS_ACCESS_KEY_ID": "tarn-test",
+            "AWS_SECRET_ACCESS_KEY": "tarn-test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+        client = boto3.client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+            aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
+        )
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield env, client
+    finally:
+        server.stop()

@@ -2,38 +2,20 @@
 
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
-from conftest import Server, connect, tarn
+from conftest import Server, connect, moto_s3, tarn
 from lake import write_lake
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    import boto3
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "tarn-test",
-        "AWS_SECRET_ACCESS_KEY": "tarn-test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
-    )
-    client.create_bucket(Bucket="lake")
-    root = tmp_path_factory.mktemp("s3lake")
-    good = write_lake(root)
-    for path in root.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), "lake", f"raw/{path.relative_to(root).as_posix()}")
-    yield {"env": env, "good": good}
-    server.stop()
+    with moto_s3("lake") as (env, client):
+        root = tmp_path_factory.mktemp("s3lake")
+        good = write_lake(root)
+        for path in root.rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), "lake", f"raw/{path.relative_to(root).as_posix()}")
+        yield {"env": env, "good": good}
 
 
 def test_crawl_and_query_s3(s3, tmp_path):

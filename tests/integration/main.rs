@@ -4,6 +4,7 @@
 mod cache;
 mod common;
 mod crawl;
+mod delta;
 mod flight;
 mod rollup;
 mod sqllogic;
