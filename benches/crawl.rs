@@ -251,6 +251,7 @@ async fn main() {
             removals: vec![],
             declared: None,
             format_state: None,
+            create_only: false,
         })
         .await
         .expect("commit");

@@ -160,7 +160,12 @@ impl Admin for AdminService {
             } else {
                 r.schema_change.parse().map_err(Status::invalid_argument)?
             },
-            sample_rows: None,
+            sample_rows: (r.sample_rows > 0).then_some(r.sample_rows as usize),
+            deletion: if r.deletion.is_empty() {
+                Default::default()
+            } else {
+                r.deletion.parse().map_err(Status::invalid_argument)?
+            },
         };
         let database = r
             .database
@@ -219,12 +224,8 @@ impl Admin for AdminService {
         let partitions = catalog.partitions(table.id).await?;
         let history = catalog.schema_history(table.id).await?;
         // A Delta table's partition columns and size are those of its catalogued version.
-        let format_state = catalog
-            .table_properties(table.id)
-            .await?
-            .get("format_state")
-            .cloned()
-            .unwrap_or_default();
+        let properties = catalog.table_properties(table.id).await?;
+        let format_state = properties.get("format_state").cloned().unwrap_or_default();
         let mut partition_names: Vec<&str> = table
             .partition_columns
             .iter()
@@ -261,6 +262,7 @@ impl Admin for AdminService {
             files,
             bytes,
             delta_version: format_state["version"].as_u64(),
+            deprecated: properties["deprecated"].as_str().map(str::to_string),
             rows: partitions.iter().map(|p| p.row_count).sum(),
             schema_history: history
                 .into_iter()

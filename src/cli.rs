@@ -310,6 +310,9 @@ async fn admin_command(mut admin: Admin, command: &Command) -> Result<()> {
                 println!("{}.{} ({}) at {}", t.database, t.name, t.format, t.location);
                 println!("version {}, updated {}", t.version, t.updated_at);
             }
+            if let Some(reason) = &d.deprecated {
+                println!("DEPRECATED: {reason}");
+            }
             if let Some(v) = d.delta_version {
                 println!("Delta version {v} (earlier ones: SHOW HISTORY, VERSION AS OF n)");
             }
@@ -424,6 +427,8 @@ async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
             .collect(),
         max_tables: shape.max_tables.unwrap_or(0) as u32,
         schema_change: shape.schema_change.to_string(),
+        deletion: shape.deletion.to_string(),
+        sample_rows: shape.sample_rows.unwrap_or(0) as u32,
     };
     let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)

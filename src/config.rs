@@ -214,6 +214,10 @@ pub struct CrawlShapeArgs {
     /// are inferred from (the sample grows to fit them, up to 64 MiB).
     #[arg(long, env = "TARN_SAMPLE_ROWS")]
     pub sample_rows: Option<usize>,
+    /// When a table's folder is gone: `mark` keeps the table (no files) marked deprecated
+    /// until its folder is back; `delete` drops it from the catalog.
+    #[arg(long, default_value = "mark")]
+    pub deletion: crate::crawler::DeletionPolicy,
 }
 
 impl CrawlShapeArgs {
@@ -227,6 +231,7 @@ impl CrawlShapeArgs {
             max_tables: self.max_tables,
             schema_change: self.schema_change,
             sample_rows: self.sample_rows,
+            deletion: self.deletion,
         }
     }
 }

@@ -222,6 +222,7 @@ where
         removals: removals.clone(),
         declared: None,
         format_state: None,
+        create_only: false,
     };
     if let Err(e) = catalog.commit_table(&commit).await {
         written.abort().await;

@@ -172,6 +172,9 @@ pub struct TableCommit {
     /// table's version), stored as the `format_state` property; a change is a new table
     /// version.
     pub format_state: Option<serde_json::Value>,
+    /// The table must not exist yet (`CREATE EXTERNAL TABLE`): when another statement
+    /// created it first, the commit fails and changes nothing.
+    pub create_only: bool,
 }
 
 /// Outcome of committing a [`TableCommit`].
@@ -202,6 +205,8 @@ pub struct CrawlerOptions {
     /// CSV and JSON: records sampled per new file to infer its columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_rows: Option<usize>,
+    #[serde(default)]
+    pub deletion: crate::crawler::DeletionPolicy,
 }
 
 /// A crawler as the catalog records it.

@@ -372,6 +372,13 @@ impl Catalog {
             changed: false,
         };
         let table_id: i64 = match existing {
+            Some(_) if commit.create_only => {
+                return Err(Error::AlreadyExists(format!(
+                    "table {}.{} already exists: another statement created it while this one \
+                     ran; nothing was changed",
+                    commit.database, commit.name
+                )));
+            }
             Some(row) => {
                 let id: i64 = row.get(0);
                 let version: i64 = row.get(1);
@@ -1004,6 +1011,26 @@ impl Catalog {
             what: format!("properties of table id {table_id}"),
             reason: e.to_string(),
         })
+    }
+
+    /// Marks a table deprecated, with the reason (its folder is gone), or ends the mark.
+    pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {
+        let query = match reason {
+            Some(_) => {
+                "UPDATE tables SET properties = json_set(properties, '$.deprecated', ?2) \
+                 WHERE id = ?1"
+            }
+            None => {
+                "UPDATE tables SET properties = json_remove(properties, '$.deprecated') \
+                     WHERE id = ?1"
+            }
+        };
+        sqlx::query(query)
+            .bind(table_id)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Replaces a table's properties.

@@ -72,6 +72,11 @@ pub struct CrawlOptions {
     /// CSV and JSON files: how many records of each new file's start its columns are
     /// inferred from.
     pub sample_rows: usize,
+    /// What to do with tables under the location whose folders are gone.
+    pub deletion: DeletionPolicy,
+    /// The named table must not exist yet (`CREATE EXTERNAL TABLE`): if another statement
+    /// creates it while this crawl runs, this crawl's commit fails and changes nothing.
+    pub create_only: bool,
 }
 
 impl CrawlOptions {
@@ -90,6 +95,7 @@ impl CrawlOptions {
             max_tables: kept.max_tables,
             schema_change: kept.schema_change,
             sample_rows: kept.sample_rows.unwrap_or(DEFAULT_SAMPLE_ROWS),
+            deletion: kept.deletion,
             ..Self::default()
         }
     }
@@ -106,6 +112,41 @@ pub enum SchemaChangePolicy {
     Log,
     /// Leave the table as it was (no file added or removed) and report the change.
     Fail,
+}
+
+/// What a crawl does with a table whose folder is gone (Glue's deletion behaviour).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletionPolicy {
+    /// Keep the table, without files, marked deprecated (queries answer empty) until a
+    /// crawl finds its folder again.
+    #[default]
+    Mark,
+    /// Drop the table from the catalog.
+    Delete,
+}
+
+impl std::fmt::Display for DeletionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Mark => "mark",
+            Self::Delete => "delete",
+        })
+    }
+}
+
+impl std::str::FromStr for DeletionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mark" => Ok(Self::Mark),
+            "delete" => Ok(Self::Delete),
+            other => Err(format!(
+                "unknown deletion policy '{other}'; use mark (keep the table, marked \
+                 deprecated) or delete (drop it from the catalog)"
+            )),
+        }
+    }
 }
 
 impl std::fmt::Display for SchemaChangePolicy {
@@ -249,6 +290,8 @@ impl Default for CrawlOptions {
             crawler: None,
             schema_change: SchemaChangePolicy::Update,
             sample_rows: DEFAULT_SAMPLE_ROWS,
+            deletion: DeletionPolicy::Mark,
+            create_only: false,
         }
     }
 }
@@ -281,6 +324,12 @@ pub struct CrawlSummary {
     pub tables_created: Vec<String>,
     pub tables_updated: Vec<String>,
     pub tables_unchanged: Vec<String>,
+    /// Tables whose folders are gone, marked deprecated (`--deletion mark`).
+    #[serde(default)]
+    pub tables_deprecated: Vec<String>,
+    /// Tables whose folders are gone, dropped from the catalog (`--deletion delete`).
+    #[serde(default)]
+    pub tables_deleted: Vec<String>,
     pub schema_versions_added: u64,
     pub partitions_added: u64,
     pub partitions_removed: u64,
@@ -324,6 +373,14 @@ impl std::fmt::Display for CrawlSummary {
         writeln!(f, "  tables created:   {}", list(&self.tables_created))?;
         writeln!(f, "  tables updated:   {}", list(&self.tables_updated))?;
         writeln!(f, "  tables unchanged: {}", list(&self.tables_unchanged))?;
+        if !self.tables_deprecated.is_empty() || !self.tables_deleted.is_empty() {
+            writeln!(
+                f,
+                "  folders gone:     deprecated {}; deleted {}",
+                list(&self.tables_deprecated),
+                list(&self.tables_deleted)
+            )?;
+        }
         writeln!(
             f,
             "  partitions: +{} -{}   files: +{} ~{} -{} ({} unchanged)   bytes added: {}",
@@ -678,35 +735,57 @@ impl Crawler {
             };
             let table_relative = table_relative.trim_end_matches('/');
             let still_there = listed_relatives.iter().any(|r| is_under(r, table_relative));
-            if table.database == options.database
+            let gone = table.database == options.database
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
                 && !still_there
-                && table.format == "delta"
+                && !crate::rollup::is_storage_table(&table.name);
+            if !gone
+                || (options.deletion == DeletionPolicy::Mark
+                    && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
             {
-                summary.problems.push(Problem {
-                    path: table.location.clone(),
-                    message: format!(
-                        "the Delta log of {}.{} is gone; the table keeps the version last \
-                         catalogued (DROP TABLE removes it)",
-                        table.database, table.name
-                    ),
-                });
-            } else if table.database == options.database
-                && !seen_locations.contains(&table.location)
-                && options.table.is_none()
-                && !still_there
-            {
-                self.crawl_table(
-                    &store,
-                    options,
-                    &table.name,
-                    &table.location,
-                    "",
-                    &[],
-                    &mut summary,
-                )
-                .await?;
+                continue;
+            }
+            let qualified = format!("{}.{}", table.database, table.name);
+            match options.deletion {
+                DeletionPolicy::Delete => {
+                    if self
+                        .catalog
+                        .drop_table(&table.database, &table.name)
+                        .await?
+                    {
+                        summary.tables_deleted.push(qualified);
+                    }
+                }
+                DeletionPolicy::Mark => {
+                    if table.format != "delta" {
+                        // Its files are gone: forget them, keep the definition.
+                        self.crawl_table(
+                            &store,
+                            options,
+                            &table.name,
+                            &table.location,
+                            "",
+                            &[],
+                            &mut summary,
+                        )
+                        .await?;
+                        summary.tables_updated.retain(|t| t != &qualified);
+                        summary.tables_unchanged.retain(|t| t != &qualified);
+                    }
+                    self.catalog
+                        .set_deprecated(
+                            table.id,
+                            Some(&format!(
+                                "its folder {} was gone at the crawl of {}",
+                                table.location,
+                                chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )),
+                        )
+                        .await?;
+                    summary.tables_deprecated.push(qualified);
+                }
             }
         }
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -789,8 +868,13 @@ impl Crawler {
             removals: Vec::new(),
             declared: None,
             format_state: Some(crate::delta::format_state(&described)),
+            create_only: options.create_only,
         };
         let outcome = self.catalog.commit_table(&commit).await?;
+        if let Some(t) = &existing {
+            // A log that is there again ends a deprecation.
+            self.catalog.set_deprecated(t.id, None).await?;
+        }
         record(summary, &outcome, qualified);
         Ok(())
     }
@@ -810,18 +894,12 @@ impl Crawler {
         let Some(existing) = self.table_at(options, name, table_url, summary).await? else {
             return Ok(());
         };
-        let earlier = match &existing {
-            Some(t) => serde_json::from_value::<Declared>(
-                self.catalog
-                    .table_properties(t.id)
-                    .await?
-                    .get("declared")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-            .unwrap_or_default(),
-            None => Declared::default(),
+        let properties = match &existing {
+            Some(t) => self.catalog.table_properties(t.id).await?,
+            None => serde_json::Value::Null,
         };
+        let earlier =
+            serde_json::from_value::<Declared>(properties["declared"].clone()).unwrap_or_default();
         let declared = options.declared.or(&earlier);
         let old_files: HashMap<String, FileEntry> = match &existing {
             Some(t) => self
@@ -910,16 +988,7 @@ impl Crawler {
         // What the table is already: its format (while it keeps files) and, for CSV, its
         // header and delimiter, which new files are read with.
         let existing_format = existing.as_ref().and_then(|t| FileFormat::parse(&t.format));
-        let existing_state = match &existing {
-            Some(t) => self
-                .catalog
-                .table_properties(t.id)
-                .await?
-                .get("format_state")
-                .cloned()
-                .unwrap_or_default(),
-            None => serde_json::Value::Null,
-        };
+        let existing_state = &properties["format_state"];
         let header_hint = existing_state["has_header"].as_bool();
         let sample_rows = options.sample_rows.max(1);
         let sample_bytes = (sample_rows as u64 * 1024).clamp(1 << 20, 64 << 20);
@@ -1284,6 +1353,7 @@ impl Crawler {
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
             removals,
             // What the user declared travels with the commit: same transaction.
+            create_only: options.create_only,
             format_state: match table_format {
                 FileFormat::Parquet => None,
                 FileFormat::Csv => Some(serde_json::json!({
@@ -1301,7 +1371,15 @@ impl Crawler {
                 None
             },
         };
+        let holds_files = !commit.upserts.is_empty() || !kept.is_empty();
         let outcome = self.catalog.commit_table(&commit).await?;
+        if let Some(t) = &existing
+            && holds_files
+            && properties.get("deprecated").is_some()
+        {
+            // Its folder is back.
+            self.catalog.set_deprecated(t.id, None).await?;
+        }
         summary.partitions_added += outcome.partitions_added;
         summary.partitions_removed += outcome.partitions_removed;
         record(summary, &outcome, qualified);

@@ -1102,6 +1102,7 @@ impl Engine {
                     database: database.clone(),
                     table: Some(name.clone()),
                     declared: declared.clone(),
+                    create_only: true,
                     ..CrawlOptions::default()
                 };
                 let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))

@@ -565,6 +565,7 @@ impl Engine {
             removals,
             declared: None,
             format_state: None,
+            create_only: false,
         };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;

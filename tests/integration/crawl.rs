@@ -762,3 +762,101 @@ async fn schema_change_policies_update_log_and_fail() {
         vec![vec!["NL"]]
     );
 }
+
+#[tokio::test]
+async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    env.crawl(&lake).await;
+    let users = lake.join("users");
+    let moved = env.dir.path().join("users-moved");
+    std::fs::rename(&users, &moved).unwrap();
+    let deprecated = |env: &Env| {
+        let env = env.catalog.clone();
+        async move {
+            let table = env.table("default", "users").await.unwrap().unwrap();
+            env.table_properties(table.id).await.unwrap()["deprecated"]
+                .as_str()
+                .map(str::to_string)
+        }
+    };
+
+    // mark (the default): kept, without files, deprecated once.
+    let summary = env.crawl(&lake).await;
+    assert_eq!(
+        summary.tables_deprecated,
+        vec!["default.users"],
+        "{summary}"
+    );
+    assert!(summary.tables_updated.is_empty(), "{summary}");
+    let reason = deprecated(&env).await.unwrap();
+    assert!(reason.contains("users/ was gone"), "{reason}");
+    assert_eq!(
+        env.rows("SELECT count(*) FROM users").await,
+        vec![vec!["0"]]
+    );
+    let again = env.crawl(&lake).await;
+    assert!(again.tables_deprecated.is_empty(), "marked once: {again}");
+
+    // The folder is back: the files and the table are too.
+    std::fs::rename(&moved, &users).unwrap();
+    let back = env.crawl(&lake).await;
+    assert_eq!(back.tables_updated, vec!["default.users"], "{back}");
+    assert_eq!(deprecated(&env).await, None);
+    assert_ne!(
+        env.rows("SELECT count(*) FROM users").await,
+        vec![vec!["0"]]
+    );
+
+    // delete: dropped from the catalog.
+    std::fs::rename(&users, &moved).unwrap();
+    let deleted = env
+        .crawl_with(
+            &lake,
+            CrawlOptions {
+                deletion: tarn::crawler::DeletionPolicy::Delete,
+                ..CrawlOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(deleted.tables_deleted, vec!["default.users"], "{deleted}");
+    assert!(
+        env.catalog
+            .table("default", "users")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        env.catalog
+            .table("default", "events")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_create_external_table_of_one_name_succeeds_once() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    for round in 0..5 {
+        let sql = format!(
+            "CREATE EXTERNAL TABLE ev{round} STORED AS PARQUET LOCATION '{}'",
+            lake.join("events").display()
+        );
+        let (a, b) = tokio::join!(env.engine.query(&sql), env.engine.query(&sql));
+        let errors: Vec<String> = [a, b]
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "exactly one statement creates ev{round}: {errors:?}"
+        );
+        assert!(errors[0].contains("already exists"), "{errors:?}");
+    }
+}
