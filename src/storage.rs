@@ -1,4 +1,5 @@
-//! Object stores from locations: plain paths, `file://`, `s3://` and `memory://` URLs.
+//! Object stores from locations: plain paths, `file://`, `s3://`, `gs://`, `az://` and
+//! `memory://` URLs.
 //!
 //! A location is normalised once, when it enters Tarn (a crawl argument), into a URL with a
 //! trailing slash; the catalog stores that URL, and the engine and crawler both get their
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -60,17 +63,24 @@ impl Location {
                     return Err(invalid("no such directory"));
                 }
             }
-            "s3" | "memory" => {}
+            "s3" | "gs" | "az" | "memory" => {}
             other => {
                 return Err(invalid(&format!(
-                    "unsupported scheme '{other}'; use a local path, file://, or s3://"
+                    "unsupported scheme '{other}'; use a local path, file://, s3://, gs:// or \
+                     az://"
                 )));
             }
         }
-        if url.scheme() == "s3" && url.host_str().unwrap_or("").is_empty() {
-            return Err(invalid(
-                "an s3:// location needs a bucket: s3://bucket/prefix",
-            ));
+        let scheme = url.scheme();
+        if matches!(scheme, "s3" | "gs" | "az") && url.host_str().unwrap_or("").is_empty() {
+            let what = if scheme == "az" {
+                "container"
+            } else {
+                "bucket"
+            };
+            return Err(invalid(&format!(
+                "an {scheme}:// location needs a {what}: {scheme}://{what}/prefix"
+            )));
         }
         if !url.path().ends_with('/') {
             let p = format!("{}/", url.path());
@@ -173,13 +183,66 @@ impl StoreRegistry {
             "s3" => {
                 let bucket = location.url.host_str().unwrap_or_default();
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                // A named profile fills what the environment leaves unset, as AWS tools do.
+                let profile = aws_profile();
+                let unset = |key: &str| std::env::var(key).is_err();
+                for (key, env, config) in [
+                    (
+                        "aws_access_key_id",
+                        "AWS_ACCESS_KEY_ID",
+                        AmazonS3ConfigKey::AccessKeyId,
+                    ),
+                    (
+                        "aws_secret_access_key",
+                        "AWS_SECRET_ACCESS_KEY",
+                        AmazonS3ConfigKey::SecretAccessKey,
+                    ),
+                    (
+                        "aws_session_token",
+                        "AWS_SESSION_TOKEN",
+                        AmazonS3ConfigKey::Token,
+                    ),
+                    ("region", "AWS_REGION", AmazonS3ConfigKey::Region),
+                ] {
+                    if let Some(value) = profile.get(key)
+                        && unset(env)
+                    {
+                        builder = builder.with_config(config, value);
+                    }
+                }
+                let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                    .ok()
+                    .or_else(|| profile.get("endpoint_url").cloned());
+                if let Some(endpoint) = endpoint {
                     let plain_http = endpoint.starts_with("http://");
                     builder = builder.with_endpoint(endpoint).with_allow_http(plain_http);
                 }
                 Arc::new(builder.build().map_err(|e| Error::InvalidLocation {
                     location: location.to_string(),
                     reason: format!("cannot configure S3: {e}"),
+                })?)
+            }
+            "gs" => {
+                let bucket = location.url.host_str().unwrap_or_default();
+                let builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                Arc::new(builder.build().map_err(|e| Error::InvalidLocation {
+                    location: location.to_string(),
+                    reason: format!(
+                        "cannot configure Google Cloud Storage: {e}; set \
+                         GOOGLE_SERVICE_ACCOUNT (a key file) or run where application default \
+                         credentials are available"
+                    ),
+                })?)
+            }
+            "az" => {
+                let container = location.url.host_str().unwrap_or_default();
+                let builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
+                Arc::new(builder.build().map_err(|e| Error::InvalidLocation {
+                    location: location.to_string(),
+                    reason: format!(
+                        "cannot configure Azure Blob Storage: {e}; set \
+                         AZURE_STORAGE_ACCOUNT_NAME and a key, SAS token or service principal"
+                    ),
                 })?)
             }
             other => {
@@ -194,9 +257,76 @@ impl StoreRegistry {
     }
 }
 
+/// The settings of the AWS profile in use (`AWS_PROFILE`, else `default`) from the shared
+/// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, by
+/// default under `~/.aws/`): keys, session token, region and `endpoint_url`. Credentials
+/// win over config for a key both name.
+fn aws_profile() -> HashMap<String, String> {
+    let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
+    let home = std::env::var("HOME").unwrap_or_default();
+    let file = |env: &str, default: &str| {
+        std::env::var(env).unwrap_or_else(|_| format!("{home}/.aws/{default}"))
+    };
+    let mut settings = HashMap::new();
+    // In the config file a profile other than `default` is `[profile name]`.
+    let config_section = if name == "default" {
+        name.clone()
+    } else {
+        format!("profile {name}")
+    };
+    for (path, section) in [
+        (file("AWS_CONFIG_FILE", "config"), config_section),
+        (file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), name),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            settings.extend(ini_section(&text, &section));
+        }
+    }
+    settings
+}
+
+/// The `key = value` lines of `[section]` in an INI text.
+fn ini_section(text: &str, section: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+            continue;
+        }
+        if inside && let Some((key, value)) = line.split_once('=') {
+            out.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_profiles_are_read_from_their_sections() {
+        let config = "[default]\nregion = eu-west-1\n\n[profile lake]\nregion = us-east-2\n\
+                      endpoint_url = http://127.0.0.1:9000\n# comment\n[profile other]\nregion=x\n";
+        let lake = ini_section(config, "profile lake");
+        assert_eq!(lake.get("region").map(String::as_str), Some("us-east-2"));
+        assert_eq!(
+            lake.get("endpoint_url").map(String::as_str),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(
+            ini_section(config, "default")
+                .get("region")
+                .map(String::as_str),
+            Some("eu-west-1")
+        );
+        assert!(ini_section(config, "missing").is_empty());
+    }
 
     #[test]
     fn plain_path_becomes_file_url_with_trailing_slash() {

@@ -1,5 +1,8 @@
 """Crawling and querying a lake in S3, served by a real S3 API server (moto) on loopback."""
 
+import json
+import os
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,7 +24,6 @@ def s3(tmp_path_factory):
 def test_crawl_and_query_s3(s3, tmp_path):
     crawl = tarn(tmp_path, "crawl", "s3://lake/raw", "--json", env=s3["env"])
     assert crawl.returncode == 0, crawl.stderr
-    import json
 
     summary = json.loads(crawl.stdout)
     assert sorted(summary["tables_created"]) == ["default.events", "default.users"]
@@ -59,7 +61,6 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
 def test_listing_pages_through_thousands_of_keys(s3, tmp_path):
     import boto3
     import io
-    import json
 
     import pyarrow as pa
 
@@ -85,3 +86,27 @@ def test_listing_pages_through_thousands_of_keys(s3, tmp_path):
     out = tarn(tmp_path, "sql", "SELECT count(*) AS n, count(DISTINCT p) AS parts FROM t",
                "--format", "csv", env=s3["env"])
     assert out.stdout.split() == ["n,parts", "120,40"]
+
+
+def test_an_aws_profile_gives_the_endpoint_region_and_keys(s3, tmp_path):
+    """No AWS_* settings in the environment but a profile: its shared config and
+    credentials files are read, as AWS tools read them."""
+    aws = tmp_path / "aws"
+    aws.mkdir()
+    (aws / "config").write_text(
+        "[default]\nregion = eu-west-3\n\n"
+        f"[profile lake]\nregion = us-east-1\nendpoint_url = {s3['env']['AWS_ENDPOINT_URL']}\n"
+    )
+    (aws / "credentials").write_text(
+        "[lake]\naws_access_key_id = tarn-test\naws_secret_access_key = tarn-test\n"
+    )
+    env = {
+        "AWS_PROFILE": "lake",
+        "AWS_CONFIG_FILE": str(aws / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+    }
+    assert not any(k in os.environ for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"))
+    out = tarn(tmp_path / "data", "crawl", "s3://lake/raw", "--table", "raw_users",
+               "--include", "users/**", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tables_created"] == ["default.raw_users"]
