@@ -2,15 +2,13 @@
 storage emulator) on loopback, reached through the same `az://container/prefix`
 locations and environment a real account uses."""
 
-import json
 import socket
 import subprocess
 import threading
 
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, Server, connect, tarn
+from conftest import ROOT, check_remote_lake, tarn
 from lake import write_lake
 
 # Azurite's documented development account.
@@ -65,26 +63,7 @@ def azure(tmp_path_factory):
 
 
 def test_crawl_and_query_azure(azure, tmp_path):
-    crawl = tarn(tmp_path, "crawl", "az://lake/raw", "--json", env=azure["env"])
-    assert crawl.returncode == 0, crawl.stderr
-    summary = json.loads(crawl.stdout)
-    assert sorted(summary["tables_created"]) == ["default.events", "default.users"]
-    assert [p["path"] for p in summary["problems"]] == [
-        "raw/events/year=2026/month=03/day=02/hour=22/corrupt.parquet"
-    ]
-    again = json.loads(tarn(tmp_path, "crawl", "az://lake/raw", "--json", env=azure["env"]).stdout)
-    assert again["footers_read"] == 1, "only the corrupt file is re-read"
-
-    server = Server(tmp_path, env=azure["env"])
-    try:
-        with connect(server.uri) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM events e JOIN users u USING (user_id) WHERE day = ?",
-                        parameters=(1,))
-            (n,) = cur.fetchone()
-            day1 = sum(pq.read_metadata(p).num_rows for p in azure["good"]["events"] if "day=01" in str(p))
-            assert n == day1
-    finally:
-        server.stop()
+    check_remote_lake("az://lake/raw", azure["env"], azure["good"], tmp_path)
 
 
 def test_missing_container_is_a_clear_error(azure, tmp_path):

@@ -6,7 +6,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import Server, connect, moto_s3, tarn
+from conftest import check_remote_lake, moto_s3, tarn
 from lake import write_lake
 
 
@@ -22,33 +22,7 @@ def s3(tmp_path_factory):
 
 
 def test_crawl_and_query_s3(s3, tmp_path):
-    crawl = tarn(tmp_path, "crawl", "s3://lake/raw", "--json", env=s3["env"])
-    assert crawl.returncode == 0, crawl.stderr
-
-    summary = json.loads(crawl.stdout)
-    assert sorted(summary["tables_created"]) == ["default.events", "default.users"]
-    assert [p["path"] for p in summary["problems"]] == [
-        "raw/events/year=2026/month=03/day=02/hour=22/corrupt.parquet"
-    ]
-    expected = sum(pq.read_metadata(p).num_rows for p in s3["good"]["events"])
-
-    out = tarn(tmp_path, "sql", "SELECT count(*) AS n FROM events", "--format", "csv", env=s3["env"])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["n", str(expected)]
-
-    again = tarn(tmp_path, "crawl", "s3://lake/raw", "--json", env=s3["env"])
-    assert json.loads(again.stdout)["footers_read"] == 1, "only the corrupt file is re-read"
-
-    server = Server(tmp_path, env=s3["env"])
-    try:
-        with connect(server.uri) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM events e JOIN users u USING (user_id) WHERE day = ?",
-                        parameters=(1,))
-            (n,) = cur.fetchone()
-            day1 = sum(pq.read_metadata(p).num_rows for p in s3["good"]["events"] if "day=01" in str(p))
-            assert n == day1
-    finally:
-        server.stop()
+    check_remote_lake("s3://lake/raw", s3["env"], s3["good"], tmp_path)
 
 
 def test_missing_bucket_is_a_clear_error(s3, tmp_path):
