@@ -161,6 +161,7 @@ impl Admin for AdminService {
                 r.schema_change.parse().map_err(Status::invalid_argument)?
             },
             sample_rows: (r.sample_rows > 0).then_some(r.sample_rows as usize),
+            table_level: (r.table_level > 0).then_some(r.table_level as usize),
             deletion: if r.deletion.is_empty() {
                 Default::default()
             } else {

@@ -429,6 +429,7 @@ async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
         schema_change: shape.schema_change.to_string(),
         deletion: shape.deletion.to_string(),
         sample_rows: shape.sample_rows.unwrap_or(0) as u32,
+        table_level: shape.table_level.unwrap_or(0) as u32,
     };
     let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)

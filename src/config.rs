@@ -218,6 +218,10 @@ pub struct CrawlShapeArgs {
     /// until its folder is back; `delete` drops it from the catalog.
     #[arg(long, default_value = "mark")]
     pub deletion: crate::crawler::DeletionPolicy,
+    /// Glue's table level: every folder this many levels below the location (1: the
+    /// location itself, 2: its child folders, …) is one table, whatever its shape.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "table")]
+    pub table_level: Option<u32>,
 }
 
 impl CrawlShapeArgs {
@@ -232,6 +236,7 @@ impl CrawlShapeArgs {
             schema_change: self.schema_change,
             sample_rows: self.sample_rows,
             deletion: self.deletion,
+            table_level: self.table_level.map(|l| l as usize),
         }
     }
 }

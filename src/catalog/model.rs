@@ -207,6 +207,8 @@ pub struct CrawlerOptions {
     pub sample_rows: Option<usize>,
     #[serde(default)]
     pub deletion: crate::crawler::DeletionPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_level: Option<usize>,
 }
 
 /// A crawler as the catalog records it.

@@ -81,11 +81,19 @@ impl Node {
     }
 }
 
-/// Groups data files (paths relative to the crawl root) into tables, like Glue: a folder
-/// whose children are data files or `key=value` folders is one table; otherwise each
-/// child folder is looked at in turn. With `root_is_table`, the crawl root is one table
-/// whatever its shape.
-pub fn group_tables(relative_paths: &[String], root_is_table: bool) -> Vec<TableLayout> {
+/// How files are grouped into tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Like Glue's default: a folder whose children are data files or `key=value` folders
+    /// is one table; otherwise each child folder is looked at in turn.
+    Discover,
+    /// Glue's table level: every folder `n` levels down is a table (1 is the crawl root,
+    /// 2 its child folders, …), whatever is below it; files above that level are in none.
+    Level(usize),
+}
+
+/// Groups data files (paths relative to the crawl root) into tables.
+pub fn group_tables(relative_paths: &[String], grouping: Grouping) -> Vec<TableLayout> {
     let mut root = Node::default();
     for (i, path) in relative_paths.iter().enumerate() {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -99,20 +107,33 @@ pub fn group_tables(relative_paths: &[String], root_is_table: bool) -> Vec<Table
         node.files.push(i);
     }
     let mut tables = Vec::new();
-    if root_is_table {
-        let mut files = Vec::new();
-        root.all_files(&mut files);
-        if !files.is_empty() {
-            files.sort_unstable();
-            tables.push(TableLayout {
-                root: String::new(),
-                files,
-            });
-        }
-    } else {
-        find_tables(&root, String::new(), &mut tables);
+    match grouping {
+        Grouping::Discover => find_tables(&root, String::new(), &mut tables),
+        Grouping::Level(level) => tables_at_level(&root, String::new(), level.max(1), &mut tables),
     }
     tables
+}
+
+/// Every folder `level` levels down from `node` (1: `node` itself) with files below it,
+/// as one table.
+fn tables_at_level(node: &Node, path: String, level: usize, out: &mut Vec<TableLayout>) {
+    if level == 1 {
+        let mut files = Vec::new();
+        node.all_files(&mut files);
+        if !files.is_empty() {
+            files.sort_unstable();
+            out.push(TableLayout { root: path, files });
+        }
+        return;
+    }
+    for (name, child) in &node.children {
+        let child_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}/{name}")
+        };
+        tables_at_level(child, child_path, level - 1, out);
+    }
 }
 
 /// Depths (below `node`) at which files sit.
@@ -381,13 +402,50 @@ mod tests {
     }
 
     #[test]
+    fn a_table_level_makes_every_folder_at_that_depth_a_table() {
+        let files = paths(&[
+            "top.parquet",
+            "web/clicks/2024/01/a.parquet",
+            "web/clicks/2024/02/b.parquet",
+            "web/views/x.parquet",
+            "app/events/dt=2024-01-01/e.parquet",
+        ]);
+        let roots = |grouping| -> Vec<(String, Vec<usize>)> {
+            group_tables(&files, grouping)
+                .into_iter()
+                .map(|t| (t.root, t.files))
+                .collect()
+        };
+        assert_eq!(
+            roots(Grouping::Level(3)),
+            vec![
+                ("app/events".to_string(), vec![4]),
+                ("web/clicks".to_string(), vec![1, 2]),
+                ("web/views".to_string(), vec![3]),
+            ]
+        );
+        // Level 2: one table per top folder; the file above that level is in none.
+        assert_eq!(
+            roots(Grouping::Level(2)),
+            vec![
+                ("app".to_string(), vec![4]),
+                ("web".to_string(), vec![1, 2, 3])
+            ]
+        );
+        assert_eq!(
+            roots(Grouping::Level(1)),
+            vec![(String::new(), vec![0, 1, 2, 3, 4])]
+        );
+    }
+
+    #[test]
     fn root_with_partition_folders_is_one_table() {
         let t = group_tables(
             &paths(&[
                 "year=2024/month=01/a.parquet",
                 "year=2024/month=02/b.parquet",
             ]),
-            false,
+            Grouping::Discover,
         );
         assert_eq!(
             t,
@@ -408,7 +466,7 @@ mod tests {
                 "raw/sales/s2.parquet",
                 "events/year=2025/b.parquet",
             ]),
-            false,
+            Grouping::Discover,
         );
         assert_eq!(
             t,
@@ -431,7 +489,7 @@ mod tests {
 
     #[test]
     fn forced_root_table_takes_everything() {
-        let t = group_tables(&paths(&["a/x.parquet", "b/y.parquet"]), true);
+        let t = group_tables(&paths(&["a/x.parquet", "b/y.parquet"]), Grouping::Level(1));
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].files, vec![0, 1]);
     }
@@ -532,7 +590,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let roots: Vec<String> = group_tables(&paths, false)
+        let roots: Vec<String> = group_tables(&paths, Grouping::Discover)
             .into_iter()
             .map(|t| t.root)
             .collect();

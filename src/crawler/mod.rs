@@ -32,8 +32,8 @@ use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
 use footer::{FooterError, read_footer};
 use layout::{
-    ForeignFormat, Skip, classify, foreign_table_roots, group_tables, infer_partition_type,
-    is_under, place_file, table_name_from,
+    ForeignFormat, Grouping, Skip, classify, foreign_table_roots, group_tables,
+    infer_partition_type, is_under, place_file, table_name_from,
 };
 use schema::SchemaMerger;
 use text::FileFormat;
@@ -74,6 +74,9 @@ pub struct CrawlOptions {
     pub sample_rows: usize,
     /// What to do with tables under the location whose folders are gone.
     pub deletion: DeletionPolicy,
+    /// Glue's table level: every folder this many levels down (1: the location itself) is
+    /// a table, instead of tables being discovered from the folders' shapes.
+    pub table_level: Option<usize>,
     /// The named table must not exist yet (`CREATE EXTERNAL TABLE`): if another statement
     /// creates it while this crawl runs, this crawl's commit fails and changes nothing.
     pub create_only: bool,
@@ -96,6 +99,7 @@ impl CrawlOptions {
             schema_change: kept.schema_change,
             sample_rows: kept.sample_rows.unwrap_or(DEFAULT_SAMPLE_ROWS),
             deletion: kept.deletion,
+            table_level: kept.table_level,
             ..Self::default()
         }
     }
@@ -292,6 +296,7 @@ impl Default for CrawlOptions {
             sample_rows: DEFAULT_SAMPLE_ROWS,
             deletion: DeletionPolicy::Mark,
             create_only: false,
+            table_level: None,
         }
     }
 }
@@ -608,7 +613,29 @@ impl Crawler {
         }
         candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
         let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
-        let mut layouts = group_tables(&relatives, options.table.is_some());
+        let grouping = match (&options.table, options.table_level) {
+            (Some(_), _) => Grouping::Level(1),
+            (None, Some(level)) => Grouping::Level(level),
+            (None, None) => Grouping::Discover,
+        };
+        let mut layouts = group_tables(&relatives, grouping);
+        if let (None, Some(level)) = (&options.table, options.table_level) {
+            let grouped: BTreeSet<usize> = layouts
+                .iter()
+                .flat_map(|l| l.files.iter().copied())
+                .collect();
+            for (i, c) in candidates.iter().enumerate() {
+                if !grouped.contains(&i) {
+                    summary.problems.push(Problem {
+                        path: c.meta.location.to_string(),
+                        message: format!(
+                            "above the table level ({level}): in no table; crawl with a \
+                             lower --table-level to include it"
+                        ),
+                    });
+                }
+            }
+        }
         if layouts.is_empty() && options.table.is_some() && delta_roots.is_empty() {
             // A named table whose folder holds no data (yet, or any more): still crawl it,
             // so its catalogued files are dropped or its declared layout is created.
