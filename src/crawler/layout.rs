@@ -108,16 +108,32 @@ pub fn group_tables(relative_paths: &[String], grouping: Grouping) -> Vec<TableL
     }
     let mut tables = Vec::new();
     match grouping {
-        Grouping::Discover => find_tables(&root, String::new(), &mut tables),
-        Grouping::Level(level) => tables_at_level(&root, String::new(), level.max(1), &mut tables),
+        Grouping::Discover => {
+            let shaped_like_a_table = |node: &Node, _| {
+                !node.files.is_empty()
+                    || node.children.keys().any(|k| k.contains('='))
+                    || has_unnamed_partitions(node)
+            };
+            collect_tables(&root, String::new(), 0, &shaped_like_a_table, &mut tables);
+        }
+        Grouping::Level(level) => {
+            let at_level = |_: &Node, depth: usize| depth + 1 >= level;
+            collect_tables(&root, String::new(), 0, &at_level, &mut tables);
+        }
     }
     tables
 }
 
-/// Every folder `level` levels down from `node` (1: `node` itself) with files below it,
-/// as one table.
-fn tables_at_level(node: &Node, path: String, level: usize, out: &mut Vec<TableLayout>) {
-    if level == 1 {
+/// Walks down from `node` (at `depth`, 0 for the crawl root): the first folder on each
+/// branch that `is_table` accepts becomes a table holding every file below it.
+fn collect_tables(
+    node: &Node,
+    path: String,
+    depth: usize,
+    is_table: &dyn Fn(&Node, usize) -> bool,
+    out: &mut Vec<TableLayout>,
+) {
+    if is_table(node, depth) {
         let mut files = Vec::new();
         node.all_files(&mut files);
         if !files.is_empty() {
@@ -132,7 +148,7 @@ fn tables_at_level(node: &Node, path: String, level: usize, out: &mut Vec<TableL
         } else {
             format!("{path}/{name}")
         };
-        tables_at_level(child, child_path, level - 1, out);
+        collect_tables(child, child_path, depth + 1, is_table, out);
     }
 }
 
@@ -167,27 +183,6 @@ fn has_unnamed_partitions(node: &Node) -> bool {
         && depths.len() == 1
         && !depths.contains(&0)
         && all_value_folders(node)
-}
-
-fn find_tables(node: &Node, path: String, out: &mut Vec<TableLayout>) {
-    let is_table = !node.files.is_empty()
-        || node.children.keys().any(|k| k.contains('='))
-        || has_unnamed_partitions(node);
-    if is_table {
-        let mut files = Vec::new();
-        node.all_files(&mut files);
-        files.sort_unstable();
-        out.push(TableLayout { root: path, files });
-        return;
-    }
-    for (name, child) in &node.children {
-        let child_path = if path.is_empty() {
-            name.clone()
-        } else {
-            format!("{path}/{name}")
-        };
-        find_tables(child, child_path, out);
-    }
 }
 
 /// Where a file sits inside its table: its partition keys and values, and its folder.
