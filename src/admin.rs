@@ -162,6 +162,8 @@ impl Admin for AdminService {
             },
             sample_rows: (r.sample_rows > 0).then_some(r.sample_rows as usize),
             table_level: (r.table_level > 0).then_some(r.table_level as usize),
+            // A crawl through the admin API is a plain crawl; event mode is a crawler's.
+            events_queue: None,
             deletion: if r.deletion.is_empty() {
                 Default::default()
             } else {

@@ -136,7 +136,10 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
                 name: args.name.clone(),
                 location: location.to_string(),
                 database: args.database.clone(),
-                options: args.shape.options(),
+                options: crate::catalog::CrawlerOptions {
+                    events_queue: args.events_queue.clone(),
+                    ..args.shape.options()
+                },
                 schedule: args.schedule.clone(),
                 created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 last_started_at: None,

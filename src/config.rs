@@ -237,6 +237,7 @@ impl CrawlShapeArgs {
             sample_rows: self.sample_rows,
             deletion: self.deletion,
             table_level: self.table_level.map(|l| l as usize),
+            events_queue: None,
         }
     }
 }
@@ -254,6 +255,11 @@ pub struct CrawlerCreateArgs {
     /// runs only when asked.
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Event mode: the URL of an SQS queue that receives the location's S3 event
+    /// notifications. Runs then re-crawl only the tables whose objects the events name
+    /// (the first run crawls everything); an empty queue costs one request.
+    #[arg(long)]
+    pub events_queue: Option<String>,
     #[command(flatten)]
     pub shape: CrawlShapeArgs,
 }

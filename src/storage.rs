@@ -261,7 +261,7 @@ impl StoreRegistry {
 /// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, by
 /// default under `~/.aws/`): keys, session token, region and `endpoint_url`. Credentials
 /// win over config for a key both name.
-fn aws_profile() -> HashMap<String, String> {
+pub(crate) fn aws_profile() -> HashMap<String, String> {
     let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
     let home = std::env::var("HOME").unwrap_or_default();
     let file = |env: &str, default: &str| {

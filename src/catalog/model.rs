@@ -209,6 +209,9 @@ pub struct CrawlerOptions {
     pub deletion: crate::crawler::DeletionPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_level: Option<usize>,
+    /// Event mode: the SQS queue of the location's S3 event notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_queue: Option<String>,
 }
 
 /// A crawler as the catalog records it.

@@ -78,9 +78,26 @@ pub async fn run(
             &now.to_rfc3339_opts(SecondsFormat::Millis, true),
         )
         .await?;
-    Crawler::new(catalog.clone(), Arc::clone(stores))
-        .crawl(&crawler.location, &crawl_options(crawler))
-        .await
+    let crawl = Crawler::new(catalog.clone(), Arc::clone(stores));
+    match &crawler.options.events_queue {
+        Some(queue) => {
+            let queue = super::events::Queue::new(queue)?;
+            let first_run = crawler.last_started_at.is_none();
+            crawl
+                .crawl_events(
+                    &crawler.location,
+                    &crawl_options(crawler),
+                    &queue,
+                    first_run,
+                )
+                .await
+        }
+        None => {
+            crawl
+                .crawl(&crawler.location, &crawl_options(crawler))
+                .await
+        }
+    }
 }
 
 /// Runs every scheduled crawler whose next run is at or before `now`, one after another;

@@ -11,6 +11,7 @@
 //! conflict, a file that vanished mid-crawl) are collected in the [`CrawlSummary`] with the
 //! file's path; the crawl goes on without that file.
 
+pub mod events;
 pub mod footer;
 pub mod jobs;
 pub mod layout;
@@ -348,6 +349,9 @@ pub struct CrawlSummary {
     /// CSV and JSON files whose start was read to infer their columns.
     #[serde(default)]
     pub samples_read: u64,
+    /// Event mode: S3 event notifications taken from the queue.
+    #[serde(default)]
+    pub events_read: u64,
     pub skipped: Skipped,
     pub problems: Vec<Problem>,
     pub elapsed_ms: u64,
@@ -355,6 +359,36 @@ pub struct CrawlSummary {
     pub list_ms: u64,
     /// Wall time spent reading footers.
     pub footer_ms: u64,
+}
+
+impl CrawlSummary {
+    /// Adds what another crawl (of a table under this location) did.
+    fn absorb(&mut self, other: CrawlSummary) {
+        self.tables_created.extend(other.tables_created);
+        self.tables_updated.extend(other.tables_updated);
+        self.tables_unchanged.extend(other.tables_unchanged);
+        self.tables_deprecated.extend(other.tables_deprecated);
+        self.tables_deleted.extend(other.tables_deleted);
+        self.problems.extend(other.problems);
+        for (mine, theirs) in [
+            (&mut self.schema_versions_added, other.schema_versions_added),
+            (&mut self.partitions_added, other.partitions_added),
+            (&mut self.partitions_removed, other.partitions_removed),
+            (&mut self.files_listed, other.files_listed),
+            (&mut self.files_added, other.files_added),
+            (&mut self.files_changed, other.files_changed),
+            (&mut self.files_removed, other.files_removed),
+            (&mut self.files_unchanged, other.files_unchanged),
+            (&mut self.bytes_added, other.bytes_added),
+            (&mut self.footers_read, other.footers_read),
+            (&mut self.samples_read, other.samples_read),
+            (&mut self.elapsed_ms, other.elapsed_ms),
+            (&mut self.list_ms, other.list_ms),
+            (&mut self.footer_ms, other.footer_ms),
+        ] {
+            *mine += theirs;
+        }
+    }
 }
 
 impl std::fmt::Display for CrawlSummary {
@@ -409,6 +443,9 @@ impl std::fmt::Display for CrawlSummary {
             self.skipped.empty,
             self.skipped.not_parquet
         )?;
+        if self.events_read > 0 {
+            writeln!(f, "  events: {} S3 notifications read", self.events_read)?;
+        }
         if self.problems.is_empty() {
             write!(f, "  problems: none")
         } else {
@@ -525,6 +562,70 @@ impl Crawler {
             .finish_crawl(crawl_id, status, &summary_json)
             .await?;
         result
+    }
+
+    /// Event mode: takes the S3 event notifications waiting in `queue` and re-crawls only
+    /// the tables under `location` whose objects they name (the whole location when one
+    /// names an object outside every catalogued table, which may be a new table, or when
+    /// `full`: a crawler's first run). The
+    /// messages are deleted once the crawls are committed; a failed crawl leaves them for
+    /// the next run. An empty queue lists nothing.
+    ///
+    /// # Errors
+    /// As [`Crawler::crawl`], plus an unreachable or refusing queue.
+    pub async fn crawl_events(
+        &self,
+        location: &str,
+        options: &CrawlOptions,
+        queue: &events::Queue,
+        full: bool,
+    ) -> Result<CrawlSummary> {
+        let root = Location::parse(location)?;
+        let messages = queue.receive(10_000).await?;
+        let bucket = root.url.host_str().unwrap_or_default().to_string();
+        let prefix = root.prefix();
+        let mut tables: BTreeMap<String, String> = BTreeMap::new(); // location -> name
+        // The first run crawls everything, which covers the events waiting before it.
+        let mut whole_location = full;
+        let catalogued = if messages.is_empty() || full {
+            Vec::new()
+        } else {
+            self.catalog.tables().await?
+        };
+        for (b, key) in messages.iter().flat_map(|m| m.objects.iter()) {
+            if *b != bucket || !is_under(key, prefix.as_ref()) {
+                continue;
+            }
+            let url = format!("{}{}", root.store_url().as_str(), key);
+            match catalogued
+                .iter()
+                .find(|t| t.database == options.database && url.starts_with(t.location.as_str()))
+            {
+                Some(t) => {
+                    tables.insert(t.location.clone(), t.name.clone());
+                }
+                None => whole_location = true,
+            }
+        }
+        let mut summary = CrawlSummary {
+            location: root.to_string(),
+            database: options.database.clone(),
+            ..CrawlSummary::default()
+        };
+        if whole_location {
+            summary = self.crawl(location, options).await?;
+        } else {
+            for (table_location, name) in &tables {
+                let one = CrawlOptions {
+                    table: Some(name.clone()),
+                    ..options.clone()
+                };
+                summary.absorb(self.crawl(table_location, &one).await?);
+            }
+        }
+        queue.delete(&messages).await?;
+        summary.events_read = messages.len() as u64;
+        Ok(summary)
     }
 
     async fn crawl_inner(

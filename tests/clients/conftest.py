@@ -193,7 +193,8 @@ def flight_sql_command(name: str, query: str) -> bytes:
 @contextmanager
 def moto_s3(*buckets: str):
     """A real S3 API server (moto) on loopback with `buckets` created; yields the AWS
-    environment that points Tarn (and boto3/deltalake) at it."""
+    environment that points Tarn (and boto3/deltalake) at it. Servers in one test process
+    share moto's state, so each test module uses buckets of its own."""
     import boto3
     from moto.server import ThreadedMotoServer
 
