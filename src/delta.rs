@@ -151,6 +151,18 @@ fn delta_error(table_url: &str, e: DeltaTableError) -> Error {
 /// deltalake does not support.
 pub fn provider(table: &DeltaTable, table_url: &str) -> Result<Arc<dyn TableProvider>> {
     let state = table.snapshot().map_err(|e| delta_error(table_url, e))?;
+    // A log may name any file (an absolute URL, or `../` out of the folder); Tarn reads
+    // only files inside the table's folder, so a log cannot become a way to read files
+    // outside the locations Tarn may read.
+    for file in state.log_data().iter() {
+        let path = file.path();
+        if !is_inside(&path, table_url) {
+            return Err(Error::InvalidArgument(format!(
+                "the Delta table at {table_url} names a data file outside its folder \
+                 ({path}); Tarn reads only files inside a table's folder"
+            )));
+        }
+    }
     // Column types as Tarn's Parquet tables have them: partition values plain (not
     // dictionaries), strings as `Utf8`. Files are read through the store the engine
     // registered for the table's location.
@@ -160,6 +172,21 @@ pub fn provider(table: &DeltaTable, table_url: &str) -> Result<Arc<dyn TableProv
     let scan = DeltaScanNext::new(state.snapshot().clone(), config)
         .map_err(|e| Error::Execution(format!("the Delta table at {table_url}: {e}")))?;
     Ok(Arc::new(scan))
+}
+
+/// Whether a data file path from a log (relative to the table, or an absolute URL) lies
+/// inside the table's folder.
+fn is_inside(path: &str, table_url: &str) -> bool {
+    match Url::parse(path) {
+        Ok(url) if url.scheme().len() > 1 => url.as_str().starts_with(table_url),
+        _ => {
+            !path.starts_with('/')
+                && !path.contains('\\')
+                && path
+                    .split('/')
+                    .all(|segment| segment != ".." && segment != ".")
+        }
+    }
 }
 
 /// Version, columns, partition columns and size of an opened table.
@@ -248,4 +275,24 @@ pub async fn history(store: Arc<dyn ObjectStore>, table_url: &str) -> Result<Vec
             }),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_files_must_stay_inside_the_table_folder() {
+        let table = "file:///lake/sales/";
+        assert!(is_inside("country=de/part-0.parquet", table));
+        assert!(is_inside(
+            "file:///lake/sales/country=de/part-0.parquet",
+            table
+        ));
+        assert!(!is_inside("../other/part-0.parquet", table));
+        assert!(!is_inside("country=de/../../x.parquet", table));
+        assert!(!is_inside("/etc/x.parquet", table));
+        assert!(!is_inside("file:///srv/private/x.parquet", table));
+        assert!(!is_inside("s3://other-bucket/x.parquet", table));
+    }
 }

@@ -1014,22 +1014,36 @@ impl Catalog {
     }
 
     /// Marks a table deprecated, with the reason (its folder is gone), or ends the mark.
+    /// Either is a new table version, so servers reload what they read.
     pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {
-        let query = match reason {
-            Some(_) => {
-                "UPDATE tables SET properties = json_set(properties, '$.deprecated', ?2) \
-                 WHERE id = ?1"
+        let mut tx = self.pool.begin().await?;
+        match reason {
+            Some(reason) => {
+                sqlx::query(
+                    "UPDATE tables SET properties = json_set(properties, '$.deprecated', ?2),
+                            version = version + 1, updated_at = ?3
+                     WHERE id = ?1",
+                )
+                .bind(table_id)
+                .bind(reason)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
             }
             None => {
-                "UPDATE tables SET properties = json_remove(properties, '$.deprecated') \
-                     WHERE id = ?1"
+                sqlx::query(
+                    "UPDATE tables SET properties = json_remove(properties, '$.deprecated'),
+                            version = version + 1, updated_at = ?2
+                     WHERE id = ?1",
+                )
+                .bind(table_id)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
             }
-        };
-        sqlx::query(query)
-            .bind(table_id)
-            .bind(reason)
-            .execute(&self.pool)
-            .await?;
+        }
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -616,8 +616,12 @@ impl Crawler {
             summary = self.crawl(location, options).await?;
         } else {
             for (table_location, name) in &tables {
+                // The crawler's globs are relative to its location, not to the table's
+                // folder: the table was catalogued through them already.
                 let one = CrawlOptions {
                     table: Some(name.clone()),
+                    include: Vec::new(),
+                    exclude: Vec::new(),
                     ..options.clone()
                 };
                 summary.absorb(self.crawl(table_location, &one).await?);
@@ -692,6 +696,8 @@ impl Crawler {
         let delta_newest = newest_delta_versions(listed.iter().map(&relative_of), &delta_roots);
         let include = glob_set(&options.include)?;
         let exclude = glob_set(&options.exclude)?;
+        // Every object listed, filtered or not: a folder holding any is not gone.
+        let listed_relatives: Vec<String> = listed.iter().map(&relative_of).collect();
         let mut candidates = Vec::new();
         for meta in listed {
             let relative = relative_of(&meta);
@@ -856,7 +862,6 @@ impl Crawler {
         // Tables crawled from under this location before whose folders are now gone. A
         // folder that still holds objects is not gone: it may be a table declared inside
         // another table's tree (`CREATE EXTERNAL TABLE … LOCATION '…/year=2024/'`).
-        let listed_relatives: Vec<&str> = candidates.iter().map(|c| c.relative.as_str()).collect();
         for table in self.catalog.tables().await? {
             let Some(table_relative) = table.location.strip_prefix(location.url.as_str()) else {
                 continue;
@@ -935,13 +940,22 @@ impl Crawler {
         let Some(existing) = self.table_at(options, name, table_url, summary).await? else {
             return Ok(());
         };
+        let properties = match &existing {
+            Some(t) => self.catalog.table_properties(t.id).await?,
+            None => serde_json::Value::Null,
+        };
         if let Some(t) = &existing
             && t.format == "delta"
             && newest.is_some()
-            && crate::delta::catalogued_version(&self.catalog.table_properties(t.id).await?)
-                == newest
+            && crate::delta::catalogued_version(&properties) == newest
         {
-            summary.tables_unchanged.push(qualified);
+            if properties["deprecated"].is_string() {
+                // Its log is back as it was.
+                self.catalog.set_deprecated(t.id, None).await?;
+                summary.tables_updated.push(qualified);
+            } else {
+                summary.tables_unchanged.push(qualified);
+            }
             return Ok(());
         }
         let opened = match crate::delta::open(Arc::clone(store), table_url, At::Newest).await {
@@ -999,7 +1013,9 @@ impl Crawler {
             create_only: options.create_only,
         };
         let outcome = self.catalog.commit_table(&commit).await?;
-        if let Some(t) = &existing {
+        if let Some(t) = &existing
+            && properties["deprecated"].is_string()
+        {
             // A log that is there again ends a deprecation.
             self.catalog.set_deprecated(t.id, None).await?;
         }

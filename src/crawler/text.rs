@@ -110,6 +110,9 @@ pub fn has_extension(path: &str) -> bool {
     })
 }
 
+/// The most a compressed sample decodes to (16 MiB: many thousands of records).
+const MAX_DECODED: u64 = 16 << 20;
+
 /// What a sample of a CSV or JSON file says about the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextSample {
@@ -244,11 +247,15 @@ fn decompress(
     let mut out = Vec::new();
     let result = match compression {
         Compression::None => return Ok((raw.to_vec(), whole_file)),
-        Compression::Gzip => flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out),
-        Compression::Zstd => {
-            zstd::stream::read::Decoder::new(raw).and_then(|mut d| d.read_to_end(&mut out))
-        }
+        Compression::Gzip => flate2::read::MultiGzDecoder::new(raw)
+            .take(MAX_DECODED)
+            .read_to_end(&mut out),
+        Compression::Zstd => zstd::stream::read::Decoder::new(raw)
+            .and_then(|d| d.take(MAX_DECODED).read_to_end(&mut out)),
     };
+    // A small compressed prefix can expand enormously; a sample never decodes past the
+    // cap, and a file cut there is not whole.
+    let whole_file = whole_file && (out.len() as u64) < MAX_DECODED;
     match result {
         Ok(_) => Ok((out, whole_file)),
         // A prefix of a compressed file ends mid-stream: keep what it decoded to.

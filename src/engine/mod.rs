@@ -934,8 +934,20 @@ impl Shared {
             return Ok(Some(Arc::clone(provider)));
         }
         let location = Location::parse_catalogued(&entry.location)?;
-        let provider = if entry.format == "delta" {
-            let properties = self.catalog.table_properties(entry.id).await?;
+        let properties = if entry.format == "delta" {
+            self.catalog.table_properties(entry.id).await?
+        } else {
+            serde_json::Value::Null
+        };
+        let provider = if entry.format == "delta" && properties["deprecated"].is_string() {
+            // Its log is gone: like any table whose folder is gone, it answers empty.
+            Arc::new(CatalogTable::try_new(
+                entry.clone(),
+                Vec::new(),
+                location.store_url(),
+                None,
+            )?)
+        } else if entry.format == "delta" {
             let at = match crate::delta::catalogued_version(&properties) {
                 Some(v) => crate::delta::At::Version(v),
                 None => crate::delta::At::Newest,

@@ -809,6 +809,19 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
         vec![vec!["0"]]
     );
 
+    // A folder the crawl filters out is not gone.
+    let filtered = env
+        .crawl_with(
+            &lake,
+            CrawlOptions {
+                exclude: vec!["users/**".into()],
+                deletion: tarn::crawler::DeletionPolicy::Delete,
+                ..CrawlOptions::default()
+            },
+        )
+        .await;
+    assert!(filtered.tables_deleted.is_empty(), "{filtered}");
+
     // delete: dropped from the catalog.
     std::fs::rename(&users, &moved).unwrap();
     let deleted = env

@@ -147,6 +147,23 @@ async fn delta_tables_written_by_the_rust_writer_are_read_at_their_catalogued_ve
     );
 
     // Partitions come from the log.
+    // Its folder gone, the table answers empty (marked deprecated); back, it answers again.
+    let away = env.dir.path().join("orders-away");
+    std::fs::rename(&path, &away).unwrap();
+    let gone = env.crawl(&lake).await;
+    assert_eq!(gone.tables_deprecated, vec!["default.orders"], "{gone}");
+    assert_eq!(
+        env.rows("SELECT count(*) FROM orders").await,
+        vec![vec!["0".to_string()]]
+    );
+    std::fs::rename(&away, &path).unwrap();
+    let back = env.crawl(&lake).await;
+    assert_eq!(back.tables_updated, vec!["default.orders"], "{back}");
+    assert_eq!(
+        env.rows("SELECT count(*) FROM orders").await,
+        vec![vec!["133".to_string()]]
+    );
+
     let create = format!(
         "CREATE EXTERNAL TABLE o2 (id BIGINT) STORED AS DELTA LOCATION '{}'",
         path.display()
