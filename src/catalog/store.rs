@@ -1017,31 +1017,18 @@ impl Catalog {
     /// Either is a new table version, so servers reload what they read.
     pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        match reason {
-            Some(reason) => {
-                sqlx::query(
-                    "UPDATE tables SET properties = json_set(properties, '$.deprecated', ?2),
-                            version = version + 1, updated_at = ?3
-                     WHERE id = ?1",
-                )
-                .bind(table_id)
-                .bind(reason)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE tables SET properties = json_remove(properties, '$.deprecated'),
-                            version = version + 1, updated_at = ?2
-                     WHERE id = ?1",
-                )
-                .bind(table_id)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        sqlx::query(
+            "UPDATE tables SET
+               properties = CASE WHEN ?2 IS NULL THEN json_remove(properties, '$.deprecated')
+                                 ELSE json_set(properties, '$.deprecated', ?2) END,
+               version = version + 1, updated_at = ?3
+             WHERE id = ?1",
+        )
+        .bind(table_id)
+        .bind(reason)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(())
