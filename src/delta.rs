@@ -106,12 +106,9 @@ pub async fn open(store: Arc<dyn ObjectStore>, table_url: &str, at: At) -> Resul
         At::Timestamp(ts) => builder.with_timestamp(ts),
     };
     let table = builder.load().await.map_err(|e| match at {
-        At::Version(v) if is_missing_version(&e) => Error::InvalidArgument(format!(
+        At::Version(v) if is_missing_version(&e, v) => Error::InvalidArgument(format!(
             "the Delta table at {table_url} has no version {v}; `SHOW HISTORY` lists the \
              versions of a Delta table"
-        )),
-        At::Timestamp(ts) if is_missing_version(&e) => Error::InvalidArgument(format!(
-            "the Delta table at {table_url} has no version committed at or before {ts}"
         )),
         _ => delta_error(table_url, e),
     })?;
@@ -130,13 +127,11 @@ pub async fn open(store: Arc<dyn ObjectStore>, table_url: &str, at: At) -> Resul
     Ok(table)
 }
 
-fn is_missing_version(e: &DeltaTableError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    matches!(
-        e,
-        DeltaTableError::InvalidVersion(_) | DeltaTableError::NotATable(_)
-    ) || text.contains("version")
-        || text.contains("timestamp")
+/// Whether opening at version `v` failed because the log has no such version (the kernel
+/// says so only in its message: "… the specified end version 9").
+fn is_missing_version(e: &DeltaTableError, v: u64) -> bool {
+    matches!(e, DeltaTableError::InvalidVersion(_))
+        || e.to_string().ends_with(&format!("version {v}"))
 }
 
 fn delta_error(table_url: &str, e: DeltaTableError) -> Error {

@@ -332,13 +332,19 @@ pub fn foreign_table_roots<'a>(
 
 /// Whether `name`, in a `_delta_log/` folder, makes that folder a Delta table's log.
 pub fn is_delta_log_entry(name: &str) -> bool {
-    if name == "_last_checkpoint" {
-        return true;
+    name == "_last_checkpoint" || delta_log_version(name).is_some()
+}
+
+/// The version whose commit (`<20 digits>.json`) or checkpoint
+/// (`<20 digits>.checkpoint….parquet`) a `_delta_log/` file is.
+pub fn delta_log_version(name: &str) -> Option<u64> {
+    // `get`, not slicing: a name with multi-byte characters is simply not a log file.
+    let (digits, rest) = (name.get(..20)?, name.get(20..)?);
+    let is_log = rest == ".json" || (rest.starts_with(".checkpoint") && rest.ends_with(".parquet"));
+    if !is_log || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    let (version, rest) = name.split_at(name.len().min(20));
-    version.len() == 20
-        && version.bytes().all(|b| b.is_ascii_digit())
-        && (rest == ".json" || (rest.starts_with(".checkpoint") && rest.ends_with(".parquet")))
+    digits.parse().ok()
 }
 
 /// Whether `relative` lies in the folder `root` (`""` is the crawl root: everything).
@@ -567,6 +573,14 @@ mod tests {
             foreign_table_roots(["_delta_log/_last_checkpoint", "x.parquet"]),
             vec![(String::new(), ForeignFormat::Delta)]
         );
+        assert_eq!(delta_log_version("00000000000000000012.json"), Some(12));
+        assert_eq!(
+            delta_log_version("00000000000000000010.checkpoint.0000000001.0000000002.parquet"),
+            Some(10)
+        );
+        assert_eq!(delta_log_version("00000000000000000012.crc"), None);
+        // Multi-byte names are not log files (and do not split mid-character).
+        assert_eq!(delta_log_version("ééééééééééééééé.json"), None);
         assert!(is_under("sales/part-0.parquet", "sales"));
         assert!(!is_under("salesman/part-0.parquet", "sales"));
         assert!(is_under("anything", ""));

@@ -1650,12 +1650,7 @@ fn newest_delta_versions(
         if file.contains('/') || !roots.iter().any(|r| r == root) {
             continue;
         }
-        let digits = file.split('.').next().unwrap_or("");
-        let is_log = file.ends_with(".json") || file.contains(".checkpoint");
-        if digits.len() == 20
-            && is_log
-            && let Ok(version) = digits.parse::<u64>()
-        {
+        if let Some(version) = layout::delta_log_version(file) {
             let entry = newest.entry(root.to_string()).or_insert(version);
             *entry = (*entry).max(version);
         }
