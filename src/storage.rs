@@ -142,6 +142,8 @@ impl std::fmt::Display for Location {
 #[derive(Debug, Default)]
 pub struct StoreRegistry {
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// Roots whose store was registered in code rather than built from the environment.
+    registered: Mutex<std::collections::HashSet<String>>,
 }
 
 impl StoreRegistry {
@@ -157,11 +159,25 @@ impl StoreRegistry {
             reason: e.to_string(),
         })?;
         let key = format!("{}://{}/", url.scheme(), url.host_str().unwrap_or_default());
+        self.registered
+            .lock()
+            .map_err(|_| Error::Internal("store registry lock poisoned".into()))?
+            .insert(key.clone());
         self.stores
             .lock()
             .map_err(|_| Error::Internal("store registry lock poisoned".into()))?
             .insert(key, store);
         Ok(())
+    }
+
+    /// Whether `location` is on local disk and read through Tarn's own local store (not a
+    /// store registered in its place), so its files may be read with plain file I/O.
+    pub fn is_plain_local(&self, location: &Location) -> bool {
+        location.url.scheme() == "file"
+            && self
+                .registered
+                .lock()
+                .is_ok_and(|r| !r.contains(location.store_url().as_str()))
     }
 
     /// Returns the store for a location, creating it on first use.

@@ -3,7 +3,7 @@
 //! instead of an error when they meet).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -475,19 +475,65 @@ impl Catalog {
             }
         }
 
-        for path in &commit.removals {
-            sqlx::query("DELETE FROM data_files WHERE table_id = ?1 AND path = ?2")
+        for paths in commit.removals.chunks(INSERT_CHUNK) {
+            let mut delete =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM data_files WHERE table_id = ");
+            delete.push_bind(table_id).push(" AND path IN (");
+            let mut list = delete.separated(", ");
+            for path in paths {
+                list.push_bind(path);
+            }
+            list.push_unseparated(")");
+            delete.build().execute(&mut *tx).await?;
+        }
+
+        // The partitions the new files go to: the known ones in one query, the new ones
+        // inserted many per statement.
+        let mut partition_ids: HashMap<String, i64> = HashMap::new();
+        if !commit.upserts.is_empty() {
+            let rows = sqlx::query("SELECT location, id FROM partitions WHERE table_id = ?1")
                 .bind(table_id)
-                .bind(path)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+            for row in rows {
+                partition_ids.insert(row.get(0), row.get(1));
+            }
+        }
+        let mut new_partitions: Vec<(&str, String)> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for file in &commit.upserts {
+            let location = file.partition_location.as_str();
+            if !partition_ids.contains_key(location) && seen.insert(location) {
+                let values = serde_json::to_string(&file.partition_values)
+                    .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
+                new_partitions.push((location, values));
+            }
+        }
+        for chunk in new_partitions.chunks(INSERT_CHUNK) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                r#"INSERT OR IGNORE INTO partitions
+                     (table_id, "values", location, file_count, total_bytes, row_count) "#,
+            );
+            insert.push_values(chunk, |mut b, (location, values)| {
+                b.push_bind(table_id)
+                    .push_bind(values)
+                    .push_bind(*location)
+                    .push_bind(0i64)
+                    .push_bind(0i64)
+                    .push_bind(0i64);
+            });
+            insert.push(" RETURNING location, id");
+            let rows = insert.build().fetch_all(&mut *tx).await?;
+            outcome.partitions_added += rows.len() as u64;
+            for row in rows {
+                partition_ids.insert(row.get(0), row.get(1));
+            }
         }
 
         // Files share a handful of schemas (the crawler interns them): encode and look up
         // each distinct one once.
         let mut schema_ids: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut schema_by_ptr: HashMap<usize, i64> = HashMap::new();
-        let mut partition_ids: BTreeMap<String, i64> = BTreeMap::new();
         let mut rows: Vec<(i64, i64, String)> = Vec::with_capacity(commit.upserts.len());
         for file in &commit.upserts {
             let schema_id = match schema_by_ptr.get(&(Arc::as_ptr(&file.file_schema) as usize)) {
@@ -514,33 +560,12 @@ impl Catalog {
                     id
                 }
             };
-            let partition_id = match partition_ids.get(&file.partition_location) {
-                Some(id) => *id,
-                None => {
-                    let values = serde_json::to_string(&file.partition_values)
-                        .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
-                    let inserted = sqlx::query(
-                        r#"INSERT OR IGNORE INTO partitions
-                             (table_id, "values", location, file_count, total_bytes, row_count)
-                           VALUES (?1, ?2, ?3, 0, 0, 0)"#,
-                    )
-                    .bind(table_id)
-                    .bind(&values)
-                    .bind(&file.partition_location)
-                    .execute(&mut *tx)
-                    .await?;
-                    outcome.partitions_added += inserted.rows_affected();
-                    let id: i64 = sqlx::query_scalar(
-                        "SELECT id FROM partitions WHERE table_id = ?1 AND location = ?2",
-                    )
-                    .bind(table_id)
-                    .bind(&file.partition_location)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    partition_ids.insert(file.partition_location.clone(), id);
-                    id
-                }
-            };
+            let partition_id = *partition_ids.get(&file.partition_location).ok_or_else(|| {
+                Error::Internal(format!(
+                    "partition {} of table {}.{} was not recorded",
+                    file.partition_location, commit.database, commit.name
+                ))
+            })?;
             let stats = serde_json::to_string(&file.stats)
                 .map_err(|e| Error::Internal(format!("file stats to JSON: {e}")))?;
             rows.push((partition_id, schema_id, stats));

@@ -359,6 +359,9 @@ pub struct CrawlSummary {
     pub list_ms: u64,
     /// Wall time spent reading footers.
     pub footer_ms: u64,
+    /// Time spent committing tables to the catalog.
+    #[serde(default)]
+    pub commit_ms: u64,
 }
 
 impl CrawlSummary {
@@ -385,6 +388,7 @@ impl CrawlSummary {
             (&mut self.elapsed_ms, other.elapsed_ms),
             (&mut self.list_ms, other.list_ms),
             (&mut self.footer_ms, other.footer_ms),
+            (&mut self.commit_ms, other.commit_ms),
         ] {
             *mine += theirs;
         }
@@ -395,12 +399,14 @@ impl std::fmt::Display for CrawlSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "Crawled {} into database '{}' in {:.2}s (listing {:.2}s, footers {:.2}s)",
+            "Crawled {} into database '{}' in {:.2}s (listing {:.2}s, footers {:.2}s, \
+             catalog {:.2}s)",
             self.location,
             self.database,
             self.elapsed_ms as f64 / 1000.0,
             self.list_ms as f64 / 1000.0,
-            self.footer_ms as f64 / 1000.0
+            self.footer_ms as f64 / 1000.0,
+            self.commit_ms as f64 / 1000.0
         )?;
         let list = |v: &[String]| {
             if v.is_empty() {
@@ -1138,10 +1144,23 @@ impl Crawler {
         let sample_bytes = (sample_rows as u64 * 1024).clamp(1 << 20, 64 << 20);
 
         self.report(|p| p.footers_to_read += to_read.len() as u64);
+        let footer_started = Instant::now();
+        // Local Parquet files are read in batches on blocking threads (one hand-off per
+        // batch, not two per file); everything else through the object store.
+        let local =
+            Location::parse_catalogued(table_url).is_ok_and(|l| self.stores.is_plain_local(&l));
+        let (local_parquet, to_read): (Vec<usize>, Vec<usize>) =
+            to_read.into_iter().partition(|&i| {
+                local
+                    && text::format_from_name(files[i].meta.location.as_ref())
+                        == Some(FileFormat::Parquet)
+            });
+        let mut reads = self
+            .read_local_footers(files, &local_parquet, options.footer_concurrency)
+            .await;
         // Each read is its own task, so decoding footers uses every core, not only the
         // task driving the crawl; at most `footer_concurrency` are in flight.
-        let footer_started = Instant::now();
-        let reads: Vec<(usize, std::result::Result<FileRead, ReadError>)> =
+        let remote_reads: Vec<(usize, std::result::Result<FileRead, ReadError>)> =
             futures::stream::iter(to_read.iter().copied())
                 .map(|i| {
                     let store = Arc::clone(store);
@@ -1175,8 +1194,8 @@ impl Crawler {
                 })
                 .collect()
                 .await;
+        reads.extend(remote_reads);
         summary.footer_ms += footer_started.elapsed().as_millis() as u64;
-        let mut reads = reads;
         reads.sort_by_key(|(i, _)| *i);
         for (_, read) in &reads {
             match read {
@@ -1259,6 +1278,8 @@ impl Crawler {
         // decodes each stored schema once; footers are interned here), and a schema the
         // merger has taken is not merged again.
         let mut interned: HashMap<Schema, SchemaRef> = HashMap::new();
+        let mut interned_ptr: HashMap<usize, SchemaRef> = HashMap::new();
+        let mut footer_schemas: Vec<SchemaRef> = Vec::new();
         let mut merged: std::collections::HashSet<usize> = std::collections::HashSet::new();
         for (_, f) in &kept {
             // Unchanged files fitted this schema before; adding them only widens nullability.
@@ -1347,11 +1368,22 @@ impl Crawler {
                     crate::catalog::FileStats::new(),
                 ),
             };
-            let schema = Arc::clone(
-                interned
-                    .entry(schema.as_ref().clone())
-                    .or_insert_with(|| Arc::clone(&schema)),
-            );
+            // Footers read together share their schema's Arc: hash each such Arc once.
+            let schema = match interned_ptr.get(&(Arc::as_ptr(&schema) as usize)) {
+                Some(known) => Arc::clone(known),
+                None => {
+                    let known = Arc::clone(
+                        interned
+                            .entry(schema.as_ref().clone())
+                            .or_insert_with(|| Arc::clone(&schema)),
+                    );
+                    // The footer's Arc stays alive (in `footer_schemas`) while its address
+                    // is a key, so the address cannot be reused by another schema.
+                    interned_ptr.insert(Arc::as_ptr(&schema) as usize, Arc::clone(&known));
+                    footer_schemas.push(schema);
+                    known
+                }
+            };
             let key = Arc::as_ptr(&schema) as usize;
             if !merged.contains(&key) {
                 let fitted = without(&schema, &partition_names);
@@ -1516,7 +1548,9 @@ impl Crawler {
             },
         };
         let holds_files = !commit.upserts.is_empty() || !kept.is_empty();
+        let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;
+        summary.commit_ms += commit_started.elapsed().as_millis() as u64;
         if let Some(t) = &existing
             && holds_files
             && properties.get("deprecated").is_some()
@@ -1528,6 +1562,75 @@ impl Crawler {
         summary.partitions_removed += outcome.partitions_removed;
         record(summary, &outcome, qualified);
         Ok(())
+    }
+
+    /// Reads the footers of local Parquet files (`indices` into `files`), in batches on
+    /// blocking threads, as many at once as there are cores (at most `concurrency`).
+    async fn read_local_footers(
+        &self,
+        files: &[&Candidate],
+        indices: &[usize],
+        concurrency: usize,
+    ) -> Vec<(usize, std::result::Result<FileRead, ReadError>)> {
+        const BATCH: usize = 64;
+        let fs = object_store::local::LocalFileSystem::new();
+        let mut unmapped = Vec::new();
+        let mut batches: Vec<Vec<(usize, footer::LocalFile)>> = Vec::new();
+        for chunk in indices.chunks(BATCH) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let meta = &files[i].meta;
+                match fs.path_to_filesystem(&meta.location) {
+                    Ok(file) => batch.push((
+                        i,
+                        footer::LocalFile {
+                            file,
+                            size: meta.size,
+                            path: meta.location.clone(),
+                        },
+                    )),
+                    Err(e) => unmapped.push((i, Err(ReadError::Footer(FooterError::Store(e))))),
+                }
+            }
+            batches.push(batch);
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut reads: Vec<(usize, std::result::Result<FileRead, ReadError>)> =
+            futures::stream::iter(batches)
+                .map(|batch| async move {
+                    let (indices, local): (Vec<usize>, Vec<footer::LocalFile>) =
+                        batch.into_iter().unzip();
+                    let bytes: u64 = local.iter().map(|f| f.size).sum();
+                    let n = local.len() as u64;
+                    let footers =
+                        tokio::task::spawn_blocking(move || footer::read_local_footers(&local))
+                            .await;
+                    self.report(|p| {
+                        p.footers_read += n;
+                        p.bytes += bytes;
+                    });
+                    let footers: Vec<std::result::Result<FileRead, ReadError>> = match footers {
+                        Ok(footers) => footers
+                            .into_iter()
+                            .map(|r| r.map(FileRead::Parquet).map_err(ReadError::Footer))
+                            .collect(),
+                        Err(e) => indices
+                            .iter()
+                            .map(|_| {
+                                Err(ReadError::Footer(FooterError::Corrupt(format!(
+                                    "file reader failed: {e}"
+                                ))))
+                            })
+                            .collect(),
+                    };
+                    indices.into_iter().zip(footers).collect::<Vec<_>>()
+                })
+                .buffer_unordered(cores.min(concurrency).max(1))
+                .flat_map(futures::stream::iter)
+                .collect()
+                .await;
+        reads.extend(unmapped);
+        reads
     }
 
     /// The catalogued table `name` (`Some(None)` when there is none yet), or `None` when
