@@ -23,6 +23,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
 use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::aws::AmazonS3Builder;
 use parquet::arrow::ArrowWriter;
 use tarn::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
 use tarn::crawler::{CrawlOptions, Crawler};
@@ -108,35 +112,78 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-#[tokio::main]
-async fn main() {
-    // `cargo test --all-targets` runs bench binaries too; only `cargo bench` passes
-    // `--bench`, so the test run merely proves this compiles.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("crawl benchmark: run it with `cargo bench --bench crawl`");
-        return;
+/// Where the 1% of new files go, under the lake's root.
+const NEW_FILES: &str = "events/year=2025";
+
+/// The same lake on local disk or in an S3 bucket (under `lake/`).
+enum Lake {
+    Local(PathBuf),
+    S3(Arc<dyn ObjectStore>),
+}
+
+impl Lake {
+    fn url(&self) -> String {
+        match self {
+            Lake::Local(root) => root.to_string_lossy().into_owned(),
+            Lake::S3(_) => "s3://bench/lake".into(),
+        }
     }
-    let files = arg("--files", 10_000);
-    let partitions = arg("--partitions", (files / 5).max(1));
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let root = PathBuf::from(target).join(format!("bench-data/lake-{files}-{partitions}"));
-    generate(&root, files, partitions);
-    let root = std::fs::canonicalize(&root).expect("canonical");
-    let extra = root.join("events/year=2025");
-    let _ = std::fs::remove_dir_all(&extra);
 
-    let data = tempfile::tempdir().expect("tempdir");
-    let catalog = Catalog::open(data.path()).await.expect("catalog");
-    let stores = Arc::new(StoreRegistry::default());
-    let crawler = Crawler::new(catalog.clone(), Arc::clone(&stores));
-    let lake = root.to_string_lossy().into_owned();
+    /// Adds `n` new files (100 columns each) in a year of their own.
+    async fn add_files(&self, n: usize) {
+        let staging = tempfile::tempdir().expect("tempdir");
+        let dir = match self {
+            Lake::Local(root) => root.join(NEW_FILES),
+            Lake::S3(_) => staging.path().join(NEW_FILES),
+        };
+        for f in 0..n {
+            write_file(
+                &dir.join(format!(
+                    "month=01/day=01/hour={:02}/new-{f:05}.parquet",
+                    f % 24
+                )),
+                100,
+                f as i64,
+            );
+        }
+        if let Lake::S3(store) = self {
+            upload(store, staging.path(), "lake").await;
+        }
+    }
 
-    println!("\n== crawl: {files} Parquet files, {partitions} partitions, 20-100 columns ==");
+    async fn remove_added_files(&self) {
+        match self {
+            Lake::Local(root) => std::fs::remove_dir_all(root.join(NEW_FILES)).expect("cleanup"),
+            Lake::S3(store) => {
+                let prefix = object_store::path::Path::from(format!("lake/{NEW_FILES}"));
+                let keys: Vec<_> = store
+                    .list(Some(&prefix))
+                    .map_ok(|m| m.location)
+                    .try_collect()
+                    .await
+                    .expect("list");
+                for key in keys {
+                    store.delete(&key).await.expect("delete");
+                }
+            }
+        }
+    }
+}
+
+/// Cold crawl, re-crawl with no change, re-crawl after 1% new files, and DataFusion's own
+/// schema inference over the same files. False when `--cold-only` stops after the first.
+async fn crawl_cases(crawler: &Crawler, lake: &Lake, files: usize, ctx: &SessionContext) -> bool {
+    let url = lake.url();
+    // Each lake is crawled into a database of its own.
+    let options = CrawlOptions {
+        database: match lake {
+            Lake::Local(_) => "local".into(),
+            Lake::S3(_) => "s3".into(),
+        },
+        ..CrawlOptions::default()
+    };
     let t = Instant::now();
-    let cold = crawler
-        .crawl(&lake, &CrawlOptions::default())
-        .await
-        .expect("crawl");
+    let cold = crawler.crawl(&url, &options).await.expect("crawl");
     let cold_time = t.elapsed();
     assert!(cold.problems.is_empty(), "{cold}");
     println!(
@@ -154,55 +201,40 @@ async fn main() {
     );
     // `--cold-only`: stop here (for profiling the cold crawl alone).
     if std::env::args().any(|a| a == "--cold-only") {
-        return;
+        return false;
     }
 
     let t = Instant::now();
-    let again = crawler
-        .crawl(&lake, &CrawlOptions::default())
-        .await
-        .expect("crawl");
+    let again = crawler.crawl(&url, &options).await.expect("crawl");
     let again_time = t.elapsed();
     println!(
-        "tarn re-crawl, no change:   {:>8.0} files/s  ({:.3}s, footers read: {})",
+        "tarn re-crawl, no change:   {:>8.0} files/s  ({:.3}s: listing {:.3}s, footers read: {})",
         rate(again.files_listed, again_time),
         again_time.as_secs_f64(),
+        again.list_ms as f64 / 1000.0,
         again.footers_read
     );
 
-    let new_files = (files / 100).max(1);
-    for f in 0..new_files {
-        write_file(
-            &extra.join(format!(
-                "month=01/day=01/hour={:02}/new-{f:05}.parquet",
-                f % 24
-            )),
-            100,
-            f as i64,
-        );
-    }
+    lake.add_files((files / 100).max(1)).await;
     let t = Instant::now();
-    let delta = crawler
-        .crawl(&lake, &CrawlOptions::default())
-        .await
-        .expect("crawl");
+    let delta = crawler.crawl(&url, &options).await.expect("crawl");
     let delta_time = t.elapsed();
     println!(
-        "tarn re-crawl, 1% new:      {:>8.3}s        (footers read: {}, files added: {})",
+        "tarn re-crawl, 1% new:      {:>8.3}s        (listing {:.3}s, footers read: {}, files added: {})",
         delta_time.as_secs_f64(),
+        delta.list_ms as f64 / 1000.0,
         delta.footers_read,
         delta.files_added
     );
-    std::fs::remove_dir_all(&extra).expect("cleanup");
+    lake.remove_added_files().await;
 
     // The peer: DataFusion's ListingTable schema inference reads every footer.
-    let ctx = SessionContext::new();
-    let url = ListingTableUrl::parse(format!("{lake}/events/")).expect("url");
+    let table = ListingTableUrl::parse(format!("{url}/events/")).expect("url");
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let t = Instant::now();
     let schema = options
-        .infer_schema(&ctx.state(), &url)
+        .infer_schema(&ctx.state(), &table)
         .await
         .expect("infer");
     let df_time = t.elapsed();
@@ -216,6 +248,158 @@ async fn main() {
         "ratio, cold crawl vs datafusion inference: {:.2}x (tarn also keeps per-file statistics and partitions)",
         df_time.as_secs_f64() / cold_time.as_secs_f64()
     );
+    true
+}
+
+/// Uploads every file under `dir` to `store` under `prefix`, 32 at a time.
+async fn upload(store: &Arc<dyn ObjectStore>, dir: &Path, prefix: &str) {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                paths.push(path);
+            }
+        }
+    }
+    futures::stream::iter(paths)
+        .map(|path| async move {
+            let rel = path.strip_prefix(dir).expect("inside");
+            let key = object_store::path::Path::from(format!("{prefix}/{}", rel.display()));
+            let bytes = std::fs::read(&path).expect("read");
+            store.put(&key, bytes.into()).await.expect("put");
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// A moto S3 API server on 127.0.0.1 (from the test venv), stopped when dropped.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts one, setting up the venv first; `None` (with the reason) when it cannot.
+    fn start() -> Option<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let venv = std::process::Command::new(root.join("scripts/venv")).status();
+        if !matches!(venv, Ok(s) if s.success()) {
+            println!("-- S3 API server: skipped (scripts/venv failed: {venv:?}) --");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let child = std::process::Command::new(root.join(".venv/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                println!("-- S3 API server: skipped (moto did not start within 60s) --");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// Creates `bucket` and returns a store for it.
+    fn bucket(&self, bucket: &str) -> object_store::Result<Arc<dyn ObjectStore>> {
+        use std::io::{Read, Write};
+        // An unsigned PUT: moto does not check signatures, and object_store has no call
+        // for creating buckets.
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.port
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        Ok(Arc::new(
+            AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+                .with_allow_http(true)
+                .with_region("us-east-1")
+                .with_access_key_id("bench")
+                .with_secret_access_key("bench")
+                .build()?,
+        ))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --all-targets` runs bench binaries too; only `cargo bench` passes
+    // `--bench`, so the test run merely proves this compiles.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("crawl benchmark: run it with `cargo bench --bench crawl`");
+        return;
+    }
+    let files = arg("--files", 10_000);
+    let partitions = arg("--partitions", (files / 5).max(1));
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let root = PathBuf::from(target).join(format!("bench-data/lake-{files}-{partitions}"));
+    generate(&root, files, partitions);
+    let root = std::fs::canonicalize(&root).expect("canonical");
+    let _ = std::fs::remove_dir_all(root.join(NEW_FILES));
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let catalog = Catalog::open(data.path()).await.expect("catalog");
+    let stores = Arc::new(StoreRegistry::default());
+    let crawler = Crawler::new(catalog.clone(), Arc::clone(&stores));
+
+    println!("\n== crawl: {files} Parquet files, {partitions} partitions, 20-100 columns ==");
+    println!("-- local disk --");
+    let local = Lake::Local(root.clone());
+    if !crawl_cases(&crawler, &local, files, &SessionContext::new()).await {
+        return; // --cold-only
+    }
+
+    if std::env::args().any(|a| a == "--no-s3") {
+        println!("-- S3 API server: skipped (--no-s3) --");
+    } else if let Some(moto) = Moto::start() {
+        println!("-- S3 API server (moto on 127.0.0.1, the same files) --");
+        let store = moto.bucket("bench").expect("bucket");
+        stores
+            .register("s3://bench/", Arc::clone(&store))
+            .expect("register");
+        let t = Instant::now();
+        upload(&store, &root, "lake").await;
+        println!(
+            "uploaded the lake in {:.1}s (not part of the measurements)",
+            t.elapsed().as_secs_f64()
+        );
+        let ctx = SessionContext::new();
+        ctx.register_object_store(
+            &url::Url::parse("s3://bench").expect("url"),
+            Arc::clone(&store),
+        );
+        crawl_cases(&crawler, &Lake::S3(store), files, &ctx).await;
+        drop(moto);
+    }
 
     // Planning over a large catalogued table: no listing, pruning from the catalog.
     let big_files = arg("--plan-files", 100_000);
