@@ -272,22 +272,43 @@ impl Catalog {
     }
 
     async fn load_files(&self, table_id: i64, with_stats: bool) -> Result<Vec<FileEntry>> {
+        // Files share a handful of schemas and partitions: each is read and decoded once,
+        // not once per file. One read transaction, so the three reads see one state.
+        let mut tx = self.pool.begin().await?;
+        let mut schemas: HashMap<i64, SchemaRef> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT id, schema FROM file_schemas WHERE id IN
+               (SELECT DISTINCT file_schema_id FROM data_files WHERE table_id = ?1)",
+        )
+        .bind(table_id)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let id: i64 = r.get(0);
+            let schema = decode_schema(r.get::<&[u8], _>(1), || format!("file schema {id}"))?;
+            schemas.insert(id, schema);
+        }
+        let mut partitions: HashMap<i64, (Vec<Option<String>>, String)> = HashMap::new();
+        for r in sqlx::query(r#"SELECT id, "values", location FROM partitions WHERE table_id = ?1"#)
+            .bind(table_id)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let values = parse_values(r.get::<&str, _>(1), table_id)?;
+            partitions.insert(r.get(0), (values, r.get(2)));
+        }
         let rows = sqlx::query(
             r#"SELECT f.path, f.size, f.e_tag, f.last_modified, f.row_count, f.footer_size,
-                      f.file_schema_id, s.schema, CASE WHEN ?2 THEN f.stats ELSE '{}' END,
-                      p."values", p.location
+                      f.file_schema_id, CASE WHEN ?2 THEN f.stats ELSE '{}' END, f.partition_id
                FROM data_files f
-               JOIN file_schemas s ON s.id = f.file_schema_id
-               LEFT JOIN partitions p ON p.id = f.partition_id
                WHERE f.table_id = ?1
                ORDER BY f.path"#,
         )
         .bind(table_id)
         .bind(with_stats)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        // Files share a handful of schemas: decode each once.
-        let mut schemas: HashMap<i64, SchemaRef> = HashMap::new();
+        tx.commit().await?;
         let mut files = Vec::with_capacity(rows.len());
         for r in rows {
             let path: String = r.get(0);
@@ -296,23 +317,20 @@ impl Catalog {
                 reason,
             };
             let schema_id: i64 = r.get(6);
-            let file_schema = match schemas.get(&schema_id) {
-                Some(s) => Arc::clone(s),
-                None => {
-                    let s = decode_schema(r.get::<&[u8], _>(7), || format!("file {path}"))?;
-                    schemas.insert(schema_id, Arc::clone(&s));
-                    s
-                }
-            };
+            let file_schema = schemas
+                .get(&schema_id)
+                .cloned()
+                .ok_or_else(|| corrupt(format!("no file schema {schema_id}")))?;
             let last_modified = DateTime::parse_from_rfc3339(r.get::<&str, _>(3))
                 .map_err(|e| corrupt(format!("last_modified: {e}")))?
                 .with_timezone(&Utc);
-            let stats: FileStats = serde_json::from_str(r.get::<&str, _>(8))
+            let stats: FileStats = serde_json::from_str(r.get::<&str, _>(7))
                 .map_err(|e| corrupt(format!("stats: {e}")))?;
-            let partition_values = match r.get::<Option<&str>, _>(9) {
-                Some(v) => parse_values(v, table_id)?,
-                None => vec![],
-            };
+            let (partition_values, partition_location) = r
+                .get::<Option<i64>, _>(8)
+                .and_then(|id| partitions.get(&id))
+                .cloned()
+                .unwrap_or_default();
             files.push(FileEntry {
                 size: r.get::<i64, _>(1) as u64,
                 e_tag: r.get(2),
@@ -322,7 +340,7 @@ impl Catalog {
                 file_schema,
                 stats,
                 partition_values,
-                partition_location: r.get::<Option<String>, _>(10).unwrap_or_default(),
+                partition_location,
                 path,
             });
         }
