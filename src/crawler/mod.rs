@@ -1419,6 +1419,48 @@ impl Crawler {
             ));
         }
 
+        // CSV is read by position: a file whose header names the table's columns in
+        // another order (or skips one) would put values under the wrong names. Each new
+        // file's columns must be the table's first columns, in order; others are left out.
+        if table_format == FileFormat::Csv && has_header && declared.schema.is_none() {
+            let mut order: Vec<String> = match &existing {
+                Some(t) if same_keys && existing_format == Some(table_format) => t
+                    .file_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            new_entries.retain(|(_, f)| {
+                let names: Vec<&String> = f
+                    .file_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .filter(|n| !partition_names.contains(n.as_str()))
+                    .collect();
+                let agrees = names.iter().zip(&order).all(|(a, b)| *a == b);
+                if agrees {
+                    order.extend(names.iter().skip(order.len()).map(|n| n.to_string()));
+                    return true;
+                }
+                let shown = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
+                summary.problems.push(Problem {
+                    path: f.path.clone(),
+                    message: format!(
+                        "its header names the columns ({}) in another order than {qualified} \
+                         ({}); CSV columns are read by position, so this file was left out; \
+                         write it with the table's column order, or move it to a table of \
+                         its own",
+                        shown(&mut names.iter().map(|n| n.as_str())),
+                        shown(&mut order.iter().map(String::as_str).take(names.len().max(1)))
+                    ),
+                });
+                false
+            });
+        }
+
         // Partition types from every value of the files that stay in the table.
         let included_values: Vec<&Vec<Option<String>>> = kept
             .iter()

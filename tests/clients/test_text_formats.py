@@ -162,3 +162,30 @@ def test_sample_size_decides_what_a_column_is(tmp_path):
     out = tarn(tmp_path / "d2", "sql", "SELECT sum(v) FROM m", "--format", "csv")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[1] == str(sum(range(50)) + 0.5)
+
+
+def test_csv_columns_in_another_order_are_left_out(tmp_path):
+    """CSV columns are read by position: a file whose header orders (or skips) the table's
+    columns differently is reported and left out, instead of putting values under the wrong
+    names. A file that appends a column is fine."""
+    lake = tmp_path / "lake"
+    write_text(lake / "t/a.csv", "x,y,z\n1,2,3\n")
+    write_text(lake / "t/b.csv", "x,y,z,w\n4,5,6,7\n")
+    write_text(lake / "t/c.csv", "x,z,y\n8,9,10\n")
+    write_text(lake / "t/d.csv", "x,z\n11,12\n")
+    data = tmp_path / "data"
+    crawl = tarn(data, "crawl", str(lake), "--json")
+    assert crawl.returncode == 0, crawl.stderr
+    summary = json.loads(crawl.stdout)
+    problems = {p["path"].rsplit("/", 1)[-1]: p["message"] for p in summary["problems"]}
+    assert set(problems) == {"c.csv", "d.csv"}, problems
+    assert "names the columns (x, z, y) in another order than default.t (x, y, z)" in problems["c.csv"]
+    assert "(x, z) in another order than default.t (x, y)" in problems["d.csv"]
+    assert summary["files_added"] == 2
+
+    out = tarn(data, "sql", "SELECT x, y, z, w FROM t ORDER BY x", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    got = [tuple(None if v == "" else int(v) for v in line.split(","))
+           for line in out.stdout.split()[1:]]
+    files = [str(lake / "t/a.csv"), str(lake / "t/b.csv")]
+    assert got == duck(f"SELECT x, y, z, w FROM read_csv({files!r}, union_by_name = true) ORDER BY x")
