@@ -205,6 +205,44 @@ pub fn describe(table: &DeltaTable, table_url: &str) -> Result<Described> {
     })
 }
 
+/// One partition of a Delta table at the version it was opened at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// In the order of the table's partition columns.
+    pub values: Vec<Option<String>>,
+    pub files: i64,
+    /// `None` when a file's log entry carries no row count.
+    pub rows: Option<i64>,
+}
+
+/// The partition columns of an opened table and its partitions (from its active files,
+/// in value order).
+///
+/// # Errors
+/// As [`provider`].
+pub fn partitions(table: &DeltaTable, table_url: &str) -> Result<(Vec<String>, Vec<Partition>)> {
+    let state = table.snapshot().map_err(|e| delta_error(table_url, e))?;
+    let columns = state.metadata().partition_columns().to_vec();
+    let mut by_values: std::collections::BTreeMap<Vec<Option<String>>, (i64, Option<i64>)> =
+        std::collections::BTreeMap::new();
+    for file in state.log_data().iter() {
+        let mut values = file.partition_values_map();
+        let key = columns.iter().map(|c| values.remove(c).flatten()).collect();
+        let entry = by_values.entry(key).or_insert((0, Some(0)));
+        entry.0 += 1;
+        entry.1 = entry.1.zip(file.num_records()).map(|(a, n)| a + n as i64);
+    }
+    let partitions = by_values
+        .into_iter()
+        .map(|(values, (files, rows))| Partition {
+            values,
+            files,
+            rows,
+        })
+        .collect();
+    Ok((columns, partitions))
+}
+
 /// The catalog's record of a Delta table's version (the `format_state` property).
 pub fn format_state(described: &Described) -> serde_json::Value {
     serde_json::json!({

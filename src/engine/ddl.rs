@@ -148,7 +148,8 @@ impl Command {
             Command::ShowPartitions { .. } => Arc::new(Schema::new(vec![
                 Field::new("partition", DataType::Utf8, false),
                 Field::new("files", DataType::Int64, false),
-                Field::new("rows", DataType::Int64, false),
+                // Unknown for a Delta partition whose log entries carry no row counts.
+                Field::new("rows", DataType::Int64, true),
             ])),
             // A Parquet table's schema versions; a Delta table's commits (newest first), with
             // their operations.
@@ -1309,21 +1310,45 @@ impl Engine {
             }
             Command::ShowPartitions { database, name } => {
                 let table = self.existing_table(database, name).await?;
+                if table.format == "delta" {
+                    // A Delta table's partitions are those of its log at the catalogued version.
+                    let properties = self.catalog().table_properties(table.id).await?;
+                    let at = crate::delta::catalogued_version(&properties)
+                        .map_or(crate::delta::At::Newest, crate::delta::At::Version);
+                    let location = Location::parse_catalogued(&table.location)?;
+                    let store = self.stores().store_for(&location)?;
+                    let opened = crate::delta::open(store, &table.location, at).await?;
+                    let (columns, partitions) = crate::delta::partitions(&opened, &table.location)?;
+                    if columns.is_empty() {
+                        return Err(Error::InvalidArgument(format!(
+                            "table {database}.{name} is not partitioned"
+                        )));
+                    }
+                    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+                    let label = |values: &[Option<String>]| partition_label(&names, values);
+                    let columns: Vec<ArrayRef> = vec![
+                        Arc::new(StringArray::from_iter_values(
+                            partitions.iter().map(|p| label(&p.values)),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(
+                            partitions.iter().map(|p| p.files),
+                        )),
+                        Arc::new(Int64Array::from_iter(partitions.iter().map(|p| p.rows))),
+                    ];
+                    return Ok(RecordBatch::try_new(command.schema(), columns)?);
+                }
                 if table.partition_columns.is_empty() {
                     return Err(Error::InvalidArgument(format!(
                         "table {database}.{name} is not partitioned"
                     )));
                 }
                 let partitions = self.catalog().partitions(table.id).await?;
-                let label = |values: &[Option<String>]| {
-                    table
-                        .partition_columns
-                        .iter()
-                        .zip(values)
-                        .map(|(c, v)| format!("{}={}", c.name, v.as_deref().unwrap_or("NULL")))
-                        .collect::<Vec<_>>()
-                        .join("/")
-                };
+                let names: Vec<&str> = table
+                    .partition_columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                let label = |values: &[Option<String>]| partition_label(&names, values);
                 let columns: Vec<ArrayRef> = vec![
                     Arc::new(StringArray::from(
                         partitions
@@ -1343,4 +1368,14 @@ impl Engine {
         };
         Ok(batch)
     }
+}
+
+/// A partition as `SHOW PARTITIONS` names it: `k=v/…`, `NULL` for a null value.
+fn partition_label(names: &[&str], values: &[Option<String>]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(c, v)| format!("{c}={}", v.as_deref().unwrap_or("NULL")))
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -38,6 +38,18 @@ def duckdb_answer(path: str, version: int) -> list:
     return [tuple(r) for r in duckdb.sql(QUERY.format(table="rel")).fetchall()]
 
 
+def delta_partitions(path: str, version: int) -> list:
+    """`SHOW PARTITIONS` of the table at `version`, from the writer's log and DuckDB."""
+    files = DeltaTable(path, version=version).file_uris()
+    per_file = duckdb.sql(
+        f"SELECT 'country=' || country AS p, filename FROM read_parquet({files!r}, "
+        "hive_partitioning = true, filename = true)"
+    )
+    return [tuple(r) for r in duckdb.sql(
+        "SELECT p, count(DISTINCT filename), count(*) FROM per_file GROUP BY p ORDER BY p"
+    ).fetchall()]
+
+
 def tarn_answer(cur, table: str) -> list:
     cur.execute(QUERY.format(table=table))
     return [tuple(r) for r in cur.fetchall()]
@@ -100,6 +112,12 @@ def test_delta_tables_match_duckdb_at_every_version(delta_lake, tmp_path):
             ops = [(r[0], r[3].split(" ")[0]) for r in cur.fetchall()]
             assert ops == [(4, "WRITE"), (3, "WRITE"), (2, "DELETE"), (1, "WRITE"), (0, "WRITE")]
 
+            cur.execute("SHOW PARTITIONS sales")
+            assert [tuple(r) for r in cur.fetchall()] == delta_partitions(sales, 4)
+            with pytest.raises(adbc_driver_manager.Error, match="default.plain is not partitioned"):
+                cur.execute("SHOW PARTITIONS plain")
+                cur.fetchall()
+
             with pytest.raises(adbc_driver_manager.Error, match="has no version 9"):
                 cur.execute("SELECT * FROM sales VERSION AS OF 9")
             with pytest.raises(adbc_driver_manager.Error, match="no version committed at or before"):
@@ -111,9 +129,13 @@ def test_delta_tables_match_duckdb_at_every_version(delta_lake, tmp_path):
             # catalogued version answers (queries list nothing).
             write_deltalake(sales, rows(3000, 80), mode="append", partition_by=["country"])
             assert tarn_answer(cur, "sales") == duckdb_answer(sales, 4)
+            cur.execute("SHOW PARTITIONS sales")
+            assert [tuple(r) for r in cur.fetchall()] == delta_partitions(sales, 4)
             again = json.loads(tarn(data, "crawl", str(root), "--json").stdout)
             assert again["tables_updated"] == ["default.sales"]
             assert tarn_answer(cur, "sales") == duckdb_answer(sales, 5)
+            cur.execute("SHOW PARTITIONS sales")
+            assert [tuple(r) for r in cur.fetchall()] == delta_partitions(sales, 5)
             unchanged = json.loads(tarn(data, "crawl", str(root), "--json").stdout)
             assert unchanged["tables_updated"] == [] and unchanged["footers_read"] == 0
 
