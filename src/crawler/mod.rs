@@ -1607,14 +1607,18 @@ impl Crawler {
     }
 
     /// Reads the footers of local Parquet files (`indices` into `files`), in batches on
-    /// blocking threads, as many at once as there are cores (at most `concurrency`).
+    /// blocking threads, four per core at once (at most `concurrency`).
     async fn read_local_footers(
         &self,
         files: &[&Candidate],
         indices: &[usize],
         concurrency: usize,
     ) -> Vec<(usize, std::result::Result<FileRead, ReadError>)> {
-        const BATCH: usize = 64;
+        // Small batches, four per core in flight: when the files are not in the page
+        // cache, reads wait on the disk, and more of them outstanding keep it busy (a
+        // crawl after dropping the cache ran 1.6x faster than with two batches of 64);
+        // when they are cached, the cores stay busy either way.
+        const BATCH: usize = 16;
         let fs = object_store::local::LocalFileSystem::new();
         let mut unmapped = Vec::new();
         let mut batches: Vec<Vec<(usize, footer::LocalFile)>> = Vec::new();
@@ -1667,7 +1671,7 @@ impl Crawler {
                     };
                     indices.into_iter().zip(footers).collect::<Vec<_>>()
                 })
-                .buffer_unordered(cores.min(concurrency).max(1))
+                .buffer_unordered((cores * 4).min(concurrency).max(1))
                 .flat_map(futures::stream::iter)
                 .collect()
                 .await;
