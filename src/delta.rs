@@ -221,16 +221,44 @@ pub struct Partition {
 /// # Errors
 /// As [`provider`].
 pub fn partitions(table: &DeltaTable, table_url: &str) -> Result<(Vec<String>, Vec<Partition>)> {
+    use deltalake::kernel::{ColumnMetadataKey, MetadataValue};
     let state = table.snapshot().map_err(|e| delta_error(table_url, e))?;
     let columns = state.metadata().partition_columns().to_vec();
+    // With column mapping the log keys partition values by physical column names.
+    let schema = state.schema();
+    let physical: Vec<Option<String>> = columns
+        .iter()
+        .map(|c| {
+            match schema
+                .field(c)
+                .and_then(|f| f.get_config_value(&ColumnMetadataKey::ColumnMappingPhysicalName))
+            {
+                Some(MetadataValue::String(name)) => Some(name.clone()),
+                _ => None,
+            }
+        })
+        .collect();
     let mut by_values: std::collections::BTreeMap<Vec<Option<String>>, (i64, Option<i64>)> =
         std::collections::BTreeMap::new();
     for file in state.log_data().iter() {
         let mut values = file.partition_values_map();
-        let key = columns.iter().map(|c| values.remove(c).flatten()).collect();
+        let key = columns
+            .iter()
+            .zip(&physical)
+            .map(|(c, p)| {
+                p.as_ref()
+                    .and_then(|p| values.remove(p))
+                    .or_else(|| values.remove(c))
+                    .flatten()
+            })
+            .collect();
         let entry = by_values.entry(key).or_insert((0, Some(0)));
         entry.0 += 1;
-        entry.1 = entry.1.zip(file.num_records()).map(|(a, n)| a + n as i64);
+        // A file with a deletion vector has fewer rows than its log entry counts.
+        let rows = file
+            .num_records()
+            .filter(|_| file.deletion_vector_descriptor().is_none());
+        entry.1 = entry.1.zip(rows).map(|(a, n)| a.saturating_add(n as i64));
     }
     let partitions = by_values
         .into_iter()

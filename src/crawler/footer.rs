@@ -319,14 +319,27 @@ fn stats_of_leaves(
         else {
             continue;
         };
+        let null_counts = converter.row_group_null_counts(row_groups).ok();
         let (min, max) = if stats_roundtrip(field.data_type()) {
+            // A row group without a bound is skipped only when it holds nothing but nulls;
+            // otherwise (no statistics, or a value too long to record) the file has no
+            // bound that covers all its rows.
+            let all_null = |i: usize| {
+                null_counts.as_ref().is_some_and(|n| {
+                    n.is_valid(i) && n.value(i) == row_groups[i].num_rows().max(0) as u64
+                })
+            };
             let extreme = |values: parquet::errors::Result<ArrayRef>, want: Ordering| {
                 let values = values.ok()?;
+                if (0..values.len()).any(|i| values.is_null(i) && !all_null(i)) {
+                    return None;
+                }
                 if values.len() == 1 {
                     // One row group (the common case): nothing to compare.
                     return values
                         .is_valid(0)
-                        .then(|| array_value_to_string(&values, 0).ok())?;
+                        .then(|| array_value_to_string(&values, 0).ok())
+                        .flatten();
                 }
                 let cmp = make_comparator(&values, &values, SortOptions::default()).ok()?;
                 let best = (0..values.len())
@@ -341,11 +354,9 @@ fn stats_of_leaves(
         } else {
             (None, None)
         };
-        let nulls = converter
-            .row_group_null_counts(row_groups)
-            .ok()
+        let nulls = null_counts
             .filter(|n| n.null_count() == 0)
-            .map(|n| n.values().iter().sum());
+            .map(|n| n.values().iter().fold(0u64, |a, b| a.saturating_add(*b)));
         let entry = ColumnStats { min, max, nulls };
         if entry != ColumnStats::default() {
             out.insert(field.name().clone(), entry);
@@ -435,6 +446,51 @@ mod tests {
         assert_eq!(m.max.as_deref(), Some("9.0"));
         assert_eq!(m.nulls, Some(1));
         assert_eq!(footer.row_count, 10);
+    }
+
+    #[test]
+    fn row_groups_of_nulls_give_no_bound_and_take_none_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.parquet");
+        // Row groups of 3: the first two hold only nulls.
+        let values = Int64Array::from_iter((0..9).map(|i| (i >= 6).then_some(100 - i)));
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)])),
+            vec![Arc::new(values)],
+        )
+        .unwrap();
+        let size = write(&path, &batch, 3);
+        let footer = read_local_footers(&[local(&path, size)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        let v = &footer.stats["v"];
+        assert_eq!(
+            (v.min.as_deref(), v.max.as_deref()),
+            (Some("92"), Some("94"))
+        );
+        assert_eq!(v.nulls, Some(6));
+
+        // Without statistics in its footer, a column has no bounds at all.
+        let props = WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+            .build();
+        let bare = dir.path().join("bare.parquet");
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&bare).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let size = std::fs::metadata(&bare).unwrap().len();
+        let footer = read_local_footers(&[local(&bare, size)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        let v = footer.stats.get("v").cloned().unwrap_or_default();
+        assert_eq!((v.min, v.max), (None, None));
     }
 
     #[test]

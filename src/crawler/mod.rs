@@ -78,6 +78,9 @@ pub struct CrawlOptions {
     /// Glue's table level: every folder this many levels down (1: the location itself) is
     /// a table, instead of tables being discovered from the folders' shapes.
     pub table_level: Option<usize>,
+    /// Event mode, with `table`: list and crawl only these folders of the table (relative
+    /// to its location); its files elsewhere stay as catalogued. Empty: the whole table.
+    pub within: Vec<String>,
     /// The named table must not exist yet (`CREATE EXTERNAL TABLE`): if another statement
     /// creates it while this crawl runs, this crawl's commit fails and changes nothing.
     pub create_only: bool,
@@ -298,6 +301,7 @@ impl Default for CrawlOptions {
             deletion: DeletionPolicy::Mark,
             create_only: false,
             table_level: None,
+            within: Vec::new(),
         }
     }
 }
@@ -590,7 +594,8 @@ impl Crawler {
         let messages = queue.receive(10_000).await?;
         let bucket = root.url.host_str().unwrap_or_default().to_string();
         let prefix = root.prefix();
-        let mut tables: BTreeMap<String, String> = BTreeMap::new(); // location -> name
+        // location -> (name, the folders its events name; `None`: the whole table)
+        let mut tables: BTreeMap<String, (String, Option<BTreeSet<String>>)> = BTreeMap::new();
         // The first run crawls everything, which covers the events waiting before it.
         let mut whole_location = full;
         let catalogued = if messages.is_empty() || full {
@@ -608,7 +613,22 @@ impl Crawler {
                 .find(|t| t.database == options.database && url.starts_with(t.location.as_str()))
             {
                 Some(t) => {
-                    tables.insert(t.location.clone(), t.name.clone());
+                    // The folder of the object inside the table: a partition, usually.
+                    let folder = url[t.location.len()..]
+                        .rsplit_once('/')
+                        .map(|(folder, _)| folder.to_string())
+                        .filter(|f| !f.is_empty() && t.format != "delta");
+                    let entry = tables
+                        .entry(t.location.clone())
+                        .or_insert_with(|| (t.name.clone(), Some(BTreeSet::new())));
+                    match folder {
+                        Some(f) => {
+                            if let Some(folders) = &mut entry.1 {
+                                folders.insert(f);
+                            }
+                        }
+                        None => entry.1 = None,
+                    }
                 }
                 None => whole_location = true,
             }
@@ -621,13 +641,23 @@ impl Crawler {
         if whole_location {
             summary = self.crawl(location, options).await?;
         } else {
-            for (table_location, name) in &tables {
+            for (table_location, (name, folders)) in &tables {
+                // Only the folders the events name are listed (a folder inside another
+                // is listed with it); a Delta table, or an object at a table's top, takes
+                // the whole table.
+                let mut within: Vec<String> = Vec::new();
+                for folder in folders.iter().flatten() {
+                    if !within.iter().any(|w| is_under(folder, w)) {
+                        within.push(folder.clone());
+                    }
+                }
                 // The crawler's globs are relative to its location, not to the table's
                 // folder: the table was catalogued through them already.
                 let one = CrawlOptions {
                     table: Some(name.clone()),
                     include: Vec::new(),
                     exclude: Vec::new(),
+                    within,
                     ..options.clone()
                 };
                 summary.absorb(self.crawl(table_location, &one).await?);
@@ -652,11 +682,29 @@ impl Crawler {
             ..Default::default()
         };
 
-        let listed: Vec<ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| Error::store(location.to_string(), e))?;
+        let listed: Vec<ObjectMeta> = if options.within.is_empty() {
+            store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| Error::store(location.to_string(), e))?
+        } else {
+            let mut listed = Vec::new();
+            for folder in &options.within {
+                let sub = if prefix.as_ref().is_empty() {
+                    object_store::path::Path::from(folder.as_str())
+                } else {
+                    object_store::path::Path::from(format!("{}/{folder}", prefix.as_ref()))
+                };
+                let more: Vec<ObjectMeta> = store
+                    .list(Some(&sub))
+                    .try_collect()
+                    .await
+                    .map_err(|e| Error::store(format!("{location}{folder}/"), e))?;
+                listed.extend(more);
+            }
+            listed
+        };
         summary.files_listed = listed.len() as u64;
         self.report(|p| p.files_listed += listed.len() as u64);
         summary.list_ms = started.elapsed().as_millis() as u64;
@@ -1018,7 +1066,9 @@ impl Crawler {
             format_state: Some(crate::delta::format_state(&described)),
             create_only: options.create_only,
         };
+        let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;
+        summary.commit_ms += commit_started.elapsed().as_millis() as u64;
         if let Some(t) = &existing
             && properties["deprecated"].is_string()
         {
@@ -1081,9 +1131,13 @@ impl Crawler {
         for p in &placements {
             *key_counts.entry(&p.keys).or_default() += 1;
         }
-        let keys: Vec<String> = match &declared.partition_keys {
-            Some(keys) => keys.clone(),
-            None => key_counts
+        let keys: Vec<String> = match (&declared.partition_keys, &existing) {
+            (Some(keys), _) => keys.clone(),
+            // Folders of a table crawled on their own, now empty: the table's keys stand.
+            (None, Some(t)) if key_counts.is_empty() && !options.within.is_empty() => {
+                t.partition_columns.iter().map(|c| c.name.clone()).collect()
+            }
+            (None, _) => key_counts
                 .iter()
                 .max_by_key(|(_, n)| **n)
                 .map(|(k, _)| (*k).clone())
@@ -1132,6 +1186,36 @@ impl Crawler {
             match old_files.get(c.meta.location.as_ref()) {
                 Some(old) if same_keys && unchanged(old, &c.meta) => kept.push((i, old.clone())),
                 _ => to_read.push(i),
+            }
+        }
+
+        // Only some folders were listed: the table's files elsewhere stay as they are.
+        if !options.within.is_empty() {
+            if !same_keys {
+                summary.problems.push(Problem {
+                    path: table_url.to_string(),
+                    message: format!(
+                        "the new files of {qualified} are partitioned by ({}), the table by \
+                         other columns; nothing was changed: crawl the whole table to take \
+                         the new layout",
+                        keys.join(", ")
+                    ),
+                });
+                summary.tables_unchanged.push(qualified);
+                return Ok(());
+            }
+            let listed: std::collections::HashSet<&str> =
+                files.iter().map(|c| c.meta.location.as_ref()).collect();
+            for (path, old) in &old_files {
+                let relative = path
+                    .strip_prefix(table_path)
+                    .unwrap_or(path)
+                    .trim_start_matches('/');
+                if !listed.contains(path.as_str())
+                    && !options.within.iter().any(|w| is_under(relative, w))
+                {
+                    kept.push((usize::MAX, old.clone()));
+                }
             }
         }
 
@@ -1287,6 +1371,21 @@ impl Crawler {
                 let _ = merger.add(&f.path, &without(&f.file_schema, &partition_names));
             }
         }
+        // CSV is read by position: a file whose header names the table's columns in
+        // another order, skips one, or holds a partition column would put values under the
+        // wrong names. Each new file's columns must be the table's first columns, in order;
+        // others are left out before their columns count.
+        let check_order =
+            table_format == FileFormat::Csv && has_header && declared.schema.is_none();
+        let mut order: Vec<String> = match &existing {
+            Some(t) if check_order && same_keys && existing_format == Some(table_format) => t
+                .file_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut new_entries: Vec<(usize, FileEntry)> = Vec::new();
         for (i, result) in reads {
             let c = files[i];
@@ -1384,6 +1483,13 @@ impl Crawler {
                     known
                 }
             };
+            if check_order
+                && let Some(message) =
+                    csv_order_problem(&schema, &mut order, &partition_names, &qualified)
+            {
+                summary.problems.push(Problem { path, message });
+                continue;
+            }
             let key = Arc::as_ptr(&schema) as usize;
             if !merged.contains(&key) {
                 let fitted = without(&schema, &partition_names);
@@ -1417,48 +1523,6 @@ impl Crawler {
                     partition_location,
                 },
             ));
-        }
-
-        // CSV is read by position: a file whose header names the table's columns in
-        // another order (or skips one) would put values under the wrong names. Each new
-        // file's columns must be the table's first columns, in order; others are left out.
-        if table_format == FileFormat::Csv && has_header && declared.schema.is_none() {
-            let mut order: Vec<String> = match &existing {
-                Some(t) if same_keys && existing_format == Some(table_format) => t
-                    .file_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect(),
-                _ => Vec::new(),
-            };
-            new_entries.retain(|(_, f)| {
-                let names: Vec<&String> = f
-                    .file_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name())
-                    .filter(|n| !partition_names.contains(n.as_str()))
-                    .collect();
-                let agrees = names.iter().zip(&order).all(|(a, b)| *a == b);
-                if agrees {
-                    order.extend(names.iter().skip(order.len()).map(|n| n.to_string()));
-                    return true;
-                }
-                let shown = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
-                summary.problems.push(Problem {
-                    path: f.path.clone(),
-                    message: format!(
-                        "its header names the columns ({}) in another order than {qualified} \
-                         ({}); CSV columns are read by position, so this file was left out; \
-                         write it with the table's column order, or move it to a table of \
-                         its own",
-                        shown(&mut names.iter().map(|n| n.as_str())),
-                        shown(&mut order.iter().map(String::as_str).take(names.len().max(1)))
-                    ),
-                });
-                false
-            });
         }
 
         // Partition types from every value of the files that stay in the table.
@@ -1675,6 +1739,7 @@ impl Crawler {
                 .flat_map(futures::stream::iter)
                 .collect()
                 .await;
+        self.report(|p| p.footers_read += unmapped.len() as u64);
         reads.extend(unmapped);
         reads
     }
@@ -1809,6 +1874,46 @@ fn newest_delta_versions(
 
 /// A file is unchanged when its size and ETag match (or, without ETags, its modification
 /// time): then its footer is not read again.
+/// Why a CSV file with a header cannot join a table whose columns so far are `order`
+/// (read by position), or `None` after extending `order` with the columns it adds.
+fn csv_order_problem(
+    file: &Schema,
+    order: &mut Vec<String>,
+    partition_names: &BTreeSet<&str>,
+    qualified: &str,
+) -> Option<String> {
+    let names: Vec<&str> = file.fields().iter().map(|f| f.name().as_str()).collect();
+    let partitions: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| partition_names.contains(n))
+        .collect();
+    if !partitions.is_empty() {
+        return Some(format!(
+            "its header has the partition column {}, whose values the folder names give; \
+             CSV columns are read by position, so this file was left out; write it without \
+             that column, or crawl it with declared columns",
+            partitions.join(", ")
+        ));
+    }
+    if names.iter().zip(order.iter()).all(|(a, b)| *a == b) {
+        order.extend(names.iter().skip(order.len()).map(|n| n.to_string()));
+        return None;
+    }
+    Some(format!(
+        "its header names the columns ({}) in another order than {qualified} ({}); CSV \
+         columns are read by position, so this file was left out; write it with the table's \
+         column order, or move it to a table of its own",
+        names.join(", "),
+        order
+            .iter()
+            .take(names.len().max(1))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
     old.size == meta.size
         && match (&old.e_tag, &meta.e_tag) {

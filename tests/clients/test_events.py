@@ -61,7 +61,7 @@ def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
         assert idle["events_read"] == 0 and idle["files_listed"] == 0
         assert idle["tables_updated"] == idle["tables_unchanged"] == []
 
-        # A new hour of events: only that table is listed and crawled.
+        # A new hour of events: only that folder of that table is listed and crawled.
         new_rows = pq.read_table(good["events"][0])
         s3.put_object(Bucket="evlake", Key="raw/events/year=2026/month=03/day=09/hour=01/new.parquet",
                       Body=parquet_bytes(new_rows))
@@ -70,10 +70,18 @@ def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
         assert one["tables_updated"] == ["default.events"]
         assert "default.users" not in one["tables_unchanged"]
         events_objects = len(s3.list_objects_v2(Bucket="evlake", Prefix="raw/events/")["Contents"])
-        assert one["files_listed"] == events_objects
-        expected = sum(pq.read_metadata(p).num_rows for p in good["events"]) + new_rows.num_rows
+        assert one["files_listed"] == 1 < events_objects
+        assert one["files_added"] == 1 and one["files_removed"] == 0
+        before = sum(pq.read_metadata(p).num_rows for p in good["events"])
         out = tarn(data, "sql", "SELECT count(*) AS n FROM events", "--format", "csv", env=env)
-        assert out.stdout.split() == ["n", str(expected)], out.stderr
+        assert out.stdout.split() == ["n", str(before + new_rows.num_rows)], out.stderr
+
+        # Its folder emptied again: listed alone, its file removed, the others kept.
+        s3.delete_object(Bucket="evlake", Key="raw/events/year=2026/month=03/day=09/hour=01/new.parquet")
+        emptied = run(data, env)
+        assert emptied["files_listed"] == 0 and emptied["files_removed"] == 1, emptied
+        out = tarn(data, "sql", "SELECT count(*) AS n FROM events", "--format", "csv", env=env)
+        assert out.stdout.split() == ["n", str(before)], out.stderr
 
         # A removed object is an event too.
         users_key = s3.list_objects_v2(Bucket="evlake", Prefix="raw/users/")["Contents"][0]["Key"]

@@ -173,15 +173,23 @@ def test_csv_columns_in_another_order_are_left_out(tmp_path):
     write_text(lake / "t/b.csv", "x,y,z,w\n4,5,6,7\n")
     write_text(lake / "t/c.csv", "x,z,y\n8,9,10\n")
     write_text(lake / "t/d.csv", "x,z\n11,12\n")
+    # A file left out does not shape the table: u's columns are a's, then d's.
+    write_text(lake / "u/a.csv", "x\n1\n")
+    write_text(lake / "u/c.csv", "z,x\n5,6\n")
+    write_text(lake / "u/d.csv", "x,y,z\n2,3,4\n")
+    # A partition column in the header would shift the columns after it.
+    write_text(lake / "p/dt=1/a.csv", "a,b\n1,2\n")
+    write_text(lake / "p/dt=2/b.csv", "a,dt,b\n3,2,4\n")
     data = tmp_path / "data"
     crawl = tarn(data, "crawl", str(lake), "--json")
     assert crawl.returncode == 0, crawl.stderr
     summary = json.loads(crawl.stdout)
-    problems = {p["path"].rsplit("/", 1)[-1]: p["message"] for p in summary["problems"]}
-    assert set(problems) == {"c.csv", "d.csv"}, problems
-    assert "names the columns (x, z, y) in another order than default.t (x, y, z)" in problems["c.csv"]
-    assert "(x, z) in another order than default.t (x, y)" in problems["d.csv"]
-    assert summary["files_added"] == 2
+    problems = {p["path"].split("/lake/")[1]: p["message"] for p in summary["problems"]}
+    assert set(problems) == {"t/c.csv", "t/d.csv", "u/c.csv", "p/dt=2/b.csv"}, problems
+    assert "header has the partition column dt" in problems["p/dt=2/b.csv"]
+    assert "names the columns (x, z, y) in another order than default.t (x, y, z)" in problems["t/c.csv"]
+    assert "(x, z) in another order than default.t (x, y)" in problems["t/d.csv"]
+    assert summary["files_added"] == 5
 
     out = tarn(data, "sql", "SELECT x, y, z, w FROM t ORDER BY x", "--format", "csv")
     assert out.returncode == 0, out.stderr
@@ -189,3 +197,9 @@ def test_csv_columns_in_another_order_are_left_out(tmp_path):
            for line in out.stdout.split()[1:]]
     files = [str(lake / "t/a.csv"), str(lake / "t/b.csv")]
     assert got == duck(f"SELECT x, y, z, w FROM read_csv({files!r}, union_by_name = true) ORDER BY x")
+
+    out = tarn(data, "sql", "SELECT x, y, z FROM u ORDER BY x", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["x,y,z", "1,,", "2,3,4"]
+    out = tarn(data, "sql", "SELECT a, b, dt FROM p", "--format", "csv")
+    assert out.stdout.split() == ["a,b,dt", "1,2,1"], out.stdout
