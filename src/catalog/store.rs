@@ -505,15 +505,28 @@ impl Catalog {
             delete.build().execute(&mut *tx).await?;
         }
 
-        // The partitions the new files go to: the known ones in one query, the new ones
-        // inserted many per statement.
+        // The partitions the new files go to: the known ones looked up and the new ones
+        // inserted, many per statement (a small commit to a table of many partitions reads
+        // only its own).
         let mut partition_ids: HashMap<String, i64> = HashMap::new();
-        if !commit.upserts.is_empty() {
-            let rows = sqlx::query("SELECT location, id FROM partitions WHERE table_id = ?1")
-                .bind(table_id)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in rows {
+        let wanted: Vec<&str> = commit
+            .upserts
+            .iter()
+            .map(|f| f.partition_location.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for locations in wanted.chunks(INSERT_CHUNK) {
+            let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT location, id FROM partitions WHERE table_id = ",
+            );
+            select.push_bind(table_id).push(" AND location IN (");
+            let mut list = select.separated(", ");
+            for location in locations {
+                list.push_bind(*location);
+            }
+            list.push_unseparated(")");
+            for row in select.build().fetch_all(&mut *tx).await? {
                 partition_ids.insert(row.get(0), row.get(1));
             }
         }
