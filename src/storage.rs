@@ -231,6 +231,14 @@ impl StoreRegistry {
                     .or_else(|| profile.get("endpoint_url").cloned());
                 if let Some(endpoint) = endpoint {
                     let plain_http = endpoint.starts_with("http://");
+                    let virtual_hosted = builder
+                        .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                    let endpoint = if virtual_hosted {
+                        bucket_endpoint(&endpoint, bucket)
+                    } else {
+                        endpoint
+                    };
                     builder = builder.with_endpoint(endpoint).with_allow_http(plain_http);
                 }
                 Arc::new(builder.build().map_err(|e| Error::InvalidLocation {
@@ -277,6 +285,21 @@ impl StoreRegistry {
 /// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, by
 /// default under `~/.aws/`): keys, session token, region and `endpoint_url`. Credentials
 /// win over config for a key both name.
+/// The endpoint of `bucket` under virtual-hosted addressing: the bucket goes in front of the
+/// service's host name (`https://s3.example.com` → `https://lake.s3.example.com`), as AWS's own
+/// SDKs do. object_store takes a virtual-hosted endpoint as the bucket's own, so one service
+/// endpoint would otherwise serve only one bucket. An endpoint that already names the
+/// bucket is kept.
+fn bucket_endpoint(endpoint: &str, bucket: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_string();
+    };
+    if rest.starts_with(&format!("{bucket}.")) {
+        return endpoint.to_string();
+    }
+    format!("{scheme}://{bucket}.{rest}")
+}
+
 pub(crate) fn aws_profile() -> HashMap<String, String> {
     let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
     let home = std::env::var("HOME").unwrap_or_default();
@@ -324,6 +347,22 @@ fn ini_section(text: &str, section: &str) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_hosted_endpoints_name_the_bucket() {
+        assert_eq!(
+            bucket_endpoint("https://s3.example.com", "lake"),
+            "https://lake.s3.example.com"
+        );
+        assert_eq!(
+            bucket_endpoint("http://s3.local:9000/", "lake"),
+            "http://lake.s3.local:9000/"
+        );
+        assert_eq!(
+            bucket_endpoint("https://lake.s3.example.com", "lake"),
+            "https://lake.s3.example.com"
+        );
+    }
 
     #[test]
     fn aws_profiles_are_read_from_their_sections() {

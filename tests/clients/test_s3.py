@@ -84,3 +84,33 @@ def test_an_aws_profile_gives_the_endpoint_region_and_keys(s3, tmp_path):
                "--include", "users/**", "--json", env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["tables_created"] == ["default.raw_users"]
+
+
+def test_virtual_hosted_addressing_puts_the_bucket_in_the_host(s3, tmp_path):
+    """With AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true the bucket goes in front of the endpoint's
+    host (`lake.s3.tarn.test`), as AWS SDKs address it. That name resolves nowhere, so
+    requests reach moto through it as an HTTP proxy, and moto takes the bucket from the Host
+    header: the crawl only works if every request is addressed virtual-hosted."""
+    port = s3["env"]["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]
+    env = {
+        **s3["env"],
+        "AWS_ENDPOINT_URL": f"http://s3.tarn.test:{port}",
+        "AWS_PROXY_URL": s3["env"]["AWS_ENDPOINT_URL"],
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "true",
+    }
+    out = tarn(tmp_path, "crawl", "s3://lake/raw", "--table", "vhost_users",
+               "--include", "users/**", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tables_created"] == ["default.vhost_users"]
+    rows = sum(pq.read_metadata(p).num_rows for p in s3["good"]["users"])
+    out = tarn(tmp_path, "sql", "SELECT count(*) AS n FROM vhost_users", "--format", "csv",
+               env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", str(rows)]
+
+    # The same endpoint path-style names bucket `s3` to moto, which has no such bucket.
+    path_style = {k: v for k, v in env.items() if k != "AWS_VIRTUAL_HOSTED_STYLE_REQUEST"}
+    out = tarn(tmp_path / "other", "crawl", "s3://lake/raw", "--include", "users/**",
+               env=path_style)
+    assert out.returncode != 0
+    assert "panicked" not in out.stderr
