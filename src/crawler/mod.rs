@@ -254,6 +254,26 @@ impl Declared {
     }
 }
 
+/// A partition whose files are in a folder the user named
+/// (`ALTER TABLE … ADD PARTITION (…) LOCATION '…'`), kept in the table's properties
+/// (`partition_locations`). Its files take these values whatever their folders are called,
+/// and a folder outside the table's own is listed with the table on every crawl.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PinnedPartition {
+    /// Values in the table's partition column order (`None` is NULL).
+    pub values: Vec<Option<String>>,
+    /// Object path of the folder in the table's store, without a trailing `/`.
+    pub path: String,
+}
+
+/// The property that holds a table's [`PinnedPartition`]s.
+pub const PINNED_PARTITIONS: &str = "partition_locations";
+
+/// The pinned partitions in a table's properties.
+pub fn pinned_partitions(properties: &serde_json::Value) -> Vec<PinnedPartition> {
+    serde_json::from_value(properties[PINNED_PARTITIONS].clone()).unwrap_or_default()
+}
+
 /// A declared schema kept in table properties as its IPC bytes, hex-encoded.
 mod schema_json {
     use arrow::datatypes::SchemaRef;
@@ -901,7 +921,9 @@ impl Crawler {
         }
         for (layout, name, table_path, table_url) in planned {
             let files: Vec<&Candidate> = layout.files.iter().map(|i| &candidates[*i]).collect();
-            self.crawl_table(
+            // Boxed: a table's crawl keeps a large state across its awaits, which would
+            // otherwise sit on the stack of every caller's future.
+            Box::pin(self.crawl_table(
                 &store,
                 options,
                 &name,
@@ -909,7 +931,7 @@ impl Crawler {
                 table_path.as_ref(),
                 &files,
                 &mut summary,
-            )
+            ))
             .await?;
         }
 
@@ -926,7 +948,10 @@ impl Crawler {
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
                 && !still_there
-                && !crate::rollup::is_storage_table(&table.name);
+                && !crate::rollup::is_storage_table(&table.name)
+                // Partitions at folders of the user's choosing keep a table whose own
+                // folder is empty.
+                && pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty();
             if !gone
                 || (options.deletion == DeletionPolicy::Mark
                     && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
@@ -947,7 +972,7 @@ impl Crawler {
                 DeletionPolicy::Mark => {
                     if table.format != "delta" {
                         // Its files are gone: forget them, keep the definition.
-                        self.crawl_table(
+                        Box::pin(self.crawl_table(
                             &store,
                             options,
                             &table.name,
@@ -955,7 +980,7 @@ impl Crawler {
                             "",
                             &[],
                             &mut summary,
-                        )
+                        ))
                         .await?;
                         summary.tables_updated.retain(|t| t != &qualified);
                         summary.tables_unchanged.retain(|t| t != &qualified);
@@ -1112,10 +1137,67 @@ impl Crawler {
             None => HashMap::new(),
         };
 
+        // Partitions at folders the user named: those outside the table's folder are
+        // listed here (not in event mode, where files outside the folders the events name
+        // stay as catalogued).
+        let table_keys: Vec<String> = existing
+            .iter()
+            .flat_map(|t| t.partition_columns.iter().map(|c| c.name.clone()))
+            .collect();
+        let pins: Vec<PinnedPartition> = pinned_partitions(&properties)
+            .into_iter()
+            .filter(|p| !table_keys.is_empty() && p.values.len() == table_keys.len())
+            .collect();
+        let mut outside: Vec<Candidate> = Vec::new();
+        if options.within.is_empty() {
+            for pin in pins.iter().filter(|p| !is_under(&p.path, table_path)) {
+                let folder = object_store::path::Path::from(pin.path.as_str());
+                let listed: Vec<ObjectMeta> = store
+                    .list(Some(&folder))
+                    .try_collect()
+                    .await
+                    .map_err(|e| Error::store(pin_url(table_url, &pin.path), e))?;
+                summary.files_listed += listed.len() as u64;
+                self.report(|p| p.files_listed += listed.len() as u64);
+                for meta in listed {
+                    let relative = meta
+                        .location
+                        .as_ref()
+                        .strip_prefix(pin.path.as_str())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string();
+                    match classify(&relative, meta.size) {
+                        Some(Skip::Hidden) => summary.skipped.hidden += 1,
+                        Some(Skip::InProgress) => summary.skipped.in_progress += 1,
+                        Some(Skip::Empty) => summary.skipped.empty += 1,
+                        None => outside.push(Candidate { meta, relative }),
+                    }
+                }
+            }
+        }
+        let with_outside: Vec<&Candidate> = files.iter().copied().chain(&outside).collect();
+        let files = with_outside.as_slice();
+        let pinned: Vec<Option<&PinnedPartition>> = files
+            .iter()
+            .map(|c| {
+                pins.iter()
+                    .find(|p| is_under(c.meta.location.as_ref(), &p.path))
+            })
+            .collect();
+
         // Partition keys: the layout most files share; others are reported.
         let placements: Vec<_> = files
             .iter()
-            .map(|c| {
+            .zip(&pinned)
+            .map(|(c, pin)| {
+                if let Some(pin) = pin {
+                    return layout::FilePlacement {
+                        keys: table_keys.clone(),
+                        values: pin.values.clone(),
+                        folder: String::new(),
+                    };
+                }
                 let rel = c
                     .meta
                     .location
@@ -1184,7 +1266,14 @@ impl Crawler {
                 continue;
             }
             match old_files.get(c.meta.location.as_ref()) {
-                Some(old) if same_keys && unchanged(old, &c.meta) => kept.push((i, old.clone())),
+                Some(old)
+                    if same_keys
+                        && unchanged(old, &c.meta)
+                        && (pinned[i].is_none()
+                            || old.partition_values == placements[i].values) =>
+                {
+                    kept.push((i, old.clone()))
+                }
                 _ => to_read.push(i),
             }
         }
@@ -1503,10 +1592,10 @@ impl Crawler {
                 merged.insert(key);
             }
             let placement = &placements[i];
-            let partition_location = if placement.folder.is_empty() {
-                table_path.to_string()
-            } else {
-                format!("{table_path}/{}", placement.folder)
+            let partition_location = match pinned[i] {
+                Some(pin) => pin.path.clone(),
+                None if placement.folder.is_empty() => table_path.to_string(),
+                None => format!("{table_path}/{}", placement.folder),
             };
             new_entries.push((
                 i,
@@ -1768,6 +1857,14 @@ impl Crawler {
             return Ok(None);
         }
         Ok(Some(existing))
+    }
+}
+
+/// The URL of `path`, a folder in the store of the table at `table_url`.
+fn pin_url(table_url: &str, path: &str) -> String {
+    match Location::parse_catalogued(table_url) {
+        Ok(l) => format!("{}{path}/", l.store_url().as_str()),
+        Err(_) => format!("{path}/"),
     }
 }
 

@@ -63,7 +63,11 @@ pub fn find(sql: &str) -> Option<Found> {
     if !upper.contains(" AS OF") && !upper.contains("\nAS OF") {
         return None;
     }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().ok()?;
+    // Literals stay as written (`'it''s'`), so the tokens print back as the same SQL.
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .with_unescape(false)
+        .tokenize()
+        .ok()?;
     let sig: Vec<usize> = tokens
         .iter()
         .enumerate()
@@ -96,7 +100,9 @@ pub fn find(sql: &str) -> Option<Found> {
                 k + 3
             };
             match at(value_at) {
-                Some(Token::SingleQuotedString(s)) => (Spec::Timestamp(s.clone()), value_at + 1),
+                Some(Token::SingleQuotedString(s)) => {
+                    (Spec::Timestamp(s.replace("''", "'")), value_at + 1)
+                }
                 _ => continue,
             }
         };
@@ -259,6 +265,16 @@ mod tests {
             ),
             "SELECT 1 FROM \"a@v1\" AS a , \"B@v2\" AS \"B\" "
         );
+        // Quotes inside literals stay escaped in the rewritten statement.
+        assert_eq!(
+            rewrite(
+                "SELECT * FROM sales VERSION AS OF 2 WHERE name = 'O''Brien'",
+                &[2]
+            ),
+            "SELECT * FROM \"sales@v2\" AS sales WHERE name = 'O''Brien'"
+        );
+        let found = find("SELECT 1 FROM s TIMESTAMP AS OF 'it''s' x").unwrap();
+        assert_eq!(found.clauses[0].spec, Spec::Timestamp("it's".into()));
     }
 
     #[test]

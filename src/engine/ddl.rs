@@ -9,6 +9,7 @@
 //! | `DROP TABLE [IF EXISTS] t` | removes `t` from the catalog (its files stay) |
 //! | `MSCK REPAIR TABLE t` | re-crawls `t`'s location (incremental) |
 //! | `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION (k = v, …)` | picks up that partition's files |
+//! | `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION (k = v, …) LOCATION '…' [PARTITION …]` | a partition whose files are in that folder (any name, inside or outside the table's folder, in the table's bucket) |
 //! | `ALTER TABLE t DROP [IF EXISTS] PARTITION (k = v, …)` | forgets that partition (its files stay) |
 //! | `SHOW DATABASES` | database names |
 //! | `SHOW PARTITIONS t` | `k=v/…` per partition, with file and row counts |
@@ -18,7 +19,7 @@
 //! DDL locations are checked against the allowed roots (`--allow-location`), so SQL cannot
 //! become a way to read arbitrary files of the server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -32,8 +33,11 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use crate::catalog::PartitionType;
+use crate::crawler::layout::is_under;
 use crate::crawler::layout::{HIVE_NULL, parse_date, parse_timestamp};
-use crate::crawler::{CrawlOptions, Crawler, Declared};
+use crate::crawler::{
+    CrawlOptions, Crawler, Declared, PINNED_PARTITIONS, PinnedPartition, pinned_partitions,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::storage::Location;
@@ -72,6 +76,9 @@ pub enum Command {
         database: String,
         name: String,
         partitions: Vec<Vec<(String, String)>>,
+        /// Each partition's `LOCATION`, when it names one: its files are in that folder.
+        locations: Vec<Option<String>>,
+        if_not_exists: bool,
     },
     DropPartitions {
         database: String,
@@ -299,7 +306,10 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                     ));
                 };
                 return Ok(Some(match operation {
-                    AlterTableOperation::AddPartitions { new_partitions, .. } => {
+                    AlterTableOperation::AddPartitions {
+                        new_partitions,
+                        if_not_exists,
+                    } => {
                         let partitions = new_partitions
                             .iter()
                             .map(|p| match p {
@@ -311,7 +321,9 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                         Command::AddPartitions {
                             database,
                             name,
+                            locations: vec![None; partitions.len()],
                             partitions,
+                            if_not_exists: *if_not_exists,
                         }
                     }
                     AlterTableOperation::DropPartitions {
@@ -577,6 +589,60 @@ pub(crate) fn recognise_refresh(sql: &str, default_db: &str) -> Option<Result<Co
     }))
 }
 
+/// `ALTER TABLE t ADD PARTITION (…) LOCATION '…' …`, which the SQL parser does not take:
+/// the statement without its `LOCATION` clauses, and each partition's location (in the
+/// order of its `PARTITION`s). `None` for any other statement.
+pub(crate) fn partition_locations(sql: &str) -> Option<(String, Vec<Option<String>>)> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+    // Literals stay as written (`'it''s'`), so the tokens print back as the same SQL.
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .with_unescape(false)
+        .tokenize()
+        .ok()?;
+    let keyword = |t: &Token| match t {
+        Token::Word(w) => Some(w.keyword),
+        _ => None,
+    };
+    let words: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+        .collect();
+    let starts = |i: usize, k: Keyword| words.get(i).and_then(|&t| keyword(&tokens[t])) == Some(k);
+    if !(starts(0, Keyword::ALTER) && starts(1, Keyword::TABLE)) {
+        return None;
+    }
+    let mut locations: Vec<Option<String>> = Vec::new();
+    let mut dropped: BTreeSet<usize> = BTreeSet::new();
+    for (n, &t) in words.iter().enumerate() {
+        match keyword(&tokens[t]) {
+            Some(Keyword::PARTITION) => locations.push(None),
+            Some(Keyword::LOCATION) => {
+                let value = words.get(n + 1).copied();
+                if let (Some(slot), Some(v)) = (locations.last_mut(), value)
+                    && let Token::SingleQuotedString(location) = &tokens[v]
+                    && slot.is_none()
+                {
+                    *slot = Some(location.replace("''", "'"));
+                    dropped.extend([t, v]);
+                }
+            }
+            _ => {}
+        }
+    }
+    if dropped.is_empty() {
+        return None;
+    }
+    let rest: String = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !dropped.contains(i))
+        .map(|(_, t)| t.to_string())
+        .collect();
+    Some((rest, locations))
+}
+
 /// An identifier as DataFusion resolves it: unquoted names are lower-cased, quoted ones
 /// kept as written.
 fn normalize(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
@@ -683,6 +749,20 @@ fn same_partition_value(t: PartitionType, stored: Option<&str>, wanted: &str) ->
         }
         PartitionType::String => false,
     }
+}
+
+/// Whether a partition's stored values are the ones a spec names.
+fn spec_matches(
+    table: &crate::catalog::TableEntry,
+    spec: &[(String, String)],
+    values: &[Option<String>],
+) -> bool {
+    values.len() == spec.len()
+        && table.partition_columns.iter().zip(values).zip(spec).all(
+            |((column, stored), (_, wanted))| {
+                same_partition_value(column.data_type, stored.as_deref(), wanted)
+            },
+        )
 }
 
 /// A partition spec must name the table's partition columns, in order.
@@ -934,6 +1014,87 @@ impl Engine {
         Ok(parsed)
     }
 
+    /// Keeps where the partitions of `ALTER TABLE … ADD PARTITION (…) LOCATION '…'` are, in
+    /// the table's properties, for this and every later crawl of the table.
+    async fn pin_partitions(
+        &self,
+        table: &crate::catalog::TableEntry,
+        partitions: &[Vec<(String, String)>],
+        locations: &[Option<String>],
+        if_not_exists: bool,
+    ) -> Result<()> {
+        let qualified = format!("{}.{}", table.database, table.name);
+        let table_location = Location::parse_catalogued(&table.location)?;
+        let table_path = table_location.prefix().as_ref().to_string();
+        let mut properties = self.catalog().table_properties(table.id).await?;
+        let mut pins = pinned_partitions(&properties);
+        let existing = self.catalog().partitions(table.id).await?;
+        for (spec, location) in partitions.iter().zip(locations) {
+            let Some(location) = location else {
+                continue;
+            };
+            let named = spec
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let taken = existing
+                .iter()
+                .any(|p| spec_matches(table, spec, &p.values))
+                || pins.iter().any(|p| spec_matches(table, spec, &p.values));
+            if taken {
+                if if_not_exists {
+                    continue;
+                }
+                return Err(Error::InvalidArgument(format!(
+                    "{qualified} already has the partition ({named}); ADD IF NOT EXISTS leaves \
+                     it as it is, and DROP PARTITION first moves it"
+                )));
+            }
+            let parsed = self.check_allowed(location)?;
+            let refuse = |reason: String| Error::InvalidLocation {
+                location: location.clone(),
+                reason,
+            };
+            if parsed.store_url() != table_location.store_url() {
+                return Err(refuse(format!(
+                    "not in the store of {qualified} ({}): a partition's folder must be in \
+                     its table's bucket",
+                    table_location.store_url().as_str()
+                )));
+            }
+            let path = parsed.prefix().as_ref().to_string();
+            if path == table_path || is_under(&table_path, &path) {
+                return Err(refuse(format!(
+                    "the folder of {qualified} itself or one above it; a partition's folder \
+                     is one of its own"
+                )));
+            }
+            if let Some(other) = pins
+                .iter()
+                .find(|p| p.path == path || is_under(&path, &p.path) || is_under(&p.path, &path))
+            {
+                return Err(refuse(format!(
+                    "overlaps the folder of another partition of {qualified} ({}); give each \
+                     partition a folder of its own",
+                    other.path
+                )));
+            }
+            let values = spec
+                .iter()
+                .map(|(_, v)| {
+                    (!(v.eq_ignore_ascii_case("null") || v == HIVE_NULL)).then(|| v.clone())
+                })
+                .collect();
+            pins.push(PinnedPartition { values, path });
+        }
+        properties[PINNED_PARTITIONS] = serde_json::to_value(&pins)
+            .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
+        self.catalog()
+            .set_table_properties(table.id, &properties)
+            .await
+    }
+
     async fn existing_table(
         &self,
         database: &str,
@@ -1166,10 +1327,20 @@ impl Engine {
                 }
             }
             Command::Repair { database, name } | Command::AddPartitions { database, name, .. } => {
-                if let Command::AddPartitions { partitions, .. } = command {
+                if let Command::AddPartitions {
+                    partitions,
+                    locations,
+                    if_not_exists,
+                    ..
+                } = command
+                {
                     let table = self.existing_table(database, name).await?;
                     for spec in partitions {
                         check_spec(&table, spec)?;
+                    }
+                    if locations.iter().any(Option::is_some) {
+                        self.pin_partitions(&table, partitions, locations, *if_not_exists)
+                            .await?;
                     }
                 }
                 let summary = self.recrawl(database, name).await?;
@@ -1194,6 +1365,9 @@ impl Engine {
             } => {
                 let table = self.existing_table(database, name).await?;
                 let existing = self.catalog().partitions(table.id).await?;
+                let mut properties = self.catalog().table_properties(table.id).await?;
+                let mut pins = pinned_partitions(&properties);
+                let pin_count = pins.len();
                 let mut dropped = 0;
                 let mut files = 0;
                 for spec in partitions {
@@ -1201,22 +1375,13 @@ impl Engine {
                     let matching: Vec<&Vec<Option<String>>> = existing
                         .iter()
                         .map(|p| &p.values)
-                        .filter(|values| {
-                            table
-                                .partition_columns
-                                .iter()
-                                .zip(values.iter())
-                                .zip(spec)
-                                .all(|((column, stored), (_, wanted))| {
-                                    same_partition_value(
-                                        column.data_type,
-                                        stored.as_deref(),
-                                        wanted,
-                                    )
-                                })
-                        })
+                        .filter(|values| spec_matches(&table, spec, values))
                         .collect();
-                    if matching.is_empty() && !*if_exists {
+                    // A partition at a folder of the user's choosing is forgotten with its
+                    // folder, so the next crawl does not bring it back.
+                    let before = pins.len();
+                    pins.retain(|p| !spec_matches(&table, spec, &p.values));
+                    if matching.is_empty() && before == pins.len() && !*if_exists {
                         return Err(Error::InvalidArgument(format!(
                             "{database}.{name} has no partition ({}); see SHOW PARTITIONS {database}.{name}",
                             spec.iter()
@@ -1225,10 +1390,20 @@ impl Engine {
                                 .join(", ")
                         )));
                     }
+                    if matching.is_empty() && before != pins.len() {
+                        dropped += 1;
+                    }
                     for values in matching {
                         files += self.catalog().drop_partition(table.id, values).await?;
                         dropped += 1;
                     }
+                }
+                if pins.len() != pin_count {
+                    properties[PINNED_PARTITIONS] = serde_json::to_value(&pins)
+                        .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
+                    self.catalog()
+                        .set_table_properties(table.id, &properties)
+                        .await?;
                 }
                 message(format!(
                     "dropped {dropped} partition(s) of {database}.{name}, {files} file(s) \
@@ -1378,4 +1553,40 @@ fn partition_label(names: &[&str], values: &[Option<String>]) -> String {
         .map(|(c, v)| format!("{c}={}", v.as_deref().unwrap_or("NULL")))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_locations;
+
+    #[test]
+    fn partition_locations_are_taken_out_of_alter_table() {
+        let (rest, locations) = partition_locations(
+            "ALTER TABLE t ADD PARTITION (dt = '1') LOCATION 's3://b/one/' \
+             PARTITION (dt = '2') PARTITION (dt = 'it''s') location 's3://b/three'",
+        )
+        .expect("locations found");
+        assert_eq!(
+            rest.split_whitespace().collect::<Vec<_>>().join(" "),
+            "ALTER TABLE t ADD PARTITION (dt = '1') PARTITION (dt = '2') \
+             PARTITION (dt = 'it''s')"
+        );
+        assert_eq!(
+            locations,
+            vec![
+                Some("s3://b/one/".into()),
+                None,
+                Some("s3://b/three".into())
+            ]
+        );
+        assert_eq!(
+            partition_locations("ALTER TABLE t ADD PARTITION (dt = '1')"),
+            None
+        );
+        assert_eq!(partition_locations("SELECT 'LOCATION' AS location"), None);
+        let (_, locations) =
+            partition_locations("ALTER TABLE t ADD PARTITION (k = 1) LOCATION '/lake/o''neil/'")
+                .expect("a location");
+        assert_eq!(locations, vec![Some("/lake/o'neil/".into())]);
+    }
 }

@@ -721,13 +721,33 @@ impl Engine {
         if let Some(command) = ddl::recognise_refresh(sql, &self.default_database()) {
             return Ok(Statement::Command(command?));
         }
+        // `ADD PARTITION … LOCATION '…'`: the parser takes the statement without them.
+        let located = ddl::partition_locations(sql);
+        let (sql, partition_locations) = match &located {
+            Some((rest, locations)) => (rest.as_str(), Some(locations)),
+            None => (sql, None),
+        };
         // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
         let dialect = self.state.config().options().sql_parser.dialect;
         let statement = self
             .state
             .sql_to_statement(sql, &dialect)
             .map_err(map_plan_error)?;
-        if let Some(command) = ddl::recognise(self, &statement).await? {
+        if let Some(mut command) = ddl::recognise(self, &statement).await? {
+            match (&mut command, partition_locations) {
+                (ddl::Command::AddPartitions { locations, .. }, Some(found))
+                    if found.len() == locations.len() =>
+                {
+                    locations.clone_from(found);
+                }
+                (_, Some(_)) => {
+                    return Err(Error::Sql(
+                        "LOCATION '…' follows a PARTITION (…) of ALTER TABLE … ADD PARTITION"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
             return Ok(Statement::Command(command));
         }
         let notes = match &statement {
