@@ -15,6 +15,7 @@ pub mod events;
 pub mod footer;
 pub mod jobs;
 pub mod layout;
+pub mod listing;
 pub mod schema;
 pub mod text;
 
@@ -703,9 +704,7 @@ impl Crawler {
         };
 
         let listed: Vec<ObjectMeta> = if options.within.is_empty() {
-            store
-                .list(Some(&prefix))
-                .try_collect()
+            listing::list_all(store.as_ref(), &prefix)
                 .await
                 .map_err(|e| Error::store(location.to_string(), e))?
         } else {
