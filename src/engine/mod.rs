@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod ddl;
+mod semijoin;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -162,7 +163,7 @@ impl Engine {
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
-        let mut rules = datafusion::optimizer::Optimizer::new().rules;
+        let mut rules = optimizer_rules();
         if options.rollup_rewrite {
             rules.insert(
                 0,
@@ -209,7 +210,7 @@ impl Engine {
 
     /// This engine without the rollup rewrite: every aggregation reads its base table.
     pub fn without_rollup_rewrite(&self) -> Engine {
-        let rules = datafusion::optimizer::Optimizer::new().rules;
+        let rules = optimizer_rules();
         let mut engine = self.clone();
         engine.state = SessionStateBuilder::new_from_existing(self.state.clone())
             .with_optimizer_rules(rules)
@@ -1132,4 +1133,17 @@ impl SchemaProvider for TarnDatabase {
             .is_some_and(|t| t.contains_key(name))
             || self.shared.view(&self.name, name).is_some()
     }
+}
+
+/// DataFusion's optimizer rules with Tarn's own: semi and anti joins are moved below the
+/// inner joins they filter once decorrelation and the join rewrites have made them, before
+/// filters are pushed down.
+fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "push_down_limit")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(semijoin::PushSemiJoinDown));
+    rules
 }
