@@ -1137,7 +1137,8 @@ impl SchemaProvider for TarnDatabase {
 
 /// DataFusion's optimizer rules with Tarn's own: semi and anti joins are moved below the
 /// inner joins they filter once decorrelation and the join rewrites have made them, before
-/// filters are pushed down.
+/// filters are pushed down; once filters are in place, an aggregation joined on a grouping
+/// column is reduced to the groups the join keeps.
 fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     let at = rules
@@ -1145,5 +1146,10 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .position(|r| r.name() == "push_down_limit")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(semijoin::PushSemiJoinDown));
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "push_down_filter")
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(semijoin::ReduceJoinedAggregate));
     rules
 }

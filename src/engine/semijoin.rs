@@ -133,6 +133,197 @@ fn semi_join(input: Arc<LogicalPlan>, join: &Join) -> Result<LogicalPlan> {
     )?))
 }
 
+/// An aggregation joined on one of its grouping columns, reduced to the groups the join
+/// can match.
+///
+/// A correlated subquery such as TPC-H Q17's `l_quantity < (SELECT 0.2 * avg(l_quantity)
+/// FROM lineitem WHERE l_partkey = p_partkey)` becomes a join with an aggregation of all
+/// of `lineitem` by `l_partkey`: two million groups at scale 10, of which the join keeps
+/// the two thousand parts the outer query's filter selects. Only rows of those groups can
+/// change the answer, so the aggregation's input is first semi-joined with the keys the
+/// other side can have. Those keys are taken from where the other side gets them: a
+/// filtered scan of one table (`part` where `p_brand = … AND p_container = …`), reached
+/// through projections and inner joins, so computing them again costs one filtered scan.
+/// Without such a filter the reduction would not be selective, and nothing is changed.
+///
+/// Applies to inner and left semi joins with the aggregation on the right (the side
+/// decorrelation puts it on), grouped by plain columns.
+#[derive(Debug, Default)]
+pub struct ReduceJoinedAggregate;
+
+/// The alias of the key sets this rule adds, by which it knows its own work.
+const KEYS_ALIAS: &str = "__tarn_join_keys";
+
+impl OptimizerRule for ReduceJoinedAggregate {
+    fn name(&self) -> &str {
+        "tarn_reduce_joined_aggregate"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Join(join) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        if !matches!(join.join_type, JoinType::Inner | JoinType::LeftSemi) {
+            return Ok(Transformed::no(plan));
+        }
+        for (left_key, right_key) in &join.on {
+            let (Expr::Column(left_key), Expr::Column(right_key)) = (left_key, right_key) else {
+                continue;
+            };
+            let Some(keys) = key_source(&join.left, left_key) else {
+                continue;
+            };
+            let Some(right) = reduce(&join.right, right_key, &keys, left_key)? else {
+                continue;
+            };
+            let mut join = join.clone();
+            join.right = Arc::new(right);
+            return Ok(Transformed::yes(LogicalPlan::Join(join)));
+        }
+        Ok(Transformed::no(plan))
+    }
+}
+
+/// The smallest part of `plan` that gives every value `key` can have in it (a superset):
+/// through projections that pass `key` on and inner joins, down to a filtered scan of one
+/// table or a scan semi-joined with one. `None` when there is no such part.
+fn key_source(plan: &LogicalPlan, key: &Column) -> Option<Arc<LogicalPlan>> {
+    let holds = |p: &LogicalPlan| p.schema().has_column(key);
+    match plan {
+        LogicalPlan::Projection(p)
+            if holds(&p.input)
+                && p.expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::Column(c) if c == key)) =>
+        {
+            key_source(&p.input, key)
+        }
+        LogicalPlan::Join(j) if j.join_type == JoinType::Inner => {
+            if holds(&j.left) {
+                key_source(&j.left, key)
+            } else if holds(&j.right) {
+                key_source(&j.right, key)
+            } else {
+                None
+            }
+        }
+        // A scan semi-joined with a filtered scan (Q20's `partsupp` of the `forest%` parts).
+        LogicalPlan::Join(j)
+            if j.join_type == JoinType::LeftSemi
+                && holds(&j.left)
+                && matches!(j.left.as_ref(), LogicalPlan::TableScan(_))
+                && filtered_scan(&j.right) =>
+        {
+            Some(Arc::new(plan.clone()))
+        }
+        _ if filtered_scan(plan) => Some(Arc::new(plan.clone())),
+        _ => None,
+    }
+}
+
+/// Whether `plan` is one table's scan with a filter, under projections and aliases only:
+/// cheap to compute again, and selective.
+fn filtered_scan(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => filtered_scan(&p.input),
+        LogicalPlan::SubqueryAlias(a) => filtered_scan(&a.input),
+        LogicalPlan::Filter(f) => matches!(f.input.as_ref(), LogicalPlan::TableScan(_)),
+        LogicalPlan::TableScan(t) => !t.filters.is_empty(),
+        _ => false,
+    }
+}
+
+/// `plan` (a join's right side) with the input of its aggregation semi-joined with
+/// `keys`, when `key` is one of that aggregation's grouping columns passed up unchanged.
+fn reduce(
+    plan: &LogicalPlan,
+    key: &Column,
+    keys: &Arc<LogicalPlan>,
+    key_in_keys: &Column,
+) -> Result<Option<LogicalPlan>> {
+    // The same column one level down: found by position, as aliases rename qualifiers.
+    let index = match plan.schema().maybe_index_of_column(key) {
+        Some(i) => i,
+        None => return Ok(None),
+    };
+    let (below, input) = match plan {
+        LogicalPlan::SubqueryAlias(a) => {
+            let (qualifier, field) = a.input.schema().qualified_field(index);
+            (Column::from((qualifier, field)), &a.input)
+        }
+        LogicalPlan::Projection(p) => match p.expr.get(index) {
+            Some(Expr::Column(c)) => (c.clone(), &p.input),
+            Some(Expr::Alias(alias)) => match alias.expr.as_ref() {
+                Expr::Column(c) => (c.clone(), &p.input),
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        },
+        LogicalPlan::Filter(f) => (key.clone(), &f.input),
+        LogicalPlan::Aggregate(aggregate) => {
+            let Some(Expr::Column(grouped)) = aggregate.group_expr.get(index) else {
+                return Ok(None);
+            };
+            if !aggregate
+                .group_expr
+                .iter()
+                .all(|e| matches!(e, Expr::Column(_)))
+                || already_reduced(&aggregate.input)
+            {
+                return Ok(None);
+            }
+            let keys =
+                LogicalPlan::SubqueryAlias(datafusion::logical_expr::SubqueryAlias::try_new(
+                    Arc::new(LogicalPlan::Projection(Projection::try_new(
+                        vec![Expr::Column(key_in_keys.clone())],
+                        Arc::clone(keys),
+                    )?)),
+                    KEYS_ALIAS,
+                )?);
+            let aliased = Column::new(Some(KEYS_ALIAS), key_in_keys.name.clone());
+            let reduced = LogicalPlan::Join(Join::try_new(
+                Arc::clone(&aggregate.input),
+                Arc::new(keys),
+                vec![(Expr::Column(grouped.clone()), Expr::Column(aliased))],
+                None,
+                JoinType::LeftSemi,
+                datafusion::logical_expr::JoinConstraint::On,
+                datafusion::common::NullEquality::NullEqualsNothing,
+                false,
+            )?);
+            return Ok(Some(
+                plan.with_new_exprs(plan.expressions(), vec![reduced])?,
+            ));
+        }
+        _ => return Ok(None),
+    };
+    match reduce(input, &below, keys, key_in_keys)? {
+        Some(new_input) => Ok(Some(
+            plan.with_new_exprs(plan.expressions(), vec![new_input])?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Whether an aggregation's input is already semi-joined with keys by this rule (the
+/// semi join may since have moved down, see [`PushSemiJoinDown`]).
+fn already_reduced(input: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    input
+        .exists(|node| {
+            Ok(matches!(node, LogicalPlan::SubqueryAlias(a) if a.alias.table() == KEYS_ALIAS))
+        })
+        .unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +403,60 @@ mod tests {
         "SELECT count(*) AS n FROM orders JOIN customer ON o_custkey = c_custkey \
          WHERE o_orderkey NOT IN (SELECT l_orderkey FROM lineitem WHERE l_quantity > 45)",
     ];
+
+    /// TPC-H Q17's shape (a correlated average per part of the filtered parts), and Q2's
+    /// (a correlated minimum over a join).
+    const AGGREGATES: [&str; 2] = [
+        "SELECT sum(l_quantity) AS q, count(*) AS n FROM lineitem, orders \
+         WHERE o_orderkey = l_orderkey AND o_custkey < 6 \
+           AND l_quantity < (SELECT 1.2 * avg(l_quantity) FROM lineitem l2 \
+                             WHERE l2.l_orderkey = o_orderkey)",
+        "SELECT c_name, o_orderkey FROM customer, orders \
+         WHERE c_custkey = o_custkey AND c_name LIKE 'customer 1%' \
+           AND o_orderkey = (SELECT min(o2.o_orderkey) FROM orders o2, lineitem \
+                             WHERE o2.o_orderkey = l_orderkey AND o2.o_custkey = c_custkey) \
+         ORDER BY o_orderkey",
+    ];
+
+    fn context_with_all(rules: bool) -> SessionContext {
+        if !rules {
+            return context(false);
+        }
+        let ctx = context(true);
+        let state = SessionStateBuilder::new_from_existing(ctx.state())
+            .with_optimizer_rule(Arc::new(ReduceJoinedAggregate))
+            .build();
+        // The new state shares the tables' catalog.
+        SessionContext::new_with_state(state)
+    }
+
+    #[tokio::test]
+    async fn joined_aggregations_read_only_the_groups_the_join_keeps() {
+        let (plain, reduced) = (context_with_all(false), context_with_all(true));
+        for sql in AGGREGATES {
+            let (_, expected) = run(&plain, sql).await;
+            let (plan, answer) = run(&reduced, sql).await;
+            assert!(
+                expected.lines().count() > 4,
+                "{sql} returns rows:\n{expected}"
+            );
+            assert_eq!(answer, expected, "{sql}");
+            assert_eq!(
+                plan.matches(&format!("SubqueryAlias: {KEYS_ALIAS}"))
+                    .count(),
+                1,
+                "the aggregation's input is reduced once:\n{plan}"
+            );
+        }
+        // Without a filter on the side the keys come from, nothing is reduced.
+        let (plan, _) = run(
+            &reduced,
+            "SELECT count(*) FROM orders WHERE o_orderkey < (SELECT max(l_orderkey) FROM lineitem \
+             WHERE l_orderkey = o_orderkey)",
+        )
+        .await;
+        assert!(!plan.contains(KEYS_ALIAS), "{plan}");
+    }
 
     async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
         let df = ctx.sql(sql).await.expect("plan");
