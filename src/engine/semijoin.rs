@@ -178,10 +178,10 @@ impl OptimizerRule for ReduceJoinedAggregate {
             let (Expr::Column(left_key), Expr::Column(right_key)) = (left_key, right_key) else {
                 continue;
             };
-            let Some(keys) = key_source(&join.left, left_key) else {
+            let Some(keys) = key_source(&join.left, left_key).filter(|k| !volatile(k)) else {
                 continue;
             };
-            let Some(right) = reduce(&join.right, right_key, &keys, left_key)? else {
+            let Some(right) = reduce(&join.right, right_key, &keys, left_key, join)? else {
                 continue;
             };
             let mut join = join.clone();
@@ -229,6 +229,14 @@ fn key_source(plan: &LogicalPlan, key: &Column) -> Option<Arc<LogicalPlan>> {
     }
 }
 
+/// Whether `plan` computes anything volatile (`random()`), which a second evaluation of
+/// the key set would not reproduce.
+fn volatile(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|node| Ok(node.expressions().iter().any(Expr::is_volatile)))
+        .unwrap_or(true)
+}
+
 /// Whether `plan` is one table's scan with a filter, under projections and aliases only:
 /// cheap to compute again, and selective.
 fn filtered_scan(plan: &LogicalPlan) -> bool {
@@ -248,6 +256,7 @@ fn reduce(
     key: &Column,
     keys: &Arc<LogicalPlan>,
     key_in_keys: &Column,
+    outer: &Join,
 ) -> Result<Option<LogicalPlan>> {
     // The same column one level down: found by position, as aliases rename qualifiers.
     let index = match plan.schema().maybe_index_of_column(key) {
@@ -296,7 +305,8 @@ fn reduce(
                 None,
                 JoinType::LeftSemi,
                 datafusion::logical_expr::JoinConstraint::On,
-                datafusion::common::NullEquality::NullEqualsNothing,
+                // A NULL group is kept exactly when the join itself can match NULLs.
+                outer.null_equality,
                 false,
             )?);
             return Ok(Some(
@@ -305,7 +315,7 @@ fn reduce(
         }
         _ => return Ok(None),
     };
-    match reduce(input, &below, keys, key_in_keys)? {
+    match reduce(input, &below, keys, key_in_keys, outer)? {
         Some(new_input) => Ok(Some(
             plan.with_new_exprs(plan.expressions(), vec![new_input])?,
         )),
@@ -453,6 +463,14 @@ mod tests {
             &reduced,
             "SELECT count(*) FROM orders WHERE o_orderkey < (SELECT max(l_orderkey) FROM lineitem \
              WHERE l_orderkey = o_orderkey)",
+        )
+        .await;
+        assert!(!plan.contains(KEYS_ALIAS), "{plan}");
+        // Nor when the filter is volatile: a second evaluation would pick other keys.
+        let (plan, _) = run(
+            &reduced,
+            "SELECT count(*) FROM orders WHERE random() < 0.5 AND o_orderkey < \
+             (SELECT max(l_orderkey) FROM lineitem WHERE l_orderkey = o_orderkey)",
         )
         .await;
         assert!(!plan.contains(KEYS_ALIAS), "{plan}");
