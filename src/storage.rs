@@ -281,10 +281,6 @@ impl StoreRegistry {
     }
 }
 
-/// The settings of the AWS profile in use (`AWS_PROFILE`, else `default`) from the shared
-/// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, by
-/// default under `~/.aws/`): keys, session token, region and `endpoint_url`. Credentials
-/// win over config for a key both name.
 /// The endpoint of `bucket` under virtual-hosted addressing: the bucket goes in front of the
 /// service's host name (`https://s3.example.com` → `https://lake.s3.example.com`), as AWS's own
 /// SDKs do. object_store takes a virtual-hosted endpoint as the bucket's own, so one service
@@ -300,6 +296,10 @@ fn bucket_endpoint(endpoint: &str, bucket: &str) -> String {
     format!("{scheme}://{bucket}.{rest}")
 }
 
+/// The settings of the AWS profile in use (`AWS_PROFILE`, else `default`) from the shared
+/// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, by
+/// default under `~/.aws/`): keys, session token, region and `endpoint_url`. Credentials
+/// win over config for a key both name.
 pub(crate) fn aws_profile() -> HashMap<String, String> {
     let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
     let home = std::env::var("HOME").unwrap_or_default();

@@ -1090,6 +1090,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Sets one of a table's properties, leaving the others as they are now (a crawl
+    /// committing at the same time keeps what it wrote).
+    pub async fn set_table_property(
+        &self,
+        table_id: i64,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE tables SET properties = json_set(properties, ?2, json(?3)) WHERE id = ?1",
+        )
+        .bind(table_id)
+        .bind(format!("$.{key}"))
+        .bind(value.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Replaces a table's properties.
     pub async fn set_table_properties(
         &self,

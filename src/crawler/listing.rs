@@ -16,6 +16,9 @@ const IN_FLIGHT: usize = 16;
 const ENOUGH_FOLDERS: usize = 2 * IN_FLIGHT;
 /// Levels listed with a delimiter at most before the folders found are listed whole.
 const MAX_LEVELS: usize = 3;
+/// More folders than this on one level (years of daily partitions) would cost a request
+/// each; the level above is then listed whole instead, a page per thousand objects.
+const MAX_FOLDERS: usize = 256;
 
 /// Every object under `prefix`, as one `list` would give them (in no particular order).
 ///
@@ -31,15 +34,29 @@ pub async fn list_all(
         if folders.len() >= ENOUGH_FOLDERS {
             break;
         }
-        let levels: Vec<object_store::ListResult> =
-            futures::stream::iter(std::mem::take(&mut folders))
-                .map(|folder| async move { store.list_with_delimiter(Some(&folder)).await })
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect()
-                .await?;
-        for level in levels {
+        let levels: Vec<(Path, object_store::ListResult)> = futures::stream::iter(folders.clone())
+            .map(|folder| async move {
+                let level = store.list_with_delimiter(Some(&folder)).await?;
+                Ok::<_, object_store::Error>((folder, level))
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let below: usize = levels.iter().map(|(_, l)| l.common_prefixes.len()).sum();
+        if below > MAX_FOLDERS {
+            break;
+        }
+        folders.clear();
+        for (folder, level) in levels {
             objects.extend(level.objects);
-            folders.extend(level.common_prefixes);
+            // Only folders strictly below the one listed: a key starting with `/` shows
+            // up as the folder `/`, which is the empty path again.
+            folders.extend(
+                level
+                    .common_prefixes
+                    .into_iter()
+                    .filter(|p| p.as_ref().len() > folder.as_ref().len()),
+            );
         }
         if folders.is_empty() {
             return Ok(objects);
@@ -73,6 +90,9 @@ mod tests {
             }
         }
         keys.push("u/deep/a/b/c/d/e.parquet".to_string());
+        for d in 0..300 {
+            keys.push(format!("w/dt={d:03}/part-0.parquet"));
+        }
         keys.push("tx/not-under-t.parquet".to_string());
         for key in &keys {
             store
@@ -80,7 +100,7 @@ mod tests {
                 .await
                 .expect("put");
         }
-        for prefix in ["", "t", "u", "t/y=1", "missing"] {
+        for prefix in ["", "t", "u", "w", "t/y=1", "missing"] {
             let prefix = Path::from(prefix);
             let mut expected: Vec<String> = store
                 .list(Some(&prefix))

@@ -619,10 +619,13 @@ impl Crawler {
         let mut tables: BTreeMap<String, (String, Option<BTreeSet<String>>)> = BTreeMap::new();
         // The first run crawls everything, which covers the events waiting before it.
         let mut whole_location = full;
-        let catalogued = if messages.is_empty() || full {
-            Vec::new()
+        let (catalogued, pinned) = if messages.is_empty() || full {
+            (Vec::new(), Vec::new())
         } else {
-            self.catalog.tables().await?
+            (
+                self.catalog.tables().await?,
+                self.pinned_outside(&options.database).await?,
+            )
         };
         for (b, key) in messages.iter().flat_map(|m| m.objects.iter()) {
             if *b != bucket || !is_under(key, prefix.as_ref()) {
@@ -651,7 +654,17 @@ impl Crawler {
                         None => entry.1 = None,
                     }
                 }
-                None => whole_location = true,
+                None => match pinned.iter().find(|(table_location, pin)| {
+                    table_location.starts_with(root.store_url().as_str()) && is_under(key, pin)
+                }) {
+                    // In a table's partition folder outside its own: that whole table.
+                    Some((table_location, _)) => {
+                        if let Some(t) = catalogued.iter().find(|t| &t.location == table_location) {
+                            tables.insert(t.location.clone(), (t.name.clone(), None));
+                        }
+                    }
+                    None => whole_location = true,
+                },
             }
         }
         let mut summary = CrawlSummary {
@@ -766,6 +779,10 @@ impl Crawler {
             };
             summary.problems.push(Problem { path, message });
         }
+        // Folders of partitions a table keeps outside its own folder (`ADD PARTITION …
+        // LOCATION`) belong to that table: its own crawl lists them, so they are not
+        // discovered again here as tables of their own.
+        let pinned_elsewhere = self.pinned_outside(&options.database).await?;
         let delta_newest = newest_delta_versions(listed.iter().map(&relative_of), &delta_roots);
         let include = glob_set(&options.include)?;
         let exclude = glob_set(&options.exclude)?;
@@ -776,6 +793,13 @@ impl Crawler {
             let relative = relative_of(&meta);
             if foreign.iter().any(|(root, _)| is_under(&relative, root)) {
                 summary.skipped.other_format += 1;
+                continue;
+            }
+            if pinned_elsewhere
+                .iter()
+                .any(|(_, pin)| is_under(meta.location.as_ref(), pin))
+            {
+                summary.skipped.excluded += 1;
                 continue;
             }
             if (!options.include.is_empty() && !include.is_match(&relative))
@@ -947,10 +971,25 @@ impl Crawler {
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
                 && !still_there
-                && !crate::rollup::is_storage_table(&table.name)
-                // Partitions at folders of the user's choosing keep a table whose own
-                // folder is empty.
-                && pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty();
+                && !crate::rollup::is_storage_table(&table.name);
+            // Partitions at folders of the user's choosing keep a table whose own folder
+            // is empty; its files are those folders' now.
+            if gone
+                && !pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty()
+            {
+                let table_path = Location::parse_catalogued(&table.location)?.prefix();
+                Box::pin(self.crawl_table(
+                    &store,
+                    options,
+                    &table.name,
+                    &table.location,
+                    table_path.as_ref(),
+                    &[],
+                    &mut summary,
+                ))
+                .await?;
+                continue;
+            }
             if !gone
                 || (options.deletion == DeletionPolicy::Mark
                     && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
@@ -1830,6 +1869,28 @@ impl Crawler {
         self.report(|p| p.footers_read += unmapped.len() as u64);
         reads.extend(unmapped);
         reads
+    }
+
+    /// The tables of `database` with partitions in folders outside their own, and those
+    /// folders (object paths).
+    async fn pinned_outside(&self, database: &str) -> Result<Vec<(String, String)>> {
+        let mut pinned = Vec::new();
+        for table in self.catalog.tables().await? {
+            if table.database != database {
+                continue;
+            }
+            let pins = pinned_partitions(&self.catalog.table_properties(table.id).await?);
+            if pins.is_empty() {
+                continue;
+            }
+            let own = Location::parse_catalogued(&table.location)?.prefix();
+            for pin in pins {
+                if !is_under(&pin.path, own.as_ref()) {
+                    pinned.push((table.location.clone(), pin.path));
+                }
+            }
+        }
+        Ok(pinned)
     }
 
     /// The catalogued table `name` (`Some(None)` when there is none yet), or `None` when

@@ -1026,9 +1026,9 @@ impl Engine {
         let qualified = format!("{}.{}", table.database, table.name);
         let table_location = Location::parse_catalogued(&table.location)?;
         let table_path = table_location.prefix().as_ref().to_string();
-        let mut properties = self.catalog().table_properties(table.id).await?;
-        let mut pins = pinned_partitions(&properties);
+        let mut pins = pinned_partitions(&self.catalog().table_properties(table.id).await?);
         let existing = self.catalog().partitions(table.id).await?;
+        let tables = self.catalog().tables().await?;
         for (spec, location) in partitions.iter().zip(locations) {
             let Some(location) = location else {
                 continue;
@@ -1070,6 +1070,16 @@ impl Engine {
                      is one of its own"
                 )));
             }
+            let url = format!("{}{path}/", table_location.store_url().as_str());
+            if let Some(other) = tables.iter().find(|t| {
+                t.id != table.id && (url.starts_with(&t.location) || t.location.starts_with(&url))
+            }) {
+                return Err(refuse(format!(
+                    "the folder of table {}.{} ({}) or one holding it; a partition of \
+                     {qualified} cannot take another table's files",
+                    other.database, other.name, other.location
+                )));
+            }
             if let Some(other) = pins
                 .iter()
                 .find(|p| p.path == path || is_under(&path, &p.path) || is_under(&p.path, &path))
@@ -1088,10 +1098,10 @@ impl Engine {
                 .collect();
             pins.push(PinnedPartition { values, path });
         }
-        properties[PINNED_PARTITIONS] = serde_json::to_value(&pins)
+        let value = serde_json::to_value(&pins)
             .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
         self.catalog()
-            .set_table_properties(table.id, &properties)
+            .set_table_property(table.id, PINNED_PARTITIONS, &value)
             .await
     }
 
@@ -1365,7 +1375,7 @@ impl Engine {
             } => {
                 let table = self.existing_table(database, name).await?;
                 let existing = self.catalog().partitions(table.id).await?;
-                let mut properties = self.catalog().table_properties(table.id).await?;
+                let properties = self.catalog().table_properties(table.id).await?;
                 let mut pins = pinned_partitions(&properties);
                 let pin_count = pins.len();
                 let mut dropped = 0;
@@ -1399,10 +1409,10 @@ impl Engine {
                     }
                 }
                 if pins.len() != pin_count {
-                    properties[PINNED_PARTITIONS] = serde_json::to_value(&pins)
+                    let value = serde_json::to_value(&pins)
                         .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
                     self.catalog()
-                        .set_table_properties(table.id, &properties)
+                        .set_table_property(table.id, PINNED_PARTITIONS, &value)
                         .await?;
                 }
                 message(format!(

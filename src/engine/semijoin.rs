@@ -10,15 +10,16 @@
 //! of the whole join of orders and customers.
 //!
 //! The rule moves a semi or anti join (equality keys only, no extra filter, not the
-//! null-aware form of `NOT IN`) through filters, projections that pass its keys through
-//! unchanged, and inner joins one of whose sides holds all its keys. Rows are not changed,
+//! null-aware form of `NOT IN`) through projections that pass its keys through unchanged
+//! and inner joins one of whose sides holds all its keys. Not through filters: DataFusion's
+//! filter pushdown moves them below the join again, and the plan would change on every pass. Rows are not changed,
 //! only where they are dropped.
 
 use std::sync::Arc;
 
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, JoinType, Result};
-use datafusion::logical_expr::{Expr, Filter, Join, LogicalPlan, Projection};
+use datafusion::logical_expr::{Expr, Join, LogicalPlan, Projection};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
@@ -72,10 +73,6 @@ fn movable_keys(join: &Join) -> Option<Vec<Column>> {
 fn push_into(input: &LogicalPlan, join: &Join, keys: &[Column]) -> Result<Option<LogicalPlan>> {
     let holds = |plan: &LogicalPlan| keys.iter().all(|k| plan.schema().has_column(k));
     Ok(Some(match input {
-        LogicalPlan::Filter(filter) => LogicalPlan::Filter(Filter::try_new(
-            filter.predicate.clone(),
-            Arc::new(semi_join(Arc::clone(&filter.input), join)?),
-        )?),
         LogicalPlan::Projection(projection)
             if holds(&projection.input)
                 && keys.iter().all(|k| {

@@ -1,10 +1,12 @@
 """DDL through ADBC: tables created in SQL are in the catalog and survive a restart."""
 
+import json
+
 import adbc_driver_manager
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import Server, connect
+from conftest import Server, connect, tarn
 
 
 def test_create_external_table_over_adbc_survives_restart(lake, tmp_path):
@@ -123,13 +125,31 @@ def test_add_partition_with_a_location_of_its_own(tmp_path):
             cur.execute("MSCK REPAIR TABLE logs")
             cur.fetchall()
             assert per_day(cur) == [(d, n, d, d) for d, n in sorted(rows.items())]
+
+            # Another table's folder cannot become a partition of this one.
+            write(root / "other" / "dt=2024-02-01", "2024-02-01", 1)
+            cur.execute(f"CREATE EXTERNAL TABLE other STORED AS PARQUET LOCATION '{root}/other/'")
+            cur.fetchall()
+            with pytest.raises(adbc_driver_manager.ProgrammingError, match="another table's files"):
+                cur.execute(f"ALTER TABLE logs ADD PARTITION (dt = '2024-02-01') "
+                            f"LOCATION '{root}/other/dt=2024-02-01/'")
+                cur.fetchall()
     finally:
         server.stop()
+
+    # A crawl of the whole lake leaves the outside partition folder to its table: it does
+    # not become a table of its own, and the table keeps its rows.
+    crawl = tarn(tmp_path, "crawl", str(root), "--json")
+    assert crawl.returncode == 0, crawl.stderr
+    summary = json.loads(crawl.stdout)
+    assert not any("jan07" in t or "archive" in t for t in summary["tables_created"]), summary
 
     server = Server(tmp_path, command=serve)
     try:
         with connect(server.uri) as conn, conn.cursor() as cur:
             assert per_day(cur) == [(d, n, d, d) for d, n in sorted(rows.items())]
+            cur.execute("SHOW TABLES")
+            assert not any("jan07" in str(r) or "archive" in str(r) for r in cur.fetchall())
             cur.execute("ALTER TABLE logs DROP PARTITION (dt = '2024-01-07')")
             cur.fetchall()
             cur.execute("MSCK REPAIR TABLE logs")
