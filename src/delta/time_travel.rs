@@ -172,7 +172,8 @@ pub fn find(sql: &str) -> Option<Found> {
 
 fn normalise(word: &Word) -> String {
     match word.quote_style {
-        Some(_) => word.value.clone(),
+        // Tokens keep their escapes (`"a""b"` is the name `a"b`).
+        Some(q) => word.value.replace(&format!("{q}{q}"), &q.to_string()),
         None => word.value.to_lowercase(),
     }
 }
@@ -273,6 +274,8 @@ mod tests {
             ),
             "SELECT * FROM \"sales@v2\" AS sales WHERE name = 'O''Brien'"
         );
+        let found = find("SELECT 1 FROM \"a\"\"b\" VERSION AS OF 1").unwrap();
+        assert_eq!(found.clauses[0].table, "a\"b");
         let found = find("SELECT 1 FROM s TIMESTAMP AS OF 'it''s' x").unwrap();
         assert_eq!(found.clauses[0].spec, Spec::Timestamp("it's".into()));
     }
