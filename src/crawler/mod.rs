@@ -631,6 +631,17 @@ impl Crawler {
             if *b != bucket || !is_under(key, prefix.as_ref()) {
                 continue;
             }
+            // Markers and files in progress (Spark's `_SUCCESS` at a table's top) change
+            // nothing a crawl keeps, so they do not widen it; a Delta log does.
+            let relative = key
+                .strip_prefix(prefix.as_ref())
+                .unwrap_or(key)
+                .trim_start_matches('/');
+            if matches!(classify(relative, 1), Some(Skip::Hidden | Skip::InProgress))
+                && !relative.split('/').any(|s| s == "_delta_log")
+            {
+                continue;
+            }
             let url = format!("{}{}", root.store_url().as_str(), key);
             match catalogued
                 .iter()
@@ -723,11 +734,19 @@ impl Crawler {
         } else {
             let mut listed = Vec::new();
             for folder in &options.within {
-                let sub = if prefix.as_ref().is_empty() {
-                    object_store::path::Path::from(folder.as_str())
+                // The folder as the store names it: event keys are object keys already, so
+                // parsed, not encoded again (`%3A` in a Hive value must stay `%3A`).
+                let raw = if prefix.as_ref().is_empty() {
+                    folder.clone()
                 } else {
-                    object_store::path::Path::from(format!("{}/{folder}", prefix.as_ref()))
+                    format!("{}/{folder}", prefix.as_ref())
                 };
+                let sub = object_store::path::Path::parse(&raw).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "an event names the folder {location}{folder}/, which is not a valid \
+                         object path: {e}"
+                    ))
+                })?;
                 let more: Vec<ObjectMeta> = store
                     .list(Some(&sub))
                     .try_collect()

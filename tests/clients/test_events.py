@@ -65,8 +65,10 @@ def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
         new_rows = pq.read_table(good["events"][0])
         s3.put_object(Bucket="evlake", Key="raw/events/year=2026/month=03/day=09/hour=01/new.parquet",
                       Body=parquet_bytes(new_rows))
+        # A writer's success marker at the table's top does not widen the crawl.
+        s3.put_object(Bucket="evlake", Key="raw/events/_SUCCESS", Body=b"")
         one = run(data, env)
-        assert one["events_read"] == 1
+        assert one["events_read"] == 2
         assert one["tables_updated"] == ["default.events"]
         assert "default.users" not in one["tables_unchanged"]
         events_objects = len(s3.list_objects_v2(Bucket="evlake", Prefix="raw/events/")["Contents"])
