@@ -1069,6 +1069,28 @@ impl Catalog {
         })
     }
 
+    /// The tables that have property `key`, with its value, in one query (a crawl asks on
+    /// every run, so not one query per table).
+    pub async fn tables_with_property(&self, key: &str) -> Result<Vec<(i64, serde_json::Value)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, json_extract(properties, ?1) FROM tables
+             WHERE json_type(properties, ?1) IS NOT NULL",
+        )
+        .bind(format!("$.{key}"))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, text)| {
+                serde_json::from_str(&text)
+                    .map(|value| (id, value))
+                    .map_err(|e| Error::CatalogCorrupt {
+                        what: format!("property {key} of table id {id}"),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
     /// Marks a table deprecated, with the reason (its folder is gone), or ends the mark.
     /// Either is a new table version, so servers reload what they read.
     pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {

@@ -1208,7 +1208,14 @@ impl Crawler {
         let mut outside: Vec<Candidate> = Vec::new();
         if options.within.is_empty() {
             for pin in pins.iter().filter(|p| !is_under(&p.path, table_path)) {
-                let folder = object_store::path::Path::from(pin.path.as_str());
+                // Kept as the store names it (`prefix()` of the location), so parsed, not
+                // encoded again.
+                let folder = object_store::path::Path::parse(&pin.path).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "partition folder {} of {qualified}: {e}",
+                        pin_url(table_url, &pin.path)
+                    ))
+                })?;
                 let listed: Vec<ObjectMeta> = store
                     .list(Some(&folder))
                     .try_collect()
@@ -1893,15 +1900,25 @@ impl Crawler {
     /// The tables of `database` with partitions in folders outside their own, and those
     /// folders (object paths).
     async fn pinned_outside(&self, database: &str) -> Result<Vec<(String, String)>> {
+        let with_pins: HashMap<i64, serde_json::Value> = self
+            .catalog
+            .tables_with_property(PINNED_PARTITIONS)
+            .await?
+            .into_iter()
+            .collect();
+        if with_pins.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pinned = Vec::new();
         for table in self.catalog.tables().await? {
+            let Some(value) = with_pins.get(&table.id) else {
+                continue;
+            };
             if table.database != database {
                 continue;
             }
-            let pins = pinned_partitions(&self.catalog.table_properties(table.id).await?);
-            if pins.is_empty() {
-                continue;
-            }
+            let pins: Vec<PinnedPartition> =
+                serde_json::from_value(value.clone()).unwrap_or_default();
             let own = Location::parse_catalogued(&table.location)?.prefix();
             for pin in pins {
                 if !is_under(&pin.path, own.as_ref()) {
