@@ -354,6 +354,12 @@ impl Catalog {
     /// # Errors
     /// [`Error::Catalog`] when the database rejects the write (nothing is applied).
     pub async fn commit_table(&self, commit: &TableCommit) -> Result<CommitOutcome> {
+        // Boxed: the transaction's state across its many awaits would otherwise sit on the
+        // stack of every caller's future.
+        Box::pin(self.commit_table_in_one_transaction(commit)).await
+    }
+
+    async fn commit_table_in_one_transaction(&self, commit: &TableCommit) -> Result<CommitOutcome> {
         let mut tx = self.pool.begin().await?;
         let ts = now();
         sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
@@ -493,6 +499,9 @@ impl Catalog {
             }
         }
 
+        // The partitions whose files change: only their counts are recomputed (a small
+        // commit to a table of many partitions touches only its own).
+        let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
         for paths in commit.removals.chunks(INSERT_CHUNK) {
             let mut delete =
                 sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM data_files WHERE table_id = ");
@@ -501,8 +510,27 @@ impl Catalog {
             for path in paths {
                 list.push_bind(path);
             }
-            list.push_unseparated(")");
-            delete.build().execute(&mut *tx).await?;
+            list.push_unseparated(") RETURNING partition_id");
+            for row in delete.build().fetch_all(&mut *tx).await? {
+                touched.insert(row.get(0));
+            }
+        }
+        // A file catalogued before may move to another partition (a pinned folder).
+        if !outcome.created {
+            for files in commit.upserts.chunks(INSERT_CHUNK) {
+                let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "SELECT DISTINCT partition_id FROM data_files WHERE table_id = ",
+                );
+                select.push_bind(table_id).push(" AND path IN (");
+                let mut list = select.separated(", ");
+                for file in files {
+                    list.push_bind(&file.path);
+                }
+                list.push_unseparated(")");
+                for row in select.build().fetch_all(&mut *tx).await? {
+                    touched.insert(row.get(0));
+                }
+            }
         }
 
         // The partitions the new files go to: the known ones looked up and the new ones
@@ -599,6 +627,7 @@ impl Catalog {
             })?;
             let stats = serde_json::to_string(&file.stats)
                 .map_err(|e| Error::Internal(format!("file stats to JSON: {e}")))?;
+            touched.insert(partition_id);
             rows.push((partition_id, schema_id, stats));
         }
         // Many rows per statement: one round trip per chunk, not per file.
@@ -640,22 +669,34 @@ impl Catalog {
         }
 
         if !commit.upserts.is_empty() || !commit.removals.is_empty() {
-            sqlx::query(
-                "UPDATE partitions SET
-                   file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
-                   total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
-                   row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
-                 WHERE table_id = ?1",
-            )
-            .bind(table_id)
-            .execute(&mut *tx)
-            .await?;
-            let removed =
-                sqlx::query("DELETE FROM partitions WHERE table_id = ?1 AND file_count = 0")
-                    .bind(table_id)
-                    .execute(&mut *tx)
-                    .await?;
-            outcome.partitions_removed = removed.rows_affected();
+            let touched: Vec<i64> = touched.into_iter().collect();
+            for ids in touched.chunks(INSERT_CHUNK) {
+                let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "UPDATE partitions SET
+                       file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
+                       total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
+                       row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
+                     WHERE table_id = ",
+                );
+                update.push_bind(table_id).push(" AND id IN (");
+                let mut list = update.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+                update.build().execute(&mut *tx).await?;
+                let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "DELETE FROM partitions WHERE file_count = 0 AND table_id = ",
+                );
+                delete.push_bind(table_id).push(" AND id IN (");
+                let mut list = delete.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+                outcome.partitions_removed +=
+                    delete.build().execute(&mut *tx).await?.rows_affected();
+            }
             outcome.changed = true;
         }
         outcome.changed |= outcome.created || outcome.new_schema_version;

@@ -181,6 +181,28 @@ impl Queue {
         }
         Ok(())
     }
+
+    /// Makes messages visible again at once, for the next run to take them again.
+    ///
+    /// # Errors
+    /// [`Error::Execution`] when SQS refuses or cannot be reached.
+    pub async fn release(&self, messages: &[Message]) -> Result<()> {
+        for chunk in messages.chunks(BATCH) {
+            let entries: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({"Id": i.to_string(), "ReceiptHandle": m.receipt, "VisibilityTimeout": 0})
+                })
+                .collect();
+            self.call(
+                "ChangeMessageVisibilityBatch",
+                json!({"QueueUrl": self.url, "Entries": entries}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The `(bucket, key)` pairs an S3 event notification names: plain, or wrapped in an SNS

@@ -64,6 +64,10 @@ pub struct CrawlOptions {
     pub include: Vec<String>,
     /// Glob patterns (relative to the crawled location) of files to leave out.
     pub exclude: Vec<String>,
+    /// Put before a file's path (relative to the crawled location) when the globs are
+    /// matched: event mode crawls a table under the crawler's location, whose globs are
+    /// relative to that location.
+    pub glob_prefix: String,
     /// Refuse the crawl, before changing anything, if it would create more tables than
     /// this (a wrong location or layout often looks like hundreds of tables).
     pub max_tables: Option<usize>,
@@ -185,6 +189,9 @@ impl std::str::FromStr for SchemaChangePolicy {
 /// How a table's columns differ, for messages: added, dropped and retyped columns.
 fn describe_schema_change(old: &Schema, new: &Schema) -> Option<String> {
     let mut parts = Vec::new();
+    if let Some(order) = reordered(old, new) {
+        parts.push(order);
+    }
     for f in new.fields() {
         match old.field_with_name(f.name()) {
             Err(_) => parts.push(format!("new column {} {}", f.name(), f.data_type())),
@@ -203,6 +210,26 @@ fn describe_schema_change(old: &Schema, new: &Schema) -> Option<String> {
         }
     }
     (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The columns both schemas have, when they come in another order (which matters only
+/// to files read by position, CSV).
+fn reordered(old: &Schema, new: &Schema) -> Option<String> {
+    let common = |a: &Schema, b: &Schema| -> Vec<String> {
+        a.fields()
+            .iter()
+            .filter(|f| b.field_with_name(f.name()).is_ok())
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    let (before, after) = (common(old, new), common(new, old));
+    (before != after).then(|| {
+        format!(
+            "columns reordered ({} -> {})",
+            before.join(", "),
+            after.join(", ")
+        )
+    })
 }
 
 /// Compiles glob patterns (`*` stays within a folder, `**` crosses folders).
@@ -315,6 +342,7 @@ impl Default for CrawlOptions {
             declared: Declared::default(),
             include: Vec::new(),
             exclude: Vec::new(),
+            glob_prefix: String::new(),
             max_tables: None,
             crawler: None,
             schema_change: SchemaChangePolicy::Update,
@@ -377,6 +405,14 @@ pub struct CrawlSummary {
     /// Event mode: S3 event notifications taken from the queue.
     #[serde(default)]
     pub events_read: u64,
+    /// Event mode: notifications left in the queue for the next run, because a file in
+    /// the folder they name could not be read this time.
+    #[serde(default)]
+    pub events_kept: u64,
+    /// Files whose read failed in a way that may pass later (the store refused or could
+    /// not be reached): left out this time, read again by the next crawl.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<String>,
     pub skipped: Skipped,
     pub problems: Vec<Problem>,
     pub elapsed_ms: u64,
@@ -398,6 +434,7 @@ impl CrawlSummary {
         self.tables_deprecated.extend(other.tables_deprecated);
         self.tables_deleted.extend(other.tables_deleted);
         self.problems.extend(other.problems);
+        self.retry.extend(other.retry);
         for (mine, theirs) in [
             (&mut self.schema_versions_added, other.schema_versions_added),
             (&mut self.partitions_added, other.partitions_added),
@@ -414,6 +451,12 @@ impl CrawlSummary {
             (&mut self.list_ms, other.list_ms),
             (&mut self.footer_ms, other.footer_ms),
             (&mut self.commit_ms, other.commit_ms),
+            (&mut self.skipped.hidden, other.skipped.hidden),
+            (&mut self.skipped.in_progress, other.skipped.in_progress),
+            (&mut self.skipped.empty, other.skipped.empty),
+            (&mut self.skipped.not_parquet, other.skipped.not_parquet),
+            (&mut self.skipped.other_format, other.skipped.other_format),
+            (&mut self.skipped.excluded, other.skipped.excluded),
         ] {
             *mine += theirs;
         }
@@ -476,6 +519,13 @@ impl std::fmt::Display for CrawlSummary {
         )?;
         if self.events_read > 0 {
             writeln!(f, "  events: {} S3 notifications read", self.events_read)?;
+            if self.events_kept > 0 {
+                writeln!(
+                    f,
+                    "  events: {} kept in the queue for the next run (files to read again)",
+                    self.events_kept
+                )?;
+            }
         }
         if self.problems.is_empty() {
             write!(f, "  problems: none")
@@ -643,9 +693,11 @@ impl Crawler {
                 continue;
             }
             let url = format!("{}{}", root.store_url().as_str(), key);
+            // The innermost table holding the object (a table may sit in another's folder).
             match catalogued
                 .iter()
-                .find(|t| t.database == options.database && url.starts_with(t.location.as_str()))
+                .filter(|t| t.database == options.database && url.starts_with(t.location.as_str()))
+                .max_by_key(|t| t.location.len())
             {
                 Some(t) => {
                     // The folder of the object inside the table: a partition, usually.
@@ -696,20 +748,45 @@ impl Crawler {
                         within.push(folder.clone());
                     }
                 }
-                // The crawler's globs are relative to its location, not to the table's
-                // folder: the table was catalogued through them already.
+                // The crawler's globs are relative to its location: matched here with the
+                // table's folder in front. A table above the location was catalogued by
+                // another crawl, so the globs are not this one's to apply.
+                let glob_prefix = table_location
+                    .strip_prefix(root.store_url().as_str())
+                    .and_then(|rest| rest.strip_prefix(prefix.as_ref()))
+                    .map(|rest| rest.trim_matches('/').to_string());
                 let one = CrawlOptions {
                     table: Some(name.clone()),
-                    include: Vec::new(),
-                    exclude: Vec::new(),
+                    include: if glob_prefix.is_some() {
+                        options.include.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    exclude: if glob_prefix.is_some() {
+                        options.exclude.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    glob_prefix: glob_prefix.unwrap_or_default(),
                     within,
                     ..options.clone()
                 };
                 summary.absorb(self.crawl(table_location, &one).await?);
             }
         }
-        queue.delete(&messages).await?;
-        summary.events_read = messages.len() as u64;
+        // A message naming a folder with a file that could not be read stays in the
+        // queue, visible again at once, so the next run reads that folder again.
+        let (kept, handled): (Vec<events::Message>, Vec<events::Message>) =
+            messages.into_iter().partition(|m| {
+                m.objects.iter().any(|(b, key)| {
+                    let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
+                    *b == bucket && summary.retry.iter().any(|p| is_under(p, folder))
+                })
+            });
+        queue.delete(&handled).await?;
+        queue.release(&kept).await?;
+        summary.events_read = (handled.len() + kept.len()) as u64;
+        summary.events_kept = kept.len() as u64;
         Ok(summary)
     }
 
@@ -821,8 +898,13 @@ impl Crawler {
                 summary.skipped.excluded += 1;
                 continue;
             }
-            if (!options.include.is_empty() && !include.is_match(&relative))
-                || exclude.is_match(&relative)
+            let matched = if options.glob_prefix.is_empty() {
+                std::borrow::Cow::Borrowed(relative.as_str())
+            } else {
+                std::borrow::Cow::Owned(format!("{}/{relative}", options.glob_prefix))
+            };
+            if (!options.include.is_empty() && !include.is_match(matched.as_ref()))
+                || exclude.is_match(matched.as_ref())
             {
                 summary.skipped.excluded += 1;
                 continue;
@@ -1501,8 +1583,17 @@ impl Crawler {
         }
 
         let partition_names: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        // CSV is read by position: a file whose header names the table's columns in
+        // another order, skips one, or holds a partition column would put values under the
+        // wrong names. Each new file's columns must be the table's first columns, in order;
+        // others are left out before their columns count.
+        let check_order =
+            table_format == FileFormat::Csv && has_header && declared.schema.is_none();
         let mut merger = match (&declared.schema, &existing) {
             (Some(schema), _) => SchemaMerger::from_schema(schema),
+            // A CSV table's columns are its files' (in their order), not those of files
+            // that are gone.
+            (None, Some(_)) if check_order => SchemaMerger::default(),
             (None, Some(t)) if same_keys && existing_format == Some(table_format) => {
                 SchemaMerger::from_schema(&t.file_schema)
             }
@@ -1524,20 +1615,10 @@ impl Crawler {
                 let _ = merger.add(&f.path, &without(&f.file_schema, &partition_names));
             }
         }
-        // CSV is read by position: a file whose header names the table's columns in
-        // another order, skips one, or holds a partition column would put values under the
-        // wrong names. Each new file's columns must be the table's first columns, in order;
-        // others are left out before their columns count.
-        let check_order =
-            table_format == FileFormat::Csv && has_header && declared.schema.is_none();
-        let mut order: Vec<String> = match &existing {
-            Some(t) if check_order && same_keys && existing_format == Some(table_format) => t
-                .file_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
-            _ => Vec::new(),
+        let mut order: Vec<String> = if check_order {
+            csv_column_order(&kept, &reads, &partition_names)
+        } else {
+            Vec::new()
         };
         let mut new_entries: Vec<(usize, FileEntry)> = Vec::new();
         for (i, result) in reads {
@@ -1584,6 +1665,7 @@ impl Crawler {
                     continue;
                 }
                 Err(ReadError::Footer(e @ FooterError::Store(_))) => {
+                    summary.retry.push(path.clone());
                     summary.problems.push(Problem {
                         path,
                         message: format!("{e}; file left out, crawl again to retry"),
@@ -1591,6 +1673,7 @@ impl Crawler {
                     continue;
                 }
                 Err(ReadError::Sample(e @ text::SampleError::Store(_))) => {
+                    summary.retry.push(path.clone());
                     summary.problems.push(Problem {
                         path,
                         message: format!("{e}; file left out, crawl again to retry"),
@@ -1760,6 +1843,23 @@ impl Crawler {
                             "the schema of {qualified} changed ({change}); with \
                              --schema-change fail nothing of this table was committed; crawl \
                              with --schema-change update to accept the change"
+                        ),
+                    });
+                    summary.tables_unchanged.push(qualified);
+                    return Ok(());
+                }
+                // CSV files are read by position: the old columns over files in a new
+                // order would put values under the wrong names.
+                _ if table_format == FileFormat::Csv
+                    && reordered(&table.file_schema, &file_schema).is_some() =>
+                {
+                    summary.problems.push(Problem {
+                        path: table_url.to_string(),
+                        message: format!(
+                            "the columns of {qualified} changed order ({change}); CSV is read \
+                             by position, so with --schema-change log nothing of this table \
+                             was committed; crawl with --schema-change update to accept the \
+                             new order"
                         ),
                     });
                     summary.tables_unchanged.push(qualified);
@@ -2065,8 +2165,45 @@ fn newest_delta_versions(
     newest
 }
 
-/// A file is unchanged when its size and ETag match (or, without ETags, its modification
-/// time): then its footer is not read again.
+/// The column order a CSV table's new files must follow (each file's header must be its
+/// first columns): the one the files it keeps were read with, else the header most of
+/// its new files have (the longest on a tie), so one odd file cannot turn the rest away.
+fn csv_column_order(
+    kept: &[(usize, FileEntry)],
+    reads: &[(usize, std::result::Result<FileRead, ReadError>)],
+    partition_names: &BTreeSet<&str>,
+) -> Vec<String> {
+    let names = |schema: &Schema| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    // Kept files passed this check when they came: the longest header holds the others.
+    if let Some(longest) = kept
+        .iter()
+        .map(|(_, f)| &f.file_schema)
+        .max_by_key(|s| s.fields().len())
+    {
+        return names(longest);
+    }
+    let mut counts: HashMap<Vec<String>, usize> = HashMap::new();
+    for (_, read) in reads {
+        if let Ok(FileRead::Text(t)) = read
+            && t.format == FileFormat::Csv
+            && !t
+                .schema
+                .fields()
+                .iter()
+                .any(|f| partition_names.contains(f.name().as_str()))
+        {
+            *counts.entry(names(&t.schema)).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|(a, n), (b, m)| n.cmp(m).then(a.len().cmp(&b.len())).then(b.cmp(a)))
+        .map(|(order, _)| order)
+        .unwrap_or_default()
+}
+
 /// Why a CSV file with a header cannot join a table whose columns so far are `order`
 /// (read by position), or `None` after extending `order` with the columns it adds.
 fn csv_order_problem(
@@ -2107,6 +2244,8 @@ fn csv_order_problem(
     ))
 }
 
+/// A file is unchanged when its size and ETag match (or, without ETags, its modification
+/// time): then its footer is not read again.
 fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
     old.size == meta.size
         && match (&old.e_tag, &meta.e_tag) {

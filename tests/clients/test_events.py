@@ -98,3 +98,60 @@ def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
         assert new_table["tables_created"] == ["default.orders"]
         out = tarn(data, "crawler", "history", "raw", env=env)
         assert out.returncode == 0, out.stderr
+
+
+def test_event_mode_keeps_globs_and_retries_unreadable_files(tmp_path):
+    """The crawler's include/exclude globs (relative to its location) hold for the tables
+    its events re-crawl, and a file that could not be read (here an archived object,
+    readable once restored) keeps its notification in the queue for the next run."""
+    with moto_s3("evlake-retry") as (env, s3):
+        import boto3
+
+        sqs = boto3.client(
+            "sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+            aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
+        )
+        queue = sqs.create_queue(QueueName="retry-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(
+            Bucket="evlake-retry",
+            NotificationConfiguration={"QueueConfigurations": [
+                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]},
+        )
+        rows = pa.table({"id": [1, 2, 3]})
+
+        def put(key, **kw):
+            s3.put_object(Bucket="evlake-retry", Key=f"raw/{key}", Body=parquet_bytes(rows), **kw)
+
+        put("events/day=1/a.parquet")
+        data = tmp_path / "data"
+        created = tarn(data, "crawler", "create", "raw", "s3://evlake-retry/raw",
+                       "--events-queue", queue, "--exclude", "events/day=3/**", env=env)
+        assert created.returncode == 0, created.stderr
+        assert run(data, env)["tables_created"] == ["default.events"]
+
+        put("events/day=2/b.parquet")
+        put("events/day=3/c.parquet")
+        globbed = run(data, env)
+        assert globbed["events_read"] == 2
+        assert globbed["files_added"] == 1 and globbed["skipped"]["excluded"] == 1, globbed
+        out = tarn(data, "sql", "SELECT day, count(*) AS n FROM events GROUP BY day ORDER BY day",
+                   "--format", "csv", env=env)
+        assert out.stdout.split() == ["day,n", "1,3", "2,3"], out.stderr
+
+        put("events/day=4/d.parquet", StorageClass="GLACIER")
+        archived = run(data, env)
+        assert archived["files_added"] == 0 and archived["events_kept"] == 1, archived
+        assert archived["retry"] == ["raw/events/day=4/d.parquet"], archived
+        [problem] = archived["problems"]
+        assert "crawl again to retry" in problem["message"], problem
+
+        s3.restore_object(Bucket="evlake-retry", Key="raw/events/day=4/d.parquet",
+                          RestoreRequest={"Days": 1})
+        retried = run(data, env)
+        assert retried["events_read"] == 1 and retried["events_kept"] == 0, retried
+        assert retried["files_added"] == 1 and retried["problems"] == [], retried
+        idle = run(data, env)
+        assert idle["events_read"] == 0 and idle["files_listed"] == 0, idle
+        out = tarn(data, "sql", "SELECT count(*) AS n FROM events", "--format", "csv", env=env)
+        assert out.stdout.split() == ["n", "9"], out.stderr

@@ -203,3 +203,37 @@ def test_csv_columns_in_another_order_are_left_out(tmp_path):
     assert out.stdout.split() == ["x,y,z", "1,,", "2,3,4"]
     out = tarn(data, "sql", "SELECT a, b, dt FROM p", "--format", "csv")
     assert out.stdout.split() == ["a,b,dt", "1,2,1"], out.stdout
+
+
+def test_csv_column_order_follows_the_files(tmp_path):
+    """The column order new CSV files must follow comes from the files: the most common
+    header of a new table (not its alphabetically first file), and the files a table keeps
+    (not columns of files that are gone), so a table whose files were all rewritten in a
+    new order takes them instead of staying empty."""
+    lake = tmp_path / "lake"
+    write_text(lake / "t/a.csv", "b,a\n1,2\n")
+    write_text(lake / "t/b.csv", "a,b\n3,4\n")
+    write_text(lake / "t/c.csv", "a,b\n5,6\n")
+    data = tmp_path / "data"
+    crawl = tarn(data, "crawl", str(lake), "--json")
+    assert crawl.returncode == 0, crawl.stderr
+    summary = json.loads(crawl.stdout)
+    assert [p["path"].split("/lake/")[1] for p in summary["problems"]] == ["t/a.csv"], summary
+    out = tarn(data, "sql", "SELECT a, b FROM t ORDER BY a", "--format", "csv")
+    assert out.stdout.split() == ["a,b", "3,4", "5,6"], out.stdout
+
+    # Every file rewritten with the columns swapped: the table follows them.
+    for name in ["a", "b", "c"]:
+        (lake / f"t/{name}.csv").unlink()
+    write_text(lake / "t/d.csv", "b,a\n7,8\n")
+    # Keeping the old columns over files in the new order would swap the values: under
+    # `--schema-change log` the change is reported and nothing is committed.
+    crawl = tarn(data, "crawl", str(lake), "--json", "--schema-change", "log")
+    assert crawl.returncode == 0, crawl.stderr
+    problems = [p["message"] for p in json.loads(crawl.stdout)["problems"]]
+    assert len(problems) == 1 and "columns reordered (a, b -> b, a)" in problems[0], problems
+    crawl = tarn(data, "crawl", str(lake), "--json")
+    assert crawl.returncode == 0, crawl.stderr
+    assert json.loads(crawl.stdout)["problems"] == [], crawl.stdout
+    out = tarn(data, "sql", "SELECT a, b FROM t", "--format", "csv")
+    assert out.stdout.split() == ["a,b", "8,7"], out.stdout
