@@ -503,14 +503,13 @@ impl Catalog {
         // commit to a table of many partitions touches only its own).
         let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
         for paths in commit.removals.chunks(INSERT_CHUNK) {
-            let mut delete =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM data_files WHERE table_id = ");
-            delete.push_bind(table_id).push(" AND path IN (");
-            let mut list = delete.separated(", ");
-            for path in paths {
-                list.push_bind(path);
-            }
-            list.push_unseparated(") RETURNING partition_id");
+            let mut delete = rows_in(
+                "DELETE FROM data_files WHERE table_id = ",
+                table_id,
+                "path",
+                paths,
+                " RETURNING partition_id",
+            );
             for row in delete.build().fetch_all(&mut *tx).await? {
                 touched.insert(row.get(0));
             }
@@ -518,15 +517,13 @@ impl Catalog {
         // A file catalogued before may move to another partition (a pinned folder).
         if !outcome.created {
             for files in commit.upserts.chunks(INSERT_CHUNK) {
-                let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                let mut select = rows_in(
                     "SELECT DISTINCT partition_id FROM data_files WHERE table_id = ",
+                    table_id,
+                    "path",
+                    files.iter().map(|f| &f.path),
+                    "",
                 );
-                select.push_bind(table_id).push(" AND path IN (");
-                let mut list = select.separated(", ");
-                for file in files {
-                    list.push_bind(&file.path);
-                }
-                list.push_unseparated(")");
                 for row in select.build().fetch_all(&mut *tx).await? {
                     touched.insert(row.get(0));
                 }
@@ -545,15 +542,13 @@ impl Catalog {
             .into_iter()
             .collect();
         for locations in wanted.chunks(INSERT_CHUNK) {
-            let mut select = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut select = rows_in(
                 "SELECT location, id FROM partitions WHERE table_id = ",
+                table_id,
+                "location",
+                locations.iter().copied(),
+                "",
             );
-            select.push_bind(table_id).push(" AND location IN (");
-            let mut list = select.separated(", ");
-            for location in locations {
-                list.push_bind(*location);
-            }
-            list.push_unseparated(")");
             for row in select.build().fetch_all(&mut *tx).await? {
                 partition_ids.insert(row.get(0), row.get(1));
             }
@@ -671,29 +666,27 @@ impl Catalog {
         if !commit.upserts.is_empty() || !commit.removals.is_empty() {
             let touched: Vec<i64> = touched.into_iter().collect();
             for ids in touched.chunks(INSERT_CHUNK) {
-                let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                rows_in(
                     "UPDATE partitions SET
                        file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
                        total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
                        row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
                      WHERE table_id = ",
-                );
-                update.push_bind(table_id).push(" AND id IN (");
-                let mut list = update.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                list.push_unseparated(")");
-                update.build().execute(&mut *tx).await?;
-                let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    table_id,
+                    "id",
+                    ids.iter().copied(),
+                    "",
+                )
+                .build()
+                .execute(&mut *tx)
+                .await?;
+                let mut delete = rows_in(
                     "DELETE FROM partitions WHERE file_count = 0 AND table_id = ",
+                    table_id,
+                    "id",
+                    ids.iter().copied(),
+                    "",
                 );
-                delete.push_bind(table_id).push(" AND id IN (");
-                let mut list = delete.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                list.push_unseparated(")");
                 outcome.partitions_removed +=
                     delete.build().execute(&mut *tx).await?.rows_affected();
             }
@@ -1286,4 +1279,29 @@ fn parse_values(json: &str, table_id: i64) -> Result<Vec<Option<String>>> {
         what: format!("partition of table id {table_id}"),
         reason: e.to_string(),
     })
+}
+
+/// `{head}{table_id} AND {column} IN (values){tail}`: a statement on one table's rows
+/// named by a list (callers cut lists to `INSERT_CHUNK`).
+fn rows_in<'a, T>(
+    head: &str,
+    table_id: i64,
+    column: &str,
+    values: impl IntoIterator<Item = T>,
+    tail: &str,
+) -> sqlx::QueryBuilder<'a, sqlx::Sqlite>
+where
+    T: 'a + sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    let mut query = sqlx::QueryBuilder::new(head);
+    query
+        .push_bind(table_id)
+        .push(format!(" AND {column} IN ("));
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
+    query.push(tail);
+    query
 }

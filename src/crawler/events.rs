@@ -167,19 +167,8 @@ impl Queue {
     /// # Errors
     /// [`Error::Execution`] when SQS refuses or cannot be reached.
     pub async fn delete(&self, messages: &[Message]) -> Result<()> {
-        for chunk in messages.chunks(BATCH) {
-            let entries: Vec<Value> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, m)| json!({"Id": i.to_string(), "ReceiptHandle": m.receipt}))
-                .collect();
-            self.call(
-                "DeleteMessageBatch",
-                json!({"QueueUrl": self.url, "Entries": entries}),
-            )
-            .await?;
-        }
-        Ok(())
+        self.each_batch("DeleteMessageBatch", messages, Value::Null)
+            .await
     }
 
     /// Makes messages visible again at once, for the next run to take them again.
@@ -187,19 +176,32 @@ impl Queue {
     /// # Errors
     /// [`Error::Execution`] when SQS refuses or cannot be reached.
     pub async fn release(&self, messages: &[Message]) -> Result<()> {
+        self.each_batch("ChangeMessageVisibilityBatch", messages, json!(0))
+            .await
+    }
+
+    /// Calls a batch action on messages, ten at a time (`visibility`, unless null, goes
+    /// with each entry).
+    async fn each_batch(
+        &self,
+        target: &str,
+        messages: &[Message],
+        visibility: Value,
+    ) -> Result<()> {
         for chunk in messages.chunks(BATCH) {
             let entries: Vec<Value> = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
-                    json!({"Id": i.to_string(), "ReceiptHandle": m.receipt, "VisibilityTimeout": 0})
+                    let mut entry = json!({"Id": i.to_string(), "ReceiptHandle": m.receipt});
+                    if !visibility.is_null() {
+                        entry["VisibilityTimeout"] = visibility.clone();
+                    }
+                    entry
                 })
                 .collect();
-            self.call(
-                "ChangeMessageVisibilityBatch",
-                json!({"QueueUrl": self.url, "Entries": entries}),
-            )
-            .await?;
+            self.call(target, json!({"QueueUrl": self.url, "Entries": entries}))
+                .await?;
         }
         Ok(())
     }

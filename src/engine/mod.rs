@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod ddl;
+mod joinorder;
 mod semijoin;
 pub mod table;
 
@@ -132,13 +133,14 @@ impl Engine {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
-            .with_create_default_catalog_and_schema(false);
+            .with_create_default_catalog_and_schema(false)
+            .with_option_extension(joinorder::TarnOptions::default());
         // Filters prune files, row groups and pages, but are not evaluated inside the
         // Parquet decoder (DataFusion's default): with late materialisation on, TPC-H SF1
         // took 18% longer in sum (Q6 and Q9 about twice as long), and the dashboard
         // benchmark's base scans were no faster (benches/results/tpch-tuning.md).
         for (k, v) in &options.datafusion_config {
-            let key = if k.starts_with("datafusion.") {
+            let key = if k.starts_with("datafusion.") || k.starts_with("tarn.") {
                 k.clone()
             } else {
                 format!("datafusion.{k}")
@@ -1138,7 +1140,8 @@ impl SchemaProvider for TarnDatabase {
 /// DataFusion's optimizer rules with Tarn's own: semi and anti joins are moved below the
 /// inner joins they filter once decorrelation and the join rewrites have made them, before
 /// filters are pushed down; once filters are in place, an aggregation joined on a grouping
-/// column is reduced to the groups the join keeps.
+/// column is reduced to the groups the join keeps, and inner joins are ordered by the
+/// catalog's statistics.
 fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     let at = rules
@@ -1151,5 +1154,7 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .position(|r| r.name() == "push_down_filter")
         .map_or(rules.len(), |i| i + 1);
     rules.insert(at, Arc::new(semijoin::ReduceJoinedAggregate));
+    // Join order is chosen once the filters sit on the tables they narrow.
+    rules.insert(at + 1, Arc::new(joinorder::ReorderJoins));
     rules
 }

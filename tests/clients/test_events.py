@@ -24,21 +24,27 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def notifications(env, s3, bucket: str, name: str) -> str:
+    """An SQS queue that `bucket` sends its object created and removed events to."""
+    import boto3
+
+    sqs = boto3.client(
+        "sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
+    )
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={"QueueConfigurations": [
+            {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]},
+    )
+    return queue
+
+
 def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
     with moto_s3("evlake") as (env, s3):
-        import boto3
-
-        sqs = boto3.client(
-            "sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-            aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
-        )
-        queue = sqs.create_queue(QueueName="lake-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.put_bucket_notification_configuration(
-            Bucket="evlake",
-            NotificationConfiguration={"QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]},
-        )
+        queue = notifications(env, s3, "evlake", "lake-events")
         root = tmp_path / "src"
         good = write_lake(root)
         uploads = [p for p in root.rglob("*") if p.is_file()]
@@ -105,19 +111,7 @@ def test_event_mode_keeps_globs_and_retries_unreadable_files(tmp_path):
     its events re-crawl, and a file that could not be read (here an archived object,
     readable once restored) keeps its notification in the queue for the next run."""
     with moto_s3("evlake-retry") as (env, s3):
-        import boto3
-
-        sqs = boto3.client(
-            "sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-            aws_access_key_id="tarn-test", aws_secret_access_key="tarn-test",
-        )
-        queue = sqs.create_queue(QueueName="retry-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.put_bucket_notification_configuration(
-            Bucket="evlake-retry",
-            NotificationConfiguration={"QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]},
-        )
+        queue = notifications(env, s3, "evlake-retry", "retry-events")
         rows = pa.table({"id": [1, 2, 3]})
 
         def put(key, **kw):
