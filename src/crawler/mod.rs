@@ -751,22 +751,20 @@ impl Crawler {
                 // The crawler's globs are relative to its location: matched here with the
                 // table's folder in front. A table above the location was catalogued by
                 // another crawl, so the globs are not this one's to apply.
+                // (The table holds the event's object, which is under the location: the
+                // table is either under the location or above it.)
                 let glob_prefix = table_location
                     .strip_prefix(root.store_url().as_str())
                     .and_then(|rest| rest.strip_prefix(prefix.as_ref()))
                     .map(|rest| rest.trim_matches('/').to_string());
+                let (include, exclude) = match glob_prefix {
+                    Some(_) => (options.include.clone(), options.exclude.clone()),
+                    None => (Vec::new(), Vec::new()),
+                };
                 let one = CrawlOptions {
                     table: Some(name.clone()),
-                    include: if glob_prefix.is_some() {
-                        options.include.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    exclude: if glob_prefix.is_some() {
-                        options.exclude.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    include,
+                    exclude,
                     glob_prefix: glob_prefix.unwrap_or_default(),
                     within,
                     ..options.clone()

@@ -170,7 +170,7 @@ impl Tree {
         }
     }
 
-    /// The tree as written, over the (possibly reordered) inputs.
+    /// The tree in `shape` (as written, or the greedy order) over the inputs.
     fn rebuild(&self, shape: &Shape) -> Result<LogicalPlan> {
         let mut applied = vec![false; self.predicates.len()];
         let plan = self.rebuild_shape(shape, &mut applied)?;
@@ -266,27 +266,7 @@ impl Tree {
                 _ => return Ok(None),
             }
         }
-        // Build the joins in the greedy order.
-        let mut parts: Vec<Option<(u32, LogicalPlan)>> = self
-            .leaves
-            .iter()
-            .enumerate()
-            .map(|(i, l)| Some((1u32 << i, l.clone())))
-            .collect();
-        let mut applied = vec![false; self.predicates.len()];
-        for (a, b) in steps {
-            let (Some((ma, left)), Some((mb, right))) = (parts[a].take(), parts[b].take()) else {
-                return Ok(None);
-            };
-            let joined = join(left, right, &self.predicates, &mut applied)?;
-            parts[a] = Some((ma | mb, joined));
-        }
-        let mut rest = parts.into_iter().flatten();
-        let (Some((_, plan)), None) = (rest.next(), rest.next()) else {
-            return Ok(None);
-        };
-        let plan = self.with_left_over(plan, &applied)?;
-        Ok(Some(project_to(original, plan)?))
+        Ok(Some(project_to(original, self.rebuild(&greedy_shape)?)?))
     }
 }
 
@@ -463,9 +443,25 @@ impl Estimate {
             }
         }
         self.rows = (self.rows * selectivity).max(1.0);
+        self.cap_distinct();
+    }
+
+    /// No column has more distinct values than there are rows.
+    fn cap_distinct(&mut self) {
         let rows = self.rows;
         for c in self.columns.values_mut() {
             c.ndv = c.ndv.min(rows).max(1.0);
+        }
+    }
+
+    /// Every row of `self` with every row of `other`.
+    fn cross(&self, other: &Estimate) -> Estimate {
+        let mut columns = self.columns.clone();
+        columns.extend(other.columns.iter().map(|(k, v)| (k.clone(), *v)));
+        Estimate {
+            rows: self.rows * other.rows,
+            columns,
+            guess: self.guess,
         }
     }
 
@@ -649,11 +645,7 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
                 .zip(alias.schema.columns())
                 .filter_map(|(inner, outer)| Some((outer, *est.columns.get(&inner)?)))
                 .collect();
-            Some(Estimate {
-                rows: est.rows,
-                columns,
-                guess,
-            })
+            Some(Estimate { columns, ..est })
         }
         LogicalPlan::Projection(p) => {
             let est = estimate(&p.input, guess)?;
@@ -663,11 +655,7 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
                 .zip(p.schema.columns())
                 .filter_map(|(e, out)| Some((out, *est.column(e)?)))
                 .collect();
-            Some(Estimate {
-                rows: est.rows,
-                columns,
-                guess,
-            })
+            Some(Estimate { columns, ..est })
         }
         LogicalPlan::Aggregate(a) => {
             let est = estimate(&a.input, guess)?;
@@ -678,15 +666,13 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
                 groups *= c.ndv;
                 columns.insert(out, *c);
             }
-            let rows = groups.min(est.rows).max(1.0);
-            for c in columns.values_mut() {
-                c.ndv = c.ndv.min(rows);
-            }
-            Some(Estimate {
-                rows,
+            let mut est = Estimate {
+                rows: groups.min(est.rows).max(1.0),
                 columns,
                 guess,
-            })
+            };
+            est.cap_distinct();
+            Some(est)
         }
         // A semi join keeps the share of its left side's keys the right side has (the
         // right side's keys are among the left's); an anti join, at most all of it.
@@ -700,10 +686,7 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
                     .filter_map(|(l, r)| Some(right.column(r)?.ndv / est.column(l)?.ndv.max(1.0)))
                     .fold(1.0f64, f64::min);
             est.rows = (est.rows * kept.clamp(0.0, 1.0)).max(1.0);
-            let rows = est.rows;
-            for c in est.columns.values_mut() {
-                c.ndv = c.ndv.min(rows).max(1.0);
-            }
+            est.cap_distinct();
             Some(est)
         }
         LogicalPlan::Join(j) if j.join_type == JoinType::LeftAnti => estimate(&j.left, guess),
@@ -720,14 +703,7 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
 fn join_estimate(a: &Estimate, ma: u32, b: &Estimate, mb: u32, preds: &[Pred]) -> Option<Estimate> {
     let both = ma | mb;
     let completes = |p: &&Pred| p.mask & !both == 0 && p.mask & ma != 0 && p.mask & mb != 0;
-    let mut joined = Estimate {
-        rows: 0.0,
-        columns: a.columns.clone(),
-        guess: a.guess,
-    };
-    joined
-        .columns
-        .extend(b.columns.iter().map(|(k, v)| (k.clone(), *v)));
+    let mut joined = a.cross(b);
     let mut fraction: Option<f64> = None;
     let mut keys = Vec::new();
     for p in preds.iter().filter(completes) {
@@ -763,7 +739,6 @@ fn join_estimate(a: &Estimate, ma: u32, b: &Estimate, mb: u32, preds: &[Pred]) -
             joined.rows = (joined.rows * joined.selectivity(&p.expr).clamp(0.0, 1.0)).max(1.0);
         }
     }
-    let rows = joined.rows;
     for (l, r) in keys {
         let ndv = match (joined.column(&l), joined.column(&r)) {
             (Some(x), Some(y)) => x.ndv.min(y.ndv),
@@ -777,9 +752,7 @@ fn join_estimate(a: &Estimate, ma: u32, b: &Estimate, mb: u32, preds: &[Pred]) -
             }
         }
     }
-    for c in joined.columns.values_mut() {
-        c.ndv = c.ndv.min(rows).max(1.0);
-    }
+    joined.cap_distinct();
     Some(joined)
 }
 
@@ -804,15 +777,7 @@ fn written_cost(shape: &Shape, leaves: &[Estimate], preds: &[Pred]) -> Option<(P
             let ((ma, a), ca) = written_cost(l, leaves, preds)?;
             let ((mb, b), cb) = written_cost(r, leaves, preds)?;
             // A written cross join is estimated as one (the greedy order avoids them).
-            let joined = join_estimate(&a, ma, &b, mb, preds).unwrap_or_else(|| {
-                let mut columns = a.columns.clone();
-                columns.extend(b.columns.clone());
-                Estimate {
-                    rows: a.rows * b.rows,
-                    columns,
-                    guess: a.guess,
-                }
-            });
+            let joined = join_estimate(&a, ma, &b, mb, preds).unwrap_or_else(|| a.cross(&b));
             let cost = ca + cb + joined.rows;
             Some(((ma | mb, joined), cost))
         }
@@ -866,13 +831,7 @@ fn greedy(leaves: Vec<Estimate>, preds: &[Pred]) -> Vec<(usize, usize)> {
                 let (Some((_, ea)), Some((_, eb))) = (&parts[a], &parts[b]) else {
                     break;
                 };
-                let mut columns = ea.columns.clone();
-                columns.extend(eb.columns.clone());
-                let joined = Estimate {
-                    rows: ea.rows * eb.rows,
-                    columns,
-                    guess: ea.guess,
-                };
+                let joined = ea.cross(eb);
                 (joined.rows, a, b, joined)
             }
         };
