@@ -35,6 +35,8 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Filter, Join, LogicalPlan, Oper
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
+use super::TarnOptions;
+
 /// More inputs than this are left in their written order (the greedy search is cubic).
 const MAX_INPUTS: usize = 16;
 /// The new order is kept when its estimated intermediate rows are below this share of the
@@ -46,20 +48,6 @@ const MIN_SAVING_OF_LARGEST: f64 = 0.5;
 /// Shares of rows kept by a condition whose selectivity is unknown: the order is chosen
 /// with the first, and kept only if it wins with each.
 const GUESSES: [f64; 3] = [0.1, 0.01, 0.5];
-
-datafusion::common::extensions_options! {
-    /// Tarn's own planner settings, given like DataFusion's:
-    /// `--datafusion-config tarn.reorder_joins=false`.
-    pub struct TarnOptions {
-        /// Order inner joins by the catalog's statistics; false keeps the order the query
-        /// names its tables in.
-        pub reorder_joins: bool, default = true
-    }
-}
-
-impl datafusion::common::config::ConfigExtension for TarnOptions {
-    const PREFIX: &'static str = "tarn";
-}
 
 /// The optimizer rule (see the module documentation).
 #[derive(Debug, Default)]

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod ddl;
 mod joinorder;
 mod semijoin;
+mod shared;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,23 @@ use crate::catalog::{Catalog, TableEntry};
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
 use table::CatalogTable;
+
+datafusion::common::extensions_options! {
+    /// Tarn's own planner settings, given like DataFusion's:
+    /// `--datafusion-config tarn.reorder_joins=false`.
+    pub struct TarnOptions {
+        /// Order inner joins by the catalog's statistics; false keeps the order the query
+        /// names its tables in.
+        pub reorder_joins: bool, default = true
+        /// Compute a subquery the query names more than once (an aggregation) once; false
+        /// computes it wherever it is named.
+        pub share_subplans: bool, default = true
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for TarnOptions {
+    const PREFIX: &'static str = "tarn";
+}
 
 /// Name of the DataFusion catalog that holds Tarn's databases.
 pub const CATALOG_NAME: &str = "tarn";
@@ -134,7 +152,7 @@ impl Engine {
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
             .with_create_default_catalog_and_schema(false)
-            .with_option_extension(joinorder::TarnOptions::default());
+            .with_option_extension(TarnOptions::default());
         // Filters prune files, row groups and pages, but are not evaluated inside the
         // Parquet decoder (DataFusion's default): with late materialisation on, TPC-H SF1
         // took 18% longer in sum (Q6 and Q9 about twice as long), and the dashboard
@@ -178,6 +196,8 @@ impl Engine {
             .with_config(config)
             .with_default_features()
             .with_optimizer_rules(rules)
+            .with_analyzer_rule(Arc::new(shared::ShareRepeatedSubplans))
+            .with_query_planner(Arc::new(shared::TarnQueryPlanner))
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
