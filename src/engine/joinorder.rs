@@ -682,6 +682,8 @@ fn estimate(plan: &LogicalPlan, guess: f64) -> Option<Estimate> {
         LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => {
             estimate(input, guess)
         }
+        // A subquery computed once for several copies: its own rows.
+        LogicalPlan::Extension(_) => estimate(super::shared::shared_input(plan)?, guess),
         _ => None,
     }
 }

@@ -310,6 +310,14 @@ fn reduce(
                 plan.with_new_exprs(plan.expressions(), vec![reduced])?,
             ));
         }
+        // A subquery shared by several copies: reducing this copy makes it differ from the
+        // others, so it is computed on its own, without the wrapper.
+        LogicalPlan::Extension(_) => {
+            return match super::shared::shared_input(plan) {
+                Some(input) => reduce(input, key, keys, key_in_keys, outer),
+                None => Ok(None),
+            };
+        }
         _ => return Ok(None),
     };
     match reduce(input, &below, keys, key_in_keys, outer)? {

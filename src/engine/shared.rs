@@ -4,32 +4,36 @@
 //! place that names it. TPC-H Q15 names its revenue view twice, once to join it with the
 //! suppliers and once for its maximum, so `lineitem` is scanned and aggregated twice.
 //!
-//! The analyzer rule [`ShareRepeatedSubplans`] finds subqueries whose plans are equal,
-//! that appear more than once (scalar, `IN` and `EXISTS` subqueries included), and whose
-//! result is an aggregation: small next to what it reads, and held in memory by the
-//! aggregation anyway. Each copy is wrapped in a [`SharedSubplan`] node with the group's
-//! id. Filters still pass into the copies (a filter on a grouping column still prunes
-//! files); the columns do not (each copy keeps all its columns, so copies stay equal).
+//! The analyzer rule [`ShareRepeatedSubplans`] finds subqueries whose plans are equal and
+//! read the same tables, that appear more than once (uncorrelated scalar, `IN` and
+//! `EXISTS` subqueries included), and whose result is an aggregation (small next to what
+//! it reads, and held in memory by the aggregation anyway) without volatile functions.
+//! Each copy is wrapped in a [`SharedSubplan`] node with the group's id. Filters on
+//! grouping keys still pass into the copies (they may prune files); other filters and the
+//! column pruning stop at the wrapper, so the copies stay equal.
 //!
-//! When the plan is made physical, copies that are still equal after optimisation share
-//! one slot: the first [`SharedSubplanExec`] to run computes the subquery's partitions in
-//! a task of its own, holds the batches (counted against the memory pool), and every copy
-//! replays them. A copy that a filter made different runs on its own, as before.
+//! When the plan is made physical ([`TarnQueryPlanner`]), a copy left without an equal
+//! one (the others got other filters) is unwrapped and the plan optimised again. Copies
+//! still equal share one slot: the first [`SharedSubplanExec`] to run starts computing the
+//! subquery's partitions in a task of its own, every copy awaits that one computation,
+//! the batches are held (counted in the memory pool) and replayed to each copy.
 //! `--datafusion-config tarn.share_subplans=false` turns the rule off.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError, Result, internal_err};
-use datafusion::execution::context::QueryPlanner;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -46,6 +50,7 @@ use datafusion::physical_plan::{
     collect_partitioned,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 
 use super::TarnOptions;
@@ -67,48 +72,138 @@ impl AnalyzerRule for ShareRepeatedSubplans {
         if !enabled {
             return Ok(plan);
         }
-        let mut seen: HashMap<LogicalPlan, usize> = HashMap::new();
-        plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::SubqueryAlias(alias) = node
-                && worth_sharing(&alias.input)
-            {
-                *seen.entry(alias.input.as_ref().clone()).or_default() += 1;
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        let repeated: Vec<LogicalPlan> = seen
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(p, _)| p)
-            .collect();
-        if repeated.is_empty() {
+        let mut seen = Vec::new();
+        count(&plan, &mut seen, false)?;
+        seen.retain(|c| c.copies > 1);
+        if seen.is_empty() {
             return Ok(plan);
         }
-        // Top down, so each alias is compared with its plan as written; subqueries inside a
-        // shared one are wrapped the same way in every copy, which keeps the copies equal.
-        plan.transform_down_with_subqueries(|node| {
-            let LogicalPlan::SubqueryAlias(alias) = node else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(id) = repeated.iter().position(|p| p == alias.input.as_ref()) else {
-                return Ok(Transformed::no(LogicalPlan::SubqueryAlias(alias)));
-            };
-            let shared = LogicalPlan::Extension(Extension {
-                node: Arc::new(SharedSubplan {
-                    id,
-                    input: alias.input,
-                }),
-            });
-            SubqueryAlias::try_new(Arc::new(shared), alias.alias)
-                .map(|a| Transformed::yes(LogicalPlan::SubqueryAlias(a)))
-        })
-        .map(|t| t.data)
+        wrap(plan, &seen, false).map(|t| t.data)
     }
 }
 
-/// Whether computing `plan` once and holding its rows is worth it: its result is an
-/// aggregation (below projections, filters and sorts), and it reads nothing from an outer
-/// query (a correlated subquery is turned into a join, which a shared node would block).
+/// A subquery that may be shared, and how often the query names it.
+struct Candidate {
+    plan: LogicalPlan,
+    /// The tables its scans read (providers' addresses, in plan order): plans compare
+    /// tables by the name written, which two databases may share.
+    tables: Vec<usize>,
+    copies: usize,
+}
+
+/// The input of `node` if it is an alias over a subquery worth sharing, with its tables.
+/// An alias of an alias (`FROM r AS a`) is left to the inner alias. Inside a correlated
+/// subquery, a single-row subquery is not wrapped: decorrelation checks that a correlated
+/// scalar subquery returns at most one row, which the wrapper would hide.
+fn candidate(node: &LogicalPlan, correlated: bool) -> Option<(&LogicalPlan, Vec<usize>)> {
+    match node {
+        LogicalPlan::SubqueryAlias(alias)
+            if !matches!(alias.input.as_ref(), LogicalPlan::SubqueryAlias(_))
+                && !(correlated && alias.input.max_rows().is_some_and(|n| n <= 1))
+                && worth_sharing(&alias.input) =>
+        {
+            Some((&alias.input, tables(&alias.input)))
+        }
+        _ => None,
+    }
+}
+
+fn tables(plan: &LogicalPlan) -> Vec<usize> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let address = match source_as_provider(&scan.source) {
+                Ok(provider) => Arc::as_ptr(&provider).cast::<()>() as usize,
+                Err(_) => Arc::as_ptr(&scan.source).cast::<()>() as usize,
+            };
+            out.push(address);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Counts the candidates of `plan` and of its subqueries (`correlated`: inside a
+/// correlated one), in the order they first appear, so the ids (and `EXPLAIN`) are the
+/// same every time.
+fn count(plan: &LogicalPlan, seen: &mut Vec<Candidate>, correlated: bool) -> Result<()> {
+    plan.apply(|node| {
+        if let Some((input, tables)) = candidate(node, correlated) {
+            match seen
+                .iter_mut()
+                .find(|c| c.plan == *input && c.tables == tables)
+            {
+                Some(c) => c.copies += 1,
+                None => seen.push(Candidate {
+                    plan: input.clone(),
+                    tables,
+                    copies: 1,
+                }),
+            }
+        }
+        node.apply_subqueries(|sub| {
+            if let LogicalPlan::Subquery(sq) = sub {
+                let inner = correlated || !sq.outer_ref_columns.is_empty();
+                count(&sq.subquery, seen, inner)?;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    })
+    .map(|_| ())
+}
+
+/// Wraps each copy of a repeated candidate, top down, where [`count`] counted it. A
+/// repeated subquery inside a wrapped one is computed with it and not wrapped again.
+fn wrap(
+    plan: LogicalPlan,
+    repeated: &[Candidate],
+    correlated: bool,
+) -> Result<Transformed<LogicalPlan>> {
+    plan.transform_down(|node| {
+        let Transformed {
+            data: node,
+            transformed,
+            ..
+        } = node.map_subqueries(|sub| match sub {
+            LogicalPlan::Subquery(sq) => {
+                let inner = correlated || !sq.outer_ref_columns.is_empty();
+                wrap(LogicalPlan::Subquery(sq), repeated, inner)
+            }
+            other => Ok(Transformed::no(other)),
+        })?;
+        let id = candidate(&node, correlated).and_then(|(input, tables)| {
+            repeated
+                .iter()
+                .position(|c| c.plan == *input && c.tables == tables)
+        });
+        match (id, node) {
+            (Some(id), LogicalPlan::SubqueryAlias(alias)) => {
+                let shared = LogicalPlan::Extension(Extension {
+                    node: Arc::new(SharedSubplan {
+                        id,
+                        input: alias.input,
+                    }),
+                });
+                let alias = SubqueryAlias::try_new(Arc::new(shared), alias.alias)?;
+                Ok(Transformed::new(
+                    LogicalPlan::SubqueryAlias(alias),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
+            }
+            (_, node) => Ok(Transformed::new(
+                node,
+                transformed,
+                TreeNodeRecursion::Continue,
+            )),
+        }
+    })
+}
+
+/// Whether computing `plan` once and holding its rows is worth it and safe: its result is
+/// an aggregation (below projections, filters and sorts), it reads nothing from an outer
+/// query (a correlated subquery becomes a join, which the wrapper would block), and it
+/// calls no volatile function (two derived tables calling `random()` each get their own).
 fn worth_sharing(plan: &LogicalPlan) -> bool {
     fn ends_in_aggregate(plan: &LogicalPlan) -> bool {
         match plan {
@@ -123,20 +218,38 @@ fn worth_sharing(plan: &LogicalPlan) -> bool {
     if !ends_in_aggregate(plan) {
         return false;
     }
-    let mut correlated = false;
+    let mut excluded = false;
     let _ = plan.apply_with_subqueries(|node| {
-        correlated = node.contains_outer_reference();
-        Ok(if correlated {
+        excluded = node.contains_outer_reference()
+            || node
+                .expressions()
+                .iter()
+                .any(datafusion::logical_expr::Expr::is_volatile);
+        Ok(if excluded {
             TreeNodeRecursion::Stop
         } else {
             TreeNodeRecursion::Continue
         })
     });
-    !correlated
+    !excluded
 }
 
-/// The names of `plan`'s output columns that are grouping columns of its aggregation,
-/// passed on unchanged (or only renamed) by the projections above it.
+/// The shared subquery under `plan`, if `plan` is a [`SharedSubplan`] node (for the
+/// engine's own rules, which look through it).
+pub(crate) fn shared_input(plan: &LogicalPlan) -> Option<&LogicalPlan> {
+    match plan {
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<SharedSubplan>()
+            .map(|s| s.input.as_ref()),
+        _ => None,
+    }
+}
+
+/// The names of `plan`'s output columns that are grouping expressions of its aggregation
+/// (a column or a computed key such as `date_trunc('day', ts)`), passed on unchanged (or
+/// only renamed) by the projections above it.
 fn grouping_columns(plan: &LogicalPlan) -> HashSet<String> {
     match plan {
         LogicalPlan::Projection(p) => {
@@ -157,7 +270,7 @@ fn grouping_columns(plan: &LogicalPlan) -> HashSet<String> {
             .group_expr
             .iter()
             .zip(a.schema.fields())
-            .filter(|(e, _)| matches!(e, Expr::Column(_)))
+            .filter(|(e, _)| !matches!(e, Expr::GroupingSet(_)))
             .map(|(_, field)| field.name().clone())
             .collect(),
         LogicalPlan::Distinct(d) => d
@@ -241,14 +354,69 @@ impl QueryPlanner for TarnQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // A copy that optimisation left alone (the others got other filters, or were
+        // optimised away) is unwrapped and the plan optimised again, so it gets back the
+        // column pruning and pushdowns the wrapper stopped.
+        let (plan, stripped) = strip_lone_copies(logical_plan)?;
+        let optimized;
+        let plan = match (
+            stripped,
+            session_state.as_any().downcast_ref::<SessionState>(),
+        ) {
+            (true, Some(state)) => {
+                optimized = state.optimizer().optimize(plan, state, |_, _| {})?;
+                &optimized
+            }
+            (true, None) => {
+                optimized = plan;
+                &optimized
+            }
+            (false, _) => logical_plan,
+        };
         // A planner per query: its slots are this query's.
         let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
             SharedSubplanPlanner::default(),
         )]);
-        planner
-            .create_physical_plan(logical_plan, session_state)
-            .await
+        planner.create_physical_plan(plan, session_state).await
     }
+}
+
+/// `plan` without the [`SharedSubplan`] nodes that have no equal copy, and whether there
+/// were any.
+fn strip_lone_copies(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
+    let mut copies: Vec<(SharedSubplan, usize)> = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Extension(e) = node
+            && let Some(shared) = e.node.as_any().downcast_ref::<SharedSubplan>()
+        {
+            match copies.iter_mut().find(|(s, _)| s == shared) {
+                Some((_, n)) => *n += 1,
+                None => copies.push((shared.clone(), 1)),
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let lone: Vec<SharedSubplan> = copies
+        .into_iter()
+        .filter(|(_, n)| *n == 1)
+        .map(|(s, _)| s)
+        .collect();
+    if lone.is_empty() {
+        return Ok((plan.clone(), false));
+    }
+    let plan = plan
+        .clone()
+        .transform_down_with_subqueries(|node| {
+            if let LogicalPlan::Extension(e) = &node
+                && let Some(shared) = e.node.as_any().downcast_ref::<SharedSubplan>()
+                && lone.contains(shared)
+            {
+                return Ok(Transformed::yes(shared.input.as_ref().clone()));
+            }
+            Ok(Transformed::no(node))
+        })?
+        .data;
+    Ok((plan, true))
 }
 
 /// Plans [`SharedSubplan`] nodes, one slot per id and optimised plan.
@@ -297,18 +465,23 @@ impl ExtensionPlanner for SharedSubplanPlanner {
     }
 }
 
+/// The subquery's batches, or why they could not be computed (for every copy).
+type Computed = std::result::Result<Arc<Held>, Arc<DataFusionError>>;
+
 /// What the copies of one subquery share: its batches, once the first copy computed them.
 #[derive(Debug)]
 struct Slot {
     id: usize,
     /// How many copies were planned into this slot; with one, nothing is held.
     users: AtomicUsize,
-    batches: tokio::sync::OnceCell<std::result::Result<Arc<Held>, Arc<DataFusionError>>>,
+    computing: Mutex<Option<Shared<BoxFuture<'static, Computed>>>>,
 }
 
-/// The subquery's batches per partition, and the memory they are counted in.
+/// The subquery's batches per partition, what they were computed as, and the memory they
+/// are counted in.
 #[derive(Debug)]
 struct Held {
+    schema: SchemaRef,
     partitions: Vec<Vec<RecordBatch>>,
     _reservation: MemoryReservation,
 }
@@ -318,46 +491,61 @@ impl Slot {
         Self {
             id,
             users: AtomicUsize::new(0),
-            batches: tokio::sync::OnceCell::new(),
+            computing: Mutex::new(None),
         }
     }
 
-    /// The subquery's batches, computed by the first caller. The work runs in a task of
-    /// its own, so it goes on whichever copy its consumers poll; if that caller is dropped
-    /// the task stops and the next caller starts again.
-    async fn held(
+    /// The subquery's batches: the first caller starts computing them from its copy's
+    /// `input`, in a task of its own, and every caller awaits the same shared future, so
+    /// any copy that is polled drives it to the end. The task stops when the plan is
+    /// dropped.
+    fn held(
         &self,
         input: &Arc<dyn ExecutionPlan>,
         ctx: &Arc<TaskContext>,
-    ) -> Result<Arc<Held>> {
-        let held = self
-            .batches
-            .get_or_init(|| async {
-                let plan = Arc::clone(input);
-                let ctx = Arc::clone(ctx);
-                let id = self.id;
-                let task = SpawnedTask::spawn(async move {
-                    let partitions = collect_partitioned(plan, Arc::clone(&ctx)).await?;
-                    let bytes = partitions
+    ) -> Result<Shared<BoxFuture<'static, Computed>>> {
+        let mut computing = self
+            .computing
+            .lock()
+            .map_err(|_| DataFusionError::Internal("shared subplan slot poisoned".into()))?;
+        if let Some(computed) = computing.as_ref() {
+            return Ok(computed.clone());
+        }
+        let plan = Arc::clone(input);
+        let ctx = Arc::clone(ctx);
+        let id = self.id;
+        let task = SpawnedTask::spawn(async move {
+            let schema = plan.schema();
+            let partitions = collect_partitioned(plan, Arc::clone(&ctx)).await?;
+            // Aggregations emit slices of one batch: each slice counts its own rows.
+            let bytes = partitions
+                .iter()
+                .flatten()
+                .flat_map(|b| {
+                    b.columns()
                         .iter()
-                        .flatten()
-                        .map(RecordBatch::get_array_memory_size)
-                        .sum();
-                    let reservation = MemoryConsumer::new(format!("SharedSubplanExec[id={id}]"))
-                        .register(ctx.memory_pool());
-                    reservation.try_grow(bytes)?;
-                    Ok(Arc::new(Held {
-                        partitions,
-                        _reservation: reservation,
-                    }))
-                });
-                match task.join().await {
-                    Ok(result) => result.map_err(Arc::new),
-                    Err(e) => Err(Arc::new(DataFusionError::External(Box::new(e)))),
-                }
-            })
-            .await;
-        held.clone().map_err(DataFusionError::Shared)
+                        .map(|c| c.to_data().get_slice_memory_size())
+                })
+                .sum::<std::result::Result<usize, _>>()?;
+            let reservation = MemoryConsumer::new(format!("SharedSubplanExec[id={id}]"))
+                .register(ctx.memory_pool());
+            reservation.try_grow(bytes)?;
+            Ok(Arc::new(Held {
+                schema,
+                partitions,
+                _reservation: reservation,
+            }))
+        });
+        let computed = async move {
+            match task.join().await {
+                Ok(result) => result.map_err(Arc::new),
+                Err(e) => Err(Arc::new(DataFusionError::External(Box::new(e)))),
+            }
+        }
+        .boxed()
+        .shared();
+        *computing = Some(computed.clone());
+        Ok(computed)
     }
 }
 
@@ -472,14 +660,21 @@ impl ExecutionPlan for SharedSubplanExec {
         let slot = Arc::clone(&self.slot);
         let input = Arc::clone(&self.input);
         let stream = futures::stream::once(async move {
-            let held = slot.held(&input, &context).await?;
-            let partitions = input.output_partitioning().partition_count();
+            let held = slot
+                .held(&input, &context)?
+                .await
+                .map_err(DataFusionError::Shared)?;
+            // Copies are planned from equal plans, and no physical rule reaches into one
+            // (this node passes no sort, limit, projection or filter down, and does not
+            // claim to keep its input's row count), so they stay alike. Should one be
+            // planned differently after all, it runs on its own instead of replaying rows
+            // of another shape.
+            let alike = held.schema == input.schema()
+                && held.partitions.len() == input.output_partitioning().partition_count();
             match held.partitions.get(partition) {
-                Some(batches) if held.partitions.len() == partitions => {
+                Some(batches) if alike => {
                     Ok(futures::stream::iter(batches.clone().into_iter().map(Ok)).boxed())
                 }
-                // The copy that computed the batches was planned with other partitions
-                // (the physical optimiser treated the copies differently): run this one.
                 _ => input.execute(partition, context).map(StreamExt::boxed),
             }
         })
@@ -513,11 +708,54 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
+    use datafusion::logical_expr::{
+        ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    };
     use datafusion::physical_plan::displayable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    /// 1,000 rows of `k` (0 to 9) and `v`, in four partitions.
-    fn context(share: bool) -> SessionContext {
+    /// `counted(v)`: `v`, counting the rows it is called on (an immutable function, as far
+    /// as the planner knows), to see how often a subquery is computed.
+    #[derive(Debug)]
+    struct Counted {
+        rows: Arc<AtomicUsize>,
+        signature: Signature,
+    }
+
+    impl PartialEq for Counted {
+        fn eq(&self, _other: &Self) -> bool {
+            true
+        }
+    }
+    impl Eq for Counted {}
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            "counted".hash(state);
+        }
+    }
+
+    impl ScalarUDFImpl for Counted {
+        fn name(&self) -> &str {
+            "counted"
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+            Ok(DataType::Int64)
+        }
+        fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+            self.rows.fetch_add(args.number_rows, Ordering::Relaxed);
+            args.args
+                .into_iter()
+                .next()
+                .ok_or_else(|| DataFusionError::Internal("counted takes one argument".into()))
+        }
+    }
+
+    /// 1,000 rows of `k` (0 to 9) and `v`, in four partitions; and how many rows
+    /// `counted` was called on.
+    fn context(share: bool) -> (SessionContext, Arc<AtomicUsize>) {
         let mut config = SessionConfig::new()
             .with_target_partitions(4)
             .with_option_extension(TarnOptions::default());
@@ -534,6 +772,11 @@ mod tests {
             .with_query_planner(Arc::new(TarnQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        let rows = Arc::new(AtomicUsize::new(0));
+        ctx.register_udf(ScalarUDF::new_from_impl(Counted {
+            rows: Arc::clone(&rows),
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        }));
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
             Field::new("v", DataType::Int64, false),
@@ -556,10 +799,12 @@ mod tests {
             .collect();
         let table = MemTable::try_new(schema, partitions).expect("table");
         ctx.register_table("t", Arc::new(table)).expect("register");
-        ctx
+        (ctx, rows)
     }
 
-    async fn run(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
+    /// The sorted rows of `sql`, its physical plan, and the rows `counted` saw.
+    async fn run(share: bool, sql: &str) -> (Vec<String>, String, usize) {
+        let (ctx, counted) = context(share);
         let df = ctx.sql(sql).await.expect("plan");
         let plan = df.create_physical_plan().await.expect("physical plan");
         let shown = displayable(plan.as_ref()).indent(false).to_string();
@@ -571,17 +816,16 @@ mod tests {
             .to_string();
         let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
         rows.sort();
-        (rows, shown)
+        (rows, shown, counted.load(Ordering::Relaxed))
     }
-
-    /// The shape of TPC-H Q15: an aggregating CTE joined and compared with its maximum.
-    const TOP: &str = "WITH r AS (SELECT k, sum(v) AS s FROM t WHERE v > 2 GROUP BY k) \
-        SELECT r.k, r.s FROM r WHERE r.s = (SELECT max(s) FROM r) ORDER BY r.k";
 
     #[tokio::test]
     async fn a_cte_named_twice_is_computed_once_with_the_same_answer() {
-        let (shared, plan) = run(&context(true), TOP).await;
-        let (separate, plan_without) = run(&context(false), TOP).await;
+        // The shape of TPC-H Q15: an aggregating CTE joined and compared with its maximum.
+        let sql = "WITH r AS (SELECT k, sum(counted(v)) AS s FROM t WHERE v > 2 GROUP BY k) \
+            SELECT r.k, r.s FROM r WHERE r.s = (SELECT max(s) FROM r) ORDER BY r.k";
+        let (shared, plan, once) = run(true, sql).await;
+        let (separate, plan_without, twice) = run(false, sql).await;
         assert_eq!(shared, separate);
         assert!(shared.len() > 4, "{shared:?}");
         assert_eq!(
@@ -593,57 +837,84 @@ mod tests {
             !plan_without.contains("SharedSubplanExec"),
             "{plan_without}"
         );
+        assert!(once > 0, "{once}");
+        assert_eq!(twice, 2 * once);
     }
 
     #[tokio::test]
-    async fn the_copies_read_one_result() {
-        // random() is evaluated once per group when the CTE is computed once: the two
-        // copies then agree on every row, which two separate computations would not.
-        let sql = "WITH r AS (SELECT k, sum(v) + random() AS s FROM t GROUP BY k) \
-            SELECT count(*) AS n, sum(CASE WHEN a.s = b.s THEN 1 ELSE 0 END) AS same \
-            FROM r a JOIN r b ON a.k = b.k";
-        let (rows, _) = run(&context(true), sql).await;
-        assert!(rows.iter().any(|r| r.contains("| 10 | 10   |")), "{rows:?}");
-        let (rows, _) = run(&context(false), sql).await;
-        assert!(rows.iter().any(|r| r.contains("| 10 | 0    |")), "{rows:?}");
+    async fn a_self_join_of_a_cte_shares_one_result() {
+        // `FROM r a` is an alias of the alias `r`: one slot, computed once.
+        let sql = "WITH r AS (SELECT k, sum(counted(v)) AS s FROM t GROUP BY k) \
+            SELECT a.k, a.s + b.s FROM r a JOIN r b ON a.k = b.k";
+        let (shared, plan, once) = run(true, sql).await;
+        let (separate, _, twice) = run(false, sql).await;
+        assert_eq!(shared, separate);
+        assert_eq!(plan.matches("SharedSubplanExec").count(), 2, "{plan}");
+        assert_eq!(plan.matches("copies=2").count(), 2, "{plan}");
+        assert_eq!(once, 1000);
+        assert_eq!(twice, 2000);
     }
 
     #[tokio::test]
     async fn copies_with_different_filters_are_computed_separately() {
-        let sql = "WITH r AS (SELECT k, sum(v) AS s FROM t GROUP BY k) \
-            SELECT * FROM r WHERE k = 1 UNION ALL SELECT * FROM r WHERE k = 2 \
-            UNION ALL SELECT * FROM r WHERE k = 2";
-        let (shared, plan) = run(&context(true), sql).await;
-        let (separate, _) = run(&context(false), sql).await;
+        let sql = "WITH r AS (SELECT k % 3 AS g, sum(counted(v)) AS s FROM t GROUP BY k % 3) \
+            SELECT * FROM r WHERE g = 1 UNION ALL SELECT * FROM r WHERE g = 2 \
+            UNION ALL SELECT * FROM r WHERE g = 2";
+        let (shared, plan, once) = run(true, sql).await;
+        let (separate, _, separately) = run(false, sql).await;
         assert_eq!(shared, separate);
-        // The two copies filtered on k = 2 share a slot; the one on k = 1 runs alone.
+        // The filters on the computed grouping key reach the scan: each copy counts only
+        // its group's rows. The two copies filtered on g = 2 share a slot; the one on
+        // g = 1 is alone and runs without the wrapper.
         assert_eq!(plan.matches("copies=2").count(), 2, "{plan}");
-        assert_eq!(plan.matches("copies=1").count(), 1, "{plan}");
+        assert!(!plan.contains("copies=1"), "{plan}");
+        assert!(once < separately, "{once} {separately}");
+        assert!(separately < 1000, "{separately}");
     }
 
     #[tokio::test]
-    async fn subqueries_that_are_not_aggregations_or_are_correlated_are_left_alone() {
+    async fn subqueries_that_are_not_aggregations_or_are_volatile_are_left_alone() {
         let plain = "WITH r AS (SELECT k, v FROM t WHERE v > 10) \
             SELECT count(*) FROM r a JOIN r b ON a.k = b.k";
-        let (rows, plan) = run(&context(true), plain).await;
+        let (rows, plan, _) = run(true, plain).await;
         assert!(!plan.contains("SharedSubplanExec"), "{plan}");
-        assert_eq!(rows, run(&context(false), plain).await.0);
+        assert_eq!(rows, run(false, plain).await.0);
+        // Two derived tables calling random() each get their own values.
+        let volatile = "SELECT count(*) FROM \
+            (SELECT k, sum(v) + random() AS s FROM t GROUP BY k) a JOIN \
+            (SELECT k, sum(v) + random() AS s FROM t GROUP BY k) b ON a.k = b.k AND a.s = b.s";
+        let (rows, plan, _) = run(true, volatile).await;
+        assert!(!plan.contains("SharedSubplanExec"), "{plan}");
+        assert!(rows.iter().any(|r| r.trim() == "| 0        |"), "{rows:?}");
+    }
+
+    #[tokio::test]
+    async fn correlated_subqueries_plan_as_before() {
         let correlated = "SELECT k, v FROM t o \
             WHERE v > (SELECT avg(i.v) FROM t i WHERE i.k = o.k) \
             AND v < (SELECT avg(i.v) FROM t i WHERE i.k = o.k) + 5 ORDER BY k, v";
-        let without = run(&context(false), correlated).await.0;
-        let (rows, _) = run(&context(true), correlated).await;
-        assert_eq!(rows, without);
-        assert!(rows.len() > 10, "{rows:?}");
+        let without = run(false, correlated).await.0;
+        assert_eq!(run(true, correlated).await.0, without);
+        assert!(without.len() > 10, "{without:?}");
+        // A single-row aggregation named inside a correlated subquery and outside it:
+        // decorrelation still sees that the inner one returns one row.
+        let single = "WITH tot AS (SELECT sum(v) AS s FROM t) \
+            SELECT o.k, (SELECT s FROM tot WHERE tot.s > o.v) AS a, (SELECT s FROM tot) AS b \
+            FROM t o WHERE o.k = 1 AND o.v < 3";
+        let without = run(false, single).await.0;
+        assert_eq!(run(true, single).await.0, without);
+        assert!(without.len() > 5, "{without:?}");
     }
 
     #[tokio::test]
     async fn a_subquery_in_in_and_exists_is_shared_too() {
-        let sql = "WITH big AS (SELECT k FROM t GROUP BY k HAVING sum(v) > 800) \
+        let sql = "WITH big AS (SELECT k FROM t GROUP BY k HAVING sum(counted(v)) > 800) \
             SELECT count(*) FROM t WHERE k IN (SELECT k FROM big) \
             AND EXISTS (SELECT 1 FROM big WHERE big.k = t.k)";
-        let (shared, plan) = run(&context(true), sql).await;
-        assert_eq!(shared, run(&context(false), sql).await.0);
+        let (shared, plan, once) = run(true, sql).await;
+        let (separate, _, twice) = run(false, sql).await;
+        assert_eq!(shared, separate);
         assert!(plan.contains("copies=2"), "{plan}");
+        assert_eq!((once, twice), (1000, 2000));
     }
 }
