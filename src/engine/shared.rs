@@ -99,7 +99,7 @@ fn candidate(node: &LogicalPlan, correlated: bool) -> Option<(&LogicalPlan, Vec<
     match node {
         LogicalPlan::SubqueryAlias(alias)
             if !matches!(alias.input.as_ref(), LogicalPlan::SubqueryAlias(_))
-                && !(correlated && alias.input.max_rows().is_some_and(|n| n <= 1))
+                && (!correlated || alias.input.max_rows().is_none_or(|n| n > 1))
                 && worth_sharing(&alias.input) =>
         {
             Some((&alias.input, tables(&alias.input)))
@@ -273,8 +273,8 @@ fn grouping_columns(plan: &LogicalPlan) -> HashSet<String> {
             .filter(|(e, _)| !matches!(e, Expr::GroupingSet(_)))
             .map(|(_, field)| field.name().clone())
             .collect(),
-        LogicalPlan::Distinct(d) => d
-            .input()
+        // `DISTINCT` keys on every column; `DISTINCT ON` on expressions of its own.
+        LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => input
             .schema()
             .fields()
             .iter()
@@ -358,26 +358,15 @@ impl QueryPlanner for TarnQueryPlanner {
         // optimised away) is unwrapped and the plan optimised again, so it gets back the
         // column pruning and pushdowns the wrapper stopped.
         let (plan, stripped) = strip_lone_copies(logical_plan)?;
-        let optimized;
-        let plan = match (
-            stripped,
-            session_state.as_any().downcast_ref::<SessionState>(),
-        ) {
-            (true, Some(state)) => {
-                optimized = state.optimizer().optimize(plan, state, |_, _| {})?;
-                &optimized
-            }
-            (true, None) => {
-                optimized = plan;
-                &optimized
-            }
-            (false, _) => logical_plan,
+        let plan = match session_state.as_any().downcast_ref::<SessionState>() {
+            Some(state) if stripped => state.optimizer().optimize(plan, state, |_, _| {})?,
+            _ => plan,
         };
         // A planner per query: its slots are this query's.
         let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
             SharedSubplanPlanner::default(),
         )]);
-        planner.create_physical_plan(plan, session_state).await
+        planner.create_physical_plan(&plan, session_state).await
     }
 }
 
