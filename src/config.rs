@@ -159,6 +159,8 @@ pub struct ServeArgs {
 }
 
 /// `tarn crawler …`.
+// Parsed once per process, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CrawlerCommand {
     /// Define a crawler: a location, crawl options and an optional cron schedule.

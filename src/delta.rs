@@ -197,7 +197,7 @@ pub fn describe(table: &DeltaTable, table_url: &str) -> Result<Described> {
         bytes += file.size().max(0) as u64;
     }
     Ok(Described {
-        version: state.version() as u64,
+        version: state.version(),
         schema: scan.schema(),
         partition_columns: state.metadata().partition_columns().to_vec(),
         files: log.num_files() as u64,

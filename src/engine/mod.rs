@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod ddl;
+mod decimal;
 mod joinorder;
 mod semijoin;
 mod shared;
@@ -42,6 +43,9 @@ datafusion::common::extensions_options! {
         /// Compute a subquery the query names more than once (an aggregation) once; false
         /// computes it wherever it is named.
         pub share_subplans: bool, default = true
+        /// Add, subtract and multiply decimals without a per-value overflow check where
+        /// a batch's values prove nothing overflows; false checks every value.
+        pub decimal_fast_path: bool, default = true
     }
 }
 

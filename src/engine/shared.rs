@@ -343,7 +343,8 @@ impl UserDefinedLogicalNodeCore for SharedSubplan {
 }
 
 /// Tarn's physical planner: DataFusion's, with the shared subplans of one query planned
-/// into one slot per group of equal copies.
+/// into one slot per group of equal copies, and decimal arithmetic that skips overflow
+/// checks where a batch proves them needless (`super::decimal`).
 #[derive(Debug, Default)]
 pub struct TarnQueryPlanner;
 
@@ -361,6 +362,16 @@ impl QueryPlanner for TarnQueryPlanner {
         let plan = match session_state.as_any().downcast_ref::<SessionState>() {
             Some(state) if stripped => state.optimizer().optimize(plan, state, |_, _| {})?,
             _ => plan,
+        };
+        let fast_decimals = session_state
+            .config_options()
+            .extensions
+            .get::<TarnOptions>()
+            .is_none_or(|o| o.decimal_fast_path);
+        let plan = if fast_decimals {
+            super::decimal::rewrite(plan)?
+        } else {
+            plan
         };
         // A planner per query: its slots are this query's.
         let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
