@@ -161,6 +161,14 @@ impl Engine {
         // Parquet decoder (DataFusion's default): with late materialisation on, TPC-H SF1
         // took 18% longer in sum (Q6 and Q9 about twice as long), and the dashboard
         // benchmark's base scans were no faster (benches/results/tpch-tuning.md).
+        // A hash join whose build side is estimated under 32 MB or a million rows builds
+        // one table that every partition probes, instead of hash-partitioning both sides:
+        // on two cores, repartitioning a large probe side (lineitem) cost more than
+        // building the table on one thread. TPC-H SF10: Q5 -15%, Q17 -22%, the joins'
+        // sum -4 to -6% (DataFusion's defaults are 1 MB and 128k rows).
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold = 32 * 1024 * 1024;
+        optimizer.hash_join_single_partition_threshold_rows = 1024 * 1024;
         for (k, v) in &options.datafusion_config {
             let key = if k.starts_with("datafusion.") || k.starts_with("tarn.") {
                 k.clone()
