@@ -402,6 +402,23 @@ mod tests {
         }
     }
 
+    /// `f(left, right)` through the function's entry point.
+    fn call(
+        f: &DecimalArithmetic,
+        left: &ColumnarValue,
+        right: &ColumnarValue,
+        rows: usize,
+    ) -> Result<ColumnarValue> {
+        let field = |v: &ColumnarValue| Arc::new(Field::new("a", v.data_type(), true));
+        f.invoke_with_args(ScalarFunctionArgs {
+            args: vec![left.clone(), right.clone()],
+            arg_fields: vec![field(left), field(right)],
+            number_rows: rows,
+            return_field: Arc::new(Field::new("r", f.result.clone(), true)),
+            config_options: Default::default(),
+        })
+    }
+
     #[test]
     fn large_values_fall_back_to_the_checked_kernel() {
         // 30-digit values: their product may not fit in 128 bits.
@@ -409,16 +426,7 @@ mod tests {
         let f = udf(Op::Mul, &big.data_type(), &big.data_type());
         assert!(f.unchecked(&big, &big).expect("no error").is_none());
         // Through the function, the overflow is Arrow's error, as without the rewrite.
-        let args = ScalarFunctionArgs {
-            args: vec![big.clone(), big.clone()],
-            arg_fields: [0, 1]
-                .map(|_| Arc::new(Field::new("a", big.data_type(), true)))
-                .to_vec(),
-            number_rows: 64,
-            return_field: Arc::new(Field::new("r", f.result.clone(), true)),
-            config_options: Default::default(),
-        };
-        let error = f.invoke_with_args(args).expect_err("overflow");
+        let error = call(&f, &big, &big, 64).expect_err("overflow");
         let expected = apply(&big, &big, Op::Mul.checked()).expect_err("overflow");
         assert_eq!(error.to_string(), expected.to_string());
         // A sum whose bounds just do not fit is also left to Arrow, which computes it.
@@ -431,15 +439,7 @@ mod tests {
         let f = udf(Op::Add, &max.data_type(), &small.data_type());
         assert!(f.unchecked(&max, &max).expect("no error").is_none());
         assert!(f.unchecked(&max, &small).expect("no error").is_none());
-        let sum = f.invoke_with_args(ScalarFunctionArgs {
-            args: vec![max.clone(), small.clone()],
-            arg_fields: [0, 1]
-                .map(|_| Arc::new(Field::new("a", max.data_type(), true)))
-                .to_vec(),
-            number_rows: 2,
-            return_field: Arc::new(Field::new("r", f.result.clone(), true)),
-            config_options: Default::default(),
-        });
+        let sum = call(&f, &max, &small, 2);
         let expected = apply(&max, &small, Op::Add.checked()).expect("fits");
         let (sum, expected) = (array(&sum.expect("fits")), array(&expected));
         assert_eq!(&sum, &expected);

@@ -1295,6 +1295,16 @@ mod tests {
             .collect()
     }
 
+    /// The tables `plan` scans, appended to `out`.
+    fn scans(plan: &LogicalPlan, out: &mut Vec<String>) {
+        if let LogicalPlan::TableScan(s) = plan {
+            out.push(s.table_name.to_string());
+        }
+        for p in plan.inputs() {
+            scans(p, out);
+        }
+    }
+
     /// The tables under the join whose keys include `column`, in the optimized plan.
     async fn tables_under_join_on(ctx: &SessionContext, sql: &str, column: &str) -> Vec<String> {
         let plan = ctx
@@ -1314,14 +1324,6 @@ mod tests {
                 return Some(plan);
             }
             plan.inputs().into_iter().find_map(|p| find(p, column))
-        }
-        fn scans(plan: &LogicalPlan, out: &mut Vec<String>) {
-            if let LogicalPlan::TableScan(s) = plan {
-                out.push(s.table_name.to_string());
-            }
-            for p in plan.inputs() {
-                scans(p, out);
-            }
         }
         let mut out = Vec::new();
         scans(find(&plan, column).expect("join"), &mut out);
@@ -1381,14 +1383,6 @@ mod tests {
             .expect("plan")
             .into_optimized_plan()
             .expect("optimize");
-        fn scans(plan: &LogicalPlan, out: &mut Vec<String>) {
-            if let LogicalPlan::TableScan(s) = plan {
-                out.push(s.table_name.to_string());
-            }
-            for p in plan.inputs() {
-                scans(p, out);
-            }
-        }
         let (mut joins, mut keys) = (Vec::new(), 0);
         plan.apply(|node| {
             if let LogicalPlan::Join(j) = node {
