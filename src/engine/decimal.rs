@@ -323,12 +323,8 @@ mod tests {
     use arrow::array::{Array, Decimal128Array, RecordBatch};
     use arrow::datatypes::Schema;
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_plan::displayable;
-    use datafusion::prelude::{SessionConfig, SessionContext};
-
-    use crate::engine::TarnOptions;
-    use crate::engine::shared::TarnQueryPlanner;
+    use datafusion::prelude::SessionContext;
 
     /// `n` decimals of up to `digits` digits at `(precision, scale)`, about one in seven
     /// null, from a fixed seed.
@@ -446,20 +442,7 @@ mod tests {
     }
 
     fn context(fast: bool) -> SessionContext {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_option_extension(TarnOptions::default());
-        config
-            .options_mut()
-            .extensions
-            .get_mut::<TarnOptions>()
-            .expect("tarn options")
-            .decimal_fast_path = fast;
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
-            .with_query_planner(Arc::new(TarnQueryPlanner))
-            .build();
+        let state = crate::engine::test_state(2, |o| o.decimal_fast_path = fast).build();
         let ctx = SessionContext::new_with_state(state);
         let columns: Vec<(&str, Decimal128Array)> = vec![
             ("price", decimals(3000, 8, 15, 2, 5)),

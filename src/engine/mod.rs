@@ -1190,3 +1190,21 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
     rules.insert(at + 1, Arc::new(joinorder::ReorderJoins));
     rules
 }
+
+/// A session state for tests of Tarn's planner pieces: DataFusion's defaults with `partitions`
+/// target partitions, Tarn's settings as `set` leaves them, and Tarn's query planner.
+#[cfg(test)]
+pub(crate) fn test_state(
+    partitions: usize,
+    set: impl FnOnce(&mut TarnOptions),
+) -> SessionStateBuilder {
+    let mut options = TarnOptions::default();
+    set(&mut options);
+    let config = SessionConfig::new()
+        .with_target_partitions(partitions)
+        .with_option_extension(options);
+    SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_query_planner(Arc::new(shared::TarnQueryPlanner))
+}

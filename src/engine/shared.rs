@@ -707,12 +707,11 @@ mod tests {
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
     use datafusion::logical_expr::{
         ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
     };
     use datafusion::physical_plan::displayable;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
 
     /// `counted(v)`: `v`, counting the rows it is called on (an immutable function, as far
     /// as the planner knows), to see how often a subquery is computed.
@@ -756,20 +755,8 @@ mod tests {
     /// 1,000 rows of `k` (0 to 9) and `v`, in four partitions; and how many rows
     /// `counted` was called on.
     fn context(share: bool) -> (SessionContext, Arc<AtomicUsize>) {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(4)
-            .with_option_extension(TarnOptions::default());
-        config
-            .options_mut()
-            .extensions
-            .get_mut::<TarnOptions>()
-            .expect("tarn options")
-            .share_subplans = share;
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
+        let state = crate::engine::test_state(4, |o| o.share_subplans = share)
             .with_analyzer_rule(Arc::new(ShareRepeatedSubplans))
-            .with_query_planner(Arc::new(TarnQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let rows = Arc::new(AtomicUsize::new(0));
