@@ -10,6 +10,7 @@ pub mod cache;
 pub mod ddl;
 mod decimal;
 mod joinorder;
+mod onephase;
 mod semijoin;
 mod shared;
 pub mod table;
@@ -46,6 +47,9 @@ datafusion::common::extensions_options! {
         /// Add, subtract and multiply decimals without a per-value overflow check where
         /// a batch's values prove nothing overflows; false checks every value.
         pub decimal_fast_path: bool, default = true
+        /// Aggregate in one phase where the files hold disjoint ranges of a grouping
+        /// column; false always aggregates in two phases.
+        pub one_phase_aggregates: bool, default = true
     }
 }
 
@@ -210,6 +214,7 @@ impl Engine {
             .with_optimizer_rules(rules)
             .with_analyzer_rule(Arc::new(shared::ShareRepeatedSubplans))
             .with_query_planner(Arc::new(shared::TarnQueryPlanner))
+            .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -1207,4 +1212,5 @@ pub(crate) fn test_state(
         .with_default_features()
         .with_config(config)
         .with_query_planner(Arc::new(shared::TarnQueryPlanner))
+        .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
 }

@@ -6,6 +6,7 @@ mod common;
 mod crawl;
 mod delta;
 mod flight;
+mod plans;
 mod rollup;
 mod sqllogic;
 mod store;

@@ -1,0 +1,212 @@
+//! Plans Tarn makes from what the catalog knows about files, checked on catalogued lakes:
+//! the plan takes the expected shape, and its answers equal those of the plan without it
+//! and of a computation in the test.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::physical_plan::displayable;
+use tarn::engine::{Engine, EngineOptions};
+
+use crate::common::{Env, render, write_parquet};
+
+/// An engine over `env`'s catalog with three target partitions and `settings`.
+fn engine_with(env: &Env, settings: &[(&str, &str)]) -> Engine {
+    let mut config = vec![("execution.target_partitions".to_string(), "3".to_string())];
+    config.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Engine::new(
+        env.catalog.clone(),
+        Arc::clone(&env.stores),
+        &EngineOptions {
+            datafusion_config: config,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn physical_plan(engine: &Engine, sql: &str) -> String {
+    let plan = engine
+        .plan(sql, None)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    displayable(plan.as_ref()).indent(true).to_string()
+}
+
+async fn rows(engine: &Engine, sql: &str) -> Vec<Vec<String>> {
+    let (_, batches) = engine.query(sql).await.unwrap();
+    render(&batches)
+}
+
+/// Order lines in `files` files: file `i` holds order keys `first(i) .. first(i) + 300`
+/// (keys `step` apart), one to four lines each with a quantity, in shuffled order; `None`
+/// keys where `null_every` says. Returns every line written as (key, quantity).
+fn write_lines(
+    dir: &Path,
+    files: usize,
+    first: impl Fn(usize) -> i64,
+    null_every: Option<usize>,
+) -> Vec<(Option<i64>, i64)> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut all = Vec::new();
+    for file in 0..files {
+        let mut lines: Vec<(Option<i64>, i64)> = Vec::new();
+        for key in first(file)..first(file) + 300 {
+            for _ in 0..1 + next() % 4 {
+                lines.push((Some(key), 1 + (next() % 50) as i64));
+            }
+        }
+        if let Some(every) = null_every {
+            for (i, line) in lines.iter_mut().enumerate() {
+                if i % every == 0 {
+                    line.0 = None;
+                }
+            }
+        }
+        // Not sorted within a file: only the files' ranges matter.
+        for i in (1..lines.len()).rev() {
+            lines.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("order_key", DataType::Int64, true),
+            Field::new("quantity", DataType::Int64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(
+                lines.iter().map(|l| l.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                lines.iter().map(|l| l.1).collect::<Vec<_>>(),
+            )),
+        ];
+        write_parquet(
+            &dir.join(format!("part-{file:02}.parquet")),
+            &RecordBatch::try_new(schema, columns).unwrap(),
+        );
+        all.extend(lines);
+    }
+    all
+}
+
+/// The orders whose lines sum to more than `threshold`, with the sum and line count, in
+/// key order, as the engine renders them.
+fn big_orders(lines: &[(Option<i64>, i64)], threshold: i64) -> Vec<Vec<String>> {
+    let mut sums: BTreeMap<Option<i64>, (i64, i64)> = BTreeMap::new();
+    for (key, quantity) in lines {
+        let entry = sums.entry(*key).or_default();
+        entry.0 += quantity;
+        entry.1 += 1;
+    }
+    sums.into_iter()
+        .filter(|(_, (sum, _))| *sum > threshold)
+        .map(|(key, (sum, count))| {
+            vec![
+                key.map_or("NULL".to_string(), |k| k.to_string()),
+                sum.to_string(),
+                count.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const BIG_ORDERS: &str = "SELECT order_key, sum(quantity) AS total, count(*) AS lines \
+    FROM {table} GROUP BY order_key HAVING sum(quantity) > 100 ORDER BY order_key NULLS FIRST";
+
+#[tokio::test]
+async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    // Nine files of disjoint ranges, written in an order unrelated to their keys.
+    let disjoint = write_lines(
+        &lake.join("disjoint"),
+        9,
+        |i| ((i * 5) % 9) as i64 * 1000,
+        None,
+    );
+    // Ranges that overlap (each file starts 200 keys after the previous one).
+    let overlapping = write_lines(&lake.join("overlapping"), 9, |i| i as i64 * 200, None);
+    // Disjoint ranges, but NULL keys in every file: the NULL group would be in each.
+    let with_nulls = write_lines(&lake.join("with_nulls"), 9, |i| i as i64 * 1000, Some(7));
+    env.crawl(&lake).await;
+
+    let on = engine_with(&env, &[]);
+    let off = engine_with(&env, &[("tarn.one_phase_aggregates", "false")]);
+    for (table, lines, one_phase) in [
+        ("disjoint", &disjoint, true),
+        ("overlapping", &overlapping, false),
+        ("with_nulls", &with_nulls, false),
+    ] {
+        let sql = BIG_ORDERS.replace("{table}", table);
+        let plan = physical_plan(&on, &sql).await;
+        assert_eq!(
+            plan.contains("mode=SinglePartitioned"),
+            one_phase,
+            "{table}:\n{plan}"
+        );
+        assert_eq!(
+            plan.contains("mode=FinalPartitioned"),
+            !one_phase,
+            "{table}:\n{plan}"
+        );
+        let expected = big_orders(lines, 100);
+        assert!(expected.len() > 100, "{table}: a test with few groups");
+        assert_eq!(rows(&on, &sql).await, expected, "{table}");
+        assert_eq!(rows(&off, &sql).await, expected, "{table}");
+    }
+
+    // One phase: three groups of three files, each a run of ascending ranges, and the
+    // repartition (above the HAVING filter) gives the plan above the partitioning it had.
+    let plan = physical_plan(&on, &BIG_ORDERS.replace("{table}", "disjoint")).await;
+    let scan = plan.lines().find(|l| l.contains("DataSourceExec")).unwrap();
+    let groups: Vec<Vec<usize>> = scan
+        .split("file_groups={3 groups: [")
+        .nth(1)
+        .unwrap()
+        .split("]]")
+        .next()
+        .unwrap()
+        .split("], [")
+        .map(|g| {
+            g.trim_start_matches('[')
+                .split(", ")
+                .map(|f| f.rsplit("part-").next().unwrap()[..2].parse().unwrap())
+                .collect()
+        })
+        .collect();
+    let key_rank = |file: usize| (file * 5) % 9;
+    let ranks: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|g| g.iter().map(|f| key_rank(*f)).collect())
+        .collect();
+    assert_eq!(
+        ranks,
+        vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]],
+        "{plan}"
+    );
+    let filter_line = plan.lines().position(|l| l.contains("FilterExec")).unwrap();
+    let hash_line = plan
+        .lines()
+        .position(|l| l.contains("RepartitionExec: partitioning=Hash([order_key"))
+        .unwrap();
+    assert!(
+        hash_line < filter_line,
+        "repartition above the filter:\n{plan}"
+    );
+
+    // The one-phase result joined on its key gives the same answer as two phases.
+    let joined = "SELECT count(*), sum(d.quantity) FROM disjoint d WHERE d.order_key IN \
+        (SELECT order_key FROM disjoint GROUP BY order_key HAVING sum(quantity) > 100)";
+    assert_eq!(rows(&on, joined).await, rows(&off, joined).await);
+}
