@@ -17,10 +17,12 @@
 //! scan. It orders the scan's files by their minimum of that column (from the catalog)
 //! and cuts them into as many groups as the scan had partitions, at points where every
 //! file before the cut ends below every file after it, with group sizes within a quarter
-//! of an even split. When such cuts exist, the scan reads those groups, the two phases
-//! become one (`SinglePartitioned`), and the hash repartition moves above it (and above
-//! a filter that follows it, such as a `HAVING`), so the plan's partitioning above is the
-//! one DataFusion planned. Otherwise the plan is left as it was.
+//! of an even split. When such cuts exist, the scan reads those groups and the two phases
+//! become one (`SinglePartitioned`). The scan declares its partitioning, which stops
+//! DataFusion's scan from letting a partition that runs out of files take another's (a key
+//! in files of two partitions would become two groups). The hash repartition moves above
+//! the aggregation (and above a filter that follows it, such as a `HAVING`), so the plan
+//! above has the partitioning DataFusion planned. Otherwise the plan is left as it was.
 //!
 //! Only bounds that are true bounds count: integer, decimal and date columns' footer
 //! ranges, and any non-float column's exact values (partition columns). Every file must
@@ -233,6 +235,10 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
         if let Some(groups) = split_by_range(&files, column, data_type, partitions) {
             let mut regrouped = config.clone();
             regrouped.file_groups = groups;
+            // A declared partitioning keeps each group's files in its partition: without
+            // one, a partition that runs out of files takes another's, and a key in files
+            // of two partitions would be two groups.
+            regrouped.output_partitioning = Some(Partitioning::UnknownPartitioning(partitions));
             return Some(regrouped);
         }
     }

@@ -100,17 +100,20 @@ fn write_lines(
     all
 }
 
-/// The orders whose lines sum to more than `threshold`, with the sum and line count, in
-/// key order, as the engine renders them.
-fn big_orders(lines: &[(Option<i64>, i64)], threshold: i64) -> Vec<Vec<String>> {
+/// The orders from `from_key` on whose lines sum to more than 100, with the sum and line
+/// count, in key order (NULL first), as the engine renders them.
+fn big_orders(lines: &[(Option<i64>, i64)], from_key: i64) -> Vec<Vec<String>> {
     let mut sums: BTreeMap<Option<i64>, (i64, i64)> = BTreeMap::new();
     for (key, quantity) in lines {
+        if key.is_some_and(|k| k < from_key) || (key.is_none() && from_key > i64::MIN) {
+            continue;
+        }
         let entry = sums.entry(*key).or_default();
         entry.0 += quantity;
         entry.1 += 1;
     }
     sums.into_iter()
-        .filter(|(_, (sum, _))| *sum > threshold)
+        .filter(|(_, (sum, _))| *sum > 100)
         .map(|(key, (sum, count))| {
             vec![
                 key.map_or("NULL".to_string(), |k| k.to_string()),
@@ -121,18 +124,31 @@ fn big_orders(lines: &[(Option<i64>, i64)], threshold: i64) -> Vec<Vec<String>> 
         .collect()
 }
 
-const BIG_ORDERS: &str = "SELECT order_key, sum(quantity) AS total, count(*) AS lines \
-    FROM {table} GROUP BY order_key HAVING sum(quantity) > 100 ORDER BY order_key NULLS FIRST";
+/// [`big_orders`] in SQL.
+fn big_orders_sql(table: &str, from_key: i64) -> String {
+    let filter = if from_key > i64::MIN {
+        format!("WHERE order_key >= {from_key}")
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT order_key, sum(quantity) AS total, count(*) AS lines FROM {table} {filter} \
+         GROUP BY order_key HAVING sum(quantity) > 100 ORDER BY order_key NULLS FIRST"
+    )
+}
 
 #[tokio::test]
 async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
     let env = Env::new().await;
     let lake = env.lake();
-    // Nine files of disjoint ranges, written in an order unrelated to their keys.
+    // 24 files, two for each of 12 disjoint ranges, written in an order unrelated to
+    // their keys. Many small files, and each key in two of them: a partition that ran
+    // out of files early and took another's would split those keys' groups.
+    let range_of = |file: usize| (file * 5) % 24 / 2;
     let disjoint = write_lines(
         &lake.join("disjoint"),
-        9,
-        |i| ((i * 5) % 9) as i64 * 1000,
+        24,
+        |i| range_of(i) as i64 * 1000,
         None,
     );
     // Ranges that overlap (each file starts 200 keys after the previous one).
@@ -143,32 +159,36 @@ async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
 
     let on = engine_with(&env, &[]);
     let off = engine_with(&env, &[("tarn.one_phase_aggregates", "false")]);
-    for (table, lines, one_phase) in [
-        ("disjoint", &disjoint, true),
-        ("overlapping", &overlapping, false),
-        ("with_nulls", &with_nulls, false),
+    for (table, lines, one_phase, cutoff) in [
+        ("disjoint", &disjoint, true, 4000),
+        ("overlapping", &overlapping, false, 600),
+        ("with_nulls", &with_nulls, false, 3000),
     ] {
-        let sql = BIG_ORDERS.replace("{table}", table);
-        let plan = physical_plan(&on, &sql).await;
-        assert_eq!(
-            plan.contains("mode=SinglePartitioned"),
-            one_phase,
-            "{table}:\n{plan}"
-        );
-        assert_eq!(
-            plan.contains("mode=FinalPartitioned"),
-            !one_phase,
-            "{table}:\n{plan}"
-        );
-        let expected = big_orders(lines, 100);
-        assert!(expected.len() > 100, "{table}: a test with few groups");
-        assert_eq!(rows(&on, &sql).await, expected, "{table}");
-        assert_eq!(rows(&off, &sql).await, expected, "{table}");
+        // Unfiltered, and with the files of the first third of the keys skipped when
+        // they are opened (so the first partition runs out of work early).
+        for from_key in [i64::MIN, cutoff] {
+            let sql = big_orders_sql(table, from_key);
+            let plan = physical_plan(&on, &sql).await;
+            assert_eq!(
+                plan.contains("mode=SinglePartitioned"),
+                one_phase,
+                "{table}:\n{plan}"
+            );
+            assert_eq!(
+                plan.contains("mode=FinalPartitioned"),
+                !one_phase,
+                "{table}:\n{plan}"
+            );
+            let expected = big_orders(lines, from_key);
+            assert!(expected.len() > 100, "{table}: a test with few groups");
+            assert_eq!(rows(&on, &sql).await, expected, "{sql}");
+            assert_eq!(rows(&off, &sql).await, expected, "{sql}");
+        }
     }
 
-    // One phase: three groups of three files, each a run of ascending ranges, and the
+    // One phase: three groups of eight files, each a run of ascending ranges, and the
     // repartition (above the HAVING filter) gives the plan above the partitioning it had.
-    let plan = physical_plan(&on, &BIG_ORDERS.replace("{table}", "disjoint")).await;
+    let plan = physical_plan(&on, &big_orders_sql("disjoint", i64::MIN)).await;
     let scan = plan.lines().find(|l| l.contains("DataSourceExec")).unwrap();
     let groups: Vec<Vec<usize>> = scan
         .split("file_groups={3 groups: [")
@@ -185,16 +205,14 @@ async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
                 .collect()
         })
         .collect();
-    let key_rank = |file: usize| (file * 5) % 9;
     let ranks: Vec<Vec<usize>> = groups
         .iter()
-        .map(|g| g.iter().map(|f| key_rank(*f)).collect())
+        .map(|g| g.iter().map(|f| range_of(*f)).collect())
         .collect();
-    assert_eq!(
-        ranks,
-        vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]],
-        "{plan}"
-    );
+    let expected: Vec<Vec<usize>> = (0..3)
+        .map(|g| (g * 8..g * 8 + 8).map(|i| i / 2).collect())
+        .collect();
+    assert_eq!(ranks, expected, "{plan}");
     let filter_line = plan.lines().position(|l| l.contains("FilterExec")).unwrap();
     let hash_line = plan
         .lines()
