@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod ddl;
 mod decimal;
+mod filterorder;
 mod joinorder;
 mod onephase;
 mod semijoin;
@@ -50,6 +51,9 @@ datafusion::common::extensions_options! {
         /// Aggregate in one phase where the files hold disjoint ranges of a grouping
         /// column; false always aggregates in two phases.
         pub one_phase_aggregates: bool, default = true
+        /// Evaluate a filter's conditions most selective first where the column ranges
+        /// estimate it; false evaluates them in the order written.
+        pub order_filter_conditions: bool, default = true
     }
 }
 
@@ -215,6 +219,7 @@ impl Engine {
             .with_analyzer_rule(Arc::new(shared::ShareRepeatedSubplans))
             .with_query_planner(Arc::new(shared::TarnQueryPlanner))
             .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
+            .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -1213,4 +1218,5 @@ pub(crate) fn test_state(
         .with_config(config)
         .with_query_planner(Arc::new(shared::TarnQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
+        .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
 }
