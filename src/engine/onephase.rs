@@ -25,8 +25,8 @@
 //! above has the partitioning DataFusion planned. Otherwise the plan is left as it was.
 //!
 //! Only bounds that are true bounds count: integer, decimal and date columns' footer
-//! ranges, and any non-float column's exact values (partition columns). Every file must
-//! report no nulls in that column (nulls would form one group in several partitions).
+//! ranges, and partition columns' values. Every file must report no nulls in that column
+//! (nulls would form one group in several partitions).
 //! `--datafusion-config tarn.one_phase_aggregates=false` turns the rule off.
 
 use std::cmp::Ordering;
@@ -232,7 +232,11 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
             None => *key,
         };
         let data_type = table.fields().get(column)?.data_type();
-        if let Some(groups) = split_by_range(&files, column, data_type, partitions) {
+        let kind = KeyKind::of(column, config.file_schema().fields().len(), data_type);
+        if matches!(kind, KeyKind::Untrusted) {
+            continue;
+        }
+        if let Some(groups) = split_by_range(&files, column, kind, partitions) {
             let mut regrouped = config.clone();
             regrouped.file_groups = groups;
             // A declared partitioning keeps each group's files in its partition: without
@@ -245,9 +249,10 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
     None
 }
 
-/// A file's range of one column, when its statistics prove it: no nulls, and bounds of a
-/// type whose footer ranges are true bounds (or exact values).
-fn range_of(file: &PartitionedFile, column: usize, data_type: &DataType) -> Option<Bounds> {
+/// A file's range of one column, when its statistics prove it: no nulls, and either a
+/// partition column (one value per file, from its path) or a type whose footer ranges are
+/// true bounds (integers, decimals, dates; strings may be truncated, floats have NaN).
+fn range_of(file: &PartitionedFile, column: usize, key: KeyKind) -> Option<Bounds> {
     let stats = file.statistics.as_ref()?.column_statistics.get(column)?;
     if !matches!(stats.null_count.get_value(), Some(0)) {
         return None;
@@ -256,28 +261,46 @@ fn range_of(file: &PartitionedFile, column: usize, data_type: &DataType) -> Opti
         (&stats.min_value, &stats.max_value),
         (Precision::Exact(_), Precision::Exact(_))
     );
-    let trusted = match data_type {
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => false,
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Date32
-        | DataType::Date64
-        | DataType::Decimal128(_, _)
-        | DataType::Decimal256(_, _) => true,
-        _ => exact,
-    };
-    if !trusted {
+    if !(matches!(key, KeyKind::Bounded) || (matches!(key, KeyKind::Partition) && exact)) {
         return None;
     }
     let min = stats.min_value.get_value()?.clone();
     let max = stats.max_value.get_value()?.clone();
     (min.partial_cmp(&max)? != Ordering::Greater).then_some(Bounds { min, max })
+}
+
+/// What a grouping column's file statistics can be trusted for.
+#[derive(Clone, Copy)]
+enum KeyKind {
+    /// A partition column: each file's value comes from its path.
+    Partition,
+    /// A file column of a type whose footer minimum and maximum are true bounds.
+    Bounded,
+    /// Any other column.
+    Untrusted,
+}
+
+impl KeyKind {
+    fn of(column: usize, file_columns: usize, data_type: &DataType) -> Self {
+        if column >= file_columns {
+            return KeyKind::Partition;
+        }
+        match data_type {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Decimal128(_, _)
+            | DataType::Decimal256(_, _) => KeyKind::Bounded,
+            _ => KeyKind::Untrusted,
+        }
+    }
 }
 
 struct Bounds {
@@ -290,12 +313,12 @@ struct Bounds {
 fn split_by_range(
     files: &[PartitionedFile],
     column: usize,
-    data_type: &DataType,
+    kind: KeyKind,
     partitions: usize,
 ) -> Option<Vec<FileGroup>> {
     let mut ranged: Vec<(Bounds, &PartitionedFile)> = files
         .iter()
-        .map(|f| range_of(f, column, data_type).map(|b| (b, f)))
+        .map(|f| range_of(f, column, kind).map(|b| (b, f)))
         .collect::<Option<_>>()?;
     let mut comparable = true;
     ranged.sort_by(|(a, _), (b, _)| {
