@@ -14,9 +14,9 @@
 //! interval analysis, the one its own row estimates use). Those conditions go first,
 //! each next one the one that keeps the fewest rows together with those before it, as long
 //! as they keep at most half the rows; the other conditions follow in the order written.
-//! Only comparisons are moved
-//! ahead, and a comparison of columns and constants cannot fail, so no condition is
-//! evaluated on a row where it could raise an error it did not raise before.
+//! Only comparisons are moved ahead, and a comparison of columns and constants cannot
+//! fail, so no condition is evaluated on a row where it could raise an error it did not
+//! raise before.
 //! `--datafusion-config tarn.order_filter_conditions=false` turns the rule off.
 
 use std::sync::Arc;
@@ -49,11 +49,7 @@ impl PhysicalOptimizerRule for OrderFilterConditions {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let enabled = config
-            .extensions
-            .get::<TarnOptions>()
-            .is_none_or(|o| o.order_filter_conditions);
-        if !enabled {
+        if !TarnOptions::get(config, |o| o.order_filter_conditions) {
             return Ok(plan);
         }
         plan.transform_up(|node| {

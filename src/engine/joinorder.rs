@@ -83,12 +83,7 @@ impl OptimizerRule for ReorderJoins {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let enabled = config
-            .options()
-            .extensions
-            .get::<TarnOptions>()
-            .is_none_or(|o| o.reorder_joins);
-        if !enabled {
+        if !TarnOptions::get(&config.options(), |o| o.reorder_joins) {
             return Ok(Transformed::no(plan));
         }
         reorder(plan)

@@ -61,6 +61,16 @@ impl datafusion::common::config::ConfigExtension for TarnOptions {
     const PREFIX: &'static str = "tarn";
 }
 
+impl TarnOptions {
+    /// The setting `pick` reads from `config` (its default where Tarn's options are absent).
+    pub(crate) fn get(
+        config: &datafusion::common::config::ConfigOptions,
+        pick: impl FnOnce(&TarnOptions) -> bool,
+    ) -> bool {
+        config.extensions.get::<TarnOptions>().is_none_or(pick)
+    }
+}
+
 /// Name of the DataFusion catalog that holds Tarn's databases.
 pub const CATALOG_NAME: &str = "tarn";
 /// The database unqualified table names resolve in.

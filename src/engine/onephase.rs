@@ -70,11 +70,7 @@ impl PhysicalOptimizerRule for OnePhaseAggregate {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let enabled = config
-            .extensions
-            .get::<TarnOptions>()
-            .is_none_or(|o| o.one_phase_aggregates);
-        if !enabled {
+        if !TarnOptions::get(config, |o| o.one_phase_aggregates) {
             return Ok(plan);
         }
         plan.transform_up(|node| {

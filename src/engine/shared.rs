@@ -65,11 +65,7 @@ impl AnalyzerRule for ShareRepeatedSubplans {
     }
 
     fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
-        let enabled = config
-            .extensions
-            .get::<TarnOptions>()
-            .is_none_or(|o| o.share_subplans);
-        if !enabled {
+        if !TarnOptions::get(config, |o| o.share_subplans) {
             return Ok(plan);
         }
         let mut seen = Vec::new();
@@ -363,11 +359,8 @@ impl QueryPlanner for TarnQueryPlanner {
             Some(state) if stripped => state.optimizer().optimize(plan, state, |_, _| {})?,
             _ => plan,
         };
-        let fast_decimals = session_state
-            .config_options()
-            .extensions
-            .get::<TarnOptions>()
-            .is_none_or(|o| o.decimal_fast_path);
+        let fast_decimals =
+            TarnOptions::get(session_state.config_options(), |o| o.decimal_fast_path);
         let plan = if fast_decimals {
             super::decimal::rewrite(plan)?
         } else {
