@@ -284,3 +284,32 @@ async fn a_filter_evaluates_its_most_selective_range_first() {
     assert_eq!(rows(&on, sql).await, expected);
     assert_eq!(rows(&off, sql).await, expected);
 }
+
+#[tokio::test]
+async fn grouping_by_a_partition_column_is_one_phase() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    // Six regions (a string partition column), the same order keys in each.
+    let mut lines = Vec::new();
+    for region in ["north", "south", "east", "west", "up", "down"] {
+        let written = write_lines(&lake.join(format!("sales/region={region}")), 1, |_| 0, None);
+        lines.extend(written.into_iter().map(|(_, q)| (region, q)));
+    }
+    env.crawl(&lake).await;
+    let sql = "SELECT region, count(*), sum(quantity) FROM sales GROUP BY region ORDER BY region";
+    let on = engine_with(&env, &[]);
+    let plan = physical_plan(&on, sql).await;
+    assert!(plan.contains("mode=SinglePartitioned"), "{plan}");
+    assert!(!plan.contains("mode=FinalPartitioned"), "{plan}");
+    let mut expected: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (region, quantity) in lines {
+        let entry = expected.entry(region).or_default();
+        entry.0 += 1;
+        entry.1 += quantity;
+    }
+    let expected: Vec<Vec<String>> = expected
+        .into_iter()
+        .map(|(r, (n, q))| vec![r.to_string(), n.to_string(), q.to_string()])
+        .collect();
+    assert_eq!(rows(&on, sql).await, expected);
+}
