@@ -30,6 +30,7 @@
 //! `--datafusion-config tarn.one_phase_aggregates=false` turns the rule off.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
@@ -201,12 +202,11 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
         return None;
     }
     // Every file once, whole (DataFusion may have split a file into byte ranges).
+    // A set, not a scan of the list: a table may have thousands of files.
+    let mut seen = HashSet::new();
     let mut files: Vec<PartitionedFile> = Vec::new();
     for file in config.file_groups.iter().flat_map(|g| g.iter()) {
-        if !files
-            .iter()
-            .any(|f| f.object_meta.location == file.object_meta.location)
-        {
+        if seen.insert(&file.object_meta.location) {
             let mut whole = file.clone();
             whole.range = None;
             files.push(whole);
@@ -393,7 +393,8 @@ fn filter_below_repartition(
         .input()
         .downcast_ref::<AggregateExec>()
         .is_some_and(|a| *a.mode() == AggregateMode::SinglePartitioned);
-    if !below_is_ours || repartition.preserve_order() {
+    // A filter with a row limit stays where it is: below, the limit would apply per input.
+    if !below_is_ours || repartition.preserve_order() || filter.fetch().is_some() {
         return Ok(None);
     }
     // The hash columns, as columns of the filter's output.
