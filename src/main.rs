@@ -6,8 +6,20 @@ use tarn::config::Cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> std::process::ExitCode {
+    // Checked before the runtime starts, so as little code as possible runs first.
+    if let Some(missing) = missing_cpu_features() {
+        eprintln!(
+            "error: this tarn binary was built for x86-64-v3, and this CPU lacks {missing}; \
+             build it for this CPU with RUSTFLAGS=\"-C target-cpu=native\" cargo build --release"
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
@@ -45,4 +57,25 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The instruction-set extensions the binary was compiled to use that this CPU does not
+/// have (see `.cargo/config.toml`), so a binary copied to an older machine stops with a
+/// message instead of an illegal-instruction crash in the middle of a query.
+fn missing_cpu_features() -> Option<String> {
+    #[allow(unused_mut)]
+    let mut missing: Vec<&str> = Vec::new();
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        missing.push("AVX2");
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "bmi2"))]
+    if !std::arch::is_x86_feature_detected!("bmi2") {
+        missing.push("BMI2");
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "fma"))]
+    if !std::arch::is_x86_feature_detected!("fma") {
+        missing.push("FMA");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
