@@ -15,10 +15,14 @@
 //! over a hash repartition of a partial aggregation whose input is a Parquet scan reached
 //! through projections and filters only, and a grouping column that is a column of that
 //! scan. It orders the scan's files by their minimum of that column (from the catalog)
-//! and cuts them into as many groups as the scan had partitions, at points where every
-//! file before the cut ends below every file after it, with group sizes within a quarter
-//! of an even split. When such cuts exist, the scan reads those groups and the two phases
-//! become one (`SinglePartitioned`). The scan declares its partitioning, which stops
+//! and cuts them into groups at points where every file before the cut ends below every
+//! file after it, with group sizes within a quarter of an even split. It makes the groups
+//! as small as the cuts allow (up to one per file, at most [`MAX_GROUPS_PER_PARTITION`]
+//! per target partition, and never fewer than the scan had partitions): each group is
+//! aggregated in its own hash table, and the smaller the table, the more of it stays in
+//! the CPU's caches as it grows (TPC-H Q18 at SF10: 20 groups took a quarter less time
+//! than 2). When such cuts exist, the scan reads those groups and
+//! the two phases become one (`SinglePartitioned`). The scan declares its partitioning, which stops
 //! DataFusion's scan from letting a partition that runs out of files take another's (a key
 //! in files of two partitions would become two groups). The hash repartition moves above
 //! the aggregation (and above a filter that follows it, such as a `HAVING`), so the plan
@@ -60,6 +64,10 @@ const RECOMPUTE: ReplaceChildrenOptions =
 
 /// How far the largest group may be above an even split of the bytes.
 const MAX_SKEW: f64 = 1.25;
+
+/// The most file groups per target partition. The groups' scans and aggregations all run
+/// at once, so this bounds the scans in flight (each holds a row group's pages).
+const MAX_GROUPS_PER_PARTITION: usize = 16;
 
 /// The rule; see the module documentation.
 #[derive(Debug, Default)]
@@ -232,7 +240,16 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
         if matches!(kind, KeyKind::Untrusted) {
             continue;
         }
-        if let Some(groups) = split_by_range(&files, column, kind, partitions) {
+        // The most groups the cuts allow, halving the count down to the scan's
+        // partitions until the groups are even enough.
+        let most = files
+            .len()
+            .min(partitions.saturating_mul(MAX_GROUPS_PER_PARTITION));
+        let mut counts = std::iter::successors(Some(most), |n| Some(n / 2))
+            .take_while(|n| *n > partitions)
+            .chain(std::iter::once(partitions));
+        if let Some(groups) = counts.find_map(|count| split_by_range(&files, column, kind, count)) {
+            let partitions = groups.len();
             let mut regrouped = config.clone();
             regrouped.file_groups = groups;
             // A declared partitioning keeps each group's files in its partition: without
@@ -304,7 +321,7 @@ struct Bounds {
     max: ScalarValue,
 }
 
-/// `files` cut into `partitions` groups of ascending, disjoint ranges of `column`, their
+/// `files` cut into `partitions` groups (at least 2) of ascending, disjoint ranges of `column`, their
 /// sizes within [`MAX_SKEW`] of an even split, or `None`.
 fn split_by_range(
     files: &[PartitionedFile],
