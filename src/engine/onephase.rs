@@ -21,8 +21,8 @@
 //! per target partition, and never fewer than the scan had partitions): each group is
 //! aggregated in its own hash table, and the smaller the table, the more of it stays in
 //! the CPU's caches as it grows (TPC-H Q18 at SF10: 20 groups took a quarter less time
-//! than 2). When such cuts exist, the scan reads those groups and
-//! the two phases become one (`SinglePartitioned`). The scan declares its partitioning, which stops
+//! than 2). When such cuts exist, the scan reads those groups and the two phases become
+//! one (`SinglePartitioned`). The scan declares its partitioning, which stops
 //! DataFusion's scan from letting a partition that runs out of files take another's (a key
 //! in files of two partitions would become two groups). The hash repartition moves above
 //! the aggregation (and above a filter that follows it, such as a `HAVING`), so the plan
@@ -321,8 +321,8 @@ struct Bounds {
     max: ScalarValue,
 }
 
-/// `files` cut into `partitions` groups (at least 2) of ascending, disjoint ranges of `column`, their
-/// sizes within [`MAX_SKEW`] of an even split, or `None`.
+/// `files` cut into `partitions` groups (at least 2) of ascending, disjoint ranges of
+/// `column`, their sizes within [`MAX_SKEW`] of an even split, or `None`.
 fn split_by_range(
     files: &[PartitionedFile],
     column: usize,
