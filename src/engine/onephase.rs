@@ -223,6 +223,9 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
     if files.len() < partitions {
         return None;
     }
+    let most = files
+        .len()
+        .min(partitions.saturating_mul(MAX_GROUPS_PER_PARTITION));
     let table = config.file_source.table_schema().table_schema();
     for key in keys {
         // The scan's output column `key`, as a column of the table.
@@ -240,15 +243,15 @@ fn regroup(config: &FileScanConfig, keys: &[usize]) -> Option<FileScanConfig> {
         if matches!(kind, KeyKind::Untrusted) {
             continue;
         }
+        let Some(cuts) = Cuts::of(&files, column, kind) else {
+            continue;
+        };
         // The most groups the cuts allow, halving the count down to the scan's
         // partitions until the groups are even enough.
-        let most = files
-            .len()
-            .min(partitions.saturating_mul(MAX_GROUPS_PER_PARTITION));
         let mut counts = std::iter::successors(Some(most), |n| Some(n / 2))
             .take_while(|n| *n > partitions)
             .chain(std::iter::once(partitions));
-        if let Some(groups) = counts.find_map(|count| split_by_range(&files, column, kind, count)) {
+        if let Some(groups) = counts.find_map(|count| cuts.groups(count)) {
             let partitions = groups.len();
             let mut regrouped = config.clone();
             regrouped.file_groups = groups;
@@ -321,75 +324,96 @@ struct Bounds {
     max: ScalarValue,
 }
 
-/// `files` cut into `partitions` groups (at least 2) of ascending, disjoint ranges of
-/// `column`, their sizes within [`MAX_SKEW`] of an even split, or `None`.
-fn split_by_range(
-    files: &[PartitionedFile],
-    column: usize,
-    kind: KeyKind,
-    partitions: usize,
-) -> Option<Vec<FileGroup>> {
-    let mut ranged: Vec<(Bounds, &PartitionedFile)> = files
-        .iter()
-        .map(|f| range_of(f, column, kind).map(|b| (b, f)))
-        .collect::<Option<_>>()?;
-    let mut comparable = true;
-    ranged.sort_by(|(a, _), (b, _)| {
-        a.min
-            .partial_cmp(&b.min)
-            .or_else(|| {
-                comparable = false;
-                None
-            })
-            .unwrap_or(Ordering::Equal)
-    });
-    if !comparable {
-        return None;
-    }
-    // A cut may go before file i when every file before it ends below its minimum.
-    let mut cuts: Vec<(usize, u64)> = Vec::new(); // (position, bytes before it)
-    let mut highest = ranged[0].0.max.clone();
-    let mut bytes = ranged[0].1.object_meta.size;
-    for (i, (bounds, file)) in ranged.iter().enumerate().skip(1) {
-        if highest.partial_cmp(&bounds.min)? == Ordering::Less {
-            cuts.push((i, bytes));
-        }
-        if bounds.max.partial_cmp(&highest)? == Ordering::Greater {
-            highest = bounds.max.clone();
-        }
-        bytes += file.object_meta.size;
-    }
-    let total = bytes.max(1);
-    // For each even-split target, the nearest cut after the previous one.
-    let mut chosen: Vec<usize> = Vec::with_capacity(partitions - 1);
-    let mut next = 0;
-    for k in 1..partitions {
-        let target = total as f64 * k as f64 / partitions as f64;
-        let remaining = partitions - 1 - k;
-        let candidates = cuts.get(next..cuts.len().checked_sub(remaining)?)?;
-        let (offset, _) = candidates.iter().enumerate().min_by(|(_, a), (_, b)| {
-            (a.1 as f64 - target)
-                .abs()
-                .total_cmp(&(b.1 as f64 - target).abs())
-        })?;
-        chosen.push(cuts[next + offset].0);
-        next += offset + 1;
-    }
-    let mut groups = Vec::with_capacity(partitions);
-    let mut start = 0;
-    for end in chosen.into_iter().chain(std::iter::once(ranged.len())) {
-        let group: Vec<PartitionedFile> = ranged[start..end]
+/// A table's files in ascending order of one column's ranges, and where they may be cut
+/// into groups of disjoint ranges.
+struct Cuts<'a> {
+    /// The files, by their minimum of the column.
+    ranged: Vec<&'a PartitionedFile>,
+    /// (position, bytes before it): a cut may go before the file at `position`.
+    cuts: Vec<(usize, u64)>,
+    /// All the files' bytes (at least 1).
+    total: u64,
+}
+
+impl<'a> Cuts<'a> {
+    /// `files` ordered by their ranges of `column`, or `None` when a file's range is not
+    /// known to be a true bound or two ranges do not compare.
+    fn of(files: &'a [PartitionedFile], column: usize, kind: KeyKind) -> Option<Self> {
+        let mut ranged: Vec<(Bounds, &PartitionedFile)> = files
             .iter()
-            .map(|(_, f)| (*f).clone())
-            .collect();
-        let size: u64 = group.iter().map(|f| f.object_meta.size).sum();
-        if group.is_empty() || size as f64 > MAX_SKEW * total as f64 / partitions as f64 {
+            .map(|f| range_of(f, column, kind).map(|b| (b, f)))
+            .collect::<Option<_>>()?;
+        let mut comparable = true;
+        ranged.sort_by(|(a, _), (b, _)| {
+            a.min
+                .partial_cmp(&b.min)
+                .or_else(|| {
+                    comparable = false;
+                    None
+                })
+                .unwrap_or(Ordering::Equal)
+        });
+        if !comparable {
             return None;
         }
-        groups.push(FileGroup::new(group));
-        start = end;
+        // A cut may go before file i when every file before it ends below its minimum.
+        let mut cuts: Vec<(usize, u64)> = Vec::new();
+        let (first, _) = ranged.first()?;
+        let mut highest = first.max.clone();
+        let mut bytes = 0;
+        for (i, (bounds, file)) in ranged.iter().enumerate() {
+            if i > 0 {
+                if highest.partial_cmp(&bounds.min)? == Ordering::Less {
+                    cuts.push((i, bytes));
+                }
+                if bounds.max.partial_cmp(&highest)? == Ordering::Greater {
+                    highest = bounds.max.clone();
+                }
+            }
+            bytes += file.object_meta.size;
+        }
+        Some(Cuts {
+            ranged: ranged.into_iter().map(|(_, f)| f).collect(),
+            cuts,
+            total: bytes.max(1),
+        })
     }
-    Some(groups)
+
+    /// The files cut into `count` groups (at least 2) of ascending, disjoint ranges, their
+    /// sizes within [`MAX_SKEW`] of an even split, or `None`.
+    fn groups(&self, count: usize) -> Option<Vec<FileGroup>> {
+        let (cuts, total) = (&self.cuts, self.total as f64);
+        // For each even-split target, the nearest cut after the previous one.
+        let mut chosen: Vec<usize> = Vec::with_capacity(count - 1);
+        let mut next = 0;
+        for k in 1..count {
+            let target = total * k as f64 / count as f64;
+            let remaining = count - 1 - k;
+            let candidates = cuts.get(next..cuts.len().checked_sub(remaining)?)?;
+            let (offset, _) = candidates.iter().enumerate().min_by(|(_, a), (_, b)| {
+                (a.1 as f64 - target)
+                    .abs()
+                    .total_cmp(&(b.1 as f64 - target).abs())
+            })?;
+            chosen.push(cuts[next + offset].0);
+            next += offset + 1;
+        }
+        let mut groups = Vec::with_capacity(count);
+        let mut start = 0;
+        for end in chosen.into_iter().chain(std::iter::once(self.ranged.len())) {
+            let group: Vec<PartitionedFile> = self.ranged[start..end]
+                .iter()
+                .map(|f| (*f).clone())
+                .collect();
+            let size: u64 = group.iter().map(|f| f.object_meta.size).sum();
+            if group.is_empty() || size as f64 > MAX_SKEW * total / count as f64 {
+                return None;
+            }
+            groups.push(FileGroup::new(group));
+            start = end;
+        }
+        Some(groups)
+    }
 }
 
 /// `Filter ← Repartition(hash) ← SinglePartitioned aggregation` (as [`one_phase`] left
