@@ -186,18 +186,27 @@ impl DecimalArithmetic {
     }
 }
 
-/// The largest absolute value among the operand's values, including any under nulls
+/// A bound on the absolute values of the operand's values, including any under nulls
 /// (they are computed too, and wrapping cannot fail); `None` for a null scalar.
+///
+/// For an array it is less than twice the largest absolute value: one more than the
+/// bitwise OR of the values' magnitudes in ones' complement (`v ^ (v >> 127)`, which is
+/// `|v|` for `v >= 0` and `|v| - 1` below). ORs of 64-bit words vectorise where a
+/// minimum and maximum of 128-bit integers does not.
 fn bound(value: &ColumnarValue) -> Option<u128> {
     match value {
         ColumnarValue::Scalar(ScalarValue::Decimal128(v, _, _)) => v.map(i128::unsigned_abs),
         ColumnarValue::Scalar(_) => None,
         ColumnarValue::Array(array) => {
+            // Each value as its low and high 64-bit words (Arrow's buffers are little
+            // endian), the high word's sign flipping both.
             let values = array.as_primitive_opt::<Decimal128Type>()?.values();
-            let (lo, hi) = values
-                .iter()
-                .fold((0i128, 0i128), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            Some(lo.unsigned_abs().max(hi.unsigned_abs()))
+            let (pairs, _) = values.inner().typed_data::<u64>().as_chunks::<2>();
+            let (low, high) = pairs.iter().fold((0u64, 0u64), |(low, high), [l, h]| {
+                let sign = ((*h as i64) >> 63) as u64;
+                (low | (l ^ sign), high | (h ^ sign))
+            });
+            ((u128::from(high) << 64) | u128::from(low)).checked_add(1)
         }
     }
 }
@@ -413,6 +422,32 @@ mod tests {
             return_field: Arc::new(Field::new("r", f.result.clone(), true)),
             config_options: Default::default(),
         })
+    }
+
+    #[test]
+    fn an_arrays_bound_is_at_least_its_largest_magnitude_and_under_twice_it() {
+        let extremes = [i128::MIN, i128::MIN + 1, -1, 0, 1, i128::MAX];
+        let mut cases: Vec<Vec<i128>> = extremes.iter().map(|v| vec![*v]).collect();
+        cases.push(vec![-5, 3, 0]);
+        cases.push(vec![4, -4]);
+        cases.push(vec![]);
+        for digits in [2, 9, 18, 30, 38] {
+            cases.push(decimals(257, digits, 38, 0, u64::from(digits)).values().to_vec());
+        }
+        for values in cases {
+            // The whole array, and a slice past its first value (an offset buffer).
+            let array = Decimal128Array::from(values.clone());
+            let skip = values.len().min(1);
+            for (array, values) in [
+                (array.clone(), &values[..]),
+                (array.slice(skip, values.len() - skip), &values[skip..]),
+            ] {
+                let largest = values.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+                let bound = bound(&ColumnarValue::Array(Arc::new(array))).expect("array");
+                assert!(bound >= largest, "{values:?}: {bound} < {largest}");
+                assert!(bound <= largest.saturating_mul(2).max(1), "{values:?}: {bound}");
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod ddl;
 mod decimal;
 mod filterorder;
 mod joinorder;
+mod narrow;
 mod onephase;
 mod semijoin;
 mod shared;
@@ -54,6 +55,9 @@ datafusion::common::extensions_options! {
         /// Evaluate a filter's conditions most selective first where the column ranges
         /// estimate it; false evaluates them in the order written.
         pub order_filter_conditions: bool, default = true
+        /// Evaluate each of a filter's conditions on the rows the ones before it kept;
+        /// false leaves it to DataFusion's `AND`.
+        pub narrow_filter_conditions: bool, default = true
     }
 }
 
@@ -230,6 +234,7 @@ impl Engine {
             .with_query_planner(Arc::new(shared::TarnQueryPlanner))
             .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
             .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
+            .with_physical_optimizer_rule(Arc::new(narrow::NarrowFilterConditions))
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -1229,4 +1234,5 @@ pub(crate) fn test_state(
         .with_query_planner(Arc::new(shared::TarnQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
         .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
+        .with_physical_optimizer_rule(Arc::new(narrow::NarrowFilterConditions))
 }
