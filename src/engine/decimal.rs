@@ -432,7 +432,11 @@ mod tests {
         cases.push(vec![4, -4]);
         cases.push(vec![]);
         for digits in [2, 9, 18, 30, 38] {
-            cases.push(decimals(257, digits, 38, 0, u64::from(digits)).values().to_vec());
+            cases.push(
+                decimals(257, digits, 38, 0, u64::from(digits))
+                    .values()
+                    .to_vec(),
+            );
         }
         for values in cases {
             // The whole array, and a slice past its first value (an offset buffer).
@@ -445,7 +449,10 @@ mod tests {
                 let largest = values.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
                 let bound = bound(&ColumnarValue::Array(Arc::new(array))).expect("array");
                 assert!(bound >= largest, "{values:?}: {bound} < {largest}");
-                assert!(bound <= largest.saturating_mul(2).max(1), "{values:?}: {bound}");
+                assert!(
+                    bound <= largest.saturating_mul(2).max(1),
+                    "{values:?}: {bound}"
+                );
             }
         }
     }

@@ -342,10 +342,9 @@ mod tests {
         let c = |name: &str| col(name, &schema).expect("column");
         let cmp = |l, op, r| binary(l, op, r, &schema).expect("comparison");
         let rows = batch.num_rows();
-        let mut narrowed_somewhere = false;
         // The first condition keeps from none to all of the rows.
         for bound in [0i64, 1, 10, 50, 200, 250, 500, 999, 1000] {
-            let conditions = vec![
+            let conditions = [
                 cmp(c("a"), Operator::Lt, lit(bound)),
                 cmp(c("b"), Operator::GtEq, lit(20i64)),
                 cmp(
@@ -369,10 +368,8 @@ mod tests {
                 };
                 assert_eq!(got.null_count(), 0);
                 assert_eq!(got, expected, "a < {bound}, {n} conditions");
-                narrowed_somewhere |= bound > 0 && (bound as f64) < 1000.0 * NARROW_BELOW;
             }
         }
-        assert!(narrowed_somewhere);
     }
 
     #[test]
