@@ -1,6 +1,8 @@
 """TPC-H benchmark: the 22 queries through Tarn's Flight SQL server (ADBC client), DataFusion
 in-process with default settings (`cargo bench --bench tpch`), and DuckDB, on the same
-Parquet files, in the same run.
+Parquet files, in the same run. Tarn's engine also runs in-process on the same catalog
+(`cargo bench --bench tpch -- tarn:…`): the same plans without the server, so the ratio of
+the two is what Flight SQL adds.
 
 Run with `scripts/bench-tpch [--scale 1 --scale 10] [--runs 5] [--query N …]`: it builds
 the release binaries and the Python clients, generates the data with `tpchgen-cli` (kept
@@ -122,13 +124,15 @@ def run_tarn(args, data: Path, scale: float, queries):
     return results, peak
 
 
-def run_datafusion(args, data: Path, scale: float, queries):
+def run_in_process(args, data: str, scale: float, queries, label: str):
+    """`cargo bench --bench tpch` on `data` (a folder of tables, or `tarn:` and a Tarn data
+    directory); per-query results and the process's peak memory."""
     out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "tpch", "--", str(data), str(QUERIES),
+        ["cargo", "bench", "--quiet", "--bench", "tpch", "--", data, str(QUERIES),
          f"{scale:g}", str(args.runs), *map(str, queries)],
         cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(f"DataFusion run failed: {out.stderr[-2000:]}")
+        sys.exit(f"{label} run failed: {out.stderr[-2000:]}")
     results, peak = {}, 0
     for line in out.stdout.splitlines():
         if not line.startswith("{"):
@@ -139,7 +143,7 @@ def run_datafusion(args, data: Path, scale: float, queries):
         else:
             row["first"] = normalise_row(row["first"])
             results[row["query"]] = row
-            print(f"  DataFusion Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
+            print(f"  {label} Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
                   flush=True)
     return results, peak
 
@@ -191,42 +195,48 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def report(scale, queries, tarn, datafusion, duck, peaks, runs) -> str:
+def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
     lines = [
         f"# TPC-H SF{scale:g}: Tarn (Flight SQL, ADBC) vs DataFusion in-process vs DuckDB",
         "",
         f"{os.cpu_count()} cores; one cold run and {runs} warm runs per query; "
-        "times in ms (warm median / p95, cold); ratios of warm medians.",
+        "times in ms (warm median / p95, cold); ratios of warm medians. Tarn in-process is "
+        "Tarn's engine on the same catalog without the server: Tarn / Tarn in-process is "
+        "what Flight SQL adds.",
         "",
-        "| query | Tarn | DataFusion | DuckDB | Tarn / DuckDB | Tarn / DataFusion | answers |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| query | Tarn | Tarn in-process | DataFusion | DuckDB | Tarn / DuckDB "
+        "| Tarn / DataFusion | Tarn / Tarn in-process | answers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    sums = {"tarn": 0.0, "df": 0.0, "duck": 0.0}
-    medians = {"tarn": [], "df": [], "duck": []}
+    engines = {"tarn": tarn, "local": local, "df": datafusion, "duck": duck}
+    sums = {key: 0.0 for key in engines}
+    medians = {key: [] for key in engines}
     behind = []
     for q in queries:
-        t, d, k = stats(tarn[q]["ms"]), stats(datafusion[q]["ms"]), stats(duck[q]["ms"])
-        for key, s in (("tarn", t), ("df", d), ("duck", k)):
+        st = {key: stats(res[q]["ms"]) for key, res in engines.items()}
+        for key, s in st.items():
             sums[key] += s[0]
             medians[key].append(s[0])
-        same = (tarn[q]["rows"] == datafusion[q]["rows"] == duck[q]["rows"]
-                and tarn[q]["first"] == datafusion[q]["first"] == duck[q]["first"])
-        if t[0] > k[0]:
+        same = (len({res[q]["rows"] for res in engines.values()}) == 1
+                and len({res[q]["first"] for res in engines.values()}) == 1)
+        t, k = st["tarn"][0], st["duck"][0]
+        if t > k:
             behind.append(f"Q{q}")
+        cells = " | ".join(f"{s[0]:.0f} / {s[1]:.0f}, {s[2]:.0f}" for s in st.values())
         lines.append(
-            f"| Q{q} | {t[0]:.0f} / {t[1]:.0f}, {t[2]:.0f} | {d[0]:.0f} / {d[1]:.0f}, {d[2]:.0f} "
-            f"| {k[0]:.0f} / {k[1]:.0f}, {k[2]:.0f} | {t[0] / k[0]:.2f} | {t[0] / d[0]:.2f} | "
-            f"{'same' if same else 'DIFFER'} |")
-    lines.append(
-        f"| **sum** | {sums['tarn']:.0f} | {sums['df']:.0f} | {sums['duck']:.0f} | "
-        f"{sums['tarn'] / sums['duck']:.2f} | {sums['tarn'] / sums['df']:.2f} | |")
-    g = {k: geomean(v) for k, v in medians.items()}
-    lines.append(
-        f"| **geometric mean** | {g['tarn']:.0f} | {g['df']:.0f} | {g['duck']:.0f} | "
-        f"{g['tarn'] / g['duck']:.2f} | {g['tarn'] / g['df']:.2f} | |")
+            f"| Q{q} | {cells} | {t / k:.2f} | {t / st['df'][0]:.2f} | "
+            f"{t / st['local'][0]:.2f} | {'same' if same else 'DIFFER'} |")
+
+    def totals(label, v):
+        return (f"| **{label}** | {v['tarn']:.0f} | {v['local']:.0f} | {v['df']:.0f} | "
+                f"{v['duck']:.0f} | {v['tarn'] / v['duck']:.2f} | {v['tarn'] / v['df']:.2f} | "
+                f"{v['tarn'] / v['local']:.2f} | |")
+    lines.append(totals("sum", sums))
+    lines.append(totals("geometric mean", {k: geomean(v) for k, v in medians.items()}))
     lines.append(
         f"| **peak memory (MB)** | {peaks['tarn'] / 1024:.0f} (server) | "
-        f"{peaks['df'] / 1024:.0f} | {peaks['duck'] / 1024:.0f} | | | |")
+        f"{peaks['local'] / 1024:.0f} | {peaks['df'] / 1024:.0f} | {peaks['duck'] / 1024:.0f} "
+        "| | | | |")
     lines += ["", f"Behind DuckDB: {', '.join(behind) if behind else 'none'}.", ""]
     return "\n".join(lines)
 
@@ -283,12 +293,15 @@ def main() -> None:
             print(f"Tarn SF{scale:g}: sum {sum(medians):.0f} ms, geometric mean "
                   f"{geomean(medians):.0f} ms, peak {tarn_peak / 1024:.0f} MB")
             continue
+        print(f"SF{scale:g}: Tarn in-process", flush=True)
+        tarn_dir = f"tarn:{Path(args.work_dir) / f'tarn-sf{scale:g}'}"
+        local, local_peak = run_in_process(args, tarn_dir, scale, queries, "Tarn in-process")
         print(f"SF{scale:g}: DataFusion in-process", flush=True)
-        datafusion, df_peak = run_datafusion(args, data, scale, queries)
+        datafusion, df_peak = run_in_process(args, str(data), scale, queries, "DataFusion")
         print(f"SF{scale:g}: DuckDB", flush=True)
         duck, duck_peak = run_duckdb(args, data, scale, queries)
-        peaks = {"tarn": tarn_peak, "df": df_peak, "duck": duck_peak}
-        text = report(scale, queries, tarn, datafusion, duck, peaks, args.runs)
+        peaks = {"tarn": tarn_peak, "local": local_peak, "df": df_peak, "duck": duck_peak}
+        text = report(scale, queries, tarn, local, datafusion, duck, peaks, args.runs)
         name = f"tpch-sf{scale:g}"
         (RESULTS / f"{name}.md").write_text(text)
         chart(scale, queries, tarn, datafusion, duck, RESULTS / f"{name}.png")

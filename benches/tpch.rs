@@ -1,18 +1,25 @@
-//! TPC-H with DataFusion in-process, default settings: the baseline `benches/tpch.py` sets
-//! beside Tarn's Flight SQL server and DuckDB on the same files.
+//! TPC-H in-process: DataFusion with default settings, the baseline `benches/tpch.py` sets
+//! beside Tarn's Flight SQL server and DuckDB on the same files; and Tarn's own engine
+//! without its server, which measures what Flight SQL adds.
 //!
 //! `cargo bench --bench tpch -- DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY…]` registers
-//! every folder of `DATA_DIR` as a Parquet table, runs each query once cold and
-//! `WARM_RUNS` times warm, and prints one JSON object per query
+//! every folder of `DATA_DIR` as a Parquet table in a DataFusion session; with
+//! `tarn:TARN_DATA_DIR` instead, it opens that Tarn data directory's catalog as `tarn sql`
+//! does (no result cache). It runs each query once cold and `WARM_RUNS` times warm, and
+//! prints one JSON object per query
 //! (`{"query": 1, "ms": [cold, warm…], "rows": 4, "first": "…"}`), then
 //! `{"peak_rss_kb": …}`.
 
 use std::path::Path;
 use std::time::Instant;
 
+use clap::Parser;
+
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use mimalloc::MiMalloc;
+use tarn::cli::Context;
+use tarn::config::Cli;
 
 // The allocator Tarn's binary uses, so the comparison is of the engines.
 #[global_allocator]
@@ -38,16 +45,25 @@ async fn main() -> Result<(), Failure> {
     };
     let scale: f64 = scale.parse()?;
     let runs: usize = runs.parse()?;
-    let ctx = SessionContext::new();
-    for entry in std::fs::read_dir(data)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = format!("{}/", entry.path().display());
-            ctx.register_parquet(&name, &path, ParquetReadOptions::default())
-                .await?;
+    let engine = match data.strip_prefix("tarn:") {
+        Some(dir) => {
+            let cli = Cli::try_parse_from(["tarn", "--data-dir", dir, "sql", ""])?;
+            Engine::Tarn(Box::new(Context::open(&cli).await?))
         }
-    }
+        None => {
+            let ctx = SessionContext::new();
+            for entry in std::fs::read_dir(data)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let path = format!("{}/", entry.path().display());
+                    ctx.register_parquet(&name, &path, ParquetReadOptions::default())
+                        .await?;
+                }
+            }
+            Engine::DataFusion(ctx)
+        }
+    };
     let selected: Vec<usize> = if only.is_empty() {
         (1..=22).collect()
     } else {
@@ -60,7 +76,10 @@ async fn main() -> Result<(), Failure> {
         let mut first = String::new();
         for _ in 0..=runs {
             let started = Instant::now();
-            let batches = ctx.sql(&sql).await?.collect().await?;
+            let batches = match &engine {
+                Engine::DataFusion(ctx) => ctx.sql(&sql).await?.collect().await?,
+                Engine::Tarn(ctx) => ctx.engine.query(&sql).await?.1,
+            };
             times.push(started.elapsed().as_secs_f64() * 1000.0);
             rows = batches.iter().map(|b| b.num_rows()).sum();
             first = first_row(&batches)?;
@@ -72,6 +91,12 @@ async fn main() -> Result<(), Failure> {
     }
     println!("{}", serde_json::json!({"peak_rss_kb": peak_rss_kb()}));
     Ok(())
+}
+
+/// What the queries run on.
+enum Engine {
+    DataFusion(SessionContext),
+    Tarn(Box<Context>),
 }
 
 /// The query's text with the scale-dependent parameter of Q11 substituted.
