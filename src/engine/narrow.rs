@@ -216,14 +216,14 @@ impl PhysicalExpr for NarrowingConjunction {
         let Some(positions) = positions else {
             return Ok(ColumnarValue::Array(Arc::new(mask)));
         };
-        // Back to a mask over `batch`: a bit for each position still kept.
+        // Back to a mask over `batch`: a bit for each position still kept. `mask` and
+        // `positions` are both over the rows in hand (one position per row), and every
+        // position is a row of `batch`, so neither index can be out of bounds.
         let mut bits = MutableBuffer::new_null(rows);
         let slice = bits.as_slice_mut();
-        let positions = positions.as_primitive::<UInt32Type>();
-        for (position, keep) in positions.values().iter().zip(mask.values().iter()) {
-            if keep {
-                arrow::util::bit_util::set_bit(slice, *position as usize);
-            }
+        let positions = positions.as_primitive::<UInt32Type>().values();
+        for kept in mask.values().set_indices() {
+            arrow::util::bit_util::set_bit(slice, positions[kept] as usize);
         }
         let buffer = BooleanBuffer::new(bits.into(), 0, rows);
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
