@@ -420,6 +420,7 @@ async fn main() {
                 footer_size: Some(512),
                 file_schema: Arc::clone(&schema),
                 stats: Default::default(),
+                stats_version: tarn::catalog::STATS_VERSION,
                 partition_values: vec![Some(day.to_string())],
                 partition_location: format!("big/day={day}"),
             }

@@ -25,7 +25,9 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::catalog::{FileEntry, PartitionColumn, PartitionEntry, PartitionType, TableCommit};
+use crate::catalog::{
+    FileEntry, PartitionColumn, PartitionEntry, PartitionType, STATS_VERSION, TableCommit,
+};
 use crate::crawler::footer::file_stats;
 use crate::crawler::layout::HIVE_NULL;
 use crate::crawler::schema::SchemaMerger;
@@ -391,6 +393,8 @@ async fn finish_file(
         footer_size: None,
         file_schema: Arc::clone(schema),
         stats: file_stats(&metadata, schema),
+        // Written here, not crawled: nothing to read again.
+        stats_version: STATS_VERSION,
         partition_values: open.values,
         partition_location: open.folder,
     };

@@ -110,10 +110,40 @@ pub struct ColumnStats {
     pub max: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub nulls: Option<u64>,
+    /// Distinct non-null values, counted from the dictionary pages of a column whose
+    /// every chunk is dictionary-encoded with a small dictionary (see the crawler's footer
+    /// reader); absent for other columns.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub distinct: Option<u64>,
 }
 
 /// Per-column statistics of a file, keyed by column name.
 pub type FileStats = BTreeMap<String, ColumnStats>;
+
+/// The version of the per-file statistics the crawler records; a re-crawl reads again the
+/// footer of a Parquet file recorded with an older one. 1: distinct counts of strings.
+pub const STATS_VERSION: i64 = 1;
+
+/// A column's distinct values over parts (a file's row groups, a table's files), from
+/// each part's `(distinct, rows)`. A part whose values repeat (few distinct values in many
+/// rows) is taken to hold values the other parts hold too, so the parts together hold the
+/// largest count; a part whose values are nearly all distinct, values no other part
+/// holds, so the sum; in between, in proportion: the larger of the largest count and the
+/// sum of `distinct² / rows`, and never more than the rows. A status column gives its
+/// handful of values however many files it spans; a name unique per row, the rows.
+pub fn combine_distinct(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
+    let (mut largest, mut spread, mut rows) = (0u64, 0f64, 0u64);
+    for (distinct, part_rows) in parts {
+        let distinct = distinct.min(part_rows);
+        largest = largest.max(distinct);
+        if part_rows > 0 {
+            spread += distinct as f64 * (distinct as f64 / part_rows as f64);
+        }
+        rows = rows.saturating_add(part_rows);
+    }
+    // `spread` is at most the sum of the rows, so the cast back is in range.
+    largest.max(spread.round() as u64).min(rows)
+}
 
 /// A data file as the catalog records it.
 #[derive(Debug, Clone)]
@@ -129,6 +159,9 @@ pub struct FileEntry {
     /// The file's own schema (its columns as written).
     pub file_schema: SchemaRef,
     pub stats: FileStats,
+    /// The version of the statistics `stats` holds ([`STATS_VERSION`] when they were read
+    /// by this build).
+    pub stats_version: i64,
     /// Raw partition values in the table's partition column order (`None` is NULL).
     pub partition_values: Vec<Option<String>>,
     /// Path of the partition folder the file is in (the table root when unpartitioned).
@@ -330,4 +363,23 @@ pub struct RollupRecord {
     pub created_at: String,
     /// RFC 3339; when the last refresh finished.
     pub refreshed_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combine_distinct;
+
+    #[test]
+    fn distinct_counts_combine_by_how_much_values_repeat() {
+        // A status in every part: the parts share their few values.
+        assert_eq!(combine_distinct([(3, 1_000_000); 60]), 3);
+        // Values unique within each part: the parts share none.
+        assert_eq!(combine_distinct([(5_000, 5_000), (5_000, 5_000)]), 10_000);
+        // Half the rows distinct in each part: between the largest count and the sum.
+        let half = combine_distinct([(500, 1_000), (500, 1_000)]);
+        assert!((500..1_000).contains(&half), "{half}");
+        // Never more than the rows; a part of no rows adds nothing.
+        assert_eq!(combine_distinct([(40, 25), (0, 0)]), 25);
+        assert_eq!(combine_distinct([]), 0);
+    }
 }

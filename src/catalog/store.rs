@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deferred_deletes",
         include_str!("../../catalog/migrations/0004_deferred_deletes.sql"),
     ),
+    (
+        5,
+        "stats_version",
+        include_str!("../../catalog/migrations/0005_stats_version.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -299,7 +304,8 @@ impl Catalog {
         }
         let rows = sqlx::query(
             r#"SELECT f.path, f.size, f.e_tag, f.last_modified, f.row_count, f.footer_size,
-                      f.file_schema_id, CASE WHEN ?2 THEN f.stats ELSE '{}' END, f.partition_id
+                      f.file_schema_id, CASE WHEN ?2 THEN f.stats ELSE '{}' END, f.partition_id,
+                      f.stats_version
                FROM data_files f
                WHERE f.table_id = ?1
                ORDER BY f.path"#,
@@ -339,6 +345,7 @@ impl Catalog {
                 footer_size: r.get::<Option<i64>, _>(5).map(|v| v as u64),
                 file_schema,
                 stats,
+                stats_version: r.get::<i64, _>(9),
                 partition_values,
                 partition_location,
                 path,
@@ -633,7 +640,8 @@ impl Catalog {
         {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO data_files (table_id, partition_id, path, size, e_tag, last_modified,
-                                         row_count, footer_size, file_schema_id, stats) ",
+                                         row_count, footer_size, file_schema_id, stats,
+                                         stats_version) ",
             );
             insert.push_values(
                 files.iter().zip(rows),
@@ -650,7 +658,8 @@ impl Catalog {
                         .push_bind(file.row_count as i64)
                         .push_bind(file.footer_size.map(|v| v as i64))
                         .push_bind(*schema_id)
-                        .push_bind(stats);
+                        .push_bind(stats)
+                        .push_bind(file.stats_version);
                 },
             );
             insert.push(
@@ -658,7 +667,8 @@ impl Catalog {
                    partition_id = excluded.partition_id, size = excluded.size,
                    e_tag = excluded.e_tag, last_modified = excluded.last_modified,
                    row_count = excluded.row_count, footer_size = excluded.footer_size,
-                   file_schema_id = excluded.file_schema_id, stats = excluded.stats",
+                   file_schema_id = excluded.file_schema_id, stats = excluded.stats,
+                   stats_version = excluded.stats_version",
             );
             insert.build().execute(&mut *tx).await?;
         }

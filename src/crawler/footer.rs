@@ -2,6 +2,7 @@
 //! statistics, without touching its data pages.
 
 use std::cmp::Ordering;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::make_comparator;
@@ -10,17 +11,22 @@ use arrow::compute::SortOptions;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::util::display::array_value_to_string;
+use bytes::{Buf, Bytes};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::{parquet_column, parquet_to_arrow_schema};
+use parquet::basic::Encoding;
+use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::{
-    ParquetMetaDataOptions, ParquetMetaDataReader, ParquetStatisticsPolicy,
+    ColumnChunkMetaData, ParquetMetaDataOptions, ParquetMetaDataReader, ParquetStatisticsPolicy,
 };
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::schema::types::SchemaDescriptor;
 
-use crate::catalog::{ColumnStats, FileStats};
+use crate::catalog::{ColumnStats, FileStats, combine_distinct};
 
 /// How much of a file's tail the first read fetches: most footers fit, so one request
 /// usually suffices; larger footers take a second, exact one.
@@ -29,6 +35,12 @@ const TAIL_HINT: u64 = 64 * 1024;
 /// The first read of a local file's tail: a read costs a system call, not a round trip,
 /// so a larger footer simply takes a second one, and small reads copy less.
 const LOCAL_TAIL_HINT: u64 = 16 * 1024;
+
+/// The largest dictionary page (header and compressed values) read to count a column's
+/// distinct values. The columns whose counts steer a plan (statuses, segments, the names
+/// of a few hundred things) have dictionaries of a few kilobytes; a column with a larger
+/// one is left uncounted rather than read.
+const MAX_DICTIONARY_PAGE: u64 = 64 * 1024;
 
 /// What a footer tells the catalog.
 #[derive(Debug, Clone)]
@@ -77,16 +89,25 @@ pub async fn read_footer(
         .map_err(FooterError::Store)?;
     let meta_len = metadata_len(&tail, size)?;
     let mut schemas = SchemaCache::default();
-    match metadata_in_tail(&tail, meta_len) {
-        Some(bytes) => decode(bytes, meta_len, &mut schemas),
+    let (mut footer, probes) = match metadata_in_tail(&tail, meta_len) {
+        Some(bytes) => decode(bytes, meta_len, &mut schemas)?,
         None => {
             let bytes = store
                 .get_range(path, size - 8 - meta_len..size - 8)
                 .await
                 .map_err(FooterError::Store)?;
-            decode(&bytes, meta_len, &mut schemas)
+            decode(&bytes, meta_len, &mut schemas)?
+        }
+    };
+    if !probes.is_empty() {
+        let ranges: Vec<Range<u64>> = probes.iter().map(|p| p.range.clone()).collect();
+        // Counts are an optimisation: a failed read leaves the columns uncounted.
+        match store.get_ranges(path, &ranges).await {
+            Ok(pages) => count_distinct(&mut footer, &probes, pages.into_iter().map(Some)),
+            Err(e) => tracing::debug!(%path, error = %e, "dictionary pages not read"),
         }
     }
+    Ok(footer)
 }
 
 /// A local Parquet file whose footer is to be read: where it is on disk, its listed size,
@@ -138,8 +159,8 @@ fn read_local_footer(
             },
         })
     };
-    let read_at = |offset: u64, out: &mut [u8]| -> std::io::Result<()> {
-        let mut file = std::fs::File::open(&f.file)?;
+    let mut file = std::fs::File::open(&f.file).map_err(io_error)?;
+    let mut read_at = |offset: u64, out: &mut [u8]| -> std::io::Result<()> {
         file.seek(SeekFrom::Start(offset))?;
         file.read_exact(out)
     };
@@ -147,14 +168,25 @@ fn read_local_footer(
     buf.resize(tail_len as usize, 0);
     read_at(f.size - tail_len, buf).map_err(io_error)?;
     let meta_len = metadata_len(buf, f.size)?;
-    match metadata_in_tail(buf, meta_len) {
-        Some(bytes) => decode(bytes, meta_len, schemas),
+    let (mut footer, probes) = match metadata_in_tail(buf, meta_len) {
+        Some(bytes) => decode(bytes, meta_len, schemas)?,
         None => {
             let mut bytes = vec![0; meta_len as usize];
             read_at(f.size - 8 - meta_len, &mut bytes).map_err(io_error)?;
-            decode(&bytes, meta_len, schemas)
+            decode(&bytes, meta_len, schemas)?
         }
-    }
+    };
+    // Counts are an optimisation: a page that cannot be read leaves its column uncounted.
+    let pages = probes.iter().map(|p| {
+        // At most MAX_DICTIONARY_PAGE bytes (checked when the probe was made).
+        let mut page = vec![0; (p.range.end - p.range.start) as usize];
+        read_at(p.range.start, &mut page)
+            .ok()
+            .map(|()| Bytes::from(page))
+    });
+    let pages: Vec<Option<Bytes>> = pages.collect();
+    count_distinct(&mut footer, &probes, pages);
+    Ok(footer)
 }
 
 /// The length of the footer metadata, from the last 8 bytes of a file of `size` bytes.
@@ -251,11 +283,17 @@ fn leaf_columns(parquet_schema: &SchemaDescriptor, schema: &Schema) -> Vec<Optio
         .collect()
 }
 
-/// Decodes footer metadata: the schema, row count and column statistics; what the catalog
-/// does not keep (page encoding and size statistics) is skipped.
-fn decode(bytes: &[u8], meta_len: u64, schemas: &mut SchemaCache) -> Result<Footer, FooterError> {
+/// Decodes footer metadata: the schema, row count and column statistics, and the
+/// dictionary pages to read to count distinct values; what the catalog does not keep
+/// (size statistics) is skipped, and page encodings are kept only as the mask that tells
+/// whether a chunk is wholly dictionary-encoded.
+fn decode(
+    bytes: &[u8],
+    meta_len: u64,
+    schemas: &mut SchemaCache,
+) -> Result<(Footer, Vec<DictionaryProbe>), FooterError> {
     let options = ParquetMetaDataOptions::new()
-        .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_encoding_stats_as_mask(true)
         .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
     let metadata = ParquetMetaDataReader::decode_metadata_with_options(bytes, Some(&options))
         .map_err(|e| FooterError::Corrupt(e.to_string()))?;
@@ -263,12 +301,190 @@ fn decode(bytes: &[u8], meta_len: u64, schemas: &mut SchemaCache) -> Result<Foot
     let (schema, leaves) = schemas.arrow_schema(file_meta)?;
     let row_count = file_meta.num_rows().max(0) as u64;
     let stats = stats_of_leaves(&metadata, &schema, &leaves);
-    Ok(Footer {
+    let probes = dictionary_probes(&metadata, &schema, &leaves);
+    let footer = Footer {
         schema,
         row_count,
         footer_size: meta_len + 8,
         stats,
-    })
+    };
+    Ok((footer, probes))
+}
+
+/// A column chunk's dictionary page, to be read for the number of distinct values the
+/// chunk holds.
+struct DictionaryProbe {
+    /// The column's index among the schema's top-level fields.
+    field: usize,
+    rows: u64,
+    chunk: ColumnChunkMetaData,
+    /// The page's bytes in the file: from the dictionary page to the first data page.
+    range: Range<u64>,
+}
+
+/// Whether a column's distinct values are counted: strings and binaries. Whole numbers
+/// and dates count themselves by their range; other types are not join keys or equality
+/// filters often enough to need a count.
+fn counts_distinct(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView => true,
+        DataType::Dictionary(_, value) => counts_distinct(value),
+        _ => false,
+    }
+}
+
+/// The dictionary pages that count the distinct values of each string column whose
+/// every row group holds it wholly dictionary-encoded, with a dictionary page of at most
+/// [`MAX_DICTIONARY_PAGE`] bytes. A chunk that fell back to plain encoding (its
+/// dictionary grew too large) holds values its dictionary does not, so its column is not
+/// counted; neither is one whose writer recorded no page encodings.
+fn dictionary_probes(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    schema: &SchemaRef,
+    leaves: &[Option<usize>],
+) -> Vec<DictionaryProbe> {
+    let mut probes = Vec::new();
+    for (field_index, (field, leaf)) in schema.fields().iter().zip(leaves).enumerate() {
+        let Some(leaf) = *leaf else { continue };
+        if !counts_distinct(field.data_type()) {
+            continue;
+        }
+        let mut column = Vec::with_capacity(metadata.num_row_groups());
+        let counted = metadata.row_groups().iter().all(|rg| {
+            let rows = rg.num_rows().max(0) as u64;
+            let Some(chunk) = rg.columns().get(leaf) else {
+                return false;
+            };
+            let all_null = chunk
+                .statistics()
+                .and_then(|s| s.null_count_opt())
+                .is_some_and(|n| n == rows);
+            if rows == 0 || all_null {
+                // Holds no value: nothing to count.
+                return true;
+            }
+            let dictionary_only = chunk.page_encoding_stats_mask().is_some_and(|m| {
+                m.is_only(Encoding::RLE_DICTIONARY) || m.is_only(Encoding::PLAIN_DICTIONARY)
+            });
+            let (Some(start), Ok(end)) = (
+                chunk
+                    .dictionary_page_offset()
+                    .and_then(|o| u64::try_from(o).ok()),
+                u64::try_from(chunk.data_page_offset()),
+            ) else {
+                return false;
+            };
+            if !dictionary_only || start == 0 || end <= start || end - start > MAX_DICTIONARY_PAGE {
+                return false;
+            }
+            column.push(DictionaryProbe {
+                field: field_index,
+                rows,
+                chunk: chunk.clone(),
+                range: start..end,
+            });
+            true
+        });
+        if counted && !column.is_empty() {
+            probes.extend(column);
+        }
+    }
+    probes
+}
+
+/// Records in `footer.stats` the distinct values of each column all of whose probes'
+/// pages (`pages`, in the probes' order; `None` when a read failed) could be read.
+fn count_distinct(
+    footer: &mut Footer,
+    probes: &[DictionaryProbe],
+    pages: impl IntoIterator<Item = Option<Bytes>>,
+) {
+    let mut counts: Vec<Option<Vec<(u64, u64)>>> =
+        vec![Some(Vec::new()); footer.schema.fields().len()];
+    for (probe, page) in probes.iter().zip(pages) {
+        let Some(slot) = counts.get_mut(probe.field) else {
+            continue;
+        };
+        let values = page.and_then(|p| dictionary_values(probe, p));
+        match (slot.as_mut(), values) {
+            (Some(parts), Some(values)) => parts.push((values, probe.rows)),
+            _ => *slot = None,
+        }
+    }
+    for (field, parts) in footer.schema.fields().iter().zip(counts) {
+        let Some(parts) = parts.filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        footer
+            .stats
+            .entry(field.name().clone())
+            .or_default()
+            .distinct = Some(combine_distinct(parts));
+    }
+}
+
+/// The number of values in a probe's dictionary page (`page`, its bytes), read with the
+/// Parquet crate's page reader; `None` when the bytes do not hold a dictionary page.
+fn dictionary_values(probe: &DictionaryProbe, page: Bytes) -> Option<u64> {
+    let window = Arc::new(PageWindow {
+        start: probe.range.start,
+        bytes: page,
+    });
+    let mut reader =
+        SerializedPageReader::new(window, &probe.chunk, probe.rows as usize, None).ok()?;
+    match reader.get_next_page().ok()?? {
+        Page::DictionaryPage { num_values, .. } => Some(u64::from(num_values)),
+        _ => None,
+    }
+}
+
+/// Bytes read from a file at `start`, read as the file itself by the page reader; reads
+/// outside them fail.
+struct PageWindow {
+    start: u64,
+    bytes: Bytes,
+}
+
+impl PageWindow {
+    fn slice(&self, start: u64, len: usize) -> parquet::errors::Result<Bytes> {
+        let from = start
+            .checked_sub(self.start)
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|&o| {
+                o.checked_add(len)
+                    .is_some_and(|end| end <= self.bytes.len())
+            });
+        match from {
+            Some(from) => Ok(self.bytes.slice(from..from + len)),
+            None => Err(parquet::errors::ParquetError::EOF(format!(
+                "{len} bytes at {start} lie outside the dictionary page read"
+            ))),
+        }
+    }
+}
+
+impl Length for PageWindow {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl ChunkReader for PageWindow {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let rest = self.len().saturating_sub(start) as usize;
+        Ok(self.slice(start, rest)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length)
+    }
 }
 
 /// Types whose min/max round-trip through their display string with a cast.
@@ -357,7 +573,12 @@ fn stats_of_leaves(
         let nulls = null_counts
             .filter(|n| n.null_count() == 0)
             .map(|n| n.values().iter().fold(0u64, |a, b| a.saturating_add(*b)));
-        let entry = ColumnStats { min, max, nulls };
+        let entry = ColumnStats {
+            min,
+            max,
+            nulls,
+            distinct: None,
+        };
         if entry != ColumnStats::default() {
             out.insert(field.name().clone(), entry);
         }
@@ -491,6 +712,105 @@ mod tests {
             .unwrap();
         let v = footer.stats.get("v").cloned().unwrap_or_default();
         assert_eq!((v.min, v.max), (None, None));
+    }
+
+    /// A file of `rows` rows in row groups of `per_group`: `status` cycles through three
+    /// values, `code` is unique per row, `note` too but in values of 100 bytes, and `gap`
+    /// is null in the first row group.
+    fn write_strings(
+        path: &std::path::Path,
+        rows: usize,
+        per_group: usize,
+        props: WriterProperties,
+    ) -> u64 {
+        let status = StringArray::from_iter_values((0..rows).map(|i| ["F", "O", "P"][i % 3]));
+        let code = StringArray::from_iter_values((0..rows).map(|i| format!("code-{i}")));
+        let note = StringArray::from_iter_values((0..rows).map(|i| format!("{i:0>100}")));
+        let gap = StringArray::from_iter(
+            (0..rows).map(|i| (i >= per_group).then(|| format!("g{}", i % 4))),
+        );
+        let batch = RecordBatch::try_from_iter([
+            ("status", Arc::new(status) as ArrayRef),
+            ("code", Arc::new(code) as ArrayRef),
+            ("note", Arc::new(note) as ArrayRef),
+            ("gap", Arc::new(gap) as ArrayRef),
+        ])
+        .unwrap();
+        let props = props
+            .into_builder()
+            .set_max_row_group_row_count(Some(per_group))
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn dictionary_pages_count_distinct_strings_locally_and_in_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let size = write_strings(&path, 3_000, 1_000, WriterProperties::new());
+        let local_footer = read_local_footers(&[local(&path, size)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let stored = read_footer(&store, &Path::from("s.parquet"), size)
+            .await
+            .unwrap();
+        for footer in [&local_footer, &stored] {
+            let distinct = |c: &str| footer.stats.get(c).and_then(|s| s.distinct);
+            // The same three values in each of three row groups.
+            assert_eq!(distinct("status"), Some(3));
+            // A thousand unique values per row group, none shared: all 3,000.
+            assert_eq!(distinct("code"), Some(3_000));
+            // Dictionaries of 100 kB: too large to read, so not counted.
+            assert_eq!(distinct("note"), None);
+            // A row group of nulls holds nothing to count.
+            assert_eq!(distinct("gap"), Some(4));
+            // Numbers count themselves by their range.
+            assert_eq!(footer.stats.get("id"), None);
+        }
+    }
+
+    #[test]
+    fn columns_not_wholly_dictionary_encoded_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Without dictionaries.
+        let plain = dir.path().join("plain.parquet");
+        let props = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .build();
+        let size = write_strings(&plain, 300, 100, props);
+        let footer = read_local_footers(&[local(&plain, size)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(
+            footer.stats.values().all(|s| s.distinct.is_none()),
+            "{:?}",
+            footer.stats
+        );
+        // A dictionary that overflows falls back to plain pages: its count would be short.
+        let overflow = dir.path().join("overflow.parquet");
+        let props = WriterProperties::builder()
+            .set_dictionary_page_size_limit(1_000)
+            .set_data_page_row_count_limit(100)
+            .set_write_batch_size(100)
+            .build();
+        let size = write_strings(&overflow, 3_000, 3_000, props);
+        let footer = read_local_footers(&[local(&overflow, size)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(footer.stats["status"].distinct, Some(3));
+        assert_eq!(footer.stats["code"].distinct, None);
     }
 
     #[test]

@@ -28,7 +28,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
+use crate::catalog::{
+    Catalog, FileEntry, PartitionColumn, PartitionType, STATS_VERSION, TableCommit,
+};
 use crate::delta::At;
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
@@ -1753,6 +1755,7 @@ impl Crawler {
                     footer_size,
                     file_schema: schema,
                     stats,
+                    stats_version: STATS_VERSION,
                     partition_values: placement.values.clone(),
                     partition_location,
                 },
@@ -2243,9 +2246,12 @@ fn csv_order_problem(
 }
 
 /// A file is unchanged when its size and ETag match (or, without ETags, its modification
-/// time): then its footer is not read again.
+/// time), and, for Parquet, its statistics are of this build's version: then its footer
+/// is not read again.
 fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
-    old.size == meta.size
+    // A Parquet file (it has a footer) whose statistics an older build read is read again.
+    (old.footer_size.is_none() || old.stats_version >= STATS_VERSION)
+        && old.size == meta.size
         && match (&old.e_tag, &meta.e_tag) {
             (Some(a), Some(b)) => a == b,
             _ => old.last_modified == meta.last_modified,

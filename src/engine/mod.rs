@@ -1201,6 +1201,12 @@ impl SchemaProvider for TarnDatabase {
 /// catalog's statistics.
 fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    // Trees of inner joins keep the order chosen for them (see the rule).
+    for rule in &mut rules {
+        if rule.name() == "eliminate_cross_join" {
+            *rule = Arc::new(joinorder::EliminateCrossJoins::default());
+        }
+    }
     let at = rules
         .iter()
         .position(|r| r.name() == "push_down_limit")

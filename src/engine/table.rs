@@ -6,7 +6,7 @@
 //! into the Parquet scan for row-group and page pruning. Each file carries statistics
 //! (row count, per-column min/max/nulls) from the catalog, for the planner and pruning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
@@ -31,7 +31,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use object_store::ObjectMeta;
 
-use crate::catalog::{FileEntry, PartitionType, TableEntry};
+use crate::catalog::{FileEntry, PartitionType, TableEntry, combine_distinct};
 use crate::crawler::layout::{parse_date, parse_timestamp};
 use crate::crawler::text::{Compression, FileFormat};
 use datafusion::config::CsvOptions;
@@ -131,6 +131,7 @@ fn file_statistics(
                 // Not in this file: every value is NULL.
                 return ColumnStatistics {
                     null_count: Precision::Exact(rows),
+                    distinct_count: Precision::Exact(0),
                     ..ColumnStatistics::new_unknown()
                 };
             }
@@ -143,6 +144,10 @@ fn file_statistics(
                         .unwrap_or_default(),
                     min_value: stat_value(&s.min, field.data_type()),
                     max_value: stat_value(&s.max, field.data_type()),
+                    distinct_count: s
+                        .distinct
+                        .map(|d| Precision::Inexact(d as usize))
+                        .unwrap_or_default(),
                     ..ColumnStatistics::new_unknown()
                 },
                 None => ColumnStatistics::new_unknown(),
@@ -172,6 +177,42 @@ fn file_statistics(
         total_byte_size: Precision::Inexact(file.size as usize),
         column_statistics: columns,
     }
+}
+
+/// Files' statistics merged into their table's (or scan's). DataFusion's merge adds rows
+/// and widens ranges, but can only take the largest of the files' distinct counts for
+/// strings; here a file column's count combines the files' counts by how much their
+/// values repeat (see [`combine_distinct`]), and a partition column's is the number of
+/// its distinct values. The first `file_columns` columns are the files' own.
+fn merge_statistics(
+    files: &[&Statistics],
+    schema: &Schema,
+    file_columns: usize,
+) -> DfResult<Statistics> {
+    let mut merged = Statistics::try_merge_iter(files.iter().copied(), schema)?;
+    for (i, column) in merged.column_statistics.iter_mut().enumerate() {
+        column.distinct_count = if i < file_columns {
+            files
+                .iter()
+                .map(|f| {
+                    let rows = *f.num_rows.get_value()? as u64;
+                    let distinct = *f.column_statistics.get(i)?.distinct_count.get_value()?;
+                    Some((distinct as u64, rows))
+                })
+                .collect::<Option<Vec<_>>>()
+                .filter(|parts| !parts.is_empty())
+                .map_or(Precision::Absent, |parts| {
+                    Precision::Inexact(combine_distinct(parts) as usize)
+                })
+        } else {
+            let values: HashSet<&ScalarValue> = files
+                .iter()
+                .filter_map(|f| f.column_statistics.get(i)?.min_value.get_value())
+                .collect();
+            Precision::Exact(values.len())
+        };
+    }
+    Ok(merged)
 }
 
 impl CatalogTable {
@@ -261,11 +302,12 @@ impl CatalogTable {
         } else {
             RecordBatch::try_new(Arc::clone(&part_schema), arrays)?
         };
-        let statistics = Statistics::try_merge_iter(
-            scan_files.iter().filter_map(|f| f.statistics.as_deref()),
-            &schema,
-        )
-        .unwrap_or_else(|_| Statistics::new_unknown(&schema));
+        let per_file: Vec<&Statistics> = scan_files
+            .iter()
+            .filter_map(|f| f.statistics.as_deref())
+            .collect();
+        let statistics = merge_statistics(&per_file, &schema, entry.file_schema.fields().len())
+            .unwrap_or_else(|_| Statistics::new_unknown(&schema));
         let statistics = if scan_files.is_empty() || text.is_some() {
             Statistics::new_unknown(&schema)
         } else {
@@ -575,12 +617,15 @@ impl TableProvider for CatalogTable {
         if let Some(text) = &self.text {
             return self.scan_text(text, table_schema, file_groups, projection, limit);
         }
-        let statistics = Statistics::try_merge_iter(
-            file_groups
-                .iter()
-                .flat_map(|g| g.iter())
-                .filter_map(|f| f.statistics.as_deref()),
+        let per_file: Vec<&Statistics> = file_groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .filter_map(|f| f.statistics.as_deref())
+            .collect();
+        let statistics = merge_statistics(
+            &per_file,
             &self.schema,
+            self.entry.file_schema.fields().len(),
         )?;
         let options = TableParquetOptions {
             global: state.config_options().execution.parquet.clone(),
@@ -594,5 +639,67 @@ impl TableProvider for CatalogTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(rows: usize, status: Option<usize>, day: &str) -> Statistics {
+        let column = |distinct: Precision<usize>, value: Precision<ScalarValue>| ColumnStatistics {
+            distinct_count: distinct,
+            min_value: value.clone(),
+            max_value: value,
+            ..ColumnStatistics::new_unknown()
+        };
+        Statistics {
+            num_rows: Precision::Exact(rows),
+            total_byte_size: Precision::Absent,
+            column_statistics: vec![
+                column(
+                    status.map_or(Precision::Absent, Precision::Inexact),
+                    Precision::Absent,
+                ),
+                column(Precision::Absent, Precision::Absent),
+                column(
+                    Precision::Exact(1),
+                    Precision::Exact(ScalarValue::Utf8(Some(day.into()))),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn distinct_counts_merge_over_files_and_partitions() {
+        let schema = Schema::new(vec![
+            Field::new("status", DataType::Utf8, true),
+            Field::new("amount", DataType::Int64, true),
+            Field::new("day", DataType::Utf8, true),
+        ]);
+        let files = [
+            file(1_000, Some(3), "2024-01-01"),
+            file(2_000, Some(3), "2024-01-01"),
+            file(500, Some(2), "2024-01-02"),
+        ];
+        let refs: Vec<&Statistics> = files.iter().collect();
+        let merged = merge_statistics(&refs, &schema, 2).unwrap();
+        let distinct = |i: usize| merged.column_statistics[i].distinct_count;
+        // The same few statuses in every file.
+        assert_eq!(distinct(0), Precision::Inexact(3));
+        // Not counted in the files: not counted in the table.
+        assert_eq!(distinct(1), Precision::Absent);
+        // Two days among three files (DataFusion's merge would say one).
+        assert_eq!(distinct(2), Precision::Exact(2));
+        assert_eq!(merged.num_rows, Precision::Exact(3_500));
+
+        // One file without a count leaves the table's column uncounted.
+        let files = [file(1_000, Some(3), "a"), file(1_000, None, "b")];
+        let refs: Vec<&Statistics> = files.iter().collect();
+        let merged = merge_statistics(&refs, &schema, 2).unwrap();
+        assert_eq!(
+            merged.column_statistics[0].distinct_count,
+            Precision::Absent
+        );
     }
 }

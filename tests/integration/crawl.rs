@@ -205,6 +205,58 @@ async fn recrawl_reads_only_what_changed() {
 }
 
 #[tokio::test]
+async fn strings_are_counted_and_files_of_older_statistics_are_read_again() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    let first = env.crawl(&lake).await;
+    let events = env
+        .catalog
+        .table("default", "events")
+        .await
+        .unwrap()
+        .unwrap();
+    let kinds = || async {
+        let files = env.catalog.files(events.id).await.unwrap();
+        let counts: Vec<Option<u64>> = files
+            .iter()
+            .map(|f| f.stats.get("kind").and_then(|s| s.distinct))
+            .collect();
+        (counts, files.iter().map(|f| f.stats_version).max())
+    };
+    let (counts, version) = kinds().await;
+    // Each file's distinct kinds, counted from its dictionary page: "click" and "view"
+    // in the first hour, "view" and "buy" in the second.
+    assert!(counts.len() > 2, "{counts:?}");
+    assert_eq!(&counts[..2], [Some(2), Some(2)], "{counts:?}");
+    assert_eq!(version, Some(tarn::catalog::STATS_VERSION));
+    let table_kinds = env.rows("SELECT count(DISTINCT kind) FROM events").await;
+
+    // A catalog written by a build that did not count: its Parquet files are read again
+    // on the next crawl, and only on that one.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        env.dir.path().join("data/catalog.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE data_files SET stats_version = 0, stats = '{}'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let again = env.crawl(&lake).await;
+    assert_eq!(again.footers_read, first.footers_read, "{again}");
+    assert_eq!(kinds().await, (counts, version));
+    let third = env.crawl(&lake).await;
+    assert_eq!(third.footers_read, 1, "only the corrupt file: {third}");
+    assert_eq!(
+        env.rows("SELECT count(DISTINCT kind) FROM events").await,
+        table_kinds
+    );
+}
+
+#[tokio::test]
 async fn a_type_conflict_is_reported_naming_both_files_and_the_file_is_left_out() {
     let env = Env::new().await;
     let lake = env.lake();
