@@ -28,7 +28,7 @@ use parquet::file::properties::WriterProperties;
 use crate::catalog::{
     FileEntry, PartitionColumn, PartitionEntry, PartitionType, STATS_VERSION, TableCommit,
 };
-use crate::crawler::footer::file_stats;
+use crate::crawler::footer::{count_written_dictionaries, file_stats};
 use crate::crawler::layout::HIVE_NULL;
 use crate::crawler::schema::SchemaMerger;
 use crate::engine::{DEFAULT_DATABASE, Engine};
@@ -384,6 +384,8 @@ async fn finish_file(
         .head(&open.path)
         .await
         .map_err(|e| Error::store(open.path.to_string(), e))?;
+    let mut stats = file_stats(&metadata, schema);
+    count_written_dictionaries(store.as_ref(), &open.path, &metadata, schema, &mut stats).await;
     let entry = FileEntry {
         path: open.path.to_string(),
         size: head.size,
@@ -392,8 +394,7 @@ async fn finish_file(
         row_count: metadata.file_metadata().num_rows().max(0) as u64,
         footer_size: None,
         file_schema: Arc::clone(schema),
-        stats: file_stats(&metadata, schema),
-        // Written here, not crawled: nothing to read again.
+        stats,
         stats_version: STATS_VERSION,
         partition_values: open.values,
         partition_location: open.folder,

@@ -124,25 +124,30 @@ pub type FileStats = BTreeMap<String, ColumnStats>;
 /// footer of a Parquet file recorded with an older one. 1: distinct counts of strings.
 pub const STATS_VERSION: i64 = 1;
 
+/// A part whose distinct values are at least this share of its values is taken to hold
+/// values no other part holds.
+const UNIQUE_SHARE: f64 = 0.9;
+
 /// A column's distinct values over parts (a file's row groups, a table's files), from
-/// each part's `(distinct, rows)`. A part whose values repeat (few distinct values in many
-/// rows) is taken to hold values the other parts hold too, so the parts together hold the
-/// largest count; a part whose values are nearly all distinct, values no other part
-/// holds, so the sum; in between, in proportion: the larger of the largest count and the
-/// sum of `distinct² / rows`, and never more than the rows. A status column gives its
-/// handful of values however many files it spans; a name unique per row, the rows.
+/// each part's `(distinct, values)`, its distinct and non-null values. A part whose values
+/// are nearly all distinct (an id, a name per row) is taken to hold values no other part
+/// holds, so those parts add up; any other part, values the other parts may hold too, so
+/// it adds nothing beyond the largest count. A status column gives its handful of values
+/// however many files it spans; a name unique per row, the rows. When parts repeat values
+/// of their own (each day's files a different set of codes), the count is low: an
+/// equality on the column is then estimated to keep more rows than it does, the safe side
+/// for a planner.
 pub fn combine_distinct(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
-    let (mut largest, mut spread, mut rows) = (0u64, 0f64, 0u64);
-    for (distinct, part_rows) in parts {
-        let distinct = distinct.min(part_rows);
+    let (mut largest, mut unique, mut values) = (0u64, 0u64, 0u64);
+    for (distinct, part_values) in parts {
+        let distinct = distinct.min(part_values);
         largest = largest.max(distinct);
-        if part_rows > 0 {
-            spread += distinct as f64 * (distinct as f64 / part_rows as f64);
+        if distinct as f64 >= UNIQUE_SHARE * part_values as f64 {
+            unique = unique.saturating_add(distinct);
         }
-        rows = rows.saturating_add(part_rows);
+        values = values.saturating_add(part_values);
     }
-    // `spread` is at most the sum of the rows, so the cast back is in range.
-    largest.max(spread.round() as u64).min(rows)
+    largest.max(unique).min(values)
 }
 
 /// A data file as the catalog records it.
@@ -375,9 +380,10 @@ mod tests {
         assert_eq!(combine_distinct([(3, 1_000_000); 60]), 3);
         // Values unique within each part: the parts share none.
         assert_eq!(combine_distinct([(5_000, 5_000), (5_000, 5_000)]), 10_000);
-        // Half the rows distinct in each part: between the largest count and the sum.
-        let half = combine_distinct([(500, 1_000), (500, 1_000)]);
-        assert!((500..1_000).contains(&half), "{half}");
+        // The same codes in every file: the largest count, not their sum.
+        assert_eq!(combine_distinct([(5_000, 10_000); 1_000]), 5_000);
+        // Unique parts add up beside repeating ones.
+        assert_eq!(combine_distinct([(100, 100), (95, 100), (3, 1_000)]), 195);
         // Never more than the rows; a part of no rows adds nothing.
         assert_eq!(combine_distinct([(40, 25), (0, 0)]), 25);
         assert_eq!(combine_distinct([]), 0);

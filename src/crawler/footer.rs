@@ -1,5 +1,6 @@
 //! Reading Parquet footers with range reads: the file's schema, row count and per-column
-//! statistics, without touching its data pages.
+//! statistics, without touching its data pages; and the distinct values of string columns
+//! from their small dictionary pages.
 
 use std::cmp::Ordering;
 use std::ops::Range;
@@ -41,6 +42,10 @@ const LOCAL_TAIL_HINT: u64 = 16 * 1024;
 /// of a few hundred things) have dictionaries of a few kilobytes; a column with a larger
 /// one is left uncounted rather than read.
 const MAX_DICTIONARY_PAGE: u64 = 64 * 1024;
+
+/// The most dictionary bytes read from one file (a file of many row groups and string
+/// columns counts the columns that fit, in order).
+const MAX_DICTIONARY_BYTES: u64 = 1024 * 1024;
 
 /// What a footer tells the catalog.
 #[derive(Debug, Clone)]
@@ -99,14 +104,8 @@ pub async fn read_footer(
             decode(&bytes, meta_len, &mut schemas)?
         }
     };
-    if !probes.is_empty() {
-        let ranges: Vec<Range<u64>> = probes.iter().map(|p| p.range.clone()).collect();
-        // Counts are an optimisation: a failed read leaves the columns uncounted.
-        match store.get_ranges(path, &ranges).await {
-            Ok(pages) => count_distinct(&mut footer, &probes, pages.into_iter().map(Some)),
-            Err(e) => tracing::debug!(%path, error = %e, "dictionary pages not read"),
-        }
-    }
+    let schema = Arc::clone(&footer.schema);
+    fetch_and_count(store, path, &schema, &mut footer.stats, &probes).await;
     Ok(footer)
 }
 
@@ -177,15 +176,18 @@ fn read_local_footer(
         }
     };
     // Counts are an optimisation: a page that cannot be read leaves its column uncounted.
-    let pages = probes.iter().map(|p| {
-        // At most MAX_DICTIONARY_PAGE bytes (checked when the probe was made).
-        let mut page = vec![0; (p.range.end - p.range.start) as usize];
-        read_at(p.range.start, &mut page)
-            .ok()
-            .map(|()| Bytes::from(page))
-    });
-    let pages: Vec<Option<Bytes>> = pages.collect();
-    count_distinct(&mut footer, &probes, pages);
+    let pages: Vec<Option<Bytes>> = probes
+        .pages
+        .iter()
+        .map(|p| {
+            // At most MAX_DICTIONARY_PAGE bytes (checked when the probe was made).
+            let mut page = vec![0; (p.range.end - p.range.start) as usize];
+            read_at(p.range.start, &mut page)
+                .ok()
+                .map(|()| Bytes::from(page))
+        })
+        .collect();
+    count_distinct(&footer.schema, &mut footer.stats, &probes, pages);
     Ok(footer)
 }
 
@@ -286,17 +288,30 @@ fn leaf_columns(parquet_schema: &SchemaDescriptor, schema: &Schema) -> Vec<Optio
 /// Decodes footer metadata: the schema, row count and column statistics, and the
 /// dictionary pages to read to count distinct values; what the catalog does not keep
 /// (size statistics) is skipped, and page encodings are kept only as the mask that tells
-/// whether a chunk is wholly dictionary-encoded.
+/// whether a chunk is wholly dictionary-encoded. A footer whose page encodings cannot be
+/// decoded is decoded without them (and its strings go uncounted).
 fn decode(
     bytes: &[u8],
     meta_len: u64,
     schemas: &mut SchemaCache,
-) -> Result<(Footer, Vec<DictionaryProbe>), FooterError> {
-    let options = ParquetMetaDataOptions::new()
-        .with_encoding_stats_as_mask(true)
-        .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
-    let metadata = ParquetMetaDataReader::decode_metadata_with_options(bytes, Some(&options))
-        .map_err(|e| FooterError::Corrupt(e.to_string()))?;
+) -> Result<(Footer, Probes), FooterError> {
+    let options = |encodings: ParquetStatisticsPolicy| {
+        ParquetMetaDataOptions::new()
+            .with_encoding_stats_as_mask(true)
+            .with_encoding_stats_policy(encodings)
+            .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll)
+    };
+    let metadata = ParquetMetaDataReader::decode_metadata_with_options(
+        bytes,
+        Some(&options(ParquetStatisticsPolicy::KeepAll)),
+    )
+    .or_else(|_| {
+        ParquetMetaDataReader::decode_metadata_with_options(
+            bytes,
+            Some(&options(ParquetStatisticsPolicy::SkipAll)),
+        )
+    })
+    .map_err(|e| FooterError::Corrupt(e.to_string()))?;
     let file_meta = metadata.file_metadata();
     let (schema, leaves) = schemas.arrow_schema(file_meta)?;
     let row_count = file_meta.num_rows().max(0) as u64;
@@ -311,12 +326,63 @@ fn decode(
     Ok((footer, probes))
 }
 
+/// Counts the distinct values of the string columns of a Parquet file Tarn has just
+/// written (its `metadata` as the writer returned it) into `stats`, reading its dictionary
+/// pages from `store`, as the crawler does for the files it reads.
+pub async fn count_written_dictionaries(
+    store: &dyn ObjectStore,
+    path: &Path,
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    schema: &SchemaRef,
+    stats: &mut FileStats,
+) {
+    let leaves = leaf_columns(metadata.file_metadata().schema_descr(), schema);
+    let probes = dictionary_probes(metadata, schema, &leaves);
+    fetch_and_count(store, path, schema, stats, &probes).await;
+}
+
+/// Reads `probes`' pages from `store` and records the counts in `stats`.
+async fn fetch_and_count(
+    store: &dyn ObjectStore,
+    path: &Path,
+    schema: &SchemaRef,
+    stats: &mut FileStats,
+    probes: &Probes,
+) {
+    let ranges: Vec<Range<u64>> = probes.pages.iter().map(|p| p.range.clone()).collect();
+    let pages = if ranges.is_empty() {
+        Vec::new()
+    } else {
+        // Counts are an optimisation: a failed read leaves the columns uncounted.
+        match store.get_ranges(path, &ranges).await {
+            Ok(pages) => pages.into_iter().map(Some).collect(),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "dictionary pages not read");
+                vec![None; ranges.len()]
+            }
+        }
+    };
+    count_distinct(schema, stats, probes, pages);
+}
+
+/// The dictionary pages of a file to read, and the columns counted with none to read.
+#[derive(Default)]
+struct Probes {
+    pages: Vec<DictionaryProbe>,
+    /// Columns (indexes among the schema's top-level fields) that qualify but hold no
+    /// value in this file (nulls or no rows): zero distinct values.
+    empty: Vec<usize>,
+}
+
 /// A column chunk's dictionary page, to be read for the number of distinct values the
 /// chunk holds.
 struct DictionaryProbe {
     /// The column's index among the schema's top-level fields.
     field: usize,
-    rows: u64,
+    /// The chunk's non-null values.
+    values: u64,
+    /// The chunk's metadata narrowed to its dictionary page, read as uncompressed: only
+    /// the page's header is needed, and it is never decompressed.
     chunk: ColumnChunkMetaData,
     /// The page's bytes in the file: from the dictionary page to the first data page.
     range: Range<u64>,
@@ -324,7 +390,8 @@ struct DictionaryProbe {
 
 /// Whether a column's distinct values are counted: strings and binaries. Whole numbers
 /// and dates count themselves by their range; other types are not join keys or equality
-/// filters often enough to need a count.
+/// filters often enough to need a count. (A column written from an Arrow dictionary, e.g.
+/// a pandas categorical, counts its categories, used or not: its domain.)
 fn counts_distinct(t: &DataType) -> bool {
     match t {
         DataType::Utf8
@@ -338,39 +405,57 @@ fn counts_distinct(t: &DataType) -> bool {
     }
 }
 
+/// Whether every data page of a chunk is dictionary-encoded, from its page encoding
+/// statistics (as a mask when read from a footer, in full when a writer returned them);
+/// `false` when the writer recorded none.
+fn dictionary_only(chunk: &ColumnChunkMetaData) -> bool {
+    let is_dictionary =
+        |e: Encoding| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY);
+    if let Some(mask) = chunk.page_encoding_stats_mask() {
+        return mask.is_only(Encoding::RLE_DICTIONARY) || mask.is_only(Encoding::PLAIN_DICTIONARY);
+    }
+    chunk.page_encoding_stats().is_some_and(|stats| {
+        let mut data = stats.iter().filter(|s| {
+            matches!(
+                s.page_type,
+                parquet::basic::PageType::DATA_PAGE | parquet::basic::PageType::DATA_PAGE_V2
+            )
+        });
+        data.clone().next().is_some() && data.all(|s| is_dictionary(s.encoding))
+    })
+}
+
 /// The dictionary pages that count the distinct values of each string column whose
 /// every row group holds it wholly dictionary-encoded, with a dictionary page of at most
-/// [`MAX_DICTIONARY_PAGE`] bytes. A chunk that fell back to plain encoding (its
-/// dictionary grew too large) holds values its dictionary does not, so its column is not
-/// counted; neither is one whose writer recorded no page encodings.
+/// [`MAX_DICTIONARY_PAGE`] bytes, up to [`MAX_DICTIONARY_BYTES`] for the whole file. A
+/// chunk that fell back to plain encoding (its dictionary grew too large) holds values its
+/// dictionary does not, so its column is not counted; neither is one whose writer recorded
+/// no page encodings.
 fn dictionary_probes(
     metadata: &parquet::file::metadata::ParquetMetaData,
     schema: &SchemaRef,
     leaves: &[Option<usize>],
-) -> Vec<DictionaryProbe> {
-    let mut probes = Vec::new();
+) -> Probes {
+    let mut probes = Probes::default();
+    let mut budget = MAX_DICTIONARY_BYTES;
     for (field_index, (field, leaf)) in schema.fields().iter().zip(leaves).enumerate() {
         let Some(leaf) = *leaf else { continue };
         if !counts_distinct(field.data_type()) {
             continue;
         }
         let mut column = Vec::with_capacity(metadata.num_row_groups());
+        let mut bytes = 0;
         let counted = metadata.row_groups().iter().all(|rg| {
-            let rows = rg.num_rows().max(0) as u64;
             let Some(chunk) = rg.columns().get(leaf) else {
                 return false;
             };
-            let all_null = chunk
-                .statistics()
-                .and_then(|s| s.null_count_opt())
-                .is_some_and(|n| n == rows);
-            if rows == 0 || all_null {
+            let rows = rg.num_rows().max(0) as u64;
+            let nulls = chunk.statistics().and_then(|s| s.null_count_opt());
+            let values = rows.saturating_sub(nulls.unwrap_or(0));
+            if rows == 0 || (nulls.is_some() && values == 0) {
                 // Holds no value: nothing to count.
                 return true;
             }
-            let dictionary_only = chunk.page_encoding_stats_mask().is_some_and(|m| {
-                m.is_only(Encoding::RLE_DICTIONARY) || m.is_only(Encoding::PLAIN_DICTIONARY)
-            });
             let (Some(start), Ok(end)) = (
                 chunk
                     .dictionary_page_offset()
@@ -379,52 +464,77 @@ fn dictionary_probes(
             ) else {
                 return false;
             };
-            if !dictionary_only || start == 0 || end <= start || end - start > MAX_DICTIONARY_PAGE {
+            if !dictionary_only(chunk)
+                || start == 0
+                || end <= start
+                || end - start > MAX_DICTIONARY_PAGE
+                || chunk.compressed_size() < (end - start) as i64
+            {
                 return false;
             }
+            // Bounded by MAX_DICTIONARY_PAGE, so the size fits an i64.
+            let narrowed = chunk
+                .clone()
+                .into_builder()
+                .set_total_compressed_size((end - start) as i64)
+                .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+                .build();
+            let Ok(narrowed) = narrowed else {
+                return false;
+            };
+            bytes += end - start;
             column.push(DictionaryProbe {
                 field: field_index,
-                rows,
-                chunk: chunk.clone(),
+                values,
+                chunk: narrowed,
                 range: start..end,
             });
             true
         });
-        if counted && !column.is_empty() {
-            probes.extend(column);
+        if !counted || bytes > budget {
+            continue;
         }
+        budget -= bytes;
+        if column.is_empty() {
+            probes.empty.push(field_index);
+        }
+        probes.pages.extend(column);
     }
     probes
 }
 
-/// Records in `footer.stats` the distinct values of each column all of whose probes'
-/// pages (`pages`, in the probes' order; `None` when a read failed) could be read.
+/// Records in `stats` the distinct values of each column of `schema` all of whose
+/// probes' pages (`pages`, in the probes' order; `None` when a read failed) could be read.
 fn count_distinct(
-    footer: &mut Footer,
-    probes: &[DictionaryProbe],
+    schema: &SchemaRef,
+    stats: &mut FileStats,
+    probes: &Probes,
     pages: impl IntoIterator<Item = Option<Bytes>>,
 ) {
-    let mut counts: Vec<Option<Vec<(u64, u64)>>> =
-        vec![Some(Vec::new()); footer.schema.fields().len()];
-    for (probe, page) in probes.iter().zip(pages) {
-        let Some(slot) = counts.get_mut(probe.field) else {
-            continue;
-        };
-        let values = page.and_then(|p| dictionary_values(probe, p));
-        match (slot.as_mut(), values) {
-            (Some(parts), Some(values)) => parts.push((values, probe.rows)),
-            _ => *slot = None,
+    let mut counts: Vec<Option<Vec<(u64, u64)>>> = vec![None; schema.fields().len()];
+    for &field in &probes.empty {
+        if let Some(slot) = counts.get_mut(field) {
+            *slot = Some(Vec::new());
         }
     }
-    for (field, parts) in footer.schema.fields().iter().zip(counts) {
-        let Some(parts) = parts.filter(|p| !p.is_empty()) else {
+    let mut failed = vec![false; schema.fields().len()];
+    for (probe, page) in probes.pages.iter().zip(pages) {
+        let (Some(slot), Some(failed)) = (counts.get_mut(probe.field), failed.get_mut(probe.field))
+        else {
             continue;
         };
-        footer
-            .stats
-            .entry(field.name().clone())
-            .or_default()
-            .distinct = Some(combine_distinct(parts));
+        match page.and_then(|p| dictionary_values(probe, p)) {
+            Some(values) => slot
+                .get_or_insert_with(Vec::new)
+                .push((values, probe.values)),
+            None => *failed = true,
+        }
+    }
+    for ((field, parts), failed) in schema.fields().iter().zip(counts).zip(failed) {
+        let Some(parts) = parts.filter(|_| !failed) else {
+            continue;
+        };
+        stats.entry(field.name().clone()).or_default().distinct = Some(combine_distinct(parts));
     }
 }
 
@@ -436,7 +546,7 @@ fn dictionary_values(probe: &DictionaryProbe, page: Bytes) -> Option<u64> {
         bytes: page,
     });
     let mut reader =
-        SerializedPageReader::new(window, &probe.chunk, probe.rows as usize, None).ok()?;
+        SerializedPageReader::new(window, &probe.chunk, probe.values as usize, None).ok()?;
     match reader.get_next_page().ok()?? {
         Page::DictionaryPage { num_values, .. } => Some(u64::from(num_values)),
         _ => None,
@@ -715,8 +825,8 @@ mod tests {
     }
 
     /// A file of `rows` rows in row groups of `per_group`: `status` cycles through three
-    /// values, `code` is unique per row, `note` too but in values of 100 bytes, and `gap`
-    /// is null in the first row group.
+    /// values, `code` is unique per row, `note` too but in values of 400 bytes, `gap` is
+    /// null in the first row group, `none` always, and `id` is a number.
     fn write_strings(
         path: &std::path::Path,
         rows: usize,
@@ -725,15 +835,31 @@ mod tests {
     ) -> u64 {
         let status = StringArray::from_iter_values((0..rows).map(|i| ["F", "O", "P"][i % 3]));
         let code = StringArray::from_iter_values((0..rows).map(|i| format!("code-{i}")));
-        let note = StringArray::from_iter_values((0..rows).map(|i| format!("{i:0>100}")));
+        // Pseudo-random hex, so compression cannot shrink a group's dictionary below the
+        // limit.
+        let note = StringArray::from_iter_values((0..rows as u64).map(|i| {
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..25)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("{x:016x}")
+                })
+                .collect::<String>()
+        }));
         let gap = StringArray::from_iter(
             (0..rows).map(|i| (i >= per_group).then(|| format!("g{}", i % 4))),
         );
+        let none = StringArray::from_iter((0..rows).map(|_| None::<String>));
+        let id = Int64Array::from_iter_values((0..rows as i64).map(|i| i % 7));
         let batch = RecordBatch::try_from_iter([
             ("status", Arc::new(status) as ArrayRef),
             ("code", Arc::new(code) as ArrayRef),
             ("note", Arc::new(note) as ArrayRef),
             ("gap", Arc::new(gap) as ArrayRef),
+            ("none", Arc::new(none) as ArrayRef),
+            ("id", Arc::new(id) as ArrayRef),
         ])
         .unwrap();
         let props = props
@@ -755,7 +881,11 @@ mod tests {
     async fn dictionary_pages_count_distinct_strings_locally_and_in_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.parquet");
-        let size = write_strings(&path, 3_000, 1_000, WriterProperties::new());
+        // Compressed pages: the count is read from the page header alone.
+        let props = WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let size = write_strings(&path, 3_000, 1_000, props);
         let local_footer = read_local_footers(&[local(&path, size)])
             .pop()
             .unwrap()
@@ -770,12 +900,14 @@ mod tests {
             assert_eq!(distinct("status"), Some(3));
             // A thousand unique values per row group, none shared: all 3,000.
             assert_eq!(distinct("code"), Some(3_000));
-            // Dictionaries of 100 kB: too large to read, so not counted.
+            // Dictionaries of 400 kB: too large to read, so not counted.
             assert_eq!(distinct("note"), None);
-            // A row group of nulls holds nothing to count.
+            // A row group of nulls holds nothing to count; a column of nulls holds none.
             assert_eq!(distinct("gap"), Some(4));
+            assert_eq!(distinct("none"), Some(0));
             // Numbers count themselves by their range.
-            assert_eq!(footer.stats.get("id"), None);
+            assert_eq!(distinct("id"), None);
+            assert!(footer.stats["id"].min.is_some());
         }
     }
 
@@ -792,8 +924,12 @@ mod tests {
             .pop()
             .unwrap()
             .unwrap();
+        // (Only the column of nulls: it holds no value, however it is encoded.)
         assert!(
-            footer.stats.values().all(|s| s.distinct.is_none()),
+            footer
+                .stats
+                .iter()
+                .all(|(name, s)| s.distinct == (name == "none").then_some(0)),
             "{:?}",
             footer.stats
         );

@@ -1378,6 +1378,8 @@ impl Crawler {
 
         let mut kept: Vec<(usize, FileEntry)> = Vec::new(); // unchanged, from the catalog
         let mut to_read: Vec<usize> = Vec::new();
+        // Unchanged files read again for newer statistics, as the catalog has them.
+        let mut restat: HashMap<usize, FileEntry> = HashMap::new();
         for (i, c) in files.iter().enumerate() {
             if placements[i].keys != keys {
                 summary.problems.push(Problem {
@@ -1418,7 +1420,13 @@ impl Crawler {
                         && (pinned[i].is_none()
                             || old.partition_values == placements[i].values) =>
                 {
-                    kept.push((i, old.clone()))
+                    if stats_current(old) {
+                        kept.push((i, old.clone()))
+                    } else {
+                        // Read again for newer statistics; kept as it was if that fails.
+                        restat.insert(i, old.clone());
+                        to_read.push(i)
+                    }
                 }
                 _ => to_read.push(i),
             }
@@ -1624,6 +1632,13 @@ impl Crawler {
         for (i, result) in reads {
             let c = files[i];
             let path = c.meta.location.to_string();
+            if result.is_err()
+                && let Some(old) = restat.remove(&i)
+            {
+                let _ = merger.add(&old.path, &without(&old.file_schema, &partition_names));
+                new_entries.push((i, old));
+                continue;
+            }
             let read = match result {
                 Ok(read) if read.format() != table_format => {
                     summary.problems.push(Problem {
@@ -2246,16 +2261,19 @@ fn csv_order_problem(
 }
 
 /// A file is unchanged when its size and ETag match (or, without ETags, its modification
-/// time), and, for Parquet, its statistics are of this build's version: then its footer
-/// is not read again.
+/// time): then its footer is not read again, unless its statistics are out of date.
 fn unchanged(old: &FileEntry, meta: &ObjectMeta) -> bool {
-    // A Parquet file (it has a footer) whose statistics an older build read is read again.
-    (old.footer_size.is_none() || old.stats_version >= STATS_VERSION)
-        && old.size == meta.size
+    old.size == meta.size
         && match (&old.e_tag, &meta.e_tag) {
             (Some(a), Some(b)) => a == b,
             _ => old.last_modified == meta.last_modified,
         }
+}
+
+/// Whether a catalogued file's statistics are of this build's version: a Parquet file
+/// (one with a footer) whose statistics an older build read is read again.
+fn stats_current(old: &FileEntry) -> bool {
+    old.footer_size.is_none() || old.stats_version >= STATS_VERSION
 }
 
 /// The file's columns minus those named like partition columns (Hive semantics: the

@@ -93,8 +93,10 @@ impl OptimizerRule for ReorderJoins {
 }
 
 /// DataFusion's `eliminate_cross_join`, applied only where there is a cross join to
-/// eliminate: a filter over inner joins (`FROM a, b WHERE a.x = b.y`), or a tree of inner
-/// joins with a join that has no keys. The rule also flattens every other tree of inner
+/// eliminate: a tree of inner joins (under a filter or not: `FROM a, b WHERE a.x = b.y`)
+/// with a join that has neither keys nor a condition. The rule takes join keys only from
+/// such a filter and from joins' keys, so elsewhere it has nothing to add; but it also
+/// flattens every other tree of inner
 /// joins and rebuilds it left-deep, joining its inputs in the order they come, on every
 /// optimizer pass; so a bushy order [`ReorderJoins`] chose in one pass was undone in the
 /// next, and then kept whenever it looked no worse than the written one by the margins
@@ -135,22 +137,20 @@ impl OptimizerRule for EliminateCrossJoins {
     }
 }
 
-/// Whether `plan` is a filter over inner joins, or a tree of inner joins one of which
-/// has no keys.
+/// Whether `plan` is a tree of inner joins (or a filter over one) with a cross join: a
+/// join with neither keys nor a condition.
 fn has_cross_join(plan: &LogicalPlan) -> bool {
-    fn keyless(plan: &LogicalPlan) -> bool {
+    fn crossed(plan: &LogicalPlan) -> bool {
         match plan {
             LogicalPlan::Join(j) if j.join_type == JoinType::Inner => {
-                j.on.is_empty() || plan.inputs().into_iter().any(keyless)
+                (j.on.is_empty() && j.filter.is_none()) || plan.inputs().into_iter().any(crossed)
             }
             _ => false,
         }
     }
     match plan {
-        LogicalPlan::Filter(f) => {
-            matches!(f.input.as_ref(), LogicalPlan::Join(j) if j.join_type == JoinType::Inner)
-        }
-        other => keyless(other),
+        LogicalPlan::Filter(f) => crossed(&f.input),
+        other => crossed(other),
     }
 }
 
@@ -1538,6 +1538,40 @@ mod tests {
         );
         assert_eq!(rows(&counted, Q21).await, expected);
         assert_eq!(rows(&guessed, Q21).await, expected);
+    }
+
+    #[tokio::test]
+    async fn cross_joins_are_still_eliminated_and_keyed_trees_left_alone() {
+        let ctx = context(false, true);
+        let config = datafusion::optimizer::OptimizerContext::new();
+        let rule = EliminateCrossJoins::default();
+        // A comma join: a filter over a cross join becomes a join on the equality.
+        let comma = ctx
+            .sql("SELECT n_name FROM nation, supplier WHERE n_nationkey = s_nationkey")
+            .await
+            .expect("plan")
+            .into_unoptimized_plan();
+        let keys = |plan: &LogicalPlan| {
+            let mut keys = Vec::new();
+            plan.apply(|node| {
+                if let LogicalPlan::Join(j) = node {
+                    keys.push(j.on.len());
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })
+            .expect("walk");
+            keys
+        };
+        assert_eq!(keys(&comma), [0]);
+        let done = rule.rewrite(comma, &config).expect("rewrite");
+        assert!(done.transformed);
+        assert_eq!(keys(&done.data), [1]);
+        // The bushy tree chosen for Q21's shape: left as it is.
+        let bushy = optimized(&context_with(true, Stats::Ranges), Q21).await;
+        let before = bushy.display_indent().to_string();
+        let done = rule.rewrite(bushy, &config).expect("rewrite");
+        assert!(!done.transformed);
+        assert_eq!(done.data.display_indent().to_string(), before);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! Filters on partition columns are evaluated against the table's partition values before
 //! any file is opened (and reported to DataFusion as exact); every other filter is pushed
 //! into the Parquet scan for row-group and page pruning. Each file carries statistics
-//! (row count, per-column min/max/nulls) from the catalog, for the planner and pruning.
+//! (row count, per-column min/max/nulls, strings' distinct counts) from the catalog, for
+//! the planner and pruning.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -183,7 +184,8 @@ fn file_statistics(
 /// and widens ranges, but can only take the largest of the files' distinct counts for
 /// strings; here a file column's count combines the files' counts by how much their
 /// values repeat (see [`combine_distinct`]), and a partition column's is the number of
-/// its distinct values. The first `file_columns` columns are the files' own.
+/// its distinct values among files with rows. The first `file_columns` columns are the
+/// files' own.
 fn merge_statistics(
     files: &[&Statistics],
     schema: &Schema,
@@ -195,9 +197,11 @@ fn merge_statistics(
             files
                 .iter()
                 .map(|f| {
-                    let rows = *f.num_rows.get_value()? as u64;
-                    let distinct = *f.column_statistics.get(i)?.distinct_count.get_value()?;
-                    Some((distinct as u64, rows))
+                    let rows = *f.num_rows.get_value()?;
+                    let column = f.column_statistics.get(i)?;
+                    let values = rows.saturating_sub(*column.null_count.get_value().unwrap_or(&0));
+                    let distinct = *column.distinct_count.get_value()?;
+                    Some((distinct as u64, values as u64))
                 })
                 .collect::<Option<Vec<_>>>()
                 .filter(|parts| !parts.is_empty())
@@ -205,11 +209,14 @@ fn merge_statistics(
                     Precision::Inexact(combine_distinct(parts) as usize)
                 })
         } else {
+            // Inexact: a file's statistics need not be exact about its rows, and an exact
+            // count would answer `count(DISTINCT …)` without reading them.
             let values: HashSet<&ScalarValue> = files
                 .iter()
+                .filter(|f| f.num_rows.get_value().is_some_and(|rows| *rows > 0))
                 .filter_map(|f| f.column_statistics.get(i)?.min_value.get_value())
                 .collect();
-            Precision::Exact(values.len())
+            Precision::Inexact(values.len())
         };
     }
     Ok(merged)
@@ -690,8 +697,17 @@ mod tests {
         // Not counted in the files: not counted in the table.
         assert_eq!(distinct(1), Precision::Absent);
         // Two days among three files (DataFusion's merge would say one).
-        assert_eq!(distinct(2), Precision::Exact(2));
+        assert_eq!(distinct(2), Precision::Inexact(2));
         assert_eq!(merged.num_rows, Precision::Exact(3_500));
+
+        // A file of no rows adds no day.
+        let files = [file(1_000, Some(3), "a"), file(0, Some(0), "b")];
+        let refs: Vec<&Statistics> = files.iter().collect();
+        let merged = merge_statistics(&refs, &schema, 2).unwrap();
+        assert_eq!(
+            merged.column_statistics[2].distinct_count,
+            Precision::Inexact(1)
+        );
 
         // One file without a count leaves the table's column uncounted.
         let files = [file(1_000, Some(3), "a"), file(1_000, None, "b")];
