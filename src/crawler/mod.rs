@@ -399,6 +399,10 @@ pub struct CrawlSummary {
     pub files_changed: u64,
     pub files_removed: u64,
     pub files_unchanged: u64,
+    /// Unchanged Parquet files whose footers were read again because an older build
+    /// recorded their statistics (see `catalog::STATS_VERSION`).
+    #[serde(default)]
+    pub files_restated: u64,
     pub bytes_added: u64,
     pub footers_read: u64,
     /// CSV and JSON files whose start was read to infer their columns.
@@ -446,6 +450,7 @@ impl CrawlSummary {
             (&mut self.files_changed, other.files_changed),
             (&mut self.files_removed, other.files_removed),
             (&mut self.files_unchanged, other.files_unchanged),
+            (&mut self.files_restated, other.files_restated),
             (&mut self.bytes_added, other.bytes_added),
             (&mut self.footers_read, other.footers_read),
             (&mut self.samples_read, other.samples_read),
@@ -496,9 +501,14 @@ impl std::fmt::Display for CrawlSummary {
                 list(&self.tables_deleted)
             )?;
         }
+        let restated = if self.files_restated > 0 {
+            format!(", {} read again for newer statistics", self.files_restated)
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "  partitions: +{} -{}   files: +{} ~{} -{} ({} unchanged)   bytes added: {}",
+            "  partitions: +{} -{}   files: +{} ~{} -{} ({} unchanged{restated})   bytes added: {}",
             self.partitions_added,
             self.partitions_removed,
             self.files_added,
@@ -1633,10 +1643,10 @@ impl Crawler {
             let c = files[i];
             let path = c.meta.location.to_string();
             if result.is_err()
-                && let Some(old) = restat.remove(&i)
+                && let Some(old) = restat.get(&i)
             {
                 let _ = merger.add(&old.path, &without(&old.file_schema, &partition_names));
-                new_entries.push((i, old));
+                new_entries.push((i, old.clone()));
                 continue;
             }
             let read = match result {
@@ -1810,13 +1820,20 @@ impl Crawler {
             .filter(|p| !kept_paths.contains(p.as_str()) && !new_paths.contains(p.as_str()))
             .cloned()
             .collect();
-        for (_, f) in &new_entries {
-            if old_files.contains_key(&f.path) {
-                summary.files_changed += 1;
-            } else {
-                summary.files_added += 1;
+        for (i, f) in &new_entries {
+            match restat.get(i) {
+                // The same file, its entry kept because it could not be read again.
+                Some(old) if old.stats_version == f.stats_version => summary.files_unchanged += 1,
+                Some(_) => summary.files_restated += 1,
+                None if old_files.contains_key(&f.path) => {
+                    summary.files_changed += 1;
+                    summary.bytes_added += f.size;
+                }
+                None => {
+                    summary.files_added += 1;
+                    summary.bytes_added += f.size;
+                }
             }
-            summary.bytes_added += f.size;
         }
         summary.files_removed += removals.len() as u64;
         summary.files_unchanged += kept.len() as u64;

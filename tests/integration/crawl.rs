@@ -244,12 +244,49 @@ async fn strings_are_counted_and_files_of_older_statistics_are_read_again() {
         .execute(&pool)
         .await
         .unwrap();
-    pool.close().await;
+    // One file cannot be read again (its bytes changed, its size and time did not): its
+    // entry stays as it was, not dropped.
+    let damaged = lake.join("events/year=2024/month=01/day=05/hour=14/part-0.parquet");
+    let modified = std::fs::metadata(&damaged).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(b"XXXX");
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
     let again = env.crawl(&lake).await;
     assert_eq!(again.footers_read, first.footers_read, "{again}");
-    assert_eq!(kinds().await, (counts, version));
+    assert_eq!(again.files_restated, first.files_added - 1, "{again}");
+    assert_eq!(again.files_unchanged, 1, "{again}");
+    assert_eq!((again.files_changed, again.bytes_added), (0, 0), "{again}");
+    assert!(
+        again
+            .to_string()
+            .contains("read again for newer statistics")
+    );
+    let (recounted, _) = kinds().await;
+    assert_eq!(recounted.len(), counts.len());
+    assert_eq!(recounted[0], counts[0]);
+    // The damaged file kept its old entry, without counts.
+    assert_eq!(recounted[1], None);
+    std::fs::write(&damaged, {
+        bytes[n - 4..].copy_from_slice(b"PAR1");
+        &bytes
+    })
+    .unwrap();
+    // Repaired (and so changed), it is read again; nothing else is.
     let third = env.crawl(&lake).await;
-    assert_eq!(third.footers_read, 1, "only the corrupt file: {third}");
+    assert_eq!(
+        third.footers_read, 2,
+        "the repaired file and the corrupt one: {third}"
+    );
+    assert_eq!(kinds().await, (counts, version));
+    let fourth = env.crawl(&lake).await;
+    assert_eq!(fourth.footers_read, 1, "only the corrupt file: {fourth}");
     assert_eq!(
         env.rows("SELECT count(DISTINCT kind) FROM events").await,
         table_kinds
