@@ -649,7 +649,7 @@ fn strip(e: &Expr) -> &Expr {
 }
 
 /// A statistic as a number on the column's scale, for ranges.
-fn number(v: &ScalarValue) -> Option<f64> {
+pub(super) fn number(v: &ScalarValue) -> Option<f64> {
     Some(match v {
         ScalarValue::Int8(Some(x)) => *x as f64,
         ScalarValue::Int16(Some(x)) => *x as f64,

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod ddl;
 mod decimal;
 mod filterorder;
+mod filterstats;
 mod joinorder;
 mod narrow;
 mod onephase;
@@ -58,6 +59,9 @@ datafusion::common::extensions_options! {
         /// Evaluate each of a filter's conditions on the rows the ones before it kept;
         /// false leaves it to DataFusion's `AND`.
         pub narrow_filter_conditions: bool, default = true
+        /// Estimate the rows a filter keeps from the catalog's distinct counts where
+        /// DataFusion's range analysis cannot; false keeps DataFusion's fixed share.
+        pub estimate_filters: bool, default = true
     }
 }
 
@@ -232,9 +236,7 @@ impl Engine {
             .with_optimizer_rules(rules)
             .with_analyzer_rule(Arc::new(shared::ShareRepeatedSubplans))
             .with_query_planner(Arc::new(shared::TarnQueryPlanner))
-            .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
-            .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
-            .with_physical_optimizer_rule(Arc::new(narrow::NarrowFilterConditions))
+            .with_physical_optimizer_rules(physical_optimizer_rules())
             .build();
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -1222,6 +1224,24 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
     rules
 }
 
+/// DataFusion's physical optimizer rules with Tarn's own: filters' row estimates from the
+/// catalog's distinct counts before DataFusion picks join sides; after all of DataFusion's,
+/// one-phase aggregation over disjoint files, then the order and narrowing of filters'
+/// conditions.
+fn physical_optimizer_rules()
+-> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .unwrap_or(0);
+    rules.insert(at, Arc::new(filterstats::EstimateFilters));
+    rules.push(Arc::new(onephase::OnePhaseAggregate));
+    rules.push(Arc::new(filterorder::OrderFilterConditions));
+    rules.push(Arc::new(narrow::NarrowFilterConditions));
+    rules
+}
+
 /// A session state for tests of Tarn's planner pieces: DataFusion's defaults with `partitions`
 /// target partitions, Tarn's settings as `set` leaves them, and Tarn's query planner.
 #[cfg(test)]
@@ -1238,7 +1258,5 @@ pub(crate) fn test_state(
         .with_default_features()
         .with_config(config)
         .with_query_planner(Arc::new(shared::TarnQueryPlanner))
-        .with_physical_optimizer_rule(Arc::new(onephase::OnePhaseAggregate))
-        .with_physical_optimizer_rule(Arc::new(filterorder::OrderFilterConditions))
-        .with_physical_optimizer_rule(Arc::new(narrow::NarrowFilterConditions))
+        .with_physical_optimizer_rules(physical_optimizer_rules())
 }
