@@ -72,8 +72,12 @@ impl PhysicalOptimizerRule for EstimateFilters {
                 // DataFusion's own estimate applies.
                 return Ok(Transformed::no(node));
             }
-            let stats = StatisticsContext::new()
-                .compute(filter.input().as_ref(), &StatisticsArgs::new())?;
+            // Statistics that cannot be computed leave the filter as it is.
+            let Ok(stats) =
+                StatisticsContext::new().compute(filter.input().as_ref(), &StatisticsArgs::new())
+            else {
+                return Ok(Transformed::no(node));
+            };
             let mut estimate = Estimate {
                 schema: &schema,
                 stats: &stats,
