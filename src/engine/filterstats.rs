@@ -85,7 +85,7 @@ impl PhysicalOptimizerRule for EstimateFilters {
                 informed: false,
             };
             let share = estimate.share(filter.predicate());
-            if !estimate.informed {
+            if !estimate.informed || !share.is_finite() {
                 return Ok(Transformed::no(node));
             }
             let percent = (share * 100.0).round().clamp(1.0, 100.0) as u8;
