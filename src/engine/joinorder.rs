@@ -177,7 +177,7 @@ fn reorder(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
 }
 
 /// An inner join whose conditions are plain (not `IS NOT DISTINCT FROM` keys).
-fn is_reorderable(plan: &LogicalPlan) -> bool {
+pub(super) fn is_reorderable(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Join(j)
         if j.join_type == JoinType::Inner
             && j.join_constraint == JoinConstraint::On
@@ -186,7 +186,7 @@ fn is_reorderable(plan: &LogicalPlan) -> bool {
 }
 
 /// The written shape of the join tree, over the indexes of its inputs.
-enum Shape {
+pub(super) enum Shape {
     Leaf(usize),
     /// A join (its conditions are in the tree's predicates).
     Join(Box<Shape>, Box<Shape>),
@@ -195,13 +195,13 @@ enum Shape {
 }
 
 #[derive(Default)]
-struct Tree {
-    leaves: Vec<LogicalPlan>,
-    predicates: Vec<Expr>,
+pub(super) struct Tree {
+    pub(super) leaves: Vec<LogicalPlan>,
+    pub(super) predicates: Vec<Expr>,
 }
 
 impl Tree {
-    fn collect(&mut self, plan: &LogicalPlan) -> Shape {
+    pub(super) fn collect(&mut self, plan: &LogicalPlan) -> Shape {
         match plan {
             LogicalPlan::Join(join) if is_reorderable(plan) => {
                 let left = self.collect(&join.left);
@@ -388,7 +388,7 @@ fn project_to(original: &LogicalPlan, plan: LogicalPlan) -> Result<LogicalPlan> 
 /// equalities between them become the join keys, the rest its filter. An equality of
 /// columns that the joins below (or an earlier key of this one) already made equal is
 /// left out, so an implied condition never becomes a second key.
-fn join(
+pub(super) fn join(
     left: LogicalPlan,
     right: LogicalPlan,
     predicates: &[Expr],
@@ -991,7 +991,7 @@ fn column_equality(e: &Expr) -> Option<(&Column, &Column)> {
 
 /// Classes of columns known to be equal (union-find).
 #[derive(Default)]
-struct Classes {
+pub(super) struct Classes {
     index: HashMap<Column, usize>,
     parent: Vec<usize>,
 }

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod ddl;
 mod decimal;
+mod eager;
 mod filterorder;
 mod filterstats;
 mod joinorder;
@@ -62,6 +63,9 @@ datafusion::common::extensions_options! {
         /// Estimate the rows a filter keeps from the catalog's distinct counts where
         /// DataFusion's range analysis cannot; false keeps DataFusion's fixed share.
         pub estimate_filters: bool, default = true
+        /// Aggregate the facts before joining the unfiltered dimension tables a query
+        /// groups by; false joins first.
+        pub aggregate_before_joins: bool, default = true
     }
 }
 
@@ -1221,6 +1225,8 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
     rules.insert(at, Arc::new(semijoin::ReduceJoinedAggregate));
     // Join order is chosen once the filters sit on the tables they narrow.
     rules.insert(at + 1, Arc::new(joinorder::ReorderJoins));
+    // Then an aggregation by dimensions' columns aggregates the facts first.
+    rules.insert(at + 2, Arc::new(eager::AggregateBeforeJoins));
     rules
 }
 
