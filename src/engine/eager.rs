@@ -138,6 +138,10 @@ fn eager(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     };
     let mut tree = Tree::default();
     tree.collect(input);
+    // A condition like `random() < 0.5` would be evaluated on other rows.
+    if tree.predicates.iter().any(Expr::is_volatile) {
+        return Ok(None);
+    }
     let leaves = &tree.leaves;
     let holds = |i: usize, c: &Column| leaves[i].schema().has_column(c);
     let aggregated: HashSet<usize> = functions
