@@ -120,6 +120,15 @@ fn eager(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     if !is_reorderable(below) || aggregate.aggr_expr.is_empty() {
         return Ok(None);
     }
+    // The partial aggregation this rule made is not split again: the facts' keys are often
+    // nearly unique (order lines by order), where a further level would gain nothing.
+    if aggregate
+        .aggr_expr
+        .iter()
+        .any(|e| matches!(e, Expr::Alias(a) if a.name.starts_with(PARTIAL)))
+    {
+        return Ok(None);
+    }
     let functions: Option<Vec<&AggregateFunction>> =
         aggregate.aggr_expr.iter().map(splittable).collect();
     let Some(functions) = functions else {
@@ -455,6 +464,32 @@ mod tests {
             4 + 4 * 7,
             "three cities and no city, seven days"
         );
+    }
+
+    #[tokio::test]
+    async fn the_partial_aggregation_is_not_split_again() {
+        // `c` is joined to the sales and holds no grouping column: a fact, whose partial
+        // aggregation (by `c.id`) would find `c` a dimension if split again.
+        let sql = "SELECT d.name, sum(s.amount) FROM sales s \
+                   JOIN customers c ON s.customer = c.id JOIN customers d ON c.id = d.id \
+                   GROUP BY d.name ORDER BY 1";
+        let ctx = context();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .into_optimized_plan()
+            .expect("optimize");
+        let mut aggregates = 0;
+        plan.apply(|n| {
+            aggregates += usize::from(matches!(n, LogicalPlan::Aggregate(_)));
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("walk");
+        assert_eq!(aggregates, 2, "{plan}");
+        let (with, without, applied) = both(sql).await;
+        assert!(applied);
+        assert_eq!(with, without);
     }
 
     #[tokio::test]
