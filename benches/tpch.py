@@ -87,74 +87,102 @@ def generate(scale: float, work: Path, tpchgen: str) -> Path:
     return data
 
 
-def run_tarn(args, data: Path, scale: float, queries):
-    sys.path.insert(0, str(ROOT / "benches"))
-    from dashboard import Server
-    import adbc_driver_flightsql.dbapi as flightsql
+class TarnServer:
+    """Tarn's Flight SQL server, queried with the ADBC client over one connection and one
+    cursor (as a BI tool keeps its statement: a new ADBC cursor costs the Python client
+    about 2 ms, which is not the server's time)."""
 
-    data_dir = Path(args.work_dir) / f"tarn-sf{scale:g}"
-    subprocess.run(["rm", "-rf", str(data_dir)], check=True)
-    started = time.perf_counter()
-    crawl = subprocess.run([args.tarn, "--data-dir", str(data_dir), "crawl", str(data)],
-                           capture_output=True, text=True)
-    if crawl.returncode != 0:
-        sys.exit(f"tarn crawl failed: {crawl.stderr}")
-    print(f"  tarn crawl: {time.perf_counter() - started:.2f} s")
-    flags = [a for f in args.tarn_flag or [] for a in f.split()]
-    server = Server(args.tarn, data_dir, "--result-cache-mb", "0", "--rollup-memory-mb", "0",
-                    *flags)
-    results = {}
-    try:
-        conn = flightsql.connect(server.uri)
-        for q in queries:
-            sql = query_text(q, scale)
-            times = []
-            for _ in range(args.runs + 1):
-                t = time.perf_counter()
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    table = cur.fetch_arrow_table()
-                times.append((time.perf_counter() - t) * 1000)
-            results[q] = {"ms": times, "rows": table.num_rows, "first": first_row(table)}
-            print(f"  Tarn Q{q}: {statistics.median(times[1:]):.0f} ms", flush=True)
-        conn.close()
-        peak = peak_rss_kb(server.proc.pid)
-    finally:
-        server.stop()
-    return results, peak
+    def __init__(self, args, data: Path, scale: float):
+        sys.path.insert(0, str(ROOT / "benches"))
+        from dashboard import Server
+        import adbc_driver_flightsql.dbapi as flightsql
+
+        data_dir = Path(args.work_dir) / f"tarn-sf{scale:g}"
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+        started = time.perf_counter()
+        crawl = subprocess.run([args.tarn, "--data-dir", str(data_dir), "crawl", str(data)],
+                               capture_output=True, text=True)
+        if crawl.returncode != 0:
+            sys.exit(f"tarn crawl failed: {crawl.stderr}")
+        print(f"  tarn crawl: {time.perf_counter() - started:.2f} s")
+        flags = [a for f in args.tarn_flag or [] for a in f.split()]
+        self.data_dir = data_dir
+        self.runs = args.runs
+        self.scale = scale
+        self.server = Server(args.tarn, data_dir, "--result-cache-mb", "0",
+                             "--rollup-memory-mb", "0", *flags)
+        self.conn = flightsql.connect(self.server.uri)
+        self.cursor = self.conn.cursor()
+
+    def run(self, q: int) -> dict:
+        sql = query_text(q, self.scale)
+        times = []
+        for _ in range(self.runs + 1):
+            t = time.perf_counter()
+            self.cursor.execute(sql)
+            table = self.cursor.fetch_arrow_table()
+            times.append((time.perf_counter() - t) * 1000)
+        return {"ms": times, "rows": table.num_rows, "first": first_row(table)}
+
+    def close(self) -> int:
+        try:
+            self.cursor.close()
+            self.conn.close()
+            return peak_rss_kb(self.server.proc.pid)
+        finally:
+            self.server.stop()
 
 
-def run_in_process(args, data: str, scale: float, queries, label: str):
+class Worker:
+    """An engine in its own process, given one query number per line on stdin and
+    answering one JSON line per query; the last line after stdin closes is its peak
+    memory. Every engine stays up for the whole run, so they can take turns per query."""
+
+    def __init__(self, command, label: str, cwd=None):
+        self.label = label
+        self.errors = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.errors, text=True)
+
+    def _line(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.errors.seek(0)
+                sys.exit(f"{self.label} run failed: {self.errors.read()[-2000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, q: int) -> dict:
+        self.proc.stdin.write(f"{q}\n")
+        self.proc.stdin.flush()
+        row = self._line()
+        row["first"] = normalise_row(row["first"])
+        return row
+
+    def close(self) -> int:
+        self.proc.stdin.close()
+        peak = self._line()["peak_rss_kb"]
+        if self.proc.wait() != 0:
+            sys.exit(f"{self.label} run failed")
+        return peak
+
+
+def in_process(args, data: str, scale: float, label: str) -> Worker:
     """`cargo bench --bench tpch` on `data` (a folder of tables, or `tarn:` and a Tarn data
-    directory); per-query results and the process's peak memory."""
-    out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "tpch", "--", data, str(QUERIES),
-         f"{scale:g}", str(args.runs), *map(str, queries)],
-        cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{label} run failed: {out.stderr[-2000:]}")
-    results, peak = {}, 0
-    for line in out.stdout.splitlines():
-        if not line.startswith("{"):
-            continue
-        row = json.loads(line)
-        if "peak_rss_kb" in row:
-            peak = row["peak_rss_kb"]
-        else:
-            row["first"] = normalise_row(row["first"])
-            results[row["query"]] = row
-            print(f"  {label} Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
-                  flush=True)
-    return results, peak
+    directory), taking its queries from stdin."""
+    return Worker(["cargo", "bench", "--quiet", "--bench", "tpch", "--", data, str(QUERIES),
+                   f"{scale:g}", str(args.runs), "-"], label, cwd=ROOT)
 
 
-def duckdb_worker(data: str, scale: float, runs: int, queries) -> None:
+def duckdb_worker(data: str, scale: float, runs: int) -> None:
     """Runs in its own process, so its peak memory is DuckDB's alone."""
     import duckdb
     db = duckdb.connect()
     for t in TABLES:
         db.sql(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{data}/{t}/*.parquet')")
-    for q in queries:
+    for line in sys.stdin:
+        q = int(line)
         sql = query_text(q, scale)
         times = []
         for _ in range(runs + 1):
@@ -163,26 +191,32 @@ def duckdb_worker(data: str, scale: float, runs: int, queries) -> None:
             times.append((time.perf_counter() - t) * 1000)
         print(json.dumps({"query": q, "ms": times, "rows": table.num_rows,
                           "first": first_row(table)}), flush=True)
-    print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}),
+          flush=True)
 
 
-def run_duckdb(args, data: Path, scale: float, queries):
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--duckdb-worker", str(data), "--scale", f"{scale:g}",
-         "--runs", str(args.runs), *[a for q in queries for a in ("--query", str(q))]],
-        stdout=subprocess.PIPE, text=True)
-    results, peak = {}, 0
-    for line in proc.stdout:
-        row = json.loads(line)
-        if "peak_rss_kb" in row:
-            peak = row["peak_rss_kb"]
-        else:
-            results[row["query"]] = row
-            print(f"  DuckDB Q{row['query']}: {statistics.median(row['ms'][1:]):.0f} ms",
-                  flush=True)
-    if proc.wait() != 0:
-        sys.exit("DuckDB run failed")
-    return results, peak
+def duckdb(args, data: Path, scale: float) -> Worker:
+    return Worker([sys.executable, __file__, "--duckdb-worker", str(data), "--scale",
+                   f"{scale:g}", "--runs", str(args.runs)], "DuckDB")
+
+
+LABELS = {"tarn": "Tarn", "local": "Tarn in-process", "df": "DataFusion", "duck": "DuckDB"}
+
+
+def run_all(engines: dict, queries) -> dict:
+    """Every query on every engine before the next query, the engines' order turning by
+    one each query: a stretch of minutes when the machine runs slower falls on all engines
+    alike instead of on whichever ran then."""
+    results = {key: {} for key in engines}
+    order = list(engines)
+    for i, q in enumerate(queries):
+        turn = order[i % len(order):] + order[:i % len(order)]
+        for key in turn:
+            results[key][q] = engines[key].run(q)
+        print(f"  Q{q}: " + ", ".join(
+            f"{LABELS[key]} {statistics.median(results[key][q]['ms'][1:]):.0f} ms"
+            for key in order), flush=True)
+    return results
 
 
 def stats(ms):
@@ -200,7 +234,9 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         f"# TPC-H SF{scale:g}: Tarn (Flight SQL, ADBC) vs DataFusion in-process vs DuckDB",
         "",
         f"{os.cpu_count()} cores; one cold run and {runs} warm runs per query; "
-        "times in ms (warm median / p95, cold); ratios of warm medians. Tarn in-process is "
+        "times in ms (warm median / p95, cold); ratios of warm medians. The engines take "
+        "turns query by query (every engine runs a query before the next query starts). "
+        "Tarn in-process is "
         "Tarn's engine on the same catalog without the server: Tarn / Tarn in-process is "
         "what Flight SQL adds.",
         "",
@@ -279,36 +315,38 @@ def main() -> None:
     queries = args.query or list(range(1, 23))
     scales = args.scale or [1.0, 10.0]
     if args.duckdb_worker:
-        duckdb_worker(args.duckdb_worker, scales[0], args.runs, queries)
+        duckdb_worker(args.duckdb_worker, scales[0], args.runs)
         return
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for scale in scales:
         data = generate(scale, work, args.tpchgen)
-        print(f"SF{scale:g}: Tarn through Flight SQL", flush=True)
-        tarn, tarn_peak = run_tarn(args, data, scale, queries)
+        print(f"SF{scale:g}: starting the engines", flush=True)
+        engines = {"tarn": TarnServer(args, data, scale)}
+        if not args.tarn_only:
+            tarn_dir = f"tarn:{Path(args.work_dir) / f'tarn-sf{scale:g}'}"
+            engines["local"] = in_process(args, tarn_dir, scale, LABELS["local"])
+            engines["df"] = in_process(args, str(data), scale, LABELS["df"])
+            engines["duck"] = duckdb(args, data, scale)
+        try:
+            results = run_all(engines, queries)
+        finally:
+            peaks = {key: engine.close() for key, engine in engines.items()}
         if args.tarn_only:
-            medians = [stats(tarn[q]["ms"])[0] for q in queries]
+            medians = [stats(results["tarn"][q]["ms"])[0] for q in queries]
             print(f"Tarn SF{scale:g}: sum {sum(medians):.0f} ms, geometric mean "
-                  f"{geomean(medians):.0f} ms, peak {tarn_peak / 1024:.0f} MB")
+                  f"{geomean(medians):.0f} ms, peak {peaks['tarn'] / 1024:.0f} MB")
             continue
-        print(f"SF{scale:g}: Tarn in-process", flush=True)
-        tarn_dir = f"tarn:{Path(args.work_dir) / f'tarn-sf{scale:g}'}"
-        local, local_peak = run_in_process(args, tarn_dir, scale, queries, "Tarn in-process")
-        print(f"SF{scale:g}: DataFusion in-process", flush=True)
-        datafusion, df_peak = run_in_process(args, str(data), scale, queries, "DataFusion")
-        print(f"SF{scale:g}: DuckDB", flush=True)
-        duck, duck_peak = run_duckdb(args, data, scale, queries)
-        peaks = {"tarn": tarn_peak, "local": local_peak, "df": df_peak, "duck": duck_peak}
-        text = report(scale, queries, tarn, local, datafusion, duck, peaks, args.runs)
+        text = report(scale, queries, results["tarn"], results["local"], results["df"],
+                      results["duck"], peaks, args.runs)
         name = f"tpch-sf{scale:g}"
         (RESULTS / f"{name}.md").write_text(text)
-        chart(scale, queries, tarn, datafusion, duck, RESULTS / f"{name}.png")
+        chart(scale, queries, results["tarn"], results["df"], results["duck"],
+              RESULTS / f"{name}.png")
         print()
         print(text)
         print(f"written {RESULTS / name}.md and .png")
-
 
 if __name__ == "__main__":
     main()

@@ -2,14 +2,16 @@
 //! beside Tarn's Flight SQL server and DuckDB on the same files; and Tarn's own engine
 //! without its server, which measures what Flight SQL adds.
 //!
-//! `cargo bench --bench tpch -- DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY…]` registers
+//! `cargo bench --bench tpch -- DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY… | -]` registers
 //! every folder of `DATA_DIR` as a Parquet table in a DataFusion session; with
 //! `tarn:TARN_DATA_DIR` instead, it opens that Tarn data directory's catalog as `tarn sql`
 //! does (no result cache). It runs each query once cold and `WARM_RUNS` times warm, and
 //! prints one JSON object per query
 //! (`{"query": 1, "ms": [cold, warm…], "rows": 4, "first": "…"}`), then
-//! `{"peak_rss_kb": …}`.
+//! `{"peak_rss_kb": …}`. With `-` it reads the query numbers from stdin, one a line, and
+//! answers each as it comes (the engines of `benches/tpch.py` take turns query by query).
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -41,7 +43,7 @@ async fn main() -> Result<(), Failure> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let [data, queries, scale, runs, only @ ..] = args.as_slice() else {
-        return Err("usage: tpch DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY…]".into());
+        return Err("usage: tpch DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY… | -]".into());
     };
     let scale: f64 = scale.parse()?;
     let runs: usize = runs.parse()?;
@@ -64,32 +66,54 @@ async fn main() -> Result<(), Failure> {
             Engine::DataFusion(ctx)
         }
     };
-    let selected: Vec<usize> = if only.is_empty() {
-        (1..=22).collect()
-    } else {
-        only.iter().map(|q| q.parse()).collect::<Result<_, _>>()?
-    };
-    for q in selected {
-        let sql = query_text(Path::new(queries), q, scale)?;
-        let mut times = Vec::with_capacity(runs + 1);
-        let mut rows = 0;
-        let mut first = String::new();
-        for _ in 0..=runs {
-            let started = Instant::now();
-            let batches = match &engine {
-                Engine::DataFusion(ctx) => ctx.sql(&sql).await?.collect().await?,
-                Engine::Tarn(ctx) => ctx.engine.query(&sql).await?.1,
-            };
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-            rows = batches.iter().map(|b| b.num_rows()).sum();
-            first = first_row(&batches)?;
+    let queries = Path::new(queries);
+    if only == ["-"] {
+        // Driven by `benches/tpch.py`: one query number per line, answered as it comes,
+        // so the engines can take turns.
+        for line in std::io::stdin().lines() {
+            let q: usize = line?.trim().parse()?;
+            run(&engine, queries, q, scale, runs).await?;
         }
-        println!(
-            "{}",
-            serde_json::json!({"query": q, "ms": times, "rows": rows, "first": first})
-        );
+    } else if only.is_empty() {
+        for q in 1..=22 {
+            run(&engine, queries, q, scale, runs).await?;
+        }
+    } else {
+        for q in only {
+            run(&engine, queries, q.parse()?, scale, runs).await?;
+        }
     }
     println!("{}", serde_json::json!({"peak_rss_kb": peak_rss_kb()}));
+    Ok(())
+}
+
+/// Runs query `q` once cold and `runs` times warm and prints its JSON line.
+async fn run(
+    engine: &Engine,
+    queries: &Path,
+    q: usize,
+    scale: f64,
+    runs: usize,
+) -> Result<(), Failure> {
+    let sql = query_text(queries, q, scale)?;
+    let mut times = Vec::with_capacity(runs + 1);
+    let mut rows = 0;
+    let mut first = String::new();
+    for _ in 0..=runs {
+        let started = Instant::now();
+        let batches = match engine {
+            Engine::DataFusion(ctx) => ctx.sql(&sql).await?.collect().await?,
+            Engine::Tarn(ctx) => ctx.engine.query(&sql).await?.1,
+        };
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        rows = batches.iter().map(|b| b.num_rows()).sum();
+        first = first_row(&batches)?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"query": q, "ms": times, "rows": rows, "first": first})
+    );
+    std::io::stdout().flush()?;
     Ok(())
 }
 
