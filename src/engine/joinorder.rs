@@ -1008,7 +1008,7 @@ impl Classes {
     }
 
     /// The class of `c`: the index of one of its columns.
-    fn find(&mut self, c: &Column) -> usize {
+    pub(super) fn find(&mut self, c: &Column) -> usize {
         let mut i = self.id(c);
         while self.parent[i] != i {
             self.parent[i] = self.parent[self.parent[i]];
@@ -1018,7 +1018,7 @@ impl Classes {
     }
 
     /// Puts `a` and `b` in one class; false when they already were.
-    fn union(&mut self, a: &Column, b: &Column) -> bool {
+    pub(super) fn union(&mut self, a: &Column, b: &Column) -> bool {
         let (x, y) = (self.find(a), self.find(b));
         if x != y {
             self.parent[x.max(y)] = x.min(y);

@@ -18,6 +18,7 @@ mod onephase;
 mod semijoin;
 mod shared;
 pub mod table;
+mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -66,6 +67,9 @@ datafusion::common::extensions_options! {
         /// Aggregate the facts before joining the unfiltered dimension tables a query
         /// groups by; false joins first.
         pub aggregate_before_joins: bool, default = true
+        /// Take a correlated minimum or maximum over the query's own join as a window
+        /// over that join; false computes the subquery as a join of its own.
+        pub subquery_as_window: bool, default = true
     }
 }
 
@@ -1200,11 +1204,12 @@ impl SchemaProvider for TarnDatabase {
     }
 }
 
-/// DataFusion's optimizer rules with Tarn's own: semi and anti joins are moved below the
-/// inner joins they filter once decorrelation and the join rewrites have made them, before
-/// filters are pushed down; once filters are in place, an aggregation joined on a grouping
-/// column is reduced to the groups the join keeps, and inner joins are ordered by the
-/// catalog's statistics.
+/// DataFusion's optimizer rules with Tarn's own: semi joins are moved below the inner
+/// joins they filter once decorrelation and the join rewrites have made them, before
+/// filters are pushed down; once filters are in place, a correlated minimum over the
+/// query's own join becomes a window, an aggregation joined on a grouping column is
+/// reduced to the groups the join keeps, inner joins are ordered by the catalog's
+/// statistics, and facts are aggregated before the dimensions they are grouped by.
 fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     // Trees of inner joins keep the order chosen for them (see the rule).
@@ -1222,11 +1227,14 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .iter()
         .position(|r| r.name() == "push_down_filter")
         .map_or(rules.len(), |i| i + 1);
-    rules.insert(at, Arc::new(semijoin::ReduceJoinedAggregate));
+    // A correlated minimum over the query's own join becomes a window, before the
+    // subquery's aggregation is reduced to the keys the join keeps.
+    rules.insert(at, Arc::new(window::SubqueryAsWindow));
+    rules.insert(at + 1, Arc::new(semijoin::ReduceJoinedAggregate));
     // Join order is chosen once the filters sit on the tables they narrow.
-    rules.insert(at + 1, Arc::new(joinorder::ReorderJoins));
+    rules.insert(at + 2, Arc::new(joinorder::ReorderJoins));
     // Then an aggregation by dimensions' columns aggregates the facts first.
-    rules.insert(at + 2, Arc::new(eager::AggregateBeforeJoins));
+    rules.insert(at + 3, Arc::new(eager::AggregateBeforeJoins));
     rules
 }
 
