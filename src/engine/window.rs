@@ -188,6 +188,19 @@ fn mapped(e: &Expr, mapping: &HashMap<TableReference, TableReference>) -> Option
     complete.then_some(out)
 }
 
+/// `e` with the columns `values` holds replaced by their values.
+fn substitute(e: &Expr, values: &HashMap<Column, Expr>) -> Result<Expr> {
+    e.clone()
+        .transform(|e| match e {
+            Expr::Column(c) => match values.get(&c) {
+                Some(v) => Ok(Transformed::yes(v.clone())),
+                None => Ok(Transformed::no(Expr::Column(c))),
+            },
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
 /// The plan described in the module documentation, or `None` where it does not apply.
 fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
     if join.join_type != JoinType::Inner
@@ -361,23 +374,12 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
         );
         windows.push(window);
     }
-    let replace = |e: &Expr| -> Result<Expr> {
-        e.clone()
-            .transform(|e| match e {
-                Expr::Column(c) => match replacement.get(&c) {
-                    Some(r) => Ok(Transformed::yes(r.clone())),
-                    None => Ok(Transformed::no(Expr::Column(c))),
-                },
-                other => Ok(Transformed::no(other)),
-            })
-            .map(|t| t.data)
-    };
     // The subquery's output columns, as the join sees them (under its alias).
     let mut output: HashMap<Column, Expr> = HashMap::new();
     let alias = &subquery.alias;
     for (i, field) in subquery.schema.fields().iter().enumerate() {
         let value = match outputs {
-            Some(exprs) => replace(unaliased(&exprs[i]))?,
+            Some(exprs) => substitute(unaliased(&exprs[i]), &replacement)?,
             None => replacement
                 .get(&fields[i])
                 .cloned()
@@ -385,18 +387,6 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
         };
         output.insert(Column::new(Some(alias.clone()), field.name()), value);
     }
-    let outside = |e: &Expr| -> Result<Expr> {
-        e.clone()
-            .transform(|e| match e {
-                Expr::Column(c) => match output.get(&c) {
-                    Some(r) => Ok(Transformed::yes(r.clone())),
-                    None => Ok(Transformed::no(Expr::Column(c))),
-                },
-                other => Ok(Transformed::no(other)),
-            })
-            .map(|t| t.data)
-    };
-
     // The join must match the subquery's grouping column with one of its class.
     let group_output = output
         .iter()
@@ -430,10 +420,10 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
 
     let mut conditions = Vec::new();
     for (l, r) in &join.on {
-        conditions.push(l.clone().eq(outside(r)?));
+        conditions.push(l.clone().eq(substitute(r, &output)?));
     }
     if let Some(f) = &join.filter {
-        conditions.push(outside(f)?);
+        conditions.push(substitute(f, &output)?);
     }
     let Some(condition) = conjunction(conditions) else {
         return Ok(None);
