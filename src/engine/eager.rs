@@ -319,23 +319,17 @@ fn connect(mut inputs: Vec<LogicalPlan>, predicates: &[Expr]) -> Result<Option<L
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing::{rows, session};
     use arrow::array::{Decimal128Array, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
 
     /// Sales of 12 customer ids (one sold to no one, one with a null id), customers with
     /// a repeated id, cities with a null.
     fn context() -> SessionContext {
-        let config = SessionConfig::new().with_option_extension(TarnOptions::default());
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
-            .with_optimizer_rules(super::super::optimizer_rules())
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = session();
         let n = 400;
         let sales = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
@@ -389,18 +383,6 @@ mod tests {
             ctx.register_table(name, Arc::new(table)).expect("register");
         }
         ctx
-    }
-
-    async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let batches = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let shown = arrow::util::pretty::pretty_format_batches(&batches).expect("format");
-        shown.to_string().lines().map(str::to_string).collect()
     }
 
     async fn optimized(ctx: &SessionContext, sql: &str) -> LogicalPlan {

@@ -18,6 +18,8 @@ mod onephase;
 mod semijoin;
 mod shared;
 pub mod table;
+#[cfg(test)]
+mod testing;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};

@@ -451,24 +451,18 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing::{rows, session};
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
     use std::sync::Arc;
 
     /// Parts, their offers by suppliers (several per part, some tied, a null part), and
     /// suppliers in two regions.
     fn context() -> SessionContext {
-        let config = SessionConfig::new().with_option_extension(TarnOptions::default());
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
-            .with_optimizer_rules(super::super::optimizer_rules())
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = session();
         let ints = |name: &str, v: Vec<Option<i64>>| {
             (
                 Field::new(name, DataType::Int64, true),
@@ -518,18 +512,6 @@ mod tests {
         )
         .expect("supp");
         ctx
-    }
-
-    async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let batches = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let shown = arrow::util::pretty::pretty_format_batches(&batches).expect("format");
-        shown.to_string().lines().map(str::to_string).collect()
     }
 
     /// Whether the optimized plan has a window and how many aggregations.
