@@ -156,7 +156,10 @@ fn has_cross_join(plan: &LogicalPlan) -> bool {
 
 fn reorder(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     if !is_reorderable(&plan) {
-        return plan.map_children(reorder);
+        // Subqueries that stay in expressions (an uncorrelated scalar subquery) too.
+        return plan
+            .map_subqueries(reorder)?
+            .transform_data(|plan| plan.map_children(reorder));
     }
     let mut tree = Tree::default();
     let shape = tree.collect(&plan);
@@ -1445,6 +1448,43 @@ mod tests {
         assert_eq!(written, WRITTEN, "{written:?}");
         let under = tables_under_join_on(&ordered, Q7, "n1.n_nationkey").await;
         assert_eq!(under, ["nation", "supplier"], "{under:?}");
+    }
+
+    #[tokio::test]
+    async fn joins_in_a_scalar_subquery_go_in_order_too() {
+        // An uncorrelated scalar subquery stays in the filter's expression; its joins are
+        // ordered like the query's own.
+        let sql = "SELECT o_custkey, count(*) FROM orders WHERE o_orderkey > \
+                   (SELECT count(*) FROM supplier, lineitem, orders, customer, nation n1, \
+                   nation n2 WHERE s_suppkey = l_suppkey AND o_orderkey = l_orderkey \
+                   AND c_custkey = o_custkey AND s_nationkey = n1.n_nationkey \
+                   AND c_nationkey = n2.n_nationkey AND n1.n_name = 'FRANCE' \
+                   AND n2.n_name = 'GERMANY') GROUP BY 1 ORDER BY 1";
+        let (plain, ordered) = same_answers(sql).await;
+        let under = |plan: LogicalPlan| {
+            let mut out = Vec::new();
+            plan.apply_with_subqueries(|node| {
+                if let LogicalPlan::Join(j) = node
+                    && j.on.iter().any(|(l, r)| {
+                        [l, r].iter().any(|e| {
+                            e.column_refs()
+                                .iter()
+                                .any(|c| c.flat_name() == "n1.n_nationkey")
+                        })
+                    })
+                {
+                    scans(node, &mut out);
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })
+            .expect("walk");
+            out.sort();
+            out
+        };
+        let written = under(optimized(&plain, sql).await);
+        assert_eq!(written, WRITTEN, "{written:?}");
+        let reordered = under(optimized(&ordered, sql).await);
+        assert_eq!(reordered, ["nation", "supplier"], "{reordered:?}");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! providers are cached per table version, so a table's file list is read from the
 //! catalog once per change, not once per query.
 
+mod avg;
 pub mod cache;
 pub mod ddl;
 mod decimal;
@@ -69,9 +70,13 @@ datafusion::common::extensions_options! {
         /// Aggregate the facts before joining the unfiltered dimension tables a query
         /// groups by; false joins first.
         pub aggregate_before_joins: bool, default = true
-        /// Take a correlated minimum or maximum over the query's own join as a window
-        /// over that join; false computes the subquery as a join of its own.
+        /// Take a correlated minimum or maximum over the query's own join, or an
+        /// uncorrelated total of the rows the query groups, as a window over the query's
+        /// own rows; false computes the subquery on its own.
         pub subquery_as_window: bool, default = true
+        /// Compute a decimal average from the sum and count the query also takes, where
+        /// that saves accumulators; false keeps every average's own.
+        pub avg_from_sums: bool, default = true
     }
 }
 
@@ -1232,11 +1237,18 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
     // A correlated minimum over the query's own join becomes a window, before the
     // subquery's aggregation is reduced to the keys the join keeps.
     rules.insert(at, Arc::new(window::SubqueryAsWindow));
-    rules.insert(at + 1, Arc::new(semijoin::ReduceJoinedAggregate));
+    rules.insert(at + 1, Arc::new(window::TotalAsWindow));
+    rules.insert(at + 2, Arc::new(semijoin::ReduceJoinedAggregate));
     // Join order is chosen once the filters sit on the tables they narrow.
-    rules.insert(at + 2, Arc::new(joinorder::ReorderJoins));
+    rules.insert(at + 3, Arc::new(joinorder::ReorderJoins));
     // Then an aggregation by dimensions' columns aggregates the facts first.
-    rules.insert(at + 3, Arc::new(eager::AggregateBeforeJoins));
+    rules.insert(at + 4, Arc::new(eager::AggregateBeforeJoins));
+    // Averages share sums and counts once the aggregations are where they will run.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "common_sub_expression_eliminate")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(avg::AvgFromSums));
     rules
 }
 

@@ -26,17 +26,31 @@
 //! The join becomes a window over `L` partitioned by `g`, a filter with the join's
 //! conditions (the one on `g` also drops null keys, as the join did), and a projection
 //! giving the join's columns. Anything else is left as it was.
-//! `--datafusion-config tarn.subquery_as_window=false` turns the rule off.
+//!
+//! A second rule, [`TotalAsWindow`], does the same for an uncorrelated subquery that
+//! totals the rows the query groups: TPC-H Q11 keeps the parts whose value is more than a
+//! share of the whole, `HAVING sum(v) > (SELECT sum(v) * 0.0001 FROM <the same join>)`,
+//! and read `partsupp` twice. The sum over all rows is the sum of the groups' sums, so the
+//! filter compares with `sum(sum(v)) OVER ()` over the aggregation's result. It applies
+//! to a filter over an aggregation whose one scalar subquery, uncorrelated, aggregates
+//! without grouping:
+//! - over the same tables as the aggregation, each read alike, with the same conditions;
+//! - with plain `sum` (of integers or decimals, whose sums do not depend on the order of
+//!   addition), `min` or `max`, each of an argument the aggregation also takes it of.
+//!
+//! `--datafusion-config tarn.subquery_as_window=false` turns both rules off.
 
 use std::collections::HashMap;
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use arrow::datatypes::DataType;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, JoinType, NullEquality, Result, TableReference};
 use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, BinaryExpr, Expr, ExprFunctionExt, Join, LogicalPlan, LogicalPlanBuilder, Operator,
-    WindowFunctionDefinition,
+    Aggregate, BinaryExpr, Expr, ExprFunctionExt, ExprSchemable, Filter, Join, LogicalPlan,
+    LogicalPlanBuilder, Operator, WindowFunctionDefinition, cast,
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -201,6 +215,68 @@ fn substitute(e: &Expr, values: &HashMap<Column, Expr>) -> Result<Expr> {
         .map(|t| t.data)
 }
 
+/// How a subquery's tables are found among the outer query's: each of its inputs matched
+/// with one of the outer query's read alike (same table, same filters).
+struct Reads {
+    /// The subquery's qualifiers to the outer query's.
+    mapping: HashMap<TableReference, TableReference>,
+    /// Which of the outer query's inputs are matched.
+    matched: Vec<bool>,
+    /// The subquery's conditions, under the outer query's qualifiers.
+    inner_predicates: Vec<Expr>,
+}
+
+/// `inner`'s inputs matched with `outer`'s; `None` where one is not read alike by the
+/// outer query or a condition names another table.
+fn match_reads(inner: &Tree, outer: &Tree) -> Option<Reads> {
+    let mut mapping = HashMap::new();
+    let mut matched = vec![false; outer.leaves.len()];
+    let outer_reads: Vec<Option<(TableReference, String)>> =
+        outer.leaves.iter().map(read).collect();
+    for leaf in &inner.leaves {
+        let (from, what) = read(leaf)?;
+        let i = (0..outer.leaves.len())
+            .find(|i| !matched[*i] && outer_reads[*i].as_ref().is_some_and(|(_, w)| *w == what))?;
+        matched[i] = true;
+        let (to, _) = outer_reads[i].as_ref()?;
+        if mapping.insert(from, to.clone()).is_some() {
+            return None;
+        }
+    }
+    let inner_predicates = inner
+        .predicates
+        .iter()
+        .map(|p| mapped(p, &mapping))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Reads {
+        mapping,
+        matched,
+        inner_predicates,
+    })
+}
+
+/// Whether two lists of conditions over the same tables are the same, equalities compared
+/// as classes of equal columns; the classes of the first where they are.
+fn same_conditions(inner: &[Expr], outer: &[Expr]) -> Option<Classes> {
+    let classes = |predicates: &[Expr]| {
+        let mut classes = Classes::default();
+        for p in predicates {
+            if let Some((a, b)) = equality(p) {
+                classes.union(a, b);
+            }
+        }
+        classes
+    };
+    let (mut inner_classes, mut outer_classes) = (classes(inner), classes(outer));
+    let implied = |p: &Expr, classes: &mut Classes, others: &[Expr]| match equality(p) {
+        Some((a, b)) => classes.find(a) == classes.find(b),
+        None => others.contains(p),
+    };
+    let same = inner.iter().all(|p| implied(p, &mut outer_classes, outer))
+        && outer.iter().all(|p| implied(p, &mut inner_classes, inner));
+    same.then_some(inner_classes)
+}
+
 /// The plan described in the module documentation, or `None` where it does not apply.
 fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
     if join.join_type != JoinType::Inner
@@ -249,41 +325,19 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
     let (mut inner, mut outer) = (Tree::default(), Tree::default());
     inner.collect(&aggregate.input);
     outer.collect(&join.left);
-    let mut mapping = HashMap::new();
-    let mut matched = vec![false; outer.leaves.len()];
-    let outer_reads: Vec<Option<(TableReference, String)>> =
-        outer.leaves.iter().map(read).collect();
-    for leaf in &inner.leaves {
-        let Some((from, what)) = read(leaf) else {
-            return Ok(None);
-        };
-        let Some(i) = (0..outer.leaves.len())
-            .find(|i| !matched[*i] && outer_reads[*i].as_ref().is_some_and(|(_, w)| *w == what))
-        else {
-            return Ok(None);
-        };
-        matched[i] = true;
-        let Some((to, _)) = &outer_reads[i] else {
-            return Ok(None);
-        };
-        if mapping.insert(from, to.clone()).is_some() {
-            return Ok(None);
-        }
-    }
+    let Some(Reads {
+        mapping,
+        matched,
+        inner_predicates,
+    }) = match_reads(&inner, &outer)
+    else {
+        return Ok(None);
+    };
     let Some(group_out) = mapped(&Expr::Column(group.clone()), &mapping) else {
         return Ok(None);
     };
     let Expr::Column(group_col) = &group_out else {
         return Ok(None);
-    };
-    let inner_predicates = match inner
-        .predicates
-        .iter()
-        .map(|p| mapped(p, &mapping))
-        .collect::<Option<Vec<_>>>()
-    {
-        Some(p) => p,
-        None => return Ok(None),
     };
 
     // The outer conditions: among the matched tables, with the others, or among the others.
@@ -304,31 +358,9 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
             links.push(p.clone());
         }
     }
-    let mut inner_classes = Classes::default();
-    for p in &inner_predicates {
-        if let Some((a, b)) = equality(p) {
-            inner_classes.union(a, b);
-        }
-    }
-    let mut among_classes = Classes::default();
-    for p in &among {
-        if let Some((a, b)) = equality(p) {
-            among_classes.union(a, b);
-        }
-    }
-    let implied = |p: &Expr, classes: &mut Classes, others: &[Expr]| match equality(p) {
-        Some((a, b)) => classes.find(a) == classes.find(b),
-        None => others.contains(p),
-    };
-    if !inner_predicates
-        .iter()
-        .all(|p| implied(p, &mut among_classes, &among))
-        || !among
-            .iter()
-            .all(|p| implied(p, &mut inner_classes, &inner_predicates))
-    {
+    let Some(mut inner_classes) = same_conditions(&inner_predicates, &among) else {
         return Ok(None);
-    }
+    };
     // The other tables meet the matched ones only on the grouping column's class.
     let mut outer_classes = Classes::default();
     for p in &outer.predicates {
@@ -448,13 +480,182 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
     Ok(Some(plan))
 }
 
+/// An uncorrelated subquery that totals the query's own grouped rows, taken as a window
+/// over the groups: see the module documentation.
+#[derive(Debug, Default)]
+pub struct TotalAsWindow;
+
+impl OptimizerRule for TotalAsWindow {
+    fn name(&self) -> &str {
+        "tarn_total_as_window"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        if !TarnOptions::get(&config.options(), |o| o.subquery_as_window) {
+            return Ok(Transformed::no(plan));
+        }
+        let LogicalPlan::Filter(filter) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        match total_as_window(filter)? {
+            Some(rewritten) => Ok(Transformed::yes(rewritten)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+/// A plain `sum`, `min` or `max` of one argument, and whether totalling its values per
+/// group gives the total over all rows exactly: any type for `min` and `max`, integers
+/// and decimals for `sum` (a floating-point sum changes with the order of addition).
+fn totalled<'a>(
+    e: &'a Expr,
+    schema: &datafusion::common::DFSchema,
+) -> Option<&'a AggregateFunction> {
+    let f = match e {
+        Expr::AggregateFunction(f) => f,
+        Expr::Alias(a) => return totalled(&a.expr, schema),
+        _ => return None,
+    };
+    let p = &f.params;
+    if p.distinct || p.filter.is_some() || !p.order_by.is_empty() || p.args.len() != 1 {
+        return None;
+    }
+    match f.func.name() {
+        "min" | "max" => Some(f),
+        "sum" => {
+            let exact = p.args[0].get_type(schema).ok()?;
+            (exact.is_integer() || matches!(exact, DataType::Decimal128(..))).then_some(f)
+        }
+        _ => None,
+    }
+}
+
+/// The filter over an aggregation, with its uncorrelated subquery that totals the
+/// aggregation's own input taken as a window over the groups; `None` where it does not
+/// apply.
+fn total_as_window(filter: &Filter) -> Result<Option<LogicalPlan>> {
+    let LogicalPlan::Aggregate(groups) = filter.input.as_ref() else {
+        return Ok(None);
+    };
+    let mut subqueries = Vec::new();
+    filter.predicate.apply(|e| {
+        if let Expr::ScalarSubquery(s) = e {
+            subqueries.push(s.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let [subquery] = subqueries.as_slice() else {
+        return Ok(None);
+    };
+    if !subquery.outer_ref_columns.is_empty() {
+        return Ok(None);
+    }
+    let (output, total): (Option<&Expr>, &Aggregate) = match subquery.subquery.as_ref() {
+        LogicalPlan::Projection(p) => match (p.expr.as_slice(), p.input.as_ref()) {
+            ([e], LogicalPlan::Aggregate(a)) => (Some(e), a),
+            _ => return Ok(None),
+        },
+        LogicalPlan::Aggregate(a) => (None, a),
+        _ => return Ok(None),
+    };
+    if !total.group_expr.is_empty() || total.aggr_expr.is_empty() {
+        return Ok(None);
+    }
+    // The subquery reads the aggregation's rows: the same tables, read alike, with the
+    // same conditions.
+    let (mut inner, mut outer) = (Tree::default(), Tree::default());
+    inner.collect(&total.input);
+    outer.collect(&groups.input);
+    if inner.leaves.len() != outer.leaves.len() {
+        return Ok(None);
+    }
+    let Some(reads) = match_reads(&inner, &outer) else {
+        return Ok(None);
+    };
+    if same_conditions(&reads.inner_predicates, &outer.predicates).is_none() {
+        return Ok(None);
+    }
+    // Each total is the same function of the same argument as one of the groups' columns.
+    let group_columns = groups.schema.columns();
+    let first_aggregate = group_columns.len() - groups.aggr_expr.len();
+    let mut windows = Vec::new();
+    let mut values: HashMap<Column, Expr> = HashMap::new();
+    for (j, e) in total.aggr_expr.iter().enumerate() {
+        let Some(f) = totalled(e, total.input.schema()) else {
+            return Ok(None);
+        };
+        let Some(arg) = mapped(&f.params.args[0], &reads.mapping) else {
+            return Ok(None);
+        };
+        let Some(at) = groups.aggr_expr.iter().position(|g| {
+            totalled(g, groups.input.schema())
+                .is_some_and(|g| g.func.name() == f.func.name() && g.params.args[0] == arg)
+        }) else {
+            return Ok(None);
+        };
+        let window = Expr::from(WindowFunction::new(
+            WindowFunctionDefinition::AggregateUDF(f.func.clone()),
+            vec![Expr::Column(group_columns[first_aggregate + at].clone())],
+        ));
+        let name = window.schema_name().to_string();
+        let field = total.schema.field(j);
+        // A sum of sums is wider than the sum it equals.
+        values.insert(
+            total.schema.columns()[j].clone(),
+            cast(
+                Expr::Column(Column::from_name(name)),
+                field.data_type().clone(),
+            ),
+        );
+        windows.push(window);
+    }
+    let value = match output {
+        Some(e) => substitute(unaliased(e), &values)?,
+        None => match values.values().next() {
+            Some(v) if values.len() == 1 => v.clone(),
+            _ => return Ok(None),
+        },
+    };
+    let predicate = filter
+        .predicate
+        .clone()
+        .transform(|e| match e {
+            Expr::ScalarSubquery(_) => Ok(Transformed::yes(value.clone())),
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    let columns: Vec<Expr> = groups
+        .schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let plan = LogicalPlanBuilder::from(filter.input.as_ref().clone())
+        .window(windows)?
+        .filter(predicate)?
+        .project(columns)?
+        .build()?;
+    Ok(Some(plan))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::testing::{rows, session};
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
     use std::sync::Arc;
@@ -514,7 +715,8 @@ mod tests {
         ctx
     }
 
-    /// Whether the optimized plan has a window and how many aggregations.
+    /// Whether the optimized plan has a window and how many aggregations (subqueries'
+    /// included).
     async fn shape(ctx: &SessionContext, sql: &str) -> (bool, usize) {
         let plan = ctx
             .sql(sql)
@@ -523,7 +725,7 @@ mod tests {
             .into_optimized_plan()
             .expect("optimize");
         let (mut window, mut aggregates) = (false, 0);
-        plan.apply(|n| {
+        plan.apply_with_subqueries(|n| {
             window |= matches!(n, LogicalPlan::Window(_));
             aggregates += usize::from(matches!(n, LogicalPlan::Aggregate(_)));
             Ok(TreeNodeRecursion::Continue)
@@ -604,6 +806,67 @@ mod tests {
             assert!(!applied, "left alone: {sql}");
             assert_eq!(with, without, "{sql}");
             assert!(with.len() > 4, "{sql}: {with:?}");
+        }
+    }
+    /// Answers with the rule and without it, and whether the total became a window over
+    /// the one aggregation left.
+    async fn totalled(sql: &str) -> (Vec<String>, Vec<String>, bool) {
+        let ctx = context();
+        let (window, aggregates) = shape(&ctx, sql).await;
+        let applied = window && aggregates == 1;
+        let with = rows(&ctx, sql).await;
+        rows(&ctx, "SET tarn.subquery_as_window = false").await;
+        assert_eq!(
+            shape(&ctx, sql).await,
+            (false, 2),
+            "the setting turns it off"
+        );
+        let without = rows(&ctx, sql).await;
+        (with, without, applied)
+    }
+
+    #[tokio::test]
+    async fn a_total_of_the_query_s_own_groups_is_a_window_and_stays_exact() {
+        for sql in [
+            // TPC-H Q11's shape: the parts whose value is a share of the region's total.
+            "SELECT o_part, sum(o_cost * o_supp) AS v FROM offer, supp \
+             WHERE o_supp = s_key AND s_region = 'EU' GROUP BY o_part \
+             HAVING sum(o_cost * o_supp) > (SELECT sum(o_cost * o_supp) * 0.03 \
+               FROM offer, supp WHERE o_supp = s_key AND s_region = 'EU') ORDER BY 1",
+            // Other aliases, a maximum, and decimals.
+            "SELECT o.o_part, max(o.o_cost) AS top, sum(CAST(o.o_cost AS DECIMAL(10, 2))) \
+             FROM offer o, supp s WHERE s.s_key = o.o_supp AND s.s_region = 'US' \
+             GROUP BY o.o_part HAVING max(o.o_cost) >= (SELECT max(o2.o_cost) - 3 \
+               FROM supp s2, offer o2 WHERE o2.o_supp = s2.s_key AND s2.s_region = 'US') \
+             ORDER BY 1",
+        ] {
+            let (with, without, applied) = totalled(sql).await;
+            assert!(applied, "the total became a window: {sql}");
+            assert_eq!(with, without, "{sql}");
+            assert!(with.len() > 6, "{sql}: {with:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_total_over_other_rows_or_of_floats_is_left_alone() {
+        for sql in [
+            // The subquery totals every region's offers.
+            "SELECT o_part, sum(o_cost) FROM offer, supp WHERE o_supp = s_key \
+             AND s_region = 'EU' GROUP BY o_part HAVING sum(o_cost) > \
+             (SELECT sum(o_cost) * 0.01 FROM offer, supp WHERE o_supp = s_key) ORDER BY 1",
+            // The subquery reads the offers alone.
+            "SELECT o_part, sum(o_cost) FROM offer, supp WHERE o_supp = s_key \
+             AND s_region = 'EU' GROUP BY o_part HAVING sum(o_cost) > \
+             (SELECT sum(o_cost) * 0.01 FROM offer) ORDER BY 1",
+            // A sum of floats depends on the order of addition.
+            "SELECT o_part, sum(CAST(o_cost AS DOUBLE)) FROM offer GROUP BY o_part \
+             HAVING sum(CAST(o_cost AS DOUBLE)) > \
+             (SELECT sum(CAST(o_cost AS DOUBLE)) * 0.02 FROM offer) ORDER BY 1",
+        ] {
+            let (with, without, applied) = totalled(sql).await;
+            assert!(!applied, "left alone: {sql}");
+            assert_eq!(with, without, "{sql}");
+            assert!(with.len() > 6, "{sql}: {with:?}");
         }
     }
 }
