@@ -203,16 +203,33 @@ def duckdb(args, data: Path, scale: float) -> Worker:
 LABELS = {"tarn": "Tarn", "local": "Tarn in-process", "df": "DataFusion", "duck": "DuckDB"}
 
 
+def disk_stall_us():
+    """Microseconds so far in which every runnable task waited on the disk (the kernel's
+    pressure stall information, `/proc/pressure/io` "full"); None where there is none."""
+    try:
+        for line in Path("/proc/pressure/io").read_text().splitlines():
+            if line.startswith("full"):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run_all(engines: dict, queries) -> dict:
     """Every query on every engine before the next query, the engines' order turning by
     one each query: a stretch of minutes when the machine runs slower falls on all engines
-    alike instead of on whichever ran then."""
+    alike instead of on whichever ran then. Each turn records how long the machine stalled
+    on the disk meanwhile, which marks the runs it slowed."""
     results = {key: {} for key in engines}
     order = list(engines)
     for i, q in enumerate(queries):
         turn = order[i % len(order):] + order[:i % len(order)]
         for key in turn:
+            before = disk_stall_us()
             results[key][q] = engines[key].run(q)
+            after = disk_stall_us()
+            if before is not None and after is not None:
+                results[key][q]["stall_ms"] = (after - before) / 1000
         print(f"  Q{q}: " + ", ".join(
             f"{LABELS[key]} {statistics.median(results[key][q]['ms'][1:]):.0f} ms"
             for key in order), flush=True)
@@ -240,9 +257,14 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         "Tarn's engine on the same catalog without the server: Tarn / Tarn in-process is "
         "what Flight SQL adds.",
         "",
+        "The last column is how long the machine stalled on the disk (every runnable task "
+        "waiting on it, `/proc/pressure/io`) during Tarn's and DuckDB's turns at the query, "
+        "cold run included: the files are in the page cache, so a stall of more than a few "
+        "percent of a turn marks runs the machine slowed, not the engine.",
+        "",
         "| query | Tarn | Tarn in-process | DataFusion | DuckDB | Tarn / DuckDB "
-        "| Tarn / DataFusion | Tarn / Tarn in-process | answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Tarn / DataFusion | Tarn / Tarn in-process | answers | disk stall, ms (Tarn / DuckDB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     engines = {"tarn": tarn, "local": local, "df": datafusion, "duck": duck}
     sums = {key: 0.0 for key in engines}
@@ -259,20 +281,22 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         if t > k:
             behind.append(f"Q{q}")
         cells = " | ".join(f"{s[0]:.0f} / {s[1]:.0f}, {s[2]:.0f}" for s in st.values())
+        stalls = [engines[key][q].get("stall_ms") for key in ("tarn", "duck")]
+        stall = " / ".join("?" if v is None else f"{v:.0f}" for v in stalls)
         lines.append(
             f"| Q{q} | {cells} | {t / k:.2f} | {t / st['df'][0]:.2f} | "
-            f"{t / st['local'][0]:.2f} | {'same' if same else 'DIFFER'} |")
+            f"{t / st['local'][0]:.2f} | {'same' if same else 'DIFFER'} | {stall} |")
 
     def totals(label, v):
         return (f"| **{label}** | {v['tarn']:.0f} | {v['local']:.0f} | {v['df']:.0f} | "
                 f"{v['duck']:.0f} | {v['tarn'] / v['duck']:.2f} | {v['tarn'] / v['df']:.2f} | "
-                f"{v['tarn'] / v['local']:.2f} | |")
+                f"{v['tarn'] / v['local']:.2f} | | |")
     lines.append(totals("sum", sums))
     lines.append(totals("geometric mean", {k: geomean(v) for k, v in medians.items()}))
     lines.append(
         f"| **peak memory (MB)** | {peaks['tarn'] / 1024:.0f} (server) | "
         f"{peaks['local'] / 1024:.0f} | {peaks['df'] / 1024:.0f} | {peaks['duck'] / 1024:.0f} "
-        "| | | | |")
+        "| | | | | |")
     lines += ["", f"Behind DuckDB: {', '.join(behind) if behind else 'none'}.", ""]
     return "\n".join(lines)
 

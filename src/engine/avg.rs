@@ -28,8 +28,8 @@ use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::{
-    Aggregate, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Projection, ReturnFieldArgs,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    Aggregate, AggregateUDF, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Projection,
+    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -72,14 +72,33 @@ impl OptimizerRule for AvgFromSums {
 }
 
 /// The argument of `e` when it is a plain aggregate `name` (no `DISTINCT`, `FILTER` or
-/// `ORDER BY`) of one argument.
+/// `ORDER BY`) of one argument, under aliases or not.
 fn plain<'a>(e: &'a Expr, name: &str) -> Option<&'a Expr> {
-    let Expr::AggregateFunction(f) = e else {
-        return None;
+    let f = match e {
+        Expr::AggregateFunction(f) => f,
+        Expr::Alias(a) => return plain(&a.expr, name),
+        _ => return None,
     };
     let p = &f.params;
     let plain = !p.distinct && p.filter.is_none() && p.order_by.is_empty() && p.args.len() == 1;
     (plain && f.func.name() == name).then(|| &p.args[0])
+}
+
+/// The index of the first of `exprs` that `found` picks, or of `function(x)` added at the
+/// end under a name of its own.
+fn find_or_add(
+    exprs: &mut Vec<Expr>,
+    found: impl Fn(&Expr) -> bool,
+    function: Arc<AggregateUDF>,
+    x: &Expr,
+) -> usize {
+    if let Some(at) = exprs.iter().position(found) {
+        return at;
+    }
+    let name = format!("__tarn_avg_{}_{}", function.name(), exprs.len());
+    let call = AggregateFunction::new_udf(function, vec![x.clone()], false, None, vec![], None);
+    exprs.push(Expr::AggregateFunction(call).alias(name));
+    exprs.len() - 1
 }
 
 /// Where an original aggregate's value comes from in the rewritten aggregation.
@@ -123,44 +142,11 @@ fn from_sums(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         let Some(x) = decimal_average(e) else {
             continue;
         };
-        let sum = match exprs.iter().position(|e| plain(e, "sum") == Some(&x)) {
-            Some(at) => at,
-            None => {
-                let call = AggregateFunction::new_udf(
-                    sum_udaf(),
-                    vec![x.clone()],
-                    false,
-                    None,
-                    vec![],
-                    None,
-                );
-                exprs.push(
-                    Expr::AggregateFunction(call).alias(format!("__tarn_avg_sum_{}", exprs.len())),
-                );
-                exprs.len() - 1
-            }
-        };
+        let sum = find_or_add(&mut exprs, |e| plain(e, "sum") == Some(&x), sum_udaf(), &x);
         let counts_x = |e: &Expr| {
             plain(e, "count").is_some_and(|y| *y == x || (never_null(&x) && never_null(y)))
         };
-        let count = match exprs.iter().position(counts_x) {
-            Some(at) => at,
-            None => {
-                let call = AggregateFunction::new_udf(
-                    count_udaf(),
-                    vec![x.clone()],
-                    false,
-                    None,
-                    vec![],
-                    None,
-                );
-                exprs.push(
-                    Expr::AggregateFunction(call)
-                        .alias(format!("__tarn_avg_count_{}", exprs.len())),
-                );
-                exprs.len() - 1
-            }
-        };
+        let count = find_or_add(&mut exprs, counts_x, count_udaf(), &x);
         *source = Some(Source::Average { sum, count });
     }
     // An average keeps two accumulators.
@@ -392,7 +378,7 @@ mod tests {
         // TPC-H Q1's shape, with a column that has nulls (its count is its own) and a
         // group where it is always null.
         let sql = "SELECT g, sum(q), avg(q), sum(p), avg(p), avg(q * 2), count(*), \
-                   avg(p) + 1 AS shifted FROM t GROUP BY g ORDER BY g";
+                   avg(p) + 1 AS shifted, avg(q * 2) AS again FROM t GROUP BY g ORDER BY g";
         let (with, without, left) = both(sql).await;
         assert_eq!(left, 0, "every average is a division");
         assert_eq!(with, without);
