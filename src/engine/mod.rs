@@ -14,6 +14,7 @@ mod eager;
 mod filterorder;
 mod filterstats;
 mod joinorder;
+mod like;
 mod narrow;
 mod onephase;
 mod semijoin;
@@ -55,6 +56,9 @@ datafusion::common::extensions_options! {
         /// Add, subtract and multiply decimals without a per-value overflow check where
         /// a batch's values prove nothing overflows; false checks every value.
         pub decimal_fast_path: bool, default = true
+        /// Evaluate `LIKE '%a%b%'` (parts in order) by searching for each part after the
+        /// one before; false leaves it to a regular expression.
+        pub like_parts: bool, default = true
         /// Aggregate in one phase where the files hold disjoint ranges of a grouping
         /// column; false always aggregates in two phases.
         pub one_phase_aggregates: bool, default = true

@@ -366,6 +366,11 @@ impl QueryPlanner for TarnQueryPlanner {
         } else {
             plan
         };
+        let plan = if TarnOptions::get(session_state.config_options(), |o| o.like_parts) {
+            super::like::rewrite(plan)?
+        } else {
+            plan
+        };
         // A planner per query: its slots are this query's.
         let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
             SharedSubplanPlanner::default(),
