@@ -162,7 +162,7 @@ impl ScalarUDFImpl for LikeParts {
         let Some(value) = args.args.first() else {
             return internal_err!("like_parts takes a string and a pattern");
         };
-        let finders: Vec<Finder> = self.parts.iter().map(|p| Finder::new(p)).collect();
+        let finders: Vec<Finder> = self.parts.iter().map(Finder::new).collect();
         let matches = |haystack: &[u8]| {
             let mut at = 0;
             for finder in &finders {
