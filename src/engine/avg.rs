@@ -291,7 +291,7 @@ impl ScalarUDFImpl for DecimalAverage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::{rows, session};
+    use crate::engine::testing::{optimized, rows, session};
     use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
     use arrow::datatypes::Schema;
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -342,12 +342,7 @@ mod tests {
 
     /// How many averages the optimized plan's aggregations still take.
     async fn averages(ctx: &SessionContext, sql: &str) -> usize {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .into_optimized_plan()
-            .expect("optimize");
+        let plan = optimized(ctx, sql).await;
         let mut averages = 0;
         plan.apply(|n| {
             if let LogicalPlan::Aggregate(a) = n {

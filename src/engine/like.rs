@@ -222,7 +222,7 @@ fn evaluate(array: &ArrayRef, matches: impl Fn(&[u8]) -> bool) -> Result<ArrayRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::session;
+    use crate::engine::testing::{optimized, session};
     use arrow::array::{RecordBatch, StringArray, StringViewArray};
     use arrow::datatypes::Schema;
     use datafusion::common::tree_node::TreeNodeRecursion;
@@ -271,12 +271,7 @@ mod tests {
     /// The rows of `sql` optimized and run as written, and with the rewrite; and whether
     /// the rewrite changed the plan.
     async fn both(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, Vec<RecordBatch>, bool) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .into_optimized_plan()
-            .expect("optimize");
+        let plan = optimized(ctx, sql).await;
         let rewritten = rewrite(plan.clone()).expect("rewrite");
         let mut called = false;
         rewritten

@@ -1,6 +1,7 @@
 //! Helpers for the optimizer rules' tests.
 
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::TarnOptions;
@@ -27,4 +28,13 @@ pub(super) async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
         .expect("run");
     let shown = arrow::util::pretty::pretty_format_batches(&batches).expect("format");
     shown.to_string().lines().map(str::to_string).collect()
+}
+
+/// The plan of `sql` after Tarn's optimizer rules.
+pub(super) async fn optimized(ctx: &SessionContext, sql: &str) -> LogicalPlan {
+    ctx.sql(sql)
+        .await
+        .expect("plan")
+        .into_optimized_plan()
+        .expect("optimize")
 }

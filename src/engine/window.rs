@@ -661,7 +661,7 @@ fn total_as_window(filter: &Filter) -> Result<Option<LogicalPlan>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::{rows, session};
+    use crate::engine::testing::{optimized, rows, session};
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
@@ -726,12 +726,7 @@ mod tests {
     /// Whether the optimized plan has a window and how many aggregations (subqueries'
     /// included).
     async fn shape(ctx: &SessionContext, sql: &str) -> (bool, usize) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .into_optimized_plan()
-            .expect("optimize");
+        let plan = optimized(ctx, sql).await;
         let (mut window, mut aggregates) = (false, 0);
         plan.apply_with_subqueries(|n| {
             window |= matches!(n, LogicalPlan::Window(_));
