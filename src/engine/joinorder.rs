@@ -1144,7 +1144,10 @@ fn greedy(leaves: Vec<Estimate>, preds: &[Pred]) -> Vec<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
+    // A test fails by panicking: each `expect` names the step that failed (building a
+    // fixture, planning, running). None of this is compiled outside tests.
     use super::*;
+    use crate::engine::testing::{optimized, rows};
     use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
     use datafusion::catalog::{Session, TableProvider};
@@ -1373,22 +1376,6 @@ mod tests {
     /// Under the join with the first nation, as written: every table but the second nation.
     const WRITTEN: [&str; 5] = ["customer", "lineitem", "nation", "orders", "supplier"];
 
-    async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let batches = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        arrow::util::pretty::pretty_format_batches(&batches)
-            .expect("format")
-            .to_string()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
     /// The tables `plan` scans, appended to `out`.
     fn scans(plan: &LogicalPlan, out: &mut Vec<String>) {
         if let LogicalPlan::TableScan(s) = plan {
@@ -1397,14 +1384,6 @@ mod tests {
         for p in plan.inputs() {
             scans(p, out);
         }
-    }
-
-    async fn optimized(ctx: &SessionContext, sql: &str) -> LogicalPlan {
-        ctx.sql(sql)
-            .await
-            .expect("plan")
-            .into_optimized_plan()
-            .expect("optimize")
     }
 
     /// The tables under the join whose keys include `column`, in the optimized plan.

@@ -98,6 +98,24 @@ impl TarnOptions {
     }
 }
 
+/// `plan` as `rewrite` gives it, or unchanged where it gives nothing: an optimizer rule
+/// that applies to a node or leaves it alone.
+fn replaced(
+    plan: datafusion::logical_expr::LogicalPlan,
+    rewrite: impl FnOnce(
+        &datafusion::logical_expr::LogicalPlan,
+    )
+        -> datafusion::common::Result<Option<datafusion::logical_expr::LogicalPlan>>,
+) -> datafusion::common::Result<
+    datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+> {
+    use datafusion::common::tree_node::Transformed;
+    Ok(match rewrite(&plan)? {
+        Some(rewritten) => Transformed::yes(rewritten),
+        None => Transformed::no(plan),
+    })
+}
+
 /// Name of the DataFusion catalog that holds Tarn's databases.
 pub const CATALOG_NAME: &str = "tarn";
 /// The database unqualified table names resolve in.

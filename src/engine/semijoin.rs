@@ -46,16 +46,13 @@ impl OptimizerRule for PushSemiJoinDown {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let LogicalPlan::Join(join) = &plan else {
-            return Ok(Transformed::no(plan));
-        };
-        let Some(keys) = movable_keys(join) else {
-            return Ok(Transformed::no(plan));
-        };
-        match push_into(&join.left, join, &keys)? {
-            Some(moved) => Ok(Transformed::yes(moved)),
-            None => Ok(Transformed::no(plan)),
-        }
+        super::replaced(plan, |plan| match plan {
+            LogicalPlan::Join(join) => match movable_keys(join) {
+                Some(keys) => push_into(&join.left, join, &keys),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Helpers for the optimizer rules' tests.
+//! Helpers for the optimizer rules' tests, compiled only for tests (`#[cfg(test)] mod
+//! testing`): a failing step panics with the step's name, which is how a test fails.
 
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
