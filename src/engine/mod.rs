@@ -14,6 +14,7 @@ mod eager;
 mod filterorder;
 mod filterstats;
 mod joinorder;
+mod keyfilter;
 mod like;
 mod narrow;
 mod onephase;
@@ -81,6 +82,9 @@ datafusion::common::extensions_options! {
         /// Compute a decimal average from the sum and count the query also takes, where
         /// that saves accumulators; false keeps every average's own.
         pub avg_from_sums: bool, default = true
+        /// Drop a hash join's probe rows whose key is not among the build side's keys
+        /// before the join looks them up; false probes every row.
+        pub probe_key_filter: bool, default = true
     }
 }
 
@@ -1289,6 +1293,7 @@ fn physical_optimizer_rules()
     rules.push(Arc::new(onephase::OnePhaseAggregate));
     rules.push(Arc::new(filterorder::OrderFilterConditions));
     rules.push(Arc::new(narrow::NarrowFilterConditions));
+    rules.push(Arc::new(keyfilter::ProbeKeyFilter));
     rules
 }
 
