@@ -42,6 +42,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, JoinType, NullEquality, Result, internal_err};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -290,9 +291,16 @@ impl KeySet {
     }
 }
 
+/// A build partition's key set, counted in the memory pool while it lives.
+#[derive(Debug)]
+struct Noted {
+    keys: KeySet,
+    _reservation: MemoryReservation,
+}
+
 /// One key set per build partition, set when that partition's build side ends.
 #[derive(Debug)]
-struct Slots(Vec<Mutex<Option<Arc<KeySet>>>>);
+struct Slots(Vec<Mutex<Option<Arc<Noted>>>>);
 
 impl Slots {
     fn new(partitions: usize) -> Self {
@@ -301,13 +309,13 @@ impl Slots {
 
     /// Sets partition `p`'s key set (`None` clears it). A poisoned slot stays empty, which
     /// only turns the filter off.
-    fn set(&self, p: usize, keys: Option<Arc<KeySet>>) {
+    fn set(&self, p: usize, keys: Option<Arc<Noted>>) {
         if let Some(Ok(mut slot)) = self.0.get(p).map(Mutex::lock) {
             *slot = keys;
         }
     }
 
-    fn get(&self, p: usize) -> Option<Arc<KeySet>> {
+    fn get(&self, p: usize) -> Option<Arc<Noted>> {
         self.0.get(p)?.lock().ok()?.clone()
     }
 }
@@ -384,6 +392,8 @@ impl ExecutionPlan for BuildKeysExec {
     ) -> Result<SendableRecordBatchStream> {
         // A plan run again (a recursive query's step) notes its keys again.
         self.slots.set(partition, None);
+        let reservation =
+            MemoryConsumer::new(format!("BuildKeys[{partition}]")).register(context.memory_pool());
         let input = self.input.execute(partition, context)?;
         Ok(Box::pin(BuildKeysStream {
             schema: input.schema(),
@@ -391,7 +401,7 @@ impl ExecutionPlan for BuildKeysExec {
             key: Arc::clone(&self.key),
             slots: Arc::clone(&self.slots),
             partition,
-            keys: Some(Vec::new()),
+            noting: Some((Vec::new(), reservation)),
         }))
     }
 
@@ -417,14 +427,15 @@ struct BuildKeysStream {
     key: Arc<dyn PhysicalExpr>,
     slots: Arc<Slots>,
     partition: usize,
-    /// The keys so far; `None` once there are too many to note (or one could not be
-    /// read), and the probe side goes unfiltered.
-    keys: Option<Vec<i64>>,
+    /// The keys so far and their memory; `None` once there are too many to note (or the
+    /// memory pool has no room for them, or a key could not be read), and the probe side
+    /// goes unfiltered.
+    noting: Option<(Vec<i64>, MemoryReservation)>,
 }
 
 impl BuildKeysStream {
     fn note(&mut self, batch: &RecordBatch) {
-        let Some(keys) = self.keys.as_mut() else {
+        let Some((keys, reservation)) = self.noting.as_mut() else {
             return;
         };
         let column = self
@@ -439,9 +450,12 @@ impl BuildKeysStream {
                     Some(_) => keys.extend(column.iter().flatten()),
                     None => keys.extend_from_slice(column.values()),
                 }
+                if reservation.try_resize(keys.capacity() * 8).is_err() {
+                    self.noting = None;
+                }
             }
             // The join evaluates the same key and reports the error.
-            _ => self.keys = None,
+            _ => self.noting = None,
         }
     }
 }
@@ -454,9 +468,15 @@ impl Stream for BuildKeysStream {
         match &polled {
             Poll::Ready(Some(Ok(batch))) => self.note(batch),
             Poll::Ready(None) => {
-                if let Some(keys) = self.keys.take() {
-                    let set = KeySet::new(&keys, MAX_BITS);
-                    self.slots.set(self.partition, Some(Arc::new(set)));
+                if let Some((keys, reservation)) = self.noting.take() {
+                    let keys = KeySet::new(&keys, MAX_BITS);
+                    if reservation.try_resize(keys.bits.len() * 8).is_ok() {
+                        let noted = Noted {
+                            keys,
+                            _reservation: reservation,
+                        };
+                        self.slots.set(self.partition, Some(Arc::new(noted)));
+                    }
                 }
             }
             _ => {}
@@ -593,12 +613,12 @@ enum Filtering {
     Unstarted,
     /// Counting the rows in and kept, up to [`TRIAL_ROWS`] rows in.
     Trial {
-        keys: Arc<KeySet>,
+        keys: Arc<Noted>,
         rows_in: usize,
         kept: usize,
     },
     /// Filtering every batch.
-    On(Arc<KeySet>),
+    On(Arc<Noted>),
     /// Letting every row through.
     Off,
 }
@@ -640,7 +660,7 @@ impl ProbeKeyFilterStream {
             }
         };
         let column = self.key.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let mask = keys.mask(&column)?;
+        let mask = keys.keys.mask(&column)?;
         let kept = mask.true_count();
         let rows = batch.num_rows();
         self.dropped.add(rows - kept);
@@ -718,6 +738,9 @@ mod tests {
     use arrow::array::{Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionState;
+    use datafusion::execution::memory_pool::{MemoryPool, UnboundedMemoryPool};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::physical_plan::{collect, displayable};
     use datafusion::prelude::SessionContext;
 
@@ -833,6 +856,10 @@ mod tests {
             options.optimizer.hash_join_single_partition_threshold = 0;
             options.optimizer.hash_join_single_partition_threshold_rows = 0;
         }
+        run_in(state, dims_every, sql).await
+    }
+
+    async fn run_in(state: SessionState, dims_every: i64, sql: &str) -> Run {
         let ctx = SessionContext::new_with_state(state);
         tables(&ctx, 200_000, 100_000, dims_every);
         let plan = ctx
@@ -921,6 +948,61 @@ mod tests {
         let without = run(false, false, 1_000, sql).await;
         assert_eq!(with.rows, without.rows);
         with
+    }
+
+    /// A memory pool with no room for the build side's keys (and room for the rest).
+    #[derive(Debug)]
+    struct NoRoomForKeys(UnboundedMemoryPool);
+
+    impl fmt::Display for NoRoomForKeys {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("no room for keys")
+        }
+    }
+
+    impl MemoryPool for NoRoomForKeys {
+        fn name(&self) -> &str {
+            "no room for keys"
+        }
+
+        fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+            self.0.grow(reservation, additional)
+        }
+
+        fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+            self.0.shrink(reservation, shrink)
+        }
+
+        fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+            if reservation.consumer().name().starts_with("BuildKeys") {
+                return datafusion::common::resources_err!("no room for keys");
+            }
+            self.0.try_grow(reservation, additional)
+        }
+
+        fn reserved(&self) -> usize {
+            self.0.reserved()
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_without_room_in_the_memory_pool_leave_the_probe_side_unfiltered() {
+        let pool = Arc::new(NoRoomForKeys(UnboundedMemoryPool::default()));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool)
+            .build_arc()
+            .expect("runtime");
+        let state = crate::engine::test_state(2, |_| {})
+            .with_runtime_env(runtime)
+            .build();
+        let starved = run_in(state, 1_000, JOIN).await;
+        assert!(
+            starved.plan.contains("ProbeKeyFilterExec"),
+            "{}",
+            starved.plan
+        );
+        assert_eq!(starved.dropped, 0);
+        assert_eq!(starved.rows, run(false, false, 1_000, JOIN).await.rows);
     }
 
     #[tokio::test]
