@@ -41,7 +41,7 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DataFusionError, JoinType, NullEquality, Result, internal_err};
+use datafusion::common::{DataFusionError, JoinType, NullEquality, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
@@ -365,12 +365,10 @@ impl ExecutionPlan for BuildKeysExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(input), true) = (children.pop(), children.is_empty()) else {
-            return internal_err!("BuildKeysExec takes one input");
-        };
+        let input = super::one_input(children, "BuildKeysExec")?;
         Ok(Arc::new(Self {
             input,
             key: Arc::clone(&self.key),
@@ -414,10 +412,7 @@ impl ExecutionPlan for BuildKeysExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        match input_stats {
-            [input] => Ok(Arc::clone(input)),
-            _ => Ok(Arc::new(Statistics::new_unknown(&self.schema()))),
-        }
+        Ok(super::input_statistics(input_stats, &self.schema()))
     }
 }
 
@@ -539,12 +534,10 @@ impl ExecutionPlan for ProbeKeyFilterExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(input), true) = (children.pop(), children.is_empty()) else {
-            return internal_err!("ProbeKeyFilterExec takes one input");
-        };
+        let input = super::one_input(children, "ProbeKeyFilterExec")?;
         Ok(Arc::new(Self {
             input,
             key: Arc::clone(&self.key),
@@ -600,10 +593,8 @@ impl ExecutionPlan for ProbeKeyFilterExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        match input_stats {
-            [input] => Ok(Arc::new(input.as_ref().clone().to_inexact())),
-            _ => Ok(Arc::new(Statistics::new_unknown(&self.schema()))),
-        }
+        let input = super::input_statistics(input_stats, &self.schema());
+        Ok(Arc::new(input.as_ref().clone().to_inexact()))
     }
 }
 

@@ -120,6 +120,30 @@ fn replaced(
     })
 }
 
+/// The one input of a plan node of Tarn's that takes one, from the children DataFusion
+/// replaces its own with; `node` names it in the error.
+fn one_input(
+    mut children: Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    node: &str,
+) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    match (children.pop(), children.is_empty()) {
+        (Some(input), true) => Ok(input),
+        _ => Err(DataFusionError::Internal(format!("{node} takes one input"))),
+    }
+}
+
+/// The statistics of a plan node that has its one input's: the input's, or unknown where
+/// DataFusion gives none.
+fn input_statistics(
+    input_stats: &[Arc<datafusion::common::Statistics>],
+    schema: &arrow::datatypes::SchemaRef,
+) -> Arc<datafusion::common::Statistics> {
+    match input_stats {
+        [input] => Arc::clone(input),
+        _ => Arc::new(datafusion::common::Statistics::new_unknown(schema)),
+    }
+}
+
 /// Name of the DataFusion catalog that holds Tarn's databases.
 pub const CATALOG_NAME: &str = "tarn";
 /// The database unqualified table names resolve in.

@@ -609,12 +609,10 @@ impl ExecutionPlan for SharedSubplanExec {
 
     fn replace_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(input), true) = (children.pop(), children.is_empty()) else {
-            return internal_err!("SharedSubplanExec takes one input");
-        };
+        let input = super::one_input(children, "SharedSubplanExec")?;
         Ok(Arc::new(match options.children_properties {
             ChildrenPropertiesMode::Keep => Self {
                 input,
@@ -692,10 +690,7 @@ impl ExecutionPlan for SharedSubplanExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        match input_stats {
-            [input] => Ok(Arc::clone(input)),
-            _ => Ok(Arc::new(Statistics::new_unknown(&self.schema()))),
-        }
+        Ok(super::input_statistics(input_stats, &self.schema()))
     }
 }
 
