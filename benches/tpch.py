@@ -107,7 +107,6 @@ class TarnServer:
         print(f"  tarn crawl: {time.perf_counter() - started:.2f} s")
         flags = [a for f in args.tarn_flag or [] for a in f.split()]
         self.data_dir = data_dir
-        self.runs = args.runs
         self.scale = scale
         self.server = Server(args.tarn, data_dir, "--result-cache-mb", "0",
                              "--rollup-memory-mb", "0", *flags)
@@ -116,13 +115,11 @@ class TarnServer:
 
     def run(self, q: int) -> dict:
         sql = query_text(q, self.scale)
-        times = []
-        for _ in range(self.runs + 1):
-            t = time.perf_counter()
-            self.cursor.execute(sql)
-            table = self.cursor.fetch_arrow_table()
-            times.append((time.perf_counter() - t) * 1000)
-        return {"ms": times, "rows": table.num_rows, "first": first_row(table)}
+        t = time.perf_counter()
+        self.cursor.execute(sql)
+        table = self.cursor.fetch_arrow_table()
+        ms = (time.perf_counter() - t) * 1000
+        return {"ms": [ms], "rows": table.num_rows, "first": first_row(table)}
 
     def close(self) -> int:
         try:
@@ -135,14 +132,18 @@ class TarnServer:
 
 class Worker:
     """An engine in its own process, given one query number per line on stdin and
-    answering one JSON line per query; the last line after stdin closes is its peak
-    memory. Every engine stays up for the whole run, so they can take turns per query."""
+    answering one JSON line per run of it; the last line after stdin closes is its peak
+    memory. Every engine stays up for the whole run, so they can take turns run by run.
+    A worker says when it is ready (its tables registered), and the next engine starts only
+    then: no engine's setup runs during another's timed runs."""
 
     def __init__(self, command, label: str, cwd=None):
         self.label = label
         self.errors = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.errors, text=True)
+        if not self._line().get("ready"):
+            sys.exit(f"{self.label} did not say it was ready")
 
     def _line(self) -> dict:
         while True:
@@ -172,32 +173,31 @@ def in_process(args, data: str, scale: float, label: str) -> Worker:
     """`cargo bench --bench tpch` on `data` (a folder of tables, or `tarn:` and a Tarn data
     directory), taking its queries from stdin."""
     return Worker(["cargo", "bench", "--quiet", "--bench", "tpch", "--", data, str(QUERIES),
-                   f"{scale:g}", str(args.runs), "-"], label, cwd=ROOT)
+                   f"{scale:g}", "0", "-"], label, cwd=ROOT)
 
 
-def duckdb_worker(data: str, scale: float, runs: int) -> None:
+def duckdb_worker(data: str, scale: float) -> None:
     """Runs in its own process, so its peak memory is DuckDB's alone."""
     import duckdb
     db = duckdb.connect()
     for t in TABLES:
         db.sql(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{data}/{t}/*.parquet')")
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         q = int(line)
         sql = query_text(q, scale)
-        times = []
-        for _ in range(runs + 1):
-            t = time.perf_counter()
-            table = db.sql(sql).to_arrow_table()
-            times.append((time.perf_counter() - t) * 1000)
-        print(json.dumps({"query": q, "ms": times, "rows": table.num_rows,
+        t = time.perf_counter()
+        table = db.sql(sql).to_arrow_table()
+        ms = (time.perf_counter() - t) * 1000
+        print(json.dumps({"query": q, "ms": [ms], "rows": table.num_rows,
                           "first": first_row(table)}), flush=True)
     print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}),
           flush=True)
 
 
-def duckdb(args, data: Path, scale: float) -> Worker:
+def duckdb(data: Path, scale: float) -> Worker:
     return Worker([sys.executable, __file__, "--duckdb-worker", str(data), "--scale",
-                   f"{scale:g}", "--runs", str(args.runs)], "DuckDB")
+                   f"{scale:g}"], "DuckDB")
 
 
 LABELS = {"tarn": "Tarn", "local": "Tarn in-process", "df": "DataFusion", "duck": "DuckDB"}
@@ -215,21 +215,31 @@ def disk_stall_us():
     return None
 
 
-def run_all(engines: dict, queries) -> dict:
-    """Every query on every engine before the next query, the engines' order turning by
-    one each query: a stretch of minutes when the machine runs slower falls on all engines
-    alike instead of on whichever ran then. Each turn records how long the machine stalled
-    on the disk meanwhile, which marks the runs it slowed."""
+def run_all(engines: dict, queries, runs: int) -> dict:
+    """Every engine runs a query once before any engine runs it again (the cold run first,
+    then the warm ones), and every engine finishes a query before the next starts; the
+    engines' order turns by one each round. A stretch of seconds or minutes when the machine
+    runs slower so falls on all engines alike instead of on the one whose turn it was. Each
+    run records how long the machine stalled on the disk meanwhile, which marks the runs it
+    slowed."""
     results = {key: {} for key in engines}
     order = list(engines)
-    for i, q in enumerate(queries):
-        turn = order[i % len(order):] + order[:i % len(order)]
-        for key in turn:
-            before = disk_stall_us()
-            results[key][q] = engines[key].run(q)
-            after = disk_stall_us()
-            if before is not None and after is not None:
-                results[key][q]["stall_ms"] = (after - before) / 1000
+    rounds = 0
+    for q in queries:
+        for _ in range(runs + 1):
+            shift = rounds % len(order)
+            rounds += 1
+            for key in order[shift:] + order[:shift]:
+                before = disk_stall_us()
+                run = engines[key].run(q)
+                after = disk_stall_us()
+                total = results[key].setdefault(q, {"ms": [], "stall_ms": 0.0})
+                total["ms"] += run["ms"]
+                total["rows"], total["first"] = run["rows"], run["first"]
+                if before is None or after is None:
+                    total["stall_ms"] = None
+                elif total["stall_ms"] is not None:
+                    total["stall_ms"] += (after - before) / 1000
         print(f"  Q{q}: " + ", ".join(
             f"{LABELS[key]} {statistics.median(results[key][q]['ms'][1:]):.0f} ms"
             for key in order), flush=True)
@@ -252,13 +262,14 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         "",
         f"{os.cpu_count()} cores; one cold run and {runs} warm runs per query; "
         "times in ms (warm median / p95, cold); ratios of warm medians. The engines take "
-        "turns query by query (every engine runs a query before the next query starts). "
+        "turns run by run (every engine runs a query once before any runs it again, and "
+        "finishes it before the next query starts). "
         "Tarn in-process is "
         "Tarn's engine on the same catalog without the server: Tarn / Tarn in-process is "
         "what Flight SQL adds.",
         "",
         "The last column is how long the machine stalled on the disk (every runnable task "
-        "waiting on it, `/proc/pressure/io`) during Tarn's and DuckDB's turns at the query, "
+        "waiting on it, `/proc/pressure/io`) during Tarn's and DuckDB's runs of the query, "
         "cold run included: the files are in the page cache, so a stall of more than a few "
         "percent of a turn marks runs the machine slowed, not the engine.",
         "",
@@ -339,7 +350,7 @@ def main() -> None:
     queries = args.query or list(range(1, 23))
     scales = args.scale or [1.0, 10.0]
     if args.duckdb_worker:
-        duckdb_worker(args.duckdb_worker, scales[0], args.runs)
+        duckdb_worker(args.duckdb_worker, scales[0])
         return
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -352,9 +363,9 @@ def main() -> None:
             tarn_dir = f"tarn:{Path(args.work_dir) / f'tarn-sf{scale:g}'}"
             engines["local"] = in_process(args, tarn_dir, scale, LABELS["local"])
             engines["df"] = in_process(args, str(data), scale, LABELS["df"])
-            engines["duck"] = duckdb(args, data, scale)
+            engines["duck"] = duckdb(data, scale)
         try:
-            results = run_all(engines, queries)
+            results = run_all(engines, queries, args.runs)
         finally:
             peaks = {key: engine.close() for key, engine in engines.items()}
         if args.tarn_only:

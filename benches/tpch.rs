@@ -8,8 +8,10 @@
 //! does (no result cache). It runs each query once cold and `WARM_RUNS` times warm, and
 //! prints one JSON object per query
 //! (`{"query": 1, "ms": [cold, warm…], "rows": 4, "first": "…"}`), then
-//! `{"peak_rss_kb": …}`. With `-` it reads the query numbers from stdin, one a line, and
-//! answers each as it comes (the engines of `benches/tpch.py` take turns query by query).
+//! `{"peak_rss_kb": …}`. With `-` it first prints `{"ready": true}` once its tables are
+//! registered, then reads the query numbers from stdin, one a line, and answers each as it
+//! comes: `benches/tpch.py` passes 0 warm runs and sends a query once per run, so the
+//! engines take turns run by run.
 
 use std::io::Write;
 use std::path::Path;
@@ -69,7 +71,9 @@ async fn main() -> Result<(), Failure> {
     let queries = Path::new(queries);
     if only == ["-"] {
         // Driven by `benches/tpch.py`: one query number per line, answered as it comes,
-        // so the engines can take turns.
+        // so the engines can take turns run by run.
+        println!("{}", serde_json::json!({"ready": true}));
+        std::io::stdout().flush()?;
         for line in std::io::stdin().lines() {
             let q: usize = line?.trim().parse()?;
             run(&engine, queries, q, scale, runs).await?;
