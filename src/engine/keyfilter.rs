@@ -27,6 +27,16 @@
 //! rest saves less than it costs, and it lets every row through from then on. With the
 //! join built once (`CollectLeft`), every probe partition uses the one key set; with the
 //! join built per partition, each probe partition uses its own partition's.
+//!
+//! A join built per partition has its probe side hash-partitioned to match, and moving
+//! every probe row between partitions (hashing it, copying each column) costs as much as
+//! probing it. So a second filter goes below that `RepartitionExec`, where a row's
+//! partition is not yet known: it keeps a row whose key is in any build partition's set
+//! (the build side is partitioned by the same key, so that is the build side's key set),
+//! and starts once every build partition has ended; rows that come earlier go through, and
+//! the filter above the repartition drops them. A recursive query runs its plan again with
+//! the same key sets, where a set of the previous step could be taken for this one's, so it
+//! gets only the filters above.
 //! `--datafusion-config tarn.probe_key_filter=false` turns the rule off.
 
 use std::fmt;
@@ -50,6 +60,8 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan,
     ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions, Statistics, StatisticsArgs,
@@ -84,7 +96,8 @@ impl PhysicalOptimizerRule for ProbeKeyFilter {
         if !TarnOptions::get(config, |o| o.probe_key_filter) {
             return Ok(plan);
         }
-        plan.transform_up(|node| match with_key_filter(&node)? {
+        let recursive = plan.exists(|n| Ok(n.downcast_ref::<RecursiveQueryExec>().is_some()))?;
+        plan.transform_up(|node| match with_key_filter(&node, !recursive)? {
             Some(rewritten) => Ok(Transformed::yes(rewritten)),
             None => Ok(Transformed::no(node)),
         })
@@ -101,8 +114,11 @@ impl PhysicalOptimizerRule for ProbeKeyFilter {
 }
 
 /// The join with its build side noting keys and its probe side filtered by them, when the
-/// join allows it.
-fn with_key_filter(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+/// join allows it; with `below_repartition`, also below the probe side's repartition.
+fn with_key_filter(
+    node: &Arc<dyn ExecutionPlan>,
+    below_repartition: bool,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let Some(join) = node.downcast_ref::<HashJoinExec>() else {
         return Ok(None);
     };
@@ -121,9 +137,9 @@ fn with_key_filter(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn Execu
     {
         return Ok(None);
     }
-    let shared_build = match join.partition_mode() {
-        PartitionMode::CollectLeft => true,
-        PartitionMode::Partitioned => false,
+    let sets = match join.partition_mode() {
+        PartitionMode::CollectLeft => Sets::Shared,
+        PartitionMode::Partitioned => Sets::Own,
         PartitionMode::Auto => return Ok(None),
     };
     let (left_schema, right_schema) = (join.left().schema(), join.right().schema());
@@ -146,11 +162,26 @@ fn with_key_filter(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn Execu
         key: build_key,
         slots: Arc::clone(&slots),
     });
+    let mut probe_input = Arc::clone(join.right());
+    if below_repartition
+        && matches!(sets, Sets::Own)
+        && let Some(repartition) = probe_input.downcast_ref::<RepartitionExec>()
+    {
+        // The repartition passes its input's columns through, so the key reads the same.
+        let below = Arc::new(ProbeKeyFilterExec {
+            input: Arc::clone(repartition.input()),
+            key: Arc::clone(&probe_key),
+            slots: Arc::clone(&slots),
+            sets: Sets::Any,
+            metrics: ExecutionPlanMetricsSet::new(),
+        });
+        probe_input = Arc::clone(&probe_input).replace_children(vec![below], KEEP)?;
+    }
     let probe = Arc::new(ProbeKeyFilterExec {
-        input: Arc::clone(join.right()),
+        input: probe_input,
         key: probe_key,
         slots,
-        shared_build,
+        sets,
         metrics: ExecutionPlanMetricsSet::new(),
     });
     let rewritten = Arc::clone(node).replace_children(vec![build, probe], KEEP)?;
@@ -318,6 +349,22 @@ impl Slots {
     fn get(&self, p: usize) -> Option<Arc<Noted>> {
         self.0.get(p)?.lock().ok()?.clone()
     }
+
+    /// Every partition's key set, once all are set.
+    fn all(&self) -> Option<Vec<Arc<Noted>>> {
+        (0..self.0.len()).map(|p| self.get(p)).collect()
+    }
+}
+
+/// Which build partitions' key sets a probe partition tests its rows against.
+#[derive(Debug, Clone, Copy)]
+enum Sets {
+    /// The one set of a join built once.
+    Shared,
+    /// Its own partition's.
+    Own,
+    /// All of them (below the probe side's repartition), once every one is set.
+    Any,
 }
 
 /// The build side of a filtered join: its input's batches, unchanged, with each row's key
@@ -493,14 +540,17 @@ pub struct ProbeKeyFilterExec {
     input: Arc<dyn ExecutionPlan>,
     key: Arc<dyn PhysicalExpr>,
     slots: Arc<Slots>,
-    /// The join is built once, for every probe partition (`CollectLeft`).
-    shared_build: bool,
+    sets: Sets,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl DisplayAs for ProbeKeyFilterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ProbeKeyFilterExec: key={}", self.key)
+        write!(f, "ProbeKeyFilterExec: key={}", self.key)?;
+        if let Sets::Any = self.sets {
+            f.write_str(", sets=all build partitions")?;
+        }
+        Ok(())
     }
 }
 
@@ -542,7 +592,7 @@ impl ExecutionPlan for ProbeKeyFilterExec {
             input,
             key: Arc::clone(&self.key),
             slots: Arc::clone(&self.slots),
-            shared_build: self.shared_build,
+            sets: self.sets,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -570,7 +620,8 @@ impl ExecutionPlan for ProbeKeyFilterExec {
             input,
             key: Arc::clone(&self.key),
             slots: Arc::clone(&self.slots),
-            slot: if self.shared_build { 0 } else { partition },
+            sets: self.sets,
+            partition,
             state: Filtering::Unstarted,
             passed: None,
             ended: false,
@@ -604,12 +655,12 @@ enum Filtering {
     Unstarted,
     /// Counting the rows in and kept, up to [`TRIAL_ROWS`] rows in.
     Trial {
-        keys: Arc<Noted>,
+        keys: Arc<[Arc<Noted>]>,
         rows_in: usize,
         kept: usize,
     },
     /// Filtering every batch.
-    On(Arc<Noted>),
+    On(Arc<[Arc<Noted>]>),
     /// Letting every row through.
     Off,
 }
@@ -619,7 +670,8 @@ struct ProbeKeyFilterStream {
     input: SendableRecordBatchStream,
     key: Arc<dyn PhysicalExpr>,
     slots: Arc<Slots>,
-    slot: usize,
+    sets: Sets,
+    partition: usize,
     state: Filtering,
     /// Kept rows, gathered into full batches.
     coalescer: BatchCoalescer,
@@ -631,17 +683,32 @@ struct ProbeKeyFilterStream {
 }
 
 impl ProbeKeyFilterStream {
+    /// The key sets to test rows against, when they are there. Below a repartition, until
+    /// every build partition has ended, rows go through and the next batch asks again;
+    /// otherwise a missing set turns the filter off.
+    fn start(&mut self) {
+        let keys: Option<Arc<[Arc<Noted>]>> = match self.sets {
+            Sets::Shared => self.slots.get(0).map(|k| Arc::from([k])),
+            Sets::Own => self.slots.get(self.partition).map(|k| Arc::from([k])),
+            Sets::Any => match self.slots.all() {
+                Some(all) => Some(Arc::from(all)),
+                None => return,
+            },
+        };
+        self.state = match keys {
+            Some(keys) => Filtering::Trial {
+                keys,
+                rows_in: 0,
+                kept: 0,
+            },
+            None => Filtering::Off,
+        };
+    }
+
     /// Takes in one input batch.
     fn push(&mut self, batch: RecordBatch) -> Result<()> {
         if let Filtering::Unstarted = self.state {
-            self.state = match self.slots.get(self.slot) {
-                Some(keys) => Filtering::Trial {
-                    keys,
-                    rows_in: 0,
-                    kept: 0,
-                },
-                None => Filtering::Off,
-            };
+            self.start();
         }
         let keys = match &self.state {
             Filtering::Trial { keys, .. } | Filtering::On(keys) => Arc::clone(keys),
@@ -651,7 +718,18 @@ impl ProbeKeyFilterStream {
             }
         };
         let column = self.key.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let mask = keys.keys.mask(&column)?;
+        let mut mask = None::<BooleanBuffer>;
+        for set in keys.iter() {
+            let found = set.keys.mask(&column)?.into_parts().0;
+            mask = Some(match mask {
+                Some(m) => &m | &found,
+                None => found,
+            });
+        }
+        let mask = BooleanArray::new(
+            mask.unwrap_or_else(|| BooleanBuffer::new_unset(column.len())),
+            None,
+        );
         let kept = mask.true_count();
         let rows = batch.num_rows();
         self.dropped.add(rows - kept);
@@ -833,11 +911,12 @@ mod tests {
     }
 
     /// What a run of `sql` returned, the plan as shown, and the probe rows the filters
-    /// dropped.
+    /// dropped (all of them, and those below a repartition).
     struct Run {
         rows: Vec<String>,
         plan: String,
         dropped: usize,
+        dropped_below: usize,
     }
 
     async fn run(filter: bool, partitioned: bool, dims_every: i64, sql: &str) -> Run {
@@ -863,13 +942,17 @@ mod tests {
         let batches = collect(Arc::clone(&plan), ctx.task_ctx())
             .await
             .expect("run");
-        let mut dropped = 0;
+        let (mut dropped, mut dropped_below) = (0, 0);
         plan.apply(|node| {
-            if node.downcast_ref::<ProbeKeyFilterExec>().is_some() {
+            if let Some(filter) = node.downcast_ref::<ProbeKeyFilterExec>() {
                 let metrics = node.metrics().expect("metrics");
-                dropped += metrics
+                let rows = metrics
                     .sum_by_name("rows_dropped")
                     .map_or(0, |m| m.as_usize());
+                dropped += rows;
+                if let Sets::Any = filter.sets {
+                    dropped_below += rows;
+                }
             }
             Ok(TreeNodeRecursion::Continue)
         })
@@ -879,6 +962,7 @@ mod tests {
             rows: shown.to_string().lines().map(str::to_string).collect(),
             plan: displayable(plan.as_ref()).indent(true).to_string(),
             dropped,
+            dropped_below,
         }
     }
 
@@ -907,7 +991,33 @@ mod tests {
             assert!(run.plan.contains("BuildKeysExec: key=k@0"), "{}", run.plan);
             // 100 of 100,000 keys have a partner: nearly every probe row is dropped.
             assert!(run.dropped > 190_000, "dropped {}", run.dropped);
+            // Built per partition: a filter below the probe side's repartition drops rows
+            // before they are moved (those arriving before every build partition ended
+            // go through to the filter above).
+            let below = run.plan.contains("sets=all build partitions");
+            assert_eq!(below, partitioned, "{}", run.plan);
+            assert_eq!(run.dropped_below > 0, partitioned, "{}", run.dropped_below);
         }
+    }
+
+    #[tokio::test]
+    async fn a_recursive_query_gets_no_filter_below_a_repartition() {
+        // Each step joins the last step's rows with the facts: the plan runs once a step,
+        // with the same key sets, so only the filters that wait for their own build
+        // partition are safe.
+        let sql = "WITH RECURSIVE r(k, n) AS ( \
+                       SELECT k, 0 FROM dims WHERE k < 5000 \
+                       UNION ALL \
+                       SELECT f.k, r.n + 1 FROM r JOIN facts f ON f.k = r.k + 1000 \
+                       WHERE r.n < 3) \
+                   SELECT n, count(*), sum(k) FROM r GROUP BY n ORDER BY n";
+        let with = run(true, true, 1_000, sql).await;
+        let without = run(false, true, 1_000, sql).await;
+        assert_eq!(with.rows, without.rows, "{}", with.plan);
+        assert!(with.plan.contains("ProbeKeyFilterExec"), "{}", with.plan);
+        assert!(!with.plan.contains("sets=all"), "{}", with.plan);
+        // Steps 0 to 3, each with rows.
+        assert_eq!(with.rows.len(), 4 + 4, "{:?}", with.rows);
     }
 
     #[tokio::test]
