@@ -179,9 +179,9 @@ impl Admin for AdminService {
             self.engine.catalog().clone(),
             Arc::clone(self.engine.stores()),
         );
-        let summary = crawler.crawl(&location.to_string(), &options).await?;
+        let mut summary = crawler.crawl(&location.to_string(), &options).await?;
         self.engine.refresh().await?;
-        self.engine.refresh_stale_rollups().await;
+        self.engine.refresh_after_crawl(&mut summary).await;
         Ok(Response::new(crawl_response(&summary)))
     }
 
@@ -330,6 +330,7 @@ impl Admin for AdminService {
                 stale_partitions: v.stale_partitions.unwrap_or_default(),
                 refreshed_at: v.refreshed_at.unwrap_or_default(),
                 definition: v.definition,
+                last_error: v.last_error.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(proto::ListViewsResponse { views }))

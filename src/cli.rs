@@ -495,9 +495,9 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
     });
     let summary = crawler.crawl(&args.location, &options).await;
     bar.finish_and_clear();
-    let summary = summary?;
+    let mut summary = summary?;
     // Rollups over what the crawl changed catch up now, not at their first query.
-    ctx.engine.refresh_stale_rollups().await;
+    ctx.engine.refresh_after_crawl(&mut summary).await;
     print_summary(&summary, args.json)
 }
 

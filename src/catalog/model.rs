@@ -368,6 +368,10 @@ pub struct RollupRecord {
     pub created_at: String,
     /// RFC 3339; when the last refresh finished.
     pub refreshed_at: Option<String>,
+    /// Why the last refresh failed, when it did (cleared by the next that succeeds).
+    pub last_error: Option<String>,
+    /// RFC 3339; when that refresh failed.
+    pub last_error_at: Option<String>,
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stats_version",
         include_str!("../../catalog/migrations/0005_stats_version.sql"),
     ),
+    (
+        6,
+        "rollup_errors",
+        include_str!("../../catalog/migrations/0006_rollup_errors.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -921,7 +926,8 @@ impl Catalog {
     /// Every rollup, by database and name.
     pub async fn rollups(&self) -> Result<Vec<RollupRecord>> {
         let rows = sqlx::query(
-            "SELECT d.name, r.name, r.definition, r.created_at, r.refreshed_at
+            "SELECT d.name, r.name, r.definition, r.created_at, r.refreshed_at, r.last_error,
+                    r.last_error_at
              FROM rollups r JOIN databases d ON d.id = r.database_id
              ORDER BY d.name, r.name",
         )
@@ -941,13 +947,27 @@ impl Catalog {
                     })?,
                     created_at: r.get(3),
                     refreshed_at: r.get(4),
+                    last_error: r.get(5),
+                    last_error_at: r.get(6),
                 })
             })
             .collect()
     }
 
-    /// Records that a rollup finished a refresh at `at` (RFC 3339).
+    /// Records that a rollup finished a refresh at `at` (RFC 3339), clearing the error of
+    /// an earlier failed one (a change readers must see: the view answers queries again).
     pub async fn rollup_refreshed(&self, database: &str, name: &str, at: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let repaired = sqlx::query(
+            "UPDATE rollups SET last_error = NULL, last_error_at = NULL WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)
+               AND last_error IS NOT NULL",
+        )
+        .bind(database)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         sqlx::query(
             "UPDATE rollups SET refreshed_at = ?3 WHERE name = ?2
                AND database_id = (SELECT id FROM databases WHERE name = ?1)",
@@ -955,8 +975,38 @@ impl Catalog {
         .bind(database)
         .bind(name)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if repaired > 0 {
+            bump_generation(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a refresh of a rollup failed at `at` (RFC 3339) with `error`. Until a
+    /// refresh succeeds, queries are answered from the base (readers see the change at
+    /// their next catalog refresh).
+    pub async fn rollup_failed(
+        &self,
+        database: &str,
+        name: &str,
+        at: &str,
+        error: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE rollups SET last_error = ?3, last_error_at = ?4 WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+        )
+        .bind(database)
+        .bind(name)
+        .bind(error)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -380,6 +380,9 @@ pub struct Skipped {
 /// What a crawl did.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct CrawlSummary {
+    /// The crawl's record in the crawl history (not part of the recorded summary).
+    #[serde(skip)]
+    pub crawl_id: Option<i64>,
     pub location: String,
     pub database: String,
     pub tables_created: Vec<String>,
@@ -640,7 +643,10 @@ impl Crawler {
                 options.crawler.as_deref(),
             )
             .await?;
-        let result = self.crawl_inner(&location, options).await;
+        let mut result = self.crawl_inner(&location, options).await;
+        if let Ok(summary) = &mut result {
+            summary.crawl_id = Some(crawl_id);
+        }
         let (status, summary_json) = match &result {
             Ok(summary) => (
                 "succeeded",

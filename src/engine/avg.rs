@@ -199,6 +199,14 @@ fn from_sums(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     Ok(same.then_some(LogicalPlan::Projection(projection)))
 }
 
+/// `sum / count` as DataFusion's decimal average of result type `result` computes it (see
+/// [`DecimalAverage`]): how an average is answered from a sum and a count kept apart (the
+/// rollup rewrite's merged states).
+pub(crate) fn decimal_average(result: DataType, sum: Expr, count: Expr) -> Expr {
+    let udf = ScalarUDF::new_from_impl(DecimalAverage::new(result));
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![sum, count]))
+}
+
 /// `sum / count` as DataFusion's decimal average computes it: the sum brought to the
 /// result's scale, divided by the count (truncated), and checked against the result's
 /// precision; null where there is no value.

@@ -1125,10 +1125,10 @@ impl Engine {
             table: Some(name.to_string()),
             ..CrawlOptions::default()
         };
-        let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
+        let mut summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
             .crawl(&table.location, &options)
             .await?;
-        self.refresh_stale_rollups().await;
+        self.refresh_after_crawl(&mut summary).await;
         Ok(summary)
     }
 

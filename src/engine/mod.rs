@@ -6,7 +6,7 @@
 //! providers are cached per table version, so a table's file list is read from the
 //! catalog once per change, not once per query.
 
-mod avg;
+pub(crate) mod avg;
 pub mod cache;
 pub mod ddl;
 mod decimal;

@@ -384,6 +384,25 @@ pub(crate) async fn define(
     })
 }
 
+/// A materialized view whose refresh failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshFailure {
+    /// `database.name`.
+    pub view: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for RefreshFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "materialized view {} could not be refreshed ({}); queries read its base table \
+             until REFRESH MATERIALIZED VIEW {} succeeds",
+            self.view, self.error, self.view
+        )
+    }
+}
+
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefreshReport {
@@ -490,6 +509,35 @@ impl Engine {
         name: &str,
         full: bool,
     ) -> Result<RefreshReport> {
+        let started = Utc::now();
+        // Boxed: the refresh's future is large, and callers nest it in their own (a crawl,
+        // a DDL statement), which in a debug build overflowed a test thread's stack.
+        let result = Box::pin(self.refresh_rollup_once(database, name, full)).await;
+        if let Err(e) = &result
+            && !matches!(e, Error::InvalidArgument(_))
+        {
+            // Recorded so that queries stop using the view and operators see why; a view
+            // whose definition no longer plans fails the same way every time.
+            let at = started.to_rfc3339_opts(SecondsFormat::Millis, true);
+            if let Err(record) = self
+                .catalog()
+                .rollup_failed(database, name, &at, &e.to_string())
+                .await
+            {
+                tracing::warn!(error = %record, "could not record a failed rollup refresh");
+            }
+            let _ = self.refresh().await;
+        }
+        result
+    }
+
+    /// One attempt of [`Engine::refresh_rollup`].
+    async fn refresh_rollup_once(
+        &self,
+        database: &str,
+        name: &str,
+        full: bool,
+    ) -> Result<RefreshReport> {
         let record = self.rollup(database, name).await?.ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "materialized view '{database}.{name}' does not exist; see SHOW MATERIALIZED VIEWS"
@@ -551,7 +599,10 @@ impl Engine {
             .collect();
         stale.sort_by(|a, b| a.1.cmp(&b.1));
 
-        let ctx = SessionContext::new_with_state(self.base_state().clone());
+        // The base is read as it is: answering the refresh from the view being refreshed
+        // would read the rows it replaces.
+        let ctx =
+            SessionContext::new_with_state(self.without_rollup_rewrite().base_state().clone());
         let mut storage_schema: Option<SchemaRef> =
             storage.as_ref().map(|s| s.entry().file_schema.clone());
         let commit = |schema: SchemaRef, upserts, removals| TableCommit {
@@ -645,27 +696,60 @@ impl Engine {
 
     /// Refreshes every rollup that has not caught up with its base (after a crawl or
     /// ingest, and on the server's schedule). One pass runs at a time; a pass that finds
-    /// another running returns at once. A failing rollup is logged and left stale: queries
-    /// stay exact, reading the base for the partitions it has not caught up with.
-    pub async fn refresh_stale_rollups(&self) {
+    /// another running returns at once. A rollup whose refresh fails is recorded as failed
+    /// (`SHOW MATERIALIZED VIEWS` gives the error) and answers no query until a refresh
+    /// succeeds: queries read its base. Returns the failures, for the crawl's summary.
+    pub async fn refresh_stale_rollups(&self) -> Vec<RefreshFailure> {
         let Some(_running) = self.rollup_refresh_guard() else {
-            return;
+            return Vec::new();
         };
         if let Err(e) = self.sweep_deferred_deletes(Utc::now()).await {
             tracing::warn!(error = %e, "could not delete replaced rollup files; will retry");
         }
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "could not read the catalog to refresh rollups");
-            return;
+            return Vec::new();
         }
+        let mut failures = Vec::new();
         for state in self.rollup_states() {
             let d = &state.def;
-            if state.stale.is_empty() && state.excluded.is_empty() && state.storage.is_some() {
+            if state.stale.is_empty()
+                && state.excluded.is_empty()
+                && state.storage.is_some()
+                && state.last_error.is_none()
+            {
                 continue;
             }
             if let Err(e) = self.refresh_rollup(&d.database, &d.name, false).await {
-                tracing::warn!(rollup = %format!("{}.{}", d.database, d.name), error = %e,
-                    "rollup refresh failed; queries read the base for its stale partitions");
+                let view = format!("{}.{}", d.database, d.name);
+                tracing::warn!(rollup = %view, error = %e,
+                    "rollup refresh failed; queries read its base until a refresh succeeds");
+                failures.push(RefreshFailure {
+                    view,
+                    error: e.to_string(),
+                });
+            }
+        }
+        failures
+    }
+
+    /// After a crawl: refreshes the views it left stale and reports those whose refresh
+    /// failed among the crawl's problems, in its summary and in the crawl history.
+    pub async fn refresh_after_crawl(&self, summary: &mut crate::crawler::CrawlSummary) {
+        let failures = self.refresh_stale_rollups().await;
+        if failures.is_empty() {
+            return;
+        }
+        summary
+            .problems
+            .extend(failures.iter().map(|f| crate::crawler::Problem {
+                path: f.view.clone(),
+                message: f.to_string(),
+            }));
+        if let Some(id) = summary.crawl_id {
+            let json = serde_json::to_string(&*summary).unwrap_or_default();
+            if let Err(e) = self.catalog().finish_crawl(id, "succeeded", &json).await {
+                tracing::warn!(error = %e, "could not record the failed refreshes in the crawl history");
             }
         }
     }
@@ -717,6 +801,7 @@ impl Engine {
             number(|v| v.stale_partitions),
             text(|v| v.refreshed_at.clone()),
             text(|v| Some(v.definition.clone())),
+            text(|v| v.last_error.clone()),
         ];
         Ok(RecordBatch::try_new(show_schema(), columns)?)
     }
@@ -751,6 +836,10 @@ impl Engine {
                     stale_partitions: state.map(|s| s.stale.len() as i64),
                     refreshed_at: r.refreshed_at,
                     definition: d.sql,
+                    last_error: r.last_error.map(|e| match r.last_error_at {
+                        Some(at) => format!("{at}: {e}"),
+                        None => e,
+                    }),
                 }
             })
             .collect())
@@ -773,6 +862,8 @@ pub struct RollupSummary {
     pub refreshed_at: Option<String>,
     /// The `CREATE MATERIALIZED VIEW` statement.
     pub definition: String,
+    /// When and why its last refresh failed (queries read its base meanwhile).
+    pub last_error: Option<String>,
 }
 
 /// The schema of `SHOW MATERIALIZED VIEWS`.
@@ -786,6 +877,7 @@ pub fn show_schema() -> SchemaRef {
         Field::new("stale_partitions", DataType::Int64, true),
         Field::new("refreshed_at", DataType::Utf8, true),
         Field::new("definition", DataType::Utf8, true),
+        Field::new("last_error", DataType::Utf8, true),
     ]))
 }
 
@@ -1054,6 +1146,8 @@ pub struct RollupState {
     /// The view itself, as a table users can query by name: its defining query (which the
     /// rewrite then answers from the storage).
     pub view: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    /// Why its last refresh failed: until one succeeds, the rewrite leaves it alone.
+    pub last_error: Option<String>,
 }
 
 impl RollupState {
@@ -1084,6 +1178,7 @@ impl RollupState {
             filter,
             memory: None,
             view: None,
+            last_error: record.last_error.clone(),
         }
     }
 }

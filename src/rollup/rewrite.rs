@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use arrow::datatypes::DataType;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use datafusion::catalog::TableProvider;
+use datafusion::common::DFSchema;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result as DfResult, ScalarValue, TableReference};
 use datafusion::datasource::{provider_as_source, source_as_provider};
@@ -29,6 +30,7 @@ use datafusion::logical_expr::{
     Aggregate, BinaryExpr, Cast, Expr, LogicalPlan, LogicalPlanBuilder, Operator, TableSource,
     TryCast, cast, lit,
 };
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
@@ -483,7 +485,14 @@ impl Aggregates<'_> {
                         DataType::Float64,
                     )
             }
-            "avg" => return Err(format!("{expr} returns {output}, not a float")),
+            // DataFusion's decimal average: the sum scaled to the result's scale over the
+            // count, truncated; the same integers from the kept states.
+            "avg" if arg.is_some() && matches!(output, DataType::Decimal128(_, _)) => {
+                let total = self.state(MeasureKind::Sum, &arg)?;
+                let count = self.state(MeasureKind::Count, &arg)?;
+                crate::engine::avg::decimal_average(output.clone(), total, count)
+            }
+            "avg" => return Err(format!("{expr} returns {output}, not a float or decimal")),
             other => return Err(format!("{other}() cannot be merged from partial states")),
         };
         Ok(value)
@@ -504,6 +513,13 @@ fn attempt(
         .ok_or_else(|| "it has not been computed yet (REFRESH MATERIALIZED VIEW)".to_string())?;
     if state.base_version != entry.version {
         return Err("the base table changed while the query was planned".into());
+    }
+    if let Some(error) = &state.last_error {
+        return Err(format!(
+            "its last refresh failed ({error}); the base answers until REFRESH MATERIALIZED \
+             VIEW {}.{} succeeds",
+            def.database, def.name
+        ));
     }
     let mut plain: Vec<(String, String)> = state
         .partition_columns
@@ -636,10 +652,12 @@ fn attempt(
                     .iter()
                     .map(|m| measure_expr(m).alias(m.storage_name()))
                     .collect();
+                let stale_rows = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+                    .alias(CATCHUP)?
+                    .filter(which)?;
+                let states = coerced(states, stale_rows.schema())?;
                 let base =
-                    LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
-                        .alias(CATCHUP)?
-                        .filter(which)?
+                    stale_rows
                         .aggregate(keys, states)?
                         .project(storage_schema.fields().iter().map(|f| {
                             cast(column(f.name()), f.data_type().clone()).alias(f.name())
@@ -647,7 +665,8 @@ fn attempt(
                         .build()?;
                 input = rollup.union(base)?;
             }
-            let merged = input.aggregate(groups.clone(), aggregates.partials.clone())?;
+            let partials = coerced(aggregates.partials.clone(), input.schema())?;
+            let merged = input.aggregate(groups.clone(), partials)?;
             let mut outputs = Vec::new();
             for i in 0..aggregate.group_expr.len() {
                 let (qualifier, field) = schema.qualified_field(i);
@@ -692,6 +711,20 @@ fn attempt(
         ));
     }
     Ok((plan, note))
+}
+
+/// `exprs` over `schema` with their arguments cast as the analyzer casts a query's own.
+/// The rewrite builds its aggregates after the analyzer ran: without this, the catch-up's
+/// `sum(v)` over an Int32 `v` (or any type `sum` takes only once widened: narrow and
+/// unsigned integers, Float32) fails at execution.
+fn coerced(exprs: Vec<Expr>, schema: &DFSchema) -> DfResult<Vec<Expr>> {
+    exprs
+        .into_iter()
+        .map(|e| {
+            let mut rewriter = TypeCoercionRewriter::new(schema);
+            e.rewrite(&mut rewriter).map(|t| t.data)
+        })
+        .collect()
 }
 
 /// A kept distinct count is one value per rollup group: the query must group by exactly the

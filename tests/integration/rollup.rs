@@ -731,3 +731,210 @@ async fn views_are_managed_over_the_admin_api() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     server.stop().await.unwrap();
 }
+
+/// Every measure type a view accepts: each integer width, signed and unsigned, floats, and
+/// decimals of small, medium and full precision (name, type).
+fn measure_types() -> Vec<(&'static str, DataType)> {
+    vec![
+        ("i8", DataType::Int8),
+        ("i16", DataType::Int16),
+        ("i32", DataType::Int32),
+        ("i64", DataType::Int64),
+        ("u8", DataType::UInt8),
+        ("u16", DataType::UInt16),
+        ("u32", DataType::UInt32),
+        ("u64", DataType::UInt64),
+        ("f32", DataType::Float32),
+        ("f64", DataType::Float64),
+        ("d3", DataType::Decimal128(3, 1)),
+        ("d9", DataType::Decimal128(9, 2)),
+        ("d18", DataType::Decimal128(18, 4)),
+        ("d38", DataType::Decimal128(38, 6)),
+    ]
+}
+
+/// `rows` rows of every measure type (one null in five) in `m/day=DD/hour=HH/name`.
+fn write_measures(lake: &Path, day: u32, hour: u32, rows: usize, seed: u64, name: &str) {
+    use arrow::array::Int64Builder;
+    use arrow::compute::cast;
+    let mut rng = Lcg(seed);
+    let start = crate::common::micros(&format!("2024-05-{day:02} {hour:02}:00:00"));
+    let mut fields = vec![Field::new(
+        "ts",
+        DataType::Timestamp(TimeUnit::Microsecond, None),
+        false,
+    )];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(TimestampMicrosecondArray::from(
+        (0..rows)
+            .map(|_| start + rng.below(3_600_000_000) as i64)
+            .collect::<Vec<_>>(),
+    ))];
+    for (name, data_type) in measure_types() {
+        // Values 0..100 fit every type; decimals get a fraction from the cast of a float.
+        let mut values = Int64Builder::new();
+        for _ in 0..rows {
+            match rng.below(5) {
+                0 => values.append_null(),
+                _ => values.append_value(rng.below(100) as i64),
+            }
+        }
+        let ints: ArrayRef = Arc::new(values.finish());
+        let column = match &data_type {
+            DataType::Decimal128(_, _) | DataType::Float32 | DataType::Float64 => {
+                let halves = arrow::compute::kernels::numeric::div(
+                    &cast(&ints, &DataType::Float64).unwrap(),
+                    &Float64Array::new_scalar(4.0),
+                )
+                .unwrap();
+                cast(&halves, &data_type).unwrap()
+            }
+            _ => cast(&ints, &data_type).unwrap(),
+        };
+        assert_eq!(column.null_count(), ints.null_count(), "{name}");
+        fields.push(Field::new(name, data_type, true));
+        columns.push(column);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    write_parquet(
+        &lake.join(format!("m/day={day:02}/hour={hour:02}/{name}")),
+        &batch,
+    );
+}
+
+/// A view over every measure type answers exactly: fresh, with a stale partition read from
+/// the base beside its rows (the mixed path), and refreshed after a crawl.
+#[tokio::test]
+async fn views_answer_exactly_for_every_measure_type() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    for (day, hour) in [(1, 0), (1, 1), (2, 0)] {
+        write_measures(
+            &lake,
+            day,
+            hour,
+            30,
+            u64::from(day * 10 + hour),
+            "a.parquet",
+        );
+    }
+    env.crawl(&lake).await;
+    let mut select = vec!["date_trunc('hour', ts) AS h".to_string(), "day".into()];
+    let mut queries = Vec::new();
+    for (name, _) in measure_types() {
+        select.extend([
+            format!("count({name}) AS n_{name}"),
+            format!("sum({name}) AS s_{name}"),
+            format!("min({name}) AS lo_{name}"),
+            format!("max({name}) AS hi_{name}"),
+        ]);
+        queries.push(format!(
+            "SELECT date_trunc('day', ts) AS d, count({name}), sum({name}), avg({name}), \
+             min({name}), max({name}) FROM m GROUP BY 1"
+        ));
+        queries.push(format!(
+            "SELECT sum({name}), avg({name}) FROM m WHERE day = 1"
+        ));
+    }
+    env.rows(&format!(
+        "CREATE MATERIALIZED VIEW mv AS SELECT {}, count(*) AS n FROM m GROUP BY 1, 2",
+        select.join(", ")
+    ))
+    .await;
+    let check = |scenario: &'static str| {
+        let env = &env;
+        let queries = &queries;
+        async move {
+            let base = env.engine.without_rollup_rewrite();
+            for sql in queries {
+                let expected = answer(&base, sql).await;
+                assert_eq!(
+                    answer(&env.engine, sql).await,
+                    expected,
+                    "{scenario}: {sql}"
+                );
+                let notes = notes(env, sql).await;
+                assert!(
+                    notes.iter().any(|n| n.starts_with("used default.mv")),
+                    "{scenario}: {sql}: {notes:?}"
+                );
+            }
+        }
+    };
+    check("fresh view").await;
+
+    // A late file: its partition is stale and read from the base beside the view's rows.
+    write_measures(&lake, 1, 1, 12, 99, "b.parquet");
+    env.crawl(&lake).await;
+    assert_eq!(stale_partitions(&env).await, 1);
+    check("stale partition").await;
+
+    // The refresh after the crawl succeeds for every type.
+    let failures = env.engine.refresh_stale_rollups().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(stale_partitions(&env).await, 0);
+    check("refreshed").await;
+}
+
+/// A refresh that fails is reported in the crawl's problems and history and in SHOW
+/// MATERIALIZED VIEWS; until a refresh succeeds, the view answers nothing (the base does).
+#[tokio::test]
+async fn a_failed_refresh_is_reported_and_never_breaks_queries() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(DEFINITION).await;
+    let day2 = "SELECT kind, count(*), sum(amount) FROM events WHERE day = 2 GROUP BY kind";
+    assert!(notes(&env, day2).await[0].starts_with("used default.ev_hourly"));
+
+    // A late file lands and is crawled; before the refresh reads it, it is overwritten with
+    // bytes that are not Parquet (a writer's half-finished upload).
+    let late = lake.join("events/year=2024/month=03/day=01/hour=05/late.parquet");
+    write_hour(&lake, 1, 5, 10, 4242, "late.parquet");
+    let mut summary = env.crawl(&lake).await;
+    let good = std::fs::read(&late).unwrap();
+    std::fs::write(&late, vec![b'x'; good.len()]).unwrap();
+    env.engine.refresh_after_crawl(&mut summary).await;
+
+    // The crawl's summary and its record in the history name the view and the fix.
+    let problem = summary
+        .problems
+        .iter()
+        .find(|p| p.path == "default.ev_hourly")
+        .unwrap_or_else(|| panic!("{:?}", summary.problems));
+    assert!(
+        problem.message.contains("could not be refreshed")
+            && problem
+                .message
+                .contains("REFRESH MATERIALIZED VIEW default.ev_hourly"),
+        "{problem:?}"
+    );
+    let history = env.catalog.crawl_history(1).await.unwrap();
+    let recorded = history[0].summary.as_deref().unwrap();
+    assert!(
+        recorded.contains("default.ev_hourly") && recorded.contains("could not be refreshed"),
+        "{recorded}"
+    );
+    // SHOW MATERIALIZED VIEWS gives the error.
+    let shown = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert!(shown[0][8].contains("late.parquet"), "{shown:?}");
+
+    // Queries the view would answer read the base, and say why.
+    let expected = answer(&env.engine.without_rollup_rewrite(), day2).await;
+    assert_eq!(answer(&env.engine, day2).await, expected);
+    let n = notes(&env, day2).await;
+    assert!(
+        n.iter()
+            .any(|n| n.starts_with("not used default.ev_hourly: its last refresh failed")),
+        "{n:?}"
+    );
+
+    // The file is repaired: the next refresh succeeds, clears the error, and the view
+    // answers again.
+    std::fs::write(&late, &good).unwrap();
+    assert!(env.engine.refresh_stale_rollups().await.is_empty());
+    let shown = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert_eq!(shown[0][8], "NULL", "{shown:?}");
+    assert!(notes(&env, day2).await[0].starts_with("used default.ev_hourly"));
+    assert_exact(&env, "repaired view").await;
+}
