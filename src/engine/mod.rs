@@ -10,6 +10,7 @@ pub(crate) mod avg;
 pub mod cache;
 pub mod ddl;
 mod decimal;
+mod dependencies;
 mod eager;
 mod filterorder;
 mod filterstats;
@@ -17,7 +18,9 @@ mod joinorder;
 mod keyfilter;
 mod like;
 mod narrow;
+mod nullsafe;
 mod onephase;
+mod parse;
 mod semijoin;
 mod shared;
 pub mod table;
@@ -522,8 +525,7 @@ impl Engine {
         use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
         let mut state = self.state.clone();
         state.config_mut().options_mut().catalog.default_schema = def.base_database.clone();
-        let dialect = state.config().options().sql_parser.dialect;
-        let query = match state.sql_to_statement(&def.sql, &dialect) {
+        let query = match parse::statement(&state, &def.sql) {
             Ok(DFStatement::Statement(s)) => match *s {
                 SqlStatement::CreateView(v) => v.query,
                 _ => return None,
@@ -599,9 +601,10 @@ impl Engine {
             def.base_database.replace('"', "\"\""),
             def.base_table.replace('"', "\"\"")
         );
+        let statement = parse::statement(&self.state, &sql).map_err(Error::from)?;
         let plan = self
             .state
-            .create_logical_plan(&sql)
+            .statement_to_plan(statement)
             .await
             .map_err(Error::from)?;
         let plan = self
@@ -855,11 +858,7 @@ impl Engine {
             None => (sql, None),
         };
         // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
-        let dialect = self.state.config().options().sql_parser.dialect;
-        let statement = self
-            .state
-            .sql_to_statement(sql, &dialect)
-            .map_err(map_plan_error)?;
+        let statement = parse::statement(&self.state, sql).map_err(map_plan_error)?;
         if let Some(mut command) = ddl::recognise(self, &statement).await? {
             match (&mut command, partition_locations) {
                 (ddl::Command::AddPartitions { locations, .. }, Some(found))
@@ -1271,8 +1270,13 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     // Trees of inner joins keep the order chosen for them (see the rule).
     for rule in &mut rules {
-        if rule.name() == "eliminate_cross_join" {
-            *rule = Arc::new(joinorder::EliminateCrossJoins::default());
+        match rule.name() {
+            "eliminate_cross_join" => *rule = Arc::new(joinorder::EliminateCrossJoins::default()),
+            // `=` keys beside null-safe ones stay exact (see the rule).
+            "extract_equijoin_predicate" => {
+                *rule = Arc::new(nullsafe::ExtractEquijoinKeys::default())
+            }
+            _ => {}
         }
     }
     let at = rules
@@ -1299,6 +1303,15 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .position(|r| r.name() == "common_sub_expression_eliminate")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(avg::AvgFromSums));
+    // The rules that trust functional dependencies get only those that hold.
+    for before in ["eliminate_duplicated_expr", "optimize_projections"] {
+        if let Some(at) = rules.iter().position(|r| r.name() == before) {
+            rules.insert(
+                at,
+                Arc::new(dependencies::SoundDependencies::before(before)),
+            );
+        }
+    }
     rules
 }
 

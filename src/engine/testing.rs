@@ -39,3 +39,39 @@ pub(super) async fn optimized(ctx: &SessionContext, sql: &str) -> LogicalPlan {
         .into_optimized_plan()
         .expect("optimize")
 }
+
+/// The rows of `sql`, each as its values joined by `|` (nulls as `NULL`), in the order
+/// the query gives them.
+pub(super) async fn values(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in &batches {
+        let columns: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| {
+                arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                    .expect("formatter")
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = columns.iter().map(|c| c.value(row).to_string()).collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+/// [`values`], sorted: for queries whose order is not defined.
+pub(super) async fn sorted_values(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let mut out = values(ctx, sql).await;
+    out.sort();
+    out
+}
