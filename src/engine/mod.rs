@@ -18,8 +18,10 @@ mod joinorder;
 mod keyfilter;
 mod like;
 mod narrow;
+mod notin;
 mod nullsafe;
 mod onephase;
+mod outerjoin;
 mod parse;
 mod semijoin;
 mod shared;
@@ -1303,6 +1305,13 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .position(|r| r.name() == "common_sub_expression_eliminate")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(avg::AvgFromSums));
+    // IN subqueries are made three-valued before they become mark joins.
+    if let Some(at) = rules
+        .iter()
+        .position(|r| r.name() == "decorrelate_predicate_subquery")
+    {
+        rules.insert(at, Arc::new(notin::NullAwareIn));
+    }
     // The rules that trust functional dependencies get only those that hold.
     for before in ["eliminate_duplicated_expr", "optimize_projections"] {
         if let Some(at) = rules.iter().position(|r| r.name() == before) {
@@ -1322,6 +1331,8 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
 fn physical_optimizer_rules()
 -> Vec<Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    // Before anything reads equivalences: outer joins' NULL-extended sides claim no constants.
+    rules.insert(0, Arc::new(outerjoin::OuterJoinConstants));
     let at = rules
         .iter()
         .position(|r| r.name() == "join_selection")

@@ -7,13 +7,15 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::TarnOptions;
 
-/// A session with DataFusion's defaults and Tarn's optimizer rules and settings.
+/// A session with DataFusion's defaults and Tarn's optimizer rules (logical and physical)
+/// and settings.
 pub(super) fn session() -> SessionContext {
     let config = SessionConfig::new().with_option_extension(TarnOptions::default());
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_optimizer_rules(super::optimizer_rules())
+        .with_physical_optimizer_rules(super::physical_optimizer_rules())
         .build();
     SessionContext::new_with_state(state)
 }
