@@ -14,6 +14,7 @@ mod dependencies;
 mod eager;
 mod filterorder;
 mod filterstats;
+mod guard;
 mod joinorder;
 mod keyfilter;
 mod like;
@@ -1342,6 +1343,8 @@ fn physical_optimizer_rules()
     rules.push(Arc::new(filterorder::OrderFilterConditions));
     rules.push(Arc::new(narrow::NarrowFilterConditions));
     rules.push(Arc::new(keyfilter::ProbeKeyFilter));
+    // Last: every filter's and join condition's guards protect what they guard.
+    rules.push(Arc::new(guard::GuardConditions));
     rules
 }
 

@@ -112,11 +112,24 @@ pub struct NarrowingConjunction {
     projection: Vec<usize>,
     /// The conditions after the first, over those columns.
     narrowed: Vec<Arc<dyn PhysicalExpr>>,
+    /// For each condition, whether it may fail on rows the ones before it did not keep
+    /// (see [`super::guard`]): such a condition is always evaluated on the kept rows only.
+    guarded: Vec<bool>,
 }
 
 impl NarrowingConjunction {
     /// The conjunction of `conditions` (two or more).
     pub fn try_new(conditions: Vec<Arc<dyn PhysicalExpr>>) -> Result<Self> {
+        let guarded = vec![false; conditions.len()];
+        Self::try_new_guarded(conditions, guarded)
+    }
+
+    /// The conjunction of `conditions`, each one `guarded` evaluated only on the rows the
+    /// ones before it kept.
+    pub fn try_new_guarded(
+        conditions: Vec<Arc<dyn PhysicalExpr>>,
+        guarded: Vec<bool>,
+    ) -> Result<Self> {
         let mut projection: Vec<usize> = conditions
             .iter()
             .skip(1)
@@ -147,7 +160,13 @@ impl NarrowingConjunction {
             conditions,
             projection,
             narrowed,
+            guarded,
         })
+    }
+
+    /// The conditions, in the order evaluated.
+    pub fn conditions(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.conditions
     }
 }
 
@@ -180,7 +199,8 @@ impl PhysicalExpr for NarrowingConjunction {
             .collect();
         let mut positions: Option<ArrayRef> = None;
         let schema: SchemaRef = Arc::new(batch.schema().project(&self.projection)?);
-        for condition in &self.narrowed {
+        for (k, condition) in self.narrowed.iter().enumerate() {
+            let guarded = self.guarded.get(k + 1).copied().unwrap_or(false);
             let in_hand = mask.len();
             let count = mask.true_count();
             if count == 0 {
@@ -189,7 +209,8 @@ impl PhysicalExpr for NarrowingConjunction {
             // Also narrowed where DataFusion would evaluate the next condition on the
             // kept rows only, so no condition sees a row DataFusion's would not.
             if count < in_hand
-                && (share_below(count, in_hand, NARROW_BELOW)
+                && (guarded
+                    || share_below(count, in_hand, NARROW_BELOW)
                     || share_below(count, rows, DATAFUSION_PRESELECTS_BELOW))
             {
                 let filter = FilterBuilder::new(&mask).optimize().build();
@@ -239,7 +260,8 @@ impl PhysicalExpr for NarrowingConjunction {
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(Arc::new(Self::try_new(children)?))
+        let guarded = self.guarded.clone();
+        Ok(Arc::new(Self::try_new_guarded(children, guarded)?))
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
