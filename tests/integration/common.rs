@@ -337,3 +337,83 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// The small tables the differential generator's findings were reduced to, one Parquet
+/// file each (crawled as database `r` by the SQL logic tests): `sales`, `customers` (keys
+/// repeat), `returns` (NULL keys), `stores`, `products` (NULL keys and costs) and `g`
+/// (zeros to divide by).
+pub fn reduced_lake(root: &Path) {
+    use arrow::array::Decimal128Array;
+    let int = |v: &[Option<i64>]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+    let text = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    let money = |v: &[Option<i128>]| {
+        Arc::new(
+            Decimal128Array::from(v.to_vec())
+                .with_precision_and_scale(15, 2)
+                .unwrap(),
+        ) as ArrayRef
+    };
+    let table = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        write_parquet(&root.join(name).join("part-0.parquet"), &batch);
+    };
+    let s = Some;
+    table(
+        "sales",
+        vec![
+            ("sale_id", int(&[s(1), s(2), s(3), s(4), s(5)])),
+            ("cust_id", int(&[s(101), s(101), s(202), s(202), s(303)])),
+            ("qty", int(&[s(20), s(3), s(30), s(1), s(16)])),
+            (
+                "price",
+                money(&[Some(100), Some(200), None, Some(400), Some(500)]),
+            ),
+            ("prod_id", int(&[s(10), None, s(20), None, s(30)])),
+        ],
+    );
+    table(
+        "customers",
+        vec![
+            ("cust_id", int(&[s(101), s(101), s(202), s(202), s(303)])),
+            ("city", text(&["NEW YORK", "Bergen", "東京", "a%b", "Oslo"])),
+            ("home_store", int(&[s(1), s(2), s(1), s(2), s(3)])),
+        ],
+    );
+    table(
+        "returns",
+        vec![
+            ("ret_id", int(&[s(1), s(2), s(3), s(4)])),
+            ("sale_id", int(&[s(1), None, s(2), None])),
+            ("rqty", int(&[s(1), s(2), s(9), s(3)])),
+        ],
+    );
+    table(
+        "stores",
+        vec![
+            ("store_id", int(&[s(1), s(2), s(3)])),
+            ("region", text(&["north", "south", "north"])),
+        ],
+    );
+    table(
+        "products",
+        vec![
+            ("prod_id", int(&[s(10), None, s(20), s(30)])),
+            ("unit_cost", money(&[Some(100), None, None, Some(700)])),
+        ],
+    );
+    table(
+        "g",
+        vec![
+            ("x", int(&[s(0), s(1), s(2), s(3), s(0), s(7)])),
+            ("y", int(&[s(1), s(1), s(2), s(2), s(3), s(3)])),
+        ],
+    );
+}

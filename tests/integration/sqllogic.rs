@@ -1,5 +1,6 @@
 //! SQL behaviour as sqllogictest files (`tests/sql/*.slt`), run against an engine over the
-//! Firehose fixture lake (tables `events` and `users`).
+//! Firehose fixture lake (tables `events` and `users`) and the reduced differential cases
+//! (database `r`).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use arrow::datatypes::DataType;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use tarn::engine::Engine;
 
-use crate::common::{Env, firehose_lake, render};
+use crate::common::{Env, firehose_lake, reduced_lake, render};
 
 struct TarnDb {
     engine: Engine,
@@ -49,6 +50,16 @@ async fn sql_logic_tests() {
     let env = Env::new().await;
     firehose_lake(&env.lake());
     env.crawl(&env.lake()).await;
+    let reduced = env.dir.path().join("reduced");
+    reduced_lake(&reduced);
+    env.crawl_with(
+        &reduced,
+        tarn::crawler::CrawlOptions {
+            database: "r".into(),
+            ..tarn::crawler::CrawlOptions::default()
+        },
+    )
+    .await;
 
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -58,16 +69,24 @@ async fn sql_logic_tests() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
-    for file in files {
+    // Every file runs; the failures are reported together, each naming its file and record.
+    let mut failures = Vec::new();
+    for file in &files {
         let engine = env.engine.clone();
         let mut runner = sqllogictest::Runner::new(move || {
             let engine = engine.clone();
             async move { Ok::<_, tarn::Error>(TarnDb { engine }) }
         });
         runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
-        runner
-            .run_file_async(&file)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if let Err(e) = runner.run_file_async(file).await {
+            failures.push(format!("{}: {e}", file.display()));
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of {} .slt files failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }
