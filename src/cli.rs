@@ -155,11 +155,25 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
         }
         CrawlerCommand::Run { name, json } => {
             let crawler = find(name).await?;
-            let summary = jobs::run(catalog, &ctx.stores, &crawler, chrono::Utc::now()).await?;
+            let mut summary = jobs::run(catalog, &ctx.stores, &crawler, chrono::Utc::now()).await?;
+            ctx.engine.refresh_after_crawl(&mut summary).await;
             print_summary(&summary, *json)?;
         }
         CrawlerCommand::RunDue => {
-            let outcomes = jobs::run_due(catalog, &ctx.stores, chrono::Utc::now()).await?;
+            let mut outcomes = jobs::run_due(catalog, &ctx.stores, chrono::Utc::now()).await?;
+            let mut crawled: Vec<_> = outcomes
+                .iter_mut()
+                .filter_map(|(_, o)| o.as_mut().ok().map(std::mem::take))
+                .collect();
+            ctx.engine.refresh_after_crawls(&mut crawled).await;
+            let mut refreshed = crawled.into_iter();
+            for (_, outcome) in &mut outcomes {
+                if let Ok(summary) = outcome
+                    && let Some(done) = refreshed.next()
+                {
+                    *summary = done;
+                }
+            }
             if outcomes.is_empty() {
                 println!("no crawler is due");
             }
@@ -597,12 +611,13 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         ctx.catalog.clone(),
         std::sync::Arc::clone(&ctx.stores),
         std::time::Duration::from_secs(args.schedule_check_secs.max(1)),
-        move || {
+        move |mut crawled| {
             // Every tick: rollups catch up with changes from scheduled crawls and from
-            // crawls and ingests of other processes sharing the catalog.
+            // crawls and ingests of other processes sharing the catalog; the scheduled
+            // crawls report the refreshes that failed.
             let engine = engine.clone();
             tokio::spawn(async move {
-                engine.refresh_stale_rollups().await;
+                engine.refresh_after_crawls(&mut crawled).await;
             });
         },
     ));

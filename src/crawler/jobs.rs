@@ -132,20 +132,22 @@ pub async fn run_due(
 }
 
 /// The server's scheduler: checks for due crawlers every `every` until the process ends,
-/// and calls `after_tick` after each check (the server refreshes stale rollups there).
+/// and calls `after_tick` after each check with the summaries of the crawls it ran (the
+/// server refreshes stale rollups there and reports failed refreshes in those crawls).
 pub async fn schedule_loop(
     catalog: Catalog,
     stores: Arc<StoreRegistry>,
     every: std::time::Duration,
-    after_tick: impl Fn() + Send + 'static,
+    after_tick: impl Fn(Vec<CrawlSummary>) + Send + 'static,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
+        let mut crawled = Vec::new();
         match run_due(&catalog, &stores, Utc::now()).await {
-            Ok(outcomes) if !outcomes.is_empty() => {
-                for (name, outcome) in &outcomes {
+            Ok(outcomes) => {
+                for (name, outcome) in outcomes {
                     if let Ok(summary) = outcome {
                         tracing::info!(
                             crawler = %name,
@@ -154,13 +156,13 @@ pub async fn schedule_loop(
                             problems = summary.problems.len(),
                             "scheduled crawl finished"
                         );
+                        crawled.push(summary);
                     }
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the crawlers"),
         }
-        after_tick();
+        after_tick(crawled);
     }
 }
 

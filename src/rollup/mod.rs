@@ -736,20 +736,30 @@ impl Engine {
     /// After a crawl: refreshes the views it left stale and reports those whose refresh
     /// failed among the crawl's problems, in its summary and in the crawl history.
     pub async fn refresh_after_crawl(&self, summary: &mut crate::crawler::CrawlSummary) {
+        self.refresh_after_crawls(std::slice::from_mut(summary))
+            .await;
+    }
+
+    /// [`Engine::refresh_after_crawl`] for several crawls (a scheduler's tick): the views
+    /// are refreshed once and each crawl reports the failures.
+    pub async fn refresh_after_crawls(&self, summaries: &mut [crate::crawler::CrawlSummary]) {
         let failures = self.refresh_stale_rollups().await;
         if failures.is_empty() {
             return;
         }
-        summary
-            .problems
-            .extend(failures.iter().map(|f| crate::crawler::Problem {
-                path: f.view.clone(),
-                message: f.to_string(),
-            }));
-        if let Some(id) = summary.crawl_id {
-            let json = serde_json::to_string(&*summary).unwrap_or_default();
-            if let Err(e) = self.catalog().finish_crawl(id, "succeeded", &json).await {
-                tracing::warn!(error = %e, "could not record the failed refreshes in the crawl history");
+        for summary in summaries {
+            summary
+                .problems
+                .extend(failures.iter().map(|f| crate::crawler::Problem {
+                    path: f.view.clone(),
+                    message: f.to_string(),
+                }));
+            if let Some(id) = summary.crawl_id {
+                let json = serde_json::to_string(&*summary).unwrap_or_default();
+                if let Err(e) = self.catalog().finish_crawl(id, "succeeded", &json).await {
+                    tracing::warn!(error = %e,
+                        "could not record the failed refreshes in the crawl history");
+                }
             }
         }
     }
