@@ -443,6 +443,7 @@ async fn main() {
             declared: None,
             format_state: None,
             create_only: false,
+            one_file_per_partition: false,
         })
         .await
         .expect("commit");

@@ -169,14 +169,10 @@ async fn main() {
         .await
         .expect("crawl");
     let engine = Engine::new(catalog, stores, &EngineOptions::default()).expect("engine");
-    let (listener, addr) = tarn::flight::bind("127.0.0.1:0".parse().expect("addr"))
+    let (listener, addr) = tarn::serve::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
-    tokio::spawn(tarn::flight::serve(
-        engine,
-        listener,
-        std::future::pending(),
-    ));
+    tokio::spawn(tarn::serve::serve(engine, listener, std::future::pending()));
 
     // DataFusion in-process over the same files, default settings.
     let ctx = SessionContext::new();

@@ -22,8 +22,8 @@ use clap::Parser;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use mimalloc::MiMalloc;
-use tarn::cli::Context;
 use tarn::config::Cli;
+use tarn::context::Context;
 
 // The allocator Tarn's binary uses, so the comparison is of the engines.
 #[global_allocator]

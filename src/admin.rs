@@ -7,11 +7,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
+use crate::auth::caller;
 use crate::catalog::CrawlerOptions;
 use crate::crawler::{CrawlOptions, CrawlSummary, Crawler};
 use crate::engine::{DEFAULT_DATABASE, Engine};
 use crate::error::{Error, Result};
-use crate::flight::caller;
 
 /// Code generated from `proto/tarn/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -482,7 +482,7 @@ impl Remote {
         let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint_url)
             .map_err(|e| Error::InvalidArgument(format!("server URL '{}': {e}", self.url)))?;
         if tls {
-            crate::config::use_ring_for_tls();
+            crate::tls::use_ring_for_tls();
             let mut config = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = &self.tls_ca {
                 config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));

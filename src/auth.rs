@@ -506,6 +506,19 @@ pub fn new_api_token() -> (String, String) {
     (token, digest)
 }
 
+/// The caller the outer service authenticated (a reader when none was recorded, so a
+/// path that skipped authentication cannot change anything).
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            name: "unauthenticated".into(),
+            role: Role::Reader,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,79 +1,21 @@
 //! The commands behind the `tarn` binary.
 
 use std::io::Write;
-use std::sync::Arc;
-
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 
 use crate::admin::{AdminClient, AdminService, Remote, proto};
 use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
-use crate::catalog::Catalog;
 use crate::catalog::CrawlerDef;
 use crate::config::CrawlerCommand;
 use crate::config::{
-    AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, OutputFormat, RemoteArgs, ServeArgs, SqlArgs,
-    TableArgs, TablesArgs,
+    AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, RemoteArgs, ServeArgs, SqlArgs, TableArgs,
+    TablesArgs,
 };
+use crate::context::{Context, shutdown_signal};
+use crate::crawler::CrawlOptions;
 use crate::crawler::CrawlSummary;
-use crate::crawler::{CrawlOptions, Crawler};
-use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::flight::ServeOptions;
-use crate::storage::StoreRegistry;
-
-/// Everything a command needs: the catalog, the stores and an engine over them.
-pub struct Context {
-    pub catalog: Catalog,
-    pub stores: Arc<StoreRegistry>,
-    pub engine: Engine,
-}
-
-impl Context {
-    /// Opens the catalog in the data directory and builds an engine over it.
-    ///
-    /// # Errors
-    /// When the catalog cannot be opened or a DataFusion setting is invalid.
-    pub async fn open(cli: &Cli) -> Result<Self> {
-        let catalog = Catalog::open(&cli.data_dir).await?;
-        let stores = Arc::new(StoreRegistry::default());
-        // SQL may create tables under the data directory and the --allow-location roots.
-        let mut allowed_locations = vec![cli.data_dir.to_string_lossy().into_owned()];
-        allowed_locations.extend(cli.allow_locations.iter().cloned());
-        let warehouse = match &cli.warehouse {
-            Some(w) => w.clone(),
-            None => {
-                let dir = cli.data_dir.join("warehouse");
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                dir.to_string_lossy().into_owned()
-            }
-        };
-        let options = EngineOptions {
-            datafusion_config: cli.datafusion_config.clone(),
-            allowed_locations,
-            warehouse: Some(warehouse),
-            rollup_rewrite: !cli.no_rollup_rewrite,
-            rollup_memory: match cli.command {
-                Command::Serve(_) | Command::Demo(_) => cli.rollup_memory_mb << 20,
-                _ => 0,
-            },
-            result_cache: match cli.command {
-                Command::Serve(_) | Command::Demo(_) => cli.result_cache_mb << 20,
-                _ => 0,
-            },
-        };
-        let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
-        Ok(Self {
-            catalog,
-            stores,
-            engine,
-        })
-    }
-
-    pub fn crawler(&self) -> Crawler {
-        Crawler::new(self.catalog.clone(), Arc::clone(&self.stores))
-    }
-}
+use crate::output::{announce_scheme, write_batches};
+use crate::serve::ServeOptions;
 
 /// Runs the command `cli` asks for.
 ///
@@ -522,50 +464,6 @@ async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {
     out.flush().map_err(|e| Error::io("<stdout>", e))
 }
 
-/// Writes `batches` in `format`.
-///
-/// # Errors
-/// When writing fails.
-pub fn write_batches(
-    out: &mut dyn Write,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    format: OutputFormat,
-) -> Result<()> {
-    let io = |e: std::io::Error| Error::io("<stdout>", e);
-    match format {
-        OutputFormat::Table => {
-            let table = if batches.is_empty() {
-                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(Arc::clone(
-                    schema,
-                ))])?
-            } else {
-                arrow::util::pretty::pretty_format_batches(batches)?
-            };
-            writeln!(out, "{table}").map_err(io)?;
-        }
-        OutputFormat::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(out);
-            if batches.is_empty() {
-                writer.write(&RecordBatch::new_empty(Arc::clone(schema)))?;
-            }
-            for batch in batches {
-                writer.write(batch)?;
-            }
-        }
-        OutputFormat::Json => {
-            let mut writer = arrow::json::LineDelimitedWriter::new(out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-    }
-    Ok(())
-}
-
 async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> Result<()> {
     let secret_file = args
         .secret_file
@@ -604,7 +502,7 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         auth: std::sync::Arc::new(auth),
         tls,
     };
-    let (listener, addr) = crate::flight::bind(args.listen).await?;
+    let (listener, addr) = crate::serve::bind(args.listen).await?;
     // Scheduled crawlers run inside the server.
     let engine = ctx.engine.clone();
     tokio::spawn(crate::crawler::jobs::schedule_loop(
@@ -622,7 +520,7 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         },
     ));
     announce_scheme(scheme, addr);
-    crate::flight::serve_with(ctx.engine.clone(), listener, options, shutdown_signal()).await
+    crate::serve::serve_with(ctx.engine.clone(), listener, options, shutdown_signal()).await
 }
 
 /// `tarn auth …`.
@@ -650,37 +548,4 @@ fn auth_command(command: &AuthCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Prints the line clients and test harnesses wait for.
-pub fn announce(addr: std::net::SocketAddr) {
-    announce_scheme("grpc", addr);
-}
-
-fn announce_scheme(scheme: &str, addr: std::net::SocketAddr) {
-    println!("Tarn Flight SQL listening on {scheme}://{addr}");
-    let _ = std::io::stdout().flush();
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }

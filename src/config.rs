@@ -364,11 +364,3 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
-
-/// Makes ring rustls's process-wide crypto provider, as tonic's TLS is built with it. Two
-/// providers are compiled in (deltalake's HTTP client brings aws-lc-rs), and rustls then
-/// refuses to pick one by itself. Idempotent.
-pub fn use_ring_for_tls() {
-    // An error means a provider is installed already, which is all this asks for.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -24,10 +24,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use crate::cli::{Context, announce, shutdown_signal, write_batches};
 use crate::config::{DemoArgs, OutputFormat};
+use crate::context::{Context, shutdown_signal};
 use crate::crawler::CrawlOptions;
 use crate::error::{Error, Result};
+use crate::output::{announce, write_batches};
 
 const DAYS: u32 = 3;
 const USERS: i64 = 1_000;
@@ -154,7 +155,7 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
     if args.no_serve {
         return Ok(());
     }
-    let (listener, addr) = crate::flight::bind(args.listen).await?;
+    let (listener, addr) = crate::serve::bind(args.listen).await?;
     println!(
         "\nConnect with any Flight SQL client, for example:\n\
          \x20 Python (ADBC):  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\")\n\
@@ -163,7 +164,7 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
          Press Ctrl-C to stop.\n"
     );
     announce(addr);
-    crate::flight::serve(ctx.engine.clone(), listener, shutdown_signal()).await
+    crate::serve::serve(ctx.engine.clone(), listener, shutdown_signal()).await
 }
 
 /// Writes the demo lake unless the same lake is already there. Returns whether it wrote.

@@ -29,6 +29,11 @@ pub enum Error {
     #[error("{0}")]
     AlreadyExists(String),
 
+    /// Another writer changed what this one read before it committed; nothing was
+    /// changed, and trying again reads the new state.
+    #[error("conflict: {0}; try again")]
+    Conflict(String),
+
     /// The caller is known but its role does not allow the request.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -179,6 +184,10 @@ impl From<Error> for tonic::Status {
             Error::TableNotFound { .. } => {
                 tracing::debug!(%message, "request rejected");
                 Status::not_found(message)
+            }
+            Error::Conflict(_) => {
+                tracing::info!(%message, "request conflicted");
+                Status::aborted(message)
             }
             Error::ObjectStore { .. } | Error::Io { .. } | Error::Execution(_) => {
                 tracing::warn!(%message, "request failed");

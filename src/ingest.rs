@@ -225,6 +225,7 @@ where
         declared: None,
         format_state: None,
         create_only: false,
+        one_file_per_partition: false,
     };
     if let Err(e) = catalog.commit_table(&commit).await {
         written.abort().await;

@@ -213,6 +213,10 @@ pub struct TableCommit {
     /// The table must not exist yet (`CREATE EXTERNAL TABLE`): when another statement
     /// created it first, the commit fails and changes nothing.
     pub create_only: bool,
+    /// Each partition holds exactly one file (a materialized view's storage): a commit that
+    /// would leave two in one (another writer replaced the file this one read) fails with
+    /// [`crate::error::Error::Conflict`] and changes nothing.
+    pub one_file_per_partition: bool,
 }
 
 /// Outcome of committing a [`TableCommit`].
@@ -239,17 +243,119 @@ pub struct CrawlerOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tables: Option<usize>,
     #[serde(default)]
-    pub schema_change: crate::crawler::SchemaChangePolicy,
+    pub schema_change: SchemaChangePolicy,
     /// CSV and JSON: records sampled per new file to infer its columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_rows: Option<usize>,
     #[serde(default)]
-    pub deletion: crate::crawler::DeletionPolicy,
+    pub deletion: DeletionPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_level: Option<usize>,
     /// Event mode: the SQS queue of the location's S3 event notifications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_queue: Option<String>,
+}
+
+/// What a crawl does when the files change an existing table's columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaChangePolicy {
+    /// Apply it: new columns are added, types widen, columns no file has are dropped.
+    #[default]
+    Update,
+    /// Keep the table's schema, catalogue the files, and report the change as a problem.
+    Log,
+    /// Leave the table as it was (no file added or removed) and report the change.
+    Fail,
+}
+
+/// What a crawl does with a table whose folder is gone (Glue's deletion behaviour).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletionPolicy {
+    /// Keep the table, without files, marked deprecated (queries answer empty) until a
+    /// crawl finds its folder again.
+    #[default]
+    Mark,
+    /// Drop the table from the catalog.
+    Delete,
+}
+
+impl std::fmt::Display for DeletionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Mark => "mark",
+            Self::Delete => "delete",
+        })
+    }
+}
+
+impl std::str::FromStr for DeletionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mark" => Ok(Self::Mark),
+            "delete" => Ok(Self::Delete),
+            other => Err(format!(
+                "unknown deletion policy '{other}'; use mark (keep the table, marked \
+                 deprecated) or delete (drop it from the catalog)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SchemaChangePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Update => "update",
+            Self::Log => "log",
+            Self::Fail => "fail",
+        })
+    }
+}
+
+impl std::str::FromStr for SchemaChangePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "update" => Ok(Self::Update),
+            "log" => Ok(Self::Log),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!(
+                "unknown schema change policy '{other}': use update, log or fail"
+            )),
+        }
+    }
+}
+
+/// Storage tables of materialized views are named `__rollup_<view>` and left out of table
+/// listings.
+pub const ROLLUP_STORAGE_PREFIX: &str = "__rollup_";
+
+/// The storage table of materialized view `name`.
+pub fn rollup_storage_table(name: &str) -> String {
+    format!("{ROLLUP_STORAGE_PREFIX}{name}")
+}
+
+/// What a catalogued table is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A table of the lake: crawled, created by DDL or by ingest.
+    Base,
+    /// The rows of a materialized view, kept by Tarn (hidden from listings; crawls leave
+    /// it alone).
+    RollupStorage,
+}
+
+impl TableKind {
+    /// The kind of the table named `name`.
+    pub fn of(name: &str) -> Self {
+        if name.starts_with(ROLLUP_STORAGE_PREFIX) {
+            Self::RollupStorage
+        } else {
+            Self::Base
+        }
+    }
 }
 
 /// A crawler as the catalog records it.

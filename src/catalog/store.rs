@@ -708,6 +708,23 @@ impl Catalog {
             outcome.changed = true;
         }
         outcome.changed |= outcome.created || outcome.new_schema_version;
+        if commit.one_file_per_partition {
+            let crowded: Option<String> = sqlx::query_scalar(
+                "SELECT p.location FROM data_files f JOIN partitions p ON p.id = f.partition_id
+                 WHERE f.table_id = ?1 GROUP BY f.partition_id HAVING count(*) > 1 LIMIT 1",
+            )
+            .bind(table_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(partition) = crowded {
+                // Dropping the transaction rolls it back: nothing of this commit is kept.
+                return Err(Error::Conflict(format!(
+                    "{}.{}: partition '{partition}' was changed by another writer since it \
+                     was read",
+                    commit.database, commit.name
+                )));
+            }
+        }
         if outcome.changed {
             sqlx::query("UPDATE tables SET version = version + 1, updated_at = ?2 WHERE id = ?1")
                 .bind(table_id)

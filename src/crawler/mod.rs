@@ -31,6 +31,8 @@ use serde::Serialize;
 use crate::catalog::{
     Catalog, FileEntry, PartitionColumn, PartitionType, STATS_VERSION, TableCommit,
 };
+// The crawl policies are stored settings of crawlers, so the catalog defines them.
+pub use crate::catalog::{DeletionPolicy, SchemaChangePolicy};
 use crate::delta::At;
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
@@ -112,78 +114,6 @@ impl CrawlOptions {
             deletion: kept.deletion,
             table_level: kept.table_level,
             ..Self::default()
-        }
-    }
-}
-
-/// What a crawl does when the files change an existing table's columns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SchemaChangePolicy {
-    /// Apply it: new columns are added, types widen, columns no file has are dropped.
-    #[default]
-    Update,
-    /// Keep the table's schema, catalogue the files, and report the change as a problem.
-    Log,
-    /// Leave the table as it was (no file added or removed) and report the change.
-    Fail,
-}
-
-/// What a crawl does with a table whose folder is gone (Glue's deletion behaviour).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeletionPolicy {
-    /// Keep the table, without files, marked deprecated (queries answer empty) until a
-    /// crawl finds its folder again.
-    #[default]
-    Mark,
-    /// Drop the table from the catalog.
-    Delete,
-}
-
-impl std::fmt::Display for DeletionPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Mark => "mark",
-            Self::Delete => "delete",
-        })
-    }
-}
-
-impl std::str::FromStr for DeletionPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "mark" => Ok(Self::Mark),
-            "delete" => Ok(Self::Delete),
-            other => Err(format!(
-                "unknown deletion policy '{other}'; use mark (keep the table, marked \
-                 deprecated) or delete (drop it from the catalog)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for SchemaChangePolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Update => "update",
-            Self::Log => "log",
-            Self::Fail => "fail",
-        })
-    }
-}
-
-impl std::str::FromStr for SchemaChangePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "update" => Ok(Self::Update),
-            "log" => Ok(Self::Log),
-            "fail" => Ok(Self::Fail),
-            other => Err(format!(
-                "unknown schema change policy '{other}': use update, log or fail"
-            )),
         }
     }
 }
@@ -1088,7 +1018,8 @@ impl Crawler {
                 && !seen_locations.contains(&table.location)
                 && options.table.is_none()
                 && !still_there
-                && !crate::rollup::is_storage_table(&table.name);
+                && crate::catalog::TableKind::of(&table.name)
+                    != crate::catalog::TableKind::RollupStorage;
             // Partitions at folders of the user's choosing keep a table whose own folder
             // is empty; its files are those folders' now.
             if gone
@@ -1245,6 +1176,7 @@ impl Crawler {
             declared: None,
             format_state: Some(crate::delta::format_state(&described)),
             create_only: options.create_only,
+            one_file_per_partition: false,
         };
         let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;
@@ -1928,6 +1860,7 @@ impl Crawler {
             removals,
             // What the user declared travels with the commit: same transaction.
             create_only: options.create_only,
+            one_file_per_partition: false,
             format_state: match table_format {
                 FileFormat::Parquet => None,
                 FileFormat::Csv => Some(serde_json::json!({

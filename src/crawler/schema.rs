@@ -177,7 +177,7 @@ impl SchemaMerger {
                         Some(t) if &t == current => {}
                         Some(t) => updates.push((i, t)),
                         None if self.lenient => {
-                            updates.push((i, super::text::text_widen(current, field.data_type())))
+                            updates.push((i, text_widen(current, field.data_type())))
                         }
                         None => {
                             return Err(Conflict {
@@ -228,6 +228,19 @@ impl SchemaMerger {
     /// The merged schema.
     pub fn finish(self) -> SchemaRef {
         Arc::new(Schema::new(self.fields))
+    }
+}
+
+/// The type a text table's column takes when its files disagree: the wider number, or text.
+pub fn text_widen(a: &DataType, b: &DataType) -> DataType {
+    if let Some(t) = widen(a, b) {
+        return t;
+    }
+    let numeric = |t: &DataType| t.is_integer() || t.is_floating();
+    if numeric(a) && numeric(b) {
+        DataType::Float64
+    } else {
+        DataType::Utf8
     }
 }
 
@@ -360,6 +373,18 @@ mod tests {
                 &DataType::Timestamp(TimeUnit::Microsecond, None)
             ),
             None
+        );
+    }
+
+    #[test]
+    fn text_columns_widen_to_the_wider_number_or_to_text() {
+        assert_eq!(
+            text_widen(&DataType::Int64, &DataType::Float64),
+            DataType::Float64
+        );
+        assert_eq!(
+            text_widen(&DataType::Int64, &DataType::Utf8),
+            DataType::Utf8
         );
     }
 }

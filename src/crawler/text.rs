@@ -343,19 +343,6 @@ fn detect_header(text: &[u8], delimiter: u8, with_header: &Schema, without: &Sch
         })
 }
 
-/// The type a text table's column takes when its files disagree: the wider number, or text.
-pub fn text_widen(a: &DataType, b: &DataType) -> DataType {
-    if let Some(t) = super::schema::widen(a, b) {
-        return t;
-    }
-    let numeric = |t: &DataType| t.is_integer() || t.is_floating();
-    if numeric(a) && numeric(b) {
-        DataType::Float64
-    } else {
-        DataType::Utf8
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,13 +399,5 @@ mod tests {
         assert_eq!(sniff(b"  {\"a\": 1}\n"), Some(FileFormat::Json));
         assert_eq!(sniff(b"a,b\n1,2\n"), Some(FileFormat::Csv));
         assert_eq!(sniff(&[0u8, 1, 2, 3]), None);
-        assert_eq!(
-            text_widen(&DataType::Int64, &DataType::Float64),
-            DataType::Float64
-        );
-        assert_eq!(
-            text_widen(&DataType::Int64, &DataType::Utf8),
-            DataType::Utf8
-        );
     }
 }

@@ -29,6 +29,7 @@ mod shared;
 pub mod table;
 #[cfg(test)]
 mod testing;
+pub mod time_travel;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -844,7 +845,7 @@ impl Engine {
             self.refresh().await?;
         }
         let travelled;
-        let sql = match crate::delta::time_travel::find(sql) {
+        let sql = match crate::engine::time_travel::find(sql) {
             Some(found) => {
                 travelled = self.resolve_time_travel(found).await?;
                 travelled.as_str()
@@ -904,8 +905,11 @@ impl Engine {
     /// The statement with its `VERSION AS OF` / `TIMESTAMP AS OF` clauses replaced by
     /// versioned table names; an instant is resolved to the version it selects now, so the
     /// plan names a fixed version.
-    async fn resolve_time_travel(&self, found: crate::delta::time_travel::Found) -> Result<String> {
-        use crate::delta::time_travel::Spec;
+    async fn resolve_time_travel(
+        &self,
+        found: crate::engine::time_travel::Found,
+    ) -> Result<String> {
+        use crate::engine::time_travel::Spec;
         let default_db = self.default_database();
         let snapshot = self.snapshot();
         let mut versions = Vec::with_capacity(found.clauses.len());
@@ -1137,9 +1141,9 @@ impl Shared {
         Ok(CatalogTable::delegating(entry.clone(), provider))
     }
 
-    /// `name@v<N>` (see [`crate::delta::time_travel`]): version N of the Delta table `name`.
+    /// `name@v<N>` (see [`crate::engine::time_travel`]): version N of the Delta table `name`.
     async fn versioned(&self, database: &str, name: &str) -> Result<Option<Arc<CatalogTable>>> {
-        let Some((table, version)) = crate::delta::time_travel::split_versioned(name) else {
+        let Some((table, version)) = crate::engine::time_travel::split_versioned(name) else {
             return Ok(None);
         };
         let snapshot = self.snapshot();

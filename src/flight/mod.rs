@@ -16,7 +16,6 @@ pub mod info;
 pub mod service;
 pub mod session;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -26,7 +25,6 @@ use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
@@ -46,11 +44,9 @@ use datafusion::datasource::TableType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, Caller, Signer};
+use crate::auth::{Authenticator, Caller, Signer, caller};
 use crate::engine::{CATALOG_NAME, Engine, Statement};
 use crate::error::{Error, Result};
 use crate::ingest::{IngestMode, IngestRequest};
@@ -59,7 +55,7 @@ use handle::{
 };
 
 /// Largest gRPC message accepted (parameter batches, ingest): 64 MiB.
-const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 type FlightDataStream =
     Pin<Box<dyn Stream<Item = std::result::Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -425,19 +421,6 @@ pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
                 .extensions()
                 .get::<session::Options>()
                 .and_then(|o| o.get("schema").cloned())
-        })
-}
-
-/// The caller the outer service authenticated (a reader when none was recorded, so a
-/// path that skipped authentication cannot change anything).
-pub(crate) fn caller<T>(request: &Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(|| Caller {
-            name: "unauthenticated".into(),
-            role: crate::auth::Role::Reader,
         })
 }
 
@@ -1025,88 +1008,4 @@ fn foreign_keys_schema() -> SchemaRef {
         Field::new("update_rule", DataType::UInt8, false),
         Field::new("delete_rule", DataType::UInt8, false),
     ]))
-}
-
-/// How the server authenticates callers and secures connections.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub auth: Arc<Authenticator>,
-    /// PEM certificate chain and private key: serve TLS instead of plaintext.
-    pub tls: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        Self {
-            auth: Arc::new(Authenticator::disabled(Signer::random())),
-            tls: None,
-        }
-    }
-}
-
-/// Serves `engine` over Flight SQL on `listener` until `shutdown` completes, without
-/// authentication or TLS.
-///
-/// # Errors
-/// [`Error::Internal`] when the gRPC server fails.
-pub async fn serve(
-    engine: Engine,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
-    serve_with(engine, listener, ServeOptions::default(), shutdown).await
-}
-
-/// Serves `engine` over Flight SQL on `listener` with `options` until `shutdown` completes.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] for an unusable certificate or key; [`Error::Internal`] when
-/// the gRPC server fails.
-pub async fn serve_with(
-    engine: Engine,
-    listener: TcpListener,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
-    let sql_engine = engine.clone();
-    let sql = TarnFlightSql::with_auth(engine, Arc::clone(&options.auth));
-    let service = FlightServiceServer::new(service::TarnFlightService::new(sql))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    // Without TCP_NODELAY small request/response pairs (prepare, bind) wait for Nagle.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = options.tls {
-        crate::config::use_ring_for_tls();
-        let identity = tonic::transport::Identity::from_pem(cert, key);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::InvalidArgument(format!("TLS certificate or key: {e}")))?;
-    }
-    let admin = crate::admin::AdminService::new(sql_engine).server(Arc::clone(&options.auth));
-    builder
-        .add_service(service)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("Flight SQL server failed: {e}")))
-}
-
-/// Binds `addr` (port 0 picks a free port) and returns the listener with its address.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] when the address cannot be bound.
-pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
-    Ok((listener, local))
 }

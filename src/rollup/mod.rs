@@ -40,16 +40,16 @@ use crate::error::{Error, Result};
 use crate::storage::Location;
 
 /// Storage tables of rollups are named `__rollup_<name>` and left out of table listings.
-pub const STORAGE_PREFIX: &str = "__rollup_";
+pub use crate::catalog::ROLLUP_STORAGE_PREFIX as STORAGE_PREFIX;
 
 /// The storage table of rollup `name`.
 pub fn storage_table(name: &str) -> String {
-    format!("{STORAGE_PREFIX}{name}")
+    crate::catalog::rollup_storage_table(name)
 }
 
 /// Whether a table name is a rollup's storage (hidden from listings).
 pub fn is_storage_table(name: &str) -> bool {
-    name.starts_with(STORAGE_PREFIX)
+    crate::catalog::TableKind::of(name) == crate::catalog::TableKind::RollupStorage
 }
 
 /// `date_trunc` grains, finest first.
@@ -82,6 +82,9 @@ pub fn grain_derivable(coarse: &str, fine: &str) -> bool {
 
 /// A base partition to recompute: typed values, raw values, fingerprint of its files.
 type StalePartition = (Vec<ScalarValue>, Vec<Option<String>>, String);
+
+/// Attempts of a refresh whose commit conflicts with another writer's.
+const REFRESH_ATTEMPTS: usize = 3;
 
 /// Rows refreshed per aggregation query (base partitions computed together).
 const PARTITIONS_PER_QUERY: usize = 64;
@@ -510,9 +513,19 @@ impl Engine {
         full: bool,
     ) -> Result<RefreshReport> {
         let started = Utc::now();
-        // Boxed: the refresh's future is large, and callers nest it in their own (a crawl,
-        // a DDL statement), which in a debug build overflowed a test thread's stack.
-        let result = Box::pin(self.refresh_rollup_once(database, name, full)).await;
+        // Another refresh of the same view (a server's beside a CLI's, or one abandoned
+        // mid-commit) may replace a partition this one read: its commit then fails and
+        // changes nothing, and the refresh starts again from what is there now.
+        let mut result = Err(Error::Internal("a refresh ran no attempt".into()));
+        for _ in 0..REFRESH_ATTEMPTS {
+            // Boxed: the refresh's future is large, and callers nest it in their own (a
+            // crawl, a DDL statement), which in a debug build overflowed a test thread's
+            // stack.
+            result = Box::pin(self.refresh_rollup_once(database, name, full)).await;
+            if !matches!(result, Err(Error::Conflict(_))) {
+                break;
+            }
+        }
         if let Err(e) = &result
             && !matches!(e, Error::InvalidArgument(_))
         {
@@ -617,6 +630,7 @@ impl Engine {
             declared: None,
             format_state: None,
             create_only: false,
+            one_file_per_partition: true,
         };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;

@@ -291,15 +291,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(engine: Engine) -> Self {
-        Self::start_with(engine, tarn::flight::ServeOptions::default()).await
+        Self::start_with(engine, tarn::serve::ServeOptions::default()).await
     }
 
-    pub async fn start_with(engine: Engine, options: tarn::flight::ServeOptions) -> Self {
-        let (listener, addr) = tarn::flight::bind("127.0.0.1:0".parse().unwrap())
+    pub async fn start_with(engine: Engine, options: tarn::serve::ServeOptions) -> Self {
+        let (listener, addr) = tarn::serve::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tarn::flight::serve_with(engine, listener, options, async {
+        let task = tokio::spawn(tarn::serve::serve_with(engine, listener, options, async {
             let _ = rx.await;
         }));
         Self {

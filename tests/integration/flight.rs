@@ -633,7 +633,7 @@ async fn rust_client_over_tls_with_password_login_and_roles() {
         tokens: vec![],
     };
     let (cert, key) = self_signed();
-    let options = tarn::flight::ServeOptions {
+    let options = tarn::serve::ServeOptions {
         auth: Arc::new(Authenticator::new(&config, Signer::random())),
         tls: Some((cert.clone().into_bytes(), key.into_bytes())),
     };
