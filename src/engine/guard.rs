@@ -17,7 +17,9 @@
 //!   only where `a` is not true, when `b` can fail ([`LazyLogic`]). SQL's three-valued
 //!   answer is unchanged: the rows skipped are those whose answer `a` alone decides.
 //!
-//! Select lists are left alone: there an `AND` is a value of every row, as in DuckDB.
+//! In select lists, each `CASE WHEN` condition gets the same lazy logic (it decides which
+//! rows its branch takes, as a filter does); other `AND`s there are a value of every row,
+//! evaluated on all rows as in DuckDB.
 //! Whether an expression can fail is judged conservatively ([`can_fail`]): anything not
 //! known to be safe is taken to be able to fail, which costs only narrowing.
 
@@ -43,6 +45,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 
 use super::narrow::NarrowingConjunction;
 
@@ -96,6 +99,80 @@ impl PhysicalOptimizerRule for GuardConditions {
         })
         .map(|t| t.data)
     }
+}
+
+/// The select lists' part of the guards: each `CASE WHEN` condition's logic made lazy. It
+/// runs first among the physical rules, before DataFusion moves projections into scans.
+#[derive(Debug, Default)]
+pub struct GuardCaseConditions;
+
+impl PhysicalOptimizerRule for GuardCaseConditions {
+    fn name(&self) -> &str {
+        "tarn_guard_case_conditions"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            match lazy_case_conditions(projection)? {
+                Some(exprs) => Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(
+                    exprs,
+                    Arc::clone(projection.input()),
+                )?) as _)),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// A projection's expressions with the logic of each `CASE WHEN` condition made lazy (a
+/// condition is a filter of the rows its branch takes, as in DuckDB), or `None` where
+/// nothing changes.
+fn lazy_case_conditions(projection: &ProjectionExec) -> Result<Option<Vec<ProjectionExpr>>> {
+    let schema = projection.input().schema();
+    let mut changed = false;
+    let mut exprs = Vec::with_capacity(projection.expr().len());
+    for p in projection.expr() {
+        let rewritten = Arc::clone(&p.expr).transform_up(|e| {
+            let Some(case) = e.downcast_ref::<CaseExpr>() else {
+                return Ok(Transformed::no(e));
+            };
+            if !case
+                .when_then_expr()
+                .iter()
+                .any(|(when, _)| can_fail(when, &schema))
+            {
+                return Ok(Transformed::no(e));
+            }
+            let when_then = case
+                .when_then_expr()
+                .iter()
+                .map(|(when, then)| Ok((lazy_within(Arc::clone(when), &schema)?, Arc::clone(then))))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Transformed::yes(Arc::new(CaseExpr::try_new(
+                case.expr().cloned(),
+                when_then,
+                case.else_expr().cloned(),
+            )?) as _))
+        })?;
+        changed |= rewritten.transformed;
+        exprs.push(ProjectionExpr {
+            expr: rewritten.data,
+            alias: p.alias.clone(),
+        });
+    }
+    Ok(changed.then_some(exprs))
 }
 
 /// A join's condition with its logic made lazy, or `None` where nothing changes.
@@ -554,6 +631,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn case_conditions_in_select_lists_are_guarded_too() {
+        let ctx = context(true).await;
+        let sql = "SELECT CASE WHEN x = 0 OR 8 % x = 0 THEN x END FROM g";
+        assert_eq!(
+            sorted_values(&ctx, sql).await,
+            vec!["0", "0", "1", "2", "NULL", "NULL", "NULL"]
+        );
+        let sql = "SELECT CASE WHEN x <> 0 AND 8 % x = 0 THEN 'divides' ELSE 'no' END, x \
+                   FROM g WHERE x IS NOT NULL";
+        assert_eq!(
+            sorted_values(&ctx, sql).await,
+            vec!["divides|1", "divides|2", "no|0", "no|0", "no|3", "no|7"]
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ mod nullsafe;
 mod onephase;
 mod outerjoin;
 mod parse;
+mod pushdown;
 mod semijoin;
 mod shared;
 pub mod table;
@@ -92,6 +93,12 @@ datafusion::common::extensions_options! {
         /// Drop a hash join's probe rows whose key is not among the build side's keys
         /// before the join looks them up; false probes every row.
         pub probe_key_filter: bool, default = true
+        /// Move a semi join (`IN`, `EXISTS`) below the inner joins to the table whose keys
+        /// it filters; false keeps it where decorrelation put it.
+        pub push_semi_joins_down: bool, default = true
+        /// Aggregate only the groups a join keeps, where an aggregation is joined on its
+        /// grouping keys; false aggregates every group first.
+        pub reduce_joined_aggregates: bool, default = true
     }
 }
 
@@ -1338,6 +1345,21 @@ fn physical_optimizer_rules()
     let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
     // Before anything reads equivalences: outer joins' NULL-extended sides claim no constants.
     rules.insert(0, Arc::new(outerjoin::OuterJoinConstants));
+    // Before projections move into scans: CASE WHEN conditions' guards protect their branch.
+    rules.insert(1, Arc::new(guard::GuardCaseConditions));
+    // Filters pushed through projections land on the columns they name (both phases).
+    for rule in &mut rules {
+        let phase = match rule.name() {
+            "FilterPushdown" => Some(datafusion::physical_optimizer::filter_pushdown::FilterPushdown::new()),
+            "FilterPushdown(Post)" => {
+                Some(datafusion::physical_optimizer::filter_pushdown::FilterPushdown::new_post_optimization())
+            }
+            _ => None,
+        };
+        if let Some(inner) = phase {
+            *rule = Arc::new(pushdown::PositionalFilterPushdown::new(inner));
+        }
+    }
     let at = rules
         .iter()
         .position(|r| r.name() == "join_selection")

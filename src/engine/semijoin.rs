@@ -44,8 +44,11 @@ impl OptimizerRule for PushSemiJoinDown {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
+        if !super::TarnOptions::get(&config.options(), |o| o.push_semi_joins_down) {
+            return Ok(Transformed::no(plan));
+        }
         super::replaced(plan, |plan| match plan {
             LogicalPlan::Join(join) => match movable_keys(join) {
                 Some(keys) => push_into(&join.left, join, &keys),
@@ -168,8 +171,11 @@ impl OptimizerRule for ReduceJoinedAggregate {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
+        if !super::TarnOptions::get(&config.options(), |o| o.reduce_joined_aggregates) {
+            return Ok(Transformed::no(plan));
+        }
         let LogicalPlan::Join(join) = &plan else {
             return Ok(Transformed::no(plan));
         };
