@@ -231,15 +231,9 @@ where
         written.abort().await;
         return Err(e);
     }
-    // The old files are no longer listed; delete them so a re-crawl does not bring them
-    // back.
-    for path in removals {
-        if let Err(e) = store.delete(&Path::from(path.as_str())).await
-            && !matches!(e, object_store::Error::NotFound { .. })
-        {
-            tracing::warn!(%path, error = %e, "could not delete a replaced file");
-        }
-    }
+    // The old files are deleted after the grace period: a query planned before this
+    // commit may still be reading them (crawls leave them out meanwhile).
+    crate::deferred::defer(catalog, &location, removals).await;
     engine.refresh().await?;
     tracing::info!(table = %qualified, rows, files = commit.upserts.len(), "ingested");
     engine.refresh_stale_rollups().await;

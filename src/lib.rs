@@ -14,6 +14,7 @@
 //! - [`catalog`]: the durable catalog (SQLite): databases, tables, schema versions,
 //!   partitions, files and crawls.
 //! - [`crawler`]: listing, table and partition discovery, footer reading, schema merging.
+//! - [`deferred`]: replaced files deleted after a grace period, one mechanism for all.
 //! - [`engine`]: DataFusion sessions whose tables are planned from the catalog.
 //! - [`flight`]: the Arrow Flight SQL service.
 //! - [`serve`]: the server's assembly: Flight SQL and the admin API on one listener.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod crawler;
+pub mod deferred;
 pub mod delta;
 pub mod demo;
 pub mod engine;

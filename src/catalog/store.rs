@@ -1061,6 +1061,16 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// Every deletion waiting for its time: `(location, path)`.
+    pub async fn pending_deletes(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT location, path FROM deferred_deletes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Forgets deletions that were carried out.
     pub async fn forget_deletes(&self, ids: &[i64]) -> Result<()> {
         let mut tx = self.pool.begin().await?;

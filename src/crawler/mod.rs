@@ -305,6 +305,30 @@ pub struct Skipped {
     pub other_format: u64,
     /// Files left out by `--include` / `--exclude`.
     pub excluded: u64,
+    /// Files Tarn replaced (a view's refresh, an overwrite) and deletes after a grace
+    /// period: left out so a crawl does not bring them back.
+    #[serde(default)]
+    pub replaced: u64,
+}
+
+/// `listed` without the files waiting for deletion after a replacement (counted as
+/// skipped).
+fn without_replaced(
+    listed: Vec<ObjectMeta>,
+    pending: &std::collections::HashSet<(String, String)>,
+    store_url: &str,
+    summary: &mut CrawlSummary,
+) -> Vec<ObjectMeta> {
+    if pending.is_empty() {
+        return listed;
+    }
+    let before = listed.len();
+    let kept: Vec<ObjectMeta> = listed
+        .into_iter()
+        .filter(|m| !pending.contains(&(store_url.to_string(), m.location.to_string())))
+        .collect();
+    summary.skipped.replaced += (before - kept.len()) as u64;
+    kept
 }
 
 /// What a crawl did.
@@ -397,6 +421,7 @@ impl CrawlSummary {
             (&mut self.skipped.not_parquet, other.skipped.not_parquet),
             (&mut self.skipped.other_format, other.skipped.other_format),
             (&mut self.skipped.excluded, other.skipped.excluded),
+            (&mut self.skipped.replaced, other.skipped.replaced),
         ] {
             *mine += theirs;
         }
@@ -781,6 +806,9 @@ impl Crawler {
         };
         summary.files_listed = listed.len() as u64;
         self.report(|p| p.files_listed += listed.len() as u64);
+        let pending = crate::deferred::pending(&self.catalog).await?;
+        let store_url = location.store_url().as_str().to_string();
+        let listed = without_replaced(listed, &pending, &store_url, &mut summary);
         summary.list_ms = started.elapsed().as_millis() as u64;
         let prefix_str = prefix.as_ref();
         let relative_of = |meta: &ObjectMeta| {
@@ -1253,6 +1281,9 @@ impl Crawler {
                     .map_err(|e| Error::store(pin_url(table_url, &pin.path), e))?;
                 summary.files_listed += listed.len() as u64;
                 self.report(|p| p.files_listed += listed.len() as u64);
+                let pending = crate::deferred::pending(&self.catalog).await?;
+                let store_url = Location::parse(table_url)?.store_url().as_str().to_string();
+                let listed = without_replaced(listed, &pending, &store_url, summary);
                 for meta in listed {
                     let relative = meta
                         .location

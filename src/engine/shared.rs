@@ -354,6 +354,7 @@ impl QueryPlanner for TarnQueryPlanner {
         // A copy that optimisation left alone (the others got other filters, or were
         // optimised away) is unwrapped and the plan optimised again, so it gets back the
         // column pruning and pushdowns the wrapper stopped.
+        undecorrelated_subquery(logical_plan)?;
         let (plan, stripped) = strip_lone_copies(logical_plan)?;
         let plan = match session_state.as_any().downcast_ref::<SessionState>() {
             Some(state) if stripped => state.optimizer().optimize(plan, state, |_, _| {})?,
@@ -376,6 +377,45 @@ impl QueryPlanner for TarnQueryPlanner {
             SharedSubplanPlanner::default(),
         )]);
         planner.create_physical_plan(&plan, session_state).await
+    }
+}
+
+/// A plan error naming the subquery DataFusion could not turn into a join, and how to
+/// write it, instead of its "Physical plan does not support logical expression
+/// ScalarSubquery(<subquery>)".
+fn undecorrelated_subquery(plan: &LogicalPlan) -> Result<()> {
+    use datafusion::logical_expr::Expr;
+    let mut found: Option<&'static str> = None;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                found = match e {
+                    // Uncorrelated ones run on their own before the query.
+                    Expr::ScalarSubquery(sq) if !sq.outer_ref_columns.is_empty() => Some(
+                        "a scalar subquery correlated other than by equalities with the \
+                         outer query (for example `inner.id <> outer.id`)",
+                    ),
+                    Expr::Exists(_) | Expr::InSubquery(_) => Some(
+                        "an EXISTS or IN subquery in a place it cannot be turned into a join \
+                         (a select list, or correlated other than by equalities)",
+                    ),
+                    _ => None,
+                };
+                Ok(if found.is_some() {
+                    TreeNodeRecursion::Stop
+                } else {
+                    TreeNodeRecursion::Continue
+                })
+            })
+        })
+    })?;
+    match found {
+        Some(what) => Err(DataFusionError::Plan(format!(
+            "this query has {what}, which Tarn cannot run yet; write it as a join with an \
+             aggregated subquery (… JOIN (SELECT key, avg(x) … GROUP BY key) s ON …), or \
+             correlate it by equalities only"
+        ))),
+        None => Ok(()),
     }
 }
 

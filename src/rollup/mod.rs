@@ -26,8 +26,8 @@ use datafusion::logical_expr::{Expr, LogicalPlan, col, lit};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Query, SetExpr, Statement};
+use object_store::ObjectMeta;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{
@@ -677,7 +677,11 @@ impl Engine {
                     report.refreshed += group.len();
                 }
                 Err(e) => {
-                    delete_quietly(&store, written.iter().map(|p| p.to_string()).collect()).await;
+                    crate::deferred::delete_quietly(
+                        &store,
+                        written.iter().map(|p| p.to_string()).collect(),
+                    )
+                    .await;
                     return Err(e);
                 }
             }
@@ -1084,26 +1088,13 @@ fn partition_folder(
     Path::from_iter(parts).to_string()
 }
 
-/// How long a replaced rollup file outlives its replacement: a query planned before the
-/// replacement may still be reading it.
-pub const DELETE_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+/// How long a replaced rollup file outlives its replacement (see [`crate::deferred`]).
+pub use crate::deferred::DELETE_GRACE;
 
 impl Engine {
-    /// Schedules replaced files of `location` for deletion after [`DELETE_GRACE`]. A failure
-    /// only leaves files behind (logged): the catalog no longer references them.
+    /// Schedules replaced files of `location` for deletion after [`DELETE_GRACE`].
     async fn defer_deletes(&self, location: &Location, paths: Vec<String>) {
-        if paths.is_empty() {
-            return;
-        }
-        let due = (Utc::now() + DELETE_GRACE).to_rfc3339_opts(SecondsFormat::Millis, true);
-        if let Err(e) = self
-            .catalog()
-            .defer_deletes(location.url.as_str(), &paths, &due)
-            .await
-        {
-            tracing::warn!(location = %location.url, files = paths.len(), error = %e,
-                "could not schedule the deletion of replaced rollup files; they stay");
-        }
+        crate::deferred::defer(self.catalog(), location, paths).await;
     }
 
     /// Deletes the replaced files whose grace period ended by `now` (after every crawl,
@@ -1112,38 +1103,7 @@ impl Engine {
     /// # Errors
     /// [`Error::Catalog`] when the catalog cannot be read or written.
     pub async fn sweep_deferred_deletes(&self, now: DateTime<Utc>) -> Result<usize> {
-        let due = self
-            .catalog()
-            .due_deletes(&now.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .await?;
-        let mut by_location: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (_, location, path) in &due {
-            by_location
-                .entry(location.as_str())
-                .or_default()
-                .push(path.clone());
-        }
-        for (location, paths) in by_location {
-            match Location::parse_catalogued(location).and_then(|l| self.stores().store_for(&l)) {
-                Ok(store) => delete_quietly(&store, paths).await,
-                Err(e) => {
-                    tracing::warn!(%location, error = %e, "cannot reach replaced rollup files")
-                }
-            }
-        }
-        let ids: Vec<i64> = due.iter().map(|(id, _, _)| *id).collect();
-        self.catalog().forget_deletes(&ids).await?;
-        Ok(ids.len())
-    }
-}
-
-async fn delete_quietly(store: &Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {
-    for path in paths {
-        if let Err(e) = store.delete(&Path::from(path.as_str())).await
-            && !matches!(e, object_store::Error::NotFound { .. })
-        {
-            tracing::warn!(%path, error = %e, "could not delete a replaced rollup file");
-        }
+        crate::deferred::sweep(self.catalog(), self.stores(), now).await
     }
 }
 

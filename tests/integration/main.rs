@@ -7,6 +7,7 @@ mod crawl;
 mod delta;
 mod flight;
 mod plans;
+mod replace;
 mod rollup;
 mod sqllogic;
 mod store;
