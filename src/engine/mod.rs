@@ -8,6 +8,7 @@
 
 pub(crate) mod avg;
 pub mod cache;
+mod correlated;
 pub mod ddl;
 mod decimal;
 mod dependencies;
@@ -1323,6 +1324,8 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
         .position(|r| r.name() == "decorrelate_predicate_subquery")
     {
         rules.insert(at, Arc::new(notin::NullAwareIn));
+        // Inner columns of one name stay apart when subqueries become joins.
+        rules.insert(at + 1, Arc::new(correlated::DistinctCorrelatedNames));
     }
     // The rules that trust functional dependencies get only those that hold.
     for before in ["eliminate_duplicated_expr", "optimize_projections"] {
