@@ -8,10 +8,18 @@
 //! DISTINCT FROM st2.opened` above it came out as `opened IS DISTINCT FROM opened` over one
 //! side, was pushed into that side's scan, and a RIGHT JOIN lost its rows.
 //!
+//! Every other node maps a filter onto its child the same way (`child_schema.index_of`),
+//! so a filter on the second of two `cust_id` columns of a child (a join's dynamic filter
+//! on the customers' key, above a join that also outputs the sales' `cust_id`) landed on
+//! the first, and an IN subquery over a RIGHT JOIN lost rows.
+//!
 //! This rule runs DataFusion's pushdown with each projection that has repeated output
 //! names standing in an [`IndexedProjection`], which keeps the filters above it where one
-//! names a repeated column (and lets DataFusion push them where none does); afterwards the
-//! projections are put back. Projections with unique names are left to DataFusion.
+//! names a repeated column (and lets DataFusion push them where none does), and with a
+//! [`NameGuard`] above every other node whose output repeats a name, which refuses the
+//! filters that name a repeated column (whatever index its parent mapped them to) and
+//! passes the others on; afterwards the projections are put back and the guards removed.
+//! Nodes with unique names are left to DataFusion.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,7 +33,8 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
 use datafusion::physical_plan::filter_pushdown::{
-    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+    ChildFilterDescription, ChildPushdownResult, FilterDescription, FilterPushdownPhase,
+    FilterPushdownPropagation,
 };
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
@@ -61,22 +70,33 @@ impl PhysicalOptimizerRule for PositionalFilterPushdown {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wrapped = plan
             .transform_up(|node| {
-                let Some(projection) = node.downcast_ref::<ProjectionExec>() else {
-                    return Ok(Transformed::no(node));
+                let (node, indexed) = match node.downcast_ref::<ProjectionExec>() {
+                    Some(projection) if repeats_names(projection) => (
+                        Arc::new(IndexedProjection::new(Arc::clone(&node))) as _,
+                        true,
+                    ),
+                    _ => (node, false),
                 };
-                if !repeats_names(projection) {
-                    return Ok(Transformed::no(node));
+                if repeated_names(&node.schema()).is_empty() {
+                    return Ok(if indexed {
+                        Transformed::yes(node)
+                    } else {
+                        Transformed::no(node)
+                    });
                 }
-                Ok(Transformed::yes(
-                    Arc::new(IndexedProjection::new(Arc::clone(&node))) as _,
-                ))
+                Ok(Transformed::yes(Arc::new(NameGuard::new(node)) as _))
             })?
             .data;
         let pushed = self.inner.optimize(wrapped, config)?;
         pushed
-            .transform_up(|node| match node.downcast_ref::<IndexedProjection>() {
-                Some(indexed) => Ok(Transformed::yes(Arc::clone(&indexed.projection))),
-                None => Ok(Transformed::no(node)),
+            .transform_up(|node| {
+                if let Some(indexed) = node.downcast_ref::<IndexedProjection>() {
+                    return Ok(Transformed::yes(Arc::clone(&indexed.projection)));
+                }
+                if let Some(guard) = node.downcast_ref::<NameGuard>() {
+                    return Ok(Transformed::yes(Arc::clone(&guard.input)));
+                }
+                Ok(Transformed::no(node))
             })
             .map(|t| t.data)
     }
@@ -236,6 +256,124 @@ impl ExecutionPlan for IndexedProjection {
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
         self.projection
             .handle_child_pushdown_result(phase, child_pushdown_result, config)
+    }
+}
+
+/// A stand-in above a node whose output repeats a name, during filter pushdown only: its
+/// parent mapped filters onto it by name, so a filter naming a repeated column may point
+/// at the wrong one; such filters stay above, the others pass unchanged (the schema is
+/// the node's own). The rule removes it afterwards.
+#[derive(Debug)]
+struct NameGuard {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl NameGuard {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        Self { input }
+    }
+}
+
+impl DisplayAs for NameGuard {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "NameGuard")
+    }
+}
+
+impl ExecutionPlan for NameGuard {
+    fn name(&self) -> &str {
+        "NameGuard"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(input) if children.is_empty() => Ok(Arc::new(Self::new(input))),
+            _ => datafusion::common::internal_err!("NameGuard has one child"),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let recompute = ReplaceChildrenOptions::new(
+            datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+        );
+        self.replace_children(children, recompute)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(input_stats.first().map_or_else(
+            || Arc::new(Statistics::new_unknown(&self.schema())),
+            Arc::clone,
+        ))
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        let schema = self.input.schema();
+        let repeated = repeated_names(&schema);
+        let unique: std::collections::HashSet<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !repeated.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        Ok(FilterDescription::new().with_child(
+            ChildFilterDescription::from_child_with_allowed_indices(
+                &parent_filters,
+                unique,
+                &self.input,
+            )?,
+        ))
     }
 }
 
