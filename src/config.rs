@@ -156,6 +156,94 @@ pub struct ServeArgs {
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long)]
     pub insecure_no_auth: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What queries may take from a server: memory, places and time.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Memory every query's operators share: bytes, a unit (`4GiB`) or a share of the
+    /// machine's or container's memory (`60%`). Sorts, aggregations and joins spill to
+    /// --spill-dir past their share; a query that still cannot fit fails alone with
+    /// RESOURCE_EXHAUSTED. The result cache and in-memory views have their own budgets.
+    #[arg(long, env = "TARN_MEMORY_LIMIT", default_value = "60%")]
+    pub memory_limit: String,
+
+    /// Where queries spill to disk; emptied at start. Defaults to `spill/` in the data
+    /// directory.
+    #[arg(long, env = "TARN_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+
+    /// Queries that read tables running at once; more wait in a FIFO queue (0: no
+    /// limit). Defaults to twice the number of cores, at least 4.
+    #[arg(long, env = "TARN_MAX_CONCURRENT_QUERIES")]
+    pub max_concurrent_queries: Option<usize>,
+
+    /// Queries waiting for a place; past it a query is refused at once with
+    /// RESOURCE_EXHAUSTED "too many queries".
+    #[arg(long, env = "TARN_MAX_QUEUED_QUERIES", default_value_t = 100)]
+    pub max_queued_queries: usize,
+
+    /// How long a query may wait for a place (`30s`, `2m`) before it is refused.
+    #[arg(long, env = "TARN_QUEUE_TIMEOUT", default_value = "2m")]
+    pub queue_timeout: String,
+
+    /// How long a query may run once admitted (`30m`, `90s`; `0`: no limit); past it the
+    /// query is cancelled and its client told so.
+    #[arg(long, env = "TARN_QUERY_TIMEOUT", default_value = "30m")]
+    pub query_timeout: String,
+}
+
+impl LimitArgs {
+    /// The engine's memory pool and query limits; `data_dir` holds the default spill
+    /// directory, which is emptied here.
+    ///
+    /// # Errors
+    /// [`crate::error::Error::InvalidArgument`] for a malformed size or duration;
+    /// [`crate::error::Error::Io`] when the spill directory cannot be prepared.
+    pub fn resolve(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> crate::error::Result<(
+        crate::engine::limits::MemoryLimit,
+        crate::engine::limits::QueryLimits,
+    )> {
+        use crate::engine::limits::{
+            MemoryLimit, QueryLimits, available_memory, parse_duration, parse_size,
+        };
+        use crate::error::Error;
+        let bytes = parse_size(&self.memory_limit, available_memory())
+            .map_err(|e| Error::InvalidArgument(format!("--memory-limit: {e}")))?;
+        let root = self
+            .spill_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("spill"));
+        let spill_dir = crate::engine::limits::own_spill_dir(&root)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max_concurrent = match self.max_concurrent_queries {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some((2 * cores).max(4)),
+        };
+        let queue_timeout = parse_duration(&self.queue_timeout)
+            .map_err(|e| Error::InvalidArgument(format!("--queue-timeout: {e}")))?;
+        let query_timeout = parse_duration(&self.query_timeout)
+            .map_err(|e| Error::InvalidArgument(format!("--query-timeout: {e}")))?;
+        Ok((
+            MemoryLimit {
+                bytes,
+                spill_dir: Some(spill_dir),
+            },
+            QueryLimits {
+                max_concurrent,
+                max_queued: self.max_queued_queries,
+                queue_timeout,
+                query_timeout: (!query_timeout.is_zero()).then_some(query_timeout),
+            },
+        ))
+    }
 }
 
 /// `tarn crawler …`.
@@ -356,6 +444,8 @@ pub struct DemoArgs {
     /// Number of events to generate.
     #[arg(long, default_value_t = 300_000)]
     pub events: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

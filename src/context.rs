@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::config::{Cli, Command};
 use crate::crawler::Crawler;
+use crate::engine::limits::QueryLimits;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::storage::StoreRegistry;
@@ -36,7 +37,20 @@ impl Context {
                 dir.to_string_lossy().into_owned()
             }
         };
+        let (memory, limits) = match &cli.command {
+            Command::Serve(args) => {
+                let (memory, limits) = args.limits.resolve(&cli.data_dir)?;
+                (Some(memory), limits)
+            }
+            Command::Demo(args) => {
+                let (memory, limits) = args.limits.resolve(&cli.data_dir)?;
+                (Some(memory), limits)
+            }
+            _ => (None, QueryLimits::default()),
+        };
         let options = EngineOptions {
+            memory,
+            limits,
             datafusion_config: cli.datafusion_config.clone(),
             allowed_locations,
             warehouse: Some(warehouse),

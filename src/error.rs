@@ -66,6 +66,15 @@ pub enum Error {
     #[error("catalog entry for {what} is damaged: {reason}")]
     CatalogCorrupt { what: String, reason: String },
 
+    /// A query needed more than the server lets one query have (memory, a place among
+    /// running queries): it was stopped or refused alone, and may succeed later.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+
+    /// A query ran past the server's time limit and was cancelled.
+    #[error("timeout: {0}")]
+    Timeout(String),
+
     /// Query execution failed after planning.
     #[error("query failed: {0}")]
     Execution(String),
@@ -122,6 +131,7 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
                 .to_string(),
         ),
         D::Plan(message) => Error::Sql(message),
+        D::ResourcesExhausted(message) => Error::ResourceExhausted(message),
         D::SchemaError(..) | D::NotImplemented(_) => Error::Sql(e.strip_backtrace().to_string()),
         D::Context(ctx, inner) => match Error::from(*inner) {
             Error::Sql(m) => Error::Sql(format!("{ctx}: {m}")),
@@ -192,6 +202,14 @@ impl From<Error> for tonic::Status {
             Error::ObjectStore { .. } | Error::Io { .. } | Error::Execution(_) => {
                 tracing::warn!(%message, "request failed");
                 Status::aborted(message)
+            }
+            Error::ResourceExhausted(_) => {
+                tracing::info!(%message, "request refused");
+                Status::resource_exhausted(message)
+            }
+            Error::Timeout(_) => {
+                tracing::info!(%message, "query timed out");
+                Status::deadline_exceeded(message)
             }
             Error::Catalog(_) | Error::Migrate(_) => {
                 tracing::error!(%message, "catalog unavailable");

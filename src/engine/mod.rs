@@ -19,6 +19,7 @@ mod guard;
 mod joinorder;
 mod keyfilter;
 mod like;
+pub mod limits;
 mod narrow;
 mod notin;
 mod nullsafe;
@@ -192,6 +193,8 @@ struct Shared {
     /// and Delta version.
     #[allow(clippy::type_complexity)]
     versions: Mutex<HashMap<(i64, i64, u64), Arc<CatalogTable>>>,
+    /// Places for running queries and the query timeout.
+    admission: limits::Admission,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -233,6 +236,10 @@ pub struct EngineOptions {
     pub rollup_memory: usize,
     /// Bytes of memory for the result cache (0: off). A server sets it.
     pub result_cache: usize,
+    /// The memory pool queries reserve from, and where they spill (`None`: unbounded).
+    pub memory: Option<limits::MemoryLimit>,
+    /// Admission (places and queue) and the query timeout.
+    pub limits: limits::QueryLimits,
 }
 
 impl Default for EngineOptions {
@@ -244,6 +251,8 @@ impl Default for EngineOptions {
             rollup_rewrite: true,
             rollup_memory: 0,
             result_cache: 0,
+            memory: None,
+            limits: limits::QueryLimits::default(),
         }
     }
 }
@@ -298,6 +307,10 @@ impl Engine {
             rollup_memory: Mutex::new(HashMap::new()),
             results: Arc::new(cache::ResultCache::new(options.result_cache)),
             versions: Mutex::default(),
+            admission: limits::Admission::new(
+                options.limits.clone(),
+                options.memory.as_ref().map(|m| m.bytes),
+            ),
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
@@ -312,6 +325,7 @@ impl Engine {
         }
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime_env(options.memory.as_ref())?)
             .with_default_features()
             .with_optimizer_rules(rules)
             .with_analyzer_rule(Arc::new(shared::ShareRepeatedSubplans))
@@ -992,6 +1006,22 @@ impl Engine {
     /// # Errors
     /// [`Error::Execution`] when the plan cannot start.
     pub async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
+        let admission = &self.shared.admission;
+        let place = if limits::reads_tables(df.logical_plan()) {
+            admission.admit().await?
+        } else {
+            limits::Place::free()
+        };
+        let stream = self.execute_admitted(df).await?;
+        Ok(admission.govern(stream, place))
+    }
+
+    /// Queries waiting for a place among the running ones.
+    pub fn queries_waiting(&self) -> usize {
+        self.shared.admission.waiting()
+    }
+
+    async fn execute_admitted(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
         let results = &self.shared.results;
         if !results.enabled() {
             return df.execute_stream().await.map_err(Error::from);
@@ -1375,6 +1405,26 @@ fn physical_optimizer_rules()
     // Last: every filter's and join condition's guards protect what they guard.
     rules.push(Arc::new(guard::GuardConditions));
     rules
+}
+
+/// The runtime every session shares: the memory pool and spill directory of `memory`, or
+/// DataFusion's unbounded defaults.
+fn runtime_env(
+    memory: Option<&limits::MemoryLimit>,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let mut builder = RuntimeEnvBuilder::new();
+    if let Some(memory) = memory {
+        builder = builder.with_memory_pool(limits::memory_pool(memory.bytes));
+        if let Some(dir) = &memory.spill_dir {
+            builder = builder.with_disk_manager_builder(
+                DiskManagerBuilder::default()
+                    .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+            );
+        }
+    }
+    builder.build_arc().map_err(Error::from)
 }
 
 /// A session state for tests of Tarn's planner pieces: DataFusion's defaults with `partitions`
