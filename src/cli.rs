@@ -519,8 +519,67 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
             });
         },
     ));
+    serve_until_drained(ctx, args, (listener, scheme, addr), options).await
+}
+
+/// Serves Flight SQL (and the operations listener, if asked for) until SIGTERM or Ctrl-C:
+/// then `/readyz` turns unready, the listeners close after --shutdown-delay, and queries
+/// still running after --shutdown-grace are cancelled.
+async fn serve_until_drained(
+    ctx: &Context,
+    args: &ServeArgs,
+    (listener, scheme, addr): (tokio::net::TcpListener, &str, std::net::SocketAddr),
+    options: ServeOptions,
+) -> Result<()> {
+    use crate::engine::limits::parse_duration;
+    let delay = parse_duration(&args.shutdown_delay)
+        .map_err(|e| Error::InvalidArgument(format!("--shutdown-delay: {e}")))?;
+    let grace = parse_duration(&args.shutdown_grace)
+        .map_err(|e| Error::InvalidArgument(format!("--shutdown-grace: {e}")))?;
+    let draining = crate::http::Draining::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let closed = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    if let Some(http) = args.http_listen {
+        let (http_listener, http_addr) = crate::serve::bind(http).await?;
+        let router = crate::http::router(ctx.engine.clone(), draining.clone());
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            router,
+            closed(stopped.clone()),
+        ));
+        // Before the Flight SQL line, which tells a supervisor the server is up.
+        println!("Tarn operations listening on http://{http_addr}");
+    }
     announce_scheme(scheme, addr);
-    crate::serve::serve_with(ctx.engine.clone(), listener, options, shutdown_signal()).await
+    {
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            draining.start();
+            tracing::info!(delay = ?delay, "shutting down: not ready for new work");
+            tokio::time::sleep(delay).await;
+            let _ = stop.send(true);
+        });
+    }
+    let serving = crate::serve::serve_with(
+        ctx.engine.clone(),
+        listener,
+        options,
+        closed(stopped.clone()),
+    );
+    let grace_over = async {
+        closed(stopped).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serving => result,
+        () = grace_over => {
+            tracing::warn!(grace = ?grace, "shutdown grace period over; cancelling the queries still running");
+            Ok(())
+        }
+    }
 }
 
 /// `tarn auth …`.

@@ -157,6 +157,21 @@ pub struct ServeArgs {
     #[arg(long)]
     pub insecure_no_auth: bool,
 
+    /// Address of the HTTP listener for operations: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz` (off unless given).
+    #[arg(long, env = "TARN_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// On SIGTERM, how long `/readyz` says "draining" before the listeners close (so a
+    /// load balancer stops sending new work first), e.g. `5s`.
+    #[arg(long, env = "TARN_SHUTDOWN_DELAY", default_value = "0s")]
+    pub shutdown_delay: String,
+
+    /// After the listeners close, how long running queries may finish before they are
+    /// cancelled and the process exits.
+    #[arg(long, env = "TARN_SHUTDOWN_GRACE", default_value = "30s")]
+    pub shutdown_grace: String,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -36,6 +36,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod flight;
+pub mod http;
 pub mod ingest;
 pub mod output;
 pub mod rollup;

@@ -24,6 +24,7 @@ use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::engine::metrics::{Metrics, Outcome};
 use crate::error::{Error, Result};
 
 /// How many queries run at once, how many wait, and for how long each may run.
@@ -75,6 +76,7 @@ pub(crate) struct Admission {
     places: Option<Arc<Semaphore>>,
     waiting: AtomicUsize,
     memory_limit: Option<usize>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A running query's place, given back when dropped.
@@ -116,6 +118,7 @@ impl Admission {
             places,
             waiting: AtomicUsize::new(0),
             memory_limit,
+            metrics: Arc::default(),
         }
     }
 
@@ -139,6 +142,7 @@ impl Admission {
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _leave = Leave(&self.waiting);
         if queued >= self.limits.max_queued {
+            self.metrics.record(Outcome::Refused, Duration::ZERO, 0);
             return Err(Error::ResourceExhausted(format!(
                 "too many queries: {running} are running and {queued} waiting, the server's \
                  limits (--max-concurrent-queries, --max-queued-queries); try again shortly"
@@ -153,11 +157,15 @@ impl Admission {
         {
             Ok(Ok(permit)) => Ok(Place(Some(permit))),
             Ok(Err(_)) => Err(Error::Internal("the admission queue was closed".into())),
-            Err(_) => Err(Error::ResourceExhausted(format!(
-                "too many queries: this one waited {} for one of the {running} places \
+            Err(_) => {
+                self.metrics
+                    .record(Outcome::Refused, self.limits.queue_timeout, 0);
+                Err(Error::ResourceExhausted(format!(
+                    "too many queries: this one waited {} for one of the {running} places \
                  (--queue-timeout, --max-concurrent-queries); try again shortly",
-                humantime(self.limits.queue_timeout)
-            ))),
+                    humantime(self.limits.queue_timeout)
+                )))
+            }
         }
     }
 
@@ -168,7 +176,9 @@ impl Admission {
         &self,
         stream: SendableRecordBatchStream,
         place: Place,
+        started: std::time::Instant,
     ) -> SendableRecordBatchStream {
+        self.metrics.started();
         let deadline = self
             .limits
             .query_timeout
@@ -179,6 +189,10 @@ impl Admission {
             place: Some(place),
             deadline,
             memory_limit: self.memory_limit,
+            metrics: Arc::clone(&self.metrics),
+            started,
+            rows: 0,
+            ended: false,
         })
     }
 }
@@ -198,14 +212,30 @@ struct Governed {
     place: Option<Place>,
     deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     memory_limit: Option<usize>,
+    metrics: Arc<Metrics>,
+    started: std::time::Instant,
+    rows: u64,
+    ended: bool,
 }
 
 impl Governed {
-    /// Stops the query: its operators are dropped (freeing their memory) and its place
-    /// given back.
-    fn stop(&mut self) {
+    /// Stops the query: its operators are dropped (freeing their memory), its place given
+    /// back and its outcome counted.
+    fn stop(&mut self, outcome: Outcome) {
         self.inner = None;
         self.place = None;
+        if !self.ended {
+            self.ended = true;
+            self.metrics
+                .ended(outcome, self.started.elapsed(), self.rows);
+        }
+    }
+}
+
+impl Drop for Governed {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away or cancelled.
+        self.stop(Outcome::Cancelled);
     }
 }
 
@@ -226,21 +256,32 @@ impl Stream for Governed {
                  ask for a higher limit",
                 humantime(*limit)
             );
-            this.stop();
+            this.stop(Outcome::TimedOut);
             return Poll::Ready(Some(Err(DataFusionError::External(Box::new(
                 Error::Timeout(message),
             )))));
         }
         match inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(e))) => {
-                this.stop();
-                Poll::Ready(Some(Err(name_the_limit(e, this.memory_limit))))
+                let e = name_the_limit(e, this.memory_limit);
+                let outcome = match &e {
+                    DataFusionError::External(inner) => inner
+                        .downcast_ref::<Error>()
+                        .map_or(Outcome::Failed, Outcome::of_error),
+                    _ => Outcome::Failed,
+                };
+                this.stop(outcome);
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.stop();
+                this.stop(Outcome::Finished);
                 Poll::Ready(None)
             }
-            other => other,
+            Poll::Ready(Some(Ok(batch))) => {
+                this.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -282,9 +323,9 @@ pub(crate) fn human_bytes(bytes: usize) -> String {
 
 fn humantime(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms} ms")
-    } else if ms % 60_000 != 0 || ms == 0 {
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
         format!("{} s", ms / 1000)
     } else {
         format!("{} min", ms / 60_000)

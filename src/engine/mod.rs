@@ -20,6 +20,7 @@ mod joinorder;
 mod keyfilter;
 mod like;
 pub mod limits;
+mod metrics;
 mod narrow;
 mod notin;
 mod nullsafe;
@@ -1007,13 +1008,37 @@ impl Engine {
     /// [`Error::Execution`] when the plan cannot start.
     pub async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
         let admission = &self.shared.admission;
+        let started = std::time::Instant::now();
         let place = if limits::reads_tables(df.logical_plan()) {
             admission.admit().await?
         } else {
             limits::Place::free()
         };
-        let stream = self.execute_admitted(df).await?;
-        Ok(admission.govern(stream, place))
+        match self.execute_admitted(df).await {
+            Ok(stream) => Ok(admission.govern(stream, place, started)),
+            Err(e) => {
+                admission
+                    .metrics
+                    .record(metrics::Outcome::of_error(&e), started.elapsed(), 0);
+                Err(e)
+            }
+        }
+    }
+
+    /// The engine's metrics in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        let runtime = self.state.runtime_env();
+        let spilling = runtime.spilling_progress();
+        let cache = self.result_cache_stats();
+        self.shared.admission.metrics.render(&metrics::State {
+            queued: self.queries_waiting(),
+            pool_reserved: runtime.memory_pool.reserved(),
+            spill_files: spilling.active_files_count,
+            spill_bytes: usize::try_from(spilling.current_bytes).unwrap_or(usize::MAX),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_bytes: cache.bytes,
+        })
     }
 
     /// Queries waiting for a place among the running ones.
