@@ -458,7 +458,23 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
 }
 
 async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {
-    let (schema, batches) = ctx.engine.query(&args.query).await?;
+    // Recorded in the query history as the command line's.
+    let engine = ctx.engine.labelled(crate::engine::history::QueryLabel {
+        user: "cli".into(),
+        admin: true,
+        sql: args.query.clone(),
+    });
+    let result = engine.query(&args.query).await;
+    if let Err(e) = &result
+        && !matches!(
+            e,
+            Error::Execution(_) | Error::Timeout(_) | Error::ResourceExhausted(_)
+        )
+    {
+        engine.record_failure(e);
+    }
+    engine.flush_history().await;
+    let (schema, batches) = result?;
     let mut out = std::io::stdout().lock();
     write_batches(&mut out, &schema, &batches, args.format)?;
     out.flush().map_err(|e| Error::io("<stdout>", e))

@@ -68,6 +68,15 @@ pub struct Cli {
     )]
     pub result_cache_mb: usize,
 
+    /// Days the query history (`system.queries`) keeps statements (0: no history).
+    #[arg(
+        long,
+        global = true,
+        env = "TARN_HISTORY_RETENTION_DAYS",
+        default_value_t = 45
+    )]
+    pub history_retention_days: u32,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -51,6 +51,8 @@ impl Context {
         let options = EngineOptions {
             memory,
             limits,
+            history_retention: (cli.history_retention_days > 0)
+                .then(|| chrono::TimeDelta::days(i64::from(cli.history_retention_days))),
             datafusion_config: cli.datafusion_config.clone(),
             allowed_locations,
             warehouse: Some(warehouse),

@@ -499,3 +499,20 @@ mod tests {
         assert_eq!(combine_distinct([]), 0);
     }
 }
+
+/// One statement of the query history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRecord {
+    pub query_id: String,
+    pub user: String,
+    pub database: String,
+    pub sql: String,
+    /// finished, failed, cancelled, timeout, resource_exhausted or refused.
+    pub state: String,
+    /// RFC 3339, UTC.
+    pub submitted_at: String,
+    pub queued_ms: i64,
+    pub execution_ms: i64,
+    pub rows: i64,
+    pub error: Option<String>,
+}

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup_errors",
         include_str!("../../catalog/migrations/0006_rollup_errors.sql"),
     ),
+    (
+        7,
+        "query_history",
+        include_str!("../../catalog/migrations/0007_query_history.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -1059,6 +1064,64 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+
+    /// Records a statement in the query history, and forgets those submitted before
+    /// `forget_before` (RFC 3339).
+    pub async fn record_query(&self, q: &QueryRecord, forget_before: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO query_history (query_id, user_name, database_name, sql_text, \
+             state, submitted_at, queued_ms, execution_ms, rows_returned, error) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&q.query_id)
+        .bind(&q.user)
+        .bind(&q.database)
+        .bind(&q.sql)
+        .bind(&q.state)
+        .bind(&q.submitted_at)
+        .bind(q.queued_ms)
+        .bind(q.execution_ms)
+        .bind(q.rows)
+        .bind(&q.error)
+        .execute(&self.pool)
+        .await?;
+        if let Some(before) = forget_before {
+            sqlx::query("DELETE FROM query_history WHERE submitted_at < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The query history, newest first: every user's, or `user`'s only.
+    pub async fn query_history(&self, user: Option<&str>, limit: i64) -> Result<Vec<QueryRecord>> {
+        let rows = sqlx::query(
+            "SELECT query_id, user_name, database_name, sql_text, state, submitted_at, \
+             queued_ms, execution_ms, rows_returned, error FROM query_history \
+             WHERE (?1 IS NULL OR user_name = ?1) ORDER BY submitted_at DESC, query_id LIMIT ?2",
+        )
+        .bind(user)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueryRecord {
+                    query_id: r.try_get(0)?,
+                    user: r.try_get(1)?,
+                    database: r.try_get(2)?,
+                    sql: r.try_get(3)?,
+                    state: r.try_get(4)?,
+                    submitted_at: r.try_get(5)?,
+                    queued_ms: r.try_get(6)?,
+                    execution_ms: r.try_get(7)?,
+                    rows: r.try_get(8)?,
+                    error: r.try_get(9)?,
+                })
+            })
+            .collect()
     }
 
     /// Every deletion waiting for its time: `(location, path)`.

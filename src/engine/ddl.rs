@@ -1201,6 +1201,11 @@ impl Engine {
                 name,
                 if_not_exists,
             } => {
+                if name.eq_ignore_ascii_case(super::SYSTEM_DATABASE) {
+                    return Err(Error::InvalidArgument(format!(
+                        "'{name}' is Tarn's own database (system.queries); choose another name"
+                    )));
+                }
                 if self.catalog().create_database(name, *if_not_exists).await? {
                     message(format!("created database {name}"))?
                 } else {

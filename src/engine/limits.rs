@@ -24,6 +24,7 @@ use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::engine::history::{History, QueryLabel};
 use crate::engine::metrics::{Metrics, Outcome};
 use crate::error::{Error, Result};
 
@@ -177,6 +178,7 @@ impl Admission {
         stream: SendableRecordBatchStream,
         place: Place,
         started: std::time::Instant,
+        recorder: Option<Recorder>,
     ) -> SendableRecordBatchStream {
         self.metrics.started();
         let deadline = self
@@ -193,7 +195,38 @@ impl Admission {
             started,
             rows: 0,
             ended: false,
+            recorder,
         })
+    }
+}
+
+/// What the query history needs to record a statement as it ends.
+pub(crate) struct Recorder {
+    pub history: Arc<History>,
+    pub label: Arc<QueryLabel>,
+    pub database: String,
+    pub submitted: chrono::DateTime<chrono::Utc>,
+    pub queued: Duration,
+}
+
+impl Recorder {
+    pub(crate) fn record(
+        &self,
+        outcome: Outcome,
+        took: Duration,
+        rows: u64,
+        error: Option<&Error>,
+    ) {
+        self.history.record(
+            &self.label,
+            &self.database,
+            outcome,
+            self.submitted,
+            self.queued,
+            took.saturating_sub(self.queued),
+            rows,
+            error.map(ToString::to_string),
+        );
     }
 }
 
@@ -216,18 +249,22 @@ struct Governed {
     started: std::time::Instant,
     rows: u64,
     ended: bool,
+    recorder: Option<Recorder>,
 }
 
 impl Governed {
     /// Stops the query: its operators are dropped (freeing their memory), its place given
     /// back and its outcome counted.
-    fn stop(&mut self, outcome: Outcome) {
+    fn stop(&mut self, outcome: Outcome, error: Option<&Error>) {
         self.inner = None;
         self.place = None;
         if !self.ended {
             self.ended = true;
-            self.metrics
-                .ended(outcome, self.started.elapsed(), self.rows);
+            let took = self.started.elapsed();
+            self.metrics.ended(outcome, took, self.rows);
+            if let Some(recorder) = &self.recorder {
+                recorder.record(outcome, took, self.rows, error);
+            }
         }
     }
 }
@@ -235,7 +272,7 @@ impl Governed {
 impl Drop for Governed {
     fn drop(&mut self) {
         // Dropped before its end: the client went away or cancelled.
-        self.stop(Outcome::Cancelled);
+        self.stop(Outcome::Cancelled, None);
     }
 }
 
@@ -256,25 +293,25 @@ impl Stream for Governed {
                  ask for a higher limit",
                 humantime(*limit)
             );
-            this.stop(Outcome::TimedOut);
-            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(
-                Error::Timeout(message),
-            )))));
+            let error = Error::Timeout(message);
+            this.stop(Outcome::TimedOut, Some(&error));
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(error)))));
         }
         match inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(e))) => {
                 let e = name_the_limit(e, this.memory_limit);
-                let outcome = match &e {
+                let tarn = match &e {
                     DataFusionError::External(inner) => inner
                         .downcast_ref::<Error>()
-                        .map_or(Outcome::Failed, Outcome::of_error),
-                    _ => Outcome::Failed,
+                        .map(|t| (Outcome::of_error(t), t.to_string())),
+                    _ => None,
                 };
-                this.stop(outcome);
+                let (outcome, message) = tarn.unwrap_or_else(|| (Outcome::Failed, e.to_string()));
+                this.stop(outcome, Some(&Error::Execution(message)));
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.stop(Outcome::Finished);
+                this.stop(Outcome::Finished, None);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(batch))) => {

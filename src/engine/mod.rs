@@ -16,6 +16,7 @@ mod eager;
 mod filterorder;
 mod filterstats;
 mod guard;
+pub mod history;
 mod joinorder;
 mod keyfilter;
 mod like;
@@ -196,6 +197,8 @@ struct Shared {
     versions: Mutex<HashMap<(i64, i64, u64), Arc<CatalogTable>>>,
     /// Places for running queries and the query timeout.
     admission: limits::Admission,
+    /// Where statements are recorded as they end.
+    history: Arc<history::History>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -211,6 +214,8 @@ pub struct Engine {
     rollup_memory: usize,
     /// Whether the rollup rewrite is among the optimizer rules (part of result cache keys).
     rollup_rewrite: bool,
+    /// Who runs this engine's statements and what they are, for the query history.
+    label: Option<Arc<history::QueryLabel>>,
 }
 
 /// A planned statement: a query for DataFusion, or a command Tarn runs itself.
@@ -241,6 +246,8 @@ pub struct EngineOptions {
     pub memory: Option<limits::MemoryLimit>,
     /// Admission (places and queue) and the query timeout.
     pub limits: limits::QueryLimits,
+    /// How long the query history keeps statements (`None`: no history).
+    pub history_retention: Option<chrono::TimeDelta>,
 }
 
 impl Default for EngineOptions {
@@ -254,6 +261,7 @@ impl Default for EngineOptions {
             result_cache: 0,
             memory: None,
             limits: limits::QueryLimits::default(),
+            history_retention: None,
         }
     }
 }
@@ -296,7 +304,7 @@ impl Engine {
             })?;
         }
         let shared = Arc::new(Shared {
-            catalog,
+            catalog: catalog.clone(),
             stores,
             snapshot: RwLock::new(Arc::new(Snapshot {
                 generation: -1,
@@ -312,6 +320,10 @@ impl Engine {
                 options.limits.clone(),
                 options.memory.as_ref().map(|m| m.bytes),
             ),
+            history: Arc::new(history::History::new(
+                catalog.clone(),
+                options.history_retention,
+            )),
         });
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
@@ -361,7 +373,41 @@ impl Engine {
             warehouse,
             rollup_memory: options.rollup_memory,
             rollup_rewrite: options.rollup_rewrite,
+            label: None,
         })
+    }
+
+    /// This engine running statements for `label` (recorded in the query history under
+    /// its user; `system.queries` shows a reader only their own).
+    pub fn labelled(&self, label: history::QueryLabel) -> Engine {
+        let label = Arc::new(label);
+        let mut engine = self.clone();
+        engine.state.config_mut().set_extension(Arc::clone(&label));
+        engine.label = Some(label);
+        engine
+    }
+
+    /// Waits until the statements recorded so far are in the catalog (a command calls it
+    /// before it exits).
+    pub async fn flush_history(&self) {
+        self.shared.history.settled().await;
+    }
+
+    /// Records in the query history a labelled statement that failed before it ran (a
+    /// planning error).
+    pub fn record_failure(&self, error: &Error) {
+        if let Some(label) = &self.label {
+            self.shared.history.record(
+                label,
+                &self.default_database(),
+                metrics::Outcome::of_error(error),
+                chrono::Utc::now(),
+                std::time::Duration::ZERO,
+                std::time::Duration::ZERO,
+                0,
+                Some(error.to_string()),
+            );
+        }
     }
 
     /// This engine without the rollup rewrite: every aggregation reads its base table.
@@ -1009,17 +1055,39 @@ impl Engine {
     pub async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
         let admission = &self.shared.admission;
         let started = std::time::Instant::now();
+        let submitted = chrono::Utc::now();
+        let recorder = self.label.as_ref().map(|label| limits::Recorder {
+            history: Arc::clone(&self.shared.history),
+            label: Arc::clone(label),
+            database: self.default_database(),
+            submitted,
+            queued: std::time::Duration::ZERO,
+        });
         let place = if limits::reads_tables(df.logical_plan()) {
-            admission.admit().await?
+            match admission.admit().await {
+                Ok(place) => place,
+                Err(e) => {
+                    if let Some(r) = &recorder {
+                        r.record(metrics::Outcome::Refused, started.elapsed(), 0, Some(&e));
+                    }
+                    return Err(e);
+                }
+            }
         } else {
             limits::Place::free()
         };
+        let recorder = recorder.map(|r| limits::Recorder {
+            queued: started.elapsed(),
+            ..r
+        });
         match self.execute_admitted(df).await {
-            Ok(stream) => Ok(admission.govern(stream, place, started)),
+            Ok(stream) => Ok(admission.govern(stream, place, started, recorder)),
             Err(e) => {
-                admission
-                    .metrics
-                    .record(metrics::Outcome::of_error(&e), started.elapsed(), 0);
+                let outcome = metrics::Outcome::of_error(&e);
+                admission.metrics.record(outcome, started.elapsed(), 0);
+                if let Some(r) = &recorder {
+                    r.record(outcome, started.elapsed(), 0, Some(&e));
+                }
                 Err(e)
             }
         }
@@ -1266,10 +1334,17 @@ struct TarnCatalog {
 
 impl CatalogProvider for TarnCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.shared.snapshot().databases.keys().cloned().collect()
+        let mut names: Vec<String> = self.shared.snapshot().databases.keys().cloned().collect();
+        names.push(SYSTEM_DATABASE.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_DATABASE {
+            return Some(Arc::new(SystemDatabase {
+                history: Arc::clone(&self.shared.history),
+            }));
+        }
         self.shared
             .snapshot()
             .databases
@@ -1280,6 +1355,33 @@ impl CatalogProvider for TarnCatalog {
                     name: name.to_string(),
                 }) as _
             })
+    }
+}
+
+/// The database of Tarn's own tables: `system.queries`.
+pub const SYSTEM_DATABASE: &str = "system";
+
+#[derive(Debug)]
+struct SystemDatabase {
+    history: Arc<history::History>,
+}
+
+#[async_trait]
+impl SchemaProvider for SystemDatabase {
+    fn table_names(&self) -> Vec<String> {
+        vec!["queries".to_string()]
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok((name == "queries").then(|| {
+            Arc::new(history::QueriesTable {
+                history: Arc::clone(&self.history),
+            }) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == "queries"
     }
 }
 

@@ -103,6 +103,7 @@ impl TarnFlightSql {
     }
 
     /// The engine for a statement: with the database the client chose as default.
+    /// (Statements are labelled with their caller and text for the query history.)
     async fn engine_for(&self, database: Option<&str>) -> Result<Engine> {
         match database {
             Some(db) => self.engine.in_database(db).await,
@@ -120,8 +121,15 @@ impl TarnFlightSql {
     ) -> Result<(SchemaRef, bytes::Bytes)> {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        let engine = self.engine_for(handle.database.as_deref()).await?;
-        match engine.prepare(&sql, rows.first()).await? {
+        let engine = self
+            .engine_for(handle.database.as_deref())
+            .await?
+            .labelled(label(caller, &handle.sql));
+        let prepared = engine.prepare(&sql, rows.first()).await;
+        if let Err(e) = &prepared {
+            engine.record_failure(e);
+        }
+        match prepared? {
             Statement::Query(df) => {
                 // The ticket runs on a catalog at least as new as the one it was planned on.
                 let mut ticket = handle.clone();
@@ -197,7 +205,10 @@ impl TarnFlightSql {
         };
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        let engine = self.engine_for(handle.database.as_deref()).await?;
+        let engine = self
+            .engine_for(handle.database.as_deref())
+            .await?
+            .labelled(label(caller, &handle.sql));
         let mut streams = Vec::new();
         let mut schema: Option<SchemaRef> = None;
         let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
@@ -206,7 +217,11 @@ impl TarnFlightSql {
             rows.iter().map(Some).collect()
         };
         for row in runs {
-            let (this, stream) = match engine.prepare_at(&sql, row, handle.generation).await? {
+            let prepared = engine.prepare_at(&sql, row, handle.generation).await;
+            if let Err(e) = &prepared {
+                engine.record_failure(e);
+            }
+            let (this, stream) = match prepared? {
                 Statement::Query(df) => {
                     let this = wire_schema(df.schema().as_arrow());
                     (this, engine.execute(*df).await?)
@@ -543,13 +558,17 @@ impl FlightSqlService for TarnFlightSql {
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
         let sql = rewrite_question_marks(&query.query);
         let database = requested_database(&request);
-        let prepared = self
+        let engine = self
             .engine_for(database.as_deref())
             .await
             .map_err(flight_status)?
-            .prepare(&sql, None)
-            .await
-            .map_err(flight_status)?;
+            .labelled(label(&caller(&request), &query.query));
+        let prepared = engine.prepare(&sql, None).await;
+        if let Err(e) = &prepared {
+            // The statement never reaches GetFlightInfo: this is where it fails.
+            engine.record_failure(e);
+        }
+        let prepared = prepared.map_err(flight_status)?;
         let (dataset, params) = match prepared {
             Statement::Query(df) => {
                 let types = df
@@ -1008,4 +1027,13 @@ fn foreign_keys_schema() -> SchemaRef {
         Field::new("update_rule", DataType::UInt8, false),
         Field::new("delete_rule", DataType::UInt8, false),
     ]))
+}
+
+/// What the query history records of a statement's caller and text.
+fn label(caller: &Caller, sql: &str) -> crate::engine::history::QueryLabel {
+    crate::engine::history::QueryLabel {
+        user: caller.name.clone(),
+        admin: matches!(caller.role, crate::auth::Role::Admin),
+        sql: sql.to_string(),
+    }
 }

@@ -112,3 +112,32 @@ def test_queries_still_running_after_the_grace_period_are_cancelled(lake):
             closing()
         except Exception:
             pass
+
+
+def test_system_queries_shows_readers_their_own_and_admins_everyone(secured, lake):
+    from test_auth import login
+
+    marker = f"history-{time.monotonic_ns()}"
+    with login(secured, "bob") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) AS n, '{marker}-bob' AS tag FROM events")
+        assert cur.fetchall() == [(events_rows(lake), f"{marker}-bob")]
+        with pytest.raises(adbc_driver_manager.Error, match="no_such_column"):
+            cur.execute(f"SELECT no_such_column, '{marker}-bad' FROM events")
+            cur.fetchall()
+    with login(secured, "alice") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT '{marker}-alice' AS tag")
+        cur.fetchall()
+
+    mine = (
+        "SELECT user_name, state, rows_returned, error IS NULL FROM system.queries "
+        f"WHERE query LIKE '%{marker}%' AND query NOT LIKE '%system.queries%' "
+        "ORDER BY submitted_at"
+    )
+    with login(secured, "bob") as conn, conn.cursor() as cur:
+        cur.execute(mine)
+        assert cur.fetchall() == [("bob", "finished", 1, True), ("bob", "failed", 0, False)]
+    with login(secured, "alice") as conn, conn.cursor() as cur:
+        cur.execute(mine)
+        assert cur.fetchall() == [
+            ("bob", "finished", 1, True), ("bob", "failed", 0, False), ("alice", "finished", 1, True),
+        ]

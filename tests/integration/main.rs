@@ -6,6 +6,7 @@ mod common;
 mod crawl;
 mod delta;
 mod flight;
+mod history;
 mod limits;
 mod plans;
 mod replace;
