@@ -83,7 +83,8 @@ impl AdminService {
         self.engine
             .catalog()
             .table(database, table)
-            .await?
+            .await
+            .map_err(Error::from)?
             .ok_or_else(|| {
                 Status::from(Error::TableNotFound {
                     name: format!("{database}.{table}"),
@@ -193,7 +194,8 @@ impl Admin for AdminService {
             .engine
             .catalog()
             .databases()
-            .await?
+            .await
+            .map_err(Error::from)?
             .into_iter()
             .map(|d| d.name)
             .collect();
@@ -209,7 +211,8 @@ impl Admin for AdminService {
             .engine
             .catalog()
             .tables()
-            .await?
+            .await
+            .map_err(Error::from)?
             .iter()
             .filter(|t| database.as_ref().is_none_or(|d| &t.database == d))
             .map(table_summary)
@@ -224,10 +227,16 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let table = self.table(&r.database, &r.table).await?;
         let catalog = self.engine.catalog();
-        let partitions = catalog.partitions(table.id).await?;
-        let history = catalog.schema_history(table.id).await?;
+        let partitions = catalog.partitions(table.id).await.map_err(Error::from)?;
+        let history = catalog
+            .schema_history(table.id)
+            .await
+            .map_err(Error::from)?;
         // A Delta table's partition columns and size are those of its catalogued version.
-        let properties = catalog.table_properties(table.id).await?;
+        let properties = catalog
+            .table_properties(table.id)
+            .await
+            .map_err(Error::from)?;
         let format_state = properties.get("format_state").cloned().unwrap_or_default();
         let mut partition_names: Vec<&str> = table
             .partition_columns
@@ -288,7 +297,8 @@ impl Admin for AdminService {
             .engine
             .catalog()
             .partitions(table.id)
-            .await?
+            .await
+            .map_err(Error::from)?
             .into_iter()
             .map(|p| proto::Partition {
                 values: p
@@ -411,7 +421,8 @@ impl Admin for AdminService {
             .engine
             .catalog()
             .crawl_history(limit)
-            .await?
+            .await
+            .map_err(Error::from)?
             .into_iter()
             .map(|c| proto::CrawlRecord {
                 id: c.id,

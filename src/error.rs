@@ -110,6 +110,22 @@ impl Error {
     }
 }
 
+impl From<tarn_catalog::Error> for Error {
+    fn from(e: tarn_catalog::Error) -> Self {
+        use tarn_catalog::Error as C;
+        match e {
+            C::AlreadyExists(m) => Error::AlreadyExists(m),
+            C::Conflict(m) => Error::Conflict(m),
+            C::InvalidArgument(m) => Error::InvalidArgument(m),
+            C::Catalog(e) => Error::Catalog(e),
+            C::Migrate(e) => Error::Migrate(e),
+            C::CatalogCorrupt { what, reason } => Error::CatalogCorrupt { what, reason },
+            C::Io { path, source } => Error::Io { path, source },
+            C::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         match from_datafusion(e) {

@@ -229,7 +229,7 @@ where
     };
     if let Err(e) = catalog.commit_table(&commit).await {
         written.abort().await;
-        return Err(e);
+        return Err(e.into());
     }
     // The old files are deleted after the grace period: a query planned before this
     // commit may still be reading them (crawls leave them out meanwhile).

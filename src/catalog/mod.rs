@@ -1,11 +1,4 @@
-//! The durable catalog: databases, tables, schema versions, partitions, files and crawls.
-//!
-//! [`model`] holds the records; [`store`] persists them in SQLite. One table's crawl is one
-//! transaction ([`Catalog::commit_table`]), so readers see a table before or after a crawl,
-//! never half of one.
+//! The durable catalog, from the `tarn-catalog` crate (`catalog/`), under the path the
+//! rest of Tarn names it by.
 
-pub mod model;
-pub mod store;
-
-pub use model::*;
-pub use store::Catalog;
+pub use tarn_catalog::*;

@@ -1100,9 +1100,10 @@ impl Engine {
         }
         let value = serde_json::to_value(&pins)
             .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
-        self.catalog()
+        Ok(self
+            .catalog()
             .set_table_property(table.id, PINNED_PARTITIONS, &value)
-            .await
+            .await?)
     }
 
     async fn existing_table(

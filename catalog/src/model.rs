@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -215,7 +215,7 @@ pub struct TableCommit {
     pub create_only: bool,
     /// Each partition holds exactly one file (a materialized view's storage): a commit that
     /// would leave two in one (another writer replaced the file this one read) fails with
-    /// [`crate::error::Error::Conflict`] and changes nothing.
+    /// [`crate::Error::Conflict`] and changes nothing.
     pub one_file_per_partition: bool,
 }
 
@@ -480,6 +480,23 @@ pub struct RollupRecord {
     pub last_error_at: Option<String>,
 }
 
+/// One statement of the query history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRecord {
+    pub query_id: String,
+    pub user: String,
+    pub database: String,
+    pub sql: String,
+    /// finished, failed, cancelled, timeout, resource_exhausted or refused.
+    pub state: String,
+    /// RFC 3339, UTC.
+    pub submitted_at: String,
+    pub queued_ms: i64,
+    pub execution_ms: i64,
+    pub rows: i64,
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::combine_distinct;
@@ -498,21 +515,4 @@ mod tests {
         assert_eq!(combine_distinct([(40, 25), (0, 0)]), 25);
         assert_eq!(combine_distinct([]), 0);
     }
-}
-
-/// One statement of the query history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryRecord {
-    pub query_id: String,
-    pub user: String,
-    pub database: String,
-    pub sql: String,
-    /// finished, failed, cancelled, timeout, resource_exhausted or refused.
-    pub state: String,
-    /// RFC 3339, UTC.
-    pub submitted_at: String,
-    pub queued_ms: i64,
-    pub execution_ms: i64,
-    pub rows: i64,
-    pub error: Option<String>,
 }

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::ipc::convert::try_schema_from_flatbuffer_bytes;
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use arrow_ipc::convert::try_schema_from_flatbuffer_bytes;
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use arrow_schema::{Field, Schema, SchemaRef};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -21,40 +21,32 @@ use crate::error::{Error, Result};
 
 /// Migrations of the catalog database, embedded in the binary (`catalog/migrations/`).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "catalog",
-        include_str!("../../catalog/migrations/0001_catalog.sql"),
-    ),
+    (1, "catalog", include_str!("../migrations/0001_catalog.sql")),
     (
         2,
         "crawlers",
-        include_str!("../../catalog/migrations/0002_crawlers.sql"),
+        include_str!("../migrations/0002_crawlers.sql"),
     ),
-    (
-        3,
-        "rollups",
-        include_str!("../../catalog/migrations/0003_rollups.sql"),
-    ),
+    (3, "rollups", include_str!("../migrations/0003_rollups.sql")),
     (
         4,
         "deferred_deletes",
-        include_str!("../../catalog/migrations/0004_deferred_deletes.sql"),
+        include_str!("../migrations/0004_deferred_deletes.sql"),
     ),
     (
         5,
         "stats_version",
-        include_str!("../../catalog/migrations/0005_stats_version.sql"),
+        include_str!("../migrations/0005_stats_version.sql"),
     ),
     (
         6,
         "rollup_errors",
-        include_str!("../../catalog/migrations/0006_rollup_errors.sql"),
+        include_str!("../migrations/0006_rollup_errors.sql"),
     ),
     (
         7,
         "query_history",
-        include_str!("../../catalog/migrations/0007_query_history.sql"),
+        include_str!("../migrations/0007_query_history.sql"),
     ),
 ];
 
