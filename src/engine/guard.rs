@@ -6,8 +6,8 @@
 //! `AND`'s right side to the rows its left keeps only when they are at most a fifth), so a
 //! condition that fails on some values (a division, a cast of text, an overflow) fails on
 //! rows its guard was written to keep away. This rule, the last of Tarn's physical
-//! optimizer, makes every filter's (including `HAVING`'s) and join condition's logic lazy
-//! where it matters:
+//! optimizer, makes every filter's (including `HAVING`'s), aggregate `FILTER (WHERE …)`'s
+//! and join condition's logic lazy where it matters:
 //!
 //! - a filter's conditions that cannot fail go before those that can (written order kept
 //!   within each kind: moving a condition that cannot fail earlier never makes an error);
@@ -42,6 +42,7 @@ use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
@@ -79,6 +80,11 @@ impl PhysicalOptimizerRule for GuardConditions {
                     None => Transformed::no(node),
                 });
             }
+            if let Some(aggregate) = node.downcast_ref::<AggregateExec>()
+                && let Some(guarded) = guarded_aggregate(aggregate)?
+            {
+                return Ok(Transformed::yes(Arc::new(guarded) as _));
+            }
             if let Some(join) = node.downcast_ref::<HashJoinExec>()
                 && let Some(filter) = guarded_join_filter(join.filter())?
             {
@@ -99,6 +105,40 @@ impl PhysicalOptimizerRule for GuardConditions {
         })
         .map(|t| t.data)
     }
+}
+
+/// `aggregate` with its `FILTER (WHERE …)` conditions guarded like a filter's, or `None`
+/// when none needs it.
+fn guarded_aggregate(aggregate: &AggregateExec) -> Result<Option<AggregateExec>> {
+    let schema = aggregate.input().schema();
+    let mut changed = false;
+    let mut filters = Vec::with_capacity(aggregate.filter_expr().len());
+    for filter in aggregate.filter_expr() {
+        match filter {
+            Some(f) => match guarded_predicate(f, &schema)? {
+                Some(guarded) => {
+                    changed = true;
+                    filters.push(Some(guarded));
+                }
+                None => filters.push(Some(Arc::clone(f))),
+            },
+            None => filters.push(None),
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    Ok(Some(
+        AggregateExec::try_new(
+            *aggregate.mode(),
+            aggregate.group_expr().clone(),
+            aggregate.aggr_expr().to_vec(),
+            filters,
+            Arc::clone(aggregate.input()),
+            aggregate.input_schema(),
+        )?
+        .with_limit_options(aggregate.limit_options()),
+    ))
 }
 
 /// The select lists' part of the guards: each `CASE WHEN` condition's logic made lazy. It
