@@ -131,14 +131,9 @@ fn crawl_response(summary: &CrawlSummary) -> proto::CrawlResponse {
     }
 }
 
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn crawl(
-        &self,
-        request: Request<proto::CrawlRequest>,
-    ) -> std::result::Result<Response<proto::CrawlResponse>, Status> {
-        caller(&request).require_admin("crawling")?;
-        let r = request.into_inner();
+impl AdminService {
+    /// Crawls as a `Crawl` request asks (the caller is checked).
+    async fn crawl_now(&self, r: proto::CrawlRequest) -> Result<CrawlSummary> {
         // The same rule as SQL DDL: only locations the server is configured for.
         let location = self.engine.check_allowed(&r.location)?;
         let partition_types = r
@@ -147,9 +142,9 @@ impl Admin for AdminService {
             .map(|(k, v)| {
                 v.parse()
                     .map(|t| (k.clone(), t))
-                    .map_err(|e: String| Status::invalid_argument(format!("partition '{k}': {e}")))
+                    .map_err(|e: String| Error::InvalidArgument(format!("partition '{k}': {e}")))
             })
-            .collect::<std::result::Result<_, Status>>()?;
+            .collect::<Result<_>>()?;
         let kept = CrawlerOptions {
             table: r.table.filter(|t| !t.is_empty()),
             include: r.include,
@@ -159,7 +154,7 @@ impl Admin for AdminService {
             schema_change: if r.schema_change.is_empty() {
                 Default::default()
             } else {
-                r.schema_change.parse().map_err(Status::invalid_argument)?
+                r.schema_change.parse().map_err(Error::InvalidArgument)?
             },
             sample_rows: (r.sample_rows > 0).then_some(r.sample_rows as usize),
             table_level: (r.table_level > 0).then_some(r.table_level as usize),
@@ -168,7 +163,7 @@ impl Admin for AdminService {
             deletion: if r.deletion.is_empty() {
                 Default::default()
             } else {
-                r.deletion.parse().map_err(Status::invalid_argument)?
+                r.deletion.parse().map_err(Error::InvalidArgument)?
             },
         };
         let database = r
@@ -183,6 +178,43 @@ impl Admin for AdminService {
         let mut summary = crawler.crawl(&location.to_string(), &options).await?;
         self.engine.refresh().await?;
         self.engine.refresh_after_crawl(&mut summary).await;
+        Ok(summary)
+    }
+}
+
+/// The query-history label of an admin call by `who`, described as `sql`.
+fn admin_label(who: &crate::auth::Caller, sql: &str) -> crate::engine::history::QueryLabel {
+    crate::engine::history::QueryLabel::new(
+        &who.name,
+        matches!(who.role, crate::auth::Role::Admin),
+        sql,
+        "admin",
+    )
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn crawl(
+        &self,
+        request: Request<proto::CrawlRequest>,
+    ) -> std::result::Result<Response<proto::CrawlResponse>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        let into = r
+            .database
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .unwrap_or(DEFAULT_DATABASE);
+        let engine = self.engine.labelled(admin_label(
+            &who,
+            &format!("CRAWL '{}' INTO {into}", r.location),
+        ));
+        let summary = engine
+            .recorded(async {
+                who.require_admin("crawling")?;
+                self.crawl_now(r).await
+            })
+            .await?;
         Ok(Response::new(crawl_response(&summary)))
     }
 
@@ -350,20 +382,28 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CreateViewRequest>,
     ) -> std::result::Result<Response<proto::CreateViewResponse>, Status> {
-        caller(&request).require_admin("CREATE MATERIALIZED VIEW")?;
+        let who = caller(&request);
         let r = request.into_inner();
-        let engine = self.in_database(&r.database).await?;
-        let command = match engine.prepare(&r.sql, None).await? {
-            crate::engine::Statement::Command(
-                c @ crate::engine::ddl::Command::CreateMaterializedView { .. },
-            ) => c,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "CreateView takes a CREATE MATERIALIZED VIEW statement",
-                ));
-            }
-        };
-        let result = engine.run_command(&command).await?;
+        let engine = self
+            .in_database(&r.database)
+            .await?
+            .labelled(admin_label(&who, &r.sql));
+        let result = engine
+            .recorded(async {
+                who.require_admin("CREATE MATERIALIZED VIEW")?;
+                let command = match engine.prepare(&r.sql, None).await? {
+                    crate::engine::Statement::Command(
+                        c @ crate::engine::ddl::Command::CreateMaterializedView { .. },
+                    ) => c,
+                    _ => {
+                        return Err(Error::InvalidArgument(
+                            "CreateView takes a CREATE MATERIALIZED VIEW statement".into(),
+                        ));
+                    }
+                };
+                engine.run_command(&command).await
+            })
+            .await?;
         let message = result
             .column(0)
             .as_any()
@@ -377,12 +417,19 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RefreshViewRequest>,
     ) -> std::result::Result<Response<proto::RefreshViewResponse>, Status> {
-        caller(&request).require_admin("REFRESH MATERIALIZED VIEW")?;
+        let who = caller(&request);
         let r = request.into_inner();
         let database = non_empty_or_default(r.database);
-        let report = self
-            .engine
-            .refresh_rollup(&database, &r.name, r.full)
+        let full = if r.full { " FULL" } else { "" };
+        let engine = self.engine.labelled(admin_label(
+            &who,
+            &format!("REFRESH MATERIALIZED VIEW {database}.{}{full}", r.name),
+        ));
+        let report = engine
+            .recorded(async {
+                who.require_admin("REFRESH MATERIALIZED VIEW")?;
+                engine.refresh_rollup(&database, &r.name, r.full).await
+            })
             .await?;
         Ok(Response::new(proto::RefreshViewResponse {
             refreshed: report.refreshed as i64,
@@ -396,10 +443,19 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::DropViewRequest>,
     ) -> std::result::Result<Response<proto::DropViewResponse>, Status> {
-        caller(&request).require_admin("DROP MATERIALIZED VIEW")?;
+        let who = caller(&request);
         let r = request.into_inner();
         let database = non_empty_or_default(r.database);
-        let dropped = self.engine.drop_rollup(&database, &r.name).await?;
+        let engine = self.engine.labelled(admin_label(
+            &who,
+            &format!("DROP MATERIALIZED VIEW {database}.{}", r.name),
+        ));
+        let dropped = engine
+            .recorded(async {
+                who.require_admin("DROP MATERIALIZED VIEW")?;
+                engine.drop_rollup(&database, &r.name).await
+            })
+            .await?;
         if !dropped && !r.if_exists {
             return Err(Status::not_found(format!(
                 "materialized view '{database}.{}' does not exist",

@@ -459,11 +459,12 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
 
 async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {
     // Recorded in the query history as the command line's.
-    let engine = ctx.engine.labelled(crate::engine::history::QueryLabel {
-        user: "cli".into(),
-        admin: true,
-        sql: args.query.clone(),
-    });
+    let engine = ctx.engine.labelled(crate::engine::history::QueryLabel::new(
+        "cli",
+        true,
+        &args.query,
+        "cli",
+    ));
     let result = engine.query(&args.query).await;
     if let Err(e) = &result
         && !matches!(

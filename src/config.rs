@@ -25,6 +25,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "TARN_LOG", default_value = "warn")]
     pub log: String,
 
+    /// How log lines are written: `text` for people, `json` (one object a line, a
+    /// statement's lines carrying its `query_id` and user) for a log collector.
+    #[arg(
+        long,
+        global = true,
+        env = "TARN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     /// A DataFusion setting as KEY=VALUE (repeatable), e.g.
     /// `execution.target_partitions=4`.
     #[arg(long = "datafusion-config", global = true, env = "TARN_DATAFUSION_CONFIG",
@@ -79,6 +90,13 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Tarn's commands.

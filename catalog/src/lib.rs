@@ -12,4 +12,4 @@ pub mod store;
 
 pub use error::{Error, Result};
 pub use model::*;
-pub use store::Catalog;
+pub use store::{Catalog, CatalogEvent, Observer};

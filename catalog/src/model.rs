@@ -183,6 +183,15 @@ pub struct PartitionEntry {
     pub row_count: i64,
 }
 
+/// How much a table holds, as the catalog records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSize {
+    pub files: i64,
+    pub rows: i64,
+    pub bytes: i64,
+    pub partitions: i64,
+}
+
 /// A database and its tables' names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseEntry {
@@ -495,6 +504,29 @@ pub struct QueryRecord {
     pub execution_ms: i64,
     pub rows: i64,
     pub error: Option<String>,
+    /// What the statement cost.
+    pub stats: QueryStats,
+}
+
+/// What a statement cost, as its front door and the engine measured it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// The front door it came through: `flight`, `cli`, `admin`, `http`.
+    pub front_door: String,
+    pub planning_ms: i64,
+    /// Arrow bytes of the result batches sent.
+    pub bytes_returned: i64,
+    /// Bytes read from the lake (Parquet: the ranges read; text: the files' sizes).
+    pub bytes_scanned: i64,
+    pub files_scanned: i64,
+    pub partitions_scanned: i64,
+    /// Partitions left out by filters on partition columns.
+    pub partitions_pruned: i64,
+    /// The materialized view that answered (`db.view`), if one did.
+    pub materialized_view: Option<String>,
+    pub result_cache_hit: bool,
+    pub peak_memory_bytes: i64,
+    pub spilled_bytes: i64,
 }
 
 #[cfg(test)]

@@ -48,15 +48,40 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "query_history",
         include_str!("../migrations/0007_query_history.sql"),
     ),
+    (
+        8,
+        "query_statistics",
+        include_str!("../migrations/0008_query_statistics.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Handle to the catalog database. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Catalog {
     pool: SqlitePool,
+    /// Told of commits and finished crawls (shared by every clone).
+    observer: Arc<std::sync::RwLock<Option<Observer>>>,
+}
+
+/// Something the catalog did that an operator measures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogEvent {
+    /// A table's changes were committed (one transaction), in this long.
+    Committed(Duration),
+    /// A crawl ended with `status` (`succeeded`, `failed`, …) after running this long.
+    CrawlFinished { status: String, took: Duration },
+}
+
+/// A function told of [`CatalogEvent`]s (metrics).
+pub type Observer = Arc<dyn Fn(CatalogEvent) + Send + Sync>;
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("pool", &self.pool).finish()
+    }
 }
 
 /// Rows per multi-row INSERT (10 parameters each, well under SQLite's limit).
@@ -141,7 +166,26 @@ impl Catalog {
             ..Migrator::DEFAULT
         };
         migrator.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            observer: Arc::default(),
+        })
+    }
+
+    /// Tells `observer` of every commit and finished crawl from now on, through this handle
+    /// and every clone of it.
+    pub fn observe(&self, observer: Observer) {
+        if let Ok(mut slot) = self.observer.write() {
+            *slot = Some(observer);
+        }
+    }
+
+    fn tell(&self, event: CatalogEvent) {
+        if let Ok(slot) = self.observer.read()
+            && let Some(observer) = slot.as_ref()
+        {
+            observer(event);
+        }
     }
 
     /// The catalog's generation: it changes whenever anything a query sees changes.
@@ -267,6 +311,40 @@ impl Catalog {
             .collect()
     }
 
+    /// Every table's files, rows, bytes and partitions, by table id (tables without files
+    /// are left out).
+    pub async fn table_sizes(&self) -> Result<HashMap<i64, TableSize>> {
+        let rows = sqlx::query_as::<_, (i64, i64, i64, i64)>(
+            "SELECT table_id, count(*), coalesce(sum(row_count), 0), coalesce(sum(size), 0) \
+             FROM data_files GROUP BY table_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<i64, TableSize> = rows
+            .into_iter()
+            .map(|(id, files, rows, bytes)| {
+                (
+                    id,
+                    TableSize {
+                        files,
+                        rows,
+                        bytes,
+                        partitions: 0,
+                    },
+                )
+            })
+            .collect();
+        let partitions = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT table_id, count(*) FROM partitions GROUP BY table_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, n) in partitions {
+            out.entry(id).or_default().partitions = n;
+        }
+        Ok(out)
+    }
+
     /// Every file of a table with its schema, statistics and partition values.
     pub async fn files(&self, table_id: i64) -> Result<Vec<FileEntry>> {
         self.load_files(table_id, true).await
@@ -365,7 +443,10 @@ impl Catalog {
     pub async fn commit_table(&self, commit: &TableCommit) -> Result<CommitOutcome> {
         // Boxed: the transaction's state across its many awaits would otherwise sit on the
         // stack of every caller's future.
-        Box::pin(self.commit_table_in_one_transaction(commit)).await
+        let started = std::time::Instant::now();
+        let outcome = Box::pin(self.commit_table_in_one_transaction(commit)).await?;
+        self.tell(CatalogEvent::Committed(started.elapsed()));
+        Ok(outcome)
     }
 
     async fn commit_table_in_one_transaction(&self, commit: &TableCommit) -> Result<CommitOutcome> {
@@ -755,13 +836,25 @@ impl Catalog {
 
     /// Records how a crawl ended, with its summary as JSON.
     pub async fn finish_crawl(&self, id: i64, status: &str, summary: &str) -> Result<()> {
-        sqlx::query("UPDATE crawls SET finished_at = ?2, status = ?3, summary = ?4 WHERE id = ?1")
-            .bind(id)
-            .bind(now())
-            .bind(status)
-            .bind(summary)
-            .execute(&self.pool)
-            .await?;
+        let started: Option<String> = sqlx::query_scalar(
+            "UPDATE crawls SET finished_at = ?2, status = ?3, summary = ?4 WHERE id = ?1 \
+             RETURNING started_at",
+        )
+        .bind(id)
+        .bind(now())
+        .bind(status)
+        .bind(summary)
+        .fetch_optional(&self.pool)
+        .await?;
+        let took = started
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .and_then(|s| (Utc::now() - s.with_timezone(&Utc)).to_std().ok());
+        if let Some(took) = took {
+            self.tell(CatalogEvent::CrawlFinished {
+                status: status.to_string(),
+                took,
+            });
+        }
         Ok(())
     }
 
@@ -1061,10 +1154,14 @@ impl Catalog {
     /// Records a statement in the query history, and forgets those submitted before
     /// `forget_before` (RFC 3339).
     pub async fn record_query(&self, q: &QueryRecord, forget_before: Option<&str>) -> Result<()> {
+        let s = &q.stats;
         sqlx::query(
             "INSERT OR REPLACE INTO query_history (query_id, user_name, database_name, sql_text, \
-             state, submitted_at, queued_ms, execution_ms, rows_returned, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             state, submitted_at, queued_ms, execution_ms, rows_returned, error, front_door, \
+             planning_ms, bytes_returned, bytes_scanned, files_scanned, partitions_scanned, \
+             partitions_pruned, materialized_view, result_cache_hit, peak_memory_bytes, \
+             spilled_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&q.query_id)
         .bind(&q.user)
@@ -1076,6 +1173,17 @@ impl Catalog {
         .bind(q.execution_ms)
         .bind(q.rows)
         .bind(&q.error)
+        .bind(&s.front_door)
+        .bind(s.planning_ms)
+        .bind(s.bytes_returned)
+        .bind(s.bytes_scanned)
+        .bind(s.files_scanned)
+        .bind(s.partitions_scanned)
+        .bind(s.partitions_pruned)
+        .bind(&s.materialized_view)
+        .bind(s.result_cache_hit)
+        .bind(s.peak_memory_bytes)
+        .bind(s.spilled_bytes)
         .execute(&self.pool)
         .await?;
         if let Some(before) = forget_before {
@@ -1091,7 +1199,10 @@ impl Catalog {
     pub async fn query_history(&self, user: Option<&str>, limit: i64) -> Result<Vec<QueryRecord>> {
         let rows = sqlx::query(
             "SELECT query_id, user_name, database_name, sql_text, state, submitted_at, \
-             queued_ms, execution_ms, rows_returned, error FROM query_history \
+             queued_ms, execution_ms, rows_returned, error, front_door, planning_ms, \
+             bytes_returned, bytes_scanned, files_scanned, partitions_scanned, \
+             partitions_pruned, materialized_view, result_cache_hit, peak_memory_bytes, \
+             spilled_bytes FROM query_history \
              WHERE (?1 IS NULL OR user_name = ?1) ORDER BY submitted_at DESC, query_id LIMIT ?2",
         )
         .bind(user)
@@ -1111,6 +1222,19 @@ impl Catalog {
                     execution_ms: r.try_get(7)?,
                     rows: r.try_get(8)?,
                     error: r.try_get(9)?,
+                    stats: QueryStats {
+                        front_door: r.try_get(10)?,
+                        planning_ms: r.try_get(11)?,
+                        bytes_returned: r.try_get(12)?,
+                        bytes_scanned: r.try_get(13)?,
+                        files_scanned: r.try_get(14)?,
+                        partitions_scanned: r.try_get(15)?,
+                        partitions_pruned: r.try_get(16)?,
+                        materialized_view: r.try_get(17)?,
+                        result_cache_hit: r.try_get(18)?,
+                        peak_memory_bytes: r.try_get(19)?,
+                        spilled_bytes: r.try_get(20)?,
+                    },
                 })
             })
             .collect()

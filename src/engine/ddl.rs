@@ -1562,7 +1562,7 @@ impl Engine {
 }
 
 /// A partition as `SHOW PARTITIONS` names it: `k=v/…`, `NULL` for a null value.
-fn partition_label(names: &[&str], values: &[Option<String>]) -> String {
+pub(crate) fn partition_label(names: &[&str], values: &[Option<String>]) -> String {
     names
         .iter()
         .zip(values)

@@ -1,17 +1,22 @@
 //! The query history: every statement a front door runs through the engine is recorded in
-//! the catalog as it ends (who, which database, the SQL, how it ended, how long it waited
-//! and ran, rows returned, the error), kept for a retention period, and readable as
-//! `system.queries`, where readers see their own statements and admins everyone's.
+//! the catalog as it ends (who, which database, the SQL, how it ended, how long it waited,
+//! planned and ran, rows and bytes returned, what it scanned and pruned, the view or cache
+//! that answered, its peak memory and spill, the error), kept for a retention period, and
+//! readable as `system.queries` with the statements still queued or running, where readers
+//! see their own statements and admins everyone's.
 //!
 //! Records are written in the background so a query's end never waits for the catalog;
 //! a read of `system.queries` first waits (briefly) for the writes in flight, so a client
 //! sees its previous statement.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -22,18 +27,88 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::Notify;
 
-use crate::catalog::{Catalog, QueryRecord};
+use crate::catalog::{Catalog, QueryRecord, QueryStats};
 use crate::engine::metrics::Outcome;
 
 /// Who runs a statement and what it is: set by the front door on the engine it plans with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct QueryLabel {
+    /// The statement's id in the history and on its log lines.
+    pub id: String,
     /// The authenticated user (`anonymous` without authentication, `cli` for commands).
     pub user: String,
     /// Whether the user may see everyone's statements in `system.queries`.
     pub admin: bool,
     /// The statement's text, as the client sent it.
     pub sql: String,
+    /// The front door it came through: `flight`, `cli`, `admin`, `http`.
+    pub front_door: &'static str,
+    /// A time limit the client's session asked for; it can only lower the server's.
+    pub timeout: Option<Duration>,
+    /// When the front door received the statement (planning time runs from here).
+    pub received: std::time::Instant,
+    /// How many times it has run (a statement with several parameter rows runs once for
+    /// each; each run is recorded under an id of its own).
+    runs: Arc<AtomicUsize>,
+}
+
+impl QueryLabel {
+    /// The label of `sql` run by `user` through `front_door`, received now.
+    pub fn new(user: &str, admin: bool, sql: &str, front_door: &'static str) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            user: user.to_string(),
+            admin,
+            sql: sql.to_string(),
+            front_door,
+            timeout: None,
+            received: std::time::Instant::now(),
+            runs: Arc::default(),
+        }
+    }
+
+    /// The label with the time limit the client's session asked for.
+    pub fn with_timeout(self, timeout: Option<Duration>) -> Self {
+        Self { timeout, ..self }
+    }
+
+    /// The history id of the statement's next run: its own id first, then `<id>.<n>`.
+    pub(crate) fn next_id(&self) -> String {
+        match self.runs.fetch_add(1, Ordering::Relaxed) {
+            0 => self.id.clone(),
+            n => format!("{}.{n}", self.id),
+        }
+    }
+
+    /// The span a statement's work runs in: every log line it writes names it.
+    pub(crate) fn span(&self) -> tracing::Span {
+        tracing::info_span!("query", query_id = %self.id, user = %self.user)
+    }
+}
+
+/// How a statement ended and what it cost.
+pub(crate) struct Ended {
+    pub id: String,
+    pub database: String,
+    pub outcome: Outcome,
+    pub submitted: DateTime<Utc>,
+    pub queued: Duration,
+    pub planning: Duration,
+    pub ran: Duration,
+    pub rows: u64,
+    pub error: Option<String>,
+    pub stats: QueryStats,
+}
+
+/// A statement that has not ended: waiting for a place or running.
+#[derive(Debug, Clone)]
+struct Active {
+    label: Arc<QueryLabel>,
+    database: String,
+    submitted: DateTime<Utc>,
+    since: std::time::Instant,
+    /// When it got its place (`None`: still queued).
+    admitted: Option<std::time::Instant>,
 }
 
 /// Where records go.
@@ -44,6 +119,7 @@ pub(crate) struct History {
     retention: Option<chrono::TimeDelta>,
     writing: AtomicUsize,
     written: Notify,
+    active: Mutex<HashMap<String, Active>>,
 }
 
 /// How long a read of `system.queries` waits for records still being written.
@@ -59,36 +135,65 @@ impl History {
             retention,
             writing: AtomicUsize::new(0),
             written: Notify::new(),
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A statement `id` starts waiting for its place (shown as `queued` until it gets one).
+    pub(crate) fn begin(
+        &self,
+        id: &str,
+        label: &Arc<QueryLabel>,
+        database: &str,
+        submitted: DateTime<Utc>,
+    ) {
+        if let Ok(mut active) = self.active.lock() {
+            active.insert(
+                id.to_string(),
+                Active {
+                    label: Arc::clone(label),
+                    database: database.to_string(),
+                    submitted,
+                    since: std::time::Instant::now(),
+                    admitted: None,
+                },
+            );
+        }
+    }
+
+    /// Statement `id` got its place and runs.
+    pub(crate) fn admitted(&self, id: &str) {
+        if let Ok(mut active) = self.active.lock()
+            && let Some(a) = active.get_mut(id)
+        {
+            a.admitted = Some(std::time::Instant::now());
         }
     }
 
     /// Records how a labelled statement ended (in the background).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record(
-        self: &Arc<Self>,
-        label: &QueryLabel,
-        database: &str,
-        outcome: Outcome,
-        submitted: DateTime<Utc>,
-        queued: Duration,
-        ran: Duration,
-        rows: u64,
-        error: Option<String>,
-    ) {
+    pub(crate) fn record(self: &Arc<Self>, label: &QueryLabel, ended: Ended) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&ended.id);
+        }
         let Some(retention) = self.retention else {
             return;
         };
         let record = QueryRecord {
-            query_id: uuid::Uuid::new_v4().to_string(),
+            query_id: ended.id,
             user: label.user.clone(),
-            database: database.to_string(),
+            database: ended.database,
             sql: label.sql.clone(),
-            state: outcome.label().to_string(),
-            submitted_at: submitted.to_rfc3339_opts(SecondsFormat::Millis, true),
-            queued_ms: millis(queued),
-            execution_ms: millis(ran),
-            rows: i64::try_from(rows).unwrap_or(i64::MAX),
-            error,
+            state: ended.outcome.label().to_string(),
+            submitted_at: ended.submitted.to_rfc3339_opts(SecondsFormat::Millis, true),
+            queued_ms: millis(ended.queued),
+            execution_ms: millis(ended.ran),
+            rows: i64::try_from(ended.rows).unwrap_or(i64::MAX),
+            error: ended.error,
+            stats: QueryStats {
+                front_door: label.front_door.to_string(),
+                planning_ms: millis(ended.planning),
+                ..ended.stats
+            },
         };
         let forget_before = (Utc::now() - retention).to_rfc3339_opts(SecondsFormat::Millis, true);
         self.writing.fetch_add(1, Ordering::SeqCst);
@@ -107,6 +212,42 @@ impl History {
             }
             history.done_writing();
         });
+    }
+
+    /// The statements that have not ended, as records (`queued` or `running`, times so
+    /// far), `user`'s only when given.
+    fn active(&self, user: Option<&str>) -> Vec<QueryRecord> {
+        let Ok(active) = self.active.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<QueryRecord> = active
+            .iter()
+            .filter(|(_, a)| user.is_none_or(|u| a.label.user == u))
+            .map(|(id, a)| {
+                let (state, queued, ran) = match a.admitted {
+                    None => ("queued", a.since.elapsed(), Duration::ZERO),
+                    Some(at) => ("running", at.duration_since(a.since), at.elapsed()),
+                };
+                QueryRecord {
+                    query_id: id.clone(),
+                    user: a.label.user.clone(),
+                    database: a.database.clone(),
+                    sql: a.label.sql.clone(),
+                    state: state.to_string(),
+                    submitted_at: a.submitted.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    queued_ms: millis(queued),
+                    execution_ms: millis(ran),
+                    rows: 0,
+                    error: None,
+                    stats: QueryStats {
+                        front_door: a.label.front_door.to_string(),
+                        ..QueryStats::default()
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at));
+        out
     }
 
     fn done_writing(&self) {
@@ -157,6 +298,17 @@ fn queries_schema() -> SchemaRef {
         Field::new("execution_ms", DataType::Int64, false),
         Field::new("rows_returned", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
+        Field::new("front_door", DataType::Utf8, false),
+        Field::new("planning_ms", DataType::Int64, false),
+        Field::new("bytes_returned", DataType::Int64, false),
+        Field::new("bytes_scanned", DataType::Int64, false),
+        Field::new("files_scanned", DataType::Int64, false),
+        Field::new("partitions_scanned", DataType::Int64, false),
+        Field::new("partitions_pruned", DataType::Int64, false),
+        Field::new("materialized_view", DataType::Utf8, true),
+        Field::new("result_cache_hit", DataType::Boolean, false),
+        Field::new("peak_memory_bytes", DataType::Int64, false),
+        Field::new("spilled_bytes", DataType::Int64, false),
     ]))
 }
 
@@ -184,12 +336,14 @@ impl TableProvider for QueriesTable {
             .filter(|v| !v.admin)
             .map(|v| v.user.as_str());
         self.history.settled().await;
-        let records = self
-            .history
-            .catalog
-            .query_history(only, SHOWN)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut records = self.history.active(only);
+        records.extend(
+            self.history
+                .catalog
+                .query_history(only, SHOWN)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        );
         let batch = to_batch(&records)?;
         let table = MemTable::try_new(queries_schema(), vec![vec![batch]])?;
         table.scan(state, projection, filters, limit).await
@@ -224,6 +378,27 @@ fn to_batch(records: &[QueryRecord]) -> datafusion::error::Result<RecordBatch> {
         Arc::new(StringArray::from(
             records.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
         )),
+        text(|r| &r.stats.front_door),
+        int(|r| r.stats.planning_ms),
+        int(|r| r.stats.bytes_returned),
+        int(|r| r.stats.bytes_scanned),
+        int(|r| r.stats.files_scanned),
+        int(|r| r.stats.partitions_scanned),
+        int(|r| r.stats.partitions_pruned),
+        Arc::new(StringArray::from(
+            records
+                .iter()
+                .map(|r| r.stats.materialized_view.clone())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(BooleanArray::from(
+            records
+                .iter()
+                .map(|r| r.stats.result_cache_hit)
+                .collect::<Vec<_>>(),
+        )),
+        int(|r| r.stats.peak_memory_bytes),
+        int(|r| r.stats.spilled_bytes),
     ];
     Ok(RecordBatch::try_new(queries_schema(), columns)?)
 }

@@ -24,8 +24,9 @@ use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::history::{History, QueryLabel};
+use crate::engine::history::{Ended, History, QueryLabel};
 use crate::engine::metrics::{Metrics, Outcome};
+use crate::engine::probe::QueryProbe;
 use crate::error::{Error, Result};
 
 /// How many queries run at once, how many wait, and for how long each may run.
@@ -170,21 +171,37 @@ impl Admission {
         }
     }
 
+    /// The time limit of a query whose session asked for `session` (which may only lower
+    /// the server's), with the setting that set it.
+    pub(crate) fn timeout(&self, session: Option<Duration>) -> Option<(Duration, &'static str)> {
+        let server = self
+            .limits
+            .query_timeout
+            .map(|t| (t, "the server's --query-timeout"));
+        match (server, session) {
+            (Some((t, _)), Some(s)) if s < t => Some((s, "the session's query_timeout")),
+            (None, Some(s)) => Some((s, "the session's query_timeout")),
+            (server, _) => server,
+        }
+    }
+
     /// `stream` holding `place` until it ends or is dropped, stopped with an error when
-    /// it runs past the query timeout, and with memory errors that name the server's
-    /// limit.
+    /// it runs past its time limit, and with memory errors that name the server's limit.
     pub(crate) fn govern(
         &self,
         stream: SendableRecordBatchStream,
         place: Place,
-        started: std::time::Instant,
-        recorder: Option<Recorder>,
+        watch: Watch,
     ) -> SendableRecordBatchStream {
         self.metrics.started();
-        let deadline = self
-            .limits
-            .query_timeout
-            .map(|t| (t, Box::pin(tokio::time::sleep(t))));
+        let Watch {
+            started,
+            timeout,
+            recorder,
+            probe,
+            span,
+        } = watch;
+        let deadline = timeout.map(|(t, source)| (t, source, Box::pin(tokio::time::sleep(t))));
         Box::pin(Governed {
             schema: stream.schema(),
             inner: Some(stream),
@@ -194,19 +211,38 @@ impl Admission {
             metrics: Arc::clone(&self.metrics),
             started,
             rows: 0,
+            bytes: 0,
             ended: false,
             recorder,
+            probe,
+            span,
         })
     }
+}
+
+/// How a running query is watched: since when, until when (with the setting that set the
+/// limit), who records it, what it measures, and the span its work logs in.
+pub(crate) struct Watch {
+    pub started: std::time::Instant,
+    pub timeout: Option<(Duration, &'static str)>,
+    pub recorder: Option<Recorder>,
+    pub probe: Arc<QueryProbe>,
+    pub span: tracing::Span,
 }
 
 /// What the query history needs to record a statement as it ends.
 pub(crate) struct Recorder {
     pub history: Arc<History>,
     pub label: Arc<QueryLabel>,
+    pub id: String,
     pub database: String,
     pub submitted: chrono::DateTime<chrono::Utc>,
+    /// From the front door's receipt to the engine's `execute` (parsing, logical planning).
+    pub before: Duration,
     pub queued: Duration,
+    /// Physical planning (after the wait for a place).
+    pub planned: Duration,
+    pub probe: Arc<QueryProbe>,
 }
 
 impl Recorder {
@@ -215,17 +251,25 @@ impl Recorder {
         outcome: Outcome,
         took: Duration,
         rows: u64,
+        bytes: u64,
         error: Option<&Error>,
     ) {
+        let mut stats = self.probe.stats();
+        stats.bytes_returned = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.history.record(
             &self.label,
-            &self.database,
-            outcome,
-            self.submitted,
-            self.queued,
-            took.saturating_sub(self.queued),
-            rows,
-            error.map(ToString::to_string),
+            Ended {
+                id: self.id.clone(),
+                database: self.database.clone(),
+                outcome,
+                submitted: self.submitted,
+                queued: self.queued,
+                planning: self.before + self.planned,
+                ran: took.saturating_sub(self.queued + self.planned),
+                rows,
+                error: error.map(ToString::to_string),
+                stats,
+            },
         );
     }
 }
@@ -243,13 +287,18 @@ struct Governed {
     schema: SchemaRef,
     inner: Option<SendableRecordBatchStream>,
     place: Option<Place>,
-    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    deadline: Option<(Duration, &'static str, Pin<Box<tokio::time::Sleep>>)>,
     memory_limit: Option<usize>,
     metrics: Arc<Metrics>,
     started: std::time::Instant,
     rows: u64,
+    bytes: u64,
     ended: bool,
     recorder: Option<Recorder>,
+    /// What the query measured (its scans, for the metrics).
+    probe: Arc<QueryProbe>,
+    /// The statement's span, entered while it is polled.
+    span: tracing::Span,
 }
 
 impl Governed {
@@ -261,9 +310,19 @@ impl Governed {
         if !self.ended {
             self.ended = true;
             let took = self.started.elapsed();
+            let _entered = self.span.enter();
+            tracing::info!(
+                outcome = outcome.label(),
+                ms = took.as_millis() as u64,
+                rows = self.rows,
+                "query ended"
+            );
             self.metrics.ended(outcome, took, self.rows);
+            let stats = self.probe.stats();
+            self.metrics
+                .scanned(stats.files_scanned, stats.bytes_scanned);
             if let Some(recorder) = &self.recorder {
-                recorder.record(outcome, took, self.rows, error);
+                recorder.record(outcome, took, self.rows, self.bytes, error);
             }
         }
     }
@@ -281,16 +340,18 @@ impl Stream for Governed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let span = this.span.clone();
+        let _entered = span.enter();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some((limit, sleep)) = this.deadline.as_mut()
+        if let Some((limit, source, sleep)) = this.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
         {
             let message = format!(
-                "the query ran longer than the server's limit of {} (--query-timeout) and was \
-                 cancelled; make it read less (filters on partition columns, fewer columns) or \
-                 ask for a higher limit",
+                "the query ran longer than its limit of {} ({source}) and was cancelled; \
+                 make it read less (filters on partition columns, fewer columns) or ask for a \
+                 higher limit",
                 humantime(*limit)
             );
             let error = Error::Timeout(message);
@@ -316,6 +377,7 @@ impl Stream for Governed {
             }
             Poll::Ready(Some(Ok(batch))) => {
                 this.rows += batch.num_rows() as u64;
+                this.bytes += batch.get_array_memory_size() as u64;
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Pending => Poll::Pending,

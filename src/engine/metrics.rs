@@ -1,6 +1,8 @@
-//! The engine's Prometheus metrics: queries by outcome, their latency, rows returned, the
-//! admission queue, the memory pool and the result cache. Counters are updated as queries
-//! end; gauges of state (queue, pool, cache) are read when the metrics are rendered.
+//! The engine's Prometheus metrics: queries by outcome, their latency, rows returned, bytes
+//! and files scanned, the admission queue, the memory pool and spill, the result cache,
+//! crawls and materialized view refreshes (counts and durations) and catalog commit
+//! latency. Counters are updated as things end; gauges of state (queue, pool, cache) are
+//! read when the metrics are rendered.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -73,6 +75,18 @@ pub(crate) struct Metrics {
     cache_hits: Counter<u64, AtomicU64>,
     cache_misses: Counter<u64, AtomicU64>,
     cache_bytes: Gauge,
+    bytes_scanned: Counter,
+    files_scanned: Counter,
+    crawls: Family<StatusLabel, Counter>,
+    crawl_duration: Histogram,
+    refreshes: Family<StatusLabel, Counter>,
+    refresh_duration: Histogram,
+    commit_duration: Histogram,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
 }
 
 impl Default for Metrics {
@@ -138,7 +152,54 @@ impl Default for Metrics {
             "Bytes of results held by the result cache",
             cache_bytes.clone(),
         );
+        let bytes_scanned = Counter::default();
+        registry.register(
+            "bytes_scanned",
+            "Bytes queries read from the lake (Parquet: the ranges read; text: whole files)",
+            bytes_scanned.clone(),
+        );
+        let files_scanned = Counter::default();
+        registry.register(
+            "files_scanned",
+            "Files queries' scans were planned over",
+            files_scanned.clone(),
+        );
+        let crawls = Family::<StatusLabel, Counter>::default();
+        registry.register("crawls", "Crawls that ended, by status", crawls.clone());
+        // 10 ms to ~2.8 h.
+        let crawl_duration = Histogram::new(exponential_buckets(0.01, 2.0, 21));
+        registry.register(
+            "crawl_duration_seconds",
+            "Time crawls took, from start to the last commit",
+            crawl_duration.clone(),
+        );
+        let refreshes = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "rollup_refreshes",
+            "Materialized view refreshes that ended, by status (succeeded, failed)",
+            refreshes.clone(),
+        );
+        let refresh_duration = Histogram::new(exponential_buckets(0.01, 2.0, 21));
+        registry.register(
+            "rollup_refresh_duration_seconds",
+            "Time materialized view refreshes took",
+            refresh_duration.clone(),
+        );
+        // 0.1 ms to ~6.5 s.
+        let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        registry.register(
+            "catalog_commit_duration_seconds",
+            "Time a table's changes took to commit to the catalog (one transaction)",
+            commit_duration.clone(),
+        );
         Self {
+            bytes_scanned,
+            files_scanned,
+            crawls,
+            crawl_duration,
+            refreshes,
+            refresh_duration,
+            commit_duration,
             registry,
             queries,
             duration,
@@ -186,6 +247,36 @@ impl Metrics {
             .inc();
         self.duration.observe(took.as_secs_f64());
         self.rows.inc_by(rows);
+    }
+
+    /// What a query's scans read.
+    pub(crate) fn scanned(&self, files: i64, bytes: i64) {
+        self.files_scanned.inc_by(u64::try_from(files).unwrap_or(0));
+        self.bytes_scanned.inc_by(u64::try_from(bytes).unwrap_or(0));
+    }
+
+    /// A materialized view's refresh ended.
+    pub(crate) fn refreshed(&self, succeeded: bool, took: Duration) {
+        let status = if succeeded { "succeeded" } else { "failed" };
+        self.refreshes
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+        self.refresh_duration.observe(took.as_secs_f64());
+    }
+
+    /// Something the catalog did.
+    pub(crate) fn catalog(&self, event: crate::catalog::CatalogEvent) {
+        match event {
+            crate::catalog::CatalogEvent::Committed(took) => {
+                self.commit_duration.observe(took.as_secs_f64());
+            }
+            crate::catalog::CatalogEvent::CrawlFinished { status, took } => {
+                self.crawls.get_or_create(&StatusLabel { status }).inc();
+                self.crawl_duration.observe(took.as_secs_f64());
+            }
+        }
     }
 
     /// The metrics in Prometheus' text format.

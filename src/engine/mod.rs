@@ -28,9 +28,11 @@ mod nullsafe;
 mod onephase;
 mod outerjoin;
 mod parse;
+pub(crate) mod probe;
 mod pushdown;
 mod semijoin;
 mod shared;
+pub mod system;
 pub mod table;
 #[cfg(test)]
 mod testing;
@@ -199,6 +201,10 @@ struct Shared {
     admission: limits::Admission,
     /// Where statements are recorded as they end.
     history: Arc<history::History>,
+    /// The client connections seen lately (`system.sessions`).
+    sessions: system::Sessions,
+    /// Bytes of rollups' rows kept in memory (the engines' `rollup_memory`).
+    rollup_budget: usize,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -324,7 +330,11 @@ impl Engine {
                 catalog.clone(),
                 options.history_retention,
             )),
+            sessions: system::Sessions::default(),
+            rollup_budget: options.rollup_memory,
         });
+        let metrics = Arc::clone(&shared.admission.metrics);
+        catalog.observe(Arc::new(move |event| metrics.catalog(event)));
         // The rollup rewrite runs first, on the plan as the query wrote it (before filters
         // and projections are pushed into scans).
         let mut rules = optimizer_rules();
@@ -387,6 +397,26 @@ impl Engine {
         engine
     }
 
+    /// An engine over `shared` planning with `state` (a system table's reads, inside a
+    /// query's planning).
+    fn over(shared: Arc<Shared>, state: SessionState) -> Engine {
+        let rollup_memory = shared.rollup_budget;
+        Engine {
+            shared,
+            state,
+            allowed_locations: Arc::default(),
+            warehouse: None,
+            rollup_memory,
+            rollup_rewrite: true,
+            label: None,
+        }
+    }
+
+    /// Notes a call from `user` at `address` through `front_door` (`system.sessions`).
+    pub fn client_call(&self, user: &str, address: &str, front_door: &'static str) {
+        self.shared.sessions.call(user, address, front_door);
+    }
+
     /// Waits until the statements recorded so far are in the catalog (a command calls it
     /// before it exits).
     pub async fn flush_history(&self) {
@@ -397,17 +427,62 @@ impl Engine {
     /// planning error).
     pub fn record_failure(&self, error: &Error) {
         if let Some(label) = &self.label {
+            let database = self.default_database();
+            let id = label.next_id();
             self.shared.history.record(
                 label,
-                &self.default_database(),
-                metrics::Outcome::of_error(error),
-                chrono::Utc::now(),
-                std::time::Duration::ZERO,
-                std::time::Duration::ZERO,
-                0,
-                Some(error.to_string()),
+                history::Ended {
+                    id,
+                    database,
+                    outcome: metrics::Outcome::of_error(error),
+                    submitted: chrono::Utc::now(),
+                    queued: std::time::Duration::ZERO,
+                    planning: label.received.elapsed(),
+                    ran: std::time::Duration::ZERO,
+                    rows: 0,
+                    error: Some(error.to_string()),
+                    stats: crate::catalog::QueryStats::default(),
+                },
             );
         }
+    }
+
+    /// Runs `work`, a statement that is not a query (DDL, `INSERT`, `SHOW`, an admin
+    /// call), and records it in the query history under this engine's label.
+    ///
+    /// # Errors
+    /// Those of `work`.
+    pub async fn recorded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        use tracing::Instrument;
+        let Some(label) = &self.label else {
+            return work.await;
+        };
+        let submitted = chrono::Utc::now();
+        let started = std::time::Instant::now();
+        let result = work.instrument(self.span()).await;
+        let (outcome, error) = match &result {
+            Ok(_) => (metrics::Outcome::Finished, None),
+            Err(e) => (metrics::Outcome::of_error(e), Some(e.to_string())),
+        };
+        self.shared.history.record(
+            label,
+            history::Ended {
+                id: label.next_id(),
+                database: self.default_database(),
+                outcome,
+                submitted,
+                queued: std::time::Duration::ZERO,
+                planning: started.saturating_duration_since(label.received),
+                ran: started.elapsed(),
+                rows: 0,
+                error,
+                stats: crate::catalog::QueryStats::default(),
+            },
+        );
+        result
     }
 
     /// This engine without the rollup rewrite: every aggregation reads its base table.
@@ -910,6 +985,25 @@ impl Engine {
         row: Option<&RecordBatch>,
         at_least: Option<i64>,
     ) -> Result<Statement> {
+        use tracing::Instrument;
+        self.prepare_in_span(sql, row, at_least)
+            .instrument(self.span())
+            .await
+    }
+
+    /// The span of this engine's statement (none when it is not labelled).
+    fn span(&self) -> tracing::Span {
+        self.label
+            .as_ref()
+            .map_or_else(tracing::Span::none, |l| l.span())
+    }
+
+    async fn prepare_in_span(
+        &self,
+        sql: &str,
+        row: Option<&RecordBatch>,
+        at_least: Option<i64>,
+    ) -> Result<Statement> {
         if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
@@ -1053,22 +1147,44 @@ impl Engine {
     /// # Errors
     /// [`Error::Execution`] when the plan cannot start.
     pub async fn execute(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
+        use tracing::Instrument;
+        let span = self.span();
+        self.execute_in(df, span.clone()).instrument(span).await
+    }
+
+    async fn execute_in(
+        &self,
+        df: DataFrame,
+        span: tracing::Span,
+    ) -> Result<SendableRecordBatchStream> {
         let admission = &self.shared.admission;
         let started = std::time::Instant::now();
         let submitted = chrono::Utc::now();
-        let recorder = self.label.as_ref().map(|label| limits::Recorder {
-            history: Arc::clone(&self.shared.history),
-            label: Arc::clone(label),
-            database: self.default_database(),
-            submitted,
-            queued: std::time::Duration::ZERO,
+        let reads = limits::reads_tables(df.logical_plan());
+        let probe = Arc::new(probe::QueryProbe::default());
+        let history = &self.shared.history;
+        let mut recorder = self.label.as_ref().map(|label| {
+            let id = label.next_id();
+            let database = self.default_database();
+            history.begin(&id, label, &database, submitted);
+            limits::Recorder {
+                history: Arc::clone(history),
+                label: Arc::clone(label),
+                id,
+                database,
+                submitted,
+                before: started.saturating_duration_since(label.received),
+                queued: std::time::Duration::ZERO,
+                planned: std::time::Duration::ZERO,
+                probe: Arc::clone(&probe),
+            }
         });
-        let place = if limits::reads_tables(df.logical_plan()) {
+        let place = if reads {
             match admission.admit().await {
                 Ok(place) => place,
                 Err(e) => {
                     if let Some(r) = &recorder {
-                        r.record(metrics::Outcome::Refused, started.elapsed(), 0, Some(&e));
+                        r.record(metrics::Outcome::Refused, started.elapsed(), 0, 0, Some(&e));
                     }
                     return Err(e);
                 }
@@ -1076,17 +1192,35 @@ impl Engine {
         } else {
             limits::Place::free()
         };
-        let recorder = recorder.map(|r| limits::Recorder {
-            queued: started.elapsed(),
-            ..r
-        });
-        match self.execute_admitted(df).await {
-            Ok(stream) => Ok(admission.govern(stream, place, started, recorder)),
+        let admitted = started.elapsed();
+        if let Some(r) = recorder.as_mut() {
+            r.queued = admitted;
+            history.admitted(&r.id);
+        }
+        let run = self.execute_admitted(df, Some(&probe)).await;
+        if let Some(r) = recorder.as_mut() {
+            r.planned = started.elapsed().saturating_sub(admitted);
+        }
+        match run {
+            Ok(stream) => {
+                let timeout = admission.timeout(self.label.as_ref().and_then(|l| l.timeout));
+                Ok(admission.govern(
+                    stream,
+                    place,
+                    limits::Watch {
+                        started,
+                        timeout,
+                        recorder,
+                        probe,
+                        span,
+                    },
+                ))
+            }
             Err(e) => {
                 let outcome = metrics::Outcome::of_error(&e);
                 admission.metrics.record(outcome, started.elapsed(), 0);
                 if let Some(r) = &recorder {
-                    r.record(outcome, started.elapsed(), 0, Some(&e));
+                    r.record(outcome, started.elapsed(), 0, 0, Some(&e));
                 }
                 Err(e)
             }
@@ -1109,20 +1243,59 @@ impl Engine {
         })
     }
 
+    /// The engine's metrics.
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.shared.admission.metrics
+    }
+
     /// Queries waiting for a place among the running ones.
     pub fn queries_waiting(&self) -> usize {
         self.shared.admission.waiting()
     }
 
-    async fn execute_admitted(&self, df: DataFrame) -> Result<SendableRecordBatchStream> {
+    /// Plans and starts `df` (or serves it from the result cache); a query that reads
+    /// tables is measured by `probe` (its scans, its view, its memory through a pool of
+    /// its own in front of the server's).
+    async fn execute_admitted(
+        &self,
+        df: DataFrame,
+        probe: Option<&Arc<probe::QueryProbe>>,
+    ) -> Result<SendableRecordBatchStream> {
         let results = &self.shared.results;
-        if !results.enabled() {
-            return df.execute_stream().await.map_err(Error::from);
-        }
-        let Some(inputs) = cache::plan_inputs(df.logical_plan()) else {
-            results.skipped();
-            return df.execute_stream().await.map_err(Error::from);
+        let key = if results.enabled() {
+            match cache::plan_inputs(df.logical_plan()) {
+                Some(inputs) => Some(self.cache_key(&df, &inputs)),
+                None => {
+                    results.skipped();
+                    None
+                }
+            }
+        } else {
+            None
         };
+        let (mut state, plan) = df.into_parts();
+        if let Some(probe) = probe {
+            state.config_mut().set_extension(Arc::clone(probe));
+        }
+        let start = || async move {
+            let physical = state.create_physical_plan(&plan).await?;
+            let mut task = datafusion::execution::TaskContext::from(&state);
+            if let Some(probe) = probe {
+                probe.ran(&physical);
+                task = task.with_runtime(probe.runtime(state.runtime_env())?);
+            }
+            datafusion::physical_plan::execute_stream(physical, Arc::new(task))
+        };
+        match key {
+            Some(key) => results.serve(key, start).await,
+            None => start().await,
+        }
+        .map_err(Error::from)
+    }
+
+    /// The result cache's key of `df`: its plan, the versions of the tables it reads and
+    /// of the materialized views over them, and whether the rollup rewrite is on.
+    fn cache_key(&self, df: &DataFrame, inputs: &[cache::Input]) -> String {
         let views: Vec<(i64, i64)> = self
             .rollup_states()
             .iter()
@@ -1134,15 +1307,11 @@ impl Engine {
             .filter_map(|s| s.storage.as_ref())
             .map(|t| (t.entry().id, t.entry().version))
             .collect();
-        let key = format!(
+        format!(
             "{}\n{inputs:?}\n{views:?}\nrewrite={}",
             df.logical_plan().display_indent(),
             self.rollup_rewrite
-        );
-        results
-            .serve(key, || df.execute_stream())
-            .await
-            .map_err(Error::from)
+        )
     }
 
     /// The result cache's size and counters.
@@ -1341,8 +1510,8 @@ impl CatalogProvider for TarnCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if name == SYSTEM_DATABASE {
-            return Some(Arc::new(SystemDatabase {
-                history: Arc::clone(&self.shared.history),
+            return Some(Arc::new(system::SystemDatabase {
+                shared: Arc::clone(&self.shared),
             }));
         }
         self.shared
@@ -1358,32 +1527,7 @@ impl CatalogProvider for TarnCatalog {
     }
 }
 
-/// The database of Tarn's own tables: `system.queries`.
-pub const SYSTEM_DATABASE: &str = "system";
-
-#[derive(Debug)]
-struct SystemDatabase {
-    history: Arc<history::History>,
-}
-
-#[async_trait]
-impl SchemaProvider for SystemDatabase {
-    fn table_names(&self) -> Vec<String> {
-        vec!["queries".to_string()]
-    }
-
-    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok((name == "queries").then(|| {
-            Arc::new(history::QueriesTable {
-                history: Arc::clone(&self.history),
-            }) as Arc<dyn TableProvider>
-        }))
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        name == "queries"
-    }
-}
+pub use system::SYSTEM_DATABASE;
 
 #[derive(Debug)]
 struct TarnDatabase {

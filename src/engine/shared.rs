@@ -355,6 +355,7 @@ impl QueryPlanner for TarnQueryPlanner {
         // optimised away) is unwrapped and the plan optimised again, so it gets back the
         // column pruning and pushdowns the wrapper stopped.
         undecorrelated_subquery(logical_plan)?;
+        note_views(logical_plan, session_state);
         let (plan, stripped) = strip_lone_copies(logical_plan)?;
         let plan = match session_state.as_any().downcast_ref::<SessionState>() {
             Some(state) if stripped => state.optimizer().optimize(plan, state, |_, _| {})?,
@@ -378,6 +379,29 @@ impl QueryPlanner for TarnQueryPlanner {
         )]);
         planner.create_physical_plan(&plan, session_state).await
     }
+}
+
+/// Notes in the query's probe (if it has one) the materialized views whose storage the
+/// optimised plan reads: the rollup rewrite chose them.
+fn note_views(plan: &LogicalPlan, session_state: &dyn Session) {
+    let Some(probe) = session_state
+        .config()
+        .get_extension::<super::probe::QueryProbe>()
+    else {
+        return;
+    };
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(view) = crate::rollup::view_of_storage(scan.table_name.table())
+        {
+            let name = match scan.table_name.schema() {
+                Some(db) => format!("{db}.{view}"),
+                None => view.to_string(),
+            };
+            probe.answered_by(name);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
 }
 
 /// A plan error naming the subquery DataFusion could not turn into a join, and how to

@@ -584,6 +584,13 @@ impl TableProvider for CatalogTable {
             .filter(|f| !names.is_empty() && expr_applicable_for_cols(&names, f))
             .collect();
         let kept = self.prune_partitions(state, &partition_filters)?;
+        if !names.is_empty()
+            && let Some(probe) = state
+                .config()
+                .get_extension::<crate::engine::probe::QueryProbe>()
+        {
+            probe.partitions(kept.len(), self.partitions.len());
+        }
         let mut files: Vec<PartitionedFile> = kept
             .iter()
             .flat_map(|p| self.partitions[*p].files.iter())

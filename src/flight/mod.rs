@@ -140,8 +140,12 @@ impl TarnFlightSql {
                 ))
             }
             Statement::Command(command) if command.is_update() => {
-                caller.require_admin(&statement_kind(&handle.sql))?;
-                let batch = engine.run_statement(&command, &rows).await?;
+                let batch = engine
+                    .recorded(async {
+                        caller.require_admin(&statement_kind(&handle.sql))?;
+                        engine.run_statement(&command, &rows).await
+                    })
+                    .await?;
                 Ok((
                     wire_schema(&batch.schema()),
                     self.seal(encode_result(&[batch])?),
@@ -162,14 +166,24 @@ impl TarnFlightSql {
         caller: &Caller,
         rows: &[RecordBatch],
     ) -> Result<i64> {
-        let engine = self.engine_for(database).await?;
-        match engine
-            .prepare(&rewrite_question_marks(sql), rows.first())
+        let engine = self
+            .engine_for(database)
             .await?
-        {
+            .labelled(label(caller, sql));
+        let prepared = engine
+            .prepare(&rewrite_question_marks(sql), rows.first())
+            .await;
+        if let Err(e) = &prepared {
+            engine.record_failure(e);
+        }
+        match prepared? {
             Statement::Command(command) if command.is_update() => {
-                caller.require_admin(&statement_kind(sql))?;
-                let result = engine.run_statement(&command, rows).await?;
+                let result = engine
+                    .recorded(async {
+                        caller.require_admin(&statement_kind(sql))?;
+                        engine.run_statement(&command, rows).await
+                    })
+                    .await?;
                 // An INSERT reports the rows it wrote; DDL reports 0, as JDBC expects.
                 Ok(match command {
                     crate::engine::ddl::Command::Insert { .. } => result
@@ -189,7 +203,12 @@ impl TarnFlightSql {
 
     /// Streams what a ticket holds: a computed result, or the statement run once per bound
     /// parameter row (once when none are bound), in the wire schema.
-    async fn execute(&self, ticket: TicketContent, caller: &Caller) -> Result<FlightDataStream> {
+    async fn execute(
+        &self,
+        ticket: TicketContent,
+        caller: &Caller,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<FlightDataStream> {
         let handle = match ticket {
             TicketContent::Result(batches) => {
                 let schema = batches
@@ -208,7 +227,7 @@ impl TarnFlightSql {
         let engine = self
             .engine_for(handle.database.as_deref())
             .await?
-            .labelled(label(caller, &handle.sql));
+            .labelled(label(caller, &handle.sql).with_timeout(timeout));
         let mut streams = Vec::new();
         let mut schema: Option<SchemaRef> = None;
         let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
@@ -227,10 +246,14 @@ impl TarnFlightSql {
                     (this, engine.execute(*df).await?)
                 }
                 Statement::Command(command) => {
-                    if command.is_update() {
-                        caller.require_admin(&statement_kind(&handle.sql))?;
-                    }
-                    let batch = engine.run_command(&command).await?;
+                    let batch = engine
+                        .recorded(async {
+                            if command.is_update() {
+                                caller.require_admin(&statement_kind(&handle.sql))?;
+                            }
+                            engine.run_command(&command).await
+                        })
+                        .await?;
                     let this = wire_schema(&batch.schema());
                     let stream: datafusion::execution::SendableRecordBatchStream =
                         Box::pin(RecordBatchStreamAdapter::new(
@@ -530,7 +553,7 @@ impl FlightSqlService for TarnFlightSql {
             .open_ticket(&ticket.statement_handle)
             .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content, &caller(&request))
+            self.execute(content, &caller(&request), session_timeout(&request))
                 .await
                 .map_err(flight_status)?,
         ))
@@ -545,7 +568,7 @@ impl FlightSqlService for TarnFlightSql {
             .open_ticket(&query.prepared_statement_handle)
             .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content, &caller(&request))
+            self.execute(content, &caller(&request), session_timeout(&request))
                 .await
                 .map_err(flight_status)?,
         ))
@@ -1031,9 +1054,18 @@ fn foreign_keys_schema() -> SchemaRef {
 
 /// What the query history records of a statement's caller and text.
 fn label(caller: &Caller, sql: &str) -> crate::engine::history::QueryLabel {
-    crate::engine::history::QueryLabel {
-        user: caller.name.clone(),
-        admin: matches!(caller.role, crate::auth::Role::Admin),
-        sql: sql.to_string(),
-    }
+    crate::engine::history::QueryLabel::new(
+        &caller.name,
+        matches!(caller.role, crate::auth::Role::Admin),
+        sql,
+        "flight",
+    )
+}
+
+/// The time limit the request's session set (`query_timeout`), if any.
+fn session_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    request
+        .extensions()
+        .get::<session::Options>()
+        .and_then(session::timeout)
 }

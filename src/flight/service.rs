@@ -151,6 +151,12 @@ impl TarnFlightService {
             .authenticate(authorization(&request).as_deref())
             .map_err(flight_status)?;
         let options = session::from_request(&request, self.sql.auth.signer());
+        let address = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        self.sql
+            .engine
+            .client_call(&caller.name, &address, "flight");
         request.extensions_mut().insert(caller);
         request.extensions_mut().insert(options);
         Ok(request)

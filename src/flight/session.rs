@@ -120,6 +120,31 @@ pub fn set_cookie(options: Option<&Options>, signer: &Signer) -> String {
     }
 }
 
+/// The option that sets a time limit for the session's queries: a duration (`30s`, `5m`)
+/// or a number of seconds.
+pub const QUERY_TIMEOUT: &str = "query_timeout";
+
+/// A `query_timeout` value as the text kept in the session, if it is a positive duration.
+fn timeout_text(value: OptionValue) -> Option<String> {
+    let text = match value {
+        OptionValue::StringValue(s) => s.trim().to_string(),
+        OptionValue::Int64Value(n) => format!("{n}s"),
+        OptionValue::DoubleValue(x) if x.is_finite() && x > 0.0 => {
+            format!("{}ms", (x * 1000.0).round() as u64)
+        }
+        _ => return None,
+    };
+    let parsed = crate::engine::limits::parse_duration(&text).ok()?;
+    (!parsed.is_zero()).then_some(text)
+}
+
+/// The time limit the session's options set, if any.
+pub fn timeout(options: &Options) -> Option<std::time::Duration> {
+    options
+        .get(QUERY_TIMEOUT)
+        .and_then(|t| crate::engine::limits::parse_duration(t).ok())
+}
+
 /// Applies a `SetSessionOptions` request to `options`; returns the per-option errors.
 /// `database_exists` checks a `schema` value.
 pub fn apply(
@@ -155,6 +180,16 @@ pub fn apply(
                 }
             }
             ("catalog" | "schema", Some(_)) => fail(&name, INVALID_VALUE),
+            // A time limit for the session's queries (it only ever lowers the server's).
+            (QUERY_TIMEOUT, None) => {
+                options.remove(&key);
+            }
+            (QUERY_TIMEOUT, Some(value)) => match timeout_text(value) {
+                Some(text) => {
+                    options.insert(key, text);
+                }
+                None => fail(&name, INVALID_VALUE),
+            },
             _ => fail(&name, INVALID_NAME),
         }
     }

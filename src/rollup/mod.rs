@@ -47,6 +47,11 @@ pub fn storage_table(name: &str) -> String {
     crate::catalog::rollup_storage_table(name)
 }
 
+/// The materialized view whose storage table is `name`, if it is one.
+pub fn view_of_storage(name: &str) -> Option<&str> {
+    name.strip_prefix(STORAGE_PREFIX)
+}
+
 /// Whether a table name is a rollup's storage (hidden from listings).
 pub fn is_storage_table(name: &str) -> bool {
     crate::catalog::TableKind::of(name) == crate::catalog::TableKind::RollupStorage
@@ -513,6 +518,7 @@ impl Engine {
         full: bool,
     ) -> Result<RefreshReport> {
         let started = Utc::now();
+        let clock = std::time::Instant::now();
         // Another refresh of the same view (a server's beside a CLI's, or one abandoned
         // mid-commit) may replace a partition this one read: its commit then fails and
         // changes nothing, and the refresh starts again from what is there now.
@@ -541,6 +547,7 @@ impl Engine {
             }
             let _ = self.refresh().await;
         }
+        self.metrics().refreshed(result.is_ok(), clock.elapsed());
         result
     }
 

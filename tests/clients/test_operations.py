@@ -73,6 +73,12 @@ def test_metrics_move_with_the_queries_and_health_endpoints_answer(lake):
         assert after[failed] - before.get(failed, 0) == 1
         assert after["tarn_rows_returned_total"] - before.get("tarn_rows_returned_total", 0) == 3 + users
         assert after["tarn_query_duration_seconds_count"] - before.get("tarn_query_duration_seconds_count", 0) == 5
+        # The users query read its files (the counts come from the catalog's statistics).
+        assert after["tarn_bytes_scanned_total"] > before.get("tarn_bytes_scanned_total", 0)
+        assert after["tarn_files_scanned_total"] > before.get("tarn_files_scanned_total", 0)
+        for family in ("crawl_duration_seconds", "rollup_refresh_duration_seconds",
+                       "catalog_commit_duration_seconds"):
+            assert f"tarn_{family}_count" in after, family
         assert after["tarn_queries_running"] == 0
         assert after["tarn_queries_queued"] == 0
         assert "tarn_memory_pool_reserved_bytes" in after

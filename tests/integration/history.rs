@@ -11,24 +11,29 @@ use tarn::engine::{Engine, EngineOptions, Statement};
 use crate::common::{Env, render};
 
 fn engine(env: &Env, limits: QueryLimits) -> Engine {
+    engine_with(
+        env,
+        EngineOptions {
+            limits,
+            ..EngineOptions::default()
+        },
+    )
+}
+
+fn engine_with(env: &Env, options: EngineOptions) -> Engine {
     Engine::new(
         env.catalog.clone(),
         Arc::clone(&env.stores),
         &EngineOptions {
             history_retention: Some(chrono::TimeDelta::days(1)),
-            limits,
-            ..EngineOptions::default()
+            ..options
         },
     )
     .unwrap()
 }
 
 fn as_user(engine: &Engine, user: &str, admin: bool, sql: &str) -> Engine {
-    engine.labelled(QueryLabel {
-        user: user.into(),
-        admin,
-        sql: sql.into(),
-    })
+    engine.labelled(QueryLabel::new(user, admin, sql, "flight"))
 }
 
 /// Runs `sql` as `user`, as a front door does (a planning failure recorded too).
@@ -161,4 +166,152 @@ async fn a_refused_query_is_recorded_as_refused() {
     .await
     .unwrap();
     assert_eq!(seen, vec![vec!["refused"]]);
+}
+
+/// One statement's row of `system.queries` (the newest with this text), as `column=value`.
+async fn stats_of(engine: &Engine, sql: &str) -> std::collections::BTreeMap<String, String> {
+    let query = format!(
+        "SELECT * FROM system.queries WHERE query = '{}' ORDER BY submitted_at DESC LIMIT 1",
+        sql.replace('\'', "''")
+    );
+    let engine = as_user(engine, "alice", true, &query);
+    let (schema, batches) = engine.query(&query).await.unwrap();
+    let rows = render(&batches);
+    assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .zip(rows[0].iter().cloned())
+        .collect()
+}
+
+fn number(stats: &std::collections::BTreeMap<String, String>, column: &str) -> i64 {
+    stats[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("{column}: {stats:?}"))
+}
+
+#[tokio::test]
+async fn statements_are_recorded_with_what_they_scanned_pruned_and_held() {
+    let env = Env::new().await;
+    crate::common::firehose_lake(&env.lake());
+    env.crawl(&env.lake()).await;
+    let warehouse = env.dir.path().join("warehouse");
+    let engine = engine_with(
+        &env,
+        EngineOptions {
+            warehouse: Some(warehouse.to_string_lossy().into_owned()),
+            result_cache: 64 << 20,
+            memory: Some(tarn::engine::limits::MemoryLimit {
+                bytes: 1 << 30,
+                spill_dir: None,
+            }),
+            ..EngineOptions::default()
+        },
+    );
+    let files_of_day_5 = 2;
+    let sql = "SELECT kind, count(*) AS n FROM events WHERE day = 5 GROUP BY kind ORDER BY kind";
+    let first = run(&engine, "bob", false, sql).await.unwrap();
+    let stats = stats_of(&engine, sql).await;
+    assert_eq!(stats["state"], "finished", "{stats:?}");
+    assert_eq!(stats["front_door"], "flight");
+    assert_eq!(number(&stats, "rows_returned"), first.len() as i64);
+    assert!(number(&stats, "bytes_returned") > 0, "{stats:?}");
+    assert_eq!(number(&stats, "files_scanned"), files_of_day_5, "{stats:?}");
+    // Two hours of day 5 read, day 6's hour left out by the partition filter.
+    assert_eq!(number(&stats, "partitions_scanned"), 2, "{stats:?}");
+    assert_eq!(number(&stats, "partitions_pruned"), 1, "{stats:?}");
+    let on_disk: u64 = ["hour=13", "hour=14"]
+        .iter()
+        .map(|h| {
+            std::fs::metadata(env.lake().join(format!(
+                "events/year=2024/month=01/day=05/{h}/part-0.parquet"
+            )))
+            .unwrap()
+            .len()
+        })
+        .sum();
+    let scanned = number(&stats, "bytes_scanned");
+    assert!(
+        scanned > 0 && scanned as u64 <= on_disk,
+        "{scanned} of {on_disk}: {stats:?}"
+    );
+    assert_eq!(stats["result_cache_hit"], "false");
+    assert!(number(&stats, "peak_memory_bytes") > 0, "{stats:?}");
+    assert_eq!(stats["materialized_view"], "NULL");
+
+    // The same query again is the result cache's: nothing scanned.
+    assert_eq!(run(&engine, "bob", false, sql).await.unwrap(), first);
+    let again = stats_of(&engine, sql).await;
+    assert_eq!(again["result_cache_hit"], "true", "{again:?}");
+    assert_eq!(number(&again, "files_scanned"), 0, "{again:?}");
+
+    // A query a materialized view answers names it.
+    let define = "CREATE MATERIALIZED VIEW by_kind AS SELECT kind, day, count(*) AS n \
+                  FROM events GROUP BY kind, day";
+    run_statement(&engine, define).await;
+    let dashboard = "SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind";
+    run(&engine, "bob", false, dashboard).await.unwrap();
+    let viewed = stats_of(&engine, dashboard).await;
+    assert_eq!(viewed["materialized_view"], "default.by_kind", "{viewed:?}");
+}
+
+async fn run_statement(engine: &Engine, sql: &str) {
+    match engine.prepare(sql, None).await.unwrap() {
+        Statement::Command(c) => {
+            engine.run_statement(&c, &[]).await.unwrap();
+        }
+        Statement::Query(_) => panic!("{sql} is a statement"),
+    }
+}
+
+#[tokio::test]
+async fn running_statements_are_shown_until_they_end_and_operators_that_spill_say_so() {
+    let env = Env::new().await;
+    crate::common::firehose_lake(&env.lake());
+    env.crawl(&env.lake()).await;
+    let engine = engine_with(
+        &env,
+        EngineOptions {
+            memory: Some(tarn::engine::limits::MemoryLimit {
+                bytes: 4 << 20,
+                spill_dir: None,
+            }),
+            ..EngineOptions::default()
+        },
+    );
+    // 300,000 groups do not fit in 4 MiB: the aggregation spills.
+    let grouped = "SELECT count(*) FROM (SELECT value % 300000 AS k, count(*) AS n \
+                   FROM generate_series(1, 900000) GROUP BY 1)";
+    assert_eq!(
+        run(&engine, "alice", true, grouped).await.unwrap(),
+        vec![vec!["300000"]]
+    );
+    let spilled = stats_of(&engine, grouped).await;
+    assert!(number(&spilled, "spilled_bytes") > 0, "{spilled:?}");
+    // The pool's limit holds for what may be refused; operators also take small
+    // reservations that cannot be (infallible growth), so the peak may pass it a little.
+    let peak = number(&spilled, "peak_memory_bytes");
+    assert!(peak > 0 && peak <= 8 << 20, "{spilled:?}");
+
+    let sql = "SELECT * FROM events";
+    let alice = as_user(&engine, "alice", true, sql);
+    let Statement::Query(df) = alice.prepare(sql, None).await.unwrap() else {
+        panic!("a query");
+    };
+    let held = alice.execute(*df).await.unwrap();
+    assert_eq!(stats_of(&engine, sql).await["state"], "running");
+    // Not another reader's to see.
+    let bobs = run(
+        &engine,
+        "bob",
+        false,
+        "SELECT count(*) FROM system.queries WHERE query = 'SELECT * FROM events'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(bobs, vec![vec!["0"]]);
+    drop(held);
+    assert_eq!(stats_of(&engine, sql).await["state"], "cancelled");
 }
