@@ -560,7 +560,20 @@ async fn serve_until_drained(
     };
     if let Some(http) = args.http_listen {
         let (http_listener, http_addr) = crate::serve::bind(http).await?;
-        let router = crate::http::router(ctx.engine.clone(), draining.clone());
+        // SQL over HTTP follows Flight SQL's rule: without authentication, only on loopback
+        // (or when the network is declared trusted).
+        let api = (options.auth.enabled() || http.ip().is_loopback() || args.insecure_no_auth)
+            .then(|| crate::http::QueryApi {
+                auth: std::sync::Arc::clone(&options.auth),
+                max_rows: args.http_max_rows,
+            });
+        if api.is_none() {
+            tracing::warn!(
+                "the HTTP query API is off: {http} is not a loopback address and the server has \
+                 no --config (users or tokens); give one, or --insecure-no-auth"
+            );
+        }
+        let router = crate::http::router(ctx.engine.clone(), draining.clone(), api);
         tokio::spawn(crate::http::serve(
             http_listener,
             router,

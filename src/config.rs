@@ -189,6 +189,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TARN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
+    /// The most rows one request to the HTTP query API may ask for (`max_rows`); larger
+    /// results page with LIMIT/OFFSET or go through Flight SQL.
+    #[arg(long, env = "TARN_HTTP_MAX_ROWS", default_value_t = 1_000_000)]
+    pub http_max_rows: usize,
+
     /// On SIGTERM, how long `/readyz` says "draining" before the listeners close (so a
     /// load balancer stops sending new work first), e.g. `5s`.
     #[arg(long, env = "TARN_SHUTDOWN_DELAY", default_value = "0s")]

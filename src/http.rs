@@ -1,10 +1,13 @@
-//! The HTTP listener for operations (`--http-listen`): Prometheus metrics, liveness and
-//! readiness, for a load balancer, Kubernetes or a monitoring system.
+//! The HTTP listener (`--http-listen`): operations for a load balancer, Kubernetes or a
+//! monitoring system, and SQL for functions and scripts.
 //!
 //! - `GET /metrics`: the engine's metrics in the OpenMetrics text format.
 //! - `GET /healthz`: 200 while the process serves requests.
 //! - `GET /readyz`: 200 when the catalog answers and the server is not draining; 503
 //!   otherwise (it turns 503 first on SIGTERM, before the listeners close).
+//! - `POST /v1/query`: a statement answered in JSON, NDJSON, CSV or Arrow ([`query`]).
+
+mod query;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
@@ -40,13 +43,37 @@ struct Ops {
     draining: Draining,
 }
 
-/// The operations routes over `engine`.
-pub fn router(engine: Engine, draining: Draining) -> Router {
-    Router::new()
+/// What the query API needs beside the engine.
+#[derive(Clone)]
+pub struct QueryApi {
+    /// Who may run statements (as over Flight SQL).
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The most rows one request may ask for (`--http-max-rows`).
+    pub max_rows: usize,
+}
+
+/// The operations routes over `engine`, and the query API when `api` is given.
+pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Router {
+    let ops = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Ops { engine, draining })
+        .with_state(Ops {
+            engine: engine.clone(),
+            draining,
+        });
+    match api {
+        Some(api) => ops.merge(
+            Router::new()
+                .route("/v1/query", post(query::query))
+                .with_state(query::Api {
+                    engine,
+                    auth: api.auth,
+                    max_rows: api.max_rows,
+                }),
+        ),
+        None => ops,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -58,10 +85,13 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {

@@ -1154,44 +1154,59 @@ impl Catalog {
     /// Records a statement in the query history, and forgets those submitted before
     /// `forget_before` (RFC 3339).
     pub async fn record_query(&self, q: &QueryRecord, forget_before: Option<&str>) -> Result<()> {
-        let s = &q.stats;
-        sqlx::query(
-            "INSERT OR REPLACE INTO query_history (query_id, user_name, database_name, sql_text, \
-             state, submitted_at, queued_ms, execution_ms, rows_returned, error, front_door, \
-             planning_ms, bytes_returned, bytes_scanned, files_scanned, partitions_scanned, \
-             partitions_pruned, materialized_view, result_cache_hit, peak_memory_bytes, \
-             spilled_bytes) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&q.query_id)
-        .bind(&q.user)
-        .bind(&q.database)
-        .bind(&q.sql)
-        .bind(&q.state)
-        .bind(&q.submitted_at)
-        .bind(q.queued_ms)
-        .bind(q.execution_ms)
-        .bind(q.rows)
-        .bind(&q.error)
-        .bind(&s.front_door)
-        .bind(s.planning_ms)
-        .bind(s.bytes_returned)
-        .bind(s.bytes_scanned)
-        .bind(s.files_scanned)
-        .bind(s.partitions_scanned)
-        .bind(s.partitions_pruned)
-        .bind(&s.materialized_view)
-        .bind(s.result_cache_hit)
-        .bind(s.peak_memory_bytes)
-        .bind(s.spilled_bytes)
-        .execute(&self.pool)
-        .await?;
+        self.record_queries(std::slice::from_ref(q), forget_before)
+            .await
+    }
+
+    /// Records statements in the query history in one transaction; with `forget_before`,
+    /// also removes the records submitted before it.
+    pub async fn record_queries(
+        &self,
+        records: &[QueryRecord],
+        forget_before: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for q in records {
+            let s = &q.stats;
+            sqlx::query(
+                "INSERT OR REPLACE INTO query_history (query_id, user_name, database_name, \
+                 sql_text, state, submitted_at, queued_ms, execution_ms, rows_returned, error, \
+                 front_door, planning_ms, bytes_returned, bytes_scanned, files_scanned, \
+                 partitions_scanned, partitions_pruned, materialized_view, result_cache_hit, \
+                 peak_memory_bytes, spilled_bytes) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&q.query_id)
+            .bind(&q.user)
+            .bind(&q.database)
+            .bind(&q.sql)
+            .bind(&q.state)
+            .bind(&q.submitted_at)
+            .bind(q.queued_ms)
+            .bind(q.execution_ms)
+            .bind(q.rows)
+            .bind(&q.error)
+            .bind(&s.front_door)
+            .bind(s.planning_ms)
+            .bind(s.bytes_returned)
+            .bind(s.bytes_scanned)
+            .bind(s.files_scanned)
+            .bind(s.partitions_scanned)
+            .bind(s.partitions_pruned)
+            .bind(&s.materialized_view)
+            .bind(s.result_cache_hit)
+            .bind(s.peak_memory_bytes)
+            .bind(s.spilled_bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some(before) = forget_before {
             sqlx::query("DELETE FROM query_history WHERE submitted_at < ?")
                 .bind(before)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

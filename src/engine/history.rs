@@ -111,16 +111,46 @@ struct Active {
     admitted: Option<std::time::Instant>,
 }
 
-/// Where records go.
+/// Where records go: a writer task takes them from a channel and commits whatever has
+/// arrived in one transaction, so a statement's end costs a channel send.
 #[derive(Debug)]
 pub(crate) struct History {
     catalog: Catalog,
     /// How long records are kept (`None`: the history is off).
     retention: Option<chrono::TimeDelta>,
-    writing: AtomicUsize,
-    written: Notify,
+    progress: Arc<Progress>,
+    /// The writer's channel, opened with the first record (the writer ends with it).
+    sender: Mutex<Option<tokio::sync::mpsc::UnboundedSender<QueryRecord>>>,
     active: Mutex<HashMap<String, Active>>,
 }
+
+/// Records sent and not yet committed, a signal when none are left, and a request to
+/// commit without lingering.
+#[derive(Debug, Default)]
+struct Progress {
+    writing: AtomicUsize,
+    written: Notify,
+    flush: Notify,
+}
+
+impl Progress {
+    fn done(&self, n: usize) {
+        if self.writing.fetch_sub(n, Ordering::SeqCst) == n {
+            self.written.notify_waiters();
+        }
+    }
+}
+
+/// Records committed in one transaction at most.
+const BATCH: usize = 500;
+
+/// How long the writer waits for more records before it commits what it has (unless a
+/// reader of `system.queries` asks for them): a busy server commits a few times a second
+/// instead of once per statement.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// How often records past the retention are removed.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a read of `system.queries` waits for records still being written.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -133,10 +163,15 @@ impl History {
         Self {
             catalog,
             retention,
-            writing: AtomicUsize::new(0),
-            written: Notify::new(),
+            progress: Arc::default(),
+            sender: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether statements are recorded (a retention is set).
+    pub(crate) fn enabled(&self) -> bool {
+        self.retention.is_some()
     }
 
     /// A statement `id` starts waiting for its place (shown as `queued` until it gets one).
@@ -195,23 +230,28 @@ impl History {
                 ..ended.stats
             },
         };
-        let forget_before = (Utc::now() - retention).to_rfc3339_opts(SecondsFormat::Millis, true);
-        self.writing.fetch_add(1, Ordering::SeqCst);
-        let history = Arc::clone(self);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.done_writing();
+        self.progress.writing.fetch_add(1, Ordering::SeqCst);
+        let Ok(mut sender) = self.sender.lock() else {
+            self.progress.done(1);
             return;
         };
-        runtime.spawn(async move {
-            if let Err(e) = history
-                .catalog
-                .record_query(&record, Some(&forget_before))
-                .await
-            {
-                tracing::warn!(error = %e, "could not record a query in the history");
-            }
-            history.done_writing();
-        });
+        if sender.is_none() {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.progress.done(1);
+                return;
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            runtime.spawn(write_records(
+                self.catalog.clone(),
+                retention,
+                Arc::clone(&self.progress),
+                rx,
+            ));
+            *sender = Some(tx);
+        }
+        if sender.as_ref().is_none_or(|tx| tx.send(record).is_err()) {
+            self.progress.done(1);
+        }
     }
 
     /// The statements that have not ended, as records (`queued` or `running`, times so
@@ -250,24 +290,60 @@ impl History {
         out
     }
 
-    fn done_writing(&self) {
-        if self.writing.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.written.notify_waiters();
-        }
-    }
-
     /// Waits until the records being written are in the catalog (at most [`SETTLE`]).
     pub(crate) async fn settled(&self) {
         let wait = async {
             loop {
-                let notified = self.written.notified();
-                if self.writing.load(Ordering::SeqCst) == 0 {
+                let notified = self.progress.written.notified();
+                if self.progress.writing.load(Ordering::SeqCst) == 0 {
                     return;
                 }
+                self.progress.flush.notify_one();
                 notified.await;
             }
         };
         let _ = tokio::time::timeout(SETTLE, wait).await;
+    }
+}
+
+/// The history's writer: commits the records that have arrived (lingering [`LINGER`] for
+/// more), a batch per transaction, and every [`FORGET_EVERY`] removes those past the
+/// retention; ends when the history does.
+async fn write_records(
+    catalog: Catalog,
+    retention: chrono::TimeDelta,
+    progress: Arc<Progress>,
+    mut records: tokio::sync::mpsc::UnboundedReceiver<QueryRecord>,
+) {
+    let mut forgotten: Option<std::time::Instant> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while records.recv_many(&mut batch, BATCH).await > 0 {
+        if batch.len() < BATCH {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = progress.flush.notified() => {}
+            }
+            while batch.len() < BATCH {
+                match records.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        }
+        let forget_before = forgotten
+            .is_none_or(|at| at.elapsed() >= FORGET_EVERY)
+            .then(|| (Utc::now() - retention).to_rfc3339_opts(SecondsFormat::Millis, true));
+        if forget_before.is_some() {
+            forgotten = Some(std::time::Instant::now());
+        }
+        if let Err(e) = catalog
+            .record_queries(&batch, forget_before.as_deref())
+            .await
+        {
+            tracing::warn!(error = %e, records = batch.len(), "could not record queries in the history");
+        }
+        progress.done(batch.len());
+        batch.clear();
     }
 }
 

@@ -243,6 +243,20 @@ pub(crate) struct Recorder {
     /// Physical planning (after the wait for a place).
     pub planned: Duration,
     pub probe: Arc<QueryProbe>,
+    /// When `execute` started.
+    pub started: std::time::Instant,
+    /// Whether the statement's end was recorded.
+    pub recorded: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Recorder {
+    /// A statement dropped before it ended (its client went away while it waited for a
+    /// place or was being planned) is recorded as cancelled.
+    fn drop(&mut self) {
+        if !self.recorded.load(Ordering::SeqCst) {
+            self.record(Outcome::Cancelled, self.started.elapsed(), 0, 0, None);
+        }
+    }
 }
 
 impl Recorder {
@@ -254,6 +268,9 @@ impl Recorder {
         bytes: u64,
         error: Option<&Error>,
     ) {
+        if self.recorded.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let mut stats = self.probe.stats();
         stats.bytes_returned = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.history.record(

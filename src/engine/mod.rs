@@ -412,6 +412,12 @@ impl Engine {
         }
     }
 
+    /// The id of this engine's labelled statement (as `system.queries` and its log lines
+    /// show it).
+    pub fn query_id(&self) -> Option<String> {
+        self.label.as_ref().map(|l| l.id.clone())
+    }
+
     /// Notes a call from `user` at `address` through `front_door` (`system.sessions`).
     pub fn client_call(&self, user: &str, address: &str, front_door: &'static str) {
         self.shared.sessions.call(user, address, front_door);
@@ -1177,6 +1183,8 @@ impl Engine {
                 queued: std::time::Duration::ZERO,
                 planned: std::time::Duration::ZERO,
                 probe: Arc::clone(&probe),
+                started,
+                recorded: std::sync::atomic::AtomicBool::new(false),
             }
         });
         let place = if reads {
@@ -1277,12 +1285,16 @@ impl Engine {
         if let Some(probe) = probe {
             state.config_mut().set_extension(Arc::clone(probe));
         }
+        // A query's own memory is measured for the history only.
+        let measure_memory = self.shared.history.enabled();
         let start = || async move {
             let physical = state.create_physical_plan(&plan).await?;
             let mut task = datafusion::execution::TaskContext::from(&state);
             if let Some(probe) = probe {
                 probe.ran(&physical);
-                task = task.with_runtime(probe.runtime(state.runtime_env())?);
+                if measure_memory {
+                    task = task.with_runtime(probe.runtime(state.runtime_env())?);
+                }
             }
             datafusion::physical_plan::execute_stream(physical, Arc::new(task))
         };

@@ -31,11 +31,12 @@ def one_place(lake):
     assert s.proc.returncode == 0, "".join(s.log)[-2000:]
 
 
-def hold_a_place(uri):
-    """Starts ENDLESS and reads its first batch; returns what must stay open."""
+def hold_a_place(uri, sql=ENDLESS):
+    """Starts `sql` (a query that never ends) and reads its first batch; returns what must
+    stay open."""
     conn = connect(uri)
     cur = conn.cursor()
-    cur.execute(ENDLESS)
+    cur.execute(sql)
     reader = cur.fetch_record_batch()
     assert reader.read_next_batch().num_rows > 0
     return conn, cur, reader
