@@ -63,3 +63,25 @@ pub fn announce_scheme(scheme: &str, addr: std::net::SocketAddr) {
     println!("Tarn Flight SQL listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 }
+
+/// Every row of `batches` as text (nulls as `NULL`).
+pub fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .filter_map(|c| arrow::util::display::ArrayFormatter::try_new(c, &options).ok())
+            .collect();
+        for i in 0..batch.num_rows() {
+            rows.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
+        }
+    }
+    rows
+}
+
+/// The first value of a result, as text.
+pub fn first_text(batches: &[RecordBatch]) -> Option<String> {
+    text_rows(batches).into_iter().next()?.into_iter().next()
+}

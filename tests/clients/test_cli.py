@@ -14,6 +14,10 @@ def test_demo_writes_crawls_queries_and_is_incremental(tmp_path):
     assert "problems: none" in first.stdout
     for title in ("date_trunc", "date_bin", "join", "window function"):
         assert title in first.stdout
+    # The headline: a materialized view answers the dashboard question, with the same rows.
+    assert "Materialized view events_hourly" in first.stdout
+    assert "from the view" in first.stdout and "the same answer: true" in first.stdout
+    assert "EXPLAIN: used default.events_hourly" in first.stdout, first.stdout
     second = tarn(tmp_path, "demo", "--no-serve", "--events", "20000")
     assert second.returncode == 0, second.stderr
     assert "tables unchanged: default.events, default.scores, default.users" in second.stdout
