@@ -6,7 +6,10 @@
 //! - `GET /readyz`: 200 when the catalog answers and the server is not draining; 503
 //!   otherwise (it turns 503 first on SIGTERM, before the listeners close).
 //! - `POST /v1/query`: a statement answered in JSON, NDJSON, CSV or Arrow ([`query`]).
+//! - `GET /v1/databases`, `/v1/tables/{db}`, `/v1/tables/{db}/{table}`: the catalog
+//!   ([`catalog`]).
 
+mod catalog;
 mod query;
 
 use std::future::Future;
@@ -66,6 +69,9 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
         Some(api) => ops.merge(
             Router::new()
                 .route("/v1/query", post(query::query))
+                .route("/v1/databases", get(catalog::databases))
+                .route("/v1/tables/{db}", get(catalog::tables))
+                .route("/v1/tables/{db}/{table}", get(catalog::table))
                 .with_state(query::Api {
                     engine,
                     auth: api.auth,

@@ -49,6 +49,16 @@ pub(crate) struct Api {
     pub max_rows: usize,
 }
 
+impl Api {
+    /// The caller of a request, from its `Authorization` header.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<crate::auth::Caller> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.auth.authenticate(authorization)
+    }
+}
+
 /// The body of `POST /v1/query`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,10 +137,7 @@ async fn run(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = api.auth.authenticate(authorization)?;
+    let caller = api.authenticate(headers)?;
     let format = Format::of(headers)?;
     let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
         Error::InvalidArgument(format!(
@@ -558,7 +565,7 @@ fn error_json(e: &Error) -> serde_json::Value {
     serde_json::json!({"code": code, "message": e.to_string()})
 }
 
-fn error_response(e: Error) -> Response {
+pub(crate) fn error_response(e: Error) -> Response {
     let (status, _) = status_of(&e);
     let mut response = (status, Json(serde_json::json!({"error": error_json(&e)}))).into_response();
     if status == StatusCode::UNAUTHORIZED {

@@ -30,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ENDLESS_SUM = "SELECT sum(value) FROM generate_series(1, 100000000000)"
 
 
-def post(base: str, body: dict, accept: str = "application/json", token: str | None = None):
+def call(base: str, path: str, body: dict | None = None, accept: str = "application/json",
+         token: str | None = None):
+    """One HTTP request (a POST when there is a body); (status, content type, body)."""
     request = urllib.request.Request(
-        base + "/v1/query", data=json.dumps(body).encode(), method="POST",
+        base + path, data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
         headers={"Content-Type": "application/json", "Accept": accept},
     )
     if token:
@@ -42,6 +45,14 @@ def post(base: str, body: dict, accept: str = "application/json", token: str | N
             return r.status, r.headers.get("Content-Type"), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def post(base: str, body: dict, accept: str = "application/json", token: str | None = None):
+    return call(base, "/v1/query", body, accept, token)
+
+
+def get(base: str, path: str, token: str | None = None):
+    return call(base, path, token=token)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +190,23 @@ def test_parameters_and_the_row_limit(typed):
     assert answer["rows"] and all(r["client_address"].startswith("127.0.0.1:") for r in answer["rows"])
 
 
+def test_the_catalog_over_http(typed):
+    status, _, body = get(typed["base"], "/v1/databases")
+    assert status == 200 and json.loads(body)["databases"] == [{"name": "default", "tables": 1}]
+    tables = json.loads(get(typed["base"], "/v1/tables/default")[2])["tables"]
+    size = typed["file"].stat().st_size
+    assert [(t["name"], t["format"], t["files"], t["rows"], t["bytes"]) for t in tables] == [
+        ("readings", "parquet", 1, 4, size)]
+    described = json.loads(get(typed["base"], "/v1/tables/default/readings")[2])
+    assert [(c["name"], c["type"]) for c in described["columns"]][:3] == [
+        ("id", "Int32"), ("big", "Int64"), ("amount", "Decimal128(20, 4)")]
+    assert described["schema_history"][0]["version"] == 1
+    status, error = error_of(get(typed["base"], "/v1/tables/default/nope"))
+    assert status == 404 and "default.nope" in error["message"]
+    status, error = error_of(get(typed["base"], "/v1/tables/nowhere"))
+    assert status == 404 and "nowhere" in error["message"]
+
+
 def error_of(response):
     status, content_type, body = response
     assert content_type == "application/json", body
@@ -235,6 +263,8 @@ def test_callers_authenticate_as_over_flight_sql(tmp_path):
         base = http_base(s)
         status, error = error_of(post(base, {"sql": "SELECT 1 AS one"}))
         assert status == 401 and error["code"] == "UNAUTHENTICATED"
+        assert error_of(get(base, "/v1/databases"))[0] == 401
+        assert get(base, "/v1/databases", token=token)[0] == 200
         status, error = error_of(post(base, {"sql": "SELECT 1 AS one"}, token="not-a-token"))
         assert status == 401
         status, _, body = post(base, {"sql": "SELECT 1 AS one"}, token=token)
