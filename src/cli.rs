@@ -101,8 +101,9 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
             ctx.engine.refresh_after_crawl(&mut summary).await;
             print_summary(&summary, *json)?;
         }
-        CrawlerCommand::RunDue => {
-            let mut outcomes = jobs::run_due(catalog, &ctx.stores, chrono::Utc::now()).await?;
+        CrawlerCommand::RunDue { at } => {
+            let now = at.unwrap_or_else(chrono::Utc::now);
+            let mut outcomes = jobs::run_due(catalog, &ctx.stores, now).await?;
             let mut crawled: Vec<_> = outcomes
                 .iter_mut()
                 .filter_map(|(_, o)| o.as_mut().ok().map(std::mem::take))

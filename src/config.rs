@@ -309,7 +309,11 @@ pub enum CrawlerCommand {
     },
     /// Run every scheduled crawler that is due (for an external scheduler; `tarn serve`
     /// runs due crawlers itself).
-    RunDue,
+    RunDue {
+        /// Take this instant (RFC 3339) as now: to check what a schedule would run then.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// List crawlers with their schedules and next runs.
     List,
     /// A crawler's recent crawls.

@@ -312,6 +312,16 @@ impl FlightService for TarnFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let request = self.authorize(request)?;
+        // Every ticket Tarn issues is a Flight SQL command; anything else (a truncated or
+        // made-up ticket) gets the same answer as a forged one, not a protobuf decode error.
+        if <arrow_flight::sql::Any as prost::Message>::decode(request.get_ref().ticket.as_ref())
+            .is_err()
+        {
+            return Err(Status::invalid_argument(
+                "this ticket was not issued by this server (or was altered); run the \
+                 statement again",
+            ));
+        }
         let (token, registration) = self.running.start(&request.get_ref().ticket)?;
         let stream = FlightService::do_get(&self.sql, request)
             .await?

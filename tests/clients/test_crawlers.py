@@ -1,7 +1,9 @@
 """Crawlers as catalog objects: defined, run, listed and scheduled through the CLI, and run
 by the server on their schedule."""
 
+import datetime as dt
 import json
+import re
 
 from conftest import Server, connect, tarn
 
@@ -21,9 +23,12 @@ def test_crawler_lifecycle(lake, tmp_path):
     listed = tarn(tmp_path, "crawler", "list")
     assert "nightly" in listed.stdout and "0 3 * * *" in listed.stdout
 
-    # Not due yet (created now, next run at 03:00).
-    due = tarn(tmp_path, "crawler", "run-due")
-    assert due.returncode == 0 and "no crawler is due" in due.stdout
+    # Not due a second before its next run (the clock given, so the test never depends
+    # on when it runs).
+    next_run = dt.datetime.fromisoformat(re.search(r"next run (\d{4}-\d\d-\d\dT03:00:00(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))", made.stdout).group(1))
+    before = (next_run - dt.timedelta(seconds=1)).isoformat()
+    due = tarn(tmp_path, "crawler", "run-due", "--at", before)
+    assert due.returncode == 0 and "no crawler is due" in due.stdout, due.stdout + due.stderr
 
     ran = tarn(tmp_path, "crawler", "run", "nightly", "--json")
     assert ran.returncode == 0, ran.stderr

@@ -153,7 +153,8 @@ def test_a_session_may_lower_the_time_limit_but_not_raise_it(logged):
         cur.execute("SELECT count(*) FROM events")
         assert cur.fetchone()[0] > 0
         # Not a duration: refused, and the session keeps its limit.
-        with pytest.raises(adbc_driver_manager.Error):
+        with pytest.raises(adbc_driver_manager.ProgrammingError,
+                           match=r"INVALID_ARGUMENT.*'query_timeout' \(invalid value\)"):
             conn.adbc_connection.set_options(**{"adbc.flight.sql.session.option.query_timeout": "soon"})
         options = json.loads(conn.adbc_connection.get_option("adbc.flight.sql.session.options"))
         assert options.get("query_timeout") == "1s"
