@@ -92,7 +92,9 @@ def test_raw_pyarrow_flight_with_basic_auth_over_tls(secured):
 
 def test_plaintext_client_cannot_talk_to_a_tls_server(secured):
     plain = secured["server"].uri.replace("grpc+tls://", "grpc://")
-    with pytest.raises(adbc_driver_manager.Error):
+    # The TLS server never answers a plaintext HTTP/2 preface: the client sees the
+    # connection close (gRPC UNAVAILABLE), not a query result or an auth error.
+    with pytest.raises(adbc_driver_manager.OperationalError, match=r"(?s)connection error.*Unavailable"):
         with connect(plain, db_kwargs={"username": "alice", "password": PASSWORDS["alice"]}) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
 

@@ -104,6 +104,10 @@ def test_event_mode_recrawls_only_the_tables_the_events_name(tmp_path):
         assert new_table["tables_created"] == ["default.orders"]
         out = tarn(data, "crawler", "history", "raw", env=env)
         assert out.returncode == 0, out.stderr
+        # Every run that had events to act on is in the crawler's history (the idle one,
+        # with nothing queued, records no crawl), each succeeded.
+        assert out.stdout.count("succeeded") == 5, out.stdout
+        assert "failed" not in out.stdout
 
 
 def test_event_mode_keeps_globs_and_retries_unreadable_files(tmp_path):
