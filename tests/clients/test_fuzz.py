@@ -25,7 +25,7 @@ SEED = int(os.environ.get("TARN_FUZZ_SEED", "1"))
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
     if QUERIES <= 0:
-        pytest.skip("TARN_FUZZ_QUERIES=0")
+        pytest.skip("asked: TARN_FUZZ_QUERIES=0")
     out = ROOT / "target" / "fuzz" / "pytest"
     # Shrinking is capped (15 s a difference, 30 s in all; later differences are listed
     # unshrunk) so that the test stays well under three minutes with a debug binary.
