@@ -204,8 +204,20 @@ async fn an_aggregation_larger_than_the_pool_spills_and_a_join_that_cannot_fails
         run(&engine, "SELECT count(*) FROM t").await.unwrap(),
         vec![vec!["4000"]]
     );
+    // A failed query's tasks are aborted as its stream is dropped and close their spill
+    // files as they unwind, a moment after the error reached the client: wait for that
+    // (never longer than a minute), without a fixed sleep.
+    let gone = tokio::time::timeout(Duration::from_secs(60), async {
+        while !walk(&spill).is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let left: Vec<_> = walk(&spill);
-    assert!(left.is_empty(), "spill files left: {left:?}");
+    assert!(
+        gone.is_ok() && left.is_empty(),
+        "spill files left: {left:?}"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
