@@ -463,7 +463,7 @@ pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
 }
 
 /// The statement's leading keywords (`CREATE EXTERNAL TABLE`), to name it in messages.
-fn statement_kind(sql: &str) -> String {
+pub(crate) fn statement_kind(sql: &str) -> String {
     const OBJECTS: [&str; 6] = ["TABLE", "DATABASE", "SCHEMA", "VIEW", "PARTITION", "INTO"];
     let mut words: Vec<String> = Vec::new();
     for word in sql.split_whitespace().take(4) {

@@ -139,20 +139,7 @@ async fn run(
 ) -> Result<Response> {
     let caller = api.authenticate(headers)?;
     let format = Format::of(headers)?;
-    let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "the body is not a query request ({e}); send {{\"sql\": \"SELECT …\", \
-             \"database\": \"…\", \"parameters\": [...], \"max_rows\": N}}"
-        ))
-    })?;
-    let limit = request.max_rows.unwrap_or(DEFAULT_ROWS);
-    if limit > api.max_rows {
-        return Err(Error::InvalidArgument(format!(
-            "max_rows {limit} is more than this server gives one request ({}, \
-             --http-max-rows); page with LIMIT and OFFSET, or use Flight SQL for large results",
-            api.max_rows
-        )));
-    }
+    let (request, limit) = parse_request(api, body)?;
     let engine = match request.database.as_deref().filter(|d| !d.is_empty()) {
         Some(db) => api.engine.in_database(db).await?,
         None => api.engine.clone(),
@@ -171,60 +158,80 @@ async fn run(
     if let Err(e) = &prepared {
         engine.record_failure(e);
     }
-    let (schema, stream) = match prepared? {
-        Statement::Query(df) => {
-            // One row past the limit says whether there were more.
-            let df = df
-                .limit(0, Some(limit.saturating_add(1)))
-                .map_err(Error::from)?;
-            let mut stream = engine.execute(df).await?;
-            let schema = stream.schema();
-            // An error before the first rows (most failures, a time limit reached before
-            // any row) gets its own status; one after them ends the body.
-            let first = match stream.next().await {
-                Some(Err(e)) => return Err(Error::from(e)),
-                Some(Ok(batch)) => Some(Ok(batch)),
-                None => None,
-            };
-            let stream: SendableRecordBatchStream = Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    Arc::clone(&schema),
-                    futures::stream::iter(first).chain(stream),
-                ),
-            );
-            (schema, stream)
-        }
+    let stream = match prepared? {
+        Statement::Query(df) => start_query(&engine, *df, limit).await?,
         Statement::Command(command) => {
             let rows: Vec<RecordBatch> = params.into_iter().collect();
             let batch = engine
                 .recorded(async {
                     if command.is_update() {
-                        caller.require_admin(&command_kind(&request.sql))?;
+                        caller.require_admin(&crate::flight::statement_kind(&request.sql))?;
                     }
                     engine.run_statement(&command, &rows).await
                 })
                 .await?;
-            let schema = batch.schema();
-            let stream: SendableRecordBatchStream = Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    Arc::clone(&schema),
-                    futures::stream::iter([Ok(batch)]),
-                ),
-            );
-            (schema, stream)
+            with_first(
+                batch.schema(),
+                Some(Ok(batch)),
+                Box::pin(futures::stream::empty()),
+            )
         }
     };
     let query_id = engine.query_id().unwrap_or_default();
-    Ok(respond(format, schema, stream, limit, query_id))
+    Ok(respond(format, stream.schema(), stream, limit, query_id))
 }
 
-/// The first word or two of a statement, for "needs role admin" errors.
-fn command_kind(sql: &str) -> String {
-    sql.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_ascii_uppercase()
+/// The request in the body and the rows it may return.
+fn parse_request(api: &Api, body: &[u8]) -> Result<(QueryRequest, usize)> {
+    let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "the body is not a query request ({e}); send a JSON object with \"sql\" and, \
+             if needed, \"database\", \"parameters\" (a list) and \"max_rows\""
+        ))
+    })?;
+    let limit = request.max_rows.unwrap_or(DEFAULT_ROWS);
+    if limit > api.max_rows {
+        return Err(Error::InvalidArgument(format!(
+            "max_rows {limit} is more than this server gives one request ({}, \
+             --http-max-rows); page with LIMIT and OFFSET, or use Flight SQL for large results",
+            api.max_rows
+        )));
+    }
+    Ok((request, limit))
+}
+
+/// Starts a query for at most `limit` rows (one more, to tell whether there were more)
+/// and waits for its first rows: an error before them (most failures, a time limit
+/// reached before any row) gets its own status; one after them ends the body.
+async fn start_query(
+    engine: &Engine,
+    df: datafusion::dataframe::DataFrame,
+    limit: usize,
+) -> Result<SendableRecordBatchStream> {
+    let df = df
+        .limit(0, Some(limit.saturating_add(1)))
+        .map_err(Error::from)?;
+    let mut stream = engine.execute(df).await?;
+    let first = match stream.next().await {
+        Some(Err(e)) => return Err(Error::from(e)),
+        Some(Ok(batch)) => Some(Ok(batch)),
+        None => None,
+    };
+    Ok(with_first(stream.schema(), first, stream))
+}
+
+/// `rest` with `first` put back in front of it.
+fn with_first(
+    schema: SchemaRef,
+    first: Option<datafusion::error::Result<RecordBatch>>,
+    rest: futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>,
+) -> SendableRecordBatchStream {
+    Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(first).chain(rest),
+        ),
+    )
 }
 
 /// The client's address: the first `X-Forwarded-For` hop behind a proxy, else the peer.
