@@ -268,10 +268,21 @@ impl Recorder {
         bytes: u64,
         error: Option<&Error>,
     ) {
+        self.record_with(outcome, took, (rows, bytes), error, self.probe.stats());
+    }
+
+    /// As [`Recorder::record`], with the query's statistics already read from its probe.
+    fn record_with(
+        &self,
+        outcome: Outcome,
+        took: Duration,
+        (rows, bytes): (u64, u64),
+        error: Option<&Error>,
+        mut stats: crate::catalog::QueryStats,
+    ) {
         if self.recorded.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut stats = self.probe.stats();
         stats.bytes_returned = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.history.record(
             &self.label,
@@ -335,11 +346,12 @@ impl Governed {
                 "query ended"
             );
             self.metrics.ended(outcome, took, self.rows);
+            // The plan's metrics are read once, for the metrics and the history.
             let stats = self.probe.stats();
             self.metrics
                 .scanned(stats.files_scanned, stats.bytes_scanned);
             if let Some(recorder) = &self.recorder {
-                recorder.record(outcome, took, self.rows, self.bytes, error);
+                recorder.record_with(outcome, took, (self.rows, self.bytes), error, stats);
             }
         }
     }
