@@ -28,10 +28,10 @@ use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::aws::AmazonS3Builder;
 use parquet::arrow::ArrowWriter;
-use tarn::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
-use tarn::crawler::{CrawlOptions, Crawler};
-use tarn::engine::{Engine, EngineOptions};
-use tarn::storage::StoreRegistry;
+use tarn_lake::catalog::{Catalog, FileEntry, PartitionColumn, PartitionType, TableCommit};
+use tarn_lake::crawler::{CrawlOptions, Crawler};
+use tarn_lake::engine::{Engine, EngineOptions};
+use tarn_lake::storage::StoreRegistry;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -420,7 +420,7 @@ async fn main() {
                 footer_size: Some(512),
                 file_schema: Arc::clone(&schema),
                 stats: Default::default(),
-                stats_version: tarn::catalog::STATS_VERSION,
+                stats_version: tarn_lake::catalog::STATS_VERSION,
                 partition_values: vec![Some(day.to_string())],
                 partition_location: format!("big/day={day}"),
             }

@@ -23,10 +23,10 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
 use parquet::arrow::ArrowWriter;
-use tarn::catalog::Catalog;
-use tarn::crawler::{CrawlOptions, Crawler};
-use tarn::engine::{Engine, EngineOptions};
-use tarn::storage::StoreRegistry;
+use tarn_lake::catalog::Catalog;
+use tarn_lake::crawler::{CrawlOptions, Crawler};
+use tarn_lake::engine::{Engine, EngineOptions};
+use tarn_lake::storage::StoreRegistry;
 use tonic::transport::Channel;
 
 #[global_allocator]
@@ -169,10 +169,14 @@ async fn main() {
         .await
         .expect("crawl");
     let engine = Engine::new(catalog, stores, &EngineOptions::default()).expect("engine");
-    let (listener, addr) = tarn::serve::bind("127.0.0.1:0".parse().expect("addr"))
+    let (listener, addr) = tarn_server::serve::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
-    tokio::spawn(tarn::serve::serve(engine, listener, std::future::pending()));
+    tokio::spawn(tarn_server::serve::serve(
+        engine,
+        listener,
+        std::future::pending(),
+    ));
 
     // DataFusion in-process over the same files, default settings.
     let ctx = SessionContext::new();

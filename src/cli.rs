@@ -2,20 +2,20 @@
 
 use std::io::Write;
 
-use crate::admin::{AdminClient, AdminService, Remote, proto};
-use crate::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
-use crate::catalog::CrawlerDef;
 use crate::config::CrawlerCommand;
 use crate::config::{
     AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, RemoteArgs, ServeArgs, SqlArgs, TableArgs,
     TablesArgs,
 };
 use crate::context::{Context, shutdown_signal};
-use crate::crawler::CrawlOptions;
-use crate::crawler::CrawlSummary;
-use crate::error::{Error, Result};
 use crate::output::{announce_scheme, write_batches};
-use crate::serve::ServeOptions;
+use tarn_lake::catalog::CrawlerDef;
+use tarn_lake::crawler::CrawlOptions;
+use tarn_lake::crawler::CrawlSummary;
+use tarn_lake::error::{Error, Result};
+use tarn_server::admin::{AdminClient, AdminService, Remote, proto};
+use tarn_server::auth::{AuthConfig, Authenticator, Signer, hash_password, new_api_token};
+use tarn_server::serve::ServeOptions;
 
 /// Runs the command `cli` asks for.
 ///
@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// `tarn crawler …`.
 async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> {
-    use crate::crawler::jobs;
+    use tarn_lake::crawler::jobs;
     let catalog = &ctx.catalog;
     let find = |name: &str| {
         let name = name.to_string();
@@ -73,12 +73,12 @@ async fn crawler_command(ctx: &Context, command: &CrawlerCommand) -> Result<()> 
             if let Some(schedule) = &args.schedule {
                 jobs::parse_schedule(schedule)?;
             }
-            let location = crate::storage::Location::parse(&args.location)?;
+            let location = tarn_lake::storage::Location::parse(&args.location)?;
             let crawler = CrawlerDef {
                 name: args.name.clone(),
                 location: location.to_string(),
                 database: args.database.clone(),
-                options: crate::catalog::CrawlerOptions {
+                options: tarn_lake::catalog::CrawlerOptions {
                     events_queue: args.events_queue.clone(),
                     ..args.shape.options()
                 },
@@ -201,13 +201,13 @@ macro_rules! admin_call {
                 proto::admin_server::Admin::$method(&**service, tonic::Request::new($request))
                     .await
                     .map(tonic::Response::into_inner)
-                    .map_err(crate::admin::remote_error)
+                    .map_err(tarn_server::admin::remote_error)
             }
             Admin::Remote(client) => client
                 .$method($request)
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(crate::admin::remote_error),
+                .map_err(tarn_server::admin::remote_error),
         }
     };
 }
@@ -217,7 +217,7 @@ fn split_table(name: &str) -> (String, String) {
     match name.split_once('.') {
         Some((db, table)) => (db.to_string(), table.to_string()),
         None => (
-            crate::engine::DEFAULT_DATABASE.to_string(),
+            tarn_lake::engine::DEFAULT_DATABASE.to_string(),
             name.to_string(),
         ),
     }
@@ -391,7 +391,7 @@ async fn remote_crawl(args: &CrawlArgs) -> Result<()> {
         sample_rows: shape.sample_rows.unwrap_or(0) as u32,
         table_level: shape.table_level.unwrap_or(0) as u32,
     };
-    let response = crate::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
+    let response = tarn_server::admin::remote_crawl(&remote_of(&args.remote)?, request).await?;
     let summary: CrawlSummary = serde_json::from_str(&response.summary_json)
         .map_err(|e| Error::Internal(format!("the server's crawl summary: {e}")))?;
     print_summary(&summary, args.json)
@@ -460,12 +460,14 @@ async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
 
 async fn sql(ctx: &Context, args: &SqlArgs) -> Result<()> {
     // Recorded in the query history as the command line's.
-    let engine = ctx.engine.labelled(crate::engine::history::QueryLabel::new(
-        "cli",
-        true,
-        &args.query,
-        "cli",
-    ));
+    let engine = ctx
+        .engine
+        .labelled(tarn_lake::engine::history::QueryLabel::new(
+            "cli",
+            true,
+            &args.query,
+            "cli",
+        ));
     let result = engine.query(&args.query).await;
     if let Err(e) = &result
         && !matches!(
@@ -520,10 +522,10 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         auth: std::sync::Arc::new(auth),
         tls,
     };
-    let (listener, addr) = crate::serve::bind(args.listen).await?;
+    let (listener, addr) = tarn_server::serve::bind(args.listen).await?;
     // Scheduled crawlers run inside the server.
     let engine = ctx.engine.clone();
-    tokio::spawn(crate::crawler::jobs::schedule_loop(
+    tokio::spawn(tarn_lake::crawler::jobs::schedule_loop(
         ctx.catalog.clone(),
         std::sync::Arc::clone(&ctx.stores),
         std::time::Duration::from_secs(args.schedule_check_secs.max(1)),
@@ -549,22 +551,22 @@ async fn serve_until_drained(
     (listener, scheme, addr): (tokio::net::TcpListener, &str, std::net::SocketAddr),
     options: ServeOptions,
 ) -> Result<()> {
-    use crate::engine::limits::parse_duration;
+    use tarn_lake::engine::limits::parse_duration;
     let delay = parse_duration(&args.shutdown_delay)
         .map_err(|e| Error::InvalidArgument(format!("--shutdown-delay: {e}")))?;
     let grace = parse_duration(&args.shutdown_grace)
         .map_err(|e| Error::InvalidArgument(format!("--shutdown-grace: {e}")))?;
-    let draining = crate::http::Draining::default();
+    let draining = tarn_server::http::Draining::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let closed = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     if let Some(http) = args.http_listen {
-        let (http_listener, http_addr) = crate::serve::bind(http).await?;
+        let (http_listener, http_addr) = tarn_server::serve::bind(http).await?;
         // SQL over HTTP follows Flight SQL's rule: without authentication, only on loopback
         // (or when the network is declared trusted).
         let api = (options.auth.enabled() || http.ip().is_loopback() || args.insecure_no_auth)
-            .then(|| crate::http::QueryApi {
+            .then(|| tarn_server::http::QueryApi {
                 auth: std::sync::Arc::clone(&options.auth),
                 max_rows: args.http_max_rows,
             });
@@ -574,8 +576,8 @@ async fn serve_until_drained(
                  no --config (users or tokens); give one, or --insecure-no-auth"
             );
         }
-        let router = crate::http::router(ctx.engine.clone(), draining.clone(), api);
-        tokio::spawn(crate::http::serve(
+        let router = tarn_server::http::router(ctx.engine.clone(), draining.clone(), api);
+        tokio::spawn(tarn_server::http::serve(
             http_listener,
             router,
             closed(stopped.clone()),
@@ -594,7 +596,7 @@ async fn serve_until_drained(
             let _ = stop.send(true);
         });
     }
-    let serving = crate::serve::serve_with(
+    let serving = tarn_server::serve::serve_with(
         ctx.engine.clone(),
         listener,
         options,

@@ -66,7 +66,7 @@ pub struct Cli {
     /// Megabytes of memory a server (`serve`, `demo`) keeps materialized views' rows in,
     /// so dashboard queries read no files; views beyond it are read from their files.
     #[arg(long, global = true, env = "TARN_ROLLUP_MEMORY_MB",
-          default_value_t = crate::rollup::MEMORY_BUDGET_MB)]
+          default_value_t = tarn_lake::rollup::MEMORY_BUDGET_MB)]
     pub rollup_memory_mb: usize,
 
     /// Megabytes of memory a server (`serve`, `demo`) keeps query results in, so a
@@ -135,7 +135,7 @@ pub struct CrawlArgs {
     #[arg(long, env = "TARN_DATABASE", default_value = "default")]
     pub database: String,
     /// Parquet footers read concurrently.
-    #[arg(long, env = "TARN_FOOTER_CONCURRENCY", default_value_t = crate::crawler::DEFAULT_FOOTER_CONCURRENCY)]
+    #[arg(long, env = "TARN_FOOTER_CONCURRENCY", default_value_t = tarn_lake::crawler::DEFAULT_FOOTER_CONCURRENCY)]
     pub footer_concurrency: usize,
     #[command(flatten)]
     pub shape: CrawlShapeArgs,
@@ -146,7 +146,7 @@ pub struct CrawlArgs {
     pub remote: RemoteArgs,
 }
 
-fn parse_partition_type(s: &str) -> Result<(String, crate::catalog::PartitionType), String> {
+fn parse_partition_type(s: &str) -> Result<(String, tarn_lake::catalog::PartitionType), String> {
     let (k, v) = parse_key_value(s)?;
     Ok((k, v.parse()?))
 }
@@ -248,26 +248,26 @@ impl LimitArgs {
     /// directory, which is emptied here.
     ///
     /// # Errors
-    /// [`crate::error::Error::InvalidArgument`] for a malformed size or duration;
-    /// [`crate::error::Error::Io`] when the spill directory cannot be prepared.
+    /// [`tarn_lake::error::Error::InvalidArgument`] for a malformed size or duration;
+    /// [`tarn_lake::error::Error::Io`] when the spill directory cannot be prepared.
     pub fn resolve(
         &self,
         data_dir: &std::path::Path,
-    ) -> crate::error::Result<(
-        crate::engine::limits::MemoryLimit,
-        crate::engine::limits::QueryLimits,
+    ) -> tarn_lake::error::Result<(
+        tarn_lake::engine::limits::MemoryLimit,
+        tarn_lake::engine::limits::QueryLimits,
     )> {
-        use crate::engine::limits::{
+        use tarn_lake::engine::limits::{
             MemoryLimit, QueryLimits, available_memory, parse_duration, parse_size,
         };
-        use crate::error::Error;
+        use tarn_lake::error::Error;
         let bytes = parse_size(&self.memory_limit, available_memory())
             .map_err(|e| Error::InvalidArgument(format!("--memory-limit: {e}")))?;
         let root = self
             .spill_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("spill"));
-        let spill_dir = crate::engine::limits::own_spill_dir(&root)?;
+        let spill_dir = tarn_lake::engine::limits::own_spill_dir(&root)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let max_concurrent = match self.max_concurrent_queries {
             Some(0) => None,
@@ -335,7 +335,7 @@ pub struct CrawlShapeArgs {
     /// Declare a partition column's type instead of inferring it, as KEY=TYPE with TYPE
     /// one of int64, date, timestamp, string (repeatable; kept for later crawls).
     #[arg(long = "partition-type", value_parser = parse_partition_type)]
-    pub partition_types: Vec<(String, crate::catalog::PartitionType)>,
+    pub partition_types: Vec<(String, tarn_lake::catalog::PartitionType)>,
     /// Crawl only files matching this glob (relative to the location; `**` crosses
     /// folders). Repeatable.
     #[arg(long)]
@@ -350,7 +350,7 @@ pub struct CrawlShapeArgs {
     /// keeps the table's columns and reports it, `fail` leaves the table untouched and
     /// reports it.
     #[arg(long, default_value = "update")]
-    pub schema_change: crate::crawler::SchemaChangePolicy,
+    pub schema_change: tarn_lake::crawler::SchemaChangePolicy,
     /// CSV and JSON files: how many records from the start of each new file its columns
     /// are inferred from (the sample grows to fit them, up to 64 MiB).
     #[arg(long, env = "TARN_SAMPLE_ROWS")]
@@ -358,7 +358,7 @@ pub struct CrawlShapeArgs {
     /// When a table's folder is gone: `mark` keeps the table (no files) marked deprecated
     /// until its folder is back; `delete` drops it from the catalog.
     #[arg(long, default_value = "mark")]
-    pub deletion: crate::crawler::DeletionPolicy,
+    pub deletion: tarn_lake::crawler::DeletionPolicy,
     /// Glue's table level: every folder this many levels below the location (1: the
     /// location itself, 2: its child folders, …) is one table, whatever its shape.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "table")]
@@ -367,8 +367,8 @@ pub struct CrawlShapeArgs {
 
 impl CrawlShapeArgs {
     /// The options as the catalog keeps them for a crawler.
-    pub fn options(&self) -> crate::catalog::CrawlerOptions {
-        crate::catalog::CrawlerOptions {
+    pub fn options(&self) -> tarn_lake::catalog::CrawlerOptions {
+        tarn_lake::catalog::CrawlerOptions {
             table: self.table.clone(),
             include: self.include.clone(),
             exclude: self.exclude.clone(),

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::catalog::Catalog;
 use crate::config::{Cli, Command};
-use crate::crawler::Crawler;
-use crate::engine::limits::QueryLimits;
-use crate::engine::{Engine, EngineOptions};
-use crate::error::{Error, Result};
-use crate::storage::StoreRegistry;
+use tarn_lake::catalog::Catalog;
+use tarn_lake::crawler::Crawler;
+use tarn_lake::engine::limits::QueryLimits;
+use tarn_lake::engine::{Engine, EngineOptions};
+use tarn_lake::error::{Error, Result};
+use tarn_lake::storage::StoreRegistry;
 
 /// Everything a command needs: the catalog, the stores and an engine over them.
 pub struct Context {

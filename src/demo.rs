@@ -27,9 +27,9 @@ use parquet::file::properties::WriterProperties;
 
 use crate::config::{DemoArgs, OutputFormat};
 use crate::context::{Context, shutdown_signal};
-use crate::crawler::CrawlOptions;
-use crate::error::{Error, Result};
 use crate::output::{announce, write_batches};
+use tarn_lake::crawler::CrawlOptions;
+use tarn_lake::error::{Error, Result};
 
 const DAYS: u32 = 3;
 const USERS: i64 = 1_000;
@@ -167,7 +167,7 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
     if args.no_serve {
         return Ok(());
     }
-    let (listener, addr) = crate::serve::bind(args.listen).await?;
+    let (listener, addr) = tarn_server::serve::bind(args.listen).await?;
     println!(
         "\nConnect with any Flight SQL client, for example:\n\
          \x20 Python (ADBC):  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\")\n\
@@ -176,7 +176,7 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
          Press Ctrl-C to stop.\n"
     );
     announce(addr);
-    crate::serve::serve(ctx.engine.clone(), listener, shutdown_signal()).await
+    tarn_server::serve::serve(ctx.engine.clone(), listener, shutdown_signal()).await
 }
 
 /// Defines the demo's materialized view (once), then answers a dashboard question from the

@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::config::OutputFormat;
-use crate::error::{Error, Result};
+use tarn_lake::error::{Error, Result};
 
 /// Writes `batches` in `format`.
 ///

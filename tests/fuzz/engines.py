@@ -8,7 +8,7 @@ Tarn rule is to blame, and servers with one rule off each (started only when a
 difference needs them, then kept) tell which. Every server runs with
 `--result-cache-mb 0`, so a query the shrinker repeats is really run again.
 
-The rule names come from `TarnOptions` in src/engine/mod.rs, read at start-up, so a new
+The rule names come from `TarnOptions` in crates/optimizer/src/lib.rs, read at start-up, so a new
 rule is switched off (and blamed) without editing this file.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTIONS_SOURCE = ROOT / "src" / "engine" / "mod.rs"
+OPTIONS_SOURCE = ROOT / "crates" / "optimizer" / "src" / "lib.rs"
 QUERY_TIMEOUT_S = 60
 
 
@@ -164,7 +164,7 @@ class TarnServer:
         if not ready.wait(120) or "uri" not in found:
             self.stop()
             log = "".join(self.log)
-            hint = (" (the binary does not know a rule that src/engine/mod.rs's TarnOptions "
+            hint = (" (the binary does not know a rule that crates/optimizer/src/lib.rs's TarnOptions "
                     "names: rebuild it, or use one built from this checkout)"
                     if "not found on TarnOptions" in log else "")
             raise RuntimeError(f"{self.name} did not start{hint}: {log[-2000:]}")

@@ -13,10 +13,10 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use chrono::NaiveDateTime;
 use parquet::arrow::ArrowWriter;
-use tarn::catalog::Catalog;
-use tarn::crawler::{CrawlOptions, CrawlSummary, Crawler};
-use tarn::engine::{Engine, EngineOptions};
-use tarn::storage::StoreRegistry;
+use tarn_lake::catalog::Catalog;
+use tarn_lake::crawler::{CrawlOptions, CrawlSummary, Crawler};
+use tarn_lake::engine::{Engine, EngineOptions};
+use tarn_lake::storage::StoreRegistry;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -286,22 +286,27 @@ pub fn render(batches: &[RecordBatch]) -> Vec<Vec<String>> {
 pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<tarn::Result<()>>>,
+    task: Option<JoinHandle<tarn_lake::Result<()>>>,
 }
 
 impl TestServer {
     pub async fn start(engine: Engine) -> Self {
-        Self::start_with(engine, tarn::serve::ServeOptions::default()).await
+        Self::start_with(engine, tarn_server::serve::ServeOptions::default()).await
     }
 
-    pub async fn start_with(engine: Engine, options: tarn::serve::ServeOptions) -> Self {
-        let (listener, addr) = tarn::serve::bind("127.0.0.1:0".parse().unwrap())
+    pub async fn start_with(engine: Engine, options: tarn_server::serve::ServeOptions) -> Self {
+        let (listener, addr) = tarn_server::serve::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tarn::serve::serve_with(engine, listener, options, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(tarn_server::serve::serve_with(
+            engine,
+            listener,
+            options,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             shutdown: Some(tx),
@@ -319,7 +324,7 @@ impl TestServer {
     }
 
     /// Stops the server and reports whether it ended cleanly.
-    pub async fn stop(mut self) -> tarn::Result<()> {
+    pub async fn stop(mut self) -> tarn_lake::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

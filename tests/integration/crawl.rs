@@ -2,7 +2,7 @@
 
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::physical_plan::displayable;
-use tarn::crawler::CrawlOptions;
+use tarn_lake::crawler::CrawlOptions;
 
 use crate::common::{Env, events_v1, events_v2, firehose_lake, write_bytes, write_parquet};
 
@@ -229,7 +229,7 @@ async fn strings_are_counted_and_files_of_older_statistics_are_read_again() {
     // in the first hour, "view" and "buy" in the second.
     assert!(counts.len() > 2, "{counts:?}");
     assert_eq!(&counts[..2], [Some(2), Some(2)], "{counts:?}");
-    assert_eq!(version, Some(tarn::catalog::STATS_VERSION));
+    assert_eq!(version, Some(tarn_lake::catalog::STATS_VERSION));
     let table_kinds = env.rows("SELECT count(DISTINCT kind) FROM events").await;
 
     // A catalog written by a build that did not count: its Parquet files are read again
@@ -404,7 +404,7 @@ async fn named_table_and_database_options_and_bad_locations() {
         vec![vec!["9"]]
     );
 
-    let crawler = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone());
+    let crawler = tarn_lake::crawler::Crawler::new(env.catalog.clone(), env.stores.clone());
     let err = crawler
         .crawl(
             &env.dir.path().join("nope").to_string_lossy(),
@@ -549,7 +549,7 @@ async fn include_exclude_and_max_tables() {
     firehose_lake(&lake);
 
     // Too many new tables: refused before anything is written.
-    let err = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+    let err = tarn_lake::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
         .crawl(
             &lake.to_string_lossy(),
             &CrawlOptions {
@@ -579,7 +579,7 @@ async fn include_exclude_and_max_tables() {
         vec![vec!["7"]]
     );
 
-    let bad = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+    let bad = tarn_lake::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
         .crawl(
             &lake.to_string_lossy(),
             &CrawlOptions {
@@ -629,7 +629,7 @@ async fn progress_is_reported_as_the_crawl_advances() {
     firehose_lake(&lake);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let summary = tarn::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
+    let summary = tarn_lake::crawler::Crawler::new(env.catalog.clone(), env.stores.clone())
         .with_progress(move |p| sink.lock().unwrap().push(*p))
         .crawl(&lake.to_string_lossy(), &CrawlOptions::default())
         .await
@@ -685,13 +685,13 @@ async fn firehose_default_prefixes_become_unnamed_partitions() {
 #[tokio::test]
 async fn scheduled_crawlers_run_when_due_and_are_recorded() {
     use chrono::{DateTime, Utc};
-    use tarn::catalog::{CrawlerDef, CrawlerOptions};
-    use tarn::crawler::jobs::run_due;
+    use tarn_lake::catalog::{CrawlerDef, CrawlerOptions};
+    use tarn_lake::crawler::jobs::run_due;
     let env = Env::new().await;
     let lake = env.lake();
     firehose_lake(&lake);
     let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
-    let location = tarn::storage::Location::parse(&lake.to_string_lossy()).unwrap();
+    let location = tarn_lake::storage::Location::parse(&lake.to_string_lossy()).unwrap();
     env.catalog
         .create_crawler(&CrawlerDef {
             name: "hourly".into(),
@@ -772,7 +772,7 @@ async fn scheduled_crawlers_run_when_due_and_are_recorded() {
 
 #[tokio::test]
 async fn schema_change_policies_update_log_and_fail() {
-    use tarn::crawler::SchemaChangePolicy;
+    use tarn_lake::crawler::SchemaChangePolicy;
     let env = Env::new().await;
     let events = env.lake().join("events");
     let v1 = || events_v1(&["2024-01-05 13:00:00"], &[1], &["click"], &[1.5]);
@@ -904,7 +904,7 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
             &lake,
             CrawlOptions {
                 exclude: vec!["users/**".into()],
-                deletion: tarn::crawler::DeletionPolicy::Delete,
+                deletion: tarn_lake::crawler::DeletionPolicy::Delete,
                 ..CrawlOptions::default()
             },
         )
@@ -917,7 +917,7 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
         .crawl_with(
             &lake,
             CrawlOptions {
-                deletion: tarn::crawler::DeletionPolicy::Delete,
+                deletion: tarn_lake::crawler::DeletionPolicy::Delete,
                 ..CrawlOptions::default()
             },
         )

@@ -312,13 +312,13 @@ async fn a_running_server_sees_a_finished_crawl() {
         &events_v2(&["2024-01-07 00:00:00"], &[2], &["view"], &[1.0], &[None]),
     );
     // A second catalog handle on the same data directory, as `tarn crawl` would open.
-    let other = tarn::catalog::Catalog::open(&env.dir.path().join("data"))
+    let other = tarn_lake::catalog::Catalog::open(&env.dir.path().join("data"))
         .await
         .unwrap();
-    tarn::crawler::Crawler::new(other, env.stores.clone())
+    tarn_lake::crawler::Crawler::new(other, env.stores.clone())
         .crawl(
             &env.lake().to_string_lossy(),
-            &tarn::crawler::CrawlOptions::default(),
+            &tarn_lake::crawler::CrawlOptions::default(),
         )
         .await
         .unwrap();
@@ -617,7 +617,7 @@ fn self_signed() -> (String, String) {
 
 #[tokio::test]
 async fn rust_client_over_tls_with_password_login_and_roles() {
-    use tarn::auth::{AuthConfig, Authenticator, Role, Signer, UserConfig, hash_password};
+    use tarn_server::auth::{AuthConfig, Authenticator, Role, Signer, UserConfig, hash_password};
     let env = Env::new().await;
     firehose_lake(&env.lake());
     env.crawl(&env.lake()).await;
@@ -638,7 +638,7 @@ async fn rust_client_over_tls_with_password_login_and_roles() {
         tokens: vec![],
     };
     let (cert, key) = self_signed();
-    let options = tarn::serve::ServeOptions {
+    let options = tarn_server::serve::ServeOptions {
         auth: Arc::new(Authenticator::new(&config, Signer::random())),
         tls: Some((cert.clone().into_bytes(), key.into_bytes())),
     };

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use tarn::engine::history::QueryLabel;
-use tarn::engine::limits::QueryLimits;
-use tarn::engine::{Engine, EngineOptions, Statement};
+use tarn_lake::engine::history::QueryLabel;
+use tarn_lake::engine::limits::QueryLimits;
+use tarn_lake::engine::{Engine, EngineOptions, Statement};
 
 use crate::common::{Env, render};
 
@@ -42,7 +42,7 @@ async fn run(
     user: &str,
     admin: bool,
     sql: &str,
-) -> tarn::Result<Vec<Vec<String>>> {
+) -> tarn_lake::Result<Vec<Vec<String>>> {
     let engine = as_user(engine, user, admin, sql);
     let prepared = engine.prepare(sql, None).await;
     if let Err(e) = &prepared {
@@ -203,7 +203,7 @@ async fn statements_are_recorded_with_what_they_scanned_pruned_and_held() {
         EngineOptions {
             warehouse: Some(warehouse.to_string_lossy().into_owned()),
             result_cache: 64 << 20,
-            memory: Some(tarn::engine::limits::MemoryLimit {
+            memory: Some(tarn_lake::engine::limits::MemoryLimit {
                 bytes: 1 << 30,
                 spill_dir: None,
             }),
@@ -274,7 +274,7 @@ async fn running_statements_are_shown_until_they_end_and_operators_that_spill_sa
     let engine = engine_with(
         &env,
         EngineOptions {
-            memory: Some(tarn::engine::limits::MemoryLimit {
+            memory: Some(tarn_lake::engine::limits::MemoryLimit {
                 bytes: 4 << 20,
                 spill_dir: None,
             }),

@@ -8,9 +8,9 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::TryStreamExt;
-use tarn::Error;
-use tarn::engine::limits::{MemoryLimit, QueryLimits};
-use tarn::engine::{Engine, EngineOptions, Statement};
+use tarn_lake::Error;
+use tarn_lake::engine::limits::{MemoryLimit, QueryLimits};
+use tarn_lake::engine::{Engine, EngineOptions, Statement};
 
 use crate::common::{Env, render, write_parquet};
 
@@ -42,14 +42,14 @@ fn engine(env: &Env, memory: Option<MemoryLimit>, limits: QueryLimits) -> Engine
 }
 
 /// Plans and starts `sql` (its stream not yet read).
-async fn start(engine: &Engine, sql: &str) -> tarn::Result<SendableRecordBatchStream> {
+async fn start(engine: &Engine, sql: &str) -> tarn_lake::Result<SendableRecordBatchStream> {
     let Statement::Query(df) = engine.prepare(sql, None).await? else {
         panic!("a query");
     };
     engine.execute(*df).await
 }
 
-async fn run(engine: &Engine, sql: &str) -> tarn::Result<Vec<Vec<String>>> {
+async fn run(engine: &Engine, sql: &str) -> tarn_lake::Result<Vec<Vec<String>>> {
     let batches: Vec<RecordBatch> = start(engine, sql).await?.try_collect().await?;
     Ok(render(&batches))
 }

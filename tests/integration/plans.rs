@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::physical_plan::displayable;
-use tarn::engine::{Engine, EngineOptions};
+use tarn_lake::engine::{Engine, EngineOptions};
 
 use crate::common::{Env, render, write_parquet};
 

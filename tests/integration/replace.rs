@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::TryStreamExt;
-use tarn::engine::{Engine, EngineOptions, Statement};
+use tarn_lake::engine::{Engine, EngineOptions, Statement};
 
 use crate::common::{Env, write_parquet};
 
@@ -78,7 +78,8 @@ async fn a_scan_running_across_an_overwrite_completes_with_the_old_rows() {
         env.rows("SELECT count(*), sum(v) FROM t").await,
         vec![vec!["1", "42"]]
     );
-    let later = chrono::Utc::now() + tarn::deferred::DELETE_GRACE + chrono::TimeDelta::seconds(1);
+    let later =
+        chrono::Utc::now() + tarn_lake::deferred::DELETE_GRACE + chrono::TimeDelta::seconds(1);
     assert_eq!(env.engine.sweep_deferred_deletes(later).await.unwrap(), 8);
     assert_eq!(parquet_files(&folder), 1);
     env.rows("MSCK REPAIR TABLE t").await;

@@ -150,7 +150,7 @@ const DASHBOARD: &[(&str, bool)] = &[
 ];
 
 /// Rows rendered, floats rounded (re-aggregation may sum floats in another order), sorted.
-async fn answer(engine: &tarn::engine::Engine, sql: &str) -> Vec<Vec<String>> {
+async fn answer(engine: &tarn_lake::engine::Engine, sql: &str) -> Vec<Vec<String>> {
     let (_, batches) = engine
         .query(sql)
         .await
@@ -402,10 +402,10 @@ async fn rollup_answers_stay_exact_as_data_lands() {
     assert_exact(&env, "after MSCK REPAIR and INSERT").await;
 
     // Without the memory budget (one-shot commands), the rollup's files are scanned.
-    let on_files = tarn::engine::Engine::new(
+    let on_files = tarn_lake::engine::Engine::new(
         env.catalog.clone(),
         Arc::clone(&env.stores),
-        &tarn::engine::EngineOptions::default(),
+        &tarn_lake::engine::EngineOptions::default(),
     )
     .unwrap();
     let base = env.engine.without_rollup_rewrite();
@@ -561,7 +561,7 @@ fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn replaced_rollup_files_outlive_their_replacement_by_a_grace_period() {
     use chrono::{TimeDelta, Utc};
-    use tarn::rollup::DELETE_GRACE;
+    use tarn_lake::rollup::DELETE_GRACE;
 
     let env = Env::new().await;
     let lake = env.lake();
@@ -646,7 +646,7 @@ async fn definitions_that_cannot_be_kept_are_refused_clearly() {
 
 #[tokio::test]
 async fn views_are_managed_over_the_admin_api() {
-    use tarn::admin::proto;
+    use tarn_server::admin::proto;
     let env = Env::new().await;
     let lake = env.lake();
     write_lake(&lake);

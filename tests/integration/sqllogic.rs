@@ -1,12 +1,12 @@
-//! SQL behaviour as sqllogictest files (`tests/sql/*.slt`), run against an engine over the
-//! Firehose fixture lake (tables `events` and `users`) and the reduced differential cases
-//! (database `r`).
+//! SQL behaviour as sqllogictest files (`tests/sql/*.slt`), each file its own test, run
+//! against an engine over the Firehose fixture lake (tables `events` and `users`) and the
+//! reduced differential cases (database `r`).
 
 use std::path::PathBuf;
 
 use arrow::datatypes::DataType;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
-use tarn::engine::Engine;
+use tarn_lake::engine::Engine;
 
 use crate::common::{Env, firehose_lake, reduced_lake, render};
 
@@ -16,7 +16,7 @@ struct TarnDb {
 
 #[async_trait::async_trait]
 impl AsyncDB for TarnDb {
-    type Error = tarn::Error;
+    type Error = tarn_lake::Error;
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
@@ -45,8 +45,9 @@ impl AsyncDB for TarnDb {
     }
 }
 
-#[tokio::test]
-async fn sql_logic_tests() {
+/// Runs `tests/sql/<name>.slt` against an engine over the fixture lakes; a failure names
+/// the file and the record.
+async fn run_file(name: &str) {
     let env = Env::new().await;
     firehose_lake(&env.lake());
     env.crawl(&env.lake()).await;
@@ -54,39 +55,61 @@ async fn sql_logic_tests() {
     reduced_lake(&reduced);
     env.crawl_with(
         &reduced,
-        tarn::crawler::CrawlOptions {
+        tarn_lake::crawler::CrawlOptions {
             database: "r".into(),
-            ..tarn::crawler::CrawlOptions::default()
+            ..tarn_lake::crawler::CrawlOptions::default()
         },
     )
     .await;
-
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
-    // Every file runs; the failures are reported together, each naming its file and record.
-    let mut failures = Vec::new();
-    for file in &files {
-        let engine = env.engine.clone();
-        let mut runner = sqllogictest::Runner::new(move || {
-            let engine = engine.clone();
-            async move { Ok::<_, tarn::Error>(TarnDb { engine }) }
-        });
-        runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
-        if let Err(e) = runner.run_file_async(file).await {
-            failures.push(format!("{}: {e}", file.display()));
-        }
+    let file = sql_dir().join(format!("{name}.slt"));
+    let engine = env.engine.clone();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let engine = engine.clone();
+        async move { Ok::<_, tarn_lake::Error>(TarnDb { engine }) }
+    });
+    runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
+    if let Err(e) = runner.run_file_async(&file).await {
+        panic!("{}: {e}", file.display());
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} .slt files failed:\n{}",
-        failures.len(),
-        files.len(),
-        failures.join("\n")
-    );
 }
+
+fn sql_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sql")
+}
+
+/// One test per `.slt` file, so a failing file is named and the others still run.
+macro_rules! slt_files {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                run_file(stringify!($name)).await;
+            }
+        )*
+
+        /// Every `.slt` file in `tests/sql` has its test above (a new file without one
+        /// would never run).
+        #[test]
+        fn every_slt_file_has_a_test() {
+            let mut on_disk: Vec<String> = std::fs::read_dir(sql_dir())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            on_disk.sort();
+            let mut listed = vec![$(stringify!($name).to_string()),*];
+            listed.sort();
+            assert_eq!(on_disk, listed, "add each tests/sql/*.slt file to slt_files! in tests/integration/sqllogic.rs");
+        }
+    };
+}
+
+slt_files!(
+    basics,
+    ddl,
+    errors,
+    joins_windows,
+    time_windows,
+    wrong_answers,
+);

@@ -1,0 +1,130 @@
+//! The HTTP listener (`--http-listen`): operations for a load balancer, Kubernetes or a
+//! monitoring system, and SQL for functions and scripts.
+//!
+//! - `GET /metrics`: the engine's metrics in the OpenMetrics text format.
+//! - `GET /healthz`: 200 while the process serves requests.
+//! - `GET /readyz`: 200 when the catalog answers and the server is not draining; 503
+//!   otherwise (it turns 503 first on SIGTERM, before the listeners close).
+//! - `POST /v1/query`: a statement answered in JSON, NDJSON, CSV or Arrow ([`query`]).
+//! - `GET /v1/databases`, `/v1/tables/{db}`, `/v1/tables/{db}/{table}`: the catalog
+//!   ([`catalog`]).
+
+mod catalog;
+mod query;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use tarn_lake::engine::Engine;
+use tarn_lake::error::{Error, Result};
+
+/// Whether the server is shutting down (no longer ready for new work).
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct Ops {
+    engine: Engine,
+    draining: Draining,
+}
+
+/// What the query API needs beside the engine.
+#[derive(Clone)]
+pub struct QueryApi {
+    /// Who may run statements (as over Flight SQL).
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The most rows one request may ask for (`--http-max-rows`).
+    pub max_rows: usize,
+}
+
+/// The operations routes over `engine`, and the query API when `api` is given.
+pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Router {
+    let ops = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Ops {
+            engine: engine.clone(),
+            draining,
+        });
+    match api {
+        Some(api) => ops.merge(
+            Router::new()
+                .route("/v1/query", post(query::query))
+                .route("/v1/databases", get(catalog::databases))
+                .route("/v1/tables/{db}", get(catalog::tables))
+                .route("/v1/tables/{db}/{table}", get(catalog::table))
+                .with_state(query::Api {
+                    engine,
+                    auth: api.auth,
+                    max_rows: api.max_rows,
+                }),
+        ),
+        None => ops,
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// [`Error::Internal`] when the HTTP server fails.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ops.engine.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if ops.draining.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match ops.engine.catalog().generation().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("catalog unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}

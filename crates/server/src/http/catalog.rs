@@ -1,0 +1,140 @@
+//! The catalog over HTTP, for functions and the console: `GET /v1/databases`,
+//! `GET /v1/tables/{db}` and `GET /v1/tables/{db}/{table}` (columns with their Arrow
+//! types, partition columns, size, partitions, schema history). Callers authenticate as
+//! for queries; every role may read the catalog.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::query::{Api, error_response};
+use tarn_lake::catalog::{TableEntry, TableSize};
+use tarn_lake::error::{Error, Result};
+
+/// `GET /v1/databases`.
+pub(crate) async fn databases(State(api): State<Api>, headers: HeaderMap) -> Response {
+    answer(list_databases(&api, &headers).await)
+}
+
+/// `GET /v1/tables/{db}`.
+pub(crate) async fn tables(
+    State(api): State<Api>,
+    Path(database): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    answer(list_tables(&api, &headers, &database).await)
+}
+
+/// `GET /v1/tables/{db}/{table}`.
+pub(crate) async fn table(
+    State(api): State<Api>,
+    Path((database, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    answer(describe(&api, &headers, &database, &name).await)
+}
+
+fn answer(result: Result<Value>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// The user's tables (rollups' storage left out), after authenticating the caller.
+async fn visible_tables(api: &Api, headers: &HeaderMap) -> Result<Vec<TableEntry>> {
+    api.authenticate(headers)?;
+    api.engine.refresh().await?;
+    Ok(api
+        .engine
+        .tables()
+        .into_iter()
+        .filter(|t| !tarn_lake::rollup::is_storage_table(&t.name))
+        .collect())
+}
+
+async fn list_databases(api: &Api, headers: &HeaderMap) -> Result<Value> {
+    let tables = visible_tables(api, headers).await?;
+    let databases: Vec<Value> = api
+        .engine
+        .databases()
+        .into_iter()
+        .map(|name| {
+            let count = tables.iter().filter(|t| t.database == name).count();
+            json!({"name": name, "tables": count})
+        })
+        .collect();
+    Ok(json!({ "databases": databases }))
+}
+
+async fn list_tables(api: &Api, headers: &HeaderMap, database: &str) -> Result<Value> {
+    let tables = visible_tables(api, headers).await?;
+    if !api.engine.databases().iter().any(|d| d == database) {
+        return Err(Error::TableNotFound {
+            name: format!("{database} (no such database; GET /v1/databases lists them)"),
+        });
+    }
+    let sizes = api.engine.catalog().table_sizes().await?;
+    let listed: Vec<Value> = tables
+        .iter()
+        .filter(|t| t.database == database)
+        .map(|t| summary(t, sizes.get(&t.id).copied().unwrap_or_default()))
+        .collect();
+    Ok(json!({ "database": database, "tables": listed }))
+}
+
+async fn describe(api: &Api, headers: &HeaderMap, database: &str, name: &str) -> Result<Value> {
+    let tables = visible_tables(api, headers).await?;
+    let table = tables
+        .iter()
+        .find(|t| t.database == database && t.name == name)
+        .ok_or_else(|| Error::TableNotFound {
+            name: format!("{database}.{name} (GET /v1/tables/{database} lists its tables)"),
+        })?;
+    let sizes = api.engine.catalog().table_sizes().await?;
+    let mut out = summary(table, sizes.get(&table.id).copied().unwrap_or_default());
+    let columns: Vec<Value> = table
+        .file_schema
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+        .collect();
+    let history: Vec<Value> = api
+        .engine
+        .catalog()
+        .schema_history(table.id)
+        .await?
+        .into_iter()
+        .map(|(version, columns, created_at)| {
+            json!({"version": version, "columns": columns, "created_at": created_at})
+        })
+        .collect();
+    if let Value::Object(map) = &mut out {
+        map.insert("columns".into(), Value::Array(columns));
+        map.insert("schema_history".into(), Value::Array(history));
+    }
+    Ok(out)
+}
+
+fn summary(t: &TableEntry, size: TableSize) -> Value {
+    let partition_columns: Vec<Value> = t
+        .partition_columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.data_type.to_string()}))
+        .collect();
+    json!({
+        "database": t.database,
+        "name": t.name,
+        "format": t.format,
+        "location": t.location,
+        "partition_columns": partition_columns,
+        "files": size.files,
+        "rows": size.rows,
+        "bytes": size.bytes,
+        "partitions": size.partitions,
+        "version": t.version,
+        "updated_at": t.updated_at,
+    })
+}
