@@ -432,7 +432,7 @@ async fn main() {
             database: "default".into(),
             name: "big".into(),
             location: format!("file://{}/big/", root.display()),
-            format: "parquet".into(),
+            format: tarn_lake::catalog::TableFormat::Parquet,
             partition_columns: vec![PartitionColumn {
                 name: "day".into(),
                 data_type: PartitionType::Int64,

@@ -65,6 +65,50 @@ pub struct PartitionColumn {
     pub data_type: PartitionType,
 }
 
+/// How a table's data is stored: loose files of one format, or a table format with its
+/// own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableFormat {
+    Parquet,
+    Csv,
+    Json,
+    /// A Delta Lake table: its log says which files make each version.
+    Delta,
+}
+
+impl TableFormat {
+    /// Every format, as `STORED AS` and the catalog name them.
+    pub const ALL: [TableFormat; 4] = [
+        TableFormat::Parquet,
+        TableFormat::Csv,
+        TableFormat::Json,
+        TableFormat::Delta,
+    ];
+
+    /// The format's name in the catalog and in `STORED AS` (lower case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Parquet => "parquet",
+            TableFormat::Csv => "csv",
+            TableFormat::Json => "json",
+            TableFormat::Delta => "delta",
+        }
+    }
+
+    /// The format named `name` (any case), if Tarn reads it.
+    pub fn parse(name: &str) -> Option<TableFormat> {
+        TableFormat::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl std::fmt::Display for TableFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A table as the catalog records it.
 #[derive(Debug, Clone)]
 pub struct TableEntry {
@@ -73,7 +117,7 @@ pub struct TableEntry {
     pub name: String,
     /// URL of the table's root, ending in `/`.
     pub location: String,
-    pub format: String,
+    pub format: TableFormat,
     pub partition_columns: Vec<PartitionColumn>,
     /// The merged schema of the file columns (partition columns not included).
     pub file_schema: SchemaRef,
@@ -205,7 +249,7 @@ pub struct TableCommit {
     pub database: String,
     pub name: String,
     pub location: String,
-    pub format: String,
+    pub format: TableFormat,
     pub partition_columns: Vec<PartitionColumn>,
     /// The merged file schema after this crawl.
     pub file_schema: SchemaRef,

@@ -257,13 +257,19 @@ impl Catalog {
                             reason: format!("partition columns: {e}"),
                         }
                     })?;
+                let format_name: &str = r.get(4);
+                let format =
+                    TableFormat::parse(format_name).ok_or_else(|| Error::CatalogCorrupt {
+                        what: what(),
+                        reason: format!("unknown table format '{format_name}'"),
+                    })?;
                 let file_schema = decode_schema(r.get::<&[u8], _>(9), what)?;
                 Ok(TableEntry {
                     id: r.get(0),
                     database,
                     name,
                     location: r.get(3),
-                    format: r.get(4),
+                    format,
                     partition_columns,
                     file_schema,
                     schema_version: r.get(6),
@@ -520,7 +526,7 @@ impl Catalog {
                 }
                 if row.get::<&str, _>(3) != partition_json
                     || row.get::<&str, _>(4) != commit.location
-                    || row.get::<&str, _>(5) != commit.format
+                    || row.get::<&str, _>(5) != commit.format.as_str()
                 {
                     sqlx::query(
                         "UPDATE tables SET partition_columns = ?2, location = ?3, format = ?4
@@ -529,7 +535,7 @@ impl Catalog {
                     .bind(id)
                     .bind(&partition_json)
                     .bind(&commit.location)
-                    .bind(&commit.format)
+                    .bind(commit.format.as_str())
                     .execute(&mut *tx)
                     .await?;
                     outcome.changed = true;
@@ -551,7 +557,7 @@ impl Catalog {
                 .bind(database_id)
                 .bind(&commit.name)
                 .bind(&commit.location)
-                .bind(&commit.format)
+                .bind(commit.format.as_str())
                 .bind(&partition_json)
                 .bind(&ts)
                 .fetch_one(&mut *tx)

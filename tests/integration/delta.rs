@@ -89,7 +89,7 @@ async fn delta_tables_written_by_the_rust_writer_are_read_at_their_catalogued_ve
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(table.format, "delta");
+    assert_eq!(table.format, tarn_lake::catalog::TableFormat::Delta);
 
     assert_eq!(env.rows(&q("orders")).await, expected(&[1000..1100]));
     assert_eq!(

@@ -7,6 +7,7 @@ mod crawl;
 mod delta;
 mod flight;
 mod history;
+mod layers;
 mod limits;
 mod plans;
 mod replace;

@@ -5,7 +5,7 @@
 //! through deltalake's DataFusion scan. So a query lists nothing, and the result cache and
 //! the rollups key on the catalog's table version as they do for Parquet tables. A re-crawl
 //! (or `MSCK REPAIR TABLE`) moves the table to the newest version in the log. Any other
-//! version is read with `VERSION AS OF n` or `TIMESTAMP AS OF '…'` (see [`crate::engine::time_travel`]).
+//! version is read with `VERSION AS OF n` or `TIMESTAMP AS OF '…'` (see the engine's `time_travel` module).
 //!
 //! Tables are opened on Tarn's own object stores (the ones the crawler listed with), so
 //! local, S3 and in-memory lakes work alike and deltalake needs no cloud features.

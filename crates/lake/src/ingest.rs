@@ -27,13 +27,13 @@ use parquet::file::properties::WriterProperties;
 
 use crate::catalog::{
     FileEntry, PartitionColumn, PartitionEntry, PartitionType, STATS_VERSION, TableCommit,
+    TableFormat,
 };
 use crate::crawler::footer::{count_written_dictionaries, file_stats};
 use crate::crawler::layout::HIVE_NULL;
 use crate::crawler::schema::SchemaMerger;
-use crate::engine::{DEFAULT_DATABASE, Engine};
 use crate::error::{Error, Result};
-use crate::storage::Location;
+use crate::storage::{Location, StoreRegistry};
 
 /// What to do when the table does or does not exist (ADBC's four ingest modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,30 +98,40 @@ impl Written {
     }
 }
 
-/// Writes `batches` into the table named by `request` and commits them; returns the number
-/// of rows ingested.
+/// Where an ingest writes: the catalog and stores, the database (resolved by the caller),
+/// whether it exists, and the location a new table gets in the warehouse.
+pub struct Destination<'a> {
+    pub catalog: &'a crate::catalog::Catalog,
+    pub stores: &'a StoreRegistry,
+    pub database: String,
+    /// Whether `database` exists (the default database always does).
+    pub database_exists: bool,
+    /// The warehouse location a new table of this name in `database` would get, or why
+    /// there is none (needed only to create the table).
+    pub warehouse: Result<Location>,
+}
+
+/// Writes `batches` into the table `request` names in `to` and commits them; returns the
+/// number of rows ingested. Refreshing what reads the table is the caller's
+/// ([`crate::engine::Engine::ingest`]).
 ///
 /// # Errors
 /// [`Error::AlreadyExists`] / [`Error::TableNotFound`] when the mode does not allow the
 /// table's state; [`Error::InvalidArgument`] when the rows do not fit the table (a column
 /// of an incompatible type, a missing partition column); store errors while writing. On
 /// any error nothing is committed and the written files are deleted.
-pub async fn ingest<S>(engine: &Engine, request: &IngestRequest, batches: S) -> Result<u64>
+pub async fn ingest<S>(to: Destination<'_>, request: &IngestRequest, batches: S) -> Result<u64>
 where
     S: Stream<Item = Result<RecordBatch>> + Send,
 {
-    let database = request
-        .database
-        .clone()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| engine.default_database());
+    let database = to.database;
     let name = request.table.as_str();
     if name.is_empty() {
         return Err(Error::InvalidArgument(
             "ingest needs a table name".to_string(),
         ));
     }
-    let catalog = engine.catalog();
+    let catalog = to.catalog;
     let existing = catalog.table(&database, name).await?;
     let qualified = format!("{database}.{name}");
     match (&existing, request.mode) {
@@ -136,20 +146,13 @@ where
         }
         _ => {}
     }
-    if existing.is_none()
-        && database != DEFAULT_DATABASE
-        && !catalog
-            .databases()
-            .await?
-            .iter()
-            .any(|d| d.name == database)
-    {
+    if existing.is_none() && !to.database_exists {
         return Err(Error::InvalidArgument(format!(
             "database '{database}' does not exist; run CREATE DATABASE {database} first"
         )));
     }
     if let Some(t) = &existing
-        && t.format != "parquet"
+        && t.format != TableFormat::Parquet
     {
         return Err(Error::InvalidArgument(format!(
             "table '{qualified}' is stored as {}; ingest writes Parquet tables only",
@@ -159,7 +162,7 @@ where
 
     let location = match &existing {
         Some(t) => Location::parse_catalogued(&t.location)?,
-        None => engine.warehouse_location(&database, name)?,
+        None => to.warehouse?,
     };
     let partition_columns: Vec<PartitionColumn> = existing
         .as_ref()
@@ -169,7 +172,7 @@ where
         Some(t) if !partition_columns.is_empty() => catalog.partitions(t.id).await?,
         _ => Vec::new(),
     };
-    let store = engine.stores().store_for(&location)?;
+    let store = to.stores.store_for(&location)?;
     let router = PartitionRouter::new(&location, &partition_columns, &partitions, &qualified)?;
 
     let ingest_id = uuid::Uuid::new_v4().simple().to_string();
@@ -217,7 +220,7 @@ where
         database: database.clone(),
         name: name.to_string(),
         location: location.to_string(),
-        format: "parquet".to_string(),
+        format: TableFormat::Parquet,
         partition_columns,
         file_schema: merger.finish(),
         upserts: written.done.clone(),
@@ -234,9 +237,7 @@ where
     // The old files are deleted after the grace period: a query planned before this
     // commit may still be reading them (crawls leave them out meanwhile).
     crate::deferred::defer(catalog, &location, removals).await;
-    engine.refresh().await?;
     tracing::info!(table = %qualified, rows, files = commit.upserts.len(), "ingested");
-    engine.refresh_stale_rollups().await;
     Ok(rows)
 }
 

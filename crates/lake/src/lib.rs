@@ -8,6 +8,8 @@
 //! - [`delta`]: Delta Lake tables (log replay, time travel) through deltalake.
 //! - [`ingest`]: bulk ingest of record batches into Parquet tables.
 //! - [`deferred`]: replaced files deleted after a grace period, one mechanism for all.
+//! - [`table`]: a catalogued table as DataFusion reads it (file list, pruning, statistics,
+//!   scans), for the engine and the rollups; `probe`: what one query cost.
 //! - [`engine`]: DataFusion sessions whose tables are planned from the catalog, with
 //!   Tarn's planner rules (`tarn-optimizer`), the result cache, limits, admission, the
 //!   query history, metrics and Tarn's SQL commands.
@@ -22,7 +24,9 @@ pub mod delta;
 pub mod engine;
 pub mod error;
 pub mod ingest;
+mod probe;
 pub mod rollup;
 pub mod storage;
+pub mod table;
 
 pub use error::{Error, Result};

@@ -102,7 +102,7 @@ fn table_summary(t: &tarn_lake::catalog::TableEntry) -> proto::TableSummary {
         database: t.database.clone(),
         name: t.name.clone(),
         location: t.location.clone(),
-        format: t.format.clone(),
+        format: t.format.to_string(),
         version: t.version,
         updated_at: t.updated_at.clone(),
     }

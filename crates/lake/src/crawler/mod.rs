@@ -29,7 +29,7 @@ use object_store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 
 use crate::catalog::{
-    Catalog, FileEntry, PartitionColumn, PartitionType, STATS_VERSION, TableCommit,
+    Catalog, FileEntry, PartitionColumn, PartitionType, STATS_VERSION, TableCommit, TableFormat,
 };
 // The crawl policies are stored settings of crawlers, so the catalog defines them.
 pub use crate::catalog::{DeletionPolicy, SchemaChangePolicy};
@@ -677,7 +677,7 @@ impl Crawler {
                     let folder = url[t.location.len()..]
                         .rsplit_once('/')
                         .map(|(folder, _)| folder.to_string())
-                        .filter(|f| !f.is_empty() && t.format != "delta");
+                        .filter(|f| !f.is_empty() && t.format != TableFormat::Delta);
                     let entry = tables
                         .entry(t.location.clone())
                         .or_insert_with(|| (t.name.clone(), Some(BTreeSet::new())));
@@ -1084,7 +1084,7 @@ impl Crawler {
                     }
                 }
                 DeletionPolicy::Mark => {
-                    if table.format != "delta" {
+                    if table.format != TableFormat::Delta {
                         // Its files are gone: forget them, keep the definition.
                         Box::pin(self.crawl_table(
                             &store,
@@ -1138,7 +1138,7 @@ impl Crawler {
             None => serde_json::Value::Null,
         };
         if let Some(t) = &existing
-            && t.format == "delta"
+            && t.format == TableFormat::Delta
             && newest.is_some()
             && crate::delta::catalogued_version(&properties) == newest
         {
@@ -1166,7 +1166,7 @@ impl Crawler {
             }
         };
         if let Some(t) = &existing
-            && t.format == "delta"
+            && t.format == TableFormat::Delta
             && options.schema_change != SchemaChangePolicy::Update
             && let Some(change) = describe_schema_change(&t.file_schema, &described.schema)
         {
@@ -1196,7 +1196,7 @@ impl Crawler {
             database: options.database.clone(),
             name: name.to_string(),
             location: table_url.to_string(),
-            format: "delta".into(),
+            format: TableFormat::Delta,
             partition_columns: Vec::new(),
             file_schema: Arc::clone(&described.schema),
             upserts: Vec::new(),
@@ -1443,7 +1443,9 @@ impl Crawler {
 
         // What the table is already: its format (while it keeps files) and, for CSV, its
         // header and delimiter, which new files are read with.
-        let existing_format = existing.as_ref().and_then(|t| FileFormat::parse(&t.format));
+        let existing_format = existing
+            .as_ref()
+            .and_then(|t| FileFormat::of_table(t.format));
         let existing_state = &properties["format_state"];
         let header_hint = existing_state["has_header"].as_bool();
         let sample_rows = options.sample_rows.max(1);
@@ -1884,7 +1886,7 @@ impl Crawler {
             database: options.database.clone(),
             name: name.to_string(),
             location: table_url.to_string(),
-            format: table_format.as_str().into(),
+            format: table_format.table_format(),
             partition_columns,
             file_schema,
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),

@@ -33,12 +33,25 @@ impl FileFormat {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "parquet" => Some(FileFormat::Parquet),
-            "csv" => Some(FileFormat::Csv),
-            "json" => Some(FileFormat::Json),
-            _ => None,
+    /// The files' format of a table stored as `format`; `None` for a table format with
+    /// its own log (Delta).
+    pub fn of_table(format: crate::catalog::TableFormat) -> Option<Self> {
+        use crate::catalog::TableFormat;
+        match format {
+            TableFormat::Parquet => Some(FileFormat::Parquet),
+            TableFormat::Csv => Some(FileFormat::Csv),
+            TableFormat::Json => Some(FileFormat::Json),
+            TableFormat::Delta => None,
+        }
+    }
+
+    /// The format of a table of these files.
+    pub fn table_format(self) -> crate::catalog::TableFormat {
+        use crate::catalog::TableFormat;
+        match self {
+            FileFormat::Parquet => TableFormat::Parquet,
+            FileFormat::Csv => TableFormat::Csv,
+            FileFormat::Json => TableFormat::Json,
         }
     }
 }

@@ -28,7 +28,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::memory::MemoryStream;
 use futures::Stream;
 
-use super::table::CatalogTable;
+use crate::table::CatalogTable;
 
 /// Counters and size of the cache, for `SHOW RESULT CACHE`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

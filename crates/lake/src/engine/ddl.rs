@@ -25,14 +25,14 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::TableReference;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    AlterTableOperation, BinaryOperator, CreateTableOptions, Expr as SqlExpr, ObjectName,
-    ObjectType, Partition, SqlOption, Statement, TableObject,
+    AlterTable, AlterTableOperation, BinaryOperator, CreateTableOptions, Expr as SqlExpr, Insert,
+    ObjectName, ObjectType, Partition, SqlOption, Statement, TableObject,
 };
 
-use crate::catalog::PartitionType;
+use crate::catalog::{PartitionType, TableFormat};
 use crate::crawler::layout::is_under;
 use crate::crawler::layout::{HIVE_NULL, parse_date, parse_timestamp};
 use crate::crawler::{
@@ -60,8 +60,8 @@ pub enum Command {
         location: String,
         if_not_exists: bool,
         declared: Declared,
-        /// `parquet`, `csv`, `json` or `delta` (`STORED AS`): what the location must hold.
-        format: String,
+        /// `STORED AS`: what the location must hold.
+        format: TableFormat,
     },
     DropTable {
         database: String,
@@ -244,9 +244,15 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
             }
             Statement::CreateView(view) if view.materialized => {
                 let (database, name) = table_name(&view.name, default_db)?;
+                let plan = engine
+                    .base_state()
+                    .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                        Statement::Query(view.query.clone()),
+                    )))
+                    .await
+                    .map_err(Error::from)?;
                 let mut definition =
-                    crate::rollup::define(engine, &database, &name, &s.to_string(), &view.query)
-                        .await?;
+                    crate::rollup::define(&plan, &database, &name, &s.to_string(), &view.query)?;
                 definition.max_staleness_secs = staleness_option(&view.options)?;
                 return Ok(Some(Command::CreateMaterializedView {
                     definition: Box::new(definition),
@@ -298,51 +304,7 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                     Command::ShowPartitions { database, name }
                 }));
             }
-            Statement::AlterTable(alter) => {
-                let (database, name) = table_name(&alter.name, default_db)?;
-                let [operation] = alter.operations.as_slice() else {
-                    return Err(Error::Sql(
-                        "ALTER TABLE takes one operation at a time".into(),
-                    ));
-                };
-                return Ok(Some(match operation {
-                    AlterTableOperation::AddPartitions {
-                        new_partitions,
-                        if_not_exists,
-                    } => {
-                        let partitions = new_partitions
-                            .iter()
-                            .map(|p| match p {
-                                Partition::Partitions(exprs) => partition_spec(exprs),
-                                Partition::Expr(e) => partition_spec(std::slice::from_ref(e)),
-                                _ => Err(Error::Sql("expected PARTITION (key = value, …)".into())),
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Command::AddPartitions {
-                            database,
-                            name,
-                            locations: vec![None; partitions.len()],
-                            partitions,
-                            if_not_exists: *if_not_exists,
-                        }
-                    }
-                    AlterTableOperation::DropPartitions {
-                        partitions,
-                        if_exists,
-                    } => Command::DropPartitions {
-                        database,
-                        name,
-                        partitions: vec![partition_spec(partitions)?],
-                        if_exists: *if_exists,
-                    },
-                    other => {
-                        return Err(Error::Sql(format!(
-                            "ALTER TABLE … {other} is not supported; Tarn supports ADD PARTITION \
-                             and DROP PARTITION (columns follow the files: crawl again)"
-                        )));
-                    }
-                }));
-            }
+            Statement::AlterTable(alter) => return alter_table(alter, default_db).map(Some),
             Statement::Drop {
                 object_type: ObjectType::Database,
                 if_exists,
@@ -367,48 +329,7 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                     cascade: *cascade,
                 }));
             }
-            Statement::Insert(insert) => {
-                let TableObject::TableName(table) = &insert.table else {
-                    return Err(Error::Sql(
-                        "INSERT INTO a table function is not supported".into(),
-                    ));
-                };
-                let (database, name) = table_name(table, default_db)?;
-                if insert.partitioned.is_some()
-                    || !insert.assignments.is_empty()
-                    || insert.on.is_some()
-                    || insert.returning.is_some()
-                {
-                    return Err(Error::Sql(
-                        "Tarn supports INSERT [OVERWRITE] INTO t [(columns)] VALUES … | SELECT …; \
-                         partition clauses, SET, ON CONFLICT and RETURNING are not supported \
-                         (partition columns are ordinary columns of the inserted rows)"
-                            .into(),
-                    ));
-                }
-                let source = insert
-                    .source
-                    .as_ref()
-                    .ok_or_else(|| Error::Sql("INSERT needs VALUES or a SELECT".into()))?
-                    .to_string();
-                let columns = insert
-                    .columns
-                    .iter()
-                    .map(|c| {
-                        c.0.last()
-                            .and_then(|p| p.as_ident())
-                            .map(normalize)
-                            .ok_or_else(|| Error::Sql(format!("'{c}' is not a column name")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                return Ok(Some(Command::Insert {
-                    database,
-                    name,
-                    columns,
-                    source,
-                    overwrite: insert.overwrite,
-                }));
-            }
+            Statement::Insert(insert) => return insert_into(insert, default_db).map(Some),
             Statement::CreateSchema { .. }
             | Statement::CreateDatabase { .. }
             | Statement::Drop { .. } => {}
@@ -443,66 +364,7 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                 if_exists: d.if_exists,
             }
         }
-        DdlStatement::CreateExternalTable(c) => {
-            let (database, name) = table_reference(&c.name, default_db);
-            let format = c.file_type.to_ascii_lowercase();
-            let delta = format == "delta";
-            if !matches!(format.as_str(), "parquet" | "csv" | "json" | "delta") {
-                return Err(Error::Sql(format!(
-                    "STORED AS {} is not supported yet; Tarn reads PARQUET, CSV, JSON and DELTA \
-                     tables",
-                    c.file_type
-                )));
-            }
-            if delta && (!c.schema.fields().is_empty() || !c.table_partition_cols.is_empty()) {
-                return Err(Error::Sql(
-                    "a Delta table's columns and partitions come from its log: leave out the \
-                     column list and PARTITIONED BY"
-                        .into(),
-                ));
-            }
-            let [location] = c.locations.as_slice() else {
-                return Err(Error::Sql(
-                    "CREATE EXTERNAL TABLE takes one LOCATION".into(),
-                ));
-            };
-            let fields = c.schema.as_arrow().fields().clone();
-            let mut partition_types = BTreeMap::new();
-            for key in &c.table_partition_cols {
-                if let Some(field) = fields.iter().find(|f| f.name() == key) {
-                    partition_types.insert(key.clone(), partition_type(key, field.data_type())?);
-                }
-            }
-            let file_fields: Vec<_> = fields
-                .iter()
-                .filter(|f| !c.table_partition_cols.contains(f.name()))
-                .map(|f| {
-                    // Declared strings are stored as Parquet writes them (Utf8); the
-                    // reader still produces views where DataFusion prefers them.
-                    let t = match f.data_type() {
-                        DataType::Utf8View => DataType::Utf8,
-                        DataType::BinaryView => DataType::Binary,
-                        other => other.clone(),
-                    };
-                    Arc::new(Field::new(f.name(), t, true))
-                })
-                .collect();
-            let declared = Declared {
-                schema: (!file_fields.is_empty()).then(|| Arc::new(Schema::new(file_fields))),
-                // Without PARTITIONED BY the partition folders are found as in a crawl.
-                partition_keys: (!c.table_partition_cols.is_empty())
-                    .then(|| c.table_partition_cols.clone()),
-                partition_types,
-            };
-            Command::CreateExternalTable {
-                database,
-                name,
-                location: location.clone(),
-                if_not_exists: c.if_not_exists,
-                declared,
-                format,
-            }
-        }
+        DdlStatement::CreateExternalTable(c) => create_external_table(&c, default_db)?,
         // Tarn has one catalog; a database is a DataFusion schema.
         DdlStatement::CreateCatalog(c) => Command::CreateDatabase {
             name: c.catalog_name.clone(),
@@ -510,6 +372,159 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
         },
         _ => return Err(Error::Sql("this statement is not supported by Tarn".into())),
     }))
+}
+
+/// `ALTER TABLE … ADD PARTITION | DROP PARTITION`.
+fn alter_table(alter: &AlterTable, default_db: &str) -> Result<Command> {
+    let (database, name) = table_name(&alter.name, default_db)?;
+    let [operation] = alter.operations.as_slice() else {
+        return Err(Error::Sql(
+            "ALTER TABLE takes one operation at a time".into(),
+        ));
+    };
+    Ok(match operation {
+        AlterTableOperation::AddPartitions {
+            new_partitions,
+            if_not_exists,
+        } => {
+            let partitions = new_partitions
+                .iter()
+                .map(|p| match p {
+                    Partition::Partitions(exprs) => partition_spec(exprs),
+                    Partition::Expr(e) => partition_spec(std::slice::from_ref(e)),
+                    _ => Err(Error::Sql("expected PARTITION (key = value, …)".into())),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Command::AddPartitions {
+                database,
+                name,
+                locations: vec![None; partitions.len()],
+                partitions,
+                if_not_exists: *if_not_exists,
+            }
+        }
+        AlterTableOperation::DropPartitions {
+            partitions,
+            if_exists,
+        } => Command::DropPartitions {
+            database,
+            name,
+            partitions: vec![partition_spec(partitions)?],
+            if_exists: *if_exists,
+        },
+        other => {
+            return Err(Error::Sql(format!(
+                "ALTER TABLE … {other} is not supported; Tarn supports ADD PARTITION \
+                 and DROP PARTITION (columns follow the files: crawl again)"
+            )));
+        }
+    })
+}
+
+/// `INSERT [OVERWRITE] INTO t [(columns)] VALUES … | SELECT …`.
+fn insert_into(insert: &Insert, default_db: &str) -> Result<Command> {
+    let TableObject::TableName(table) = &insert.table else {
+        return Err(Error::Sql(
+            "INSERT INTO a table function is not supported".into(),
+        ));
+    };
+    let (database, name) = table_name(table, default_db)?;
+    if insert.partitioned.is_some()
+        || !insert.assignments.is_empty()
+        || insert.on.is_some()
+        || insert.returning.is_some()
+    {
+        return Err(Error::Sql(
+            "Tarn supports INSERT [OVERWRITE] INTO t [(columns)] VALUES … | SELECT …; \
+             partition clauses, SET, ON CONFLICT and RETURNING are not supported \
+             (partition columns are ordinary columns of the inserted rows)"
+                .into(),
+        ));
+    }
+    let source = insert
+        .source
+        .as_ref()
+        .ok_or_else(|| Error::Sql("INSERT needs VALUES or a SELECT".into()))?
+        .to_string();
+    let columns = insert
+        .columns
+        .iter()
+        .map(|c| {
+            c.0.last()
+                .and_then(|p| p.as_ident())
+                .map(normalize)
+                .ok_or_else(|| Error::Sql(format!("'{c}' is not a column name")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Command::Insert {
+        database,
+        name,
+        columns,
+        source,
+        overwrite: insert.overwrite,
+    })
+}
+
+/// `CREATE EXTERNAL TABLE … STORED AS … [PARTITIONED BY …] LOCATION …`, as DataFusion
+/// planned it.
+fn create_external_table(c: &CreateExternalTable, default_db: &str) -> Result<Command> {
+    let (database, name) = table_reference(&c.name, default_db);
+    let Some(format) = TableFormat::parse(&c.file_type) else {
+        return Err(Error::Sql(format!(
+            "STORED AS {} is not supported yet; Tarn reads PARQUET, CSV, JSON and DELTA \
+             tables",
+            c.file_type
+        )));
+    };
+    let delta = format == TableFormat::Delta;
+    if delta && (!c.schema.fields().is_empty() || !c.table_partition_cols.is_empty()) {
+        return Err(Error::Sql(
+            "a Delta table's columns and partitions come from its log: leave out the \
+             column list and PARTITIONED BY"
+                .into(),
+        ));
+    }
+    let [location] = c.locations.as_slice() else {
+        return Err(Error::Sql(
+            "CREATE EXTERNAL TABLE takes one LOCATION".into(),
+        ));
+    };
+    let fields = c.schema.as_arrow().fields().clone();
+    let mut partition_types = BTreeMap::new();
+    for key in &c.table_partition_cols {
+        if let Some(field) = fields.iter().find(|f| f.name() == key) {
+            partition_types.insert(key.clone(), partition_type(key, field.data_type())?);
+        }
+    }
+    let file_fields: Vec<_> = fields
+        .iter()
+        .filter(|f| !c.table_partition_cols.contains(f.name()))
+        .map(|f| {
+            // Declared strings are stored as Parquet writes them (Utf8); the
+            // reader still produces views where DataFusion prefers them.
+            let t = match f.data_type() {
+                DataType::Utf8View => DataType::Utf8,
+                DataType::BinaryView => DataType::Binary,
+                other => other.clone(),
+            };
+            Arc::new(Field::new(f.name(), t, true))
+        })
+        .collect();
+    let declared = Declared {
+        schema: (!file_fields.is_empty()).then(|| Arc::new(Schema::new(file_fields))),
+        // Without PARTITIONED BY the partition folders are found as in a crawl.
+        partition_keys: (!c.table_partition_cols.is_empty())
+            .then(|| c.table_partition_cols.clone()),
+        partition_types,
+    };
+    Ok(Command::CreateExternalTable {
+        database,
+        name,
+        location: location.clone(),
+        if_not_exists: c.if_not_exists,
+        declared,
+        format,
+    })
 }
 
 /// `WITH (max_staleness_seconds = N)` of a materialized view: how old its rows may be
@@ -767,7 +782,7 @@ fn spec_matches(
 
 /// A partition spec must name the table's partition columns, in order.
 fn check_spec(table: &crate::catalog::TableEntry, spec: &[(String, String)]) -> Result<()> {
-    if table.format == "delta" {
+    if table.format == TableFormat::Delta {
         return Err(Error::InvalidArgument(format!(
             "{}.{} is a Delta table: its partitions come from its log; MSCK REPAIR TABLE \
              catalogues its newest version",
@@ -955,7 +970,43 @@ impl Engine {
                 crate::ingest::IngestMode::Append
             },
         };
-        crate::ingest::ingest(self, &request, futures::stream::iter(streams).flatten()).await
+        self.ingest(&request, futures::stream::iter(streams).flatten())
+            .await
+    }
+
+    /// Writes `batches` into the table `request` names (in the default database when it
+    /// names none) and commits them, then refreshes the catalog snapshot and the views
+    /// over the table; returns the number of rows ingested. See [`crate::ingest::ingest`].
+    ///
+    /// # Errors
+    /// As [`crate::ingest::ingest`].
+    pub async fn ingest<S>(&self, request: &crate::ingest::IngestRequest, batches: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = Result<arrow::array::RecordBatch>> + Send,
+    {
+        let database = request
+            .database
+            .clone()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| self.default_database());
+        let database_exists = database == super::DEFAULT_DATABASE
+            || self
+                .catalog()
+                .databases()
+                .await?
+                .iter()
+                .any(|d| d.name == database);
+        let to = crate::ingest::Destination {
+            catalog: self.catalog(),
+            stores: self.stores(),
+            warehouse: self.warehouse_location(&database, &request.table),
+            database,
+            database_exists,
+        };
+        let rows = crate::ingest::ingest(to, request, batches).await?;
+        self.refresh().await?;
+        self.refresh_stale_rollups().await;
+        Ok(rows)
     }
 
     /// Checks that SQL may name `location`: it must be under one of the allowed roots.
@@ -1236,94 +1287,15 @@ impl Engine {
                 declared,
                 format,
             } => {
-                let parsed = self.check_allowed(location)?;
-                if format == "delta" {
-                    let store = self.stores().store_for(&parsed)?;
-                    let log = object_store::path::Path::from(format!(
-                        "{}/_delta_log",
-                        parsed.prefix().as_ref().trim_end_matches('/')
-                    ));
-                    let entries: Vec<_> =
-                        futures::TryStreamExt::try_collect(store.list(Some(&log)))
-                            .await
-                            .map_err(|e| Error::store(location.clone(), e))?;
-                    if !entries.iter().any(|m| {
-                        crate::crawler::layout::is_delta_log_entry(
-                            m.location.filename().unwrap_or(""),
-                        )
-                    }) {
-                        return Err(Error::InvalidArgument(format!(
-                            "{location} holds no Delta table: its _delta_log/ has no commit or \
-                             checkpoint; use STORED AS PARQUET for loose Parquet files"
-                        )));
-                    }
-                }
-                if let Some(existing) = self.catalog().table(database, name).await? {
-                    if *if_not_exists {
-                        return message(format!("table {database}.{name} already exists"));
-                    }
-                    return Err(Error::InvalidArgument(format!(
-                        "table {database}.{name} already exists (at {}); use IF NOT EXISTS, \
-                         or DROP TABLE first",
-                        existing.location
-                    )));
-                }
-                if !self.databases().contains(database) {
-                    self.refresh().await?;
-                    if !self.databases().contains(database) {
-                        return Err(Error::InvalidArgument(format!(
-                            "database '{database}' does not exist; CREATE DATABASE {database} first"
-                        )));
-                    }
-                }
-                let options = CrawlOptions {
-                    database: database.clone(),
-                    table: Some(name.clone()),
-                    declared: declared.clone(),
-                    create_only: true,
-                    ..CrawlOptions::default()
-                };
-                let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
-                    .crawl(parsed.url.as_str(), &options)
-                    .await?;
-                let Some(created) = self.catalog().table(database, name).await? else {
-                    let mut text = format!(
-                        "no Parquet files at {location} to make {database}.{name} from; declare \
-                         its columns to create it empty"
-                    );
-                    for p in &summary.problems {
-                        text.push_str(&format!("; {}: {}", p.path, p.message));
-                    }
-                    return Err(Error::InvalidArgument(text));
-                };
-                if &created.format != format {
-                    // This statement made the table from what it found; it is not what was
-                    // asked for, so it goes again.
-                    self.catalog().drop_table(database, name).await?;
-                    return Err(Error::InvalidArgument(format!(
-                        "{location} holds {} files, not {}; nothing was created (use STORED AS \
-                         {})",
-                        created.format.to_ascii_uppercase(),
-                        format.to_ascii_uppercase(),
-                        created.format.to_ascii_uppercase()
-                    )));
-                }
-                let mut text = if created.format == "delta" {
-                    let properties = self.catalog().table_properties(created.id).await?;
-                    format!(
-                        "created Delta table {database}.{name} at version {}",
-                        crate::delta::catalogued_version(&properties).unwrap_or_default()
-                    )
-                } else {
-                    format!(
-                        "created table {database}.{name}: {} files, {} partitions",
-                        summary.files_added, summary.partitions_added
-                    )
-                };
-                for p in &summary.problems {
-                    text.push_str(&format!("; {}: {}", p.path, p.message));
-                }
-                message(text)?
+                self.create_external_table(
+                    database,
+                    name,
+                    location,
+                    *if_not_exists,
+                    declared,
+                    *format,
+                )
+                .await?
             }
             Command::DropTable {
                 database,
@@ -1342,36 +1314,20 @@ impl Engine {
                     });
                 }
             }
-            Command::Repair { database, name } | Command::AddPartitions { database, name, .. } => {
-                if let Command::AddPartitions {
-                    partitions,
-                    locations,
-                    if_not_exists,
-                    ..
-                } = command
-                {
-                    let table = self.existing_table(database, name).await?;
-                    for spec in partitions {
-                        check_spec(&table, spec)?;
-                    }
-                    if locations.iter().any(Option::is_some) {
-                        self.pin_partitions(&table, partitions, locations, *if_not_exists)
-                            .await?;
-                    }
-                }
-                let summary = self.recrawl(database, name).await?;
-                let mut text = format!(
-                    "repaired {database}.{name}: partitions +{} -{}, files +{} ~{} -{}",
-                    summary.partitions_added,
-                    summary.partitions_removed,
-                    summary.files_added,
-                    summary.files_changed,
-                    summary.files_removed
-                );
-                for p in &summary.problems {
-                    text.push_str(&format!("; {}: {}", p.path, p.message));
-                }
-                message(text)?
+            Command::Repair { database, name } => self.repair(database, name, None).await?,
+            Command::AddPartitions {
+                database,
+                name,
+                partitions,
+                locations,
+                if_not_exists,
+            } => {
+                self.repair(
+                    database,
+                    name,
+                    Some((partitions, locations, *if_not_exists)),
+                )
+                .await?
             }
             Command::DropPartitions {
                 database,
@@ -1379,185 +1335,360 @@ impl Engine {
                 partitions,
                 if_exists,
             } => {
-                let table = self.existing_table(database, name).await?;
-                let existing = self.catalog().partitions(table.id).await?;
-                let properties = self.catalog().table_properties(table.id).await?;
-                let mut pins = pinned_partitions(&properties);
-                let pin_count = pins.len();
-                let mut dropped = 0;
-                let mut files = 0;
-                for spec in partitions {
-                    check_spec(&table, spec)?;
-                    let matching: Vec<&Vec<Option<String>>> = existing
-                        .iter()
-                        .map(|p| &p.values)
-                        .filter(|values| spec_matches(&table, spec, values))
-                        .collect();
-                    // A partition at a folder of the user's choosing is forgotten with its
-                    // folder, so the next crawl does not bring it back.
-                    let before = pins.len();
-                    pins.retain(|p| !spec_matches(&table, spec, &p.values));
-                    if matching.is_empty() && before == pins.len() && !*if_exists {
-                        return Err(Error::InvalidArgument(format!(
-                            "{database}.{name} has no partition ({}); see SHOW PARTITIONS {database}.{name}",
-                            spec.iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                    }
-                    if matching.is_empty() && before != pins.len() {
-                        dropped += 1;
-                    }
-                    for values in matching {
-                        files += self.catalog().drop_partition(table.id, values).await?;
-                        dropped += 1;
-                    }
-                }
-                if pins.len() != pin_count {
-                    let value = serde_json::to_value(&pins)
-                        .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
-                    self.catalog()
-                        .set_table_property(table.id, PINNED_PARTITIONS, &value)
-                        .await?;
-                }
-                message(format!(
-                    "dropped {dropped} partition(s) of {database}.{name}, {files} file(s) \
-                     forgotten (the files are untouched)"
-                ))?
+                self.drop_partitions(database, name, partitions, *if_exists)
+                    .await?
             }
             Command::ShowHistory { database, name } => {
-                let table = self.existing_table(database, name).await?;
-                let rows: Vec<(i64, String, Option<String>, Option<String>)> = if table.format
-                    == "delta"
-                {
-                    let location = Location::parse_catalogued(&table.location)?;
-                    let store = self.stores().store_for(&location)?;
-                    crate::delta::history(store, &table.location)
-                        .await?
-                        .into_iter()
-                        .map(|c| (c.version as i64, c.committed_at, None, c.operation))
-                        .collect()
-                } else {
-                    self.catalog()
-                        .schema_history(table.id)
-                        .await?
-                        .into_iter()
-                        .map(|(version, columns, created)| (version, created, Some(columns), None))
-                        .collect()
-                };
-                let columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
-                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2.as_deref()))),
-                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3.as_deref()))),
-                ];
-                RecordBatch::try_new(command.schema(), columns)?
+                self.show_history(command.schema(), database, name).await?
             }
-            Command::ShowCrawls => {
-                let crawls = self.catalog().crawl_history(100).await?;
-                let summary: Vec<Option<serde_json::Value>> = crawls
-                    .iter()
-                    .map(|c| {
-                        c.summary
-                            .as_deref()
-                            .and_then(|s| serde_json::from_str(s).ok())
-                    })
-                    .collect();
-                let count = |key: &str| -> Int64Array {
-                    summary
-                        .iter()
-                        .map(|s| {
-                            let v = s.as_ref()?.get(key)?;
-                            v.as_i64().or_else(|| v.as_array().map(|a| a.len() as i64))
-                        })
-                        .collect()
-                };
-                let strings =
-                    |f: &dyn Fn(&crate::catalog::store::CrawlRecord) -> Option<String>| {
-                        Arc::new(StringArray::from(crawls.iter().map(f).collect::<Vec<_>>()))
-                            as ArrayRef
-                    };
-                let columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(
-                        crawls.iter().map(|c| c.id).collect::<Vec<_>>(),
-                    )),
-                    strings(&|c| Some(c.location.clone())),
-                    strings(&|c| Some(c.database.clone())),
-                    strings(&|c| Some(c.status.clone())),
-                    strings(&|c| Some(c.started_at.clone())),
-                    strings(&|c| c.finished_at.clone()),
-                    Arc::new(count("files_added")),
-                    Arc::new(count("files_removed")),
-                    Arc::new(count("problems")),
-                    strings(&|c| c.summary.clone()),
-                ];
-                RecordBatch::try_new(command.schema(), columns)?
-            }
+            Command::ShowCrawls => self.show_crawls(command.schema()).await?,
             Command::ShowDatabases => {
                 self.refresh().await?;
                 let names = self.databases();
                 RecordBatch::try_new(command.schema(), vec![Arc::new(StringArray::from(names))])?
             }
             Command::ShowPartitions { database, name } => {
-                let table = self.existing_table(database, name).await?;
-                if table.format == "delta" {
-                    // A Delta table's partitions are those of its log at the catalogued version.
-                    let properties = self.catalog().table_properties(table.id).await?;
-                    let at = crate::delta::catalogued_version(&properties)
-                        .map_or(crate::delta::At::Newest, crate::delta::At::Version);
-                    let location = Location::parse_catalogued(&table.location)?;
-                    let store = self.stores().store_for(&location)?;
-                    let opened = crate::delta::open(store, &table.location, at).await?;
-                    let (columns, partitions) = crate::delta::partitions(&opened, &table.location)?;
-                    if columns.is_empty() {
-                        return Err(Error::InvalidArgument(format!(
-                            "table {database}.{name} is not partitioned"
-                        )));
-                    }
-                    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-                    let label = |values: &[Option<String>]| partition_label(&names, values);
-                    let columns: Vec<ArrayRef> = vec![
-                        Arc::new(StringArray::from_iter_values(
-                            partitions.iter().map(|p| label(&p.values)),
-                        )),
-                        Arc::new(Int64Array::from_iter_values(
-                            partitions.iter().map(|p| p.files),
-                        )),
-                        Arc::new(Int64Array::from_iter(partitions.iter().map(|p| p.rows))),
-                    ];
-                    return Ok(RecordBatch::try_new(command.schema(), columns)?);
-                }
-                if table.partition_columns.is_empty() {
-                    return Err(Error::InvalidArgument(format!(
-                        "table {database}.{name} is not partitioned"
-                    )));
-                }
-                let partitions = self.catalog().partitions(table.id).await?;
-                let names: Vec<&str> = table
-                    .partition_columns
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect();
-                let label = |values: &[Option<String>]| partition_label(&names, values);
-                let columns: Vec<ArrayRef> = vec![
-                    Arc::new(StringArray::from(
-                        partitions
-                            .iter()
-                            .map(|p| label(&p.values))
-                            .collect::<Vec<_>>(),
-                    )),
-                    Arc::new(Int64Array::from(
-                        partitions.iter().map(|p| p.file_count).collect::<Vec<_>>(),
-                    )),
-                    Arc::new(Int64Array::from(
-                        partitions.iter().map(|p| p.row_count).collect::<Vec<_>>(),
-                    )),
-                ];
-                RecordBatch::try_new(command.schema(), columns)?
+                self.show_partitions(command.schema(), database, name)
+                    .await?
             }
         };
         Ok(batch)
+    }
+}
+
+/// Partitions `ALTER TABLE … ADD PARTITION` names: the specs, each one's `LOCATION` if
+/// it names one, and `IF NOT EXISTS`.
+type AddedPartitions<'a> = (&'a [Vec<(String, String)>], &'a [Option<String>], bool);
+
+/// The longer commands of [`Engine::run_command`], one method each.
+impl Engine {
+    /// `MSCK REPAIR TABLE` and `ALTER TABLE … ADD PARTITION`: the partitions `added`
+    /// names checked (and those at a folder of their own pinned), then the table's folder
+    /// crawled again.
+    async fn repair(
+        &self,
+        database: &str,
+        name: &str,
+        added: Option<AddedPartitions<'_>>,
+    ) -> Result<RecordBatch> {
+        if let Some((partitions, locations, if_not_exists)) = added {
+            let table = self.existing_table(database, name).await?;
+            for spec in partitions {
+                check_spec(&table, spec)?;
+            }
+            if locations.iter().any(Option::is_some) {
+                self.pin_partitions(&table, partitions, locations, if_not_exists)
+                    .await?;
+            }
+        }
+        let summary = self.recrawl(database, name).await?;
+        let mut text = format!(
+            "repaired {database}.{name}: partitions +{} -{}, files +{} ~{} -{}",
+            summary.partitions_added,
+            summary.partitions_removed,
+            summary.files_added,
+            summary.files_changed,
+            summary.files_removed
+        );
+        for p in &summary.problems {
+            text.push_str(&format!("; {}: {}", p.path, p.message));
+        }
+        message(text)
+    }
+
+    /// `CREATE EXTERNAL TABLE`: the table catalogued from what `location` holds (or
+    /// created empty with its declared columns), refused when the location holds another
+    /// format than `format`.
+    async fn create_external_table(
+        &self,
+        database: &str,
+        name: &str,
+        location: &str,
+        if_not_exists: bool,
+        declared: &Declared,
+        format: TableFormat,
+    ) -> Result<RecordBatch> {
+        let parsed = self.check_allowed(location)?;
+        if format == TableFormat::Delta {
+            let store = self.stores().store_for(&parsed)?;
+            let log = object_store::path::Path::from(format!(
+                "{}/_delta_log",
+                parsed.prefix().as_ref().trim_end_matches('/')
+            ));
+            let entries: Vec<_> = futures::TryStreamExt::try_collect(store.list(Some(&log)))
+                .await
+                .map_err(|e| Error::store(location.to_string(), e))?;
+            if !entries.iter().any(|m| {
+                crate::crawler::layout::is_delta_log_entry(m.location.filename().unwrap_or(""))
+            }) {
+                return Err(Error::InvalidArgument(format!(
+                    "{location} holds no Delta table: its _delta_log/ has no commit or \
+                     checkpoint; use STORED AS PARQUET for loose Parquet files"
+                )));
+            }
+        }
+        if let Some(existing) = self.catalog().table(database, name).await? {
+            if if_not_exists {
+                return message(format!("table {database}.{name} already exists"));
+            }
+            return Err(Error::InvalidArgument(format!(
+                "table {database}.{name} already exists (at {}); use IF NOT EXISTS, \
+                 or DROP TABLE first",
+                existing.location
+            )));
+        }
+        if !self.databases().iter().any(|d| d == database) {
+            self.refresh().await?;
+            if !self.databases().iter().any(|d| d == database) {
+                return Err(Error::InvalidArgument(format!(
+                    "database '{database}' does not exist; CREATE DATABASE {database} first"
+                )));
+            }
+        }
+        let options = CrawlOptions {
+            database: database.to_string(),
+            table: Some(name.to_string()),
+            declared: declared.clone(),
+            create_only: true,
+            ..CrawlOptions::default()
+        };
+        let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
+            .crawl(parsed.url.as_str(), &options)
+            .await?;
+        let Some(created) = self.catalog().table(database, name).await? else {
+            let mut text = format!(
+                "no Parquet files at {location} to make {database}.{name} from; declare \
+                 its columns to create it empty"
+            );
+            for p in &summary.problems {
+                text.push_str(&format!("; {}: {}", p.path, p.message));
+            }
+            return Err(Error::InvalidArgument(text));
+        };
+        if created.format != format {
+            // This statement made the table from what it found; it is not what was
+            // asked for, so it goes again.
+            self.catalog().drop_table(database, name).await?;
+            return Err(Error::InvalidArgument(format!(
+                "{location} holds {} files, not {}; nothing was created (use STORED AS \
+                 {})",
+                created.format.as_str().to_ascii_uppercase(),
+                format.as_str().to_ascii_uppercase(),
+                created.format.as_str().to_ascii_uppercase()
+            )));
+        }
+        let mut text = if created.format == TableFormat::Delta {
+            let properties = self.catalog().table_properties(created.id).await?;
+            format!(
+                "created Delta table {database}.{name} at version {}",
+                crate::delta::catalogued_version(&properties).unwrap_or_default()
+            )
+        } else {
+            format!(
+                "created table {database}.{name}: {} files, {} partitions",
+                summary.files_added, summary.partitions_added
+            )
+        };
+        for p in &summary.problems {
+            text.push_str(&format!("; {}: {}", p.path, p.message));
+        }
+        message(text)
+    }
+
+    /// `ALTER TABLE … DROP PARTITION`: the partitions (and pinned folders) matching each
+    /// spec forgotten; their files stay.
+    async fn drop_partitions(
+        &self,
+        database: &str,
+        name: &str,
+        partitions: &[Vec<(String, String)>],
+        if_exists: bool,
+    ) -> Result<RecordBatch> {
+        let table = self.existing_table(database, name).await?;
+        let existing = self.catalog().partitions(table.id).await?;
+        let properties = self.catalog().table_properties(table.id).await?;
+        let mut pins = pinned_partitions(&properties);
+        let pin_count = pins.len();
+        let mut dropped = 0;
+        let mut files = 0;
+        for spec in partitions {
+            check_spec(&table, spec)?;
+            let matching: Vec<&Vec<Option<String>>> = existing
+                .iter()
+                .map(|p| &p.values)
+                .filter(|values| spec_matches(&table, spec, values))
+                .collect();
+            // A partition at a folder of the user's choosing is forgotten with its
+            // folder, so the next crawl does not bring it back.
+            let before = pins.len();
+            pins.retain(|p| !spec_matches(&table, spec, &p.values));
+            if matching.is_empty() && before == pins.len() && !if_exists {
+                return Err(Error::InvalidArgument(format!(
+                    "{database}.{name} has no partition ({}); see SHOW PARTITIONS {database}.{name}",
+                    spec.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if matching.is_empty() && before != pins.len() {
+                dropped += 1;
+            }
+            for values in matching {
+                files += self.catalog().drop_partition(table.id, values).await?;
+                dropped += 1;
+            }
+        }
+        if pins.len() != pin_count {
+            let value = serde_json::to_value(&pins)
+                .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
+            self.catalog()
+                .set_table_property(table.id, PINNED_PARTITIONS, &value)
+                .await?;
+        }
+        message(format!(
+            "dropped {dropped} partition(s) of {database}.{name}, {files} file(s) \
+             forgotten (the files are untouched)"
+        ))
+    }
+
+    /// `SHOW HISTORY`: a Delta table's commits, or another table's schema versions.
+    async fn show_history(
+        &self,
+        schema: SchemaRef,
+        database: &str,
+        name: &str,
+    ) -> Result<RecordBatch> {
+        let table = self.existing_table(database, name).await?;
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> =
+            if table.format == TableFormat::Delta {
+                let location = Location::parse_catalogued(&table.location)?;
+                let store = self.stores().store_for(&location)?;
+                crate::delta::history(store, &table.location)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.version as i64, c.committed_at, None, c.operation))
+                    .collect()
+            } else {
+                self.catalog()
+                    .schema_history(table.id)
+                    .await?
+                    .into_iter()
+                    .map(|(version, columns, created)| (version, created, Some(columns), None))
+                    .collect()
+            };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2.as_deref()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.3.as_deref()))),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// `SHOW CRAWLS`: the last hundred crawls with their counts.
+    async fn show_crawls(&self, schema: SchemaRef) -> Result<RecordBatch> {
+        let crawls = self.catalog().crawl_history(100).await?;
+        let summary: Vec<Option<serde_json::Value>> = crawls
+            .iter()
+            .map(|c| {
+                c.summary
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok())
+            })
+            .collect();
+        let count = |key: &str| -> Int64Array {
+            summary
+                .iter()
+                .map(|s| {
+                    let v = s.as_ref()?.get(key)?;
+                    v.as_i64().or_else(|| v.as_array().map(|a| a.len() as i64))
+                })
+                .collect()
+        };
+        let strings = |f: &dyn Fn(&crate::catalog::store::CrawlRecord) -> Option<String>| {
+            Arc::new(StringArray::from(crawls.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(
+                crawls.iter().map(|c| c.id).collect::<Vec<_>>(),
+            )),
+            strings(&|c| Some(c.location.clone())),
+            strings(&|c| Some(c.database.clone())),
+            strings(&|c| Some(c.status.clone())),
+            strings(&|c| Some(c.started_at.clone())),
+            strings(&|c| c.finished_at.clone()),
+            Arc::new(count("files_added")),
+            Arc::new(count("files_removed")),
+            Arc::new(count("problems")),
+            strings(&|c| c.summary.clone()),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// `SHOW PARTITIONS`: each partition with its files and rows (a Delta table's from
+    /// its log at the catalogued version).
+    async fn show_partitions(
+        &self,
+        schema: SchemaRef,
+        database: &str,
+        name: &str,
+    ) -> Result<RecordBatch> {
+        let table = self.existing_table(database, name).await?;
+        if table.format == TableFormat::Delta {
+            // A Delta table's partitions are those of its log at the catalogued version.
+            let properties = self.catalog().table_properties(table.id).await?;
+            let at = crate::delta::catalogued_version(&properties)
+                .map_or(crate::delta::At::Newest, crate::delta::At::Version);
+            let location = Location::parse_catalogued(&table.location)?;
+            let store = self.stores().store_for(&location)?;
+            let opened = crate::delta::open(store, &table.location, at).await?;
+            let (columns, partitions) = crate::delta::partitions(&opened, &table.location)?;
+            if columns.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "table {database}.{name} is not partitioned"
+                )));
+            }
+            let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+            let label = |values: &[Option<String>]| partition_label(&names, values);
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    partitions.iter().map(|p| label(&p.values)),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    partitions.iter().map(|p| p.files),
+                )),
+                Arc::new(Int64Array::from_iter(partitions.iter().map(|p| p.rows))),
+            ];
+            return Ok(RecordBatch::try_new(schema, columns)?);
+        }
+        if table.partition_columns.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "table {database}.{name} is not partitioned"
+            )));
+        }
+        let partitions = self.catalog().partitions(table.id).await?;
+        let names: Vec<&str> = table
+            .partition_columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let label = |values: &[Option<String>]| partition_label(&names, values);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(
+                partitions
+                    .iter()
+                    .map(|p| label(&p.values))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                partitions.iter().map(|p| p.file_count).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                partitions.iter().map(|p| p.row_count).collect::<Vec<_>>(),
+            )),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 }
 

@@ -26,8 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::history::{Ended, History, QueryLabel};
 use crate::engine::metrics::{Metrics, Outcome};
-use crate::engine::probe::QueryProbe;
 use crate::error::{Error, Result};
+use crate::probe::QueryProbe;
 
 /// How many queries run at once, how many wait, and for how long each may run.
 #[derive(Debug, Clone, PartialEq, Eq)]

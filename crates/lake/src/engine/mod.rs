@@ -13,10 +13,9 @@ pub mod limits;
 mod metrics;
 mod parse;
 mod planner;
-pub(crate) mod probe;
 pub mod system;
-pub mod table;
 pub mod time_travel;
+mod views;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,13 +31,12 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
-use crate::catalog::{Catalog, TableEntry};
+use crate::catalog::{Catalog, TableEntry, TableFormat};
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
-use table::CatalogTable;
+use crate::table::CatalogTable;
 
-/// Name of the DataFusion catalog that holds Tarn's databases.
-pub const CATALOG_NAME: &str = "tarn";
+pub use crate::table::CATALOG_NAME;
 /// The database unqualified table names resolve in.
 pub const DEFAULT_DATABASE: &str = "default";
 
@@ -960,7 +958,7 @@ impl Engine {
                 .ok_or_else(|| Error::TableNotFound {
                     name: format!("{database}.{}", clause.table),
                 })?;
-            if entry.format != "delta" {
+            if entry.format != TableFormat::Delta {
                 return Err(Error::Sql(format!(
                     "{database}.{} is a {} table; VERSION AS OF and TIMESTAMP AS OF read \
                      earlier versions of Delta tables only",
@@ -1036,7 +1034,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let submitted = chrono::Utc::now();
         let reads = limits::reads_tables(df.logical_plan());
-        let probe = Arc::new(probe::QueryProbe::default());
+        let probe = Arc::new(crate::probe::QueryProbe::default());
         let history = &self.shared.history;
         let mut recorder = self.label.as_ref().map(|label| {
             let id = label.next_id();
@@ -1136,7 +1134,7 @@ impl Engine {
     async fn execute_admitted(
         &self,
         df: DataFrame,
-        probe: Option<&Arc<probe::QueryProbe>>,
+        probe: Option<&Arc<crate::probe::QueryProbe>>,
     ) -> Result<SendableRecordBatchStream> {
         let results = &self.shared.results;
         let key = if results.enabled() {
@@ -1268,12 +1266,13 @@ impl Shared {
             return Ok(Some(Arc::clone(provider)));
         }
         let location = Location::parse_catalogued(&entry.location)?;
-        let properties = if entry.format == "delta" {
+        let properties = if entry.format == TableFormat::Delta {
             self.catalog.table_properties(entry.id).await?
         } else {
             serde_json::Value::Null
         };
-        let provider = if entry.format == "delta" && properties["deprecated"].is_string() {
+        let provider = if entry.format == TableFormat::Delta && properties["deprecated"].is_string()
+        {
             // Its log is gone: like any table whose folder is gone, it answers empty.
             Arc::new(CatalogTable::try_new(
                 entry.clone(),
@@ -1281,7 +1280,7 @@ impl Shared {
                 location.store_url(),
                 None,
             )?)
-        } else if entry.format == "delta" {
+        } else if entry.format == TableFormat::Delta {
             let at = match crate::delta::catalogued_version(&properties) {
                 Some(v) => crate::delta::At::Version(v),
                 None => crate::delta::At::Newest,
@@ -1291,11 +1290,11 @@ impl Shared {
             // Read the entry again with its files, so they belong to one version even if a
             // crawl commits in between (the version then simply moves on).
             let files = self.catalog.files(entry.id).await?;
-            let text = match entry.format.as_str() {
-                "parquet" => None,
+            let text = match entry.format {
+                TableFormat::Parquet => None,
                 format => {
                     let properties = self.catalog.table_properties(entry.id).await?;
-                    table::TextOptions::of(format, &properties["format_state"])
+                    crate::table::TextOptions::of(format, &properties["format_state"])
                 }
             };
             Arc::new(CatalogTable::try_new(
@@ -1337,7 +1336,7 @@ impl Shared {
         {
             return Ok(Some(Arc::clone(provider)));
         }
-        if entry.format != "delta" {
+        if entry.format != TableFormat::Delta {
             return Err(Error::Sql(format!(
                 "{database}.{table} is a {} table; VERSION AS OF and TIMESTAMP AS OF read \
                  earlier versions of Delta tables only",

@@ -37,7 +37,7 @@ impl QueryPlanner for EnginePlanner {
 fn note_views(plan: &LogicalPlan, session_state: &dyn Session) {
     let Some(probe) = session_state
         .config()
-        .get_extension::<super::probe::QueryProbe>()
+        .get_extension::<crate::probe::QueryProbe>()
     else {
         return;
     };

@@ -204,7 +204,7 @@ async fn tables(engine: &Engine) -> crate::Result<RecordBatch> {
     let columns = vec![
         text(&|t| t.database.clone()),
         text(&|t| t.name.clone()),
-        text(&|t| t.format.clone()),
+        text(&|t| t.format.to_string()),
         text(&|t| t.location.clone()),
         text(&|t| {
             t.file_schema

@@ -17,27 +17,24 @@ pub mod sketch;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use datafusion::common::{Column, ScalarValue, TableReference};
 use datafusion::logical_expr::{Expr, LogicalPlan, col, lit};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Query, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{Query, SetExpr};
 use object_store::ObjectMeta;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{
     MeasureKind, PartitionColumn, RollupDef, RollupDimension, RollupMeasure, RollupRecord,
-    TableCommit,
 };
-use crate::engine::table::{CatalogTable, partition_scalar};
-use crate::engine::{CATALOG_NAME, Engine};
 use crate::error::{Error, Result};
 use crate::storage::Location;
+use crate::table::{CATALOG_NAME, CatalogTable, partition_scalar};
 
 /// Storage tables of rollups are named `__rollup_<name>` and left out of table listings.
 pub use crate::catalog::ROLLUP_STORAGE_PREFIX as STORAGE_PREFIX;
@@ -86,13 +83,13 @@ pub fn grain_derivable(coarse: &str, fine: &str) -> bool {
 }
 
 /// A base partition to recompute: typed values, raw values, fingerprint of its files.
-type StalePartition = (Vec<ScalarValue>, Vec<Option<String>>, String);
+pub(crate) type StalePartition = (Vec<ScalarValue>, Vec<Option<String>>, String);
 
 /// Attempts of a refresh whose commit conflicts with another writer's.
-const REFRESH_ATTEMPTS: usize = 3;
+pub(crate) const REFRESH_ATTEMPTS: usize = 3;
 
 /// Rows refreshed per aggregation query (base partitions computed together).
-const PARTITIONS_PER_QUERY: usize = 64;
+pub(crate) const PARTITIONS_PER_QUERY: usize = 64;
 
 /// The fingerprint of a base partition: a digest of its files' paths, sizes and ETags.
 pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a ObjectMeta>) -> String {
@@ -142,7 +139,7 @@ pub fn storage_fingerprints(storage: &CatalogTable) -> HashMap<Vec<ScalarValue>,
 }
 
 /// The storage column of a dimension on `column`, truncated to `grain` when given.
-fn dimension_name(column: &str, grain: Option<&str>) -> String {
+pub(crate) fn dimension_name(column: &str, grain: Option<&str>) -> String {
     match grain {
         Some(g) => format!("{column}__{g}"),
         None => column.to_string(),
@@ -184,20 +181,13 @@ pub(crate) fn measure_expr(measure: &RollupMeasure) -> Expr {
 /// # Errors
 /// [`Error::Sql`] naming what the definition may not contain: several tables, a grouping
 /// that is not a column or `date_trunc('grain', column)`, an aggregate Tarn cannot merge.
-pub(crate) async fn define(
-    engine: &Engine,
+pub(crate) fn define(
+    plan: &LogicalPlan,
     database: &str,
     name: &str,
     sql: &str,
     query: &Query,
 ) -> Result<RollupDef> {
-    let plan = engine
-        .base_state()
-        .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(
-            Box::new(query.clone()),
-        ))))
-        .await
-        .map_err(Error::from)?;
     let unsupported = |what: String| {
         Error::Sql(format!(
             "materialized view {database}.{name}: {what}; a materialized view is \
@@ -207,7 +197,7 @@ pub(crate) async fn define(
         ))
     };
     // Projection → Aggregate → [Filter] → [SubqueryAlias] → TableScan.
-    let mut node = &plan;
+    let mut node = plan;
     while let LogicalPlan::Projection(p) = node {
         node = p.input.as_ref();
     }
@@ -434,453 +424,6 @@ impl std::fmt::Display for RefreshReport {
     }
 }
 
-impl Engine {
-    /// Defines a rollup and computes it.
-    ///
-    /// # Errors
-    /// [`Error::AlreadyExists`] for a name taken by a rollup or table; as
-    /// [`Engine::refresh_rollup`].
-    pub async fn create_rollup(&self, def: RollupDef, if_not_exists: bool) -> Result<String> {
-        self.refresh().await?;
-        if self.rollup(&def.database, &def.name).await?.is_some() {
-            if if_not_exists {
-                return Ok(format!(
-                    "materialized view {}.{} already exists",
-                    def.database, def.name
-                ));
-            }
-            return Err(Error::AlreadyExists(format!(
-                "materialized view '{}.{}' already exists; DROP MATERIALIZED VIEW it first to \
-                 redefine it",
-                def.database, def.name
-            )));
-        }
-        if let Some(base) = self
-            .catalog()
-            .table(&def.base_database, &def.base_table)
-            .await?
-            && base.format == "delta"
-        {
-            return Err(Error::InvalidArgument(format!(
-                "{}.{} is a Delta table: materialized views are kept per partition of \
-                 catalogued Parquet files, which a Delta table does not have in the catalog; \
-                 define the view over a Parquet table",
-                def.base_database, def.base_table
-            )));
-        }
-        if self
-            .catalog()
-            .table(&def.database, &def.name)
-            .await?
-            .is_some()
-        {
-            return Err(Error::AlreadyExists(format!(
-                "'{}.{}' is a table; pick another name for the materialized view",
-                def.database, def.name
-            )));
-        }
-        // The storage location must be writable before anything is recorded.
-        self.warehouse_location(&def.database, &storage_table(&def.name))?;
-        self.catalog().create_rollup(&def).await?;
-        let report = self.refresh_rollup(&def.database, &def.name, true).await?;
-        Ok(format!(
-            "created materialized view {}.{}: {report}",
-            def.database, def.name
-        ))
-    }
-
-    /// A rollup's record.
-    ///
-    /// # Errors
-    /// [`Error::Catalog`] when the catalog cannot be read.
-    pub async fn rollup(&self, database: &str, name: &str) -> Result<Option<RollupRecord>> {
-        Ok(self
-            .catalog()
-            .rollups()
-            .await?
-            .into_iter()
-            .find(|r| r.definition.database == database && r.definition.name == name))
-    }
-
-    /// Brings a rollup up to date with its base: recomputes the base partitions whose files
-    /// changed (every partition with `full`), drops those whose base partition is gone.
-    /// Partitions are committed in groups, each group atomically; an interrupted refresh
-    /// leaves the groups before it committed and the rest as they were.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an unknown rollup; [`Error::TableNotFound`] when its
-    /// base table is gone; query and store errors while computing (files written by the
-    /// failed group are deleted).
-    pub async fn refresh_rollup(
-        &self,
-        database: &str,
-        name: &str,
-        full: bool,
-    ) -> Result<RefreshReport> {
-        let started = Utc::now();
-        let clock = std::time::Instant::now();
-        // Another refresh of the same view (a server's beside a CLI's, or one abandoned
-        // mid-commit) may replace a partition this one read: its commit then fails and
-        // changes nothing, and the refresh starts again from what is there now.
-        let mut result = Err(Error::Internal("a refresh ran no attempt".into()));
-        for _ in 0..REFRESH_ATTEMPTS {
-            // Boxed: the refresh's future is large, and callers nest it in their own (a
-            // crawl, a DDL statement), which in a debug build overflowed a test thread's
-            // stack.
-            result = Box::pin(self.refresh_rollup_once(database, name, full)).await;
-            if !matches!(result, Err(Error::Conflict(_))) {
-                break;
-            }
-        }
-        if let Err(e) = &result
-            && !matches!(e, Error::InvalidArgument(_))
-        {
-            // Recorded so that queries stop using the view and operators see why; a view
-            // whose definition no longer plans fails the same way every time.
-            let at = started.to_rfc3339_opts(SecondsFormat::Millis, true);
-            if let Err(record) = self
-                .catalog()
-                .rollup_failed(database, name, &at, &e.to_string())
-                .await
-            {
-                tracing::warn!(error = %record, "could not record a failed rollup refresh");
-            }
-            let _ = self.refresh().await;
-        }
-        self.metrics().refreshed(result.is_ok(), clock.elapsed());
-        result
-    }
-
-    /// One attempt of [`Engine::refresh_rollup`].
-    async fn refresh_rollup_once(
-        &self,
-        database: &str,
-        name: &str,
-        full: bool,
-    ) -> Result<RefreshReport> {
-        let record = self.rollup(database, name).await?.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "materialized view '{database}.{name}' does not exist; see SHOW MATERIALIZED VIEWS"
-            ))
-        })?;
-        let def = record.definition;
-        let started = Utc::now();
-        let base = self.table(&def.base_database, &def.base_table).await?;
-        let base_entry = base.entry().clone();
-        let depth = def.depth(base_entry.partition_columns.len());
-        let prefix = &base_entry.partition_columns[..depth];
-        let storage_name = storage_table(&def.name);
-        let (location, storage) = match self.catalog().table(&def.database, &storage_name).await? {
-            Some(t) => (
-                Location::parse_catalogued(&t.location)?,
-                Some(self.table(&def.database, &storage_name).await?),
-            ),
-            None => (self.warehouse_location(&def.database, &storage_name)?, None),
-        };
-        let store = self.stores().store_for(&location)?;
-        let storage_files: HashMap<Vec<ScalarValue>, Vec<String>> = storage
-            .as_deref()
-            .map(|s| {
-                s.partition_files()
-                    .into_iter()
-                    .map(|(k, files)| (k, files.iter().map(|f| f.location.to_string()).collect()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let comparison = Comparison::of(&base, storage.as_deref(), depth);
-
-        // The raw partition values (folder names) of each partition to recompute.
-        let types: Vec<_> = prefix.iter().map(|c| c.data_type).collect();
-        let mut raw: HashMap<Vec<ScalarValue>, Vec<Option<String>>> = HashMap::new();
-        for mut partition in self.catalog().partitions(base_entry.id).await? {
-            partition.values.truncate(depth);
-            let key = typed(&partition.values, &types);
-            raw.entry(key).or_insert(partition.values);
-        }
-        let mut report = RefreshReport {
-            removed: comparison.gone.len(),
-            ..RefreshReport::default()
-        };
-        let to_compute: Vec<(Vec<ScalarValue>, String)> = if full {
-            groups(&base, depth)
-                .into_iter()
-                .map(|(key, files)| (key, fingerprint(files)))
-                .collect()
-        } else {
-            comparison.stale
-        };
-        report.unchanged = comparison.partitions - to_compute.len();
-        let mut stale: Vec<StalePartition> = to_compute
-            .into_iter()
-            .map(|(key, print)| {
-                let values = raw.get(&key).cloned().unwrap_or_default();
-                (key, values, print)
-            })
-            .collect();
-        stale.sort_by(|a, b| a.1.cmp(&b.1));
-
-        // The base is read as it is: answering the refresh from the view being refreshed
-        // would read the rows it replaces.
-        let ctx =
-            SessionContext::new_with_state(self.without_rollup_rewrite().base_state().clone());
-        let mut storage_schema: Option<SchemaRef> =
-            storage.as_ref().map(|s| s.entry().file_schema.clone());
-        let commit = |schema: SchemaRef, upserts, removals| TableCommit {
-            database: def.database.clone(),
-            name: storage_name.clone(),
-            location: location.to_string(),
-            format: "parquet".to_string(),
-            partition_columns: prefix.to_vec(),
-            file_schema: schema,
-            upserts,
-            removals,
-            declared: None,
-            format_state: None,
-            create_only: false,
-            one_file_per_partition: true,
-        };
-        for group in stale.chunks(PARTITIONS_PER_QUERY) {
-            let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;
-            let schema = storage_schema
-                .get_or_insert_with(|| file_schema(&result_schema, &def))
-                .clone();
-            let mut written = Vec::new();
-            let result = async {
-                let mut upserts = Vec::new();
-                let mut removals = Vec::new();
-                for (key, values, print) in group {
-                    let rows = rows_of(&batches, prefix, key)?
-                        .iter()
-                        .map(|b| conform(b, &schema))
-                        .collect::<Result<Vec<_>>>()?;
-                    report.rows += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                    let folder = partition_folder(&location, prefix, values);
-                    let id = uuid::Uuid::new_v4().simple().to_string();
-                    let path = Path::from(format!("{folder}/part-{print}-{}.parquet", &id[..12]));
-                    written.push(path.clone());
-                    let entry = crate::ingest::write_file(
-                        &store,
-                        path,
-                        values.clone(),
-                        folder,
-                        &schema,
-                        &rows,
-                    )
-                    .await?;
-                    upserts.push(entry);
-                    if let Some(old) = storage_files.get(key) {
-                        removals.extend(old.iter().cloned());
-                    }
-                }
-                self.catalog()
-                    .commit_table(&commit(Arc::clone(&schema), upserts, removals.clone()))
-                    .await?;
-                Ok::<_, Error>(removals)
-            }
-            .await;
-            match result {
-                Ok(removals) => {
-                    self.defer_deletes(&location, removals).await;
-                    report.refreshed += group.len();
-                }
-                Err(e) => {
-                    crate::deferred::delete_quietly(
-                        &store,
-                        written.iter().map(|p| p.to_string()).collect(),
-                    )
-                    .await;
-                    return Err(e);
-                }
-            }
-        }
-        // Storage partitions whose base partition is gone (the storage exists: they are in it).
-        let gone: Vec<String> = comparison
-            .gone
-            .iter()
-            .filter_map(|k| storage_files.get(k))
-            .flatten()
-            .cloned()
-            .collect();
-        if let (false, Some(schema)) = (gone.is_empty(), storage_schema) {
-            self.catalog()
-                .commit_table(&commit(schema, Vec::new(), gone.clone()))
-                .await?;
-            self.defer_deletes(&location, gone).await;
-        }
-        self.catalog()
-            .rollup_refreshed(
-                &def.database,
-                &def.name,
-                &started.to_rfc3339_opts(SecondsFormat::Millis, true),
-            )
-            .await?;
-        self.refresh().await?;
-        tracing::info!(rollup = %format!("{}.{}", def.database, def.name), %report, "refreshed");
-        Ok(report)
-    }
-
-    /// Refreshes every rollup that has not caught up with its base (after a crawl or
-    /// ingest, and on the server's schedule). One pass runs at a time; a pass that finds
-    /// another running returns at once. A rollup whose refresh fails is recorded as failed
-    /// (`SHOW MATERIALIZED VIEWS` gives the error) and answers no query until a refresh
-    /// succeeds: queries read its base. Returns the failures, for the crawl's summary.
-    pub async fn refresh_stale_rollups(&self) -> Vec<RefreshFailure> {
-        let Some(_running) = self.rollup_refresh_guard() else {
-            return Vec::new();
-        };
-        if let Err(e) = self.sweep_deferred_deletes(Utc::now()).await {
-            tracing::warn!(error = %e, "could not delete replaced rollup files; will retry");
-        }
-        if let Err(e) = self.refresh().await {
-            tracing::warn!(error = %e, "could not read the catalog to refresh rollups");
-            return Vec::new();
-        }
-        let mut failures = Vec::new();
-        for state in self.rollup_states() {
-            let d = &state.def;
-            if state.stale.is_empty()
-                && state.excluded.is_empty()
-                && state.storage.is_some()
-                && state.last_error.is_none()
-            {
-                continue;
-            }
-            if let Err(e) = self.refresh_rollup(&d.database, &d.name, false).await {
-                let view = format!("{}.{}", d.database, d.name);
-                tracing::warn!(rollup = %view, error = %e,
-                    "rollup refresh failed; queries read its base until a refresh succeeds");
-                failures.push(RefreshFailure {
-                    view,
-                    error: e.to_string(),
-                });
-            }
-        }
-        failures
-    }
-
-    /// After a crawl: refreshes the views it left stale and reports those whose refresh
-    /// failed among the crawl's problems, in its summary and in the crawl history.
-    pub async fn refresh_after_crawl(&self, summary: &mut crate::crawler::CrawlSummary) {
-        self.refresh_after_crawls(std::slice::from_mut(summary))
-            .await;
-    }
-
-    /// [`Engine::refresh_after_crawl`] for several crawls (a scheduler's tick): the views
-    /// are refreshed once and each crawl reports the failures.
-    pub async fn refresh_after_crawls(&self, summaries: &mut [crate::crawler::CrawlSummary]) {
-        let failures = self.refresh_stale_rollups().await;
-        if failures.is_empty() {
-            return;
-        }
-        for summary in summaries {
-            summary
-                .problems
-                .extend(failures.iter().map(|f| crate::crawler::Problem {
-                    path: f.view.clone(),
-                    message: f.to_string(),
-                }));
-            if let Some(id) = summary.crawl_id {
-                let json = serde_json::to_string(&*summary).unwrap_or_default();
-                if let Err(e) = self.catalog().finish_crawl(id, "succeeded", &json).await {
-                    tracing::warn!(error = %e,
-                        "could not record the failed refreshes in the crawl history");
-                }
-            }
-        }
-    }
-
-    /// Drops a rollup: its definition, its storage table and its files. Returns whether
-    /// it existed.
-    ///
-    /// # Errors
-    /// [`Error::Catalog`] when the catalog cannot be written.
-    pub async fn drop_rollup(&self, database: &str, name: &str) -> Result<bool> {
-        let storage_name = storage_table(name);
-        let files = match self.catalog().table(database, &storage_name).await? {
-            Some(t) => Some((
-                Location::parse_catalogued(&t.location)?,
-                self.catalog().file_index(t.id).await?,
-            )),
-            None => None,
-        };
-        let dropped = self
-            .catalog()
-            .drop_rollup(database, name, &storage_name)
-            .await?;
-        if let Some((location, files)) = files {
-            self.defer_deletes(&location, files.into_iter().map(|f| f.path).collect())
-                .await;
-        }
-        self.refresh().await?;
-        Ok(dropped)
-    }
-
-    /// `SHOW MATERIALIZED VIEWS`: every rollup with its size and freshness.
-    ///
-    /// # Errors
-    /// [`Error::Catalog`] when the catalog cannot be read.
-    pub async fn show_rollups(&self) -> Result<RecordBatch> {
-        let views = self.rollup_summaries().await?;
-        let text = |f: fn(&RollupSummary) -> Option<String>| {
-            Arc::new(StringArray::from(views.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-        };
-        let number = |f: fn(&RollupSummary) -> Option<i64>| {
-            Arc::new(Int64Array::from(views.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-        };
-        let columns = vec![
-            text(|v| Some(v.name.clone())),
-            text(|v| Some(v.base_table.clone())),
-            number(|v| v.rows),
-            number(|v| v.bytes),
-            number(|v| v.partitions),
-            number(|v| v.stale_partitions),
-            text(|v| v.refreshed_at.clone()),
-            text(|v| Some(v.definition.clone())),
-            text(|v| v.last_error.clone()),
-        ];
-        Ok(RecordBatch::try_new(show_schema(), columns)?)
-    }
-
-    /// Every rollup with its size and freshness (`SHOW MATERIALIZED VIEWS`, the admin API).
-    ///
-    /// # Errors
-    /// [`Error::Catalog`] when the catalog cannot be read.
-    pub async fn rollup_summaries(&self) -> Result<Vec<RollupSummary>> {
-        self.refresh().await?;
-        let states = self.rollup_states();
-        Ok(self
-            .catalog()
-            .rollups()
-            .await?
-            .into_iter()
-            .map(|r| {
-                let d = r.definition;
-                let state = states
-                    .iter()
-                    .find(|s| s.def.database == d.database && s.def.name == d.name);
-                let (rows, bytes) = state
-                    .and_then(|s| s.storage.as_ref())
-                    .map(|t| t.size())
-                    .unwrap_or((0, 0));
-                RollupSummary {
-                    name: format!("{}.{}", d.database, d.name),
-                    base_table: format!("{}.{}", d.base_database, d.base_table),
-                    rows: state.map(|_| rows as i64),
-                    bytes: state.map(|_| bytes as i64),
-                    partitions: state.map(|s| s.base_partitions as i64),
-                    stale_partitions: state.map(|s| s.stale.len() as i64),
-                    refreshed_at: r.refreshed_at,
-                    definition: d.sql,
-                    last_error: r.last_error.map(|e| match r.last_error_at {
-                        Some(at) => format!("{at}: {e}"),
-                        None => e,
-                    }),
-                }
-            })
-            .collect())
-    }
-}
-
 /// One materialized view with its size and freshness; the numbers are `None` while its
 /// base table cannot be read.
 #[derive(Debug, Clone, PartialEq)]
@@ -917,7 +460,10 @@ pub fn show_schema() -> SchemaRef {
 }
 
 /// A base table's files grouped by the first `depth` partition values.
-fn groups(base: &CatalogTable, depth: usize) -> HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> {
+pub(crate) fn groups(
+    base: &CatalogTable,
+    depth: usize,
+) -> HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> {
     let mut out: HashMap<Vec<ScalarValue>, Vec<&ObjectMeta>> = HashMap::new();
     for (key, files) in base.partition_files() {
         out.entry(key[..depth.min(key.len())].to_vec())
@@ -927,7 +473,10 @@ fn groups(base: &CatalogTable, depth: usize) -> HashMap<Vec<ScalarValue>, Vec<&O
     out
 }
 
-fn typed(values: &[Option<String>], types: &[crate::catalog::PartitionType]) -> Vec<ScalarValue> {
+pub(crate) fn typed(
+    values: &[Option<String>],
+    types: &[crate::catalog::PartitionType],
+) -> Vec<ScalarValue> {
     types
         .iter()
         .enumerate()
@@ -949,7 +498,7 @@ pub(crate) fn partition_predicate(columns: &[PartitionColumn], key: &[ScalarValu
 
 /// Computes the rollup rows of a group of base partitions, grouped by the dimensions and
 /// the partition columns.
-async fn compute(
+pub(crate) async fn compute(
     ctx: &SessionContext,
     def: &RollupDef,
     partition_columns: &[PartitionColumn],
@@ -996,7 +545,7 @@ async fn compute(
 }
 
 /// The rows of `batches` in the partition `key`, without the partition columns.
-fn rows_of(
+pub(crate) fn rows_of(
     batches: &[RecordBatch],
     partition_columns: &[PartitionColumn],
     key: &[ScalarValue],
@@ -1042,7 +591,7 @@ fn rows_of(
 }
 
 /// The schema of a rollup's storage files: dimensions and measures, in plain types.
-fn file_schema(result: &SchemaRef, def: &RollupDef) -> SchemaRef {
+pub(crate) fn file_schema(result: &SchemaRef, def: &RollupDef) -> SchemaRef {
     let fields: Vec<Field> = result
         .fields()
         .iter()
@@ -1055,7 +604,7 @@ fn file_schema(result: &SchemaRef, def: &RollupDef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn plain(t: &DataType) -> DataType {
+pub(crate) fn plain(t: &DataType) -> DataType {
     match t {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
@@ -1065,7 +614,7 @@ fn plain(t: &DataType) -> DataType {
 }
 
 /// Casts a batch's columns to the storage schema (by name).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()
@@ -1078,7 +627,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 }
 
 /// `<root>/k1=v1/k2=v2` for raw partition values.
-fn partition_folder(
+pub(crate) fn partition_folder(
     location: &Location,
     columns: &[PartitionColumn],
     values: &[Option<String>],
@@ -1097,22 +646,6 @@ fn partition_folder(
 
 /// How long a replaced rollup file outlives its replacement (see [`crate::deferred`]).
 pub use crate::deferred::DELETE_GRACE;
-
-impl Engine {
-    /// Schedules replaced files of `location` for deletion after [`DELETE_GRACE`].
-    async fn defer_deletes(&self, location: &Location, paths: Vec<String>) {
-        crate::deferred::defer(self.catalog(), location, paths).await;
-    }
-
-    /// Deletes the replaced files whose grace period ended by `now` (after every crawl,
-    /// ingest and server tick). Returns how many deletions were carried out.
-    ///
-    /// # Errors
-    /// [`Error::Catalog`] when the catalog cannot be read or written.
-    pub async fn sweep_deferred_deletes(&self, now: DateTime<Utc>) -> Result<usize> {
-        crate::deferred::sweep(self.catalog(), self.stores(), now).await
-    }
-}
 
 /// A rollup as the query rewrite sees it: its definition, storage, and which base
 /// partitions it has not caught up with.

@@ -39,8 +39,8 @@ use super::{
     partition_predicate, storage_table,
 };
 use crate::catalog::{MeasureKind, RollupMeasure, TableEntry};
-use crate::engine::CATALOG_NAME;
-use crate::engine::table::CatalogTable;
+use crate::table::CATALOG_NAME;
+use crate::table::CatalogTable;
 
 /// Alias of the base-side subplan that catches up on stale partitions (never rewritten).
 const CATCHUP: &str = "__rollup_catchup";

@@ -960,7 +960,9 @@ impl FlightSqlService for TarnFlightSql {
         let stream = request.into_inner().map_err(FlightError::from);
         let batches = FlightRecordBatchStream::new_from_flight_data(stream)
             .map_err(|e| Error::InvalidArgument(format!("reading the ingested rows: {e}")));
-        let rows = tarn_lake::ingest::ingest(&self.engine, &ingest_request, batches)
+        let rows = self
+            .engine
+            .ingest(&ingest_request, batches)
             .await
             .map_err(flight_status)?;
         i64::try_from(rows).map_err(internal)

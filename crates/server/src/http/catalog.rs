@@ -127,7 +127,7 @@ fn summary(t: &TableEntry, size: TableSize) -> Value {
     json!({
         "database": t.database,
         "name": t.name,
-        "format": t.format,
+        "format": t.format.as_str(),
         "location": t.location,
         "partition_columns": partition_columns,
         "files": size.files,

@@ -39,6 +39,9 @@ use datafusion::config::CsvOptions;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::physical_plan::{CsvSource, JsonSource};
 
+/// Name of the DataFusion catalog that holds Tarn's databases.
+pub const CATALOG_NAME: &str = "tarn";
+
 /// One partition: its typed values and the indices of its files.
 #[derive(Debug)]
 struct Partition {
@@ -74,8 +77,8 @@ pub struct TextOptions {
 impl TextOptions {
     /// The options of a table of `format` with the catalogued `format_state`; `None` for
     /// Parquet and Delta tables.
-    pub fn of(format: &str, state: &serde_json::Value) -> Option<Self> {
-        let format = FileFormat::parse(format).filter(|f| *f != FileFormat::Parquet)?;
+    pub fn of(format: crate::catalog::TableFormat, state: &serde_json::Value) -> Option<Self> {
+        let format = FileFormat::of_table(format).filter(|f| *f != FileFormat::Parquet)?;
         Some(Self {
             format,
             has_header: state["has_header"].as_bool().unwrap_or(true),
@@ -585,9 +588,7 @@ impl TableProvider for CatalogTable {
             .collect();
         let kept = self.prune_partitions(state, &partition_filters)?;
         if !names.is_empty()
-            && let Some(probe) = state
-                .config()
-                .get_extension::<crate::engine::probe::QueryProbe>()
+            && let Some(probe) = state.config().get_extension::<crate::probe::QueryProbe>()
         {
             probe.partitions(kept.len(), self.partitions.len());
         }
