@@ -595,172 +595,9 @@ impl Catalog {
             }
         }
 
-        // The partitions whose files change: only their counts are recomputed (a small
-        // commit to a table of many partitions touches only its own).
-        let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
-        for paths in commit.removals.chunks(INSERT_CHUNK) {
-            let mut delete = rows_in(
-                "DELETE FROM data_files WHERE table_id = ",
-                table_id,
-                "path",
-                paths,
-                " RETURNING partition_id",
-            );
-            for row in delete.build().fetch_all(&mut *tx).await? {
-                touched.insert(row.get(0));
-            }
-        }
-        // A file catalogued before may move to another partition (a pinned folder).
-        if !outcome.created {
-            for files in commit.upserts.chunks(INSERT_CHUNK) {
-                let mut select = rows_in(
-                    "SELECT DISTINCT partition_id FROM data_files WHERE table_id = ",
-                    table_id,
-                    "path",
-                    files.iter().map(|f| &f.path),
-                    "",
-                );
-                for row in select.build().fetch_all(&mut *tx).await? {
-                    touched.insert(row.get(0));
-                }
-            }
-        }
-
-        // The partitions the new files go to: the known ones looked up and the new ones
-        // inserted, many per statement (a small commit to a table of many partitions reads
-        // only its own).
-        let mut partition_ids: HashMap<String, i64> = HashMap::new();
-        let wanted: Vec<&str> = commit
-            .upserts
-            .iter()
-            .map(|f| f.partition_location.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for locations in wanted.chunks(INSERT_CHUNK) {
-            let mut select = rows_in(
-                "SELECT location, id FROM partitions WHERE table_id = ",
-                table_id,
-                "location",
-                locations.iter().copied(),
-                "",
-            );
-            for row in select.build().fetch_all(&mut *tx).await? {
-                partition_ids.insert(row.get(0), row.get(1));
-            }
-        }
-        let mut new_partitions: Vec<(&str, String)> = Vec::new();
-        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for file in &commit.upserts {
-            let location = file.partition_location.as_str();
-            if !partition_ids.contains_key(location) && seen.insert(location) {
-                let values = serde_json::to_string(&file.partition_values)
-                    .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
-                new_partitions.push((location, values));
-            }
-        }
-        for chunk in new_partitions.chunks(INSERT_CHUNK) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                r#"INSERT OR IGNORE INTO partitions
-                     (table_id, "values", location, file_count, total_bytes, row_count) "#,
-            );
-            insert.push_values(chunk, |mut b, (location, values)| {
-                b.push_bind(table_id)
-                    .push_bind(values)
-                    .push_bind(*location)
-                    .push_bind(0i64)
-                    .push_bind(0i64)
-                    .push_bind(0i64);
-            });
-            insert.push(" RETURNING location, id");
-            let rows = insert.build().fetch_all(&mut *tx).await?;
-            outcome.partitions_added += rows.len() as u64;
-            for row in rows {
-                partition_ids.insert(row.get(0), row.get(1));
-            }
-        }
-
-        // Files share a handful of schemas (the crawler interns them): encode and look up
-        // each distinct one once.
-        let mut schema_ids: HashMap<Vec<u8>, i64> = HashMap::new();
-        let mut schema_by_ptr: HashMap<usize, i64> = HashMap::new();
-        let mut rows: Vec<(i64, i64, String)> = Vec::with_capacity(commit.upserts.len());
-        for file in &commit.upserts {
-            let schema_id = match schema_by_ptr.get(&(Arc::as_ptr(&file.file_schema) as usize)) {
-                Some(id) => *id,
-                None => {
-                    let bytes = encode_schema(&strip_metadata(&file.file_schema));
-                    let id = match schema_ids.get(&bytes) {
-                        Some(id) => *id,
-                        None => {
-                            sqlx::query("INSERT OR IGNORE INTO file_schemas (schema) VALUES (?1)")
-                                .bind(&bytes)
-                                .execute(&mut *tx)
-                                .await?;
-                            let id: i64 =
-                                sqlx::query_scalar("SELECT id FROM file_schemas WHERE schema = ?1")
-                                    .bind(&bytes)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                            schema_ids.insert(bytes, id);
-                            id
-                        }
-                    };
-                    schema_by_ptr.insert(Arc::as_ptr(&file.file_schema) as usize, id);
-                    id
-                }
-            };
-            let partition_id = *partition_ids.get(&file.partition_location).ok_or_else(|| {
-                Error::Internal(format!(
-                    "partition {} of table {}.{} was not recorded",
-                    file.partition_location, commit.database, commit.name
-                ))
-            })?;
-            let stats = serde_json::to_string(&file.stats)
-                .map_err(|e| Error::Internal(format!("file stats to JSON: {e}")))?;
-            touched.insert(partition_id);
-            rows.push((partition_id, schema_id, stats));
-        }
-        // Many rows per statement: one round trip per chunk, not per file.
-        for (files, rows) in commit
-            .upserts
-            .chunks(INSERT_CHUNK)
-            .zip(rows.chunks(INSERT_CHUNK))
-        {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO data_files (table_id, partition_id, path, size, e_tag, last_modified,
-                                         row_count, footer_size, file_schema_id, stats,
-                                         stats_version) ",
-            );
-            insert.push_values(
-                files.iter().zip(rows),
-                |mut b, (file, (partition_id, schema_id, stats))| {
-                    b.push_bind(table_id)
-                        .push_bind(*partition_id)
-                        .push_bind(&file.path)
-                        .push_bind(file.size as i64)
-                        .push_bind(&file.e_tag)
-                        .push_bind(
-                            file.last_modified
-                                .to_rfc3339_opts(SecondsFormat::Micros, true),
-                        )
-                        .push_bind(file.row_count as i64)
-                        .push_bind(file.footer_size.map(|v| v as i64))
-                        .push_bind(*schema_id)
-                        .push_bind(stats)
-                        .push_bind(file.stats_version);
-                },
-            );
-            insert.push(
-                " ON CONFLICT (table_id, path) DO UPDATE SET
-                   partition_id = excluded.partition_id, size = excluded.size,
-                   e_tag = excluded.e_tag, last_modified = excluded.last_modified,
-                   row_count = excluded.row_count, footer_size = excluded.footer_size,
-                   file_schema_id = excluded.file_schema_id, stats = excluded.stats,
-                   stats_version = excluded.stats_version",
-            );
-            insert.build().execute(&mut *tx).await?;
-        }
+        let mut touched = remove_files(&mut tx, table_id, commit, outcome.created).await?;
+        let partition_ids = partition_ids(&mut tx, table_id, commit, &mut outcome).await?;
+        upsert_files(&mut tx, table_id, commit, &partition_ids, &mut touched).await?;
 
         if !commit.upserts.is_empty() || !commit.removals.is_empty() {
             let touched: Vec<i64> = touched.into_iter().collect();
@@ -1591,4 +1428,205 @@ where
     list.push_unseparated(")");
     query.push(tail);
     query
+}
+
+/// Deletes the rows of the files `commit` removes and returns the partitions whose files
+/// change (those, and the old partitions of files it upserts that existed before), whose
+/// counts are then recomputed: a small commit to a table of many partitions touches only
+/// its own.
+async fn remove_files(
+    tx: &mut sqlx::SqliteConnection,
+    table_id: i64,
+    commit: &TableCommit,
+    created: bool,
+) -> Result<std::collections::BTreeSet<i64>> {
+    // The partitions whose files change: only their counts are recomputed (a small
+    // commit to a table of many partitions touches only its own).
+    let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    for paths in commit.removals.chunks(INSERT_CHUNK) {
+        let mut delete = rows_in(
+            "DELETE FROM data_files WHERE table_id = ",
+            table_id,
+            "path",
+            paths,
+            " RETURNING partition_id",
+        );
+        for row in delete.build().fetch_all(&mut *tx).await? {
+            touched.insert(row.get(0));
+        }
+    }
+    // A file catalogued before may move to another partition (a pinned folder).
+    if !created {
+        for files in commit.upserts.chunks(INSERT_CHUNK) {
+            let mut select = rows_in(
+                "SELECT DISTINCT partition_id FROM data_files WHERE table_id = ",
+                table_id,
+                "path",
+                files.iter().map(|f| &f.path),
+                "",
+            );
+            for row in select.build().fetch_all(&mut *tx).await? {
+                touched.insert(row.get(0));
+            }
+        }
+    }
+    Ok(touched)
+}
+
+/// The id of every partition the files `commit` upserts go to, keyed by location: the
+/// known ones looked up and the new ones inserted (counted in `outcome`), many per
+/// statement.
+async fn partition_ids(
+    tx: &mut sqlx::SqliteConnection,
+    table_id: i64,
+    commit: &TableCommit,
+    outcome: &mut CommitOutcome,
+) -> Result<HashMap<String, i64>> {
+    // The partitions the new files go to: the known ones looked up and the new ones
+    // inserted, many per statement (a small commit to a table of many partitions reads
+    // only its own).
+    let mut partition_ids: HashMap<String, i64> = HashMap::new();
+    let wanted: Vec<&str> = commit
+        .upserts
+        .iter()
+        .map(|f| f.partition_location.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for locations in wanted.chunks(INSERT_CHUNK) {
+        let mut select = rows_in(
+            "SELECT location, id FROM partitions WHERE table_id = ",
+            table_id,
+            "location",
+            locations.iter().copied(),
+            "",
+        );
+        for row in select.build().fetch_all(&mut *tx).await? {
+            partition_ids.insert(row.get(0), row.get(1));
+        }
+    }
+    let mut new_partitions: Vec<(&str, String)> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for file in &commit.upserts {
+        let location = file.partition_location.as_str();
+        if !partition_ids.contains_key(location) && seen.insert(location) {
+            let values = serde_json::to_string(&file.partition_values)
+                .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
+            new_partitions.push((location, values));
+        }
+    }
+    for chunk in new_partitions.chunks(INSERT_CHUNK) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            r#"INSERT OR IGNORE INTO partitions
+                 (table_id, "values", location, file_count, total_bytes, row_count) "#,
+        );
+        insert.push_values(chunk, |mut b, (location, values)| {
+            b.push_bind(table_id)
+                .push_bind(values)
+                .push_bind(*location)
+                .push_bind(0i64)
+                .push_bind(0i64)
+                .push_bind(0i64);
+        });
+        insert.push(" RETURNING location, id");
+        let rows = insert.build().fetch_all(&mut *tx).await?;
+        outcome.partitions_added += rows.len() as u64;
+        for row in rows {
+            partition_ids.insert(row.get(0), row.get(1));
+        }
+    }
+    Ok(partition_ids)
+}
+
+/// Inserts or updates the rows of the files `commit` upserts, in `partition_ids`, and adds
+/// their partitions to `touched`.
+async fn upsert_files(
+    tx: &mut sqlx::SqliteConnection,
+    table_id: i64,
+    commit: &TableCommit,
+    partition_ids: &HashMap<String, i64>,
+    touched: &mut std::collections::BTreeSet<i64>,
+) -> Result<()> {
+    // Files share a handful of schemas (the crawler interns them): encode and look up
+    // each distinct one once.
+    let mut schema_ids: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut schema_by_ptr: HashMap<usize, i64> = HashMap::new();
+    let mut rows: Vec<(i64, i64, String)> = Vec::with_capacity(commit.upserts.len());
+    for file in &commit.upserts {
+        let schema_id = match schema_by_ptr.get(&(Arc::as_ptr(&file.file_schema) as usize)) {
+            Some(id) => *id,
+            None => {
+                let bytes = encode_schema(&strip_metadata(&file.file_schema));
+                let id = match schema_ids.get(&bytes) {
+                    Some(id) => *id,
+                    None => {
+                        sqlx::query("INSERT OR IGNORE INTO file_schemas (schema) VALUES (?1)")
+                            .bind(&bytes)
+                            .execute(&mut *tx)
+                            .await?;
+                        let id: i64 =
+                            sqlx::query_scalar("SELECT id FROM file_schemas WHERE schema = ?1")
+                                .bind(&bytes)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        schema_ids.insert(bytes, id);
+                        id
+                    }
+                };
+                schema_by_ptr.insert(Arc::as_ptr(&file.file_schema) as usize, id);
+                id
+            }
+        };
+        let partition_id = *partition_ids.get(&file.partition_location).ok_or_else(|| {
+            Error::Internal(format!(
+                "partition {} of table {}.{} was not recorded",
+                file.partition_location, commit.database, commit.name
+            ))
+        })?;
+        let stats = serde_json::to_string(&file.stats)
+            .map_err(|e| Error::Internal(format!("file stats to JSON: {e}")))?;
+        touched.insert(partition_id);
+        rows.push((partition_id, schema_id, stats));
+    }
+    // Many rows per statement: one round trip per chunk, not per file.
+    for (files, rows) in commit
+        .upserts
+        .chunks(INSERT_CHUNK)
+        .zip(rows.chunks(INSERT_CHUNK))
+    {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO data_files (table_id, partition_id, path, size, e_tag, last_modified,
+                                     row_count, footer_size, file_schema_id, stats,
+                                     stats_version) ",
+        );
+        insert.push_values(
+            files.iter().zip(rows),
+            |mut b, (file, (partition_id, schema_id, stats))| {
+                b.push_bind(table_id)
+                    .push_bind(*partition_id)
+                    .push_bind(&file.path)
+                    .push_bind(file.size as i64)
+                    .push_bind(&file.e_tag)
+                    .push_bind(
+                        file.last_modified
+                            .to_rfc3339_opts(SecondsFormat::Micros, true),
+                    )
+                    .push_bind(file.row_count as i64)
+                    .push_bind(file.footer_size.map(|v| v as i64))
+                    .push_bind(*schema_id)
+                    .push_bind(stats)
+                    .push_bind(file.stats_version);
+            },
+        );
+        insert.push(
+            " ON CONFLICT (table_id, path) DO UPDATE SET
+               partition_id = excluded.partition_id, size = excluded.size,
+               e_tag = excluded.e_tag, last_modified = excluded.last_modified,
+               row_count = excluded.row_count, footer_size = excluded.footer_size,
+               file_schema_id = excluded.file_schema_id, stats = excluded.stats,
+               stats_version = excluded.stats_version",
+        );
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }

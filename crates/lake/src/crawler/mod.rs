@@ -311,6 +311,45 @@ pub struct Skipped {
     pub replaced: u64,
 }
 
+/// The objects under `location` (`prefix` in `store`): all of them, or in event mode
+/// only those in the folders `within` names.
+async fn list_objects(
+    store: &Arc<dyn ObjectStore>,
+    location: &Location,
+    prefix: &object_store::path::Path,
+    within: &[String],
+) -> Result<Vec<ObjectMeta>> {
+    Ok(if within.is_empty() {
+        listing::list_all(store.as_ref(), prefix)
+            .await
+            .map_err(|e| Error::store(location.to_string(), e))?
+    } else {
+        let mut listed = Vec::new();
+        for folder in within {
+            // The folder as the store names it: event keys are object keys already, so
+            // parsed, not encoded again (`%3A` in a Hive value must stay `%3A`).
+            let raw = if prefix.as_ref().is_empty() {
+                folder.clone()
+            } else {
+                format!("{}/{folder}", prefix.as_ref())
+            };
+            let sub = object_store::path::Path::parse(&raw).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "an event names the folder {location}{folder}/, which is not a valid \
+                     object path: {e}"
+                ))
+            })?;
+            let more: Vec<ObjectMeta> = store
+                .list(Some(&sub))
+                .try_collect()
+                .await
+                .map_err(|e| Error::store(format!("{location}{folder}/"), e))?;
+            listed.extend(more);
+        }
+        listed
+    })
+}
+
 /// `listed` without the files waiting for deletion after a replacement (counted as
 /// skipped).
 fn without_replaced(
@@ -761,6 +800,103 @@ impl Crawler {
         Ok(summary)
     }
 
+    /// Tables crawled from under `location` before whose folders are now gone (nothing of
+    /// `listed_relatives` under them, not crawled now as one of `seen_locations`): kept
+    /// through their pinned partition folders, deleted or marked deprecated as
+    /// `options.deletion` says.
+    async fn gone_tables(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        location: &Location,
+        options: &CrawlOptions,
+        listed_relatives: &[String],
+        seen_locations: &BTreeSet<String>,
+        summary: &mut CrawlSummary,
+    ) -> Result<()> {
+        // Tables crawled from under this location before whose folders are now gone. A
+        // folder that still holds objects is not gone: it may be a table declared inside
+        // another table's tree (`CREATE EXTERNAL TABLE … LOCATION '…/year=2024/'`).
+        for table in self.catalog.tables().await? {
+            let Some(table_relative) = table.location.strip_prefix(location.url.as_str()) else {
+                continue;
+            };
+            let table_relative = table_relative.trim_end_matches('/');
+            let still_there = listed_relatives.iter().any(|r| is_under(r, table_relative));
+            let gone = table.database == options.database
+                && !seen_locations.contains(&table.location)
+                && options.table.is_none()
+                && !still_there
+                && crate::catalog::TableKind::of(&table.name)
+                    != crate::catalog::TableKind::RollupStorage;
+            // Partitions at folders of the user's choosing keep a table whose own folder
+            // is empty; its files are those folders' now.
+            if gone
+                && !pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty()
+            {
+                let table_path = Location::parse_catalogued(&table.location)?.prefix();
+                Box::pin(self.crawl_table(
+                    store,
+                    options,
+                    &table.name,
+                    &table.location,
+                    table_path.as_ref(),
+                    &[],
+                    summary,
+                ))
+                .await?;
+                continue;
+            }
+            if !gone
+                || (options.deletion == DeletionPolicy::Mark
+                    && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
+            {
+                continue;
+            }
+            let qualified = format!("{}.{}", table.database, table.name);
+            match options.deletion {
+                DeletionPolicy::Delete => {
+                    if self
+                        .catalog
+                        .drop_table(&table.database, &table.name)
+                        .await?
+                    {
+                        summary.tables_deleted.push(qualified);
+                    }
+                }
+                DeletionPolicy::Mark => {
+                    if table.format != TableFormat::Delta {
+                        // Its files are gone: forget them, keep the definition.
+                        Box::pin(self.crawl_table(
+                            store,
+                            options,
+                            &table.name,
+                            &table.location,
+                            "",
+                            &[],
+                            summary,
+                        ))
+                        .await?;
+                        summary.tables_updated.retain(|t| t != &qualified);
+                        summary.tables_unchanged.retain(|t| t != &qualified);
+                    }
+                    self.catalog
+                        .set_deprecated(
+                            table.id,
+                            Some(&format!(
+                                "its folder {} was gone at the crawl of {}",
+                                table.location,
+                                chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )),
+                        )
+                        .await?;
+                    summary.tables_deprecated.push(qualified);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn crawl_inner(
         &self,
         location: &Location,
@@ -775,35 +911,7 @@ impl Crawler {
             ..Default::default()
         };
 
-        let listed: Vec<ObjectMeta> = if options.within.is_empty() {
-            listing::list_all(store.as_ref(), &prefix)
-                .await
-                .map_err(|e| Error::store(location.to_string(), e))?
-        } else {
-            let mut listed = Vec::new();
-            for folder in &options.within {
-                // The folder as the store names it: event keys are object keys already, so
-                // parsed, not encoded again (`%3A` in a Hive value must stay `%3A`).
-                let raw = if prefix.as_ref().is_empty() {
-                    folder.clone()
-                } else {
-                    format!("{}/{folder}", prefix.as_ref())
-                };
-                let sub = object_store::path::Path::parse(&raw).map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "an event names the folder {location}{folder}/, which is not a valid \
-                         object path: {e}"
-                    ))
-                })?;
-                let more: Vec<ObjectMeta> = store
-                    .list(Some(&sub))
-                    .try_collect()
-                    .await
-                    .map_err(|e| Error::store(format!("{location}{folder}/"), e))?;
-                listed.extend(more);
-            }
-            listed
-        };
+        let listed = list_objects(&store, location, &prefix, &options.within).await?;
         summary.files_listed = listed.len() as u64;
         self.report(|p| p.files_listed += listed.len() as u64);
         let pending = crate::deferred::pending(&self.catalog).await?;
@@ -1033,87 +1141,15 @@ impl Crawler {
             .await?;
         }
 
-        // Tables crawled from under this location before whose folders are now gone. A
-        // folder that still holds objects is not gone: it may be a table declared inside
-        // another table's tree (`CREATE EXTERNAL TABLE … LOCATION '…/year=2024/'`).
-        for table in self.catalog.tables().await? {
-            let Some(table_relative) = table.location.strip_prefix(location.url.as_str()) else {
-                continue;
-            };
-            let table_relative = table_relative.trim_end_matches('/');
-            let still_there = listed_relatives.iter().any(|r| is_under(r, table_relative));
-            let gone = table.database == options.database
-                && !seen_locations.contains(&table.location)
-                && options.table.is_none()
-                && !still_there
-                && crate::catalog::TableKind::of(&table.name)
-                    != crate::catalog::TableKind::RollupStorage;
-            // Partitions at folders of the user's choosing keep a table whose own folder
-            // is empty; its files are those folders' now.
-            if gone
-                && !pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty()
-            {
-                let table_path = Location::parse_catalogued(&table.location)?.prefix();
-                Box::pin(self.crawl_table(
-                    &store,
-                    options,
-                    &table.name,
-                    &table.location,
-                    table_path.as_ref(),
-                    &[],
-                    &mut summary,
-                ))
-                .await?;
-                continue;
-            }
-            if !gone
-                || (options.deletion == DeletionPolicy::Mark
-                    && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
-            {
-                continue;
-            }
-            let qualified = format!("{}.{}", table.database, table.name);
-            match options.deletion {
-                DeletionPolicy::Delete => {
-                    if self
-                        .catalog
-                        .drop_table(&table.database, &table.name)
-                        .await?
-                    {
-                        summary.tables_deleted.push(qualified);
-                    }
-                }
-                DeletionPolicy::Mark => {
-                    if table.format != TableFormat::Delta {
-                        // Its files are gone: forget them, keep the definition.
-                        Box::pin(self.crawl_table(
-                            &store,
-                            options,
-                            &table.name,
-                            &table.location,
-                            "",
-                            &[],
-                            &mut summary,
-                        ))
-                        .await?;
-                        summary.tables_updated.retain(|t| t != &qualified);
-                        summary.tables_unchanged.retain(|t| t != &qualified);
-                    }
-                    self.catalog
-                        .set_deprecated(
-                            table.id,
-                            Some(&format!(
-                                "its folder {} was gone at the crawl of {}",
-                                table.location,
-                                chrono::Utc::now()
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                            )),
-                        )
-                        .await?;
-                    summary.tables_deprecated.push(qualified);
-                }
-            }
-        }
+        self.gone_tables(
+            &store,
+            location,
+            options,
+            &listed_relatives,
+            &seen_locations,
+            &mut summary,
+        )
+        .await?;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(summary)
     }

@@ -272,6 +272,45 @@ pub(crate) fn define(
             dimensions.push(dim);
         }
     }
+    let measures = measures_of(
+        aggregate,
+        &base_entry,
+        &partition_names,
+        &grouped_partitions,
+        &unsupported,
+    )?;
+    let filter = if has_filter {
+        match query.body.as_ref() {
+            SetExpr::Select(select) => select.selection.as_ref().map(|e| e.to_string()),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Ok(RollupDef {
+        database: database.to_string(),
+        name: name.to_string(),
+        base_database: base_entry.database.clone(),
+        base_table: base_entry.name.clone(),
+        sql: sql.to_string(),
+        dimensions,
+        measures,
+        filter,
+        max_staleness_secs: None,
+        storage_depth: Some(depth),
+    })
+}
+
+/// The mergeable measures a view keeps for `aggregate`'s aggregates: always `count(*)`,
+/// an average as a sum and a count, `count(DISTINCT)` only where each rollup row is a whole
+/// group (every storage partition column of `partition_names` among `grouped_partitions`).
+fn measures_of(
+    aggregate: &datafusion::logical_expr::Aggregate,
+    base_entry: &crate::catalog::TableEntry,
+    partition_names: &[&str],
+    grouped_partitions: &[String],
+    unsupported: &dyn Fn(String) -> Error,
+) -> Result<Vec<RollupMeasure>> {
     let mut measures = vec![RollupMeasure {
         kind: MeasureKind::Count,
         column: None,
@@ -360,26 +399,7 @@ pub(crate) fn define(
             }
         }
     }
-    let filter = if has_filter {
-        match query.body.as_ref() {
-            SetExpr::Select(select) => select.selection.as_ref().map(|e| e.to_string()),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    Ok(RollupDef {
-        database: database.to_string(),
-        name: name.to_string(),
-        base_database: base_entry.database.clone(),
-        base_table: base_entry.name.clone(),
-        sql: sql.to_string(),
-        dimensions,
-        measures,
-        filter,
-        max_staleness_secs: None,
-        storage_depth: Some(depth),
-    })
+    Ok(measures)
 }
 
 /// A materialized view whose refresh failed, and why.
