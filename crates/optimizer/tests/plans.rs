@@ -160,5 +160,8 @@ plan_files!(
     subquery_windows,
     averages,
     shared_subplans,
-    like
+    like,
+    key_filter,
+    decimals,
+    eager_aggregation,
 );
