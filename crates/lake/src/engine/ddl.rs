@@ -311,24 +311,7 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                 names,
                 cascade,
                 ..
-            } => {
-                let [name] = names.as_slice() else {
-                    return Err(Error::Sql("DROP DATABASE takes one name".into()));
-                };
-                let parts: Vec<String> = name
-                    .0
-                    .iter()
-                    .filter_map(|p| p.as_ident().map(normalize))
-                    .collect();
-                let [name] = parts.as_slice() else {
-                    return Err(Error::Sql(format!("'{name}' is not a database name")));
-                };
-                return Ok(Some(Command::DropDatabase {
-                    name: name.clone(),
-                    if_exists: *if_exists,
-                    cascade: *cascade,
-                }));
-            }
+            } => return drop_database(names, *if_exists, *cascade).map(Some),
             Statement::Insert(insert) => return insert_into(insert, default_db).map(Some),
             Statement::CreateSchema { .. }
             | Statement::CreateDatabase { .. }
@@ -372,6 +355,26 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
         },
         _ => return Err(Error::Sql("this statement is not supported by Tarn".into())),
     }))
+}
+
+/// `DROP DATABASE [IF EXISTS] name [CASCADE]`.
+fn drop_database(names: &[ObjectName], if_exists: bool, cascade: bool) -> Result<Command> {
+    let [name] = names else {
+        return Err(Error::Sql("DROP DATABASE takes one name".into()));
+    };
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(normalize))
+        .collect();
+    let [name] = parts.as_slice() else {
+        return Err(Error::Sql(format!("'{name}' is not a database name")));
+    };
+    Ok(Command::DropDatabase {
+        name: name.clone(),
+        if_exists,
+        cascade,
+    })
 }
 
 /// `ALTER TABLE … ADD PARTITION | DROP PARTITION`.
@@ -1233,22 +1236,7 @@ impl Engine {
                 }
             }
             Command::ShowMaterializedViews => self.show_rollups().await?,
-            Command::ShowResultCache => {
-                let s = self.result_cache_stats();
-                let columns: Vec<arrow::array::ArrayRef> = [
-                    s.entries as u64,
-                    s.bytes as u64,
-                    s.budget as u64,
-                    s.hits,
-                    s.misses,
-                    s.evictions,
-                    s.uncacheable,
-                ]
-                .into_iter()
-                .map(|v| Arc::new(arrow::array::UInt64Array::from(vec![v])) as _)
-                .collect();
-                RecordBatch::try_new(command.schema(), columns)?
-            }
+            Command::ShowResultCache => self.show_result_cache(command.schema())?,
             Command::CreateDatabase {
                 name,
                 if_not_exists,
@@ -1362,6 +1350,24 @@ type AddedPartitions<'a> = (&'a [Vec<(String, String)>], &'a [Option<String>], b
 
 /// The longer commands of [`Engine::run_command`], one method each.
 impl Engine {
+    /// `SHOW RESULT CACHE`: the result cache's size, budget and counts.
+    fn show_result_cache(&self, schema: SchemaRef) -> Result<RecordBatch> {
+        let s = self.result_cache_stats();
+        let columns: Vec<arrow::array::ArrayRef> = [
+            s.entries as u64,
+            s.bytes as u64,
+            s.budget as u64,
+            s.hits,
+            s.misses,
+            s.evictions,
+            s.uncacheable,
+        ]
+        .into_iter()
+        .map(|v| Arc::new(arrow::array::UInt64Array::from(vec![v])) as _)
+        .collect();
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
     /// `MSCK REPAIR TABLE` and `ALTER TABLE … ADD PARTITION`: the partitions `added`
     /// names checked (and those at a folder of their own pinned), then the table's folder
     /// crawled again.
