@@ -585,6 +585,9 @@ async fn serve_until_drained(
         // Before the Flight SQL line, which tells a supervisor the server is up.
         println!("Tarn operations listening on http://{http_addr}");
     }
+    if let Some(pg) = args.pg_listen {
+        serve_postgres(ctx, args, pg, &options, closed(stopped.clone())).await?;
+    }
     announce_scheme(scheme, addr);
     {
         let draining = draining.clone();
@@ -613,6 +616,34 @@ async fn serve_until_drained(
             Ok(())
         }
     }
+}
+
+/// Starts the Postgres listener on `pg`, with Flight SQL's users and certificate.
+async fn serve_postgres(
+    ctx: &Context,
+    args: &ServeArgs,
+    pg: std::net::SocketAddr,
+    options: &ServeOptions,
+    closed: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if !options.auth.enabled() && !pg.ip().is_loopback() && !args.insecure_no_auth {
+        return Err(Error::InvalidArgument(format!(
+            "refusing to serve Postgres on {pg} without authentication: give --config with \
+             users or tokens, or pass --insecure-no-auth if the network is trusted"
+        )));
+    }
+    let (listener, addr) = tarn_server::serve::bind(pg).await?;
+    let listener = tarn_server::pg::PgListener::new(
+        &ctx.engine,
+        listener,
+        tarn_server::pg::PgOptions {
+            auth: std::sync::Arc::clone(&options.auth),
+            tls: options.tls.clone(),
+        },
+    )?;
+    tokio::spawn(listener.run(closed));
+    println!("Tarn Postgres listening on postgres://{addr}/tarn");
+    Ok(())
 }
 
 /// `tarn auth …`.

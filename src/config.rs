@@ -189,6 +189,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TARN_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
+    /// Address of the Postgres wire protocol listener, for psql, BI tools (Grafana,
+    /// Metabase, Superset) and Postgres drivers (off unless given). Database `tarn`; its
+    /// schemas are Tarn's databases. With --config, users log in with their password or an
+    /// API token; off loopback that needs --tls-cert.
+    #[arg(long, env = "TARN_PG_LISTEN")]
+    pub pg_listen: Option<SocketAddr>,
+
     /// The most rows one request to the HTTP query API may ask for (`max_rows`); larger
     /// results page with LIMIT/OFFSET or go through Flight SQL.
     #[arg(long, env = "TARN_HTTP_MAX_ROWS", default_value_t = 1_000_000)]

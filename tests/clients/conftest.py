@@ -125,10 +125,9 @@ def hash_password(password: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def secured(lake, tmp_path_factory):
-    """A TLS, auth-enabled server over the shared lake's catalog."""
-    root = tmp_path_factory.mktemp("secured")
+def credentials(root: Path, token_name: str = "dashboard-job") -> dict:
+    """A CA and a certificate for 127.0.0.1, and a config with alice (admin), bob (reader)
+    and an API token (reader) named `token_name`, written under `root`."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_path, key_path, ca_path = root / "cert.pem", root / "key.pem", root / "ca.pem"
@@ -145,12 +144,20 @@ def secured(lake, tmp_path_factory):
         "token_ttl_secs = 600\n\n"
         f'[[users]]\nname = "alice"\npassword_hash = "{hash_password(PASSWORDS["alice"])}"\nrole = "admin"\n\n'
         f'[[users]]\nname = "bob"\npassword_hash = "{hash_password(PASSWORDS["bob"])}"\nrole = "reader"\n\n'
-        f'[[tokens]]\nname = "dashboard-job"\n{sha_line}\nrole = "reader"\n'
+        f'[[tokens]]\nname = "{token_name}"\n{sha_line}\nrole = "reader"\n'
     )
+    return {"cert": cert_path, "key": key_path, "ca": ca_path, "token": token, "config": config}
+
+
+@pytest.fixture(scope="session")
+def secured(lake, tmp_path_factory):
+    """A TLS, auth-enabled server over the shared lake's catalog."""
+    made = credentials(tmp_path_factory.mktemp("secured"))
     server = Server(lake["data_dir"], command=(
-        "serve", "--config", str(config), "--tls-cert", str(cert_path), "--tls-key", str(key_path),
+        "serve", "--config", str(made["config"]), "--tls-cert", str(made["cert"]),
+        "--tls-key", str(made["key"]),
     ))
-    yield {"server": server, "ca": ca_path.read_text(), "token": token}
+    yield {"server": server, "ca": made["ca"].read_text(), "token": made["token"]}
     server.stop()
     assert server.proc.returncode == 0
 

@@ -3,6 +3,7 @@
 //! - [`flight`]: the Arrow Flight SQL service (ADBC, JDBC, pyarrow).
 //! - [`admin`]: the admin gRPC API (crawls, tables, partitions, history) and its client.
 //! - [`http`]: the HTTP listener: `/metrics`, health, the query API and catalog reads.
+//! - [`pg`]: the Postgres wire protocol (psql, BI tools, every language's Postgres driver).
 //! - [`auth`]: users, roles, API tokens, signed bearer tokens and handles; one place turns
 //!   a request into a caller.
 //! - [`status`]: Tarn's errors as gRPC statuses.
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod flight;
 pub mod http;
+pub mod pg;
 pub mod serve;
 pub mod status;
 pub mod tls;

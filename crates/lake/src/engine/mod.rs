@@ -405,6 +405,21 @@ impl Engine {
         Ok(engine)
     }
 
+    /// This engine with its session state changed by `change` (a front door's own
+    /// functions, schemas or settings); the catalog, rules, rollups, admission and history
+    /// stay the ones every engine shares.
+    ///
+    /// # Errors
+    /// What `change` returns.
+    pub fn with_state(
+        &self,
+        change: impl FnOnce(SessionState) -> Result<SessionState>,
+    ) -> Result<Engine> {
+        let mut engine = self.clone();
+        engine.state = change(self.state.clone())?;
+        Ok(engine)
+    }
+
     /// The location of a new table Tarn creates itself: `<warehouse>/<database>/<table>/`.
     ///
     /// # Errors

@@ -1,0 +1,236 @@
+//! The Postgres wire protocol, so `psql`, BI tools (Grafana, Metabase, Superset) and every
+//! language's Postgres driver reach Tarn: `tarn serve --pg-listen ADDR`.
+//!
+//! The protocol is `pgwire`'s, Arrow → Postgres encoding and `pg_catalog` are
+//! `datafusion-postgres`'s (`arrow-pg`, `datafusion-pg-catalog`); the statements go through
+//! the engine's lifecycle like Flight SQL's: the same catalog, rules, rollups, result
+//! cache, users and roles, admission, time limit and history (front door `postgres`).
+//!
+//! - The Postgres database is Tarn's catalog, `tarn`; its schemas are Tarn's databases. A
+//!   client connecting to a database named like one of Tarn's gets it as its default.
+//! - Users log in with their Tarn password or an API token as the password (cleartext
+//!   password authentication, checked against the argon2 hashes of the config). Passwords
+//!   cross the network only inside TLS: the server refuses to start a password-checking
+//!   listener on a non-loopback address without `--tls-cert`.
+//! - `CancelRequest` stops the running statement; `statement_timeout` lowers the time
+//!   limit for the session.
+
+mod catalog;
+mod encode;
+mod error;
+mod extended;
+mod query;
+mod session;
+mod startup;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use datafusion_postgres::pgwire;
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::PgWireError;
+use pgwire::messages::cancel::CancelRequest;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use session::Session;
+use tarn_lake::engine::Engine;
+use tarn_lake::error::{Error, Result};
+
+/// How the Postgres listener authenticates and encrypts.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub auth: Arc<Authenticator>,
+    /// PEM certificate chain and private key: accept TLS (`sslmode=require`).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Serves `engine` over the Postgres protocol on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// As [`PgListener::new`].
+pub async fn serve(
+    engine: Engine,
+    listener: TcpListener,
+    options: PgOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    PgListener::new(&engine, listener, options)?
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// A Postgres listener ready to serve.
+pub struct PgListener {
+    listener: TcpListener,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    handlers: Arc<Handlers>,
+}
+
+impl PgListener {
+    /// Checks the options and prepares the engine Postgres connections run on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unusable certificate or key, or for a listener
+    /// that would take passwords in clear text over the network (authentication on, a
+    /// non-loopback address, no TLS); [`Error::Internal`] when `pg_catalog` cannot be
+    /// installed.
+    pub fn new(engine: &Engine, listener: TcpListener, options: PgOptions) -> Result<Self> {
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("the Postgres listener's address: {e}")))?;
+        if options.auth.enabled() && options.tls.is_none() && !local.ip().is_loopback() {
+            return Err(Error::InvalidArgument(format!(
+                "refusing to take passwords in clear text on {local}: give the Postgres \
+                 listener a certificate (--tls-cert and --tls-key) or listen on a loopback \
+                 address"
+            )));
+        }
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let door = Arc::new(Door {
+            engine: catalog::postgres_engine(engine)?,
+            auth: options.auth,
+            sessions: Mutex::default(),
+            pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+        });
+        Ok(Self {
+            listener,
+            tls,
+            handlers: Arc::new(Handlers(door)),
+        })
+    }
+
+    /// Accepts connections until `shutdown` completes; each runs on a task of its own.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            let (socket, peer) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the Postgres listener could not accept a connection");
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let (tls, handlers) = (self.tls.clone(), Arc::clone(&self.handlers));
+            tokio::spawn(async move {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    tracing::debug!(%peer, error = %e, "Postgres connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+fn tls_acceptor(cert: &[u8], key: &[u8]) -> Result<pgwire::tokio::TlsAcceptor> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    crate::tls::use_ring_for_tls();
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::InvalidArgument(format!("TLS {what} for the Postgres listener: {e}"))
+    };
+    let certs = rustls_pemfile_certs(cert).map_err(|e| bad("certificate", &e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("key", &e))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate or key", &e))?;
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> std::result::Result<
+    Vec<pgwire::tokio::tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    pgwire::tokio::tokio_rustls::rustls::pki_types::pem::Error,
+> {
+    use pgwire::tokio::tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(pem).collect()
+}
+
+/// A connection's process id and secret key, as a `CancelRequest` names it.
+type CancelKey = (i32, Vec<u8>);
+
+/// What every connection shares.
+struct Door {
+    /// The engine with `pg_catalog` in its session.
+    engine: Engine,
+    auth: Arc<Authenticator>,
+    /// Connections by the process id and secret key they were given, for `CancelRequest`.
+    sessions: Mutex<HashMap<CancelKey, Weak<Session>>>,
+    pids: pgwire::api::RandomPidSecretKeyGenerator,
+}
+
+/// The handlers pgwire asks for, all the one [`Door`].
+struct Handlers(Arc<Door>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        Arc::clone(&self.0)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        Arc::clone(&self.0)
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        Arc::clone(&self.0)
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::clone(&self.0)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl ErrorHandler for Door {
+    fn on_error<C>(&self, client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        tracing::debug!(peer = %client.socket_addr(), %error, "Postgres error sent");
+    }
+}
+
+#[async_trait]
+impl CancelHandler for Door {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes().to_vec());
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&key).and_then(Weak::upgrade));
+        // A request naming no connection is ignored, as Postgres does.
+        if let Some(session) = session {
+            session.cancel();
+        }
+    }
+}
+
+/// The session of a connection that finished its startup.
+fn session_of<C: ClientInfo>(client: &C) -> pgwire::error::PgWireResult<Arc<Session>> {
+    client.session_extensions().get::<Session>().ok_or_else(|| {
+        error::pg_error(&Error::Internal(
+            "a statement arrived before the connection's startup finished".into(),
+        ))
+    })
+}
+
+/// The client's address as `system.sessions` shows it.
+fn address_of<C: ClientInfo>(client: &C) -> String {
+    client.socket_addr().to_string()
+}
