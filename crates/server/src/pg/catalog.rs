@@ -46,6 +46,19 @@ pub(crate) fn postgres_engine(engine: &Engine) -> Result<Engine> {
         let context = SessionContext::new_with_state(state);
         setup_pg_catalog(&context, CATALOG_NAME, EmptyContextProvider)
             .map_err(|e| Error::Internal(format!("installing pg_catalog: {e}")))?;
+        if let Some(catalog) = context.catalog(CATALOG_NAME) {
+            let tarn = context
+                .state()
+                .catalog_list()
+                .catalog(CATALOG_NAME)
+                .ok_or_else(|| Error::Internal("no tarn catalog".into()))?;
+            catalog
+                .register_schema(
+                    super::information_schema::SCHEMA,
+                    Arc::new(super::information_schema::InformationSchema { catalog: tarn }),
+                )
+                .map_err(|e| Error::Internal(format!("installing information_schema: {e}")))?;
+        }
         context.register_udf(version_udf());
         for name in ["pg_type_is_visible", "pg_function_is_visible"] {
             context.register_udf(visible_udf(name));
@@ -89,7 +102,12 @@ impl CatalogProvider for Overlay {
     fn schema_names(&self) -> Vec<String> {
         let mut names = self.inner.schema_names();
         if let Ok(extra) = self.extra.read() {
-            names.extend(extra.keys().cloned());
+            names.extend(
+                extra
+                    .keys()
+                    .filter(|k| *k != super::information_schema::SCHEMA)
+                    .cloned(),
+            );
         }
         names
     }
@@ -159,4 +177,89 @@ fn visible_udf(name: &str) -> datafusion::logical_expr::ScalarUDF {
             })
         }),
     )
+}
+
+/// `engine` with `current_setting(name)` answering from `settings` (a session's), and
+/// `set_config('jit', …)` accepted (Tarn has no JIT to switch; drivers such as asyncpg
+/// turn it off around their type queries). Other `set_config` calls are refused: a
+/// setting is changed with `SET`.
+///
+/// # Errors
+/// [`Error::Internal`] when the functions cannot be registered.
+pub(crate) fn with_settings(
+    engine: &Engine,
+    settings: std::collections::BTreeMap<String, String>,
+) -> Result<Engine> {
+    use datafusion::execution::FunctionRegistry;
+    let settings = Arc::new(settings);
+    engine.with_state(|mut state| {
+        let current = {
+            let settings = Arc::clone(&settings);
+            create_udf(
+                "current_setting",
+                vec![DataType::Utf8],
+                DataType::Utf8,
+                Volatility::Stable,
+                Arc::new(move |args: &[ColumnarValue]| {
+                    each_text(args, |name| {
+                        let key = name.to_ascii_lowercase();
+                        settings.get(&key).cloned().map(Some).ok_or_else(|| {
+                            datafusion::error::DataFusionError::Execution(format!(
+                                "unrecognized configuration parameter \"{name}\"; SHOW ALL \
+                                 is not served, see the README's Postgres section"
+                            ))
+                        })
+                    })
+                }),
+            )
+        };
+        let set_config = create_udf(
+            "set_config",
+            vec![DataType::Utf8, DataType::Utf8, DataType::Boolean],
+            DataType::Utf8,
+            Volatility::Volatile,
+            Arc::new(|args: &[ColumnarValue]| {
+                let value = args.get(1).cloned();
+                each_text(&args[..1], |name| {
+                    if name.eq_ignore_ascii_case("jit") {
+                        Ok(match &value {
+                            Some(ColumnarValue::Scalar(v)) => v.to_string().into(),
+                            _ => Some("off".to_string()),
+                        })
+                    } else {
+                        Err(datafusion::error::DataFusionError::Execution(format!(
+                            "set_config('{name}', …) is not supported; use SET {name} = …"
+                        )))
+                    }
+                })
+            }),
+        );
+        for udf in [current, set_config] {
+            state
+                .register_udf(Arc::new(udf))
+                .map_err(|e| Error::Internal(format!("registering a Postgres function: {e}")))?;
+        }
+        Ok(state)
+    })
+}
+
+/// Applies `f` to each text value of the first argument (scalar or array).
+fn each_text(
+    args: &[ColumnarValue],
+    f: impl Fn(&str) -> DfResult<Option<String>>,
+) -> DfResult<ColumnarValue> {
+    let Some(arg) = args.first() else {
+        return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)));
+    };
+    let array = arg.to_array(1)?;
+    let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
+    let text = datafusion::common::cast::as_string_array(&text)?;
+    let out: datafusion::arrow::array::StringArray = text
+        .iter()
+        .map(|v| v.map_or(Ok(None), &f))
+        .collect::<DfResult<_>>()?;
+    Ok(match arg {
+        ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
+        ColumnarValue::Array(_) => ColumnarValue::Array(Arc::new(out)),
+    })
 }

@@ -35,6 +35,10 @@ impl SimpleQueryHandler for Door {
     {
         let session = session_of(client)?;
         let statements = split(query);
+        if statements.is_empty() {
+            // Only comments (`-- ping`, how pgx checks a connection).
+            return Ok(vec![Response::EmptyQuery]);
+        }
         let many = statements.len() > 1;
         let mut responses = Vec::with_capacity(statements.len());
         for sql in &statements {
@@ -71,7 +75,7 @@ impl SimpleQueryHandler for Door {
 fn split(query: &str) -> Vec<String> {
     let one = || vec![query.trim().trim_end_matches(';').trim().to_string()];
     match Parser::parse_sql(&PostgreSqlDialect {}, query) {
-        Ok(statements) if statements.len() > 1 => {
+        Ok(statements) if statements.len() != 1 => {
             statements.iter().map(ToString::to_string).collect()
         }
         // Tarn's own statements (`REFRESH …`, `… AS OF …`) are not Postgres': one statement.
@@ -110,10 +114,10 @@ impl QueryParser for Parsing {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let session = session_of(client)?;
-        let sql = sql.trim().trim_end_matches(';').trim();
-        if sql.is_empty() {
+        if split(sql).is_empty() {
             return Ok(None);
         }
+        let sql = sql.trim().trim_end_matches(';').trim();
         describe(&session, sql)
             .await
             .map(Some)

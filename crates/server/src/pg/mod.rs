@@ -19,6 +19,7 @@ mod catalog;
 mod encode;
 mod error;
 mod extended;
+mod information_schema;
 mod query;
 mod session;
 mod startup;
@@ -34,6 +35,7 @@ use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::PgWireError;
 use pgwire::messages::cancel::CancelRequest;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use session::Session;
@@ -98,6 +100,7 @@ impl PgListener {
             engine: catalog::postgres_engine(engine)?,
             auth: options.auth,
             sessions: Mutex::default(),
+            connections: Mutex::default(),
             pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
         });
         Ok(Self {
@@ -123,13 +126,55 @@ impl PgListener {
             };
             let _ = socket.set_nodelay(true);
             let (tls, handlers) = (self.tls.clone(), Arc::clone(&self.handlers));
+            let gone = CancellationToken::new();
+            let watcher = watch_for_hang_up(&socket, gone.clone());
+            if let Ok(mut connections) = handlers.0.connections.lock() {
+                connections.insert(peer, gone.clone());
+            }
             tokio::spawn(async move {
+                let door = Arc::clone(&handlers.0);
                 if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!(%peer, error = %e, "Postgres connection ended with an error");
+                }
+                gone.cancel();
+                if let Some(watcher) = watcher {
+                    watcher.abort();
+                }
+                if let Ok(mut connections) = door.connections.lock() {
+                    connections.remove(&peer);
                 }
             });
         }
     }
+}
+
+/// Fires `gone` when the client closes its side of `socket` (a dropped connection), even
+/// while a statement runs and nobody reads the socket, so its statement stops at once.
+/// Watches a second descriptor of the socket for the peer's hang-up (epoll's RDHUP),
+/// which arrives even behind unread pipelined messages.
+fn watch_for_hang_up(
+    socket: &tokio::net::TcpStream,
+    gone: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use std::os::fd::AsFd;
+    use tokio::io::unix::AsyncFd;
+    let fd = socket.as_fd().try_clone_to_owned().ok()?;
+    // SAFETY: `fd` is an `OwnedFd` the `AsyncFd` owns: it stays open, on the same file
+    // description, with the same number, until the `AsyncFd` is dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = gone.cancelled() => return,
+                ready = fd.readable() => match ready {
+                    Ok(guard) if guard.ready().is_read_closed() => break,
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(_) => break,
+                },
+            }
+        }
+        gone.cancel();
+    }))
 }
 
 fn tls_acceptor(cert: &[u8], key: &[u8]) -> Result<pgwire::tokio::TlsAcceptor> {
@@ -168,6 +213,8 @@ struct Door {
     auth: Arc<Authenticator>,
     /// Connections by the process id and secret key they were given, for `CancelRequest`.
     sessions: Mutex<HashMap<CancelKey, Weak<Session>>>,
+    /// Open connections by the client's address: fired when the client hangs up.
+    connections: Mutex<HashMap<std::net::SocketAddr, CancellationToken>>,
     pids: pgwire::api::RandomPidSecretKeyGenerator,
 }
 
@@ -218,6 +265,17 @@ impl CancelHandler for Door {
         if let Some(session) = session {
             session.cancel();
         }
+    }
+}
+
+impl Door {
+    /// The token fired when the client at `peer` hangs up.
+    fn gone(&self, peer: std::net::SocketAddr) -> CancellationToken {
+        self.connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&peer).cloned())
+            .unwrap_or_default()
     }
 }
 

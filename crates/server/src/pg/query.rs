@@ -87,15 +87,10 @@ impl Run<'_> {
 
     async fn engine_response(&self, cancel: &CancellationToken) -> Result<Response> {
         let caller = &self.session.caller;
-        let engine = self.session.engine().labelled(
-            QueryLabel::new(
-                &caller.name,
-                matches!(caller.role, crate::auth::Role::Admin),
-                self.sql,
-                "postgres",
-            )
-            .with_timeout(self.session.timeout()),
-        );
+        let engine = self
+            .session
+            .engine()
+            .labelled(label(self.session, self.sql));
         engine.client_call(&caller.name, &self.address, "postgres");
         let prepared = prepare(&engine, self.sql, self.params.as_ref()).await;
         if let Err(e) = &prepared {
@@ -123,6 +118,9 @@ impl Run<'_> {
                 engine.run_statement(command, &rows).await
             })
             .await?;
+        if command.is_update() {
+            self.session.wrote();
+        }
         if !command.is_update() {
             let stream = Box::pin(
                 datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
@@ -211,6 +209,18 @@ impl Run<'_> {
     }
 }
 
+/// The history's label of `sql` run by the session's caller.
+fn label(session: &Session, sql: &str) -> QueryLabel {
+    let caller = &session.caller;
+    QueryLabel::new(
+        &caller.name,
+        matches!(caller.role, crate::auth::Role::Admin),
+        sql,
+        "postgres",
+    )
+    .with_timeout(session.timeout())
+}
+
 /// The end of a result: whether it ended because the statement was cancelled.
 #[derive(Debug)]
 struct Cancelled(bool);
@@ -228,7 +238,9 @@ fn reply_response(reply: Reply) -> Result<Response> {
     Ok(match reply {
         Reply::Tag(tag, Transaction::Unchanged) => Response::Execution(Tag::new(tag)),
         Reply::Tag(tag, Transaction::Start) => Response::TransactionStart(Tag::new(tag)),
-        Reply::Tag(tag, Transaction::End) => Response::TransactionEnd(Tag::new(tag)),
+        Reply::Tag(tag, Transaction::Commit | Transaction::Rollback) => {
+            Response::TransactionEnd(Tag::new(tag))
+        }
         Reply::Value { name, value } => {
             let fields = Arc::new(
                 arrow_schema_to_pg_fields(&show_schema(&name), &Format::UnifiedText, None)
@@ -316,7 +328,20 @@ fn catalog_rewrite(sql: &str) -> Option<Rewrite> {
     if rewritten.len() != 1 || !matches!(rewritten[0], Ast::Query(_)) {
         return None;
     }
-    let rewritten = rewritten.remove(0).to_string();
+    let mut rewritten = rewritten.remove(0);
+    // Postgres' information_schema, not DataFusion's (Arrow type names).
+    let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(&mut rewritten, |name| {
+        if let [schema, _] = name.0.as_mut_slice()
+            && let Some(ident) = schema.as_ident()
+            && ident.value.eq_ignore_ascii_case("information_schema")
+        {
+            *schema = datafusion::sql::sqlparser::ast::ObjectNamePart::Identifier(
+                datafusion::sql::sqlparser::ast::Ident::new(super::information_schema::SCHEMA),
+            );
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    let rewritten = rewritten.to_string();
     // What the statement reads, as the client wrote it (the compatibility parser may
     // replace a whole catalog query).
     let original = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -329,8 +354,22 @@ fn catalog_rewrite(sql: &str) -> Option<Rewrite> {
 }
 
 /// How many of the tables `statement` reads are catalog tables (`pg_catalog.*`,
-/// `information_schema.*`, unqualified `pg_*`), and how many are not.
+/// `information_schema.*`, unqualified `pg_*`), and how many are not; the statement's own
+/// CTEs are neither.
 fn relations(statement: &datafusion::sql::sqlparser::ast::Statement) -> (usize, usize) {
+    use datafusion::sql::sqlparser::ast::{Query, Visit, Visitor};
+    struct Ctes(std::collections::HashSet<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> std::ops::ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
+                self.0.insert(cte.alias.name.value.to_ascii_lowercase());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(std::collections::HashSet::new());
+    let _ = statement.visit(&mut ctes);
     let (mut catalog, mut other) = (0, 0);
     let _ = datafusion::sql::sqlparser::ast::visit_relations(statement, |name| {
         let parts: Vec<String> = name
@@ -339,6 +378,7 @@ fn relations(statement: &datafusion::sql::sqlparser::ast::Statement) -> (usize, 
             .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
             .collect();
         let is_catalog = match parts.as_slice() {
+            [table] if ctes.0.contains(table) => return std::ops::ControlFlow::Continue(()),
             [table] => table.starts_with("pg_"),
             [schema, _] | [_, schema, _] => {
                 schema == "pg_catalog" || schema == "information_schema"
@@ -371,8 +411,13 @@ pub(crate) async fn describe(session: &Session, sql: &str) -> Result<Prepared> {
             schema: None,
         });
     }
-    let engine = session.engine();
-    let (inferred, schema) = match prepare(&engine, sql, None).await? {
+    // Labelled, so a statement that fails to plan is in the history as at Execute.
+    let engine = session.engine().labelled(label(session, sql));
+    let prepared = prepare(&engine, sql, None).await;
+    if let Err(e) = &prepared {
+        engine.record_failure(e);
+    }
+    let (inferred, schema) = match prepared? {
         Statement::Query(df) => {
             let types = df
                 .logical_plan()

@@ -22,7 +22,7 @@ use tarn_lake::error::{Error, Result};
 /// The settings a client may `SET` and `SHOW`, with their values at connect. Drivers send
 /// these at connect (pgjdbc: `extra_float_digits`, `application_name`; psycopg and
 /// SQLAlchemy: `DateStyle`, `TimeZone`, `standard_conforming_strings`).
-const SETTINGS: [(&str, &str); 22] = [
+const SETTINGS: [(&str, &str); 24] = [
     ("application_name", ""),
     ("bytea_output", "hex"),
     ("client_encoding", "UTF8"),
@@ -35,11 +35,13 @@ const SETTINGS: [(&str, &str); 22] = [
     ("integer_datetimes", "on"),
     ("intervalstyle", "postgres"),
     ("is_superuser", "off"),
+    ("jit", "off"),
     ("lock_timeout", "0"),
     ("max_identifier_length", "63"),
     ("search_path", "public"),
     ("server_encoding", "UTF8"),
     ("server_version", ""),
+    ("server_version_num", "160006"),
     ("standard_conforming_strings", "on"),
     ("statement_timeout", "0"),
     ("timezone", "UTC"),
@@ -48,12 +50,13 @@ const SETTINGS: [(&str, &str); 22] = [
 ];
 
 /// Settings a client cannot change.
-const READ_ONLY: [&str; 6] = [
+const READ_ONLY: [&str; 7] = [
     "integer_datetimes",
     "is_superuser",
     "max_identifier_length",
     "server_encoding",
     "server_version",
+    "server_version_num",
     "standard_conforming_strings",
 ];
 
@@ -66,6 +69,10 @@ pub(crate) struct Session {
     settings: Mutex<BTreeMap<String, String>>,
     /// Fired by a `CancelRequest` for this connection; replaced for each statement.
     cancel: Mutex<CancellationToken>,
+    /// Fired when the client closes its connection: the statement running stops.
+    gone: CancellationToken,
+    /// Statements that changed the catalog since `BEGIN` (none outside a transaction).
+    writes_in_transaction: Mutex<Option<usize>>,
 }
 
 /// What a session statement answers.
@@ -82,12 +89,13 @@ pub(crate) enum Reply {
 pub(crate) enum Transaction {
     Unchanged,
     Start,
-    End,
+    Commit,
+    Rollback,
 }
 
 impl Session {
-    /// A session for `caller` on `engine`, with the settings the client sent at startup.
-    pub(crate) fn new(caller: Caller, engine: Engine) -> Self {
+    /// A session for `caller` on `engine`; `gone` fires when the client disconnects.
+    pub(crate) fn new(caller: Caller, engine: Engine, gone: CancellationToken) -> Self {
         let mut settings: BTreeMap<String, String> = SETTINGS
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -97,11 +105,28 @@ impl Session {
         if matches!(caller.role, crate::auth::Role::Admin) {
             settings.insert("is_superuser".into(), "on".into());
         }
-        Self {
+        let session = Self {
             caller,
             engine: Mutex::new(engine),
             settings: Mutex::new(settings),
             cancel: Mutex::new(CancellationToken::new()),
+            gone,
+            writes_in_transaction: Mutex::new(None),
+        };
+        session.install_functions();
+        session
+    }
+
+    /// Puts the session's settings behind `current_setting()`.
+    fn install_functions(&self) {
+        let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        match super::catalog::with_settings(&self.engine(), settings) {
+            Ok(engine) => {
+                if let Ok(mut current) = self.engine.lock() {
+                    *current = engine;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "current_setting() keeps its old values"),
         }
     }
 
@@ -132,9 +157,10 @@ impl Session {
         parse_timeout(&value).ok().flatten()
     }
 
-    /// A fresh token for the statement about to run; a `CancelRequest` fires it.
+    /// A fresh token for the statement about to run; a `CancelRequest` or the client's
+    /// disconnecting fires it.
     pub(crate) fn start_statement(&self) -> CancellationToken {
-        let token = CancellationToken::new();
+        let token = self.gone.child_token();
         if let Ok(mut current) = self.cancel.lock() {
             *current = token.clone();
         }
@@ -159,6 +185,36 @@ impl Session {
     /// Whether `sql` is a statement the session answers itself.
     pub(crate) fn is_session_statement(&self, sql: &str) -> bool {
         session_statement(sql).is_some()
+    }
+
+    /// Notes a statement that changed the catalog (committed as it ran).
+    pub(crate) fn wrote(&self) {
+        if let Ok(mut writes) = self.writes_in_transaction.lock()
+            && let Some(n) = writes.as_mut()
+        {
+            *n += 1;
+        }
+    }
+
+    /// `BEGIN`, `COMMIT` or `ROLLBACK`. A `ROLLBACK` after writes is an error: Tarn
+    /// commits each statement as it runs, so there is nothing to roll back, and a client
+    /// counting on it must be told.
+    fn transaction(&self, transaction: Transaction) -> Result<()> {
+        let mut writes = self
+            .writes_in_transaction
+            .lock()
+            .map_err(|_| Error::Internal("session lock poisoned".into()))?;
+        let before = match transaction {
+            Transaction::Start => writes.replace(0),
+            _ => writes.take(),
+        };
+        match (transaction, before) {
+            (Transaction::Rollback, Some(n)) if n > 0 => Err(Error::InvalidArgument(format!(
+                "ROLLBACK cannot undo the {n} statement(s) that changed the catalog since \
+                 BEGIN: Tarn commits each statement when it runs; run them with autocommit"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Applies a setting given at startup or by `SET` (`name` in any case).
@@ -187,7 +243,13 @@ impl Session {
         if let Ok(mut settings) = self.settings.lock() {
             settings.insert(name, value.to_string());
         }
+        self.install_functions();
         Ok(())
+    }
+
+    fn moved(&self, tag: &'static str, transaction: Transaction) -> Result<Option<Reply>> {
+        self.transaction(transaction)?;
+        Ok(Some(Reply::Tag(tag, transaction)))
     }
 
     /// `RESET name` / `RESET ALL`.
@@ -309,9 +371,9 @@ impl Session {
                 let value = self.setting(&name).ok_or_else(|| unknown(&name))?;
                 Ok(Some(Reply::Value { name, value }))
             }
-            Statement::StartTransaction { .. } => Ok(Some(Reply::Tag("BEGIN", Transaction::Start))),
-            Statement::Commit { .. } => Ok(Some(Reply::Tag("COMMIT", Transaction::End))),
-            Statement::Rollback { .. } => Ok(Some(Reply::Tag("ROLLBACK", Transaction::End))),
+            Statement::StartTransaction { .. } => self.moved("BEGIN", Transaction::Start),
+            Statement::Commit { .. } => self.moved("COMMIT", Transaction::Commit),
+            Statement::Rollback { .. } => self.moved("ROLLBACK", Transaction::Rollback),
             Statement::Discard { .. } => tag("DISCARD ALL"),
             Statement::Reset(reset) => {
                 match reset.reset {

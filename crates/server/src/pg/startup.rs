@@ -130,7 +130,7 @@ impl Door {
                 )));
             }
         };
-        let session = Session::new(caller, engine);
+        let session = Session::new(caller, engine, self.gone(client.socket_addr()));
         for (name, value) in startup_settings(metadata) {
             // Drivers send parameters of their own at startup; Postgres ignores the ones
             // it does not know there too.

@@ -1,0 +1,177 @@
+"""Statements that BI tools and drivers send to a Postgres server when they connect and
+browse, replayed by test_postgres.py. Each is the text the tool sends (template pieces
+filled for schema `lab` and table `readings`), taken from the tools' public sources:
+grafana/grafana (the PostgreSQL data source), metabase/metabase (the Postgres driver) and
+pgjdbc (PgDatabaseMetaData, which Metabase's sync calls). `params` is None for the simple
+query protocol (Grafana sends its text as is), a list for the extended protocol with `$n`
+parameters (pgjdbc's prepared statements, as Metabase sends them). `unserved` says why
+Tarn cannot answer a statement yet (the README lists these)."""
+
+QUERIES = [
+    {
+        "name": 'grafana-version',
+        "purpose": 'Grafana: server version (config page)',
+        "source": 'public/app/plugins/datasource/grafana-postgresql-datasource/postgresMetaQuery.ts getVersion()',
+        "params": None,
+        "sql": "SELECT current_setting('server_version_num')::int/100 as version",
+    },
+    {
+        "name": 'grafana-timescaledb',
+        "purpose": 'Grafana: TimescaleDB detection',
+        "source": 'postgresMetaQuery.ts getTimescaleDBVersion()',
+        "params": None,
+        "sql": "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+    },
+    {
+        "name": 'grafana-schemas',
+        "purpose": 'Grafana: list schemas',
+        "source": 'postgresMetaQuery.ts showSchemas()',
+        "params": None,
+        "sql": 'SELECT schema_name AS "name"\n    FROM information_schema.schemata\n    WHERE schema_name NOT IN (\'information_schema\',\n                              \'pg_catalog\',\n                              \'pg_toast\',\n                              \'_timescaledb_cache\',\n                              \'_timescaledb_catalog\',\n                              \'_timescaledb_internal\',\n                              \'_timescaledb_config\',\n                              \'timescaledb_information\',\n                              \'timescaledb_experimental\')\n    ORDER BY schema_name',
+    },
+    {
+        "name": 'grafana-tables-search-path',
+        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
+        "purpose": 'Grafana: tables on the search_path',
+        "source": 'postgresMetaQuery.ts showTables()',
+        "params": None,
+        "sql": 'SELECT\n    CASE WHEN \n          quote_ident(table_schema) IN (\n          SELECT\n            CASE WHEN trim(s[i]) = \'"$user"\' THEN user ELSE trim(s[i]) END\n          FROM\n            generate_series(\n              array_lower(string_to_array(current_setting(\'search_path\'),\',\'),1),\n              array_upper(string_to_array(current_setting(\'search_path\'),\',\'),1)\n            ) as i,\n            string_to_array(current_setting(\'search_path\'),\',\') s\n          )\n      THEN quote_ident(table_name)\n      ELSE quote_ident(table_schema) || \'.\' || quote_ident(table_name)\n    END AS "table"\n    FROM information_schema.tables\n    WHERE quote_ident(table_schema) NOT IN (\'information_schema\',\n                             \'pg_catalog\',\n                             \'_timescaledb_cache\',\n                             \'_timescaledb_catalog\',\n                             \'_timescaledb_internal\',\n                             \'_timescaledb_config\',\n                             \'timescaledb_information\',\n                             \'timescaledb_experimental\')\n    ORDER BY CASE WHEN \n          quote_ident(table_schema) IN (\n          SELECT\n            CASE WHEN trim(s[i]) = \'"$user"\' THEN user ELSE trim(s[i]) END\n          FROM\n            generate_series(\n              array_lower(string_to_array(current_setting(\'search_path\'),\',\'),1),\n              array_upper(string_to_array(current_setting(\'search_path\'),\',\'),1)\n            ) as i,\n            string_to_array(current_setting(\'search_path\'),\',\') s\n          ) THEN 0 ELSE 1 END, 1',
+    },
+    {
+        "name": 'grafana-tables-of-schema',
+        "purpose": 'Grafana: tables of schema lab',
+        "source": "postgresMetaQuery.ts showTables('lab')",
+        "params": None,
+        "sql": 'SELECT quote_ident(table_name) AS "table"\n      FROM information_schema.tables\n      WHERE quote_ident(table_schema) = \'lab\'\n      ORDER BY 1',
+    },
+    {
+        "name": 'grafana-columns',
+        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
+        "purpose": 'Grafana: columns of readings (search_path)',
+        "source": "postgresMetaQuery.ts getSchema('readings')",
+        "params": None,
+        "sql": 'SELECT quote_ident(column_name) AS "column", data_type AS "type"\n    FROM information_schema.columns\n    WHERE\n      CASE WHEN array_length(parse_ident(\'readings\'),1) = 2\n        THEN quote_ident(table_schema) = (parse_ident(\'readings\'))[1]\n          AND quote_ident(table_name) = (parse_ident(\'readings\'))[2]\n        ELSE quote_ident(table_name) = \'readings\'\n          AND \n          quote_ident(table_schema) IN (\n          SELECT\n            CASE WHEN trim(s[i]) = \'"$user"\' THEN user ELSE trim(s[i]) END\n          FROM\n            generate_series(\n              array_lower(string_to_array(current_setting(\'search_path\'),\',\'),1),\n              array_upper(string_to_array(current_setting(\'search_path\'),\',\'),1)\n            ) as i,\n            string_to_array(current_setting(\'search_path\'),\',\') s\n          )\n      END',
+    },
+    {
+        "name": 'grafana-columns-qualified',
+        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
+        "purpose": 'Grafana: columns of lab.readings',
+        "source": "postgresMetaQuery.ts getSchema('lab.readings')",
+        "params": None,
+        "sql": 'SELECT quote_ident(column_name) AS "column", data_type AS "type"\n    FROM information_schema.columns\n    WHERE\n      CASE WHEN array_length(parse_ident(\'lab.readings\'),1) = 2\n        THEN quote_ident(table_schema) = (parse_ident(\'lab.readings\'))[1]\n          AND quote_ident(table_name) = (parse_ident(\'lab.readings\'))[2]\n        ELSE quote_ident(table_name) = \'lab.readings\'\n          AND \n          quote_ident(table_schema) IN (\n          SELECT\n            CASE WHEN trim(s[i]) = \'"$user"\' THEN user ELSE trim(s[i]) END\n          FROM\n            generate_series(\n              array_lower(string_to_array(current_setting(\'search_path\'),\',\'),1),\n              array_upper(string_to_array(current_setting(\'search_path\'),\',\'),1)\n            ) as i,\n            string_to_array(current_setting(\'search_path\'),\',\') s\n          )\n      END',
+    },
+    {
+        "name": 'grafana-legacy-time-columns',
+        "purpose": 'Grafana (legacy editor): time-column candidates',
+        "source": "public/app/plugins/datasource/postgres/meta_query.ts buildColumnQuery('time')",
+        "params": None,
+        "sql": "SELECT quote_ident(column_name) FROM information_schema.columns WHERE table_schema = 'lab' AND table_name = 'readings' AND data_type IN ('timestamp without time zone','timestamp with time zone','bigint','integer','double precision','real') ORDER BY column_name",
+    },
+    {
+        "name": 'grafana-ping',
+        "purpose": 'Grafana (pgx): health check',
+        "source": 'pgconn Ping via sqleng/sql_engine.go',
+        "params": None,
+        "sql": '-- ping',
+    },
+    {
+        "name": 'grafana-ping-libpq',
+        "purpose": 'Grafana (lib/pq): health check',
+        "source": 'lib/pq conn.Ping',
+        "params": None,
+        "sql": ';',
+    },
+    {
+        "name": 'grafana-schema-api-schemas',
+        "purpose": 'Grafana schema API: schemas',
+        "source": 'pkg/tsdb/grafana-postgresql-datasource/schema.go querySchemas',
+        "params": None,
+        "sql": "SELECT schema_name FROM information_schema.schemata\n\t\t WHERE schema_name NOT LIKE 'pg_%' AND schema_name != 'information_schema'\n\t\t ORDER BY schema_name",
+    },
+    {
+        "name": 'grafana-schema-api-tables',
+        "purpose": 'Grafana schema API: tables',
+        "source": 'schema.go queryTables',
+        "params": ['lab'],
+        "sql": "SELECT table_name FROM information_schema.tables\n\t\t WHERE table_schema = $1 AND table_type IN ('BASE TABLE', 'VIEW')\n\t\t ORDER BY table_name",
+    },
+    {
+        "name": 'grafana-schema-api-columns',
+        "purpose": 'Grafana schema API: columns',
+        "source": 'schema.go queryColumns',
+        "params": ['lab', 'readings'],
+        "sql": 'SELECT column_name, data_type, udt_name, numeric_precision, numeric_scale\n\t\t FROM information_schema.columns\n\t\t WHERE table_schema = $1 AND table_name = $2\n\t\t ORDER BY ordinal_position',
+    },
+    {
+        "name": 'metabase-can-connect',
+        "purpose": 'Metabase: connection test',
+        "source": 'src/metabase/driver/sql_jdbc/connection.clj can-connect-with-spec?',
+        "params": None,
+        "sql": 'SELECT 1',
+    },
+    {
+        "name": 'metabase-timezone',
+        "purpose": 'Metabase: server time zone',
+        "source": 'src/metabase/driver/postgres.clj db-default-timezone',
+        "params": None,
+        "sql": 'show timezone;',
+    },
+    {
+        "name": 'metabase-privileges',
+        "purpose": 'Metabase: table privileges',
+        "source": 'postgres.clj current-user-table-privileges',
+        "params": [],
+        "sql": 'with table_privileges as (\n select\n   NULL as role,\n   t.schemaname as schema,\n   t.objectname as table,\n   pg_catalog.has_any_column_privilege(current_user, \'"\' || replace(t.schemaname, \'"\', \'""\') || \'"\' || \'.\' || \'"\' || replace(t.objectname, \'"\', \'""\') || \'"\',  \'update\') as update,\n   pg_catalog.has_any_column_privilege(current_user, \'"\' || replace(t.schemaname, \'"\', \'""\') || \'"\' || \'.\' || \'"\' || replace(t.objectname, \'"\', \'""\') || \'"\',  \'select\') as select,\n   pg_catalog.has_any_column_privilege(current_user, \'"\' || replace(t.schemaname, \'"\', \'""\') || \'"\' || \'.\' || \'"\' || replace(t.objectname, \'"\', \'""\') || \'"\',  \'insert\') as insert,\n   pg_catalog.has_table_privilege(     current_user, \'"\' || replace(t.schemaname, \'"\', \'""\') || \'"\' || \'.\' || \'"\' || replace(t.objectname, \'"\', \'""\') || \'"\',  \'delete\') as delete\n from (\n   select schemaname, tablename as objectname from pg_catalog.pg_tables\n   union\n   select schemaname, viewname as objectname from pg_catalog.pg_views\n   union\n   select schemaname, matviewname as objectname from pg_catalog.pg_matviews\n ) t\n where t.schemaname !~ \'^pg_\'\n   and t.schemaname <> \'information_schema\'\n   and pg_catalog.has_schema_privilege(current_user, t.schemaname, \'usage\')\n)\nselect t.*\nfrom table_privileges t',
+    },
+    {
+        "name": 'metabase-tables',
+        "purpose": 'Metabase: tables (pg_class fast path)',
+        "source": 'postgres.clj describe-syncable-tables',
+        "params": [0, '^pg_', 'information_schema', 'lab'],
+        "sql": 'SELECT "n"."nspname" AS "schema", "c"."relname" AS "name", CASE "c"."relkind" WHEN \'r\' THEN \'TABLE\' WHEN \'p\' THEN \'PARTITIONED TABLE\' WHEN \'v\' THEN \'VIEW\' WHEN \'f\' THEN \'FOREIGN TABLE\' WHEN \'m\' THEN \'MATERIALIZED VIEW\' ELSE NULL END AS "type", "d"."description" AS "description", "stat"."n_live_tup" AS "estimated_row_count" FROM "pg_catalog"."pg_class" AS "c" INNER JOIN "pg_catalog"."pg_namespace" AS "n" ON "c"."relnamespace" = "n"."oid" LEFT JOIN "pg_catalog"."pg_description" AS "d" ON ("c"."oid" = "d"."objoid") AND ("d"."objsubid" = $1) AND ("d"."classoid" = \'pg_class\'::regclass) LEFT JOIN "pg_stat_user_tables" AS "stat" ON ("n"."nspname" = "stat"."schemaname") AND ("c"."relname" = "stat"."relname") WHERE ("c"."relnamespace" = "n"."oid") AND ("n"."nspname" !~ $2) AND ("n"."nspname" <> $3) AND c.relkind in (\'r\', \'p\', \'v\', \'f\', \'m\') AND ("n"."nspname" IN ($4)) ORDER BY "type" ASC, "schema" ASC, "name" ASC',
+    },
+    {
+        "name": 'metabase-enum-types',
+        "purpose": 'Metabase: enum types',
+        "source": 'postgres.clj enum-types',
+        "params": [],
+        "sql": 'SELECT nspname, typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid IN (SELECT DISTINCT enumtypid FROM pg_enum e)',
+    },
+    {
+        "name": 'metabase-columns',
+        "unserved": "format('%I.%I', …)::regclass and col_description()",
+        "purpose": 'Metabase: columns (describe-fields)',
+        "source": 'postgres.clj describe-fields-sql',
+        "params": ['lab', 'lab'],
+        "sql": 'SELECT "c"."column_name" AS "name", CASE WHEN "c"."udt_schema" IN (\'public\', \'pg_catalog\') THEN FORMAT(\'%s\', "c"."udt_name") ELSE FORMAT(\'"%s"."%s"\', "c"."udt_schema", "c"."udt_name") END AS "database-type", "c"."ordinal_position" - 1 AS "database-position", "c"."table_schema" AS "table-schema", "c"."table_name" AS "table-name", "pk"."column_name" IS NOT NULL AS "pk?", COL_DESCRIPTION(CAST(CAST(FORMAT(\'%I.%I\', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment", (("column_default" IS NULL) OR (LOWER("column_default") = \'null\')) AND ("is_nullable" = \'NO\') AND NOT ((("column_default" IS NOT NULL) AND ("column_default" LIKE \'%nextval(%\')) OR ("is_identity" <> \'NO\')) AS "database-required", (("column_default" IS NOT NULL) AND ("column_default" LIKE \'%nextval(%\')) OR ("is_identity" <> \'NO\') AS "database-is-auto-increment" FROM "information_schema"."columns" AS "c" LEFT JOIN (SELECT "tc"."table_schema", "tc"."table_name", "kc"."column_name" FROM "information_schema"."table_constraints" AS "tc" INNER JOIN "information_schema"."key_column_usage" AS "kc" ON ("tc"."constraint_name" = "kc"."constraint_name") AND ("tc"."table_schema" = "kc"."table_schema") AND ("tc"."table_name" = "kc"."table_name") WHERE "tc"."constraint_type" = \'PRIMARY KEY\') AS "pk" ON ("c"."table_schema" = "pk"."table_schema") AND ("c"."table_name" = "pk"."table_name") AND ("c"."column_name" = "pk"."column_name") WHERE c.table_schema !~ \'^information_schema|catalog_history|pg_\' AND ("c"."table_schema" IN ($1)) UNION ALL SELECT "pa"."attname" AS "name", CASE WHEN "ptn"."nspname" IN (\'public\', \'pg_catalog\') THEN FORMAT(\'%s\', "pt"."typname") ELSE FORMAT(\'"%s"."%s"\', "ptn"."nspname", "pt"."typname") END AS "database-type", "pa"."attnum" - 1 AS "database-position", "pn"."nspname" AS "table-schema", "pc"."relname" AS "table-name", FALSE AS "pk?", NULL AS "field-comment", FALSE AS "database-required", FALSE AS "database-is-auto-increment" FROM "pg_catalog"."pg_class" AS "pc" INNER JOIN "pg_catalog"."pg_namespace" AS "pn" ON "pn"."oid" = "pc"."relnamespace" INNER JOIN "pg_catalog"."pg_attribute" AS "pa" ON "pa"."attrelid" = "pc"."oid" INNER JOIN "pg_catalog"."pg_type" AS "pt" ON "pt"."oid" = "pa"."atttypid" INNER JOIN "pg_catalog"."pg_namespace" AS "ptn" ON "ptn"."oid" = "pt"."typnamespace" WHERE ("pc"."relkind" = \'m\') AND ("pa"."attnum" >= 1) AND ("pn"."nspname" IN ($2)) ORDER BY "table-schema" ASC, "table-name" ASC, "database-position" ASC',
+    },
+    {
+        "name": 'metabase-foreign-keys',
+        "unserved": "pg_constraint's key arrays (`= ANY(c.conkey)`)",
+        "purpose": 'Metabase: foreign keys (describe-fks)',
+        "source": 'postgres.clj describe-fks-sql',
+        "params": ['lab'],
+        "sql": 'SELECT "fk_ns"."nspname" AS "fk-table-schema", "fk_table"."relname" AS "fk-table-name", "fk_column"."attname" AS "fk-column-name", "pk_ns"."nspname" AS "pk-table-schema", "pk_table"."relname" AS "pk-table-name", "pk_column"."attname" AS "pk-column-name" FROM "pg_constraint" AS "c" INNER JOIN "pg_class" AS "fk_table" ON "c"."conrelid" = "fk_table"."oid" INNER JOIN "pg_namespace" AS "fk_ns" ON "c"."connamespace" = "fk_ns"."oid" INNER JOIN "pg_attribute" AS "fk_column" ON "c"."conrelid" = "fk_column"."attrelid" INNER JOIN "pg_class" AS "pk_table" ON "c"."confrelid" = "pk_table"."oid" INNER JOIN "pg_namespace" AS "pk_ns" ON "pk_table"."relnamespace" = "pk_ns"."oid" INNER JOIN "pg_attribute" AS "pk_column" ON "c"."confrelid" = "pk_column"."attrelid" WHERE fk_ns.nspname !~ \'^information_schema|catalog_history|pg_\' AND ("c"."contype" = \'f\'::char) AND ("fk_column"."attnum" = ANY(c.conkey)) AND ("pk_column"."attnum" = ANY(c.confkey)) AND ("fk_ns"."nspname" IN ($1)) ORDER BY "fk-table-schema" ASC, "fk-table-name" ASC',
+    },
+    {
+        "name": 'pgjdbc-get-schemas-42.7.3',
+        "purpose": 'pgjdbc 42.7.3: getSchemas()',
+        "source": 'pgjdbc PgDatabaseMetaData.getSchemas',
+        "params": [],
+        "sql": "SELECT nspname AS TABLE_SCHEM, NULL AS TABLE_CATALOG FROM pg_catalog.pg_namespace  WHERE nspname <> 'pg_toast' AND (nspname !~ '^pg_temp_'  OR nspname = (pg_catalog.current_schemas(true))[1]) AND (nspname !~ '^pg_toast_temp_'  OR nspname = replace((pg_catalog.current_schemas(true))[1], 'pg_temp_', 'pg_toast_temp_'))  ORDER BY TABLE_SCHEM",
+    },
+    {
+        "name": 'pgjdbc-get-schemas',
+        "purpose": 'pgjdbc 42.7.5+: getSchemas()',
+        "source": 'pgjdbc PgDatabaseMetaData.getSchemas',
+        "params": [],
+        "sql": 'SELECT nspname AS "TABLE_SCHEM", current_database() AS "TABLE_CATALOG" FROM pg_catalog.pg_namespace  WHERE nspname <> \'pg_toast\' AND (nspname !~ \'^pg_temp_\'  OR nspname = (pg_catalog.current_schemas(true))[1]) AND (nspname !~ \'^pg_toast_temp_\'  OR nspname = replace((pg_catalog.current_schemas(true))[1], \'pg_temp_\', \'pg_toast_temp_\'))  ORDER BY "TABLE_SCHEM"',
+    },
+    {
+        "name": 'pgjdbc-get-tables',
+        "purpose": "pgjdbc 42.7.8+: getTables(null, 'lab', '%')",
+        "source": 'pgjdbc PgDatabaseMetaData.getTables',
+        "params": ['lab', '%'],
+        "sql": 'SELECT current_database() AS "TABLE_CAT", n.nspname AS "TABLE_SCHEM", c.relname AS "TABLE_NAME",  CASE n.nspname ~ \'^pg_\' OR n.nspname = \'information_schema\'  WHEN true THEN CASE  WHEN n.nspname = \'pg_catalog\' OR n.nspname = \'information_schema\' THEN CASE c.relkind   WHEN \'r\' THEN \'SYSTEM TABLE\'   WHEN \'v\' THEN \'SYSTEM VIEW\'   WHEN \'i\' THEN \'SYSTEM INDEX\'   ELSE NULL   END  WHEN n.nspname = \'pg_toast\' THEN CASE c.relkind   WHEN \'r\' THEN \'SYSTEM TOAST TABLE\'   WHEN \'i\' THEN \'SYSTEM TOAST INDEX\'   ELSE NULL   END  ELSE CASE c.relkind   WHEN \'r\' THEN \'TEMPORARY TABLE\'   WHEN \'p\' THEN \'TEMPORARY TABLE\'   WHEN \'i\' THEN \'TEMPORARY INDEX\'   WHEN \'S\' THEN \'TEMPORARY SEQUENCE\'   WHEN \'v\' THEN \'TEMPORARY VIEW\'   ELSE NULL   END  END  WHEN false THEN CASE c.relkind  WHEN \'r\' THEN \'TABLE\'  WHEN \'p\' THEN \'PARTITIONED TABLE\'  WHEN \'i\' THEN \'INDEX\'  WHEN \'P\' then \'PARTITIONED INDEX\'  WHEN \'S\' THEN \'SEQUENCE\'  WHEN \'v\' THEN \'VIEW\'  WHEN \'c\' THEN \'TYPE\'  WHEN \'f\' THEN \'FOREIGN TABLE\'  WHEN \'m\' THEN \'MATERIALIZED VIEW\'  ELSE NULL  END  ELSE NULL  END  AS "TABLE_TYPE", d.description AS "REMARKS",  \'\' as "TYPE_CAT", \'\' as "TYPE_SCHEM", \'\' as "TYPE_NAME", \'\' AS "SELF_REFERENCING_COL_NAME", \'\' AS "REF_GENERATION"  FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c  LEFT JOIN pg_catalog.pg_description d ON (c.oid = d.objoid AND d.objsubid = 0  and d.classoid = \'pg_class\'::regclass)  WHERE c.relnamespace = n.oid  AND n.nspname LIKE $1 AND c.relname LIKE $2 AND (false  OR ( c.relkind = \'r\' AND n.nspname !~ \'^pg_\' AND n.nspname <> \'information_schema\' )  OR ( c.relkind = \'p\' AND n.nspname !~ \'^pg_\' AND n.nspname <> \'information_schema\' )  OR ( c.relkind = \'v\' AND n.nspname <> \'pg_catalog\' AND n.nspname <> \'information_schema\' )  OR ( c.relkind = \'f\' )  OR ( c.relkind = \'m\' ) )  ORDER BY "TABLE_TYPE","TABLE_SCHEM","TABLE_NAME" ',
+    },
+]
