@@ -220,7 +220,7 @@ pub(crate) fn with_settings(
             Volatility::Volatile,
             Arc::new(|args: &[ColumnarValue]| {
                 let value = args.get(1).cloned();
-                each_text(&args[..1], |name| {
+                each_text(args.get(..1).unwrap_or_default(), |name| {
                     if name.eq_ignore_ascii_case("jit") {
                         Ok(match &value {
                             Some(ColumnarValue::Scalar(v)) => v.to_string().into(),
