@@ -79,22 +79,27 @@ def timed(run, n: int) -> list:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def start(doc: str, results: str, catalog_name: str):
+    """The benchmark's arguments, and a release server over TPC-H SF1 (generated once
+    under --work-dir, crawled into a catalog of its own)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--tarn", default=str(ROOT / "target" / "release" / "tarn"))
     parser.add_argument("--work-dir", default="/tmp/tarn-tpch")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--select1", type=int, default=2000)
     parser.add_argument("--tpchgen", default=str(Path(sys.executable).parent / "tpchgen-cli"))
-    parser.add_argument("--out", default=str(ROOT / "benches" / "results" / "http.md"))
+    parser.add_argument("--out", default=str(ROOT / "benches" / "results" / results))
     args = parser.parse_args()
-
     data = generate(1.0, Path(args.work_dir), args.tpchgen)
-    catalog = Path(args.work_dir) / "tarn-http"
+    catalog = Path(args.work_dir) / catalog_name
     subprocess.run(["rm", "-rf", str(catalog)], check=True)
     subprocess.run([args.tarn, "--data-dir", str(catalog), "crawl", str(data)], check=True,
                    capture_output=True)
-    server = Server(args.tarn, catalog)
+    return args, Server(args.tarn, catalog)
+
+
+def main() -> int:
+    args, server = start(__doc__, "http.md", "tarn-http")
     try:
         web = Http(server.http)
         conn = flightsql.connect(server.grpc)

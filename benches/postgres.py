@@ -8,9 +8,7 @@ tpchgen-cli); writes `benches/results/postgres.md`. The machine's noise is each 
 spread over its runs.
 """
 
-import argparse
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,26 +18,11 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
-from http_api import BIG, ROWS, Server, timed, write_report  # noqa: E402
-from tpch import generate  # noqa: E402
+from http_api import BIG, ROWS, start, timed, write_report  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tarn", default=str(ROOT / "target" / "release" / "tarn"))
-    parser.add_argument("--work-dir", default="/tmp/tarn-tpch")
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--select1", type=int, default=2000)
-    parser.add_argument("--tpchgen", default=str(Path(sys.executable).parent / "tpchgen-cli"))
-    parser.add_argument("--out", default=str(ROOT / "benches" / "results" / "postgres.md"))
-    args = parser.parse_args()
-
-    data = generate(1.0, Path(args.work_dir), args.tpchgen)
-    catalog = Path(args.work_dir) / "tarn-postgres"
-    subprocess.run(["rm", "-rf", str(catalog)], check=True)
-    subprocess.run([args.tarn, "--data-dir", str(catalog), "crawl", str(data)], check=True,
-                   capture_output=True)
-    server = Server(args.tarn, catalog)
+    args, server = start(__doc__, "postgres.md", "tarn-postgres")
     try:
         url = urlparse(server.postgres)
         pg = psycopg.connect(host=url.hostname, port=url.port, dbname="tarn", user="bench",
