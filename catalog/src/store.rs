@@ -491,6 +491,12 @@ impl Catalog {
             partitions_removed: 0,
             changed: false,
         };
+        let table = NewTableRow {
+            schema: &schema,
+            schema_bytes: &schema_bytes,
+            partition_json: &partition_json,
+            ts: &ts,
+        };
         let table_id: i64 = match existing {
             Some(_) if commit.create_only => {
                 return Err(Error::AlreadyExists(format!(
@@ -499,79 +505,9 @@ impl Catalog {
                     commit.database, commit.name
                 )));
             }
-            Some(row) => {
-                let id: i64 = row.get(0);
-                let version: i64 = row.get(1);
-                let old_schema = decode_schema(row.get::<&[u8], _>(2), || {
-                    format!("table {}.{}", commit.database, commit.name)
-                })?;
-                if old_schema.as_ref() != &schema {
-                    sqlx::query(
-                        "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .bind(id)
-                    .bind(version + 1)
-                    .bind(&schema_bytes)
-                    .bind(columns_text(&schema))
-                    .bind(&ts)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE tables SET schema_version = ?2 WHERE id = ?1")
-                        .bind(id)
-                        .bind(version + 1)
-                        .execute(&mut *tx)
-                        .await?;
-                    outcome.new_schema_version = true;
-                }
-                if row.get::<&str, _>(3) != partition_json
-                    || row.get::<&str, _>(4) != commit.location
-                    || row.get::<&str, _>(5) != commit.format.as_str()
-                {
-                    sqlx::query(
-                        "UPDATE tables SET partition_columns = ?2, location = ?3, format = ?4
-                         WHERE id = ?1",
-                    )
-                    .bind(id)
-                    .bind(&partition_json)
-                    .bind(&commit.location)
-                    .bind(commit.format.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    outcome.changed = true;
-                }
-                let old_state = row
-                    .get::<Option<String>, _>(6)
-                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-                if commit.format_state.is_some() && commit.format_state != old_state {
-                    outcome.changed = true;
-                }
-                id
-            }
+            Some(row) => update_table_row(&mut tx, &row, commit, &table, &mut outcome).await?,
             None => {
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO tables (database_id, name, location, format, partition_columns,
-                                         schema_version, version, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?6) RETURNING id",
-                )
-                .bind(database_id)
-                .bind(&commit.name)
-                .bind(&commit.location)
-                .bind(commit.format.as_str())
-                .bind(&partition_json)
-                .bind(&ts)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
-                     VALUES (?1, 1, ?2, ?3, ?4)",
-                )
-                .bind(id)
-                .bind(&schema_bytes)
-                .bind(columns_text(&schema))
-                .bind(&ts)
-                .execute(&mut *tx)
-                .await?;
+                let id = insert_table_row(&mut tx, database_id, commit, &table).await?;
                 outcome.created = true;
                 outcome.new_schema_version = true;
                 id
@@ -1428,6 +1364,105 @@ where
     list.push_unseparated(")");
     query.push(tail);
     query
+}
+
+/// What a commit writes into a table's row and its schema versions.
+struct NewTableRow<'a> {
+    schema: &'a arrow_schema::Schema,
+    schema_bytes: &'a [u8],
+    partition_json: &'a str,
+    ts: &'a str,
+}
+
+/// Brings an existing table's row up to `commit` (a new schema version when the schema
+/// changed; partition columns, location and format); returns the table's id.
+async fn update_table_row(
+    tx: &mut sqlx::SqliteConnection,
+    row: &sqlx::sqlite::SqliteRow,
+    commit: &TableCommit,
+    table: &NewTableRow<'_>,
+    outcome: &mut CommitOutcome,
+) -> Result<i64> {
+    let id: i64 = row.get(0);
+    let version: i64 = row.get(1);
+    let old_schema = decode_schema(row.get::<&[u8], _>(2), || {
+        format!("table {}.{}", commit.database, commit.name)
+    })?;
+    if old_schema.as_ref() != table.schema {
+        sqlx::query(
+            "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(id)
+        .bind(version + 1)
+        .bind(table.schema_bytes)
+        .bind(columns_text(table.schema))
+        .bind(table.ts)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tables SET schema_version = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(version + 1)
+            .execute(&mut *tx)
+            .await?;
+        outcome.new_schema_version = true;
+    }
+    if row.get::<&str, _>(3) != table.partition_json
+        || row.get::<&str, _>(4) != commit.location
+        || row.get::<&str, _>(5) != commit.format.as_str()
+    {
+        sqlx::query(
+            "UPDATE tables SET partition_columns = ?2, location = ?3, format = ?4
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(table.partition_json)
+        .bind(&commit.location)
+        .bind(commit.format.as_str())
+        .execute(&mut *tx)
+        .await?;
+        outcome.changed = true;
+    }
+    let old_state = row
+        .get::<Option<String>, _>(6)
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    if commit.format_state.is_some() && commit.format_state != old_state {
+        outcome.changed = true;
+    }
+    Ok(id)
+}
+
+/// Inserts a new table's row and its first schema version; returns the table's id.
+async fn insert_table_row(
+    tx: &mut sqlx::SqliteConnection,
+    database_id: i64,
+    commit: &TableCommit,
+    table: &NewTableRow<'_>,
+) -> Result<i64> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO tables (database_id, name, location, format, partition_columns,
+                             schema_version, version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?6) RETURNING id",
+    )
+    .bind(database_id)
+    .bind(&commit.name)
+    .bind(&commit.location)
+    .bind(commit.format.as_str())
+    .bind(table.partition_json)
+    .bind(table.ts)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
+         VALUES (?1, 1, ?2, ?3, ?4)",
+    )
+    .bind(id)
+    .bind(table.schema_bytes)
+    .bind(columns_text(table.schema))
+    .bind(table.ts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(id)
 }
 
 /// Deletes the rows of the files `commit` removes and returns the partitions whose files
