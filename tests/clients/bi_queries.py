@@ -4,8 +4,7 @@ filled for schema `lab` and table `readings`), taken from the tools' public sour
 grafana/grafana (the PostgreSQL data source), metabase/metabase (the Postgres driver) and
 pgjdbc (PgDatabaseMetaData, which Metabase's sync calls). `params` is None for the simple
 query protocol (Grafana sends its text as is), a list for the extended protocol with `$n`
-parameters (pgjdbc's prepared statements, as Metabase sends them). `unserved` says why
-Tarn cannot answer a statement yet (the README lists these)."""
+parameters (pgjdbc's prepared statements, as Metabase sends them)."""
 
 QUERIES = [
     {
@@ -31,7 +30,6 @@ QUERIES = [
     },
     {
         "name": 'grafana-tables-search-path',
-        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
         "purpose": 'Grafana: tables on the search_path',
         "source": 'postgresMetaQuery.ts showTables()',
         "params": None,
@@ -46,7 +44,6 @@ QUERIES = [
     },
     {
         "name": 'grafana-columns',
-        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
         "purpose": 'Grafana: columns of readings (search_path)',
         "source": "postgresMetaQuery.ts getSchema('readings')",
         "params": None,
@@ -54,7 +51,6 @@ QUERIES = [
     },
     {
         "name": 'grafana-columns-qualified',
-        "unserved": 'a function in FROM (`string_to_array(...) s`, then `s[i]`)',
         "purpose": 'Grafana: columns of lab.readings',
         "source": "postgresMetaQuery.ts getSchema('lab.readings')",
         "params": None,
@@ -139,7 +135,6 @@ QUERIES = [
     },
     {
         "name": 'metabase-columns',
-        "unserved": "format('%I.%I', …)::regclass and col_description()",
         "purpose": 'Metabase: columns (describe-fields)',
         "source": 'postgres.clj describe-fields-sql',
         "params": ['lab', 'lab'],
@@ -147,7 +142,6 @@ QUERIES = [
     },
     {
         "name": 'metabase-foreign-keys',
-        "unserved": "pg_constraint's key arrays (`= ANY(c.conkey)`)",
         "purpose": 'Metabase: foreign keys (describe-fks)',
         "source": 'postgres.clj describe-fks-sql',
         "params": ['lab'],

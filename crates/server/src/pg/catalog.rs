@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::TableProvider;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProviderList, SchemaProvider,
 };
 use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
@@ -43,6 +45,12 @@ pub(crate) fn server_version() -> String {
 pub(crate) fn postgres_engine(engine: &Engine) -> Result<Engine> {
     engine.with_state(|state| {
         let state = with_overlay(state)?;
+        // Postgres' untyped literals are read before DataFusion types them.
+        let mut rules = state.analyzer().rules.clone();
+        rules.insert(0, Arc::new(super::coerce::BooleanLiterals));
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_analyzer_rules(rules)
+            .build();
         let context = SessionContext::new_with_state(state);
         setup_pg_catalog(&context, CATALOG_NAME, EmptyContextProvider)
             .map_err(|e| Error::Internal(format!("installing pg_catalog: {e}")))?;
@@ -58,6 +66,13 @@ pub(crate) fn postgres_engine(engine: &Engine) -> Result<Engine> {
                     Arc::new(super::information_schema::InformationSchema { catalog: tarn }),
                 )
                 .map_err(|e| Error::Internal(format!("installing information_schema: {e}")))?;
+        }
+        if let Some(catalog) = context.catalog(CATALOG_NAME)
+            && let Some(pg_catalog) = catalog.schema(PG_CATALOG)
+        {
+            catalog
+                .register_schema(PG_CATALOG, Arc::new(KeyTables::new(pg_catalog)?))
+                .map_err(|e| Error::Internal(format!("installing pg_catalog key tables: {e}")))?;
         }
         context.register_udf(version_udf());
         for name in ["pg_type_is_visible", "pg_function_is_visible"] {
@@ -130,6 +145,152 @@ impl CatalogProvider for Overlay {
         })?;
         Ok(extra.insert(name.to_string(), schema))
     }
+}
+
+const PG_CATALOG: &str = "pg_catalog";
+
+/// `pg_catalog` with `pg_constraint` and `pg_index` typed as Postgres types them
+/// (`conkey int2[]`, `indkey int2vector`, not the text `'{1,2}'`), so clients'
+/// `attnum = ANY(conkey)` and `unnest(indkey)` plan. Tarn's tables have no constraints or
+/// indexes, so both are empty.
+#[derive(Debug)]
+struct KeyTables {
+    inner: Arc<dyn SchemaProvider>,
+    tables: HashMap<&'static str, Arc<dyn TableProvider>>,
+}
+
+impl KeyTables {
+    fn new(inner: Arc<dyn SchemaProvider>) -> Result<Self> {
+        let mut tables = HashMap::new();
+        for (name, schema) in [("pg_constraint", pg_constraint()), ("pg_index", pg_index())] {
+            let table = MemTable::try_new(Arc::new(schema), vec![vec![]])
+                .map_err(|e| Error::Internal(format!("building {name}: {e}")))?;
+            tables.insert(name, Arc::new(table) as Arc<dyn TableProvider>);
+        }
+        Ok(Self { inner, tables })
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for KeyTables {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let name = name.to_ascii_lowercase();
+        if let Some(table) = self.tables.get(name.as_str()) {
+            return Ok(Some(Arc::clone(table)));
+        }
+        let table = self.inner.table(&name).await?;
+        match (name.as_str(), table) {
+            ("pg_class", Some(table)) => with_acl_and_options(table).map(Some),
+            (_, table) => Ok(table),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// `pg_class` with the `relacl` and `reloptions` columns clients select (SQLAlchemy's
+/// index reflection reads `reloptions`): NULL, as for a relation with default access and
+/// options.
+fn with_acl_and_options(table: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
+    use datafusion::datasource::{ViewTable, provider_as_source};
+    use datafusion::logical_expr::{LogicalPlanBuilder, cast, col, lit};
+    let schema = table.schema();
+    let mut columns: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| col(datafusion::common::Column::new_unqualified(f.name())))
+        .collect();
+    for extra in ["relacl", "reloptions"] {
+        if schema.field_with_name(extra).is_err() {
+            let text_list = DataType::new_list(DataType::Utf8, true);
+            columns.push(cast(lit(ScalarValue::Null), text_list).alias(extra));
+        }
+    }
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(table), None)?
+        .project(columns)?
+        .build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+fn list(name: &str, item: DataType) -> Field {
+    Field::new(name, DataType::new_list(item, true), true)
+}
+
+fn required(name: &str, data_type: DataType) -> Field {
+    Field::new(name, data_type, false)
+}
+
+fn oid(name: &str) -> Field {
+    use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field::{kind, oid_field};
+    oid_field(name, kind::OID, false)
+}
+
+/// `pg_constraint`'s columns and Postgres types.
+fn pg_constraint() -> Schema {
+    let text = |name: &str| required(name, DataType::Utf8);
+    let flag = |name: &str| required(name, DataType::Boolean);
+    Schema::new(vec![
+        oid("oid"),
+        text("conname"),
+        oid("connamespace"),
+        text("contype"),
+        flag("condeferrable"),
+        flag("condeferred"),
+        flag("convalidated"),
+        oid("conrelid"),
+        oid("contypid"),
+        oid("conindid"),
+        oid("conparentid"),
+        oid("confrelid"),
+        text("confupdtype"),
+        text("confdeltype"),
+        text("confmatchtype"),
+        flag("conislocal"),
+        required("coninhcount", DataType::Int16),
+        flag("connoinherit"),
+        list("conkey", DataType::Int16),
+        list("confkey", DataType::Int16),
+        list("conpfeqop", DataType::Int32),
+        list("conppeqop", DataType::Int32),
+        list("conffeqop", DataType::Int32),
+        list("confdelsetcols", DataType::Int16),
+        list("conexclop", DataType::Int32),
+        Field::new("conbin", DataType::Utf8, true),
+    ])
+}
+
+/// `pg_index`'s columns and Postgres types.
+fn pg_index() -> Schema {
+    let flag = |name: &str| required(name, DataType::Boolean);
+    Schema::new(vec![
+        oid("indexrelid"),
+        oid("indrelid"),
+        required("indnatts", DataType::Int16),
+        required("indnkeyatts", DataType::Int16),
+        flag("indisunique"),
+        flag("indnullsnotdistinct"),
+        flag("indisprimary"),
+        flag("indisexclusion"),
+        flag("indimmediate"),
+        flag("indisclustered"),
+        flag("indisvalid"),
+        flag("indcheckxmin"),
+        flag("indisready"),
+        flag("indislive"),
+        flag("indisreplident"),
+        list("indkey", DataType::Int16),
+        list("indcollation", DataType::Int32),
+        list("indclass", DataType::Int32),
+        list("indoption", DataType::Int16),
+        Field::new("indexprs", DataType::Utf8, true),
+        Field::new("indpred", DataType::Utf8, true),
+    ])
 }
 
 /// `version()`: `PostgreSQL 16.6 (Tarn x.y.z) …`, the shape clients' version parsers

@@ -16,11 +16,13 @@
 //!   limit for the session.
 
 mod catalog;
+mod coerce;
 mod encode;
 mod error;
 mod extended;
 mod information_schema;
 mod query;
+mod rewrite;
 mod session;
 mod startup;
 

@@ -12,7 +12,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
 };
-use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
@@ -23,6 +22,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{cancelled, pg_error};
+use super::rewrite::{Rewrite, catalog_rewrite};
 use super::session::{Reply, Session, Transaction};
 use tarn_lake::engine::ddl::Command;
 use tarn_lake::engine::history::QueryLabel;
@@ -296,103 +296,40 @@ fn command_tag(sql: &str) -> String {
 /// rewrites change answers (a correlated subquery in a select list becomes NULL).
 async fn prepare(engine: &Engine, sql: &str, params: Option<&RecordBatch>) -> Result<Statement> {
     match catalog_rewrite(sql) {
-        Some(Rewrite::Always(rewritten)) => engine.prepare(&rewritten, params).await,
-        Some(Rewrite::IfNeeded(rewritten)) => match engine.prepare(sql, params).await {
-            Err(Error::Sql(_) | Error::TableNotFound { .. } | Error::Execution(_)) => {
-                engine.prepare(&rewritten, params).await
-            }
+        Some(Rewrite::Always(candidates)) => first_that_plans(engine, &candidates, params).await,
+        Some(Rewrite::IfNeeded(candidates)) => match engine.prepare(sql, params).await {
+            Err(e) if is_planning(&e) => first_that_plans(engine, &candidates, params).await,
             other => other,
         },
         None => engine.prepare(sql, params).await,
     }
 }
 
-/// How a statement is rewritten for the Postgres catalog.
-enum Rewrite {
-    /// It reads only catalog tables: plan the rewritten statement.
-    Always(String),
-    /// It reads no table (`SELECT current_schema()`): plan the rewritten statement if
-    /// the statement as written does not plan.
-    IfNeeded(String),
+/// The first of `candidates` that plans, or the first one's error.
+async fn first_that_plans(
+    engine: &Engine,
+    candidates: &[String],
+    params: Option<&RecordBatch>,
+) -> Result<Statement> {
+    let mut first_error = None;
+    for sql in candidates {
+        match engine.prepare(sql, params).await {
+            Err(e) if is_planning(&e) => {
+                first_error.get_or_insert(e);
+            }
+            other => return other,
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::Internal("no statement to plan".into())))
 }
 
-fn catalog_rewrite(sql: &str) -> Option<Rewrite> {
-    use datafusion::sql::sqlparser::ast::Statement as Ast;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    let first = sql.trim_start().get(..4)?.to_ascii_lowercase();
-    if first != "sele" && first != "with" {
-        return None;
-    }
-    let mut rewritten = PostgresCompatibilityParser::new().parse(sql).ok()?;
-    if rewritten.len() != 1 || !matches!(rewritten[0], Ast::Query(_)) {
-        return None;
-    }
-    let mut rewritten = rewritten.remove(0);
-    // Postgres' information_schema, not DataFusion's (Arrow type names).
-    let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(&mut rewritten, |name| {
-        if let [schema, _] = name.0.as_mut_slice()
-            && let Some(ident) = schema.as_ident()
-            && ident.value.eq_ignore_ascii_case("information_schema")
-        {
-            *schema = datafusion::sql::sqlparser::ast::ObjectNamePart::Identifier(
-                datafusion::sql::sqlparser::ast::Ident::new(super::information_schema::SCHEMA),
-            );
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    let rewritten = rewritten.to_string();
-    // What the statement reads, as the client wrote it (the compatibility parser may
-    // replace a whole catalog query).
-    let original = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let (catalog, other) = original.first().map_or((0, 0), relations);
-    match (catalog, other) {
-        (0, 0) => Some(Rewrite::IfNeeded(rewritten)),
-        (_, 0) => Some(Rewrite::Always(rewritten)),
-        _ => None,
-    }
-}
-
-/// How many of the tables `statement` reads are catalog tables (`pg_catalog.*`,
-/// `information_schema.*`, unqualified `pg_*`), and how many are not; the statement's own
-/// CTEs are neither.
-fn relations(statement: &datafusion::sql::sqlparser::ast::Statement) -> (usize, usize) {
-    use datafusion::sql::sqlparser::ast::{Query, Visit, Visitor};
-    struct Ctes(std::collections::HashSet<String>);
-    impl Visitor for Ctes {
-        type Break = ();
-        fn pre_visit_query(&mut self, query: &Query) -> std::ops::ControlFlow<()> {
-            for cte in query.with.iter().flat_map(|w| &w.cte_tables) {
-                self.0.insert(cte.alias.name.value.to_ascii_lowercase());
-            }
-            std::ops::ControlFlow::Continue(())
-        }
-    }
-    let mut ctes = Ctes(std::collections::HashSet::new());
-    let _ = statement.visit(&mut ctes);
-    let (mut catalog, mut other) = (0, 0);
-    let _ = datafusion::sql::sqlparser::ast::visit_relations(statement, |name| {
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
-            .collect();
-        let is_catalog = match parts.as_slice() {
-            [table] if ctes.0.contains(table) => return std::ops::ControlFlow::Continue(()),
-            [table] => table.starts_with("pg_"),
-            [schema, _] | [_, schema, _] => {
-                schema == "pg_catalog" || schema == "information_schema"
-            }
-            _ => false,
-        };
-        if is_catalog {
-            catalog += 1;
-        } else {
-            other += 1;
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    (catalog, other)
+/// Whether `error` says a statement does not plan (rather than, say, that the server is
+/// busy).
+fn is_planning(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Sql(_) | Error::TableNotFound { .. } | Error::Execution(_)
+    )
 }
 
 /// Plans `sql` for a `Parse`: the types of its parameters and the rows it returns.
@@ -475,31 +412,6 @@ pub(crate) fn parameter_row(values: ParamValues) -> Result<Option<RecordBatch>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn catalog_queries_are_rewritten_and_data_queries_are_not() {
-        assert!(matches!(
-            catalog_rewrite("SELECT relname FROM pg_catalog.pg_class WHERE oid = 't'::regclass"),
-            Some(Rewrite::Always(_))
-        ));
-        assert!(matches!(
-            catalog_rewrite("SELECT n.nspname FROM pg_namespace n"),
-            Some(Rewrite::Always(_))
-        ));
-        assert!(matches!(
-            catalog_rewrite("select current_schema()"),
-            Some(Rewrite::IfNeeded(_))
-        ));
-        // A data query keeps its correlated subquery (the rewrite would make it NULL).
-        assert!(
-            catalog_rewrite(
-                "SELECT (SELECT max(b.v) FROM db.b WHERE b.k = a.k) FROM db.a JOIN pg_class c ON true"
-            )
-            .is_none()
-        );
-        assert!(catalog_rewrite("SELECT * FROM db.events").is_none());
-        assert!(catalog_rewrite("CREATE TABLE x AS SELECT 1").is_none());
-    }
 
     #[test]
     fn command_tags() {
