@@ -5,7 +5,9 @@ SQLAlchemy's Postgres dialect (reflection). Answers are checked against DuckDB o
 same Parquet file; errors by their SQLSTATE; users, roles, TLS, cancel and the statement
 time limit as a user meets them."""
 
+import csv
 import datetime as dt
+import io
 import os
 import re
 import subprocess
@@ -204,6 +206,47 @@ def test_psql_catalog_commands_and_scripts(typed):
     assert out.split() == [str(v[0]) for v in (oracle(typed, "SELECT count(*) FROM lab.readings")[0],
                                                 oracle(typed, "SELECT max(big) FROM lab.readings")[0])]
     assert "PostgreSQL 16" in psql("-c", "SELECT version()") and "Tarn" in psql("-c", "SELECT version()")
+
+
+COPY_QUERY = "SELECT id, big, amount, wide, name FROM lab.readings ORDER BY id"
+
+
+def copy_oracle(typed):
+    """DuckDB's rows as the text Postgres' COPY writes for them (NULL stays None)."""
+    return [tuple(None if v is None else str(v) for v in row) for row in oracle(typed, COPY_QUERY)]
+
+
+def test_copy_to_stdout_through_psql_and_psycopg(typed, tmp_path):
+    # psql's \copy … to a file, in CSV with a header (quotes, a newline and unicode in
+    # names; NULL written as the NULL string asked for).
+    out = tmp_path / "rows.csv"
+    done = subprocess.run(
+        ["psql", "-X", dsn(typed["server"]), "-c",
+         f"\\copy ({COPY_QUERY}) to '{out}' with (format csv, header true, null 'NULL')"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # The row count psql reports is the rows', not the header's.
+    assert done.stdout.strip() == f"COPY {len(copy_oracle(typed))}"
+    with open(out, newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["id", "big", "amount", "wide", "name"]
+    assert [tuple(None if v == "NULL" else v for v in r) for r in rows] == copy_oracle(typed)
+
+    # psycopg's copy API, Postgres' text format (tabs, \N for NULL, escapes).
+    with psycopg.connect(dsn(typed["server"]), autocommit=True) as conn:
+        with conn.cursor().copy(f"COPY ({COPY_QUERY}) TO STDOUT") as copy:
+            assert [tuple(r) for r in copy.rows()] == copy_oracle(typed)
+        # A table's columns, CSV read as a CSV reader would (psycopg parses only text rows).
+        with conn.cursor().copy("COPY lab.readings (id, name) TO STDOUT (FORMAT csv)") as copy:
+            text = b"".join(bytes(chunk) for chunk in copy).decode()
+        in_file_order = sorted(copy_oracle(typed), key=lambda r: int(r[0]))
+        assert sorted(csv.reader(io.StringIO(text, newline="")), key=lambda r: int(r[0])) == [
+            [r[0], r[4] or ""] for r in in_file_order]
+        # COPY … FROM is refused with what is served, and the session goes on.
+        with pytest.raises(psycopg.Error, match="TO STDOUT"):
+            with conn.cursor().copy("COPY lab.readings FROM STDIN") as copy:
+                copy.write_row((1,))
+        assert conn.execute("SELECT count(*) FROM lab.readings").fetchone() == (4,)
 
 
 def test_sqlalchemy_reflection_and_queries(typed):

@@ -17,6 +17,7 @@
 
 mod catalog;
 mod coerce;
+mod copy;
 mod encode;
 mod error;
 mod extended;

@@ -92,6 +92,23 @@ impl Run<'_> {
             .engine()
             .labelled(label(self.session, self.sql));
         engine.client_call(&caller.name, &self.address, "postgres");
+        let copy = super::copy::parse(self.sql);
+        if let Err(e) = &copy {
+            engine.record_failure(e);
+        }
+        if let Some(copy) = copy? {
+            let prepared = prepare(&engine, &copy.query, self.params.as_ref()).await;
+            if let Err(e) = &prepared {
+                engine.record_failure(e);
+            }
+            let Statement::Query(df) = prepared? else {
+                return Err(Error::InvalidArgument(
+                    "COPY takes a query or a table; this statement returns no rows".into(),
+                ));
+            };
+            let stream = engine.execute(*df).await?;
+            return copy.response(stream, cancel);
+        }
         let prepared = prepare(&engine, self.sql, self.params.as_ref()).await;
         if let Err(e) = &prepared {
             engine.record_failure(e);
