@@ -110,6 +110,26 @@ def test_every_type_matches_duckdb_in_text_and_binary(typed, binary):
     assert rows[3][2] == -(2**63)
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_intervals_and_lists_match_duckdb_in_text_and_binary(typed, binary):
+    tarn_sql = ("SELECT id, INTERVAL '1 day 2 hours 3 seconds' AS span, make_array(id, big) AS pair, "
+                "make_array(name) AS names FROM lab.readings ORDER BY id")
+    duck_sql = ("SELECT id, INTERVAL '1 day 2 hours 3 seconds', [id, big], [name] "
+                "FROM lab.readings ORDER BY id")
+    with psycopg.connect(dsn(typed["server"])) as conn:
+        cur = conn.cursor(binary=binary)
+        cur.execute(tarn_sql)
+        rows = [tuple(r) for r in cur.fetchall()]
+        types = [conn.adapters.types.get(d.type_code).name for d in cur.description]
+    # (psycopg names an array type by its element: the values below are lists.)
+    assert types == ["int4", "interval", "int8", "text"]
+    # DuckDB's intervals arrive through Arrow as (months, days, nanoseconds).
+    expected = [(i, dt.timedelta(days=span.days, microseconds=span.nanoseconds // 1000), pair, names)
+                for i, span, pair, names in oracle(typed, duck_sql)]
+    assert all(span.months == 0 for _, span, _, _ in oracle(typed, duck_sql))
+    assert rows == expected
+
+
 def test_parameters_typed_untyped_and_prepared(typed):
     sql = ("SELECT id, name, amount FROM lab.readings "
            "WHERE big > %s OR amount = %s OR name = %s ORDER BY id")
