@@ -1,7 +1,7 @@
 """TPC-H benchmark: the 22 queries through Tarn's Flight SQL server (ADBC client), DataFusion
-in-process with default settings (`cargo bench --bench tpch`), and DuckDB, on the same
+in-process with default settings (`cargo bench --bench tarn -- tpch`), and DuckDB, on the same
 Parquet files, in the same run. Tarn's engine also runs in-process on the same catalog
-(`cargo bench --bench tpch -- tarn:…`): the same plans without the server, so the ratio of
+(`cargo bench --bench tarn -- tpch tarn:…`): the same plans without the server, so the ratio of
 the two is what Flight SQL adds.
 
 Run with `scripts/bench-tpch [--scale 1 --scale 10] [--runs 5] [--query N …]`: it builds
@@ -170,9 +170,9 @@ class Worker:
 
 
 def in_process(args, data: str, scale: float, label: str) -> Worker:
-    """`cargo bench --bench tpch` on `data` (a folder of tables, or `tarn:` and a Tarn data
+    """`cargo bench --bench tarn -- tpch` on `data` (a folder of tables, or `tarn:` and a Tarn data
     directory), taking its queries from stdin."""
-    return Worker(["cargo", "bench", "--quiet", "--bench", "tpch", "--", data, str(QUERIES),
+    return Worker(["cargo", "bench", "--quiet", "--bench", "tarn", "--", "tpch", data, str(QUERIES),
                    f"{scale:g}", "0", "-"], label, cwd=ROOT)
 
 

@@ -2,8 +2,8 @@
 //! on loopback, against DataFusion in-process on the same query and files, in the same run.
 //!
 //! ```sh
-//! cargo bench --bench flight
-//! cargo bench --bench flight -- --rows 20000000 --iterations 500
+//! cargo bench --bench tarn -- flight
+//! cargo bench --bench tarn -- flight --rows 20000000 --iterations 500
 //! ```
 //!
 //! Reported (p50 / p99 over the iterations):
@@ -27,19 +27,9 @@ use tarn_lake::catalog::Catalog;
 use tarn_lake::crawler::{CrawlOptions, Crawler};
 use tarn_lake::engine::{Engine, EngineOptions};
 use tarn_lake::storage::StoreRegistry;
+
+use crate::arg;
 use tonic::transport::Channel;
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Writes `rows` rows as Parquet files of 1M rows under `dir`.
 fn write_table(dir: &Path, rows: usize) {
@@ -147,11 +137,7 @@ struct Row {
     datafusion: (f64, f64),
 }
 
-#[tokio::main]
-async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
+pub async fn main() {
     let rows = arg("--rows", 20_000_000);
     let iterations = arg("--iterations", 300);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,7 +4,7 @@
 //!
 //! Plans are printed one line per row, indentation as `-` (as DataFusion's own `.slt`
 //! files do), on a session with four target partitions so they do not depend on the
-//! machine. `TARN_SLT_COMPLETE=1 cargo test -p tarn-optimizer --test plans` rewrites the
+//! machine. `TARN_SLT_COMPLETE=1 cargo test -p tarn-optimizer --test optimizer plans` rewrites the
 //! expected plans from what the rules now produce; review the diff before committing.
 
 use std::path::PathBuf;
@@ -150,7 +150,7 @@ macro_rules! plan_files {
             on_disk.sort();
             let mut listed = vec![$(stringify!($name).to_string()),*];
             listed.sort();
-            assert_eq!(on_disk, listed, "add each tests/plans/*.slt file to plan_files! in tests/plans.rs");
+            assert_eq!(on_disk, listed, "add each tests/plans/*.slt file to plan_files! in tests/optimizer/plans.rs");
         }
     };
 }

@@ -2,8 +2,8 @@
 //! the same files in the same run.
 //!
 //! ```sh
-//! cargo bench --bench crawl                    # 10,000 files in 2,000 partitions
-//! cargo bench --bench crawl -- --files 2000    # a smaller lake
+//! cargo bench --bench tarn -- crawl                    # 10,000 files in 2,000 partitions
+//! cargo bench --bench tarn -- crawl --files 2000       # a smaller lake
 //! ```
 //!
 //! The lake is generated once under `target/bench-data/` (20 to 100 columns: the writer
@@ -33,17 +33,7 @@ use tarn_lake::crawler::{CrawlOptions, Crawler};
 use tarn_lake::engine::{Engine, EngineOptions};
 use tarn_lake::storage::StoreRegistry;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::arg;
 
 fn write_file(path: &Path, columns: usize, seed: i64) {
     let mut fields = vec![
@@ -350,14 +340,7 @@ impl Drop for Moto {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    // `cargo test --all-targets` runs bench binaries too; only `cargo bench` passes
-    // `--bench`, so the test run merely proves this compiles.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("crawl benchmark: run it with `cargo bench --bench crawl`");
-        return;
-    }
+pub async fn main() {
     let files = arg("--files", 10_000);
     let partitions = arg("--partitions", (files / 5).max(1));
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());

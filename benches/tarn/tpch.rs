@@ -2,7 +2,7 @@
 //! beside Tarn's Flight SQL server and DuckDB on the same files; and Tarn's own engine
 //! without its server, which measures what Flight SQL adds.
 //!
-//! `cargo bench --bench tpch -- DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY… | -]` registers
+//! `cargo bench --bench tarn -- tpch DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY… | -]` registers
 //! every folder of `DATA_DIR` as a Parquet table in a DataFusion session; with
 //! `tarn:TARN_DATA_DIR` instead, it opens that Tarn data directory's catalog as `tarn sql`
 //! does (no result cache). It runs each query once cold and `WARM_RUNS` times warm, and
@@ -21,28 +21,18 @@ use clap::Parser;
 
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use mimalloc::MiMalloc;
 use tarn::config::Cli;
 use tarn::context::Context;
 
 // The allocator Tarn's binary uses, so the comparison is of the engines.
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
-
 type Failure = Box<dyn std::error::Error>;
 
-#[tokio::main]
-async fn main() -> Result<(), Failure> {
-    // `cargo test --all-targets` runs bench binaries too; only `cargo bench` passes
-    // `--bench`, so the test run merely proves this compiles.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("TPC-H baseline: run it with scripts/bench-tpch");
-        return Ok(());
-    }
-    // Positional arguments are ours.
+pub async fn main() -> Result<(), Failure> {
+    // Positional arguments are ours, after the benchmark's name.
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
+        .skip(1)
         .collect();
     let [data, queries, scale, runs, only @ ..] = args.as_slice() else {
         return Err("usage: tpch DATA_DIR QUERIES_DIR SCALE WARM_RUNS [QUERY… | -]".into());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use datafusion::config::ExtensionOptions;
 use tarn_optimizer::TarnOptions;
 
-const START: &str = "<!-- tarn-settings:start (generated from TarnOptions; see crates/optimizer/tests/settings_doc.rs) -->";
+const START: &str = "<!-- tarn-settings:start (generated from TarnOptions; see crates/optimizer/tests/optimizer/settings_doc.rs) -->";
 const END: &str = "<!-- tarn-settings:end -->";
 
 /// The list as the README shows it: one item per setting, with its default.
@@ -41,7 +41,7 @@ fn the_readme_lists_every_planner_setting_as_documented_in_the_code() {
         }
         panic!(
             "README.md's planner settings differ from TarnOptions; run \
-             TARN_DOCS_UPDATE=1 cargo test -p tarn-optimizer --test settings_doc, or paste:\n{expected}"
+             TARN_DOCS_UPDATE=1 cargo test -p tarn-optimizer --test optimizer settings_doc, or paste:\n{expected}"
         );
     }
 }
