@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import PASSWORDS, connect, flight_sql_command, tarn_bin
+from conftest import PASSWORDS, Server, connect, credentials, flight_sql_command, tarn_bin
 
 def tls_kwargs(secured, **extra):
     return {adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value: secured["ca"], **extra}
@@ -61,6 +61,23 @@ def test_reader_may_query_but_not_change_anything(secured):
             cur.adbc_ingest("t2", pa.table({"x": [1]}), mode="create")
         cur.execute("SHOW DATABASES")
         assert ("not_allowed",) not in cur.fetchall()
+        # Every other mutating path: SQL INSERT, a prepared INSERT with parameters, and
+        # materialized-view DDL; none of them changes anything.
+        for sql, params, kind in [
+            ("INSERT INTO users SELECT * FROM users LIMIT 1", None, "INSERT INTO"),
+            ("INSERT INTO users (user_id) VALUES (?)", (999,), "INSERT INTO"),
+            ("CREATE MATERIALIZED VIEW per_user AS SELECT user_id, count(*) AS n FROM events "
+             "GROUP BY user_id", None, "CREATE MATERIALIZED VIEW"),
+            ("REFRESH MATERIALIZED VIEW per_user", None, "REFRESH MATERIALIZED VIEW"),
+            ("DROP MATERIALIZED VIEW per_user", None, "DROP MATERIALIZED VIEW"),
+        ]:
+            with pytest.raises(adbc_driver_manager.Error,
+                               match=f"user 'bob' has role reader, and {kind} needs role admin"):
+                cur.execute(sql, parameters=params)
+        cur.execute("SELECT count(*) FROM users")
+        assert cur.fetchall() == [(50,)]
+        cur.execute("SHOW MATERIALIZED VIEWS")
+        assert not [r for r in cur.fetchall() if "per_user" in str(r)]
 
 
 def test_api_token_as_bearer_header(secured):
@@ -110,6 +127,46 @@ def test_tampered_ticket_is_refused(server):
     assert tampered != raw
     with pytest.raises(pa.ArrowInvalid, match="not issued by this server"):
         client.do_get(flight.Ticket(tampered)).read_all()
+
+
+def test_nodes_sharing_a_secret_file_accept_each_others_tokens_and_tickets(lake, tmp_path):
+    """Two servers behind a load balancer share --secret-file: a token one issued and a
+    ticket one handed out work on the other. A node with another secret refuses both."""
+    made = credentials(tmp_path)
+    shared, other = tmp_path / "shared.key", tmp_path / "other.key"
+
+    def node(secret):
+        return Server(lake["data_dir"], command=(
+            "serve", "--config", str(made["config"]), "--secret-file", str(secret)))
+
+    first, second, stranger = node(shared), node(shared), node(other)
+    try:
+        client = flight.FlightClient(first.uri)
+        header = client.authenticate_basic_token("alice", PASSWORDS["alice"])
+        options = flight.FlightCallOptions(headers=[header])
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(
+            flight_sql_command("CommandStatementQuery", "SELECT count(*) AS n FROM users")), options)
+        expected = client.do_get(info.endpoints[0].ticket, options).read_all().to_pydict()
+        assert expected == {"n": [50]}
+
+        # The token and the ticket from the first node, spent on the second.
+        elsewhere = flight.FlightClient(second.uri)
+        assert elsewhere.do_get(info.endpoints[0].ticket, options).read_all().to_pydict() == expected
+        again = elsewhere.get_flight_info(flight.FlightDescriptor.for_command(
+            flight_sql_command("CommandStatementQuery", "SELECT count(*) AS n FROM users")), options)
+        assert elsewhere.do_get(again.endpoints[0].ticket, options).read_all().to_pydict() == expected
+
+        # A node with its own secret accepts neither.
+        strange = flight.FlightClient(stranger.uri)
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            strange.do_get(info.endpoints[0].ticket, options).read_all()
+        own = strange.authenticate_basic_token("alice", PASSWORDS["alice"])
+        with pytest.raises(pa.ArrowInvalid, match="not issued by this server"):
+            strange.do_get(info.endpoints[0].ticket,
+                           flight.FlightCallOptions(headers=[own])).read_all()
+    finally:
+        for server in (first, second, stranger):
+            server.stop()
 
 
 def test_serving_beyond_loopback_without_auth_is_refused(tmp_path):

@@ -329,6 +329,62 @@ def test_statement_timeout_and_cancel(typed):
     conn.close()
 
 
+def test_a_full_server_refuses_with_53000_and_serves_again(typed):
+    """With one query running and no queue, another query over a table is refused at once
+    with SQLSTATE 53000 (insufficient resources); once the first is cancelled, the next one
+    runs."""
+    busy = Server(typed["catalog"], command=(
+        "serve", "--pg-listen", "127.0.0.1:0", "--result-cache-mb", "0",
+        "--max-concurrent-queries", "1", "--max-queued-queries", "0"))
+    long_running = ("SELECT sum(a.id * g.value) FROM lab.readings a, "
+                    "generate_series(1, 100000000000) g")
+    conn = psycopg.connect(dsn(busy), autocommit=True)
+    outcome = {}
+
+    def run():
+        # The other connection's short queries may hold the place at first: retry until
+        # this one has it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                conn.execute(long_running)
+                return
+            except psycopg.errors.InsufficientResources:
+                continue
+            except psycopg.Error as e:
+                outcome["error"] = e
+                return
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        with psycopg.connect(dsn(busy), autocommit=True) as other:
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, "the second query was never refused"
+                try:
+                    # Runs until the long query holds the only slot.
+                    other.execute("SELECT count(*) FROM lab.readings").fetchone()
+                except psycopg.errors.InsufficientResources as e:
+                    assert e.sqlstate == "53000" and "too many queries" in str(e), e
+                    break
+            conn.cancel_safe()
+            worker.join(60)
+            assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
+            # The slot is free again: the same connection is served.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert other.execute("SELECT count(*) FROM lab.readings").fetchone() == (4,)
+                    break
+                except psycopg.errors.InsufficientResources:
+                    assert time.monotonic() < deadline, "the slot was never freed"
+    finally:
+        conn.close()
+        busy.stop()
+    assert busy.proc.returncode == 0, "".join(busy.log)[-2000:]
+
+
 def test_history_records_the_postgres_front_door(typed):
     marker = "SELECT count(*) AS pg_history_marker FROM lab.readings"
     with psycopg.connect(dsn(typed["server"], application_name="probe"), autocommit=True) as conn:
