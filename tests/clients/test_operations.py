@@ -5,6 +5,7 @@ cancelled)."""
 
 import re
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +83,55 @@ def test_metrics_move_with_the_queries_and_health_endpoints_answer(lake):
         assert after["tarn_queries_running"] == 0
         assert after["tarn_queries_queued"] == 0
         assert "tarn_memory_pool_reserved_bytes" in after
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0
+
+
+def test_a_cancelled_query_gives_its_memory_back(lake):
+    """A query holding memory (a hash aggregation over a billion rows) is cancelled
+    (Flight SQL's CancelFlightInfo): the pool's reservation returns to zero and nothing is
+    left running."""
+    import pyarrow.flight as flight
+
+    from conftest import _varint, flight_sql_command
+
+    s = started(lake)
+    try:
+        base = http_base(s)
+        client = flight.FlightClient(s.uri)
+        sql = ("SELECT v % 1000003 AS k, count(*) AS n FROM generate_series(1, 4000000000) "
+               "AS t(v) GROUP BY k ORDER BY n DESC")
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(
+            flight_sql_command("CommandStatementQuery", sql)))
+        outcome = {}
+
+        def run():
+            try:
+                reader = client.do_get(info.endpoints[0].ticket)
+                while True:
+                    reader.read_chunk()
+            except StopIteration:
+                outcome["result"] = "finished"
+            except flight.FlightError as e:
+                outcome["error"] = e
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        reserved = "tarn_memory_pool_reserved_bytes"
+        deadline = time.monotonic() + 60
+        while samples(base)[reserved] < 1 << 20:
+            assert time.monotonic() < deadline, "the aggregation never reserved memory"
+        body = info.serialize()
+        request = b"\x0a" + _varint(len(body)) + body  # CancelFlightInfoRequest { info }
+        results = list(flight.FlightClient(s.uri).do_action(flight.Action("CancelFlightInfo", request)))
+        assert results[0].body.to_pybytes() == b"\x08\x01"  # status: CANCELLED
+        worker.join(60)
+        assert not worker.is_alive()
+        assert isinstance(outcome.get("error"), flight.FlightCancelledError), outcome
+        deadline = time.monotonic() + 60
+        while (now := samples(base))[reserved] != 0 or now["tarn_queries_running"] != 0:
+            assert time.monotonic() < deadline, f"memory still reserved: {now[reserved]} bytes"
     finally:
         s.stop()
     assert s.proc.returncode == 0
