@@ -219,8 +219,9 @@ def test_psql_catalog_commands_and_scripts(typed):
     described = psql("-c", r"\d lab.readings")
     columns = {line.split("|")[0]: line.split("|")[1] for line in described.splitlines() if "|" in line}
     assert columns["id"] == "integer" and columns["big"] == "bigint"
-    # datafusion-pg-catalog reports no type modifiers, so `numeric` without (38,3).
-    assert columns["wide"] == "numeric" and columns["seen_at"] == "timestamp with time zone"
+    # Decimals keep their precision and scale (pg_attribute's type modifiers).
+    assert columns["wide"] == "numeric(38,3)" and columns["amount"] == "numeric(20,4)"
+    assert columns["seen_at"] == "timestamp with time zone"
     # A script of several statements over the simple protocol, one result each.
     out = psql("-c", "SELECT count(*) FROM lab.readings; SELECT max(big) FROM lab.readings")
     assert out.split() == [str(v[0]) for v in (oracle(typed, "SELECT count(*) FROM lab.readings")[0],
@@ -279,6 +280,7 @@ def test_sqlalchemy_reflection_and_queries(typed):
     assert inspector.get_table_names(schema="lab") == ["readings"]
     columns = {c["name"]: c["type"] for c in inspector.get_columns("readings", schema="lab")}
     assert isinstance(columns["big"], sa.BigInteger) and isinstance(columns["wide"], sa.Numeric)
+    assert (columns["wide"].precision, columns["wide"].scale) == (38, 3)
     # Full reflection of a Table: columns in file order with their types, and no keys,
     # indexes or comments (Tarn's tables have none).
     table = sa.Table("readings", sa.MetaData(), schema="lab", autoload_with=engine)

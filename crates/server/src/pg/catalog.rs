@@ -71,7 +71,10 @@ pub(crate) fn postgres_engine(engine: &Engine) -> Result<Engine> {
             && let Some(pg_catalog) = catalog.schema(PG_CATALOG)
         {
             catalog
-                .register_schema(PG_CATALOG, Arc::new(KeyTables::new(pg_catalog)?))
+                .register_schema(
+                    PG_CATALOG,
+                    Arc::new(KeyTables::new(pg_catalog, Arc::downgrade(&catalog))?),
+                )
                 .map_err(|e| Error::Internal(format!("installing pg_catalog key tables: {e}")))?;
         }
         context.register_udf(version_udf());
@@ -149,7 +152,9 @@ impl CatalogProvider for Overlay {
 
 const PG_CATALOG: &str = "pg_catalog";
 
-/// `pg_catalog` with `pg_constraint` and `pg_index` typed as Postgres types them
+/// `pg_catalog` with `pg_attribute`'s type modifiers filled in
+/// ([`super::attributes`]), `pg_class` with the columns clients read, and
+/// `pg_constraint` and `pg_index` typed as Postgres types them
 /// (`conkey int2[]`, `indkey int2vector`, not the text `'{1,2}'`), so clients'
 /// `attnum = ANY(conkey)` and `unnest(indkey)` plan. Tarn's tables have no constraints or
 /// indexes, so both are empty.
@@ -157,17 +162,26 @@ const PG_CATALOG: &str = "pg_catalog";
 struct KeyTables {
     inner: Arc<dyn SchemaProvider>,
     tables: HashMap<&'static str, Arc<dyn TableProvider>>,
+    /// Tarn's catalog, for `pg_attribute`'s type modifiers.
+    tarn: std::sync::Weak<dyn CatalogProvider>,
 }
 
 impl KeyTables {
-    fn new(inner: Arc<dyn SchemaProvider>) -> Result<Self> {
+    fn new(
+        inner: Arc<dyn SchemaProvider>,
+        tarn: std::sync::Weak<dyn CatalogProvider>,
+    ) -> Result<Self> {
         let mut tables = HashMap::new();
         for (name, schema) in [("pg_constraint", pg_constraint()), ("pg_index", pg_index())] {
             let table = MemTable::try_new(Arc::new(schema), vec![vec![]])
                 .map_err(|e| Error::Internal(format!("building {name}: {e}")))?;
             tables.insert(name, Arc::new(table) as Arc<dyn TableProvider>);
         }
-        Ok(Self { inner, tables })
+        Ok(Self {
+            inner,
+            tables,
+            tarn,
+        })
     }
 }
 
@@ -185,6 +199,11 @@ impl SchemaProvider for KeyTables {
         let table = self.inner.table(&name).await?;
         match (name.as_str(), table) {
             ("pg_class", Some(table)) => with_acl_and_options(table).map(Some),
+            ("pg_attribute", Some(table)) => Ok(Some(Arc::new(super::attributes::Attributes {
+                inner: table,
+                pg_catalog: Arc::clone(&self.inner),
+                tarn: self.tarn.clone(),
+            }))),
             (_, table) => Ok(table),
         }
     }

@@ -15,6 +15,7 @@
 //! - `CancelRequest` stops the running statement; `statement_timeout` lowers the time
 //!   limit for the session.
 
+mod attributes;
 mod catalog;
 mod coerce;
 mod copy;
