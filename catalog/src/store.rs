@@ -172,6 +172,15 @@ impl Catalog {
         })
     }
 
+    /// A transaction that writes. `BEGIN IMMEDIATE` takes the write lock at once, waiting
+    /// up to the busy timeout for another writer (a server's history, a crawl beside it).
+    /// A deferred `BEGIN` that reads first and writes after fails at once with "database
+    /// is locked" when another connection wrote in between: SQLite cannot turn that stale
+    /// read snapshot into a write, and its busy timeout does not cover the case.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Tells `observer` of every commit and finished crawl from now on, through this handle
     /// and every clone of it.
     pub fn observe(&self, observer: Observer) {
@@ -456,7 +465,7 @@ impl Catalog {
     }
 
     async fn commit_table_in_one_transaction(&self, commit: &TableCommit) -> Result<CommitOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let ts = now();
         sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
             .bind(&commit.database)
@@ -774,7 +783,7 @@ impl Catalog {
     pub async fn create_rollup(&self, rollup: &RollupDef) -> Result<()> {
         let definition = serde_json::to_string(rollup)
             .map_err(|e| Error::Internal(format!("rollup definition to JSON: {e}")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let database_id: Option<i64> =
             sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
                 .bind(&rollup.database)
@@ -843,7 +852,7 @@ impl Catalog {
     /// Records that a rollup finished a refresh at `at` (RFC 3339), clearing the error of
     /// an earlier failed one (a change readers must see: the view answers queries again).
     pub async fn rollup_refreshed(&self, database: &str, name: &str, at: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let repaired = sqlx::query(
             "UPDATE rollups SET last_error = NULL, last_error_at = NULL WHERE name = ?2
                AND database_id = (SELECT id FROM databases WHERE name = ?1)
@@ -880,7 +889,7 @@ impl Catalog {
         at: &str,
         error: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "UPDATE rollups SET last_error = ?3, last_error_at = ?4 WHERE name = ?2
                AND database_id = (SELECT id FROM databases WHERE name = ?1)",
@@ -904,7 +913,7 @@ impl Catalog {
         paths: &[String],
         due_at: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for path in paths {
             sqlx::query(
                 "INSERT INTO deferred_deletes (location, path, due_at) VALUES (?1, ?2, ?3)",
@@ -944,7 +953,7 @@ impl Catalog {
         records: &[QueryRecord],
         forget_before: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for q in records {
             let s = &q.stats;
             sqlx::query(
@@ -1046,7 +1055,7 @@ impl Catalog {
 
     /// Forgets deletions that were carried out.
     pub async fn forget_deletes(&self, ids: &[i64]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for id in ids {
             sqlx::query("DELETE FROM deferred_deletes WHERE id = ?1")
                 .bind(id)
@@ -1060,7 +1069,7 @@ impl Catalog {
     /// Forgets a rollup and its storage table (the caller deletes the files). Returns
     /// whether it existed.
     pub async fn drop_rollup(&self, database: &str, name: &str, storage: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let deleted = delete_named(&mut tx, Named::Rollup, database, name).await?;
         delete_named(&mut tx, Named::Table, database, storage).await?;
         if deleted > 0 {
@@ -1075,7 +1084,7 @@ impl Catalog {
     /// # Errors
     /// [`Error::InvalidArgument`] when it exists and `if_not_exists` is false.
     pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let inserted =
             sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
                 .bind(name)
@@ -1108,7 +1117,7 @@ impl Catalog {
                 "the database 'default' cannot be dropped".into(),
             ));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -1142,7 +1151,7 @@ impl Catalog {
     /// Removes a table from the catalog (its files stay in the lake). Returns whether it
     /// existed.
     pub async fn drop_table(&self, database: &str, name: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let deleted = delete_named(&mut tx, Named::Table, database, name).await?;
         if deleted > 0 {
             bump_generation(&mut tx).await?;
@@ -1188,7 +1197,7 @@ impl Catalog {
     /// Marks a table deprecated, with the reason (its folder is gone), or ends the mark.
     /// Either is a new table version, so servers reload what they read.
     pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "UPDATE tables SET
                properties = CASE WHEN ?2 IS NULL THEN json_remove(properties, '$.deprecated')
@@ -1247,7 +1256,7 @@ impl Catalog {
     pub async fn drop_partition(&self, table_id: i64, values: &[Option<String>]) -> Result<u64> {
         let json = serde_json::to_string(values)
             .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let ids: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM partitions WHERE table_id = ?1 AND \"values\" = ?2")
                 .bind(table_id)

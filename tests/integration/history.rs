@@ -315,3 +315,42 @@ async fn running_statements_are_shown_until_they_end_and_operators_that_spill_sa
     drop(held);
     assert_eq!(stats_of(&engine, sql).await["state"], "cancelled");
 }
+
+/// Writers that read before they write (`DROP DATABASE` looks the database up first) wait
+/// for a concurrent history write instead of failing at once with "database is locked":
+/// SQLite cannot turn a read snapshot that another connection has since written past into
+/// a write, and its busy timeout does not cover that case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_writers_that_read_first_wait_for_concurrent_history_writes() {
+    use tarn_lake::catalog::{Catalog, QueryRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).await.unwrap();
+    let history = {
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let record = QueryRecord {
+                    query_id: format!("q{i}"),
+                    user: "tester".into(),
+                    database: "default".into(),
+                    sql: "SELECT 1".into(),
+                    state: "finished".into(),
+                    submitted_at: "2026-12-06T00:00:00Z".into(),
+                    queued_ms: 0,
+                    execution_ms: 1,
+                    rows: 1,
+                    error: None,
+                    stats: Default::default(),
+                };
+                catalog.record_queries(&[record], None).await?;
+            }
+            Ok::<_, tarn_lake::catalog::Error>(())
+        })
+    };
+    for i in 0..150 {
+        let name = format!("db{i}");
+        catalog.create_database(&name, false).await.unwrap();
+        catalog.drop_database(&name, false, false).await.unwrap();
+    }
+    history.await.unwrap().unwrap();
+}
