@@ -20,6 +20,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
+/// Postgres' `numeric` type.
+const NUMERIC_OID: i32 = 1700;
+
 /// The table (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Attributes {
@@ -107,9 +110,16 @@ impl Attributes {
     ) -> DfResult<RecordBatch> {
         let relations = int32_column(batch, "attrelid")?;
         let names = string_column(batch, "attname")?;
+        let types = int32_column(batch, "atttypid")?;
         let current = int32_column(batch, "atttypmod")?;
         let mut typmods = Vec::with_capacity(batch.num_rows());
         for (row, name) in names.iter().enumerate() {
+            // Only `numeric` columns have a modifier to fill in: other rows keep theirs
+            // without their table being looked up.
+            if types.value(row) != NUMERIC_OID {
+                typmods.push(current.value(row));
+                continue;
+            }
             let relation = relations.value(row);
             if let std::collections::hash_map::Entry::Vacant(entry) = schemas.entry(relation) {
                 entry.insert(match tables.get(&relation) {

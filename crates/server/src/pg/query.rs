@@ -92,33 +92,24 @@ impl Run<'_> {
             .engine()
             .labelled(label(self.session, self.sql));
         engine.client_call(&caller.name, &self.address, "postgres");
-        let copy = super::copy::parse(self.sql);
-        if let Err(e) = &copy {
-            engine.record_failure(e);
-        }
-        if let Some(copy) = copy? {
-            let prepared = prepare(&engine, &copy.query, self.params.as_ref()).await;
-            if let Err(e) = &prepared {
-                engine.record_failure(e);
-            }
-            let Statement::Query(df) = prepared? else {
-                return Err(Error::InvalidArgument(
-                    "COPY takes a query or a table; this statement returns no rows".into(),
-                ));
-            };
-            let stream = engine.execute(*df).await?;
-            return copy.response(stream, cancel);
-        }
-        let prepared = prepare(&engine, self.sql, self.params.as_ref()).await;
-        if let Err(e) = &prepared {
-            engine.record_failure(e);
-        }
-        match prepared? {
-            Statement::Query(df) => {
+        // `COPY … TO STDOUT` runs its query like any other, then sends rows as copy data.
+        let copy = super::copy::parse(self.sql).inspect_err(|e| engine.record_failure(e))?;
+        let sql = copy.as_ref().map_or(self.sql, |c| c.query.as_str());
+        let prepared = prepare(&engine, sql, self.params.as_ref())
+            .await
+            .inspect_err(|e| engine.record_failure(e))?;
+        match (prepared, copy) {
+            (Statement::Query(df), copy) => {
                 let stream = engine.execute(*df).await?;
-                self.rows(stream, cancel).await
+                match copy {
+                    Some(copy) => copy.response(stream, cancel),
+                    None => self.rows(stream, cancel).await,
+                }
             }
-            Statement::Command(command) => self.command(&engine, &command).await,
+            (Statement::Command(_), Some(_)) => Err(Error::InvalidArgument(
+                "COPY takes a query or a table; this statement returns no rows".into(),
+            )),
+            (Statement::Command(command), None) => self.command(&engine, &command).await,
         }
     }
 
