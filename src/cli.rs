@@ -4,8 +4,8 @@ use std::io::Write;
 
 use crate::config::CrawlerCommand;
 use crate::config::{
-    AuthCommand, Cli, Command, CrawlArgs, CrawlsArgs, RemoteArgs, ServeArgs, SqlArgs, TableArgs,
-    TablesArgs,
+    AuthCommand, CheckArgs, Cli, Command, CrawlArgs, CrawlsArgs, RemoteArgs, ServeArgs, SqlArgs,
+    TableArgs, TablesArgs,
 };
 use crate::context::{Context, shutdown_signal};
 use crate::output::{announce_scheme, write_batches};
@@ -47,10 +47,39 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::run(&ctx, &cli.data_dir, args).await,
         Command::Auth(command) => auth_command(command),
         Command::Crawler(command) => crawler_command(&ctx, command).await,
+        Command::Check(args) => check(&ctx, &cli.data_dir, args).await,
         Command::Tables(_) | Command::Describe(_) | Command::Partitions(_) | Command::Crawls(_) => {
             let admin = Admin::Local(Box::new(AdminService::new(ctx.engine.clone())));
             admin_command(admin, &cli.command).await
         }
+    }
+}
+
+/// `tarn check`: prints what was checked and each problem; fails when there is one.
+async fn check(ctx: &Context, data_dir: &std::path::Path, args: &CheckArgs) -> Result<()> {
+    let report = tarn_lake::check::check(&ctx.catalog, &ctx.stores).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Internal(format!("check report to JSON: {e}")))?;
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(
+            out,
+            "checked the catalog in {}: {} tables, {} files",
+            data_dir.display(),
+            report.tables,
+            report.files
+        );
+        for problem in &report.problems {
+            let _ = writeln!(out, "problem: {problem}");
+        }
+    }
+    match report.problems.len() {
+        0 => Ok(()),
+        n => Err(Error::InvalidArgument(format!(
+            "the catalog has {n} problem(s), listed above"
+        ))),
     }
 }
 

@@ -60,7 +60,9 @@ pub struct Cli {
 
     /// Answer queries from their base tables only, never from materialized views (rollups
     /// are still kept up to date). For comparisons and troubleshooting.
-    #[arg(long, global = true, env = "TARN_NO_ROLLUP_REWRITE")]
+    /// (`TARN_NO_ROLLUP_REWRITE` takes `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`.)
+    #[arg(long, global = true, env = "TARN_NO_ROLLUP_REWRITE",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub no_rollup_rewrite: bool,
 
     /// Megabytes of memory a server (`serve`, `demo`) keeps materialized views' rows in,
@@ -121,6 +123,10 @@ pub enum Command {
     Partitions(TableArgs),
     /// Show the most recent crawls and their summaries.
     Crawls(CrawlsArgs),
+    /// Check the catalog (after a crash, a killed process, a full disk): the database's
+    /// integrity, Tarn's invariants, and that every catalogued file exists with its size.
+    /// Exits non-zero when a problem is found.
+    Check(CheckArgs),
     /// Make password hashes and API tokens for the config file.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -460,6 +466,14 @@ pub struct CrawlsArgs {
     pub limit: u32,
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// `tarn check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tarn auth`: helpers for the config file.

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "query_statistics",
         include_str!("../migrations/0008_query_statistics.sql"),
     ),
+    (
+        9,
+        "uncommitted_writes",
+        include_str!("../migrations/0009_uncommitted_writes.sql"),
+    ),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -543,6 +548,7 @@ impl Catalog {
         let mut touched = remove_files(&mut tx, table_id, commit, outcome.created).await?;
         let partition_ids = partition_ids(&mut tx, table_id, commit, &mut outcome).await?;
         upsert_files(&mut tx, table_id, commit, &partition_ids, &mut touched).await?;
+        release_written(&mut tx, commit).await?;
 
         if !commit.upserts.is_empty() || !commit.removals.is_empty() {
             let touched: Vec<i64> = touched.into_iter().collect();
@@ -928,10 +934,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// Deletions due at `now` (RFC 3339, UTC): `(id, location, path)`.
-    pub async fn due_deletes(&self, now: &str) -> Result<Vec<(i64, String, String)>> {
-        let rows = sqlx::query_as::<_, (i64, String, String)>(
-            "SELECT id, location, path FROM deferred_deletes WHERE due_at <= ?1 ORDER BY id",
+    /// Deletions due at `now` (RFC 3339, UTC): `(id, location, path, catalogued)`, where
+    /// `catalogued` says a table at that location references the file (then it must stay:
+    /// only the row is forgotten).
+    pub async fn due_deletes(&self, now: &str) -> Result<Vec<(i64, String, String, bool)>> {
+        let rows = sqlx::query_as::<_, (i64, String, String, bool)>(
+            "SELECT d.id, d.location, d.path,
+                    EXISTS (SELECT 1 FROM data_files f JOIN tables t ON t.id = f.table_id
+                            WHERE t.location = d.location AND f.path = d.path)
+             FROM deferred_deletes d WHERE d.due_at <= ?1 ORDER BY d.id",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -1041,6 +1052,61 @@ impl Catalog {
                 })
             })
             .collect()
+    }
+
+    /// Checks the catalog database: SQLite's own integrity and foreign-key checks, then
+    /// Tarn's invariants: each table's current schema version exists, each partition's
+    /// file, row and byte counts are its files', and each file's partition is of its
+    /// table. Returns one sentence per problem; none when all hold.
+    ///
+    /// # Errors
+    /// When the database cannot be read at all.
+    pub async fn check(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        problems.extend(
+            integrity
+                .into_iter()
+                .filter(|line| line != "ok")
+                .map(|line| format!("SQLite integrity check: {line}")),
+        );
+        let dangling = sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        problems.extend(dangling.into_iter().map(|(table, row, parent)| {
+            format!("row {row} of {table} refers to a row of {parent} that does not exist")
+        }));
+        let invariants: [(&str, &str); 3] = [
+            (
+                "SELECT d.name || '.' || t.name FROM tables t JOIN databases d ON d.id = t.database_id
+                 WHERE NOT EXISTS (SELECT 1 FROM schema_versions s
+                                   WHERE s.table_id = t.id AND s.version = t.schema_version)",
+                "has no row for its current schema version",
+            ),
+            (
+                "SELECT d.name || '.' || t.name || ' partition ' || p.location
+                 FROM partitions p JOIN tables t ON t.id = p.table_id
+                 JOIN databases d ON d.id = t.database_id
+                 WHERE (p.file_count, p.row_count, p.total_bytes) IS NOT
+                       (SELECT count(*), coalesce(sum(f.row_count), 0), coalesce(sum(f.size), 0)
+                        FROM data_files f WHERE f.partition_id = p.id)",
+                "counts files, rows or bytes its files do not add up to",
+            ),
+            (
+                "SELECT f.path FROM data_files f JOIN partitions p ON p.id = f.partition_id
+                 WHERE p.table_id <> f.table_id",
+                "is recorded in a partition of another table",
+            ),
+        ];
+        for (query, problem) in invariants {
+            let found: Vec<String> = sqlx::query_scalar(query).fetch_all(&self.pool).await?;
+            problems.extend(found.into_iter().map(|what| format!("{what} {problem}")));
+        }
+        Ok(problems)
     }
 
     /// Every deletion waiting for its time: `(location, path)`.
@@ -1373,6 +1439,35 @@ where
     list.push_unseparated(")");
     query.push(tail);
     query
+}
+
+/// Forgets the uncommitted-write records of the files `commit` catalogues: they are
+/// committed now, and must not be swept.
+async fn release_written(tx: &mut sqlx::SqliteConnection, commit: &TableCommit) -> Result<()> {
+    if commit.upserts.is_empty() {
+        return Ok(());
+    }
+    // A crawl's commit may carry many thousands of files and its location has no pending
+    // write as a rule: look once before deleting path by path.
+    let pending: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deferred_deletes WHERE location = ?1)")
+            .bind(&commit.location)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !pending {
+        return Ok(());
+    }
+    for files in commit.upserts.chunks(INSERT_CHUNK) {
+        let mut query = sqlx::QueryBuilder::new("DELETE FROM deferred_deletes WHERE location = ");
+        query.push_bind(&commit.location).push(" AND path IN (");
+        let mut list = query.separated(", ");
+        for file in files {
+            list.push_bind(&file.path);
+        }
+        list.push_unseparated(")");
+        query.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// What a commit writes into a table's row and its schema versions.

@@ -4,6 +4,11 @@
 //! [`DELETE_GRACE`] has passed, by the next sweep (after a crawl, an ingest or a server
 //! tick). Until then crawls leave them out ([`pending`]), so a re-crawl of the table's
 //! folder does not bring replaced files back.
+//!
+//! Files about to be written are recorded the same way before they are written
+//! ([`record_writes`]), due after [`UNCOMMITTED_GRACE`]; the commit that catalogues them
+//! forgets them. A writer killed or cancelled between its writes and its commit thus leaves
+//! nothing behind for good, and a sweep never deletes a file the catalog references.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +24,28 @@ use crate::storage::{Location, StoreRegistry};
 /// How long a replaced file outlives its replacement: a query planned before the
 /// replacement may still be reading it.
 pub const DELETE_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// How long a file written but not yet committed may wait for its commit before a sweep
+/// deletes it. Long, as Iceberg's orphan-file removal waits days: a slow writer's files
+/// must never be swept from under it.
+pub const UNCOMMITTED_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// Records that `paths` (objects of the table at `location`) are about to be written, so
+/// that they are deleted after [`UNCOMMITTED_GRACE`] unless a commit catalogues them
+/// first. Crawls leave them out meanwhile.
+///
+/// # Errors
+/// When the catalog cannot be written: the writer must not write what it could not record.
+pub async fn record_writes(catalog: &Catalog, location: &Location, paths: &[String]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let due = (Utc::now() + UNCOMMITTED_GRACE).to_rfc3339_opts(SecondsFormat::Millis, true);
+    catalog
+        .defer_deletes(location.url.as_str(), paths, &due)
+        .await?;
+    Ok(())
+}
 
 /// Schedules `paths` (objects of the table at `location`) for deletion after
 /// [`DELETE_GRACE`]. A failure only leaves files behind (logged): the catalog no longer
@@ -37,8 +64,8 @@ pub async fn defer(catalog: &Catalog, location: &Location, paths: Vec<String>) {
     }
 }
 
-/// Deletes the replaced files whose grace period ended by `now`. Returns how many
-/// deletions were carried out.
+/// Deletes the replaced (and never committed) files whose grace period ended by `now`,
+/// except those the catalog references. Returns how many records were settled.
 ///
 /// # Errors
 /// When the catalog cannot be read or written.
@@ -47,7 +74,7 @@ pub async fn sweep(catalog: &Catalog, stores: &StoreRegistry, now: DateTime<Utc>
         .due_deletes(&now.to_rfc3339_opts(SecondsFormat::Millis, true))
         .await?;
     let mut by_location: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (_, location, path) in &due {
+    for (_, location, path, _) in due.iter().filter(|(.., catalogued)| !catalogued) {
         by_location
             .entry(location.as_str())
             .or_default()
@@ -59,7 +86,7 @@ pub async fn sweep(catalog: &Catalog, stores: &StoreRegistry, now: DateTime<Utc>
             Err(e) => tracing::warn!(%location, error = %e, "cannot reach replaced files"),
         }
     }
-    let ids: Vec<i64> = due.iter().map(|(id, _, _)| *id).collect();
+    let ids: Vec<i64> = due.iter().map(|(id, ..)| *id).collect();
     catalog.forget_deletes(&ids).await?;
     Ok(ids.len())
 }

@@ -98,6 +98,19 @@ impl Written {
     }
 }
 
+/// Records each file before it is written ([`crate::deferred::record_writes`]), so an ingest
+/// cut off before its commit (a killed server, a dropped client) leaves nothing for good.
+struct PendingWrites<'a> {
+    catalog: &'a crate::catalog::Catalog,
+    location: &'a Location,
+}
+
+impl PendingWrites<'_> {
+    async fn record(&self, path: &Path) -> Result<()> {
+        crate::deferred::record_writes(self.catalog, self.location, &[path.to_string()]).await
+    }
+}
+
 /// Where an ingest writes: the catalog and stores, the database (resolved by the caller),
 /// whether it exists, and the location a new table gets in the warehouse.
 pub struct Destination<'a> {
@@ -182,7 +195,11 @@ where
         open: HashMap::new(),
         started: Vec::new(),
     };
-    let result = write_all(&mut written, &router, &ingest_id, batches).await;
+    let pending = PendingWrites {
+        catalog,
+        location: &location,
+    };
+    let result = write_all(&mut written, &router, &pending, &ingest_id, batches).await;
     let (file_schema, rows) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -246,6 +263,7 @@ where
 async fn write_all<S>(
     written: &mut Written,
     router: &PartitionRouter,
+    pending: &PendingWrites<'_>,
     ingest_id: &str,
     batches: S,
 ) -> Result<(SchemaRef, u64)>
@@ -285,6 +303,7 @@ where
                     file_seq += 1;
                     let path =
                         Path::from(format!("{folder}/part-{ingest_id}-{file_seq:05}.parquet"));
+                    pending.record(&path).await?;
                     written.started.push(path.clone());
                     v.insert(open_file(
                         &written.store,

@@ -7,6 +7,7 @@
 //!   scheduled and event-driven crawlers.
 //! - [`delta`]: Delta Lake tables (log replay, time travel) through deltalake.
 //! - [`ingest`]: bulk ingest of record batches into Parquet tables.
+//! - [`check`]: whether a catalog and the files it references are whole (`tarn check`).
 //! - [`deferred`]: replaced files deleted after a grace period, one mechanism for all.
 //! - [`table`]: a catalogued table as DataFusion reads it (file list, pruning, statistics,
 //!   scans), for the engine and the rollups; `probe`: what one query cost.
@@ -18,6 +19,7 @@
 //! - [`error`]: the error type every layer above returns.
 
 pub mod catalog;
+pub mod check;
 pub mod crawler;
 pub mod deferred;
 pub mod delta;

@@ -676,6 +676,13 @@ impl Engine {
         if index.is_empty() {
             return Vec::new();
         }
+        if !self.rollup_rewrite {
+            return vec![
+                "none used: the rollup rewrite is off (--no-rollup-rewrite), every aggregation \
+                 reads its base table"
+                    .into(),
+            ];
+        }
         let Ok(plan) = self.state.statement_to_plan(statement).await else {
             return Vec::new();
         };

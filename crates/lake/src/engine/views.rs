@@ -142,6 +142,23 @@ impl Engine {
         result
     }
 
+    /// The raw values (folder names) of the base table's partitions, cut to the view's
+    /// partition columns `prefix`, by their typed values.
+    async fn raw_partition_values(
+        &self,
+        table_id: i64,
+        prefix: &[crate::catalog::PartitionColumn],
+    ) -> Result<HashMap<Vec<ScalarValue>, Vec<Option<String>>>> {
+        let types: Vec<_> = prefix.iter().map(|c| c.data_type).collect();
+        let mut raw = HashMap::new();
+        for mut partition in self.catalog().partitions(table_id).await? {
+            partition.values.truncate(prefix.len());
+            let key = typed(&partition.values, &types);
+            raw.entry(key).or_insert(partition.values);
+        }
+        Ok(raw)
+    }
+
     /// One attempt of [`Engine::refresh_rollup`].
     async fn refresh_rollup_once(
         &self,
@@ -180,14 +197,7 @@ impl Engine {
             .unwrap_or_default();
         let comparison = Comparison::of(&base, storage.as_deref(), depth);
 
-        // The raw partition values (folder names) of each partition to recompute.
-        let types: Vec<_> = prefix.iter().map(|c| c.data_type).collect();
-        let mut raw: HashMap<Vec<ScalarValue>, Vec<Option<String>>> = HashMap::new();
-        for mut partition in self.catalog().partitions(base_entry.id).await? {
-            partition.values.truncate(depth);
-            let key = typed(&partition.values, &types);
-            raw.entry(key).or_insert(partition.values);
-        }
+        let raw = self.raw_partition_values(base_entry.id, prefix).await?;
         let mut report = RefreshReport {
             removed: comparison.gone.len(),
             ..RefreshReport::default()
@@ -235,34 +245,26 @@ impl Engine {
             let schema = storage_schema
                 .get_or_insert_with(|| file_schema(&result_schema, &def))
                 .clone();
-            let mut written = Vec::new();
+            // Each file's path is recorded before anything is written: an interrupted
+            // refresh leaves nothing behind after the sweep.
+            let planned = planned_files(&location, prefix, group);
+            let written: Vec<String> = planned.iter().map(|(_, p)| p.to_string()).collect();
+            crate::deferred::record_writes(self.catalog(), &location, &written).await?;
             let result = async {
-                let mut upserts = Vec::new();
-                let mut removals = Vec::new();
-                for (key, values, print) in group {
-                    let rows = rows_of(&batches, prefix, key)?
-                        .iter()
-                        .map(|b| conform(b, &schema))
-                        .collect::<Result<Vec<_>>>()?;
-                    report.rows += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                    let folder = partition_folder(&location, prefix, values);
-                    let id = uuid::Uuid::new_v4().simple().to_string();
-                    let path = Path::from(format!("{folder}/part-{print}-{}.parquet", &id[..12]));
-                    written.push(path.clone());
-                    let entry = crate::ingest::write_file(
-                        &store,
-                        path,
-                        values.clone(),
-                        folder,
-                        &schema,
-                        &rows,
-                    )
-                    .await?;
-                    upserts.push(entry);
-                    if let Some(old) = storage_files.get(key) {
-                        removals.extend(old.iter().cloned());
-                    }
-                }
+                let files = GroupFiles {
+                    store: &store,
+                    schema: &schema,
+                    batches: &batches,
+                    prefix,
+                };
+                let (upserts, rows) = files.write(group, planned).await?;
+                report.rows += rows;
+                let removals: Vec<String> = group
+                    .iter()
+                    .filter_map(|(key, ..)| storage_files.get(key))
+                    .flatten()
+                    .cloned()
+                    .collect();
                 self.catalog()
                     .commit_table(&commit(Arc::clone(&schema), upserts, removals.clone()))
                     .await?;
@@ -275,11 +277,7 @@ impl Engine {
                     report.refreshed += group.len();
                 }
                 Err(e) => {
-                    crate::deferred::delete_quietly(
-                        &store,
-                        written.iter().map(|p| p.to_string()).collect(),
-                    )
-                    .await;
+                    crate::deferred::delete_quietly(&store, written).await;
                     return Err(e);
                 }
             }
@@ -485,5 +483,65 @@ impl Engine {
     /// [`Error::Catalog`] when the catalog cannot be read or written.
     pub async fn sweep_deferred_deletes(&self, now: DateTime<Utc>) -> Result<usize> {
         crate::deferred::sweep(self.catalog(), self.stores(), now).await
+    }
+}
+
+/// The folder and path of the file each partition of `group` gets in the view's storage at
+/// `location` (named by its fingerprint, so a partition and its fingerprint change in one
+/// commit).
+fn planned_files(
+    location: &Location,
+    prefix: &[crate::catalog::PartitionColumn],
+    group: &[StalePartition],
+) -> Vec<(String, Path)> {
+    group
+        .iter()
+        .map(|(_, values, print)| {
+            let folder = partition_folder(location, prefix, values);
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let path = Path::from(format!("{folder}/part-{print}-{}.parquet", &id[..12]));
+            (folder, path)
+        })
+        .collect()
+}
+
+/// What writing one group of a view's partitions needs: the store, the storage schema, and
+/// the rows computed for the group.
+struct GroupFiles<'a> {
+    store: &'a Arc<dyn object_store::ObjectStore>,
+    schema: &'a SchemaRef,
+    batches: &'a [RecordBatch],
+    prefix: &'a [crate::catalog::PartitionColumn],
+}
+
+impl GroupFiles<'_> {
+    /// Writes each partition's rows at its planned path; returns the files, as the catalog
+    /// records them, and the rows written.
+    async fn write(
+        &self,
+        group: &[StalePartition],
+        planned: Vec<(String, Path)>,
+    ) -> Result<(Vec<crate::catalog::FileEntry>, u64)> {
+        let mut files = Vec::with_capacity(group.len());
+        let mut written = 0;
+        for ((key, values, _), (folder, path)) in group.iter().zip(planned) {
+            let rows = rows_of(self.batches, self.prefix, key)?
+                .iter()
+                .map(|b| conform(b, self.schema))
+                .collect::<Result<Vec<_>>>()?;
+            written += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            files.push(
+                crate::ingest::write_file(
+                    self.store,
+                    path,
+                    values.clone(),
+                    folder,
+                    self.schema,
+                    &rows,
+                )
+                .await?,
+            );
+        }
+        Ok((files, written))
     }
 }
