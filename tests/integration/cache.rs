@@ -80,3 +80,48 @@ async fn repeated_queries_are_answered_from_the_cache_until_an_input_changes() {
         ]]
     );
 }
+
+/// A view's `max_staleness_seconds` and the result cache together: within the allowance a
+/// cached answer may be the view's rows as they are; past it the answer is exact again,
+/// whether or not the cache holds the older one.
+#[tokio::test]
+async fn an_answer_cached_within_a_views_staleness_allowance_is_not_served_past_it() {
+    const ALLOWED: i64 = 2;
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(&format!(
+        "CREATE MATERIALIZED VIEW daily WITH (max_staleness_seconds = {ALLOWED}) AS \
+         SELECT day, count(*) AS n, sum(value) AS v FROM events GROUP BY day"
+    ))
+    .await;
+    let refreshed = chrono::Utc::now();
+    let before = env.rows(DAILY).await;
+
+    // A late file lands and is crawled by another process (which does not refresh views).
+    write_parquet(
+        &lake.join("events/year=2024/month=01/day=06/hour=00/late.parquet"),
+        &events_v1(&["2024-01-06 00:30:00"], &[9], &["buy"], &[7.0]),
+    );
+    env.crawl(&lake).await;
+    let base = env.engine.without_rollup_rewrite();
+    let exact = crate::common::render(&base.query(DAILY).await.unwrap().1);
+    assert_ne!(exact, before);
+
+    // Within the allowance the view's rows are served as they are (twice: the second from
+    // the cache), when this step ran in time.
+    let first = env.rows(DAILY).await;
+    let second = env.rows(DAILY).await;
+    if (chrono::Utc::now() - refreshed).num_seconds() < ALLOWED {
+        assert_eq!(first, before, "within the allowance");
+        assert_eq!(second, before);
+    }
+
+    // Past it, the answer is exact, though neither the tables nor the view changed.
+    let deadline = refreshed + chrono::TimeDelta::seconds(ALLOWED + 1);
+    while chrono::Utc::now() <= deadline {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(env.rows(DAILY).await, exact, "past the allowance");
+}

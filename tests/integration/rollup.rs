@@ -730,6 +730,145 @@ async fn views_are_managed_over_the_admin_api() {
     server.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_reader_cannot_create_refresh_or_drop_views_over_the_admin_api() {
+    use tarn_server::admin::proto;
+    use tarn_server::auth::{AuthConfig, Authenticator, Role, Signer, TokenConfig, new_api_token};
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(DEFINITION).await;
+    let (admin_token, admin_digest) = new_api_token();
+    let (reader_token, reader_digest) = new_api_token();
+    let config = AuthConfig {
+        token_ttl_secs: None,
+        users: vec![],
+        tokens: vec![
+            TokenConfig {
+                name: "ops".into(),
+                sha256: admin_digest,
+                role: Role::Admin,
+            },
+            TokenConfig {
+                name: "dashboards".into(),
+                sha256: reader_digest,
+                role: Role::Reader,
+            },
+        ],
+    };
+    let options = tarn_server::serve::ServeOptions {
+        auth: Arc::new(Authenticator::new(&config, Signer::random())),
+        tls: None,
+    };
+    let server = crate::common::TestServer::start_with(env.engine.clone(), options).await;
+    let mut admin = proto::admin_client::AdminClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    // A late file makes one partition stale: a refresh would change something.
+    write_hour(&lake, 4, 0, 25, 999, "part-0.parquet");
+    env.crawl(&lake).await;
+    let stale = stale_partitions(&env).await;
+    assert_eq!(stale, 1);
+
+    let refused = |status: tonic::Status, statement: &str| {
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(&format!(
+                "'dashboards' has role reader, and {statement} needs role admin"
+            )),
+            "{status:?}"
+        );
+    };
+    let create = proto::CreateViewRequest {
+        database: String::new(),
+        sql: DEFINITION.replace("ev_hourly", "ev_other"),
+    };
+    refused(
+        admin
+            .create_view(as_user(&reader_token, create.clone()))
+            .await
+            .unwrap_err(),
+        "CREATE MATERIALIZED VIEW",
+    );
+    let refresh = proto::RefreshViewRequest {
+        database: String::new(),
+        name: "ev_hourly".into(),
+        full: true,
+    };
+    refused(
+        admin
+            .refresh_view(as_user(&reader_token, refresh.clone()))
+            .await
+            .unwrap_err(),
+        "REFRESH MATERIALIZED VIEW",
+    );
+    let drop = proto::DropViewRequest {
+        database: String::new(),
+        name: "ev_hourly".into(),
+        if_exists: false,
+    };
+    refused(
+        admin
+            .drop_view(as_user(&reader_token, drop.clone()))
+            .await
+            .unwrap_err(),
+        "DROP MATERIALIZED VIEW",
+    );
+    // Nothing changed; the reader may still list the views.
+    let views = admin
+        .list_views(as_user(&reader_token, proto::ListViewsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .views;
+    let names: Vec<_> = views.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["default.ev_hourly"]);
+    assert_eq!(views[0].stale_partitions, 1);
+
+    // Without credentials: refused before any role is looked at.
+    let anonymous = admin
+        .refresh_view(tonic::Request::new(refresh.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+
+    // The admin may do all three.
+    admin
+        .create_view(as_user(&admin_token, create))
+        .await
+        .unwrap();
+    let refreshed = admin
+        .refresh_view(as_user(&admin_token, refresh))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refreshed.refreshed, 4);
+    assert!(
+        admin
+            .drop_view(as_user(&admin_token, drop))
+            .await
+            .unwrap()
+            .into_inner()
+            .dropped
+    );
+    let rows = env.rows("SHOW MATERIALIZED VIEWS").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], "default.ev_other");
+    server.stop().await.unwrap();
+}
+
 /// Every measure type a view accepts: each integer width, signed and unsigned, floats, and
 /// decimals of small, medium and full precision (name, type).
 fn measure_types() -> Vec<(&'static str, DataType)> {

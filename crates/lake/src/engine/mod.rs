@@ -1195,9 +1195,12 @@ impl Engine {
     }
 
     /// The result cache's key of `df`: its plan, the versions of the tables it reads and
-    /// of the materialized views over them, and whether the rollup rewrite is on.
+    /// of the materialized views over them, whether each of those views is serving rows
+    /// behind its base within its staleness allowance (so an answer cached then is not
+    /// served once the allowance has passed), and whether the rollup rewrite is on.
     fn cache_key(&self, df: &DataFrame, inputs: &[cache::Input]) -> String {
-        let views: Vec<(i64, i64)> = self
+        let now = chrono::Utc::now();
+        let views: Vec<(i64, i64, bool)> = self
             .rollup_states()
             .iter()
             .filter(|s| {
@@ -1205,8 +1208,12 @@ impl Engine {
                     .iter()
                     .any(|i| i.database == s.def.base_database && i.name == s.def.base_table)
             })
-            .filter_map(|s| s.storage.as_ref())
-            .map(|t| (t.entry().id, t.entry().version))
+            .filter_map(|s| {
+                let behind = !s.stale.is_empty() && s.within_staleness_allowance(now);
+                s.storage
+                    .as_ref()
+                    .map(|t| (t.entry().id, t.entry().version, behind))
+            })
             .collect();
         format!(
             "{}\n{inputs:?}\n{views:?}\nrewrite={}",

@@ -695,6 +695,16 @@ pub struct RollupState {
 }
 
 impl RollupState {
+    /// Whether, at `now`, the view is within its `max_staleness_seconds` of its last refresh,
+    /// so its rows are served as they are.
+    pub fn within_staleness_allowance(&self, now: DateTime<Utc>) -> bool {
+        self.def.max_staleness_secs.is_some_and(|allowed| {
+            self.refreshed_at.is_some_and(|at| {
+                (now - at).num_seconds() <= i64::try_from(allowed).unwrap_or(i64::MAX)
+            })
+        })
+    }
+
     /// Compares a rollup's storage with its base.
     pub(crate) fn new(
         record: &RollupRecord,

@@ -593,11 +593,7 @@ fn attempt(
     }
 
     // Within the view's staleness allowance, its rows are served as they are.
-    let catch_up = !def.max_staleness_secs.is_some_and(|allowed| {
-        state.refreshed_at.is_some_and(|at| {
-            (Utc::now() - at).num_seconds() <= i64::try_from(allowed).unwrap_or(i64::MAX)
-        })
-    });
+    let catch_up = !state.within_staleness_allowance(Utc::now());
     let stale = catch_up && !state.stale.is_empty();
     let build =
         || -> DfResult<LogicalPlan> {
