@@ -9,12 +9,18 @@ the release binaries and the Python clients, generates the data with `tpchgen-cl
 between runs), crawls it into a fresh Tarn catalog, and writes
 `benches/results/tpch-sf<N>.md` and `.png`. Each query runs once cold and `--runs` times
 warm; medians and p95 are of the warm runs. Tarn's result cache is off: every run executes.
+
+The answers are checked: Tarn's full result through Flight SQL against DuckDB's on the same
+files (tests/fuzz/compare.py's comparison, as tests/clients/test_tpch_oracle.py does in CI),
+and the in-process engines' row counts and first rows (all they report) against the others.
+Any difference fails the run (exit status 1, the results files left as they were).
 """
 
 import argparse
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -22,8 +28,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.fuzz.compare import Comparison, describe_difference  # noqa: E402
+from tests.fuzz.engines import Outcome  # noqa: E402
+
 QUERIES = ROOT / "benches" / "tpch"
 RESULTS = ROOT / "benches" / "results"
 TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
@@ -32,6 +43,79 @@ TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "regio
 def query_text(q: int, scale: float) -> str:
     text = (QUERIES / f"q{q:02d}.sql").read_text()
     return text.replace("{FRACTION}", f"{0.0001 / scale}").strip().rstrip(";")
+
+
+def order_spec(sql: str, columns: list[str]) -> list[tuple[int, bool, bool]]:
+    """The query's top-level ORDER BY as compare.py's (output column, descending, nulls
+    first) triples, `columns` being the result's names. Every key must name an output
+    column, as each TPC-H query's does; NULLs go first when descending unless the query
+    says (DataFusion's default; the keys of TPC-H's orderings hold no NULLs)."""
+    text = sql.lower()
+    top = [m for m in re.finditer(r"\border\s+by\b", text)
+           if text.count("(", 0, m.start()) == text.count(")", 0, m.start())]
+    if not top:
+        return []
+    clause = re.split(r"\blimit\b", text[top[-1].end():])[0]
+    names = [c.lower() for c in columns]
+    spec = []
+    for key in clause.split(","):
+        words = key.split()
+        name = words[0].split(".")[-1]
+        if name not in names:
+            raise ValueError(f"ORDER BY key {key.strip()!r} is not an output column of {names}")
+        desc = "desc" in words
+        nulls_first = words[words.index("nulls") + 1] == "first" if "nulls" in words else desc
+        spec.append((names.index(name), desc, nulls_first))
+    return spec
+
+
+def difference(q: int, sql: str, got: Outcome, expected: Outcome) -> Optional[str]:
+    """None when `got` (Tarn's answer to query `q`) agrees with `expected` (DuckDB's):
+    the same rows as multisets, each in the order of the query's ORDER BY, numbers within
+    compare.py's tolerances. Else what differs, with the first rows that do."""
+    if expected.error is not None:
+        return f"Q{q}: DuckDB failed: {expected.error}"
+    spec = order_spec(sql, expected.columns)
+    if Comparison(ordered=False, spec=spec).agree(got, expected):
+        return None
+    return f"Q{q} differs from DuckDB:\n" + describe_difference(
+        got, expected, spec, labels=("tarn", "duckdb"))
+
+
+def duckdb_answers(data: Path, scale: float, queries) -> dict[int, Outcome]:
+    """DuckDB's full answer to each query over `data`'s Parquet files, for the check."""
+    import duckdb
+    db = duckdb.connect()
+    for t in TABLES:
+        db.sql(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{data}/{t}/*.parquet')")
+    answers = {}
+    for q in queries:
+        try:
+            cur = db.execute(query_text(q, scale))
+            answers[q] = Outcome(rows=cur.fetchall(), columns=[d[0] for d in cur.description])
+        except duckdb.Error as e:
+            answers[q] = Outcome(error=f"{type(e).__name__}: {e}")
+    db.close()
+    return answers
+
+
+def arrow_outcome(table) -> Outcome:
+    """An Arrow result as compare.py's outcome (rows of Python values)."""
+    columns = [c.to_pylist() for c in table.columns]
+    return Outcome(rows=list(zip(*columns)) if columns else [], columns=table.column_names)
+
+
+def check_answers(data: Path, scale: float, queries, tarn: dict) -> dict[int, str]:
+    """Each query's difference between Tarn's full answer (the last run's) and DuckDB's,
+    by query; DuckDB runs each query once more here, untimed, after the timed runs."""
+    print(f"SF{scale:g}: checking Tarn's answers against DuckDB's", flush=True)
+    expected = duckdb_answers(data, scale, queries)
+    found = {}
+    for q in queries:
+        d = difference(q, query_text(q, scale), arrow_outcome(tarn[q]["answer"]), expected[q])
+        if d is not None:
+            found[q] = d
+    return found
 
 
 def first_row(table) -> str:
@@ -119,7 +203,7 @@ class TarnServer:
         self.cursor.execute(sql)
         table = self.cursor.fetch_arrow_table()
         ms = (time.perf_counter() - t) * 1000
-        return {"ms": [ms], "rows": table.num_rows, "first": first_row(table)}
+        return {"ms": [ms], "rows": table.num_rows, "first": first_row(table), "answer": table}
 
     def close(self) -> int:
         try:
@@ -236,6 +320,8 @@ def run_all(engines: dict, queries, runs: int) -> dict:
                 total = results[key].setdefault(q, {"ms": [], "stall_ms": 0.0})
                 total["ms"] += run["ms"]
                 total["rows"], total["first"] = run["rows"], run["first"]
+                if "answer" in run:
+                    total["answer"] = run["answer"]
                 if before is None or after is None:
                     total["stall_ms"] = None
                 elif total["stall_ms"] is not None:
@@ -256,7 +342,15 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
+def same_answers(q, engines: dict, differences: dict) -> bool:
+    """Whether every engine's row count and first row agree on query `q`, and Tarn's full
+    answer with DuckDB's (`differences` holds the full check's findings)."""
+    return (q not in differences
+            and len({res[q]["rows"] for res in engines.values()}) == 1
+            and len({res[q]["first"] for res in engines.values()}) == 1)
+
+
+def report(scale, queries, tarn, local, datafusion, duck, peaks, runs, differences) -> str:
     lines = [
         f"# TPC-H SF{scale:g}: Tarn (Flight SQL, ADBC) vs DataFusion in-process vs DuckDB",
         "",
@@ -273,6 +367,9 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         "cold run included: the files are in the page cache, so a stall of more than a few "
         "percent of a turn marks runs the machine slowed, not the engine.",
         "",
+        "The answers column is `same` where Tarn's full answer (Flight SQL) matches "
+        "DuckDB's and every engine's row count and first row agree.",
+        "",
         "| query | Tarn | Tarn in-process | DataFusion | DuckDB | Tarn / DuckDB "
         "| Tarn / DataFusion | Tarn / Tarn in-process | answers | disk stall, ms (Tarn / DuckDB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
@@ -286,8 +383,7 @@ def report(scale, queries, tarn, local, datafusion, duck, peaks, runs) -> str:
         for key, s in st.items():
             sums[key] += s[0]
             medians[key].append(s[0])
-        same = (len({res[q]["rows"] for res in engines.values()}) == 1
-                and len({res[q]["first"] for res in engines.values()}) == 1)
+        same = same_answers(q, engines, differences)
         t, k = st["tarn"][0], st["duck"][0]
         if t > k:
             behind.append(f"Q{q}")
@@ -333,6 +429,20 @@ def chart(scale, queries, tarn, datafusion, duck, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def fail_on(differences: dict[int, str], differing: list[int], scale: float) -> None:
+    """Ends the run with exit status 1 if any answer differs, listing what does."""
+    if not differences and not differing:
+        return
+    for q in differing:
+        if q not in differences:
+            print(f"Q{q}: the engines' row counts or first rows differ (see the report)")
+    for text in differences.values():
+        print(text)
+    sys.exit(f"SF{scale:g}: the engines' answers differ on "
+             + ", ".join(f"Q{q}" for q in sorted(set(differences) | set(differing)))
+             + "; no results written")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, action="append")
@@ -368,13 +478,20 @@ def main() -> None:
             results = run_all(engines, queries, args.runs)
         finally:
             peaks = {key: engine.close() for key, engine in engines.items()}
+        differences = check_answers(data, scale, queries, results["tarn"])
         if args.tarn_only:
             medians = [stats(results["tarn"][q]["ms"])[0] for q in queries]
             print(f"Tarn SF{scale:g}: sum {sum(medians):.0f} ms, geometric mean "
                   f"{geomean(medians):.0f} ms, peak {peaks['tarn'] / 1024:.0f} MB")
+            fail_on(differences, [], scale)
             continue
         text = report(scale, queries, results["tarn"], results["local"], results["df"],
-                      results["duck"], peaks, args.runs)
+                      results["duck"], peaks, args.runs, differences)
+        differing = [q for q in queries if not same_answers(q, results, differences)]
+        if differences or differing:
+            print()
+            print(text)
+            fail_on(differences, differing, scale)
         name = f"tpch-sf{scale:g}"
         (RESULTS / f"{name}.md").write_text(text)
         chart(scale, queries, results["tarn"], results["df"], results["duck"],

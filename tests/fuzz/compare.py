@@ -237,3 +237,31 @@ def describe(o: Outcome, limit: int = 12, spec=None) -> str:
         out += (f"\n  NOT IN ORDER BY ORDER: row {bad} comes after row {bad + 1}:\n"
                 f"  #{bad}: {rows[bad - 1]!r}\n  #{bad + 1}: {rows[bad]!r}")
     return out
+
+
+def describe_difference(got: Outcome, expected: Outcome, spec=None, context: int = 3,
+                        labels: tuple[str, str] = ("got", "expected")) -> str:
+    """How two outcomes that `Comparison.agree` found different differ, for a report: an
+    error or the row counts, a break of `spec` (the query's ORDER BY), and the `context`
+    rows from the first position at which they differ (in the engines' order when `spec`
+    is given, else each sorted by value)."""
+    if got.error is not None or expected.error is not None:
+        return "\n".join(f"{label}: {describe(o, context)}"
+                         for label, o in zip(labels, (got, expected)))
+    a, b = normalise(got.rows), normalise(expected.rows)
+    lines = [f"{labels[0]}: {len(a)} rows, {labels[1]}: {len(b)} rows"]
+    for label, rows in zip(labels, (a, b)):
+        bad = first_unsorted(rows, spec) if spec else None
+        if bad is not None:
+            lines.append(f"{label} breaks the ORDER BY at row {bad + 1}: "
+                         f"{rows[bad - 1]!r} then {rows[bad]!r}")
+    if not spec:
+        a, b = sorted(a, key=_exact_key), sorted(b, key=_exact_key)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if not rows_equal(x, y)),
+                 min(len(a), len(b)))
+    lines.append(f"first difference at row {first + 1}:")
+    for label, rows in zip(labels, (a, b)):
+        shown = rows[first:first + context]
+        lines.append(f"  {label}:" + "".join(f"\n    {r!r}" for r in shown) if shown
+                     else f"  {label}: (no more rows)")
+    return "\n".join(lines)
