@@ -108,8 +108,15 @@ async fn a_queued_query_runs_when_a_place_frees_and_is_refused_after_the_queue_t
     while patient.queries_waiting() == 0 {
         tokio::task::yield_now().await;
     }
-    // A third finds the queue full.
-    let refused = run(&patient, "SELECT max(v) FROM t").await.unwrap_err();
+    // A third finds the queue full, and is refused at once (not after the hour it would
+    // wait in the queue).
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(&patient, "SELECT max(v) FROM t"),
+    )
+    .await
+    .expect("a full queue refuses at once")
+    .unwrap_err();
     assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused}");
     drop(running);
     assert_eq!(queued.await.unwrap().unwrap(), vec![vec!["4000"]]);
@@ -133,12 +140,17 @@ async fn a_query_past_the_timeout_is_cancelled_and_frees_its_place() {
         ..one_place(0, Duration::ZERO)
     };
     let engine = engine(&env, None, limits);
-    // Ten billion rows: far more than anything can count in 300 ms.
-    let err = run(
-        &engine,
-        "SELECT count(*) FROM t CROSS JOIN generate_series(1, 10000000000)",
+    // Ten billion rows: far more than anything can count in 300 ms (a broken timeout
+    // fails the test at the outer deadline instead of running for hours).
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            &engine,
+            "SELECT count(*) FROM t CROSS JOIN generate_series(1, 10000000000)",
+        ),
     )
     .await
+    .expect("the query is stopped by its 300 ms timeout, long before a minute")
     .unwrap_err();
     assert!(
         matches!(&err, Error::Timeout(m) if m.contains("300 ms") && m.contains("--query-timeout")),
