@@ -155,11 +155,12 @@ def rows(start_id: int, n: int) -> pa.Table:
 
 class Acknowledged:
     """A client thread repeating `step(cursor, i)` against a server until the server dies;
-    counts the steps the server acknowledged."""
+    counts the steps the server acknowledged, notifying `changed` at each and at the end."""
 
-    def __init__(self, uri: str, step):
+    def __init__(self, uri: str, step, changed: threading.Condition):
         self.acked = 0
         self.error = None
+        self.changed = changed
 
         def loop():
             conn = connect(uri)
@@ -169,9 +170,13 @@ class Acknowledged:
                 while True:
                     step(cur, i)
                     i += 1
-                    self.acked = i
+                    with self.changed:
+                        self.acked = i
+                        self.changed.notify_all()
             except Exception as e:  # the server was killed: the call in flight failed
-                self.error = e
+                with self.changed:
+                    self.error = e
+                    self.changed.notify_all()
             finally:
                 # Closed in order, so nothing is left for the garbage collector to close
                 # against a dead server; closing may fail for the same reason.
@@ -189,17 +194,24 @@ class Acknowledged:
         assert not self.thread.is_alive(), "the client noticed the server's death"
 
 
-def kill_server_during(data: Path, step, seconds: float) -> int:
-    """Runs `step` in a loop against a server that is SIGKILLed after `seconds`; returns how
-    many steps were acknowledged. The kill comes while a step is in flight."""
-    server = Server(data, command=("serve", "--result-cache-mb", "0"))
-    client = Acknowledged(server.uri, step)
-    deadline = time.monotonic() + 60
-    while client.acked == 0 and client.error is None:
-        assert time.monotonic() < deadline, "the first step is acknowledged"
-        time.sleep(0.01)
-    time.sleep(seconds)
-    server.proc.send_signal(signal.SIGKILL)
+def kill_server_during(data: Path, step, events: int) -> int:
+    """Runs `step` in a loop against a server that is SIGKILLed at the `events`th event after
+    the first acknowledgement, an event being an acknowledgement or a line of the server's
+    log (an ingest logs once it has committed, before it acknowledges): so the kill lands
+    at a seeded point, between a commit and its acknowledgement or as a step begins, not at
+    a time. Returns how many steps were acknowledged."""
+    server = Server(data, command=("serve", "--result-cache-mb", "0"),
+                    env={"TARN_LOG": "tarn=info"})
+    client = Acknowledged(server.uri, step, server.logged)
+    happened = lambda: client.acked + len(server.log)  # noqa: E731
+    with server.logged:
+        assert server.logged.wait_for(lambda: client.acked or client.error, 60), \
+            "the first step is acknowledged"
+        assert client.error is None, client.error
+        target = happened() + events
+        assert server.logged.wait_for(lambda: happened() >= target or client.error, 60), \
+            f"{events} more events while the client works"
+        server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     client.join()
     assert client.error is not None
@@ -221,7 +233,7 @@ def test_ingest_and_ddl_on_a_server_killed_at_random_points(seed, tmp_path):
                             db_schema_name="chaos")
 
         before = sql(data, "SELECT count(*) AS n FROM chaos.t")[0]["n"] if round_ else 0
-        acked = kill_server_during(data, ingest, rng.uniform(0.05, 1.5))
+        acked = kill_server_during(data, ingest, rng.randint(1, 40))
         check(data, f"after an ingest round {round_} was killed")
         got = sql(data, "SELECT count(*) AS n, count(DISTINCT id) AS d, min(id) AS lo, max(id) AS hi "
                         "FROM chaos.t")[0]
@@ -236,7 +248,7 @@ def test_ingest_and_ddl_on_a_server_killed_at_random_points(seed, tmp_path):
         if i % 2:
             cur.execute(f"DROP TABLE d{i}.t")
 
-    acked = kill_server_during(data, ddl, rng.uniform(0.05, 1.5))
+    acked = kill_server_during(data, ddl, rng.randint(1, 40))
     check(data, "after DDL was killed")
     databases = {r["schema_name"] for r in sql(data, "SELECT schema_name FROM information_schema.schemata")}
     tables = {r["table_schema"] for r in sql(data, "SELECT table_schema FROM information_schema.tables "
