@@ -317,6 +317,35 @@ struct Columns<'a> {
     truncated: Vec<(&'a str, &'a str, &'a str)>,
 }
 
+impl<'a> Columns<'a> {
+    /// The view's columns: its partition columns and plain dimensions as they are, and its
+    /// truncated time dimensions.
+    fn of(state: &'a RollupState) -> Self {
+        let def = &state.def;
+        let mut plain: Vec<(String, String)> = state
+            .partition_columns
+            .iter()
+            .map(|c| (c.name.clone(), c.name.clone()))
+            .collect();
+        plain.extend(
+            def.dimensions
+                .iter()
+                .filter(|d| d.grain.is_none())
+                .map(|d| (d.column.clone(), d.name.clone())),
+        );
+        let truncated = def
+            .dimensions
+            .iter()
+            .filter_map(|d| {
+                d.grain
+                    .as_deref()
+                    .map(|g| (d.column.as_str(), g, d.name.as_str()))
+            })
+            .collect();
+        Self { plain, truncated }
+    }
+}
+
 impl Columns<'_> {
     fn plain(&self, base: &str) -> Option<&str> {
         self.plain
@@ -521,29 +550,7 @@ fn attempt(
             def.database, def.name
         ));
     }
-    let mut plain: Vec<(String, String)> = state
-        .partition_columns
-        .iter()
-        .map(|c| (c.name.clone(), c.name.clone()))
-        .collect();
-    plain.extend(
-        def.dimensions
-            .iter()
-            .filter(|d| d.grain.is_none())
-            .map(|d| (d.column.clone(), d.name.clone())),
-    );
-    let columns = Columns {
-        plain,
-        truncated: def
-            .dimensions
-            .iter()
-            .filter_map(|d| {
-                d.grain
-                    .as_deref()
-                    .map(|g| (d.column.as_str(), g, d.name.as_str()))
-            })
-            .collect(),
-    };
+    let columns = Columns::of(state);
 
     // Filters: the rollup's own must all be in the query; the rest must be answerable.
     let mut remaining: Vec<&Expr> = conjuncts.iter().collect();
@@ -595,92 +602,116 @@ fn attempt(
     // Within the view's staleness allowance, its rows are served as they are.
     let catch_up = !state.within_staleness_allowance(Utc::now());
     let stale = catch_up && !state.stale.is_empty();
-    let build =
-        || -> DfResult<LogicalPlan> {
-            let reference = TableReference::full(
-                CATALOG_NAME,
-                def.database.as_str(),
-                storage_table(&def.name).as_str(),
-            );
-            let source = match &state.memory {
-                Some(rows) => provider_as_source(Arc::clone(rows) as Arc<dyn TableProvider>),
-                None => provider_as_source(Arc::clone(storage) as Arc<dyn TableProvider>),
-            };
-            let mut rollup = LogicalPlanBuilder::scan(reference, source, None)?;
-            if let Some(f) = conjunction(filters.clone()) {
-                rollup = rollup.filter(f)?;
-            }
-            if catch_up && !state.excluded.is_empty() {
-                let excluded = disjunction(
-                    state
-                        .excluded
-                        .iter()
-                        .map(|k| partition_predicate(&state.partition_columns, k)),
-                );
-                if let Some(excluded) = excluded {
-                    rollup = rollup.filter(excluded.is_not_true())?;
-                }
-            }
-            let mut input = rollup;
-            if stale {
-                let storage_schema = storage.schema();
-                let names: Vec<Expr> = storage_schema
-                    .fields()
-                    .iter()
-                    .map(|f| column(f.name()))
-                    .collect();
-                let rollup = input.project(names)?;
-                let which = disjunction(
-                    state
-                        .stale
-                        .iter()
-                        .map(|k| partition_predicate(&state.partition_columns, k)),
-                )
-                .unwrap_or_else(|| lit(false));
-                let mut keys: Vec<Expr> = def
-                    .dimensions
-                    .iter()
-                    .map(|d| dimension_expr(d).alias(&d.name))
-                    .collect();
-                keys.extend(state.partition_columns.iter().map(|c| column(&c.name)));
-                let states: Vec<Expr> = def
-                    .measures
-                    .iter()
-                    .map(|m| measure_expr(m).alias(m.storage_name()))
-                    .collect();
-                let stale_rows = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
-                    .alias(CATCHUP)?
-                    .filter(which)?;
-                let states = coerced(states, stale_rows.schema())?;
-                let base =
-                    stale_rows
-                        .aggregate(keys, states)?
-                        .project(storage_schema.fields().iter().map(|f| {
-                            cast(column(f.name()), f.data_type().clone()).alias(f.name())
-                        }))?
-                        .build()?;
-                input = rollup.union(base)?;
-            }
-            let partials = coerced(aggregates.partials.clone(), input.schema())?;
-            let merged = input.aggregate(groups.clone(), partials)?;
-            let mut outputs = Vec::new();
-            for i in 0..aggregate.group_expr.len() {
-                let (qualifier, field) = schema.qualified_field(i);
-                outputs.push(
-                    cast(column(&format!("__g{i}")), field.data_type().clone())
-                        .alias_qualified(qualifier.cloned(), field.name()),
-                );
-            }
-            for (j, value) in finals.iter().enumerate() {
-                let (qualifier, field) = schema.qualified_field(aggregate.group_expr.len() + j);
-                outputs.push(
-                    cast(value.clone(), field.data_type().clone())
-                        .alias_qualified(qualifier.cloned(), field.name()),
-                );
-            }
-            merged.project(outputs)?.build()
+    let build = || -> DfResult<LogicalPlan> {
+        let reference = TableReference::full(
+            CATALOG_NAME,
+            def.database.as_str(),
+            storage_table(&def.name).as_str(),
+        );
+        let source = match &state.memory {
+            Some(rows) => provider_as_source(Arc::clone(rows) as Arc<dyn TableProvider>),
+            None => provider_as_source(Arc::clone(storage) as Arc<dyn TableProvider>),
         };
+        let mut rollup = LogicalPlanBuilder::scan(reference, source, None)?;
+        if let Some(f) = conjunction(filters.clone()) {
+            rollup = rollup.filter(f)?;
+        }
+        if catch_up && !state.excluded.is_empty() {
+            let excluded = disjunction(
+                state
+                    .excluded
+                    .iter()
+                    .map(|k| partition_predicate(&state.partition_columns, k)),
+            );
+            if let Some(excluded) = excluded {
+                rollup = rollup.filter(excluded.is_not_true())?;
+            }
+        }
+        let mut input = rollup;
+        if stale {
+            let storage_schema = storage.schema();
+            let names: Vec<Expr> = storage_schema
+                .fields()
+                .iter()
+                .map(|f| column(f.name()))
+                .collect();
+            let rollup = input.project(names)?;
+            input = rollup.union(catch_up_rows(aggregate, state, &storage_schema)?)?;
+        }
+        let partials = coerced(aggregates.partials.clone(), input.schema())?;
+        let merged = input.aggregate(groups.clone(), partials)?;
+        let mut outputs = Vec::new();
+        for i in 0..aggregate.group_expr.len() {
+            let (qualifier, field) = schema.qualified_field(i);
+            outputs.push(
+                cast(column(&format!("__g{i}")), field.data_type().clone())
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            );
+        }
+        for (j, value) in finals.iter().enumerate() {
+            let (qualifier, field) = schema.qualified_field(aggregate.group_expr.len() + j);
+            outputs.push(
+                cast(value.clone(), field.data_type().clone())
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            );
+        }
+        merged.project(outputs)?.build()
+    };
     let plan = build().map_err(|e| format!("building the rewritten plan failed: {e}"))?;
+    Ok((plan, used_note(entry, state, storage, catch_up, stale)))
+}
+
+/// The rows of the base partitions `state` has not caught up with, aggregated as the view
+/// stores them (its keys and measure states, cast to its storage schema `storage_schema`),
+/// from the query's own input `aggregate.input`.
+fn catch_up_rows(
+    aggregate: &Aggregate,
+    state: &RollupState,
+    storage_schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> DfResult<LogicalPlan> {
+    let def = &state.def;
+    let which = disjunction(
+        state
+            .stale
+            .iter()
+            .map(|k| partition_predicate(&state.partition_columns, k)),
+    )
+    .unwrap_or_else(|| lit(false));
+    let mut keys: Vec<Expr> = def
+        .dimensions
+        .iter()
+        .map(|d| dimension_expr(d).alias(&d.name))
+        .collect();
+    keys.extend(state.partition_columns.iter().map(|c| column(&c.name)));
+    let states: Vec<Expr> = def
+        .measures
+        .iter()
+        .map(|m| measure_expr(m).alias(m.storage_name()))
+        .collect();
+    let stale_rows = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+        .alias(CATCHUP)?
+        .filter(which)?;
+    let states = coerced(states, stale_rows.schema())?;
+    stale_rows
+        .aggregate(keys, states)?
+        .project(
+            storage_schema
+                .fields()
+                .iter()
+                .map(|f| cast(column(f.name()), f.data_type().clone()).alias(f.name())),
+        )?
+        .build()
+}
+
+/// EXPLAIN's note for a view that answered: which, how large, and what of it was stale.
+fn used_note(
+    entry: &TableEntry,
+    state: &RollupState,
+    storage: &CatalogTable,
+    catch_up: bool,
+    stale: bool,
+) -> String {
+    let def = &state.def;
     let (rows, _) = storage.size();
     let mut note = format!(
         "used {}.{} ({rows} rows{}) for the aggregation over {}.{}",
@@ -706,7 +737,7 @@ fn attempt(
             state.stale.len()
         ));
     }
-    Ok((plan, note))
+    note
 }
 
 /// `exprs` over `schema` with their arguments cast as the analyzer casts a query's own.
