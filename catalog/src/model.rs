@@ -533,6 +533,38 @@ pub struct RollupRecord {
     pub last_error_at: Option<String>,
 }
 
+/// A view (`CREATE VIEW`): a saved query, planned when the catalog changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDef {
+    pub database: String,
+    pub name: String,
+    /// The query (`SELECT …`) as written.
+    pub query: String,
+    /// The database its unqualified table names resolve in (the creating session's
+    /// default, as Trino keeps it).
+    pub resolve_in: String,
+    /// The columns the query gave when the view was created or replaced: name and type.
+    pub columns: Vec<ViewColumn>,
+}
+
+/// One column of a view as it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// A view with its bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRecord {
+    pub definition: ViewDef,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; when it was last replaced (its creation when never).
+    pub updated_at: String,
+}
+
 /// One statement of the query history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryRecord {

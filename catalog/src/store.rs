@@ -58,6 +58,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "uncommitted_writes",
         include_str!("../migrations/0009_uncommitted_writes.sql"),
     ),
+    (10, "views", include_str!("../migrations/0010_views.sql")),
 ];
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
@@ -790,17 +791,7 @@ impl Catalog {
         let definition = serde_json::to_string(rollup)
             .map_err(|e| Error::Internal(format!("rollup definition to JSON: {e}")))?;
         let mut tx = self.write_transaction().await?;
-        let database_id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
-                .bind(&rollup.database)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(database_id) = database_id else {
-            return Err(Error::InvalidArgument(format!(
-                "database '{}' does not exist; CREATE DATABASE it first",
-                rollup.database
-            )));
-        };
+        let database_id = existing_database(&mut tx, &rollup.database).await?;
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO rollups (database_id, name, definition, created_at)
              VALUES (?1, ?2, ?3, ?4)",
@@ -840,11 +831,8 @@ impl Catalog {
                 let name: String = r.get(1);
                 let definition: String = r.get(2);
                 Ok(RollupRecord {
-                    definition: serde_json::from_str(&definition).map_err(|e| {
-                        Error::CatalogCorrupt {
-                            what: format!("materialized view '{database}.{name}'"),
-                            reason: e.to_string(),
-                        }
+                    definition: stored_json(&definition, || {
+                        format!("materialized view '{database}.{name}'")
                     })?,
                     created_at: r.get(3),
                     refreshed_at: r.get(4),
@@ -1145,6 +1133,128 @@ impl Catalog {
         Ok(deleted > 0)
     }
 
+    /// Stores a view, or replaces one of that name when `or_replace`. Returns false when
+    /// it existed and `if_not_exists` kept it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the database does not exist, or a table or a
+    /// materialized view has the name; [`Error::AlreadyExists`] when a view has it and
+    /// neither `or_replace` nor `if_not_exists` is given.
+    pub async fn create_view(
+        &self,
+        view: &ViewDef,
+        or_replace: bool,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        let columns = serde_json::to_string(&view.columns)
+            .map_err(|e| Error::Internal(format!("view columns to JSON: {e}")))?;
+        let mut tx = self.write_transaction().await?;
+        let database_id = existing_database(&mut tx, &view.database).await?;
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT 'a table' FROM tables WHERE database_id = ?1 AND name = ?2
+             UNION ALL SELECT 'a materialized view' FROM rollups
+              WHERE database_id = ?1 AND name = ?2",
+        )
+        .bind(database_id)
+        .bind(&view.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(kind) = taken {
+            return Err(Error::InvalidArgument(format!(
+                "'{}.{}' is already {kind}; choose another name for the view",
+                view.database, view.name
+            )));
+        }
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM views WHERE database_id = ?1 AND name = ?2")
+                .bind(database_id)
+                .bind(&view.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let at = now();
+        match (exists, or_replace, if_not_exists) {
+            (Some(_), false, true) => return Ok(false),
+            (Some(_), false, false) => {
+                return Err(Error::AlreadyExists(format!(
+                    "view '{}.{}' already exists; use CREATE OR REPLACE VIEW to redefine it",
+                    view.database, view.name
+                )));
+            }
+            (Some(id), true, _) => {
+                sqlx::query(
+                    "UPDATE views SET query = ?2, columns = ?3, updated_at = ?4, resolve_in = ?5
+                     WHERE id = ?1",
+                )
+                .bind(id)
+                .bind(&view.query)
+                .bind(&columns)
+                .bind(&at)
+                .bind(&view.resolve_in)
+                .execute(&mut *tx)
+                .await?;
+            }
+            (None, _, _) => {
+                sqlx::query(
+                    "INSERT INTO views
+                       (database_id, name, query, columns, created_at, updated_at, resolve_in)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                )
+                .bind(database_id)
+                .bind(&view.name)
+                .bind(&view.query)
+                .bind(&columns)
+                .bind(&at)
+                .bind(&view.resolve_in)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every view, by database and name.
+    pub async fn views(&self) -> Result<Vec<ViewRecord>> {
+        let rows = sqlx::query(
+            "SELECT d.name, v.name, v.query, v.columns, v.created_at, v.updated_at, v.resolve_in
+             FROM views v JOIN databases d ON d.id = v.database_id
+             ORDER BY d.name, v.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let database: String = r.get(0);
+                let name: String = r.get(1);
+                let columns: String = r.get(3);
+                let columns = stored_json(&columns, || format!("view '{database}.{name}'"))?;
+                Ok(ViewRecord {
+                    definition: ViewDef {
+                        database,
+                        name,
+                        query: r.get(2),
+                        resolve_in: r.get(6),
+                        columns,
+                    },
+                    created_at: r.get(4),
+                    updated_at: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    /// Drops a view; false when there was none of that name.
+    pub async fn drop_view(&self, database: &str, name: &str) -> Result<bool> {
+        let mut tx = self.write_transaction().await?;
+        let deleted = delete_named(&mut tx, Named::View, database, name).await?;
+        if deleted > 0 {
+            bump_generation(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
     /// Creates a database. Returns false when it already existed and `if_not_exists`.
     ///
     /// # Errors
@@ -1196,13 +1306,16 @@ impl Catalog {
                 "database '{name}' does not exist"
             )));
         };
-        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM tables WHERE database_id = ?1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM tables WHERE database_id = ?1)
+                  + (SELECT count(*) FROM views WHERE database_id = ?1)",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         if tables > 0 && !cascade {
             return Err(Error::InvalidArgument(format!(
-                "database '{name}' has {tables} table(s); drop them first or use DROP DATABASE {name} CASCADE"
+                "database '{name}' has {tables} table(s) or view(s); drop them first or use DROP DATABASE {name} CASCADE"
             )));
         }
         sqlx::query("DELETE FROM databases WHERE id = ?1")
@@ -1375,6 +1488,7 @@ pub struct CrawlRecord {
 enum Named {
     Table,
     Rollup,
+    View,
 }
 
 /// Deletes the object `database.name` of a kind; returns how many rows went.
@@ -1393,6 +1507,10 @@ async fn delete_named(
             "DELETE FROM rollups WHERE name = ?2
                AND database_id = (SELECT id FROM databases WHERE name = ?1)"
         }
+        Named::View => {
+            "DELETE FROM views WHERE name = ?2
+               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+        }
     };
     Ok(sqlx::query(sql)
         .bind(database)
@@ -1400,6 +1518,36 @@ async fn delete_named(
         .execute(&mut **tx)
         .await?
         .rows_affected())
+}
+
+/// A definition the catalog keeps as JSON; damage names `what` it belongs to.
+fn stored_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::CatalogCorrupt {
+        what: what(),
+        reason: e.to_string(),
+    })
+}
+
+/// The id of the database `name`, which a definition is about to go into.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when there is no such database.
+async fn existing_database(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    name: &str,
+) -> Result<i64> {
+    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    id.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "database '{name}' does not exist; CREATE DATABASE it first"
+        ))
+    })
 }
 
 async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {

@@ -1075,3 +1075,57 @@ async fn a_failed_refresh_is_reported_and_never_breaks_queries() {
     assert!(notes(&env, day2).await[0].starts_with("used default.ev_hourly"));
     assert_exact(&env, "repaired view").await;
 }
+
+/// A dashboard over a view (`CREATE VIEW`) of the base still gets the rollup, with the
+/// base's answers; a materialized view defined over a view works as over its base.
+#[tokio::test]
+async fn views_of_the_base_get_the_rollup() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    write_lake(&lake);
+    env.crawl(&lake).await;
+    env.rows(DEFINITION).await;
+    env.rows(
+        "CREATE VIEW recent AS SELECT ts, kind, country, amount, value, day, hour \
+         FROM events WHERE day >= 2",
+    )
+    .await;
+    let base = env.engine.without_rollup_rewrite();
+    for sql in [
+        "SELECT date_trunc('day', ts) AS d, kind, count(*) AS n, sum(amount) FROM recent \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT country, count(amount) FROM recent WHERE hour < 12 GROUP BY country",
+    ] {
+        assert_eq!(
+            answer(&env.engine, sql).await,
+            answer(&base, sql).await,
+            "{sql}"
+        );
+        let n = notes(&env, sql).await;
+        assert!(
+            n.iter().any(|n| n.starts_with("used default.ev_hourly")),
+            "{sql}: {n:?}"
+        );
+    }
+
+    // A materialized view over the view: its rows are the view's, and dashboards over the
+    // view use it.
+    let created = env
+        .rows(
+            "CREATE MATERIALIZED VIEW by_kind AS SELECT date_trunc('hour', ts) AS h, day, \
+             hour, kind, count(*) AS n FROM recent GROUP BY 1, 2, 3, 4",
+        )
+        .await;
+    assert!(created[0][0].contains("refreshed"), "{created:?}");
+    // Its rows are the view's (the view's WHERE kept), read by name from its storage.
+    let select = "SELECT date_trunc('hour', ts) AS h, day, hour, kind, count(*) AS n \
+                  FROM events WHERE day >= 2 GROUP BY 1, 2, 3, 4";
+    assert_eq!(
+        answer(&env.engine, "SELECT h, day, hour, kind, n FROM by_kind").await,
+        answer(&base, select).await
+    );
+    let sql = "SELECT kind, count(*) FROM recent GROUP BY kind";
+    assert_eq!(answer(&env.engine, sql).await, answer(&base, sql).await);
+    let n = notes(&env, sql).await;
+    assert!(n.iter().any(|n| n.starts_with("used default.")), "{n:?}");
+}

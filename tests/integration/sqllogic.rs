@@ -106,10 +106,13 @@ macro_rules! slt_files {
 }
 
 slt_files!(
+    athena_functions,
     basics,
+    ctas,
     ddl,
     errors,
     joins_windows,
     time_windows,
+    views,
     wrong_answers,
 );

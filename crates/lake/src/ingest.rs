@@ -60,6 +60,17 @@ pub struct IngestRequest {
     pub database: Option<String>,
     pub table: String,
     pub mode: IngestMode,
+    /// How a table this ingest creates is laid out (an existing table keeps its own).
+    pub layout: NewTableLayout,
+}
+
+/// The partition columns and location of a table an ingest creates.
+#[derive(Debug, Clone, Default)]
+pub struct NewTableLayout {
+    /// Columns of the rows that become `key=value` folders (left out of the files).
+    pub partition_columns: Vec<PartitionColumn>,
+    /// Where its files go; the warehouse when `None`.
+    pub location: Option<Location>,
 }
 
 /// Rows per Parquet file before the writer starts another one.
@@ -173,14 +184,15 @@ where
         )));
     }
 
-    let location = match &existing {
-        Some(t) => Location::parse_catalogued(&t.location)?,
-        None => to.warehouse?,
+    let location = match (&existing, &request.layout.location) {
+        (Some(t), _) => Location::parse_catalogued(&t.location)?,
+        (None, Some(location)) => location.clone(),
+        (None, None) => to.warehouse?,
     };
-    let partition_columns: Vec<PartitionColumn> = existing
-        .as_ref()
-        .map(|t| t.partition_columns.clone())
-        .unwrap_or_default();
+    let partition_columns: Vec<PartitionColumn> = match &existing {
+        Some(t) => t.partition_columns.clone(),
+        None => request.layout.partition_columns.clone(),
+    };
     let partitions = match &existing {
         Some(t) if !partition_columns.is_empty() => catalog.partitions(t.id).await?,
         _ => Vec::new(),

@@ -105,6 +105,20 @@ fn table_summary(t: &tarn_lake::catalog::TableEntry) -> proto::TableSummary {
         format: t.format.to_string(),
         version: t.version,
         updated_at: t.updated_at.clone(),
+        table_type: "TABLE".into(),
+        view_query: String::new(),
+    }
+}
+
+fn view_summary(v: &tarn_lake::catalog::ViewRecord) -> proto::TableSummary {
+    proto::TableSummary {
+        database: v.definition.database.clone(),
+        name: v.definition.name.clone(),
+        format: "view".into(),
+        updated_at: v.updated_at.clone(),
+        table_type: "VIEW".into(),
+        view_query: v.definition.query.clone(),
+        ..Default::default()
     }
 }
 
@@ -245,9 +259,9 @@ impl Admin for AdminService {
         request: Request<proto::ListTablesRequest>,
     ) -> std::result::Result<Response<proto::ListTablesResponse>, Status> {
         let database = request.into_inner().database.filter(|d| !d.is_empty());
-        let tables = self
-            .engine
-            .catalog()
+        let catalog = self.engine.catalog();
+        let views = catalog.views().await.map_err(Error::from).or_status()?;
+        let tables = catalog
             .tables()
             .await
             .map_err(Error::from)
@@ -255,6 +269,16 @@ impl Admin for AdminService {
             .iter()
             .filter(|t| database.as_ref().is_none_or(|d| &t.database == d))
             .map(table_summary)
+            .chain(
+                views
+                    .iter()
+                    .filter(|v| {
+                        database
+                            .as_ref()
+                            .is_none_or(|d| &v.definition.database == d)
+                    })
+                    .map(view_summary),
+            )
             .collect();
         Ok(Response::new(proto::ListTablesResponse { tables }))
     }

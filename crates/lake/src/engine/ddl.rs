@@ -29,7 +29,7 @@ use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     AlterTable, AlterTableOperation, BinaryOperator, CreateTableOptions, Expr as SqlExpr, Insert,
-    ObjectName, ObjectType, Partition, SqlOption, Statement, TableObject,
+    ObjectName, ObjectType, Partition, ShowCreateObject, SqlOption, Statement, TableObject,
 };
 
 use crate::catalog::{PartitionType, TableFormat};
@@ -116,6 +116,27 @@ pub enum Command {
     },
     /// `SHOW MATERIALIZED VIEWS`.
     ShowMaterializedViews,
+    /// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] d.v AS SELECT …`.
+    CreateView {
+        database: String,
+        name: String,
+        query: Box<datafusion::sql::sqlparser::ast::Query>,
+        or_replace: bool,
+        if_not_exists: bool,
+    },
+    /// `DROP VIEW [IF EXISTS] d.v`.
+    DropView {
+        database: String,
+        name: String,
+        if_exists: bool,
+    },
+    /// `SHOW CREATE VIEW d.v`.
+    ShowCreateView {
+        database: String,
+        name: String,
+    },
+    /// `CREATE TABLE d.t WITH (…) AS SELECT …`.
+    CreateTableAs(Box<super::ctas::CreateTableAs>),
     /// `SHOW RESULT CACHE`: the result cache's size, hits and misses.
     ShowResultCache,
     /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
@@ -141,6 +162,7 @@ impl Command {
                 | Command::ShowCrawls
                 | Command::ShowMaterializedViews
                 | Command::ShowResultCache
+                | Command::ShowCreateView { .. }
         )
     }
 
@@ -172,6 +194,11 @@ impl Command {
                 false,
             )])),
             Command::ShowMaterializedViews => crate::rollup::show_schema(),
+            Command::ShowCreateView { .. } => Arc::new(Schema::new(vec![Field::new(
+                "create_statement",
+                DataType::Utf8,
+                false,
+            )])),
             Command::ShowResultCache => Arc::new(Schema::new(
                 [
                     "entries",
@@ -242,40 +269,12 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
             {
                 return Ok(Some(Command::ShowResultCache));
             }
-            Statement::CreateView(view) if view.materialized => {
-                let (database, name) = table_name(&view.name, default_db)?;
-                let plan = engine
-                    .base_state()
-                    .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                        Statement::Query(view.query.clone()),
-                    )))
-                    .await
-                    .map_err(Error::from)?;
-                let mut definition =
-                    crate::rollup::define(&plan, &database, &name, &s.to_string(), &view.query)?;
-                definition.max_staleness_secs = staleness_option(&view.options)?;
-                return Ok(Some(Command::CreateMaterializedView {
-                    definition: Box::new(definition),
-                    if_not_exists: view.if_not_exists,
-                    or_replace: view.or_replace,
-                }));
-            }
-            Statement::Drop {
-                object_type: ObjectType::MaterializedView,
-                if_exists,
-                names,
+            Statement::CreateView(_)
+            | Statement::ShowCreate { .. }
+            | Statement::Drop {
+                object_type: ObjectType::MaterializedView | ObjectType::View,
                 ..
-            } => {
-                let [name] = names.as_slice() else {
-                    return Err(Error::Sql("DROP MATERIALIZED VIEW takes one name".into()));
-                };
-                let (database, name) = table_name(name, default_db)?;
-                return Ok(Some(Command::DropMaterializedView {
-                    database,
-                    name,
-                    if_exists: *if_exists,
-                }));
-            }
+            } => return view_statement(engine, s, default_db).await,
             Statement::ShowVariable { variable }
                 if variable.first().is_some_and(|i| {
                     ["partitions", "history", "crawls"]
@@ -305,6 +304,10 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                 }));
             }
             Statement::AlterTable(alter) => return alter_table(alter, default_db).map(Some),
+            Statement::CreateTable(create) if create.query.is_some() => {
+                let (database, name) = table_name(&create.name, default_db)?;
+                return super::ctas::recognise(create, database, name);
+            }
             Statement::Drop {
                 object_type: ObjectType::Database,
                 if_exists,
@@ -354,6 +357,91 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
             if_not_exists: c.if_not_exists,
         },
         _ => return Err(Error::Sql("this statement is not supported by Tarn".into())),
+    }))
+}
+
+/// The statements about views and materialized views.
+async fn view_statement(
+    engine: &Engine,
+    statement: &Statement,
+    default_db: &str,
+) -> Result<Option<Command>> {
+    Ok(Some(match statement {
+        Statement::CreateView(view) if view.materialized => {
+            let (database, name) = table_name(&view.name, default_db)?;
+            let plan = engine
+                .base_state()
+                .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                    Statement::Query(view.query.clone()),
+                )))
+                .await
+                .map_err(Error::from)?;
+            let mut definition = crate::rollup::define(
+                &plan,
+                &database,
+                &name,
+                &statement.to_string(),
+                &view.query,
+            )?;
+            definition.max_staleness_secs = staleness_option(&view.options)?;
+            Command::CreateMaterializedView {
+                definition: Box::new(definition),
+                if_not_exists: view.if_not_exists,
+                or_replace: view.or_replace,
+            }
+        }
+        Statement::CreateView(view) => {
+            if !view.columns.is_empty() {
+                return Err(Error::Sql(
+                    "CREATE VIEW v (columns) is not supported; name the columns in the \
+                     query (SELECT a AS x, …)"
+                        .into(),
+                ));
+            }
+            let (database, name) = table_name(&view.name, default_db)?;
+            Command::CreateView {
+                database,
+                name,
+                query: view.query.clone(),
+                or_replace: view.or_replace,
+                if_not_exists: view.if_not_exists,
+            }
+        }
+        Statement::ShowCreate { obj_type, obj_name } => {
+            if !matches!(obj_type, ShowCreateObject::View) {
+                return Err(Error::Sql(format!(
+                    "SHOW CREATE {obj_type} is not supported; Tarn supports SHOW CREATE VIEW"
+                )));
+            }
+            let (database, name) = table_name(obj_name, default_db)?;
+            Command::ShowCreateView { database, name }
+        }
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            ..
+        } => {
+            let materialized = *object_type == ObjectType::MaterializedView;
+            let [name] = names.as_slice() else {
+                return Err(Error::Sql(format!("DROP {object_type} takes one name")));
+            };
+            let (database, name) = table_name(name, default_db)?;
+            if materialized {
+                Command::DropMaterializedView {
+                    database,
+                    name,
+                    if_exists: *if_exists,
+                }
+            } else {
+                Command::DropView {
+                    database,
+                    name,
+                    if_exists: *if_exists,
+                }
+            }
+        }
+        _ => return Ok(None),
     }))
 }
 
@@ -732,7 +820,7 @@ fn partition_spec(exprs: &[SqlExpr]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn partition_type(key: &str, t: &DataType) -> Result<PartitionType> {
+pub(crate) fn partition_type(key: &str, t: &DataType) -> Result<PartitionType> {
     Ok(match t {
         t if t.is_integer() => PartitionType::Int64,
         DataType::Date32 | DataType::Date64 => PartitionType::Date,
@@ -972,6 +1060,7 @@ impl Engine {
             } else {
                 crate::ingest::IngestMode::Append
             },
+            layout: Default::default(),
         };
         self.ingest(&request, futures::stream::iter(streams).flatten())
             .await
@@ -1014,7 +1103,23 @@ impl Engine {
 
     /// Checks that SQL may name `location`: it must be under one of the allowed roots.
     pub fn check_allowed(&self, location: &str) -> Result<Location> {
-        let refuse = || Error::InvalidLocation {
+        self.lexically_allowed(location)?;
+        // Then the real location (symbolic links resolved) must be allowed too.
+        let parsed = Location::parse(location)?;
+        if !self.is_allowed(parsed.url.as_str()) {
+            return Err(self.refuse(location));
+        }
+        Ok(parsed)
+    }
+
+    fn is_allowed(&self, url: &str) -> bool {
+        self.allowed_locations
+            .iter()
+            .any(|root| url.starts_with(root.as_str()))
+    }
+
+    fn refuse(&self, location: &str) -> Error {
+        Error::InvalidLocation {
             location: location.to_string(),
             reason: format!(
                 "not under a location SQL may use ({}); start the server with \
@@ -1025,12 +1130,14 @@ impl Engine {
                     self.allowed_locations.join(", ")
                 }
             ),
-        };
-        let allowed = |url: &str| {
-            self.allowed_locations
-                .iter()
-                .any(|root| url.starts_with(root.as_str()))
-        };
+        }
+    }
+
+    /// Whether `location` as written is under a location SQL may use, decided before
+    /// anything touches the disk (so SQL cannot probe which server paths exist): no dot
+    /// segments, no encoded separators or dots, and the text itself under an allowed root.
+    pub(crate) fn lexically_allowed(&self, location: &str) -> Result<()> {
+        let refuse = || self.refuse(location);
         // First a lexical check, before anything touches the disk (so SQL cannot probe
         // which server paths exist): no dot segments, no encoded separators or dots, and
         // the text itself must be under an allowed root.
@@ -1057,15 +1164,10 @@ impl Engine {
         } else {
             format!("{lexical}/")
         };
-        if !allowed(&lexical) {
+        if !self.is_allowed(&lexical) {
             return Err(refuse());
         }
-        // Then the real location (symbolic links resolved) must be allowed too.
-        let parsed = Location::parse(location)?;
-        if !allowed(parsed.url.as_str()) {
-            return Err(refuse());
-        }
-        Ok(parsed)
+        Ok(())
     }
 
     /// Keeps where the partitions of `ALTER TABLE … ADD PARTITION (…) LOCATION '…'` are, in
@@ -1195,47 +1297,14 @@ impl Engine {
     pub async fn run_command(&self, command: &Command) -> Result<RecordBatch> {
         let batch = match command {
             Command::Insert { .. } => self.insert_command(command, &[]).await?,
-            Command::CreateMaterializedView {
-                definition,
-                if_not_exists,
-                or_replace,
-            } => {
-                if *or_replace {
-                    self.drop_rollup(&definition.database, &definition.name)
-                        .await?;
-                }
-                message(
-                    self.create_rollup(definition.as_ref().clone(), *if_not_exists)
-                        .await?,
-                )?
-            }
-            Command::RefreshMaterializedView {
-                database,
-                name,
-                full,
-            } => {
-                let report = self.refresh_rollup(database, name, *full).await?;
-                message(format!("refreshed {database}.{name}: {report}"))?
-            }
-            Command::DropMaterializedView {
-                database,
-                name,
-                if_exists,
-            } => {
-                if self.drop_rollup(database, name).await? {
-                    message(format!("dropped materialized view {database}.{name}"))?
-                } else if *if_exists {
-                    message(format!(
-                        "materialized view {database}.{name} does not exist"
-                    ))?
-                } else {
-                    return Err(Error::InvalidArgument(format!(
-                        "materialized view '{database}.{name}' does not exist; see SHOW \
-                         MATERIALIZED VIEWS"
-                    )));
-                }
-            }
-            Command::ShowMaterializedViews => self.show_rollups().await?,
+            Command::CreateMaterializedView { .. }
+            | Command::RefreshMaterializedView { .. }
+            | Command::DropMaterializedView { .. }
+            | Command::ShowMaterializedViews
+            | Command::CreateView { .. }
+            | Command::DropView { .. }
+            | Command::ShowCreateView { .. }
+            | Command::CreateTableAs(_) => self.run_view_command(command).await?,
             Command::ShowResultCache => self.show_result_cache(command.schema())?,
             Command::CreateDatabase {
                 name,
@@ -1341,6 +1410,81 @@ impl Engine {
             }
         };
         Ok(batch)
+    }
+
+    /// The commands about views, materialized views and `CREATE TABLE … AS SELECT` (part of [`Engine::run_command`]).
+    async fn run_view_command(&self, command: &Command) -> Result<RecordBatch> {
+        Ok(match command {
+            Command::CreateMaterializedView {
+                definition,
+                if_not_exists,
+                or_replace,
+            } => {
+                if *or_replace {
+                    self.drop_rollup(&definition.database, &definition.name)
+                        .await?;
+                }
+                message(
+                    self.create_rollup(definition.as_ref().clone(), *if_not_exists)
+                        .await?,
+                )?
+            }
+            Command::RefreshMaterializedView {
+                database,
+                name,
+                full,
+            } => {
+                let report = self.refresh_rollup(database, name, *full).await?;
+                message(format!("refreshed {database}.{name}: {report}"))?
+            }
+            Command::DropMaterializedView {
+                database,
+                name,
+                if_exists,
+            } => {
+                if self.drop_rollup(database, name).await? {
+                    message(format!("dropped materialized view {database}.{name}"))?
+                } else if *if_exists {
+                    message(format!(
+                        "materialized view {database}.{name} does not exist"
+                    ))?
+                } else {
+                    return Err(Error::InvalidArgument(format!(
+                        "materialized view '{database}.{name}' does not exist; see SHOW \
+                         MATERIALIZED VIEWS"
+                    )));
+                }
+            }
+            Command::ShowMaterializedViews => self.show_rollups().await?,
+            Command::CreateView {
+                database,
+                name,
+                query,
+                or_replace,
+                if_not_exists,
+            } => message(
+                self.create_view(database, name, query, *or_replace, *if_not_exists)
+                    .await?,
+            )?,
+            Command::DropView {
+                database,
+                name,
+                if_exists,
+            } => {
+                if self.catalog().drop_view(database, name).await? {
+                    message(format!("dropped view {database}.{name}"))?
+                } else if *if_exists {
+                    message(format!("view {database}.{name} does not exist"))?
+                } else {
+                    return Err(super::sql_views::no_such_view(database, name));
+                }
+            }
+            Command::ShowCreateView { database, name } => {
+                self.show_create_view(database, name).await?
+            }
+            Command::CreateTableAs(spec) => message(self.create_table_as(spec).await?)?,
+            _ => return Err(Error::Internal("not a view command".into())),
+        })
     }
 }
 

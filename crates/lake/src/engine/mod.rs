@@ -7,12 +7,14 @@
 //! catalog once per change, not once per query.
 
 pub mod cache;
+mod ctas;
 pub mod ddl;
 pub mod history;
 pub mod limits;
 mod metrics;
 mod parse;
 mod planner;
+mod sql_views;
 pub mod system;
 pub mod time_travel;
 mod views;
@@ -76,6 +78,11 @@ struct Shared {
     sessions: system::Sessions,
     /// Bytes of rollups' rows kept in memory (the engines' `rollup_memory`).
     rollup_budget: usize,
+    /// Views (`CREATE VIEW`) as of the snapshot's generation.
+    sql_views: sql_views::ViewIndex,
+    /// The newest generation whose snapshot, views and rollup index are all in place (a
+    /// query at that generation needs no refresh).
+    ready: std::sync::atomic::AtomicI64,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -203,6 +210,8 @@ impl Engine {
             )),
             sessions: system::Sessions::default(),
             rollup_budget: options.rollup_memory,
+            sql_views: Default::default(),
+            ready: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         let metrics = Arc::clone(&shared.admission.metrics);
         catalog.observe(Arc::new(move |event| metrics.catalog(event)));
@@ -219,9 +228,10 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime_env(options.memory.as_ref())?)
             .with_default_features();
-        let state =
+        let mut state =
             tarn_optimizer::register(builder, first, Arc::new(planner::EnginePlanner::default()))
                 .build();
+        tarn_functions::register(&mut state)?;
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
             Arc::new(TarnCatalog {
@@ -457,8 +467,9 @@ impl Engine {
     /// # Errors
     /// [`Error::Catalog`] when the catalog cannot be read.
     pub async fn refresh(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let generation = self.shared.catalog.generation().await?;
-        if self.snapshot().generation == generation {
+        if self.shared.ready.load(Ordering::Acquire) >= generation {
             return Ok(());
         }
         let mut databases: BTreeMap<String, BTreeMap<String, TableEntry>> = BTreeMap::new();
@@ -491,7 +502,14 @@ impl Engine {
         {
             *guard = snapshot;
         }
-        self.refresh_rollup_index(generation).await
+        self.refresh_views(generation).await?;
+        self.refresh_rollup_index(generation).await?;
+        // Until now a concurrent query at this generation refreshes too, rather than
+        // planning against views or rollups not yet in place.
+        if self.snapshot().generation == generation {
+            self.shared.ready.fetch_max(generation, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Compares every rollup with its base at this generation, for the query rewrite.
@@ -1456,6 +1474,7 @@ impl SchemaProvider for TarnDatabase {
                     .filter(|n| !crate::rollup::is_storage_table(n))
                     .cloned()
                     .chain(self.shared.view_names(&self.name))
+                    .chain(self.shared.sql_view_names(&self.name))
                     .collect()
             })
             .unwrap_or_default()
@@ -1466,9 +1485,13 @@ impl SchemaProvider for TarnDatabase {
             Ok(Some(p)) => Ok(Some(p as Arc<dyn TableProvider>)),
             Ok(None) => match self.shared.view(&self.name, name) {
                 Some(view) => Ok(Some(view)),
-                None => match self.shared.versioned(&self.name, name).await {
-                    Ok(p) => Ok(p.map(|p| p as Arc<dyn TableProvider>)),
-                    Err(e) => Err(DataFusionError::External(Box::new(e))),
+                None => match self.shared.sql_view(&self.name, name) {
+                    Some(sql_views::Planned::Ready(view)) => Ok(Some(view)),
+                    Some(sql_views::Planned::Broken(why)) => Err(DataFusionError::Plan(why)),
+                    None => match self.shared.versioned(&self.name, name).await {
+                        Ok(p) => Ok(p.map(|p| p as Arc<dyn TableProvider>)),
+                        Err(e) => Err(DataFusionError::External(Box::new(e))),
+                    },
                 },
             },
             Err(e) => Err(DataFusionError::External(Box::new(e))),
@@ -1482,6 +1505,7 @@ impl SchemaProvider for TarnDatabase {
             .get(&self.name)
             .is_some_and(|t| t.contains_key(name))
             || self.shared.view(&self.name, name).is_some()
+            || self.shared.sql_view(&self.name, name).is_some()
     }
 }
 

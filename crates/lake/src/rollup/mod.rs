@@ -181,6 +181,28 @@ pub(crate) fn measure_expr(measure: &RollupMeasure) -> Expr {
 /// # Errors
 /// [`Error::Sql`] naming what the definition may not contain: several tables, a grouping
 /// that is not a column or `date_trunc('grain', column)`, an aggregate Tarn cannot merge.
+/// `predicates` as one SQL condition over the base table's columns (unqualified).
+fn base_filter(predicates: &[&Expr]) -> datafusion::error::Result<String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let mut parts = Vec::new();
+    for predicate in predicates {
+        let unqualified = (*predicate)
+            .clone()
+            .transform(|e| match e {
+                Expr::Column(c) => Ok(Transformed::yes(Expr::Column(
+                    datafusion::common::Column::new_unqualified(c.name),
+                ))),
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        parts.push(format!(
+            "({})",
+            datafusion::sql::unparser::expr_to_sql(&unqualified)?
+        ));
+    }
+    Ok(parts.join(" AND "))
+}
+
 pub(crate) fn define(
     plan: &LogicalPlan,
     database: &str,
@@ -205,14 +227,20 @@ pub(crate) fn define(
         return Err(unsupported("the query has no GROUP BY".into()));
     };
     let mut node = aggregate.input.as_ref();
-    let mut has_filter = false;
+    let mut predicates: Vec<&Expr> = Vec::new();
+    // Whether the query reads a view (`CREATE VIEW`) that picks the base's columns.
+    let mut through_view = false;
     let scan = loop {
         match node {
             LogicalPlan::Filter(f) => {
-                has_filter = true;
+                predicates.push(&f.predicate);
                 node = f.input.as_ref();
             }
             LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+            LogicalPlan::Projection(p) if p.expr.iter().all(rewrite::keeps_its_column) => {
+                through_view = true;
+                node = p.input.as_ref();
+            }
             LogicalPlan::TableScan(scan) => break scan,
             other => {
                 return Err(unsupported(format!(
@@ -279,13 +307,16 @@ pub(crate) fn define(
         &grouped_partitions,
         &unsupported,
     )?;
-    let filter = if has_filter {
+    let filter = if predicates.is_empty() {
+        None
+    } else if through_view {
+        // The view's WHERE and the query's, written over the base's columns.
+        Some(base_filter(&predicates).map_err(|e| unsupported(e.to_string()))?)
+    } else {
         match query.body.as_ref() {
             SetExpr::Select(select) => select.selection.as_ref().map(|e| e.to_string()),
             _ => None,
         }
-    } else {
-        None
     };
     Ok(RollupDef {
         database: database.to_string(),

@@ -230,6 +230,11 @@ fn source_of(plan: &LogicalPlan) -> Option<(Vec<Expr>, TableEntry)> {
             }
             LogicalPlan::SubqueryAlias(a) if a.alias.table() == CATCHUP => return None,
             LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+            // A view's select list that only picks columns (`CREATE VIEW v AS SELECT a, b
+            // FROM t WHERE …`): the names the query uses are the base's.
+            LogicalPlan::Projection(p) if p.expr.iter().all(keeps_its_column) => {
+                node = p.input.as_ref();
+            }
             LogicalPlan::TableScan(scan) if scan.fetch.is_none() => {
                 for f in &scan.filters {
                     push(f);
@@ -239,6 +244,15 @@ fn source_of(plan: &LogicalPlan) -> Option<(Vec<Expr>, TableEntry)> {
             }
             _ => return None,
         }
+    }
+}
+
+/// Whether a projection's expression is a column under its own name.
+pub(crate) fn keeps_its_column(expr: &Expr) -> bool {
+    match expr {
+        Expr::Column(_) => true,
+        Expr::Alias(a) => matches!(a.expr.as_ref(), Expr::Column(c) if c.name == a.name),
+        _ => false,
     }
 }
 

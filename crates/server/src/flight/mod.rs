@@ -327,6 +327,10 @@ impl TarnFlightSql {
                 ));
             }
         }
+        // Views (CREATE VIEW) that plan on this catalog.
+        for (database, name, view) in self.engine.readable_views() {
+            out.push((database, name, TableType::View, wire_schema(&view.schema())));
+        }
         // DataFusion's own views (information_schema) are cheap to describe.
         let tarn_databases = self.engine.databases();
         for db in catalog.schema_names() {
@@ -956,6 +960,7 @@ impl FlightSqlService for TarnFlightSql {
             database,
             table: command.table.clone(),
             mode,
+            layout: Default::default(),
         };
         let stream = request.into_inner().map_err(FlightError::from);
         let batches = FlightRecordBatchStream::new_from_flight_data(stream)

@@ -77,22 +77,53 @@ async fn list_tables(api: &Api, headers: &HeaderMap, database: &str) -> Result<V
         });
     }
     let sizes = api.engine.catalog().table_sizes().await?;
-    let listed: Vec<Value> = tables
+    let mut listed: Vec<Value> = tables
         .iter()
         .filter(|t| t.database == database)
         .map(|t| summary(t, sizes.get(&t.id).copied().unwrap_or_default()))
         .collect();
+    for view in api.engine.catalog().views().await? {
+        if view.definition.database == database {
+            listed.push(view_summary(&view));
+        }
+    }
     Ok(json!({ "database": database, "tables": listed }))
+}
+
+/// A view as `GET /v1/tables` shows it: its query and the columns it was created with.
+fn view_summary(view: &tarn_lake::catalog::ViewRecord) -> Value {
+    let d = &view.definition;
+    let columns: Vec<Value> = d
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.data_type}))
+        .collect();
+    json!({
+        "database": d.database,
+        "name": d.name,
+        "type": "VIEW",
+        "query": d.query,
+        "columns": columns,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    })
 }
 
 async fn describe(api: &Api, headers: &HeaderMap, database: &str, name: &str) -> Result<Value> {
     let tables = visible_tables(api, headers).await?;
-    let table = tables
+    let Some(table) = tables
         .iter()
         .find(|t| t.database == database && t.name == name)
-        .ok_or_else(|| Error::TableNotFound {
-            name: format!("{database}.{name} (GET /v1/tables/{database} lists its tables)"),
-        })?;
+    else {
+        let views = api.engine.catalog().views().await?;
+        return views
+            .iter()
+            .find(|v| v.definition.database == database && v.definition.name == name)
+            .map(view_summary)
+            .ok_or_else(|| Error::TableNotFound {
+                name: format!("{database}.{name} (GET /v1/tables/{database} lists its tables)"),
+            });
+    };
     let sizes = api.engine.catalog().table_sizes().await?;
     let mut out = summary(table, sizes.get(&table.id).copied().unwrap_or_default());
     let columns: Vec<Value> = table
@@ -127,6 +158,7 @@ fn summary(t: &TableEntry, size: TableSize) -> Value {
     json!({
         "database": t.database,
         "name": t.name,
+        "type": "TABLE",
         "format": t.format.as_str(),
         "location": t.location,
         "partition_columns": partition_columns,

@@ -1,0 +1,182 @@
+"""Athena users' SQL through ADBC: views stored in the catalog, and Presto's functions,
+with DuckDB over the same files as the oracle."""
+
+import json
+
+import adbc_driver_manager
+import pytest
+
+from conftest import Server, connect, tarn
+from test_duckdb_oracle import duck, normalise  # noqa: F401  (the DuckDB fixture)
+
+
+@pytest.fixture()
+def crawled(lake, tmp_path):
+    """A data directory of its own with the test lake crawled into it."""
+    data_dir = tmp_path / "data"
+    crawl = tarn(data_dir, "crawl", str(lake["root"]))
+    assert crawl.returncode == 0, crawl.stderr
+    return data_dir
+
+
+def rows(cur, sql):
+    cur.execute(sql)
+    return cur.fetchall()
+
+
+def test_views_are_saved_listed_and_survive_a_restart(crawled, duck):
+    view = (
+        "SELECT user_id, kind, score, ts, day FROM events "
+        "WHERE kind IN ('answer', 'submit') AND score >= 10"
+    )
+    dashboard = (
+        "SELECT v.day, u.country, count(*) AS n, sum(v.score) AS total "
+        "FROM {v} v JOIN users u ON u.user_id = v.user_id GROUP BY 1, 2"
+    )
+    duck.execute(f"CREATE OR REPLACE VIEW engaged AS {view}")
+    expected = normalise(duck.execute(dashboard.format(v="engaged")).fetchall())
+    assert expected, "the oracle's dashboard has rows"
+
+    server = Server(crawled)
+    try:
+        with connect(server.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE dash")
+            (message,) = rows(cur, f"CREATE VIEW dash.engaged AS {view}")[0]
+            assert message == "created view dash.engaged"
+            assert normalise(rows(cur, dashboard.format(v="dash.engaged"))) == expected
+
+            # Flight SQL metadata lists it as a view, with its columns.
+            objects = conn.adbc_get_objects(depth="columns", catalog_filter="tarn").read_all().to_pylist()
+            found = [
+                t
+                for c in objects
+                for s in c["catalog_db_schemas"]
+                if s["db_schema_name"] == "dash"
+                for t in s["db_schema_tables"]
+            ]
+            assert [(t["table_name"], t["table_type"]) for t in found] == [("engaged", "VIEW")]
+            assert [c["column_name"] for c in found[0]["table_columns"]] == [
+                "user_id", "kind", "score", "ts", "day",
+            ]
+            assert rows(
+                cur,
+                "SELECT table_type FROM information_schema.tables "
+                "WHERE table_schema = 'dash' AND table_name = 'engaged'",
+            ) == [("VIEW",)]
+            (statement,) = rows(cur, "SHOW CREATE VIEW dash.engaged")[0]
+            assert statement.endswith(f"CREATE VIEW dash.engaged AS {view}")
+            assert "tables named without a database are in default" in statement
+
+            with pytest.raises(adbc_driver_manager.Error, match="would read itself"):
+                cur.execute("CREATE OR REPLACE VIEW dash.engaged AS SELECT * FROM dash.engaged")
+    finally:
+        server.stop()
+
+    # The admin API (the CLI's `tables`) lists the view beside the tables.
+    listed = tarn(crawled, "tables")
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if "engaged" in line)
+    assert "dash" in line and "view" in line
+
+    # A restart keeps it; once dropped, it is not found.
+    server = Server(crawled)
+    try:
+        with connect(server.uri) as conn, conn.cursor() as cur:
+            assert normalise(rows(cur, dashboard.format(v="dash.engaged"))) == expected
+            cur.execute("DROP VIEW dash.engaged")
+            with pytest.raises(adbc_driver_manager.Error, match="'dash.engaged' not found"):
+                cur.execute("SELECT * FROM dash.engaged")
+    finally:
+        server.stop()
+
+
+# Presto's functions over the lake, each beside DuckDB's spelling of the same question.
+FUNCTIONS = [
+    (
+        "SELECT day_of_week(ts), week_of_year(ts), day_of_year(ts), count(*) FROM events GROUP BY 1, 2, 3",
+        "SELECT isodow(ts), weekofyear(ts), dayofyear(ts), count(*) FROM events GROUP BY 1, 2, 3",
+    ),
+    (
+        "SELECT date_diff('minute', TIMESTAMP '2026-03-01 00:00:00', ts) / 60 AS h, count(*) FROM events GROUP BY 1",
+        "SELECT date_diff('minute', TIMESTAMP '2026-03-01 00:00:00', ts) // 60 AS h, count(*) FROM events GROUP BY 1",
+    ),
+    (
+        "SELECT date_add('day', 3, ts), user_id FROM events WHERE user_id < 5 AND kind = 'hint'",
+        "SELECT ts + INTERVAL 3 DAY, user_id FROM events WHERE user_id < 5 AND kind = 'hint'",
+    ),
+    (
+        "SELECT kind, count_if(score > 50), max_by(hour, ts), min_by(day, ts) FROM events GROUP BY kind",
+        "SELECT kind, count_if(score > 50), arg_max(hour, ts), arg_min(day, ts) FROM events GROUP BY kind",
+    ),
+    (
+        "SELECT format_datetime(ts, 'yyyy-MM-dd HH:mm'), count(*) FROM events GROUP BY 1",
+        "SELECT strftime(ts, '%Y-%m-%d %H:%M'), count(*) FROM events GROUP BY 1",
+    ),
+    (
+        "SELECT json_extract_scalar(j, '$.who.kind'), json_array_length(json_extract(j, '$.tags')), count(*) "
+        "FROM (SELECT '{\"who\": {\"kind\": \"' || kind || '\"}, \"tags\": [1, ' || CAST(user_id AS VARCHAR) || ']}' AS j "
+        "FROM events) GROUP BY 1, 2",
+        "SELECT json_extract_string(j, '$.who.kind'), json_array_length(json_extract(j, '$.tags')), count(*) "
+        "FROM (SELECT '{\"who\": {\"kind\": \"' || kind || '\"}, \"tags\": [1, ' || CAST(user_id AS VARCHAR) || ']}' AS j "
+        "FROM events) GROUP BY 1, 2",
+    ),
+    (
+        "SELECT regexp_extract(name, '-(\\d+)$', 1), element_at(split(name, '-'), 1) FROM users",
+        "SELECT regexp_extract(name, '-(\\d+)$', 1), string_split(name, '-')[1] FROM users",
+    ),
+]
+
+
+@pytest.mark.parametrize("tarn_sql,duck_sql", FUNCTIONS, ids=[f"f{i}" for i in range(len(FUNCTIONS))])
+def test_presto_functions_match_duckdb(conn, duck, tarn_sql, duck_sql):
+    with conn.cursor() as cur:
+        ours = normalise(rows(cur, tarn_sql))
+    theirs = normalise(duck.execute(duck_sql).fetchall())
+    assert ours, tarn_sql
+    assert ours == theirs, json.dumps([tarn_sql, ours[:3], theirs[:3]], default=str)
+
+
+def test_ctas_writes_partitioned_parquet_that_reads_back_exactly(crawled, duck, tmp_path):
+    out = tmp_path / "marts"
+    out.mkdir()
+    query = (
+        "SELECT user_id, kind, score, ts, CAST(day AS BIGINT) AS day, device "
+        "FROM events WHERE score >= 20"
+    )
+    expected = normalise(duck.execute(query).fetchall())
+    server = Server(crawled, command=("--allow-location", str(out), "serve"))
+    try:
+        with connect(server.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE marts")
+            (message,) = rows(
+                cur,
+                "CREATE TABLE marts.scored WITH (format = 'PARQUET', partitioned_by = ARRAY['day'], "
+                f"external_location = '{out}/scored/', write_compression = 'ZSTD') AS {query}",
+            )[0]
+            assert message == f"created table marts.scored with {len(expected)} rows"
+            columns = "user_id, kind, score, ts, day, device"
+            assert normalise(rows(cur, f"SELECT {columns} FROM marts.scored")) == expected
+            with pytest.raises(adbc_driver_manager.Error, match="is not empty"):
+                cur.execute(
+                    f"CREATE TABLE marts.again WITH (external_location = '{out}/scored/') AS {query}"
+                )
+    finally:
+        server.stop()
+
+    # The files are Hive-partitioned Parquet that another engine reads as the same rows.
+    folders = sorted(p.name for p in (out / "scored").iterdir())
+    assert folders == ["day=1", "day=2"], folders
+    written = normalise(
+        duck.execute(
+            f"SELECT user_id, kind, score, ts, day, device FROM read_parquet('{out}/scored/*/*.parquet', "
+            "hive_partitioning = true, hive_types = {'day': BIGINT})"
+        ).fetchall()
+    )
+    assert written == expected
+
+    # Crawling the folder again finds the table as it is: nothing changes.
+    again = tarn(crawled, "crawl", str(out), "--database", "marts", "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["tables_unchanged"] == ["marts.scored"], summary
+    assert summary["files_added"] == 0 and summary["files_removed"] == 0, summary
