@@ -180,3 +180,44 @@ def test_ctas_writes_partitioned_parquet_that_reads_back_exactly(crawled, duck, 
     summary = json.loads(again.stdout)
     assert summary["tables_unchanged"] == ["marts.scored"], summary
     assert summary["files_added"] == 0 and summary["files_removed"] == 0, summary
+
+
+def test_unload_writes_partitioned_parquet_to_s3_and_registers_nothing(crawled, duck, tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from conftest import moto_s3
+
+    query = "SELECT user_id, kind, score, CAST(day AS BIGINT) AS day FROM events WHERE kind = 'hint'"
+    expected = normalise(duck.execute(query).fetchall())
+    with moto_s3("exports") as (env, client):
+        server = Server(crawled, command=("--allow-location", "s3://exports/", "serve"), env=env)
+        try:
+            with connect(server.uri) as conn, conn.cursor() as cur:
+                (message,) = rows(
+                    cur,
+                    f"UNLOAD ({query}) TO 's3://exports/hints/' "
+                    "WITH (format = 'PARQUET', partitioned_by = ARRAY['day'])",
+                )[0]
+                assert message.startswith(f"unloaded {len(expected)} rows into 2 file(s)"), message
+                with pytest.raises(adbc_driver_manager.Error, match="is not empty"):
+                    cur.execute(f"UNLOAD ({query}) TO 's3://exports/hints/'")
+                with pytest.raises(adbc_driver_manager.Error, match="not under a location"):
+                    cur.execute(f"UNLOAD ({query}) TO 's3://elsewhere/hints/'")
+                # Nothing was registered.
+                tables = rows(cur, "SELECT table_name FROM information_schema.tables")
+                assert not any("hint" in t for (t,) in tables)
+        finally:
+            server.stop()
+
+        # The objects are Hive-partitioned Parquet holding the query's rows.
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="exports")["Contents"])
+        assert [k.split("/")[1] for k in keys] == ["day=1", "day=2"], keys
+        got = []
+        for key in keys:
+            day = int(key.split("/")[1].split("=")[1])
+            body = client.get_object(Bucket="exports", Key=key)["Body"].read()
+            for row in pq.read_table(io.BytesIO(body)).to_pylist():
+                got.append((row["user_id"], row["kind"], row["score"], day))
+        assert normalise(got) == expected

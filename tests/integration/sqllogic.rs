@@ -68,6 +68,8 @@ async fn run_file(name: &str) {
         async move { Ok::<_, tarn_lake::Error>(TarnDb { engine }) }
     });
     runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
+    let out = env.dir.path().join("out");
+    runner.set_var("OUT".into(), out.to_string_lossy().into_owned());
     if let Err(e) = runner.run_file_async(&file).await {
         panic!("{}: {e}", file.display());
     }

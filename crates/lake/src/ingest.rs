@@ -211,7 +211,7 @@ where
         catalog,
         location: &location,
     };
-    let result = write_all(&mut written, &router, &pending, &ingest_id, batches).await;
+    let result = write_all(&mut written, &router, Some(&pending), &ingest_id, batches).await;
     let (file_schema, rows) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -270,12 +270,47 @@ where
     Ok(rows)
 }
 
+/// Writes `batches` as Parquet files (zstd) under `location`, in `key=value` folders of
+/// `partition_columns`, with no catalog entry (`UNLOAD`); returns the rows and the files
+/// written. On error the files written so far are deleted.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when a partition column is missing from the rows; store
+/// errors while writing.
+pub async fn unload<S>(
+    stores: &StoreRegistry,
+    location: &Location,
+    partition_columns: &[PartitionColumn],
+    batches: S,
+) -> Result<(u64, usize)>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send,
+{
+    let store = stores.store_for(location)?;
+    let router = PartitionRouter::new(location, partition_columns, &[], &location.to_string())?;
+    let mut written = Written {
+        store: Arc::clone(&store),
+        done: Vec::new(),
+        open: HashMap::new(),
+        started: Vec::new(),
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    match write_all(&mut written, &router, None, &id, batches).await {
+        Ok((_, rows)) => Ok((rows, written.done.len())),
+        Err(e) => {
+            written.abort().await;
+            Err(e)
+        }
+    }
+}
+
 /// Writes every batch; returns the rows' file schema (partition columns removed) and the
-/// row count.
+/// row count. `pending` records each file before it is written (not for `UNLOAD`, whose
+/// files are never catalogued).
 async fn write_all<S>(
     written: &mut Written,
     router: &PartitionRouter,
-    pending: &PendingWrites<'_>,
+    pending: Option<&PendingWrites<'_>>,
     ingest_id: &str,
     batches: S,
 ) -> Result<(SchemaRef, u64)>
@@ -315,7 +350,9 @@ where
                     file_seq += 1;
                     let path =
                         Path::from(format!("{folder}/part-{ingest_id}-{file_seq:05}.parquet"));
-                    pending.record(&path).await?;
+                    if let Some(pending) = pending {
+                        pending.record(&path).await?;
+                    }
                     written.started.push(path.clone());
                     v.insert(open_file(
                         &written.store,

@@ -1,6 +1,7 @@
 //! `CREATE TABLE … AS SELECT` with Athena's properties: the query's rows written as
 //! partitioned Parquet (zstd) into the warehouse or an allowed, empty location and
-//! registered in one catalog commit, through bulk ingest.
+//! registered in one catalog commit, through bulk ingest. `UNLOAD (SELECT …) TO '…'
+//! WITH (…)` writes the same files to an allowed, empty location without registering them.
 //!
 //! ```sql
 //! CREATE TABLE [IF NOT EXISTS] db.t
@@ -34,6 +35,16 @@ pub struct CreateTableAs {
     /// Where the files go (an allowed location); the warehouse when `None`.
     pub location: Option<String>,
     pub if_not_exists: bool,
+}
+
+/// What an `UNLOAD` asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unload {
+    /// The query, as SQL.
+    pub query: String,
+    /// Where the files go (an allowed, empty location).
+    pub to: String,
+    pub partitioned_by: Vec<String>,
 }
 
 /// The text of an option's value (a string, a name, or a number).
@@ -92,41 +103,113 @@ pub(crate) fn recognise(
         CreateTableOptions::Plain(o) => o,
         CreateTableOptions::None => &[],
     };
-    for option in options {
-        let SqlOption::KeyValue { key, value } = option else {
-            return Err(Error::Sql(format!(
-                "table option {option} is not key = value"
-            )));
-        };
-        let key = key.value.to_ascii_lowercase();
-        match key.as_str() {
-            "format" | "stored_as" => {
-                let format = text(&key, value)?;
-                if !format.eq_ignore_ascii_case("parquet") {
-                    return Err(Error::Sql(format!(
-                        "format = '{format}': CREATE TABLE … AS SELECT writes PARQUET"
-                    )));
-                }
-            }
-            "partitioned_by" | "partition_by" => spec.partitioned_by = names(&key, value)?,
-            "external_location" | "location" => spec.location = Some(text(&key, value)?),
-            "write_compression" | "parquet_compression" | "compression" => {
-                let codec = text(&key, value)?;
-                if !codec.eq_ignore_ascii_case("zstd") {
-                    return Err(Error::Sql(format!(
-                        "{key} = '{codec}': Tarn writes Parquet with ZSTD"
-                    )));
-                }
-            }
-            other => {
-                return Err(Error::Sql(format!(
-                    "table property '{other}' is not supported; CREATE TABLE … AS SELECT takes \
-                     format, partitioned_by, external_location and write_compression"
-                )));
-            }
+    for (key, value) in written_options(options)? {
+        if matches!(key.as_str(), "external_location" | "location") {
+            spec.location = Some(text(&key, value)?);
+        } else if let Some(columns) = file_option(&key, value, "CREATE TABLE … AS SELECT")? {
+            spec.partitioned_by = columns;
         }
     }
     Ok(Some(Command::CreateTableAs(Box::new(spec))))
+}
+
+/// Recognises `UNLOAD (SELECT …) TO 'location' WITH (format = …, partitioned_by = …)`.
+pub(crate) fn recognise_unload(
+    query: Option<&datafusion::sql::sqlparser::ast::Query>,
+    to: &datafusion::sql::sqlparser::ast::Ident,
+    with: &[SqlOption],
+) -> Result<Command> {
+    let Some(query) = query else {
+        return Err(Error::Sql(
+            "UNLOAD takes a query in parentheses: UNLOAD (SELECT …) TO '…'".into(),
+        ));
+    };
+    let mut spec = Unload {
+        query: query.to_string(),
+        to: to.value.clone(),
+        partitioned_by: Vec::new(),
+    };
+    for (key, value) in written_options(with)? {
+        if let Some(columns) = file_option(&key, value, "UNLOAD")? {
+            spec.partitioned_by = columns;
+        }
+    }
+    Ok(Command::Unload(Box::new(spec)))
+}
+
+/// The options as lowercase keys with their values.
+fn written_options(options: &[SqlOption]) -> Result<Vec<(String, &SqlExpr)>> {
+    options
+        .iter()
+        .map(|option| match option {
+            SqlOption::KeyValue { key, value } => Ok((key.value.to_ascii_lowercase(), value)),
+            other => Err(Error::Sql(format!("option {other} is not key = value"))),
+        })
+        .collect()
+}
+
+/// Checks an option about the files a statement writes; returns the partition columns
+/// when it is `partitioned_by`.
+fn file_option(key: &str, value: &SqlExpr, statement: &str) -> Result<Option<Vec<String>>> {
+    match key {
+        "format" | "stored_as" => {
+            let format = text(key, value)?;
+            if !format.eq_ignore_ascii_case("parquet") {
+                return Err(Error::Sql(format!(
+                    "format = '{format}': {statement} writes PARQUET"
+                )));
+            }
+        }
+        "partitioned_by" | "partition_by" => return Ok(Some(names(key, value)?)),
+        "write_compression" | "parquet_compression" | "compression" => {
+            let codec = text(key, value)?;
+            if !codec.eq_ignore_ascii_case("zstd") {
+                return Err(Error::Sql(format!(
+                    "{key} = '{codec}': Tarn writes Parquet with ZSTD"
+                )));
+            }
+        }
+        other => {
+            return Err(Error::Sql(format!(
+                "table property '{other}' is not supported; {statement} takes format, \
+                 partitioned_by, external_location and write_compression"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The partition columns `names` of the query `df`, typed from its columns.
+fn partition_columns(
+    df: &datafusion::prelude::DataFrame,
+    names: &[String],
+) -> Result<Vec<PartitionColumn>> {
+    let schema = df.schema().as_arrow();
+    let mut columns = Vec::new();
+    for key in names {
+        let field = schema.field_with_name(key).map_err(|_| {
+            Error::Sql(format!(
+                "partitioned_by names '{key}', which the query does not give; its columns \
+                 are {}",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        columns.push(PartitionColumn {
+            name: key.clone(),
+            data_type: super::ddl::partition_type(key, field.data_type())?,
+        });
+    }
+    if !columns.is_empty() && columns.len() >= schema.fields().len() {
+        return Err(Error::Sql(
+            "every column of the query is a partition column; the files need one more".into(),
+        ));
+    }
+    Ok(columns)
 }
 
 impl Engine {
@@ -153,31 +236,7 @@ impl Engine {
             )));
         }
         let df = self.plan_with_row(&spec.query, None).await?;
-        let schema = df.schema().as_arrow().clone();
-        let mut partition_columns = Vec::new();
-        for key in &spec.partitioned_by {
-            let field = schema.field_with_name(key).map_err(|_| {
-                Error::Sql(format!(
-                    "partitioned_by names '{key}', which the query does not give; its columns \
-                     are {}",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            partition_columns.push(PartitionColumn {
-                name: key.clone(),
-                data_type: super::ddl::partition_type(key, field.data_type())?,
-            });
-        }
-        if partition_columns.len() >= schema.fields().len() {
-            return Err(Error::Sql(
-                "every column of the query is a partition column; a table needs one more".into(),
-            ));
-        }
+        let partition_columns = partition_columns(&df, &spec.partitioned_by)?;
         let location = match &spec.location {
             Some(l) => Some(self.empty_allowed_location(l).await?),
             None => None,
@@ -194,6 +253,23 @@ impl Engine {
         };
         let rows = self.ingest(&request, stream).await?;
         Ok(format!("created table {qualified} with {rows} rows"))
+    }
+
+    /// Runs an `UNLOAD`; returns the message for the client.
+    ///
+    /// # Errors
+    /// As [`Engine::create_table_as`], less the table's.
+    pub(crate) async fn unload(&self, spec: &Unload) -> Result<String> {
+        let df = self.plan_with_row(&spec.query, None).await?;
+        let partition_columns = partition_columns(&df, &spec.partitioned_by)?;
+        let location = self.empty_allowed_location(&spec.to).await?;
+        let stream = df.execute_stream().await?.map_err(Error::from);
+        let (rows, files) =
+            crate::ingest::unload(&self.shared.stores, &location, &partition_columns, stream)
+                .await?;
+        Ok(format!(
+            "unloaded {rows} rows into {files} file(s) at {location}"
+        ))
     }
 
     /// `location` when SQL may write there and it holds no file yet (as Athena's CTAS

@@ -137,6 +137,8 @@ pub enum Command {
     },
     /// `CREATE TABLE d.t WITH (…) AS SELECT …`.
     CreateTableAs(Box<super::ctas::CreateTableAs>),
+    /// `UNLOAD (SELECT …) TO '…' WITH (…)`.
+    Unload(Box<super::ctas::Unload>),
     /// `SHOW RESULT CACHE`: the result cache's size, hits and misses.
     ShowResultCache,
     /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
@@ -304,6 +306,9 @@ pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Resul
                 }));
             }
             Statement::AlterTable(alter) => return alter_table(alter, default_db).map(Some),
+            Statement::Unload {
+                query, to, with, ..
+            } => return super::ctas::recognise_unload(query.as_deref(), to, with).map(Some),
             Statement::CreateTable(create) if create.query.is_some() => {
                 let (database, name) = table_name(&create.name, default_db)?;
                 return super::ctas::recognise(create, database, name);
@@ -1304,7 +1309,8 @@ impl Engine {
             | Command::CreateView { .. }
             | Command::DropView { .. }
             | Command::ShowCreateView { .. }
-            | Command::CreateTableAs(_) => self.run_view_command(command).await?,
+            | Command::CreateTableAs(_)
+            | Command::Unload(_) => self.run_view_command(command).await?,
             Command::ShowResultCache => self.show_result_cache(command.schema())?,
             Command::CreateDatabase {
                 name,
@@ -1483,6 +1489,7 @@ impl Engine {
                 self.show_create_view(database, name).await?
             }
             Command::CreateTableAs(spec) => message(self.create_table_as(spec).await?)?,
+            Command::Unload(spec) => message(self.unload(spec).await?)?,
             _ => return Err(Error::Internal("not a view command".into())),
         })
     }
