@@ -179,6 +179,18 @@ fn file_option(key: &str, value: &SqlExpr, statement: &str) -> Result<Option<Vec
     Ok(None)
 }
 
+/// The query's rows, led by an empty batch of its schema, so a query that gives no rows
+/// still gives the writer its columns (an empty table, or no files).
+async fn rows_of(
+    df: datafusion::prelude::DataFrame,
+) -> Result<impl futures::Stream<Item = Result<arrow::array::RecordBatch>> + Send> {
+    use futures::StreamExt;
+    let empty =
+        arrow::array::RecordBatch::new_empty(std::sync::Arc::new(df.schema().as_arrow().clone()));
+    let stream = df.execute_stream().await?.map_err(Error::from);
+    Ok(futures::stream::once(async move { Ok(empty) }).chain(stream))
+}
+
 /// The partition columns `names` of the query `df`, typed from its columns.
 fn partition_columns(
     df: &datafusion::prelude::DataFrame,
@@ -241,7 +253,7 @@ impl Engine {
             Some(l) => Some(self.empty_allowed_location(l).await?),
             None => None,
         };
-        let stream = df.execute_stream().await?.map_err(Error::from);
+        let stream = rows_of(df).await?;
         let request = crate::ingest::IngestRequest {
             database: Some(spec.database.clone()),
             table: spec.name.clone(),
@@ -263,7 +275,7 @@ impl Engine {
         let df = self.plan_with_row(&spec.query, None).await?;
         let partition_columns = partition_columns(&df, &spec.partitioned_by)?;
         let location = self.empty_allowed_location(&spec.to).await?;
-        let stream = df.execute_stream().await?.map_err(Error::from);
+        let stream = rows_of(df).await?;
         let (rows, files) =
             crate::ingest::unload(&self.shared.stores, &location, &partition_columns, stream)
                 .await?;
