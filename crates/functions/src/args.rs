@@ -153,3 +153,13 @@ impl datafusion::logical_expr::ScalarUDFImpl for Simple {
         Ok(ColumnarValue::Array(out))
     }
 }
+
+/// The result type of a function that returns strings.
+pub fn utf8(_: &[DataType]) -> Result<DataType> {
+    Ok(DataType::Utf8)
+}
+
+/// The result type of a function that returns 64-bit integers.
+pub fn int64(_: &[DataType]) -> Result<DataType> {
+    Ok(DataType::Int64)
+}

@@ -1,7 +1,7 @@
 //! Presto's `element_at` (a map's value or an array's element, NULL when missing),
 //! `split` and `regexp_extract`.
 
-use crate::args::{Simple, is_string, strings, wrong_count, wrong_type};
+use crate::args::{Simple, is_string, strings, utf8, wrong_count, wrong_type};
 use arrow::array::{Array, ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef};
@@ -29,10 +29,6 @@ pub fn functions() -> Vec<ScalarUDF> {
             regexp_extract,
         ),
     ]
-}
-
-fn utf8(_: &[DataType]) -> Result<DataType> {
-    Ok(DataType::Utf8)
 }
 
 fn list_of_strings(_: &[DataType]) -> Result<DataType> {

@@ -2,7 +2,7 @@
 //! (a timestamp with a zone in its zone, as Presto does) and written back in the input's
 //! type; units are Presto's (`millisecond` … `year`, plural accepted).
 
-use crate::args::{Simple, all_strings, is_string, strings, wrong_count, wrong_type};
+use crate::args::{Simple, all_strings, int64, is_string, strings, utf8, wrong_count, wrong_type};
 use arrow::array::timezone::Tz;
 use arrow::array::{
     Array, ArrayRef, Date32Array, Int64Array, StringArray, TimestampMicrosecondArray,
@@ -64,12 +64,6 @@ pub fn functions() -> Vec<ScalarUDF> {
     ]
 }
 
-fn int64(_: &[DataType]) -> Result<DataType> {
-    Ok(DataType::Int64)
-}
-fn utf8(_: &[DataType]) -> Result<DataType> {
-    Ok(DataType::Utf8)
-}
 fn date(_: &[DataType]) -> Result<DataType> {
     Ok(DataType::Date32)
 }

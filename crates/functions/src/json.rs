@@ -4,7 +4,7 @@
 //! `['key']`, `[index]`. A value that is not valid JSON reads as NULL, as in Presto;
 //! `json_parse` alone refuses it.
 
-use crate::args::{Simple, all_strings, strings, wrong_count};
+use crate::args::{Simple, all_strings, int64, strings, utf8, wrong_count};
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result};
@@ -37,12 +37,6 @@ pub fn functions() -> Vec<ScalarUDF> {
     ]
 }
 
-fn utf8(_: &[DataType]) -> Result<DataType> {
-    Ok(DataType::Utf8)
-}
-fn int64(_: &[DataType]) -> Result<DataType> {
-    Ok(DataType::Int64)
-}
 fn boolean(_: &[DataType]) -> Result<DataType> {
     Ok(DataType::Boolean)
 }
