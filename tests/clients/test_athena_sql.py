@@ -1,9 +1,12 @@
 """Athena users' SQL through ADBC: views stored in the catalog, and Presto's functions,
 with DuckDB over the same files as the oracle."""
 
+import datetime as dt
 import json
 
+import adbc_driver_flightsql
 import adbc_driver_manager
+import pyarrow as pa
 import pytest
 
 from conftest import Server, connect, tarn
@@ -221,3 +224,57 @@ def test_unload_writes_partitioned_parquet_to_s3_and_registers_nothing(crawled, 
             for row in pq.read_table(io.BytesIO(body)).to_pylist():
                 got.append((row["user_id"], row["kind"], row["score"], day))
         assert normalise(got) == expected
+
+
+COOKIES = {adbc_driver_flightsql.DatabaseOptions.WITH_COOKIE_MIDDLEWARE.value: "true"}
+INSTANT = "CAST(from_iso8601_timestamp('2024-01-05T13:00:00Z') AS TIMESTAMP WITH TIME ZONE)"
+
+
+def show(cur, name):
+    """(value, server's value) of a session setting."""
+    cur.execute(f"SHOW {name}")
+    (row,) = cur.fetchall()
+    assert row[0] == name
+    return row[1], row[2]
+
+
+def test_set_time_zone_and_session_settings_through_adbc(server):
+    with connect(server.uri, db_kwargs=COOKIES) as conn, conn.cursor() as cur:
+        assert show(cur, "time_zone") == ("UTC", "UTC")
+        cur.execute("SET TIME ZONE 'America/New_York'")
+        cur.execute(f"SELECT now() AS n, {INSTANT} AS t")
+        table = cur.fetch_arrow_table()
+        assert table.schema.field("n").type == pa.timestamp("ns", tz="America/New_York")
+        now, instant = table.column("n")[0].as_py(), table.column("t")[0].as_py()
+        # The same instants, given in the session's zone.
+        assert instant.utcoffset() == dt.timedelta(hours=-5) and instant.hour == 8
+        assert instant == dt.datetime(2024, 1, 5, 13, tzinfo=dt.timezone.utc)
+        assert abs(now - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+        assert now.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4))
+        # Prepared statements (parameters bound) run in the session too.
+        cur.execute("SELECT now() AS n WHERE ? = 1", parameters=(1,))
+        assert cur.fetch_arrow_table().schema.field("n").type.tz == "America/New_York"
+        # The session keeps its settings in its options (the signed cookie).
+        options = json.loads(conn.adbc_connection.get_option("adbc.flight.sql.session.options"))
+        assert options["time_zone"] == "America/New_York"
+        cur.execute("SET SESSION tarn.avg_from_sums = false")
+        assert show(cur, "tarn.avg_from_sums") == ("false", "true")
+        cur.execute("SET target_partitions = 1")
+        assert show(cur, "target_partitions")[0] == "1"
+        with pytest.raises(adbc_driver_manager.Error, match=r"from 1 to \d+ \(the server's target_partitions\)"):
+            cur.execute("SET target_partitions = 100000")
+        with pytest.raises(adbc_driver_manager.Error, match="not a setting a session may change; it is the server's"):
+            cur.execute("SET datafusion.runtime.memory_limit = '1T'")
+        with pytest.raises(adbc_driver_manager.Error, match="'Mars/Olympus' is not a value for the setting time_zone"):
+            cur.execute("SET TIME ZONE 'Mars/Olympus'")
+        # A failed SET changed nothing.
+        assert show(cur, "time_zone")[0] == "America/New_York"
+        # Another session starts from the server's settings.
+        with connect(server.uri, db_kwargs=COOKIES) as other, other.cursor() as other_cur:
+            assert show(other_cur, "time_zone")[0] == "UTC"
+            assert show(other_cur, "tarn.avg_from_sums")[0] == "true"
+        cur.execute("RESET tarn.avg_from_sums")
+        assert show(cur, "tarn.avg_from_sums")[0] == "true"
+        cur.execute("RESET ALL")
+        assert show(cur, "time_zone")[0] == "UTC"
+        assert show(cur, "target_partitions")[0] == show(cur, "target_partitions")[1]

@@ -190,6 +190,27 @@ def test_parameters_and_the_row_limit(typed):
     assert answer["rows"] and all(r["client_address"].startswith("127.0.0.1:") for r in answer["rows"])
 
 
+def test_session_settings_in_the_request(typed):
+    answer = json.loads(post(typed["base"], {
+        "sql": "SELECT arrow_typeof(now()) AS t, CAST(seen_at AS TIMESTAMP WITH TIME ZONE) AS s "
+               "FROM readings WHERE id = 1",
+        "settings": {"time_zone": "Asia/Tokyo", "tarn.reorder_joins": False, "target_partitions": 1},
+    })[2])
+    assert answer["rows"][0]["t"] == 'Timestamp(ns, "Asia/Tokyo")', answer
+    # The same instant, given in the request's zone (13:00:01.25 UTC is 22:00:01.25 in Tokyo).
+    shown = dt.datetime.fromisoformat(answer["rows"][0]["s"])
+    assert shown.utcoffset() == dt.timedelta(hours=9)
+    assert shown == dt.datetime(2024, 1, 5, 13, 0, 1, 250000, tzinfo=dt.timezone.utc)
+    # A request has no session to keep: the next one is in the server's zone.
+    plain = json.loads(post(typed["base"], {"sql": "SHOW time_zone"})[2])
+    assert plain["rows"][0]["value"] == "UTC"
+    status, _, body = post(typed["base"], {"sql": "SET TIME ZONE 'Asia/Tokyo'"})
+    assert status == 400 and '"settings"' in json.loads(body)["error"]["message"]
+    status, _, body = post(typed["base"], {"sql": "SELECT 1", "settings": {"datafusion.runtime.memory_limit": "1T"}})
+    message = json.loads(body)["error"]["message"]
+    assert status == 400 and "not a setting a session may change" in message and "server's" in message
+
+
 def test_the_catalog_over_http(typed):
     status, _, body = get(typed["base"], "/v1/databases")
     assert status == 200 and json.loads(body)["databases"] == [{"name": "default", "tables": 1}]

@@ -188,6 +188,25 @@ def test_session_settings_clients_send(typed):
         psycopg.connect(dsn(typed["server"]).replace("dbname=tarn", "dbname=nowhere"))
 
 
+def test_tarn_settings_and_use_over_postgres(typed):
+    with psycopg.connect(dsn(typed["server"]), autocommit=True) as conn:
+        conn.execute("USE lab")
+        assert conn.execute("SHOW search_path").fetchone() == ("lab",)
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (4,)
+        conn.execute("SET tarn.reorder_joins = off")
+        assert conn.execute("SHOW tarn.reorder_joins").fetchone()[1:3] == ("false", "true")
+        conn.execute("SET SESSION time_zone = 'Asia/Tokyo'")
+        assert conn.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+        assert conn.execute("SELECT arrow_typeof(now())").fetchone() == ('Timestamp(ns, "Asia/Tokyo")',)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="it is the server's"):
+            conn.execute("SET datafusion.runtime.memory_limit = '1T'")
+        conn.execute("RESET tarn.reorder_joins")
+        assert conn.execute("SHOW tarn.reorder_joins").fetchone()[1] == "true"
+        conn.execute("SET tarn.reorder_joins = false")
+        conn.execute("RESET ALL")
+        assert conn.execute("SHOW tarn.reorder_joins").fetchone()[1] == "true"
+
+
 def test_transactions_are_accepted_and_errors_have_their_codes(typed):
     with psycopg.connect(dsn(typed["server"])) as conn:  # psycopg opens a transaction
         assert conn.execute("SELECT count(*) FROM lab.readings").fetchone() == (4,)

@@ -7,11 +7,14 @@ use std::path::PathBuf;
 use arrow::datatypes::DataType;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use tarn_lake::engine::Engine;
+use tarn_lake::engine::settings::Settings;
 
 use crate::common::{Env, firehose_lake, reduced_lake, render};
 
+/// One session: `SET`, `RESET` and `USE` last until the file's next `connection`.
 struct TarnDb {
     engine: Engine,
+    settings: Settings,
 }
 
 #[async_trait::async_trait]
@@ -20,7 +23,10 @@ impl AsyncDB for TarnDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
-        let (schema, batches) = self.engine.query(sql).await?;
+        let (schema, batches) = self
+            .engine
+            .query_in_session(sql, &mut self.settings)
+            .await?;
         let types = schema
             .fields()
             .iter()
@@ -65,7 +71,12 @@ async fn run_file(name: &str) {
     let engine = env.engine.clone();
     let mut runner = sqllogictest::Runner::new(move || {
         let engine = engine.clone();
-        async move { Ok::<_, tarn_lake::Error>(TarnDb { engine }) }
+        async move {
+            Ok::<_, tarn_lake::Error>(TarnDb {
+                engine,
+                settings: Settings::default(),
+            })
+        }
     });
     runner.set_var("LAKE".into(), env.lake().to_string_lossy().into_owned());
     let out = env.dir.path().join("out");
@@ -109,6 +120,7 @@ macro_rules! slt_files {
 
 slt_files!(
     athena_functions,
+    session,
     basics,
     ctas,
     ddl,

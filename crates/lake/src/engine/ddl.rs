@@ -141,6 +141,9 @@ pub enum Command {
     Unload(Box<super::ctas::Unload>),
     /// `SHOW RESULT CACHE`: the result cache's size, hits and misses.
     ShowResultCache,
+    /// `SET`, `RESET`, `USE` or `SHOW` of a session's setting: the front door keeps the
+    /// session (see [`super::settings`]).
+    Session(super::settings::SessionCommand),
     /// `INSERT INTO t [(columns)] VALUES … | SELECT …` (or `INSERT OVERWRITE`): the source
     /// query's rows bulk-ingested into the table.
     Insert {
@@ -165,6 +168,7 @@ impl Command {
                 | Command::ShowMaterializedViews
                 | Command::ShowResultCache
                 | Command::ShowCreateView { .. }
+                | Command::Session(_)
         )
     }
 
@@ -196,6 +200,9 @@ impl Command {
                 false,
             )])),
             Command::ShowMaterializedViews => crate::rollup::show_schema(),
+            Command::Session(super::settings::SessionCommand::Show(_)) => {
+                super::settings::show_schema()
+            }
             Command::ShowCreateView { .. } => Arc::new(Schema::new(vec![Field::new(
                 "create_statement",
                 DataType::Utf8,
@@ -244,6 +251,9 @@ impl Command {
 pub(crate) async fn recognise(engine: &Engine, statement: &DFStatement) -> Result<Option<Command>> {
     let state = engine.base_state();
     let default_db = &engine.default_database();
+    if let Some(session) = super::settings::recognise(statement)? {
+        return Ok(Some(Command::Session(session)));
+    }
     match statement {
         DFStatement::CreateExternalTable(_) => {}
         DFStatement::Statement(s) => match s.as_ref() {
@@ -903,7 +913,7 @@ fn check_spec(table: &crate::catalog::TableEntry, spec: &[(String, String)]) -> 
     Ok(())
 }
 
-fn message(text: impl Into<String>) -> Result<RecordBatch> {
+pub(crate) fn message(text: impl Into<String>) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "result",
         DataType::Utf8,
@@ -1035,8 +1045,11 @@ impl Engine {
                 ));
             }
             target = Some(Arc::clone(&schema));
+            // Led by an empty batch: a source that gives no rows still names the columns,
+            // and inserts nothing.
+            let empty = RecordBatch::new_empty(Arc::clone(&schema));
             let stream = df.execute_stream().await.map_err(Error::from)?;
-            streams.push(stream.map_err(Error::from).and_then(move |batch| {
+            let rows = stream.map_err(Error::from).and_then(move |batch| {
                 let schema = Arc::clone(&schema);
                 async move {
                     let columns = batch
@@ -1055,7 +1068,8 @@ impl Engine {
                         .collect::<Result<Vec<_>>>()?;
                     Ok(RecordBatch::try_new(schema, columns)?)
                 }
-            }));
+            });
+            streams.push(futures::stream::once(async move { Ok(empty) }).chain(rows));
         }
         let request = crate::ingest::IngestRequest {
             database: Some(database.to_string()),
@@ -1312,6 +1326,10 @@ impl Engine {
             | Command::CreateTableAs(_)
             | Command::Unload(_) => self.run_view_command(command).await?,
             Command::ShowResultCache => self.show_result_cache(command.schema())?,
+            Command::Session(super::settings::SessionCommand::Show(name)) => {
+                self.show_settings(name.as_deref())?
+            }
+            Command::Session(command) => return Err(super::settings::without_session(command)),
             Command::CreateDatabase {
                 name,
                 if_not_exists,

@@ -111,6 +111,11 @@ pub(crate) fn reads_tables(plan: &datafusion::logical_expr::LogicalPlan) -> bool
 }
 
 impl Admission {
+    /// The server's limits.
+    pub(crate) fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
     pub(crate) fn new(limits: QueryLimits, memory_limit: Option<usize>) -> Self {
         let places = limits
             .max_concurrent

@@ -14,6 +14,7 @@ pub mod limits;
 mod metrics;
 mod parse;
 mod planner;
+pub mod settings;
 mod sql_views;
 pub mod system;
 pub mod time_travel;
@@ -83,6 +84,11 @@ struct Shared {
     /// The newest generation whose snapshot, views and rollup index are all in place (a
     /// query at that generation needs no refresh).
     ready: std::sync::atomic::AtomicI64,
+    /// The server's `target_partitions`: the most a session may ask for.
+    target_partitions: usize,
+    /// The server's planner switches (`tarn.<key>`, value): what a session's `RESET`
+    /// returns to.
+    switches: Vec<(String, String)>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -100,6 +106,8 @@ pub struct Engine {
     rollup_rewrite: bool,
     /// Who runs this engine's statements and what they are, for the query history.
     label: Option<Arc<history::QueryLabel>>,
+    /// The session settings this engine plans with (see [`Engine::with_settings`]).
+    settings: Arc<settings::Settings>,
 }
 
 /// A planned statement: a query for DataFusion, or a command Tarn runs itself.
@@ -212,6 +220,8 @@ impl Engine {
             rollup_budget: options.rollup_memory,
             sql_views: Default::default(),
             ready: std::sync::atomic::AtomicI64::new(i64::MIN),
+            target_partitions: config.target_partitions(),
+            switches: settings::switch_values(config.options()),
         });
         let metrics = Arc::clone(&shared.admission.metrics);
         catalog.observe(Arc::new(move |event| metrics.catalog(event)));
@@ -261,12 +271,17 @@ impl Engine {
             rollup_memory: options.rollup_memory,
             rollup_rewrite: options.rollup_rewrite,
             label: None,
+            settings: Arc::default(),
         })
     }
 
     /// This engine running statements for `label` (recorded in the query history under
     /// its user; `system.queries` shows a reader only their own).
-    pub fn labelled(&self, label: history::QueryLabel) -> Engine {
+    /// A time limit the label does not set comes from the session's `query_timeout`.
+    pub fn labelled(&self, mut label: history::QueryLabel) -> Engine {
+        if label.timeout.is_none() {
+            label.timeout = self.settings.timeout();
+        }
         let label = Arc::new(label);
         let mut engine = self.clone();
         engine.state.config_mut().set_extension(Arc::clone(&label));
@@ -286,6 +301,7 @@ impl Engine {
             rollup_memory,
             rollup_rewrite: true,
             label: None,
+            settings: Arc::default(),
         }
     }
 

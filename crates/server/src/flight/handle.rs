@@ -5,10 +5,11 @@
 //! per-statement state, so a client that never calls DoGet leaks nothing, and DoGet may
 //! reach any Tarn node behind a load balancer.
 //!
-//! Layout: `b"TRN3"`, the SQL length (u32, little-endian), the SQL (UTF-8), the default
-//! database's length (u32, 0 for none) and name, the catalog generation the statement was
-//! planned at (i64, -1 for none), then the parameter batches as an IPC stream (absent when
-//! nothing is bound). The server signs the whole (see `TarnFlightSql::seal`).
+//! Layout: `b"TRN4"`, the SQL length (u32, little-endian), the SQL (UTF-8), the default
+//! database's length (u32, 0 for none) and name, the session's settings as JSON (length
+//! and text; `{}` for none), the catalog generation the statement was planned at (i64, -1
+//! for none), then the parameter batches as an IPC stream (absent when nothing is bound).
+//! The server signs the whole (see `TarnFlightSql::seal`).
 
 use std::sync::Arc;
 
@@ -17,9 +18,10 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use bytes::Bytes;
 
+use tarn_lake::engine::settings::Settings;
 use tarn_lake::error::{Error, Result};
 
-const MAGIC: &[u8; 4] = b"TRN3";
+const MAGIC: &[u8; 4] = b"TRN4";
 /// A ticket holding a result computed when the ticket was issued (a DDL statement's
 /// outcome), as an IPC stream.
 const RESULT_MAGIC: &[u8; 4] = b"TRR1";
@@ -77,6 +79,8 @@ pub struct StatementHandle {
     /// catalog snapshot at least this new (a node whose snapshot is as new skips the check).
     /// `None` for prepared statements, which always run on the newest catalog.
     pub generation: Option<i64>,
+    /// The session's settings (time zone, switches, …) the statement runs with.
+    pub settings: Settings,
 }
 
 impl StatementHandle {
@@ -86,6 +90,7 @@ impl StatementHandle {
             params: Vec::new(),
             database: None,
             generation: None,
+            settings: Settings::default(),
         }
     }
 
@@ -106,6 +111,12 @@ impl StatementHandle {
             .map_err(|_| Error::InvalidArgument("database name is too long".into()))?;
         out.extend_from_slice(&db_len.to_le_bytes());
         out.extend_from_slice(database.as_bytes());
+        let settings = serde_json::to_vec(&self.settings)
+            .map_err(|e| Error::Internal(format!("session settings as JSON: {e}")))?;
+        let settings_len = u32::try_from(settings.len())
+            .map_err(|_| Error::InvalidArgument("session settings are too long".into()))?;
+        out.extend_from_slice(&settings_len.to_le_bytes());
+        out.extend_from_slice(&settings);
         out.extend_from_slice(&self.generation.unwrap_or(-1).to_le_bytes());
         if let Some(first) = self.params.first() {
             let mut writer = StreamWriter::try_new(&mut out, &first.schema())?;
@@ -147,6 +158,10 @@ impl StatementHandle {
         let (database, used) = text(rest, "database")?;
         let rest = &rest[used..];
         let database = (!database.is_empty()).then_some(database);
+        let (settings, used) = text(rest, "settings")?;
+        let rest = &rest[used..];
+        let settings: Settings =
+            serde_json::from_str(&settings).map_err(|e| bad(&format!("settings: {e}")))?;
         let (generation, rest) = rest
             .split_first_chunk::<8>()
             .ok_or_else(|| bad("truncated"))?;
@@ -165,6 +180,7 @@ impl StatementHandle {
             params,
             database,
             generation,
+            settings,
         })
     }
 
@@ -263,6 +279,7 @@ mod tests {
             params: vec![batch],
             database: Some("web".into()),
             generation: Some(42),
+            settings: serde_json::from_str(r#"{"time_zone": "Europe/Paris"}"#).unwrap(),
         };
         let decoded = StatementHandle::decode(&bound.encode().unwrap()).unwrap();
         assert_eq!(decoded, bound);
@@ -292,7 +309,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_clear_error() {
-        for bytes in [&b""[..], b"hello", b"TRN3\x05\x00\x00\x00ab"] {
+        for bytes in [&b""[..], b"hello", b"TRN4\x05\x00\x00\x00ab"] {
             let err = StatementHandle::decode(bytes).unwrap_err().to_string();
             assert!(err.contains("not a Tarn statement handle"), "{err}");
         }

@@ -50,6 +50,8 @@ use crate::auth::{Authenticator, Caller, Signer, caller};
 use handle::{
     StatementHandle, TicketContent, decode_ticket, encode_result, rewrite_question_marks,
 };
+use tarn_lake::engine::ddl::Command;
+use tarn_lake::engine::settings::Settings;
 use tarn_lake::engine::{CATALOG_NAME, Engine, Statement};
 use tarn_lake::error::{Error, Result};
 use tarn_lake::ingest::{IngestMode, IngestRequest};
@@ -104,10 +106,13 @@ impl TarnFlightSql {
 
     /// The engine for a statement: with the database the client chose as default.
     /// (Statements are labelled with their caller and text for the query history.)
-    async fn engine_for(&self, database: Option<&str>) -> Result<Engine> {
+    /// The session's settings apply first; a database the request names wins over the
+    /// session's `schema`.
+    async fn engine_for(&self, database: Option<&str>, settings: &Settings) -> Result<Engine> {
+        let engine = self.engine.with_settings(settings)?;
         match database {
-            Some(db) => self.engine.in_database(db).await,
-            None => Ok(self.engine.clone()),
+            Some(db) => engine.in_database(db).await,
+            None => Ok(engine),
         }
     }
 
@@ -118,11 +123,12 @@ impl TarnFlightSql {
         &self,
         handle: &StatementHandle,
         caller: &Caller,
+        session: &session::Session,
     ) -> Result<(SchemaRef, bytes::Bytes)> {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
         let engine = self
-            .engine_for(handle.database.as_deref())
+            .engine_for(handle.database.as_deref(), &handle.settings)
             .await?
             .labelled(label(caller, &handle.sql));
         let prepared = engine.prepare(&sql, rows.first()).await;
@@ -130,6 +136,21 @@ impl TarnFlightSql {
             engine.record_failure(e);
         }
         match prepared? {
+            // `SET`, `RESET`, `USE` and `SHOW` run now: the session's new settings go back
+            // to the client in its cookie, and the ticket carries the answer.
+            Statement::Command(Command::Session(command)) => {
+                let mut settings = handle.settings.clone();
+                let batch = engine
+                    .recorded(engine.run_session_command(&command, &mut settings))
+                    .await?;
+                if settings != handle.settings {
+                    session.change(settings);
+                }
+                Ok((
+                    wire_schema(&batch.schema()),
+                    self.seal(encode_result(&[batch])?),
+                ))
+            }
             Statement::Query(df) => {
                 // The ticket runs on a catalog at least as new as the one it was planned on.
                 let mut ticket = handle.clone();
@@ -165,9 +186,10 @@ impl TarnFlightSql {
         database: Option<&str>,
         caller: &Caller,
         rows: &[RecordBatch],
+        session: &session::Session,
     ) -> Result<i64> {
         let engine = self
-            .engine_for(database)
+            .engine_for(database, &session.options.settings)
             .await?
             .labelled(label(caller, sql));
         let prepared = engine
@@ -177,6 +199,16 @@ impl TarnFlightSql {
             engine.record_failure(e);
         }
         match prepared? {
+            Statement::Command(Command::Session(command)) => {
+                let mut settings = session.options.settings.clone();
+                engine
+                    .recorded(engine.run_session_command(&command, &mut settings))
+                    .await?;
+                if settings != session.options.settings {
+                    session.change(settings);
+                }
+                Ok(0)
+            }
             Statement::Command(command) if command.is_update() => {
                 let result = engine
                     .recorded(async {
@@ -186,7 +218,7 @@ impl TarnFlightSql {
                     .await?;
                 // An INSERT reports the rows it wrote; DDL reports 0, as JDBC expects.
                 Ok(match command {
-                    tarn_lake::engine::ddl::Command::Insert { .. } => result
+                    Command::Insert { .. } => result
                         .column(0)
                         .as_any()
                         .downcast_ref::<arrow::array::UInt64Array>()
@@ -203,12 +235,7 @@ impl TarnFlightSql {
 
     /// Streams what a ticket holds: a computed result, or the statement run once per bound
     /// parameter row (once when none are bound), in the wire schema.
-    async fn execute(
-        &self,
-        ticket: TicketContent,
-        caller: &Caller,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<FlightDataStream> {
+    async fn execute(&self, ticket: TicketContent, caller: &Caller) -> Result<FlightDataStream> {
         let handle = match ticket {
             TicketContent::Result(batches) => {
                 let schema = batches
@@ -225,9 +252,9 @@ impl TarnFlightSql {
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
         let engine = self
-            .engine_for(handle.database.as_deref())
+            .engine_for(handle.database.as_deref(), &handle.settings)
             .await?
-            .labelled(label(caller, &handle.sql).with_timeout(timeout));
+            .labelled(label(caller, &handle.sql));
         let mut streams = Vec::new();
         let mut schema: Option<SchemaRef> = None;
         let runs: Vec<Option<&RecordBatch>> = if rows.is_empty() {
@@ -458,11 +485,9 @@ pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
             (!value.is_empty()).then(|| value.to_string())
         })
         .or_else(|| {
-            // The session's `schema` option (SetSessionOptions), when no header names one.
-            request
-                .extensions()
-                .get::<session::Options>()
-                .and_then(|o| o.get("schema").cloned())
+            // The session's `schema` option (SetSessionOptions, USE), when no header names
+            // one.
+            session_settings(request).get("schema").map(str::to_string)
         })
 }
 
@@ -521,8 +546,9 @@ impl FlightSqlService for TarnFlightSql {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let mut handle = StatementHandle::new(query.query);
         handle.database = requested_database(&request);
+        handle.settings = session_settings(&request);
         let (schema, statement_handle) = self
-            .flight_plan(&handle, &caller(&request))
+            .flight_plan(&handle, &caller(&request), &session(&request))
             .await
             .map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
@@ -540,8 +566,9 @@ impl FlightSqlService for TarnFlightSql {
         if handle.database.is_none() {
             handle.database = requested_database(&request);
         }
+        handle.settings = session_settings(&request);
         let (schema, statement_handle) = self
-            .flight_plan(&handle, &caller(&request))
+            .flight_plan(&handle, &caller(&request), &session(&request))
             .await
             .map_err(flight_status)?;
         let ticket = TicketStatementQuery { statement_handle };
@@ -557,7 +584,7 @@ impl FlightSqlService for TarnFlightSql {
             .open_ticket(&ticket.statement_handle)
             .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content, &caller(&request), session_timeout(&request))
+            self.execute(content, &caller(&request))
                 .await
                 .map_err(flight_status)?,
         ))
@@ -572,7 +599,7 @@ impl FlightSqlService for TarnFlightSql {
             .open_ticket(&query.prepared_statement_handle)
             .map_err(flight_status)?;
         Ok(Response::new(
-            self.execute(content, &caller(&request), session_timeout(&request))
+            self.execute(content, &caller(&request))
                 .await
                 .map_err(flight_status)?,
         ))
@@ -586,7 +613,7 @@ impl FlightSqlService for TarnFlightSql {
         let sql = rewrite_question_marks(&query.query);
         let database = requested_database(&request);
         let engine = self
-            .engine_for(database.as_deref())
+            .engine_for(database.as_deref(), &session_settings(&request))
             .await
             .map_err(flight_status)?
             .labelled(label(&caller(&request), &query.query));
@@ -646,6 +673,7 @@ impl FlightSqlService for TarnFlightSql {
         let mut handle = self
             .open_handle(&query.prepared_statement_handle)
             .map_err(flight_status)?;
+        let settings = session_settings(&request);
         let stream = request.into_inner().map_err(FlightError::from);
         let params: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
             .try_collect()
@@ -655,7 +683,7 @@ impl FlightSqlService for TarnFlightSql {
         // Validate now, so a bad binding fails at bind time rather than at DoGet.
         let sql = rewrite_question_marks(&handle.sql);
         let rows = handle.param_rows();
-        self.engine_for(handle.database.as_deref())
+        self.engine_for(handle.database.as_deref(), &settings)
             .await
             .map_err(flight_status)?
             .prepare(&sql, rows.first())
@@ -894,9 +922,15 @@ impl FlightSqlService for TarnFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
         let database = requested_database(&request);
-        self.update(&command.query, database.as_deref(), &caller(&request), &[])
-            .await
-            .map_err(flight_status)
+        self.update(
+            &command.query,
+            database.as_deref(),
+            &caller(&request),
+            &[],
+            &session(&request),
+        )
+        .await
+        .map_err(flight_status)
     }
 
     async fn do_put_statement_ingest(
@@ -986,6 +1020,7 @@ impl FlightSqlService for TarnFlightSql {
             .clone()
             .or_else(|| requested_database(&request));
         let caller = caller(&request);
+        let session = session(&request);
         // Parameters come with the update (ADBC's executemany, JDBC batches), or were bound
         // to the handle before.
         // The first message may carry only the descriptor (no IPC header): skip such.
@@ -1001,7 +1036,7 @@ impl FlightSqlService for TarnFlightSql {
             handle.params = sent.into_iter().filter(|b| b.num_rows() > 0).collect();
         }
         let rows = handle.param_rows();
-        self.update(&handle.sql, database.as_deref(), &caller, &rows)
+        self.update(&handle.sql, database.as_deref(), &caller, &rows, &session)
             .await
             .map_err(flight_status)
     }
@@ -1069,10 +1104,20 @@ fn label(caller: &Caller, sql: &str) -> tarn_lake::engine::history::QueryLabel {
     )
 }
 
-/// The time limit the request's session set (`query_timeout`), if any.
-fn session_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+/// The request's session (its cookie's options), recorded by the service's `authorize`.
+pub(crate) fn session<T>(request: &Request<T>) -> session::Session {
     request
         .extensions()
-        .get::<session::Options>()
-        .and_then(session::timeout)
+        .get::<session::Session>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The settings of the request's session.
+pub(crate) fn session_settings<T>(request: &Request<T>) -> Settings {
+    request
+        .extensions()
+        .get::<session::Session>()
+        .map(|s| s.options.settings.clone())
+        .unwrap_or_default()
 }

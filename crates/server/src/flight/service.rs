@@ -92,12 +92,7 @@ impl TarnFlightService {
             "SetSessionOptions" => match session::SetSessionOptionsRequest::decode(&*action.body) {
                 Ok(set) => {
                     let mut options = session::from_request(request, signer);
-                    let databases = match self.sql.engine.refresh().await {
-                        Ok(()) => self.sql.engine.databases(),
-                        Err(e) => return Some(Err(flight_status(e))),
-                    };
-                    let result =
-                        session::apply(&mut options, set, |db| databases.iter().any(|d| d == db));
+                    let result = session::apply(&mut options, set, &self.sql.engine).await;
                     let cookie = session::set_cookie(Some(&options), signer);
                     Ok((result.encode_to_vec(), Some(cookie)))
                 }
@@ -151,6 +146,7 @@ impl TarnFlightService {
             .authenticate(authorization(&request).as_deref())
             .map_err(flight_status)?;
         let options = session::from_request(&request, self.sql.auth.signer());
+        let session = session::Session::new(options);
         let address = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
@@ -158,8 +154,26 @@ impl TarnFlightService {
             .engine
             .client_call(&caller.name, &address, "flight");
         request.extensions_mut().insert(caller);
-        request.extensions_mut().insert(options);
+        request.extensions_mut().insert(session);
         Ok(request)
+    }
+
+    /// `response` with a `set-cookie` header when a statement of the request changed its
+    /// session's settings (`SET`, `USE`, `RESET`).
+    fn with_session<T>(
+        &self,
+        session: Option<session::Session>,
+        response: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let mut response = response?;
+        if let Some(options) = session.and_then(|s| s.changed()) {
+            let cookie = session::set_cookie(Some(&options), self.sql.auth.signer());
+            let value = cookie
+                .parse()
+                .map_err(|_| Status::internal("session cookie is not a valid header"))?;
+            response.metadata_mut().insert("set-cookie", value);
+        }
+        Ok(response)
     }
 
     /// The schema a descriptor's statement would return, without running it (DDL
@@ -169,7 +183,7 @@ impl TarnFlightService {
         let rows = handle.param_rows();
         let schema = match self
             .sql
-            .engine_for(handle.database.as_deref())
+            .engine_for(handle.database.as_deref(), &handle.settings)
             .await
             .map_err(flight_status)?
             .prepare(&sql, rows.first())
@@ -252,7 +266,9 @@ impl FlightService for TarnFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let request = self.authorize(request)?;
-        FlightService::get_flight_info(&self.sql, request).await
+        let session = request.extensions().get::<session::Session>().cloned();
+        let response = FlightService::get_flight_info(&self.sql, request).await;
+        self.with_session(session, response)
     }
 
     async fn poll_flight_info(
@@ -260,17 +276,19 @@ impl FlightService for TarnFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
         let request = self.authorize(request)?;
+        let session = request.extensions().get::<session::Session>().cloned();
         // Queries are planned synchronously, so the first poll is already complete: the
         // answer carries the whole FlightInfo and no descriptor to poll again.
         let info = FlightService::get_flight_info(&self.sql, request)
             .await?
             .into_inner();
-        Ok(Response::new(PollInfo {
+        let response = Response::new(PollInfo {
             info: Some(info),
             flight_descriptor: None,
             progress: Some(1.0),
             expiration_time: None,
-        }))
+        });
+        self.with_session(session, Ok(response))
     }
 
     async fn get_schema(
@@ -287,13 +305,15 @@ impl FlightService for TarnFlightService {
             Command::CommandStatementQuery(q) => {
                 let mut handle = StatementHandle::new(q.query);
                 handle.database = super::requested_database(&request);
+                handle.settings = super::session_settings(&request);
                 self.statement_schema(&handle).await?
             }
             Command::CommandPreparedStatementQuery(q) => {
-                let handle = self
+                let mut handle = self
                     .sql
                     .open_handle(&q.prepared_statement_handle)
                     .map_err(flight_status)?;
+                handle.settings = super::session_settings(&request);
                 self.statement_schema(&handle).await?
             }
             // Metadata commands have no side effects: their FlightInfo carries the schema.
@@ -338,7 +358,9 @@ impl FlightService for TarnFlightService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let request = self.authorize(request)?;
-        FlightService::do_put(&self.sql, request).await
+        let session = request.extensions().get::<session::Session>().cloned();
+        let response = FlightService::do_put(&self.sql, request).await;
+        self.with_session(session, response)
     }
 
     async fn do_exchange(
@@ -373,7 +395,11 @@ impl FlightService for TarnFlightService {
                 "CancelFlightInfo",
                 "Cancel a running query: its DoGet streams end CANCELLED",
             ),
-            ("SetSessionOptions", "Set session options: catalog, schema"),
+            (
+                "SetSessionOptions",
+                "Set session options: catalog, schema, time_zone, target_partitions, \
+                 query_timeout, tarn.* planner switches",
+            ),
             ("GetSessionOptions", "Get the session's options"),
             ("CloseSession", "End the session"),
         ]

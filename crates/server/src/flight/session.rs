@@ -7,14 +7,17 @@
 //! accepts them and the server keeps nothing per session. A client that keeps cookies
 //! (JDBC always; ADBC with its cookie middleware) sends the options back with every call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::sync::{Arc, Mutex};
+
 use tonic::Request;
 
 use crate::auth::Signer;
-use tarn_lake::engine::CATALOG_NAME;
+use tarn_lake::engine::settings::{Settings, is_session_setting};
+use tarn_lake::engine::{CATALOG_NAME, Engine};
 
 /// The cookie that carries the session.
 pub const COOKIE: &str = "arrow_flight_session_id";
@@ -83,8 +86,49 @@ pub struct CloseSessionResult {
 
 pub const CLOSED: i32 = 1;
 
-/// The options of a session: string values by name (`catalog`, `schema`).
-pub type Options = BTreeMap<String, String>;
+/// A session's options: the catalog a client named, and the settings it changed with
+/// `SetSessionOptions` or SQL (`SET`, `USE`, `RESET`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Options {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+/// A request's session: its options, and the options a statement of the request changed
+/// them to (answered with a `set-cookie` header).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub options: Options,
+    changed: Arc<Mutex<Option<Options>>>,
+}
+
+impl Session {
+    /// The session of a request carrying `options`.
+    pub fn new(options: Options) -> Self {
+        Self {
+            options,
+            changed: Arc::default(),
+        }
+    }
+
+    /// Records that a statement changed the session's settings.
+    pub fn change(&self, settings: Settings) {
+        let options = Options {
+            settings,
+            ..self.options.clone()
+        };
+        if let Ok(mut changed) = self.changed.lock() {
+            *changed = Some(options);
+        }
+    }
+
+    /// The options a statement changed the session to, if one did.
+    pub fn changed(&self) -> Option<Options> {
+        self.changed.lock().ok()?.clone()
+    }
+}
 
 /// The session options a request carries in its cookie (empty when none, or when the
 /// cookie is not one this server signed).
@@ -120,37 +164,23 @@ pub fn set_cookie(options: Option<&Options>, signer: &Signer) -> String {
     }
 }
 
-/// The option that sets a time limit for the session's queries: a duration (`30s`, `5m`)
-/// or a number of seconds.
-pub const QUERY_TIMEOUT: &str = "query_timeout";
-
-/// A `query_timeout` value as the text kept in the session, if it is a positive duration.
-fn timeout_text(value: OptionValue) -> Option<String> {
-    let text = match value {
-        OptionValue::StringValue(s) => s.trim().to_string(),
-        OptionValue::Int64Value(n) => format!("{n}s"),
-        OptionValue::DoubleValue(x) if x.is_finite() && x > 0.0 => {
-            format!("{}ms", (x * 1000.0).round() as u64)
-        }
-        _ => return None,
-    };
-    let parsed = tarn_lake::engine::limits::parse_duration(&text).ok()?;
-    (!parsed.is_zero()).then_some(text)
+/// A session option's value as the text a setting takes.
+fn option_text(value: OptionValue) -> Option<String> {
+    match value {
+        OptionValue::StringValue(s) => Some(s),
+        OptionValue::BoolValue(b) => Some(b.to_string()),
+        OptionValue::Int64Value(n) => Some(n.to_string()),
+        OptionValue::DoubleValue(x) if x.is_finite() => Some(x.to_string()),
+        _ => None,
+    }
 }
 
-/// The time limit the session's options set, if any.
-pub fn timeout(options: &Options) -> Option<std::time::Duration> {
-    options
-        .get(QUERY_TIMEOUT)
-        .and_then(|t| tarn_lake::engine::limits::parse_duration(t).ok())
-}
-
-/// Applies a `SetSessionOptions` request to `options`; returns the per-option errors.
-/// `database_exists` checks a `schema` value.
-pub fn apply(
+/// Applies a `SetSessionOptions` request to `options`, checking each setting on `engine`
+/// (which knows the databases and the server's bounds); returns the per-option errors.
+pub async fn apply(
     options: &mut Options,
     request: SetSessionOptionsRequest,
-    database_exists: impl Fn(&str) -> bool,
+    engine: &Engine,
 ) -> SetSessionOptionsResult {
     let mut errors = HashMap::new();
     let mut fail = |name: &str, value: i32| {
@@ -158,39 +188,24 @@ pub fn apply(
     };
     for (name, value) in request.session_options {
         let key = name.to_ascii_lowercase();
-        match (key.as_str(), value.option_value) {
+        let text = value.option_value.and_then(option_text);
+        if key == "catalog" {
+            match text.as_deref() {
+                None | Some("") => options.catalog = None,
+                Some(CATALOG_NAME) => options.catalog = Some(CATALOG_NAME.to_string()),
+                Some(_) => fail(&name, INVALID_VALUE),
+            }
+        } else if !is_session_setting(&key) {
+            fail(&name, INVALID_NAME);
+        } else {
             // An empty value unsets the option.
-            ("catalog" | "schema", None) => {
-                options.remove(&key);
+            let result = match text.as_deref() {
+                None | Some("") => options.settings.reset(Some(&key)),
+                Some(text) => engine.set_setting(&mut options.settings, &key, text).await,
+            };
+            if result.is_err() {
+                fail(&name, INVALID_VALUE);
             }
-            ("catalog", Some(OptionValue::StringValue(v))) => {
-                if v.is_empty() || v == CATALOG_NAME {
-                    options.insert(key, CATALOG_NAME.to_string());
-                } else {
-                    fail(&name, INVALID_VALUE);
-                }
-            }
-            ("schema", Some(OptionValue::StringValue(v))) => {
-                if v.is_empty() {
-                    options.remove(&key);
-                } else if database_exists(&v) {
-                    options.insert(key, v);
-                } else {
-                    fail(&name, INVALID_VALUE);
-                }
-            }
-            ("catalog" | "schema", Some(_)) => fail(&name, INVALID_VALUE),
-            // A time limit for the session's queries (it only ever lowers the server's).
-            (QUERY_TIMEOUT, None) => {
-                options.remove(&key);
-            }
-            (QUERY_TIMEOUT, Some(value)) => match timeout_text(value) {
-                Some(text) => {
-                    options.insert(key, text);
-                }
-                None => fail(&name, INVALID_VALUE),
-            },
-            _ => fail(&name, INVALID_NAME),
         }
     }
     SetSessionOptionsResult { errors }
@@ -198,17 +213,16 @@ pub fn apply(
 
 /// The options as a `GetSessionOptions` result.
 pub fn to_result(options: &Options) -> GetSessionOptionsResult {
-    GetSessionOptionsResult {
-        session_options: options
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    SessionOptionValue {
-                        option_value: Some(OptionValue::StringValue(v.clone())),
-                    },
-                )
-            })
-            .collect(),
+    let string = |v: &str| SessionOptionValue {
+        option_value: Some(OptionValue::StringValue(v.to_string())),
+    };
+    let mut session_options: HashMap<String, SessionOptionValue> = options
+        .settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), string(v)))
+        .collect();
+    if let Some(catalog) = &options.catalog {
+        session_options.insert("catalog".into(), string(catalog));
     }
+    GetSessionOptionsResult { session_options }
 }

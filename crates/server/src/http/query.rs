@@ -70,6 +70,10 @@ pub(crate) struct QueryRequest {
     parameters: Vec<serde_json::Value>,
     #[serde(default)]
     max_rows: Option<usize>,
+    /// Session settings for this request (`time_zone`, `target_partitions`,
+    /// `query_timeout`, `tarn.*` switches), as `SET` would change them.
+    #[serde(default)]
+    settings: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The formats a result can be written in.
@@ -140,9 +144,10 @@ async fn run(
     let caller = api.authenticate(headers)?;
     let format = Format::of(headers)?;
     let (request, limit) = parse_request(api, body)?;
+    let engine = with_settings(&api.engine, &request.settings).await?;
     let engine = match request.database.as_deref().filter(|d| !d.is_empty()) {
-        Some(db) => api.engine.in_database(db).await?,
-        None => api.engine.clone(),
+        Some(db) => engine.in_database(db).await?,
+        None => engine,
     };
     let engine = engine.labelled(QueryLabel::new(
         &caller.name,
@@ -181,12 +186,33 @@ async fn run(
     Ok(respond(format, stream.schema(), stream, limit, query_id))
 }
 
+/// `engine` with the request's session settings in force.
+async fn with_settings(
+    engine: &Engine,
+    given: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<Engine> {
+    let mut settings = tarn_lake::engine::settings::Settings::default();
+    for (name, value) in given {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => value.to_string(),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "setting '{name}' takes a string, number or boolean, not {value}"
+                )));
+            }
+        };
+        engine.set_setting(&mut settings, name, &text).await?;
+    }
+    engine.with_settings(&settings)
+}
+
 /// The request in the body and the rows it may return.
 fn parse_request(api: &Api, body: &[u8]) -> Result<(QueryRequest, usize)> {
     let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
         Error::InvalidArgument(format!(
             "the body is not a query request ({e}); send a JSON object with \"sql\" and, \
-             if needed, \"database\", \"parameters\" (a list) and \"max_rows\""
+             if needed, \"database\", \"parameters\" (a list), \"max_rows\" and \"settings\""
         ))
     })?;
     let limit = request.max_rows.unwrap_or(DEFAULT_ROWS);

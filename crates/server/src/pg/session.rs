@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use datafusion::sql::sqlparser::ast::{Expr, Reset, Set, Statement, Value};
+use datafusion::sql::sqlparser::ast::{Expr, Reset, Set, Statement, Use, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
 use tarn_lake::engine::Engine;
+use tarn_lake::engine::settings::{Settings, canonical_name};
 use tarn_lake::error::{Error, Result};
 
 /// The settings a client may `SET` and `SHOW`, with their values at connect. Drivers send
@@ -73,6 +74,9 @@ pub(crate) struct Session {
     gone: CancellationToken,
     /// Statements that changed the catalog since `BEGIN` (none outside a transaction).
     writes_in_transaction: Mutex<Option<usize>>,
+    /// The engine's session settings Postgres has no name for: the planner switches
+    /// (`tarn.*`), `target_partitions`, `query_timeout`.
+    engine_settings: Mutex<Settings>,
 }
 
 /// What a session statement answers.
@@ -112,6 +116,7 @@ impl Session {
             cancel: Mutex::new(CancellationToken::new()),
             gone,
             writes_in_transaction: Mutex::new(None),
+            engine_settings: Mutex::new(Settings::default()),
         };
         session.install_functions();
         session
@@ -225,7 +230,7 @@ impl Session {
     pub(crate) async fn set(&self, name: &str, value: &str) -> Result<()> {
         let name = canonical(name);
         if !SETTINGS.iter().any(|(k, _)| *k == name) {
-            return Err(unknown(&name));
+            return self.set_engine_setting(&name, Some(value)).await;
         }
         if READ_ONLY.contains(&name.as_str()) {
             return Err(Error::InvalidArgument(format!(
@@ -234,7 +239,7 @@ impl Session {
         }
         match name.as_str() {
             "search_path" => self.use_database(value).await?,
-            "timezone" => self.use_time_zone(value)?,
+            "timezone" => self.use_time_zone(value).await?,
             "statement_timeout" => {
                 parse_timeout(value)?;
             }
@@ -252,8 +257,58 @@ impl Session {
         Ok(Some(Reply::Tag(tag, transaction)))
     }
 
+    /// A setting of Tarn's engine (`Some` value: `SET`; `None`: `RESET`); `time_zone`
+    /// and `schema` are Postgres' `TimeZone` and `search_path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a name that is neither Postgres' nor Tarn's, or a bad
+    /// value.
+    async fn set_engine_setting(&self, name: &str, value: Option<&str>) -> Result<()> {
+        let Some(canonical) = canonical_name(name) else {
+            return Err(unknown(name));
+        };
+        match (canonical.as_str(), value) {
+            ("time_zone", Some(v)) => return Box::pin(self.set("timezone", v)).await,
+            ("time_zone", None) => return Box::pin(self.reset(Some("timezone"))).await,
+            ("schema", Some(v)) => return Box::pin(self.set("search_path", v)).await,
+            ("schema", None) => return Ok(()),
+            _ => {}
+        }
+        let engine = self.engine();
+        let mut settings = self
+            .engine_settings
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        match value {
+            Some(v) => engine.set_setting(&mut settings, &canonical, v).await?,
+            None => settings.reset(Some(&canonical))?,
+        }
+        self.use_engine_settings(settings)
+    }
+
+    /// Puts `settings` in force for the connection's next statements.
+    fn use_engine_settings(&self, settings: Settings) -> Result<()> {
+        let engine = self.engine().with_settings(&settings)?;
+        if let Ok(mut current) = self.engine.lock() {
+            *current = engine;
+        }
+        if let Ok(mut kept) = self.engine_settings.lock() {
+            *kept = settings;
+        }
+        Ok(())
+    }
+
     /// `RESET name` / `RESET ALL`.
     async fn reset(&self, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name
+            && !is_setting(n)
+        {
+            return self.set_engine_setting(n, None).await;
+        }
+        if name.is_none() {
+            self.use_engine_settings(Settings::default())?;
+        }
         let names: Vec<String> = match name {
             Some(n) => vec![canonical(n)],
             None => SETTINGS
@@ -309,7 +364,7 @@ impl Session {
     }
 
     /// `TimeZone`: the zone `now()` and timestamps with a zone are shown in.
-    fn use_time_zone(&self, zone: &str) -> Result<()> {
+    async fn use_time_zone(&self, zone: &str) -> Result<()> {
         let zone = match zone.trim() {
             z if z.eq_ignore_ascii_case("utc") || z.eq_ignore_ascii_case("etc/utc") => "+00:00",
             z => z,
@@ -320,18 +375,15 @@ impl Session {
                  as 'Europe/Paris' or an offset such as '+02:00'"
             )));
         }
-        let engine = self.engine().with_state(|mut state| {
-            state
-                .config_mut()
-                .options_mut()
-                .set("datafusion.execution.time_zone", zone)
-                .map_err(|e| Error::InvalidArgument(e.strip_backtrace()))?;
-            Ok(state)
-        })?;
-        if let Ok(mut current) = self.engine.lock() {
-            *current = engine;
-        }
-        Ok(())
+        // Kept with the engine's settings, so `now()` takes the zone too.
+        let mut settings = self
+            .engine_settings
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let engine = self.engine();
+        engine.set_setting(&mut settings, "time_zone", zone).await?;
+        self.use_engine_settings(settings)
     }
 
     /// Answers `sql` when it is a session statement (`SET`, `SHOW` of a setting, `RESET`,
@@ -361,6 +413,10 @@ impl Session {
                 tag("SET")
             }
             Statement::Set(Set::SetTransaction { .. }) => tag("SET"),
+            Statement::Use(Use::Object(name) | Use::Schema(name) | Use::Database(name)) => {
+                self.set("search_path", &name.to_string()).await?;
+                tag("SET")
+            }
             Statement::ShowVariable { variable } => {
                 let name = variable
                     .iter()
@@ -404,6 +460,7 @@ fn session_statement(sql: &str) -> Option<Statement> {
             | "rollback"
             | "abort"
             | "discard"
+            | "use"
     ) {
         return None;
     }
@@ -415,10 +472,13 @@ fn session_statement(sql: &str) -> Option<Statement> {
     let ours = match &statement {
         // `SHOW TABLES`, `SHOW COLUMNS`, Tarn's `SHOW PARTITIONS db.t` … are the engine's.
         Statement::ShowVariable { variable } => is_setting(&join_idents(variable)),
-        // `SET datafusion.…` / `SET tarn.…` go to the engine, which says what it allows.
+        // `SET tarn.…` and the engine's other settings are kept here too; other
+        // `SET datafusion.…` go to the engine, which says what it allows.
         Statement::Set(Set::SingleAssignment { variable, .. }) => {
-            !variable.to_string().contains('.')
+            let name = variable.to_string();
+            !name.contains('.') || canonical_name(&name).is_some()
         }
+        Statement::Use(_) => true,
         Statement::Set(
             Set::SetTimeZone { .. } | Set::SetNames { .. } | Set::SetTransaction { .. },
         )
