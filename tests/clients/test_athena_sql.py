@@ -124,6 +124,11 @@ FUNCTIONS = [
         "FROM events) GROUP BY 1, 2",
     ),
     (
+        "SELECT user_id, try(CAST(kind AS INTEGER)), try(100 / (user_id % 3)) FROM events WHERE user_id < 40",
+        "SELECT user_id, TRY_CAST(kind AS INTEGER), CASE WHEN user_id % 3 = 0 THEN NULL ELSE 100 // (user_id % 3) END "
+        "FROM events WHERE user_id < 40",
+    ),
+    (
         "SELECT regexp_extract(name, '-(\\d+)$', 1), element_at(split(name, '-'), 1) FROM users",
         "SELECT regexp_extract(name, '-(\\d+)$', 1), string_split(name, '-')[1] FROM users",
     ),

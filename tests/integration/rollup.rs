@@ -207,7 +207,19 @@ async fn assert_exact_with(env: &Env, scenario: &str, random: usize) {
             );
         }
     }
-    // Randomised groupings and filters.
+    random_dashboards(env, scenario, "events", random).await;
+}
+
+/// `random` dashboard queries over `from` (the base table, or a view of it), randomised
+/// groupings, filters and measures, each answering as the base does without the rollup;
+/// returns how many the rollup answered. `TARN_ROLLUP_QUERIES` raises the count for a long
+/// run.
+async fn random_dashboards(env: &Env, scenario: &str, from: &str, random: usize) -> usize {
+    let random = match std::env::var("TARN_ROLLUP_QUERIES").map(|n| n.parse()) {
+        Ok(Ok(n)) if random > 0 => n,
+        _ => random,
+    };
+    let base = env.engine.without_rollup_rewrite();
     let groupings = [
         "kind",
         "country",
@@ -235,6 +247,7 @@ async fn assert_exact_with(env: &Env, scenario: &str, random: usize) {
         "count(country)",
     ];
     let mut rng = Lcg(7);
+    let mut used = 0;
     for _ in 0..random {
         let g: Vec<&str> = groupings
             .iter()
@@ -244,7 +257,7 @@ async fn assert_exact_with(env: &Env, scenario: &str, random: usize) {
         let f = filters[rng.below(filters.len() as u64) as usize];
         let a = aggregates[rng.below(aggregates.len() as u64) as usize];
         let select: Vec<&str> = g.iter().copied().chain([a]).collect();
-        let mut sql = format!("SELECT {} FROM events WHERE {f}", select.join(", "));
+        let mut sql = format!("SELECT {} FROM {from} WHERE {f}", select.join(", "));
         if !g.is_empty() {
             sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
         }
@@ -254,7 +267,15 @@ async fn assert_exact_with(env: &Env, scenario: &str, random: usize) {
             expected,
             "{scenario}: {sql}"
         );
+        if notes(env, &sql)
+            .await
+            .iter()
+            .any(|n| n.starts_with("used default."))
+        {
+            used += 1;
+        }
     }
+    used
 }
 
 async fn stale_partitions(env: &Env) -> i64 {
@@ -1107,6 +1128,11 @@ async fn views_of_the_base_get_the_rollup() {
             "{sql}: {n:?}"
         );
     }
+    let used = random_dashboards(&env, "over a view", "recent", 24).await;
+    assert!(
+        used > 0,
+        "no random dashboard over the view used the rollup"
+    );
 
     // A materialized view over the view: its rows are the view's, and dashboards over the
     // view use it.

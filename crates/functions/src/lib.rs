@@ -10,7 +10,9 @@
 //! - strings and collections ([`collections`]): `element_at` (a map's value or an array's
 //!   element, NULL when missing), `split`, `regexp_extract`;
 //! - aggregates ([`aggregates`]): `approx_percentile`, `arbitrary`, `count_if`, `max_by`,
-//!   `min_by`, the last three planned as DataFusion's own aggregates.
+//!   `min_by`, the last three planned as DataFusion's own aggregates;
+//! - `try(x)` ([`lenient`]): NULL where evaluating `x` fails for a row;
+//! - `at_timezone(ts, zone)` ([`zones`]): the same instant, given in another zone.
 //!
 //! [`register`] adds them all to a session; `element_at` replaces DataFusion's alias of
 //! `map_extract` (which stays reachable under that name).
@@ -20,6 +22,8 @@ mod args;
 pub mod collections;
 pub mod datetime;
 pub mod json;
+pub mod lenient;
+pub mod zones;
 
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
@@ -32,6 +36,7 @@ pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
         .into_iter()
         .chain(json::functions())
         .chain(collections::functions())
+        .chain([lenient::try_udf(), zones::at_timezone()])
     {
         registry.register_udf(Arc::new(udf))?;
     }
