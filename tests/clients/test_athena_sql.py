@@ -124,6 +124,10 @@ FUNCTIONS = [
         "FROM events) GROUP BY 1, 2",
     ),
     (
+        "SELECT day, cardinality(histogram(user_id)), element_at(histogram(kind), 'answer') FROM events GROUP BY day",
+        "SELECT day, count(DISTINCT user_id), NULLIF(count_if(kind = 'answer'), 0) FROM events GROUP BY day",
+    ),
+    (
         "SELECT user_id, try(CAST(kind AS INTEGER)), try(100 / (user_id % 3)) FROM events WHERE user_id < 40",
         "SELECT user_id, TRY_CAST(kind AS INTEGER), CASE WHEN user_id % 3 = 0 THEN NULL ELSE 100 // (user_id % 3) END "
         "FROM events WHERE user_id < 40",

@@ -10,7 +10,8 @@
 //! - strings and collections ([`collections`]): `element_at` (a map's value or an array's
 //!   element, NULL when missing), `split`, `regexp_extract`;
 //! - aggregates ([`aggregates`]): `approx_percentile`, `arbitrary`, `count_if`, `max_by`,
-//!   `min_by`, the last three planned as DataFusion's own aggregates;
+//!   `min_by`, the last three planned as DataFusion's own aggregates; `histogram`
+//!   ([`histogram`]);
 //! - `try(x)` ([`lenient`]): NULL where evaluating `x` fails for a row;
 //! - `at_timezone(ts, zone)` ([`zones`]): the same instant, given in another zone.
 //!
@@ -21,6 +22,7 @@ pub mod aggregates;
 mod args;
 pub mod collections;
 pub mod datetime;
+pub mod histogram;
 pub mod json;
 pub mod lenient;
 pub mod zones;
@@ -40,7 +42,10 @@ pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
     {
         registry.register_udf(Arc::new(udf))?;
     }
-    for udaf in aggregates::functions() {
+    for udaf in aggregates::functions()
+        .into_iter()
+        .chain([histogram::histogram()])
+    {
         registry.register_udaf(Arc::new(udaf))?;
     }
     Ok(())
