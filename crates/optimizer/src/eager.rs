@@ -226,6 +226,17 @@ fn eager(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     let Some(joined) = connect(inputs, &outer)? else {
         return Ok(None);
     };
+    regrouped(aggregate, &functions, joined)
+}
+
+/// The facts' partial results joined to the dimensions (`joined`), aggregated again by the
+/// query's groups and given the aggregation's columns, names and types (`None` when they
+/// would differ).
+fn regrouped(
+    aggregate: &Aggregate,
+    functions: &[&AggregateFunction],
+    joined: LogicalPlan,
+) -> Result<Option<LogicalPlan>> {
     let finals: Vec<Expr> = functions
         .iter()
         .enumerate()

@@ -416,14 +416,27 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
         };
         output.insert(Column::new(Some(alias.clone()), field.name()), value);
     }
-    // The join must match the subquery's grouping column with one of its class.
+    if !keyed_on_group(join, &output, &group_out, &mut outer_classes, group_col) {
+        return Ok(None);
+    }
+    over_outer(join, windows, &output)
+}
+
+/// Whether the join matches the subquery's grouping column (`group_out`, as the outer query
+/// computes it) with a column of the same equality class.
+fn keyed_on_group(
+    join: &Join,
+    output: &HashMap<Column, Expr>,
+    group_out: &Expr,
+    outer_classes: &mut Classes,
+    group_col: &Column,
+) -> bool {
     let group_output = output
         .iter()
-        .filter(|(_, v)| **v == group_out)
+        .filter(|(_, v)| *v == group_out)
         .map(|(k, _)| k.clone())
         .collect::<Vec<_>>();
-    let keyed = join
-        .on
+    join.on
         .iter()
         .any(|(l, r)| match (unaliased(l), unaliased(r)) {
             (Expr::Column(l), Expr::Column(r)) => {
@@ -432,10 +445,17 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
                     && outer_classes.find(l) == outer_classes.find(group_col)
             }
             _ => false,
-        });
-    if !keyed {
-        return Ok(None);
-    }
+        })
+}
+
+/// The outer query with the subquery's `windows` computed over its rows, the join's
+/// conditions as a filter, and the join's columns (the subquery's from `output`); `None`
+/// when a window reads a column the outer query does not give.
+fn over_outer(
+    join: &Join,
+    windows: Vec<Expr>,
+    output: &HashMap<Column, Expr>,
+) -> Result<Option<LogicalPlan>> {
     // Every column the window reads must be in the outer query's result.
     let needed = windows
         .iter()
@@ -449,10 +469,10 @@ fn as_window(join: &Join) -> Result<Option<LogicalPlan>> {
 
     let mut conditions = Vec::new();
     for (l, r) in &join.on {
-        conditions.push(l.clone().eq(substitute(r, &output)?));
+        conditions.push(l.clone().eq(substitute(r, output)?));
     }
     if let Some(f) = &join.filter {
-        conditions.push(substitute(f, &output)?);
+        conditions.push(substitute(f, output)?);
     }
     let Some(condition) = conjunction(conditions) else {
         return Ok(None);
