@@ -897,6 +897,40 @@ impl Crawler {
         Ok(())
     }
 
+    /// Refuses a crawl that would create more new tables than `--max-tables` allows
+    /// (before anything is changed).
+    async fn check_max_tables<'a>(
+        &self,
+        options: &CrawlOptions,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Result<()> {
+        let Some(limit) = options.max_tables else {
+            return Ok(());
+        };
+        let mut new_tables = Vec::new();
+        for name in names {
+            if self.catalog.table(&options.database, name).await?.is_none() {
+                new_tables.push(name.as_str());
+            }
+        }
+        if new_tables.len() > limit {
+            return Err(Error::InvalidArgument(format!(
+                "this crawl would create {} tables (limit {limit}: {}{}); nothing was \
+                 changed. Check the location, crawl it as one table with --table, or raise \
+                 --max-tables",
+                new_tables.len(),
+                new_tables
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if new_tables.len() > 5 { ", …" } else { "" }
+            )));
+        }
+        Ok(())
+    }
+
     async fn crawl_inner(
         &self,
         location: &Location,
@@ -932,72 +966,28 @@ impl Crawler {
                 .unwrap_or(full)
                 .trim_start_matches('/')
         }));
-        // Delta tables are catalogued from their logs; one inside a folder crawled as one
-        // named table, and Iceberg tables, are reported.
-        let mut delta_roots: Vec<String> = Vec::new();
-        for (root, format) in &foreign {
-            let path = if root.is_empty() {
-                location.to_string()
-            } else {
-                format!("{location}{root}/")
-            };
-            let message = match format {
-                ForeignFormat::Delta if options.table.is_none() || root.is_empty() => {
-                    delta_roots.push(root.clone());
-                    continue;
-                }
-                ForeignFormat::Delta => "a Delta Lake table inside the folder of the named \
-                     table: its files were not crawled as loose Parquet; crawl its own folder to \
-                     catalogue it as a Delta table"
-                    .to_string(),
-                ForeignFormat::Iceberg => "an Iceberg table: Tarn does not read Iceberg tables \
-                     yet, so its files were not crawled as loose Parquet (they can include files \
-                     the table has removed)"
-                    .to_string(),
-            };
-            summary.problems.push(Problem { path, message });
-        }
+        let delta_roots = delta_roots(location, options, &foreign, &mut summary);
         // Folders of partitions a table keeps outside its own folder (`ADD PARTITION …
         // LOCATION`) belong to that table: its own crawl lists them, so they are not
         // discovered again here as tables of their own.
         let pinned_elsewhere = self.pinned_outside(&options.database).await?;
         let delta_newest = newest_delta_versions(listed.iter().map(&relative_of), &delta_roots);
-        let include = glob_set(&options.include)?;
-        let exclude = glob_set(&options.exclude)?;
         // Every object listed, filtered or not: a folder holding any is not gone.
         let listed_relatives: Vec<String> = listed.iter().map(&relative_of).collect();
-        let mut candidates = Vec::new();
-        for meta in listed {
-            let relative = relative_of(&meta);
-            if foreign.iter().any(|(root, _)| is_under(&relative, root)) {
-                summary.skipped.other_format += 1;
-                continue;
-            }
-            if pinned_elsewhere
-                .iter()
-                .any(|(_, pin)| is_under(meta.location.as_ref(), pin))
-            {
-                summary.skipped.excluded += 1;
-                continue;
-            }
-            let matched = if options.glob_prefix.is_empty() {
-                std::borrow::Cow::Borrowed(relative.as_str())
-            } else {
-                std::borrow::Cow::Owned(format!("{}/{relative}", options.glob_prefix))
-            };
-            if (!options.include.is_empty() && !include.is_match(matched.as_ref()))
-                || exclude.is_match(matched.as_ref())
-            {
-                summary.skipped.excluded += 1;
-                continue;
-            }
-            match classify(&relative, meta.size) {
-                Some(Skip::Hidden) => summary.skipped.hidden += 1,
-                Some(Skip::InProgress) => summary.skipped.in_progress += 1,
-                Some(Skip::Empty) => summary.skipped.empty += 1,
-                None => candidates.push(Candidate { meta, relative }),
-            }
-        }
+        let skip = Filters {
+            options,
+            include: glob_set(&options.include)?,
+            exclude: glob_set(&options.exclude)?,
+            foreign: &foreign,
+            pinned_elsewhere: &pinned_elsewhere,
+        };
+        let mut candidates: Vec<Candidate> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                let relative = relative_of(&meta);
+                skip.candidate(meta, relative, &mut summary)
+            })
+            .collect();
         candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
         let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
         let grouping = match (&options.table, options.table_level) {
@@ -1032,95 +1022,27 @@ impl Crawler {
             });
         }
 
-        let root_name = prefix_str.rsplit('/').next().unwrap_or("").to_string();
         let mut names_seen: BTreeSet<String> = BTreeSet::new();
         let mut seen_locations: BTreeSet<String> = BTreeSet::new();
         let mut planned_delta = Vec::with_capacity(delta_roots.len());
         for root in &delta_roots {
-            let name = match &options.table {
-                Some(t) => t.clone(),
-                None => {
-                    let base = if root.is_empty() {
-                        root_name.as_str()
-                    } else {
-                        root.rsplit('/').next().unwrap_or("")
-                    };
-                    let mut name = table_name_from(base);
-                    if names_seen.contains(&name) {
-                        name = table_name_from(&root.replace('/', "_"));
-                    }
-                    name
-                }
-            };
-            names_seen.insert(name.clone());
-            let table_path = if root.is_empty() {
-                prefix.clone()
-            } else if prefix_str.is_empty() {
-                object_store::path::Path::from(root.as_str())
-            } else {
-                object_store::path::Path::from(format!("{prefix_str}/{root}"))
-            };
-            let table_url = location.child_url(&table_path);
+            let (name, _, table_url) =
+                place_table(options, location, &prefix, root, &mut names_seen);
             seen_locations.insert(table_url.clone());
             planned_delta.push((name, table_url, delta_newest.get(root).copied()));
         }
         let mut planned = Vec::with_capacity(layouts.len());
         for layout in layouts {
-            let name = match &options.table {
-                Some(t) => t.clone(),
-                None => {
-                    let last = layout.root.rsplit('/').next().unwrap_or("");
-                    let base = if layout.root.is_empty() {
-                        &root_name
-                    } else {
-                        last
-                    };
-                    let mut name = table_name_from(base);
-                    if names_seen.contains(&name) {
-                        name = table_name_from(&layout.root.replace('/', "_"));
-                    }
-                    name
-                }
-            };
-            names_seen.insert(name.clone());
-            let table_path = if layout.root.is_empty() {
-                prefix.clone()
-            } else if prefix_str.is_empty() {
-                object_store::path::Path::from(layout.root.as_str())
-            } else {
-                object_store::path::Path::from(format!("{prefix_str}/{}", layout.root))
-            };
-            let table_url = location.child_url(&table_path);
+            let (name, table_path, table_url) =
+                place_table(options, location, &prefix, &layout.root, &mut names_seen);
             seen_locations.insert(table_url.clone());
             planned.push((layout, name, table_path, table_url));
         }
-        if let Some(limit) = options.max_tables {
-            let mut new_tables = Vec::new();
-            let names = planned
-                .iter()
-                .map(|(_, name, _, _)| name)
-                .chain(planned_delta.iter().map(|(name, _, _)| name));
-            for name in names {
-                if self.catalog.table(&options.database, name).await?.is_none() {
-                    new_tables.push(name.as_str());
-                }
-            }
-            if new_tables.len() > limit {
-                return Err(Error::InvalidArgument(format!(
-                    "this crawl would create {} tables (limit {limit}: {}{}); nothing was \
-                     changed. Check the location, crawl it as one table with --table, or raise \
-                     --max-tables",
-                    new_tables.len(),
-                    new_tables
-                        .iter()
-                        .take(5)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if new_tables.len() > 5 { ", …" } else { "" }
-                )));
-            }
-        }
+        let names = planned
+            .iter()
+            .map(|(_, name, _, _)| name)
+            .chain(planned_delta.iter().map(|(name, _, _)| name));
+        self.check_max_tables(options, names).await?;
         for (name, table_url, newest) in planned_delta {
             self.crawl_delta(&store, options, &name, &table_url, newest, &mut summary)
                 .await?;
@@ -2315,4 +2237,136 @@ fn without(schema: &arrow::datatypes::Schema, names: &BTreeSet<&str>) -> arrow::
             .cloned()
             .collect::<Vec<_>>(),
     )
+}
+
+/// What a crawl leaves out of its candidate files.
+struct Filters<'a> {
+    options: &'a CrawlOptions,
+    include: globset::GlobSet,
+    exclude: globset::GlobSet,
+    /// Delta and Iceberg tables' folders.
+    foreign: &'a [(String, ForeignFormat)],
+    /// Folders of partitions other tables keep outside their own folders.
+    pinned_elsewhere: &'a [(String, String)],
+}
+
+impl Filters<'_> {
+    /// The object at `relative` as a candidate data file, or `None` (counted in `summary`)
+    /// when it is another table format's, another table's partition, filtered out by the
+    /// include and exclude globs, hidden, still being written or empty.
+    fn candidate(
+        &self,
+        meta: ObjectMeta,
+        relative: String,
+        summary: &mut CrawlSummary,
+    ) -> Option<Candidate> {
+        if self
+            .foreign
+            .iter()
+            .any(|(root, _)| is_under(&relative, root))
+        {
+            summary.skipped.other_format += 1;
+            return None;
+        }
+        if self
+            .pinned_elsewhere
+            .iter()
+            .any(|(_, pin)| is_under(meta.location.as_ref(), pin))
+        {
+            summary.skipped.excluded += 1;
+            return None;
+        }
+        let options = self.options;
+        let matched = if options.glob_prefix.is_empty() {
+            std::borrow::Cow::Borrowed(relative.as_str())
+        } else {
+            std::borrow::Cow::Owned(format!("{}/{relative}", options.glob_prefix))
+        };
+        if (!options.include.is_empty() && !self.include.is_match(matched.as_ref()))
+            || self.exclude.is_match(matched.as_ref())
+        {
+            summary.skipped.excluded += 1;
+            return None;
+        }
+        match classify(&relative, meta.size) {
+            Some(Skip::Hidden) => summary.skipped.hidden += 1,
+            Some(Skip::InProgress) => summary.skipped.in_progress += 1,
+            Some(Skip::Empty) => summary.skipped.empty += 1,
+            None => return Some(Candidate { meta, relative }),
+        }
+        None
+    }
+}
+
+/// The roots of the Delta tables among the `foreign` tables found (catalogued from their
+/// logs); an Iceberg table, and a Delta table inside the folder of a table crawled by name,
+/// are reported in `summary`.
+fn delta_roots(
+    location: &Location,
+    options: &CrawlOptions,
+    foreign: &[(String, ForeignFormat)],
+    summary: &mut CrawlSummary,
+) -> Vec<String> {
+    let mut delta_roots: Vec<String> = Vec::new();
+    for (root, format) in foreign {
+        let path = if root.is_empty() {
+            location.to_string()
+        } else {
+            format!("{location}{root}/")
+        };
+        let message = match format {
+            ForeignFormat::Delta if options.table.is_none() || root.is_empty() => {
+                delta_roots.push(root.clone());
+                continue;
+            }
+            ForeignFormat::Delta => "a Delta Lake table inside the folder of the named \
+                 table: its files were not crawled as loose Parquet; crawl its own folder to \
+                 catalogue it as a Delta table"
+                .to_string(),
+            ForeignFormat::Iceberg => "an Iceberg table: Tarn does not read Iceberg tables \
+                 yet, so its files were not crawled as loose Parquet (they can include files \
+                 the table has removed)"
+                .to_string(),
+        };
+        summary.problems.push(Problem { path, message });
+    }
+    delta_roots
+}
+
+/// The name, path and URL of a table found at `root` (relative to the crawled folder
+/// `prefix`): the named table's name, else one made from its folder's name (from its whole
+/// relative path when another table of this crawl has that name).
+fn place_table(
+    options: &CrawlOptions,
+    location: &Location,
+    prefix: &object_store::path::Path,
+    root: &str,
+    names_seen: &mut BTreeSet<String>,
+) -> (String, object_store::path::Path, String) {
+    let prefix_str = prefix.as_ref();
+    let name = match &options.table {
+        Some(t) => t.clone(),
+        None => {
+            let base = if root.is_empty() {
+                prefix_str.rsplit('/').next().unwrap_or("")
+            } else {
+                root.rsplit('/').next().unwrap_or("")
+            };
+            let mut name = table_name_from(base);
+            if names_seen.contains(&name) {
+                name = table_name_from(&root.replace('/', "_"));
+            }
+            name
+        }
+    };
+    names_seen.insert(name.clone());
+    let table_path = if root.is_empty() {
+        prefix.clone()
+    } else if prefix_str.is_empty() {
+        object_store::path::Path::from(root)
+    } else {
+        object_store::path::Path::from(format!("{prefix_str}/{root}"))
+    };
+    let table_url = location.child_url(&table_path);
+    (name, table_path, table_url)
 }
