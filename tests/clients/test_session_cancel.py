@@ -87,3 +87,42 @@ def test_adbc_cancel_interrupts_a_fetch(server):
     with connect(server.uri) as conn, conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchall() == [(2,)]
+
+
+class _Headers(flight.ClientMiddlewareFactory):
+    """Keeps the headers of every response."""
+
+    def __init__(self):
+        self.seen = []
+
+    def start_call(self, info):
+        factory = self
+
+        class Middleware(flight.ClientMiddleware):
+            def received_headers(self, headers):
+                factory.seen.append(dict(headers))
+
+        return Middleware()
+
+
+def test_a_set_run_as_an_update_answers_with_the_session_cookie(server):
+    headers = _Headers()
+    client = flight.FlightClient(server.uri, middleware=[headers])
+    update = flight.FlightDescriptor.for_command(
+        flight_sql_command("CommandStatementUpdate", "SET TIME ZONE 'Asia/Tokyo'"))
+    writer, reader = client.do_put(update, pa.schema([]))
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    cookies = [c for h in headers.seen for c in h.get("set-cookie", [])]
+    assert len(cookies) == 1 and cookies[0].startswith("arrow_flight_session_id="), headers.seen
+    # Sent back, the cookie carries the session's zone to the next statement.
+    options = flight.FlightCallOptions(headers=[(b"cookie", cookies[0].split(";")[0].encode())])
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        flight_sql_command("CommandStatementQuery", "SHOW time_zone")), options)
+    shown = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert shown.column("value").to_pylist() == ["Asia/Tokyo"]
+    # Without it, a statement runs in the server's zone.
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        flight_sql_command("CommandStatementQuery", "SHOW time_zone")))
+    assert client.do_get(info.endpoints[0].ticket).read_all().column("value").to_pylist() == ["UTC"]
