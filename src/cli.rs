@@ -594,10 +594,14 @@ async fn serve_until_drained(
         let (http_listener, http_addr) = tarn_server::serve::bind(http).await?;
         // SQL over HTTP follows Flight SQL's rule: without authentication, only on loopback
         // (or when the network is declared trusted).
+        let retention = parse_duration(&args.http_result_retention)
+            .map_err(|e| Error::InvalidArgument(format!("--http-result-retention: {e}")))?;
+        let executions = tarn_server::http::Executions::new(&ctx.engine, retention)?;
         let api = (options.auth.enabled() || http.ip().is_loopback() || args.insecure_no_auth)
             .then(|| tarn_server::http::QueryApi {
                 auth: std::sync::Arc::clone(&options.auth),
                 max_rows: args.http_max_rows,
+                executions: Some(executions),
             });
         if api.is_none() {
             tracing::warn!(

@@ -207,6 +207,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TARN_HTTP_MAX_ROWS", default_value_t = 1_000_000)]
     pub http_max_rows: usize,
 
+    /// How long the results of asynchronous executions (`POST /v1/queries`) are kept in
+    /// the warehouse (`_query_results/`) before they are removed, e.g. `1d`, `12h`.
+    #[arg(long, env = "TARN_HTTP_RESULT_RETENTION", default_value = "1d")]
+    pub http_result_retention: String,
+
     /// On SIGTERM, how long `/readyz` says "draining" before the listeners close (so a
     /// load balancer stops sending new work first), e.g. `5s`.
     #[arg(long, env = "TARN_SHUTDOWN_DELAY", default_value = "0s")]

@@ -999,47 +999,26 @@ impl Catalog {
 
     /// The query history, newest first: every user's, or `user`'s only.
     pub async fn query_history(&self, user: Option<&str>, limit: i64) -> Result<Vec<QueryRecord>> {
-        let rows = sqlx::query(
-            "SELECT query_id, user_name, database_name, sql_text, state, submitted_at, \
-             queued_ms, execution_ms, rows_returned, error, front_door, planning_ms, \
-             bytes_returned, bytes_scanned, files_scanned, partitions_scanned, \
-             partitions_pruned, materialized_view, result_cache_hit, peak_memory_bytes, \
-             spilled_bytes FROM query_history \
-             WHERE (?1 IS NULL OR user_name = ?1) ORDER BY submitted_at DESC, query_id LIMIT ?2",
-        )
-        .bind(user)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QueryRecord {
-                    query_id: r.try_get(0)?,
-                    user: r.try_get(1)?,
-                    database: r.try_get(2)?,
-                    sql: r.try_get(3)?,
-                    state: r.try_get(4)?,
-                    submitted_at: r.try_get(5)?,
-                    queued_ms: r.try_get(6)?,
-                    execution_ms: r.try_get(7)?,
-                    rows: r.try_get(8)?,
-                    error: r.try_get(9)?,
-                    stats: QueryStats {
-                        front_door: r.try_get(10)?,
-                        planning_ms: r.try_get(11)?,
-                        bytes_returned: r.try_get(12)?,
-                        bytes_scanned: r.try_get(13)?,
-                        files_scanned: r.try_get(14)?,
-                        partitions_scanned: r.try_get(15)?,
-                        partitions_pruned: r.try_get(16)?,
-                        materialized_view: r.try_get(17)?,
-                        result_cache_hit: r.try_get(18)?,
-                        peak_memory_bytes: r.try_get(19)?,
-                        spilled_bytes: r.try_get(20)?,
-                    },
-                })
-            })
-            .collect()
+        let sql = format!(
+            "SELECT {QUERY_COLUMNS} FROM query_history \
+             WHERE (?1 IS NULL OR user_name = ?1) ORDER BY submitted_at DESC, query_id LIMIT ?2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(query_record).collect()
+    }
+
+    /// The history's record of statement `query_id`, if it has one.
+    pub async fn query_record(&self, query_id: &str) -> Result<Option<QueryRecord>> {
+        let sql = format!("SELECT {QUERY_COLUMNS} FROM query_history WHERE query_id = ?1");
+        let row = sqlx::query(&sql)
+            .bind(query_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(query_record).transpose()
     }
 
     /// Checks the catalog database: SQLite's own integrity and foreign-key checks, then
@@ -1916,4 +1895,39 @@ async fn upsert_files(
         insert.build().execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The columns of `query_history` that [`query_record`] reads, in its order.
+const QUERY_COLUMNS: &str = "query_id, user_name, database_name, sql_text, state, \
+    submitted_at, queued_ms, execution_ms, rows_returned, error, front_door, planning_ms, \
+    bytes_returned, bytes_scanned, files_scanned, partitions_scanned, partitions_pruned, \
+    materialized_view, result_cache_hit, peak_memory_bytes, spilled_bytes";
+
+/// A row of [`QUERY_COLUMNS`] as a record.
+fn query_record(r: &sqlx::sqlite::SqliteRow) -> Result<QueryRecord> {
+    Ok(QueryRecord {
+        query_id: r.try_get(0)?,
+        user: r.try_get(1)?,
+        database: r.try_get(2)?,
+        sql: r.try_get(3)?,
+        state: r.try_get(4)?,
+        submitted_at: r.try_get(5)?,
+        queued_ms: r.try_get(6)?,
+        execution_ms: r.try_get(7)?,
+        rows: r.try_get(8)?,
+        error: r.try_get(9)?,
+        stats: QueryStats {
+            front_door: r.try_get(10)?,
+            planning_ms: r.try_get(11)?,
+            bytes_returned: r.try_get(12)?,
+            bytes_scanned: r.try_get(13)?,
+            files_scanned: r.try_get(14)?,
+            partitions_scanned: r.try_get(15)?,
+            partitions_pruned: r.try_get(16)?,
+            materialized_view: r.try_get(17)?,
+            result_cache_hit: r.try_get(18)?,
+            peak_memory_bytes: r.try_get(19)?,
+            spilled_bytes: r.try_get(20)?,
+        },
+    })
 }

@@ -22,6 +22,11 @@ pub enum Error {
     #[error("table '{name}' not found; run `tarn crawl` on its location or check `SHOW TABLES`")]
     TableNotFound { name: String },
 
+    /// Something a request named by id that does not exist (or that the caller may not
+    /// see): the message names it and how to find one.
+    #[error("not found: {0}")]
+    NotFound(String),
+
     /// A location that cannot be turned into an object store URL.
     #[error("invalid location '{location}': {reason}")]
     InvalidLocation { location: String, reason: String },

@@ -6,11 +6,16 @@
 //! - `GET /readyz`: 200 when the catalog answers and the server is not draining; 503
 //!   otherwise (it turns 503 first on SIGTERM, before the listeners close).
 //! - `POST /v1/query`: a statement answered in JSON, NDJSON, CSV or Arrow ([`query`]).
+//! - `POST /v1/queries`, `GET`/`DELETE /v1/queries/{id}`, `GET /v1/queries/{id}/results`:
+//!   Athena-style asynchronous executions, results paged from Parquet ([`executions`]).
 //! - `GET /v1/databases`, `/v1/tables/{db}`, `/v1/tables/{db}/{table}`: the catalog
 //!   ([`catalog`]).
 
 mod catalog;
+mod executions;
 mod query;
+
+pub use executions::Executions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +58,9 @@ pub struct QueryApi {
     pub auth: Arc<crate::auth::Authenticator>,
     /// The most rows one request may ask for (`--http-max-rows`).
     pub max_rows: usize,
+    /// Asynchronous executions and their stored results (`None`: the API answers that it
+    /// needs a warehouse).
+    pub executions: Option<Arc<Executions>>,
 }
 
 /// The operations routes over `engine`, and the query API when `api` is given.
@@ -69,6 +77,13 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
         Some(api) => ops.merge(
             Router::new()
                 .route("/v1/query", post(query::query))
+                .route("/v1/queries", post(executions::start))
+                .route(
+                    "/v1/queries/{id}",
+                    get(executions::status).delete(executions::cancel),
+                )
+                .route("/v1/queries/{id}/results", get(executions::results))
+                .fallback(query::no_route)
                 .route("/v1/databases", get(catalog::databases))
                 .route("/v1/tables/{db}", get(catalog::tables))
                 .route("/v1/tables/{db}/{table}", get(catalog::table))
@@ -76,6 +91,7 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
                     engine,
                     auth: api.auth,
                     max_rows: api.max_rows,
+                    executions: api.executions,
                 }),
         ),
         None => ops,

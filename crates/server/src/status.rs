@@ -27,7 +27,7 @@ pub fn status(e: Error) -> Status {
                 tracing::info!(%message, "request refused");
                 Status::unauthenticated(message)
             }
-            Error::TableNotFound { .. } => {
+            Error::TableNotFound { .. } | Error::NotFound(_) => {
                 tracing::debug!(%message, "request rejected");
                 Status::not_found(message)
             }

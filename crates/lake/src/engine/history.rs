@@ -290,6 +290,16 @@ impl History {
         out
     }
 
+    /// Statement `id`: queued or running here, or as the catalog recorded its end
+    /// (`None` when it is neither, or its record is past the retention).
+    pub(crate) async fn lookup(&self, id: &str) -> crate::error::Result<Option<QueryRecord>> {
+        if let Some(record) = self.active(None).into_iter().find(|r| r.query_id == id) {
+            return Ok(Some(record));
+        }
+        self.settled().await;
+        Ok(self.catalog.query_record(id).await?)
+    }
+
     /// Waits until the records being written are in the catalog (at most [`SETTLE`]).
     pub(crate) async fn settled(&self) {
         let wait = async {

@@ -564,7 +564,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     let t = text.trim();
     let bad = || {
         Error::InvalidArgument(format!(
-            "'{text}' is not a duration: give seconds (30) or a unit (500ms, 30s, 5m, 1h)"
+            "'{text}' is not a duration: give seconds (30) or a unit (500ms, 30s, 5m, 1h, 1d)"
         ))
     };
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
@@ -575,6 +575,7 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         "ms" => number / 1000.0,
         "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
+        "d" => number * 86_400.0,
         _ => return Err(bad()),
     };
     if !(seconds >= 0.0 && seconds.is_finite()) {

@@ -322,6 +322,15 @@ impl Engine {
         self.shared.history.settled().await;
     }
 
+    /// Statement `id` of the query history: queued or running on this server, or as it
+    /// ended (`None` when the history has no such statement).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn query_record(&self, id: &str) -> Result<Option<crate::catalog::QueryRecord>> {
+        self.shared.history.lookup(id).await
+    }
+
     /// Records in the query history a labelled statement that failed before it ran (a
     /// planning error).
     pub fn record_failure(&self, error: &Error) {
@@ -451,6 +460,14 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidArgument`] when no warehouse is configured.
     pub fn warehouse_location(&self, database: &str, table: &str) -> Result<Location> {
+        self.warehouse_prefix(&[database, table])
+    }
+
+    /// The prefix `<warehouse>/<segments…>/` (Tarn's own files beside its tables).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when no warehouse is configured.
+    pub fn warehouse_prefix(&self, segments: &[&str]) -> Result<Location> {
         let warehouse = self.warehouse.as_ref().ok_or_else(|| {
             Error::InvalidArgument(
                 "no warehouse location is configured for tables Tarn creates; start Tarn \
@@ -459,12 +476,12 @@ impl Engine {
             )
         })?;
         let mut url = warehouse.url.clone();
-        url.path_segments_mut()
-            .map_err(|_| Error::Internal(format!("warehouse '{warehouse}' cannot have children")))?
-            .pop_if_empty()
-            .push(database)
-            .push(table)
-            .push("");
+        {
+            let mut path = url.path_segments_mut().map_err(|_| {
+                Error::Internal(format!("warehouse '{warehouse}' cannot have children"))
+            })?;
+            path.pop_if_empty().extend(segments).push("");
+        }
         Ok(Location { url })
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct Api {
     pub auth: Arc<Authenticator>,
     /// The most rows one request may ask for (`--http-max-rows`).
     pub max_rows: usize,
+    /// Asynchronous executions (`None` without a warehouse for their results).
+    pub executions: Option<Arc<super::executions::Executions>>,
 }
 
 impl Api {
@@ -63,13 +65,13 @@ impl Api {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct QueryRequest {
-    sql: String,
+    pub sql: String,
     #[serde(default)]
     database: Option<String>,
     #[serde(default)]
     parameters: Vec<serde_json::Value>,
     #[serde(default)]
-    max_rows: Option<usize>,
+    pub max_rows: Option<usize>,
     /// Session settings for this request (`time_zone`, `target_partitions`,
     /// `query_timeout`, `tarn.*` switches), as `SET` would change them.
     #[serde(default)]
@@ -78,7 +80,7 @@ pub(crate) struct QueryRequest {
 
 /// The formats a result can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     NdJson,
     Csv,
@@ -87,7 +89,7 @@ enum Format {
 
 impl Format {
     /// The first format of the `Accept` header Tarn writes (JSON when none is named).
-    fn of(headers: &HeaderMap) -> Result<Format> {
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Format> {
         let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
             return Ok(Format::Json);
         };
@@ -144,6 +146,32 @@ async fn run(
     let caller = api.authenticate(headers)?;
     let format = Format::of(headers)?;
     let (request, limit) = parse_request(api, body)?;
+    let planned = plan(api, caller, peer, headers, request).await?;
+    let stream = planned.start(Some(limit)).await?;
+    let query_id = planned.engine.query_id().unwrap_or_default();
+    Ok(respond(
+        ResultWriter::new(format, stream.schema(), limit, query_id),
+        stream,
+    ))
+}
+
+/// A request's statement, planned for its caller.
+pub(crate) struct Planned {
+    /// The engine it runs on: the request's database and settings, labelled for the history.
+    pub engine: Engine,
+    statement: Statement,
+    params: Option<RecordBatch>,
+    sql: String,
+}
+
+/// Plans `request` for `caller` (a planning error is recorded in the history and returned).
+pub(crate) async fn plan(
+    api: &Api,
+    caller: crate::auth::Caller,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    request: QueryRequest,
+) -> Result<Planned> {
     let engine = with_settings(&api.engine, &request.settings).await?;
     let engine = match request.database.as_deref().filter(|d| !d.is_empty()) {
         Some(db) => engine.in_database(db).await?,
@@ -159,31 +187,54 @@ async fn run(
         .client_call(&caller.name, &client_address(peer, headers), "http");
     let params = parameter_row(&request.parameters)?;
     let sql = crate::flight::handle::rewrite_question_marks(&request.sql);
-    let prepared = engine.prepare(&sql, params.as_ref()).await;
-    if let Err(e) = &prepared {
-        engine.record_failure(e);
-    }
-    let stream = match prepared? {
-        Statement::Query(df) => start_query(&engine, *df, limit).await?,
-        Statement::Command(command) => {
-            let rows: Vec<RecordBatch> = params.into_iter().collect();
-            let batch = engine
-                .recorded(async {
-                    if command.is_update() {
-                        caller.require_admin(&crate::flight::statement_kind(&request.sql))?;
-                    }
-                    engine.run_statement(&command, &rows).await
-                })
-                .await?;
-            with_first(
-                batch.schema(),
-                Some(Ok(batch)),
-                Box::pin(futures::stream::empty()),
-            )
+    let statement = match engine.prepare(&sql, params.as_ref()).await {
+        Ok(Statement::Command(command)) if command.is_update() => {
+            let allowed = caller.require_admin(&crate::flight::statement_kind(&request.sql));
+            if let Err(e) = allowed {
+                engine.record_failure(&e);
+                return Err(e);
+            }
+            Statement::Command(command)
+        }
+        Ok(statement) => statement,
+        Err(e) => {
+            engine.record_failure(&e);
+            return Err(e);
         }
     };
-    let query_id = engine.query_id().unwrap_or_default();
-    Ok(respond(format, stream.schema(), stream, limit, query_id))
+    Ok(Planned {
+        engine,
+        statement,
+        params,
+        sql: request.sql,
+    })
+}
+
+impl Planned {
+    /// The statement's text, as the client sent it.
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Runs the statement: a query for at most `limit` rows (all without one), a command
+    /// (which an update needs an admin for) to its one batch.
+    pub(crate) async fn start(&self, limit: Option<usize>) -> Result<SendableRecordBatchStream> {
+        let engine = &self.engine;
+        match &self.statement {
+            Statement::Query(df) => start_query(engine, df.as_ref().clone(), limit).await,
+            Statement::Command(command) => {
+                let rows: Vec<RecordBatch> = self.params.iter().cloned().collect();
+                let batch = engine
+                    .recorded(engine.run_statement(command, &rows))
+                    .await?;
+                Ok(with_first(
+                    batch.schema(),
+                    Some(Ok(batch)),
+                    Box::pin(futures::stream::empty()),
+                ))
+            }
+        }
+    }
 }
 
 /// `engine` with the request's session settings in force.
@@ -232,11 +283,14 @@ fn parse_request(api: &Api, body: &[u8]) -> Result<(QueryRequest, usize)> {
 async fn start_query(
     engine: &Engine,
     df: datafusion::dataframe::DataFrame,
-    limit: usize,
+    limit: Option<usize>,
 ) -> Result<SendableRecordBatchStream> {
-    let df = df
-        .limit(0, Some(limit.saturating_add(1)))
-        .map_err(Error::from)?;
+    let df = match limit {
+        Some(limit) => df
+            .limit(0, Some(limit.saturating_add(1)))
+            .map_err(Error::from)?,
+        None => df,
+    };
     let mut stream = engine.execute(df).await?;
     let first = match stream.next().await {
         Some(Err(e)) => return Err(Error::from(e)),
@@ -309,15 +363,13 @@ fn parameter_row(values: &[serde_json::Value]) -> Result<Option<RecordBatch>> {
     )?))
 }
 
-/// The result streamed in `format`, at most `limit` rows.
-fn respond(
-    format: Format,
-    schema: SchemaRef,
-    stream: SendableRecordBatchStream,
-    limit: usize,
-    query_id: String,
-) -> Response {
-    let mut writer = ResultWriter::new(format, Arc::clone(&schema), limit, query_id);
+/// The result streamed by `writer` (in its format, at most its limit of rows).
+pub(crate) fn respond(mut writer: ResultWriter, stream: SendableRecordBatchStream) -> Response {
+    let format = writer.format;
+    let mut headers = vec![(header::CONTENT_TYPE, format.content_type().to_string())];
+    if let Some(token) = writer.next_page_token.clone().flatten() {
+        headers.push((header::HeaderName::from_static(NEXT_PAGE_HEADER), token));
+    }
     let head = writer.head();
     let body = futures::stream::once(async move { head })
         .chain(futures::stream::unfold(
@@ -348,28 +400,35 @@ fn respond(
                 other => Some(other),
             }
         });
-    (
-        [(header::CONTENT_TYPE, format.content_type())],
-        Body::from_stream(body),
-    )
-        .into_response()
+    let mut response = Body::from_stream(body).into_response();
+    for (name, value) in headers {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
+
+/// The header that carries a page's `next_page_token` in the formats other than JSON.
+pub(crate) const NEXT_PAGE_HEADER: &str = "tarn-next-page-token";
 
 type Chunk = std::result::Result<Vec<u8>, std::io::Error>;
 
 /// Writes a result's batches in one format, a chunk at a time.
-struct ResultWriter {
+pub(crate) struct ResultWriter {
     format: Format,
     schema: SchemaRef,
     limit: usize,
     rows: usize,
     truncated: bool,
     query_id: String,
+    /// For a page of a stored result: the token of the next page (`None` after the last).
+    next_page_token: Option<Option<String>>,
     ipc: Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
 }
 
 impl ResultWriter {
-    fn new(format: Format, schema: SchemaRef, limit: usize, query_id: String) -> Self {
+    pub(crate) fn new(format: Format, schema: SchemaRef, limit: usize, query_id: String) -> Self {
         Self {
             format,
             schema,
@@ -377,7 +436,16 @@ impl ResultWriter {
             rows: 0,
             truncated: false,
             query_id,
+            next_page_token: None,
             ipc: None,
+        }
+    }
+
+    /// The writer of a page of a stored result, followed by `next` (none after the last).
+    pub(crate) fn page(self, next: Option<String>) -> Self {
+        Self {
+            next_page_token: Some(next),
+            ..self
         }
     }
 
@@ -491,6 +559,10 @@ impl ResultWriter {
                     "],\"row_count\":{},\"truncated\":{}",
                     self.rows, self.truncated
                 );
+                if let Some(next) = &self.next_page_token {
+                    end.push_str(",\"next_page_token\":");
+                    end.push_str(&serde_json::json!(next).to_string());
+                }
                 if let Some(e) = error {
                     end.push_str(",\"error\":");
                     end.push_str(&error_json(e).to_string());
@@ -567,13 +639,13 @@ fn json_safe(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow::err
 }
 
 /// An error's HTTP status and stable code.
-fn status_of(e: &Error) -> (StatusCode, &'static str) {
+pub(crate) fn status_of(e: &Error) -> (StatusCode, &'static str) {
     match e {
         Error::Sql(_) => (StatusCode::BAD_REQUEST, "SQL_ERROR"),
         Error::InvalidArgument(_) | Error::InvalidLocation { .. } => {
             (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
         }
-        Error::TableNotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Error::TableNotFound { .. } | Error::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         Error::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
         Error::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
         Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
@@ -593,9 +665,17 @@ fn status_of(e: &Error) -> (StatusCode, &'static str) {
     }
 }
 
-fn error_json(e: &Error) -> serde_json::Value {
+pub(crate) fn error_json(e: &Error) -> serde_json::Value {
     let (_, code) = status_of(e);
     serde_json::json!({"code": code, "message": e.to_string()})
+}
+
+/// A request for a path or method the API does not have.
+pub(crate) async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(Error::NotFound(format!(
+        "the HTTP API has no {method} {}; its routes are listed at /v1/openapi.json",
+        uri.path()
+    )))
 }
 
 pub(crate) fn error_response(e: Error) -> Response {

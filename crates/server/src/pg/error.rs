@@ -10,6 +10,8 @@ pub(crate) fn sqlstate(e: &Error) -> &'static str {
     match e {
         Error::Sql(_) => "42601",
         Error::TableNotFound { .. } => "42P01",
+        // undefined_object
+        Error::NotFound(_) => "42704",
         Error::AlreadyExists(_) => "42P07",
         Error::PermissionDenied(_) => "42501",
         Error::Unauthenticated(_) => "28000",
