@@ -344,3 +344,37 @@ def test_an_execution_is_visible_only_to_its_user_and_admins(lake, tmp_path):
         assert status == 401 and error["code"] == "UNAUTHENTICATED"
     finally:
         s.stop()
+
+
+def test_the_openapi_document_describes_every_route(lake):
+    s = serve(lake["data"])
+    try:
+        base = http_base(s)
+        status, headers, body = call(base, "/v1/openapi.json")
+        assert status == 200 and headers.get("Content-Type") == "application/json"
+        doc = json.loads(body)
+        assert doc["openapi"].startswith("3.")
+        assert {"bearer", "basic"} <= set(doc["components"]["securitySchemes"])
+        expected = {("/v1/query", "post"), ("/v1/queries", "post"), ("/v1/queries/{id}", "get"),
+                    ("/v1/queries/{id}", "delete"), ("/v1/queries/{id}/results", "get"),
+                    ("/v1/databases", "get"), ("/v1/tables/{db}", "get"),
+                    ("/v1/tables/{db}/{table}", "get"), ("/v1/openapi.json", "get"),
+                    ("/metrics", "get"), ("/healthz", "get"), ("/readyz", "get")}
+        documented = {(path, method) for path, methods in doc["paths"].items() for method in methods}
+        assert documented == expected
+        # Every documented route is served: none answers the API's "no such route".
+        for path, method in sorted(documented):
+            concrete = (path.replace("{id}", "3b4e0a63-1c5a-4a55-9d0c-4c1d2b7a9f00")
+                        .replace("{db}", "default").replace("{table}", "orders"))
+            body = {"sql": "SELECT 1"} if method == "post" else None
+            status, _, answer = call(base, concrete, method.upper(), body)
+            assert b"the HTTP API has no" not in answer, (path, method, status, answer)
+        # A route it does not list answers a JSON error that points to the document.
+        status, error = error_of(call(base, "/v1/nothing"))
+        assert status == 404 and "/v1/openapi.json" in error["message"]
+        # The schemas the executions answer with are in it.
+        schemas = doc["components"]["schemas"]
+        assert {"ExecutionView", "QueryRequest", "QueryResult", "ErrorBody"} <= set(schemas)
+        assert "SUCCEEDED" in schemas["ExecutionState"]["enum"]
+    finally:
+        s.stop()

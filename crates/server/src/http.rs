@@ -10,9 +10,12 @@
 //!   Athena-style asynchronous executions, results paged from Parquet ([`executions`]).
 //! - `GET /v1/databases`, `/v1/tables/{db}`, `/v1/tables/{db}/{table}`: the catalog
 //!   ([`catalog`]).
+//! - `GET /v1/openapi.json`: the API's OpenAPI document, generated from these handlers
+//!   ([`openapi`]).
 
 mod catalog;
 mod executions;
+mod openapi;
 mod query;
 
 pub use executions::Executions;
@@ -76,6 +79,7 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
     match api {
         Some(api) => ops.merge(
             Router::new()
+                .route("/v1/openapi.json", get(openapi::document))
                 .route("/v1/query", post(query::query))
                 .route("/v1/queries", post(executions::start))
                 .route(
@@ -116,6 +120,9 @@ pub async fn serve(
     .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
 }
 
+/// `GET /metrics`: the engine's metrics for Prometheus.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200,
+    description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(ops): State<Ops>) -> Response {
     (
         [(
@@ -127,10 +134,17 @@ async fn metrics(State(ops): State<Ops>) -> Response {
         .into_response()
 }
 
+/// `GET /healthz`: 200 while the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves", body = String)))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /readyz`: 200 when the catalog answers and the server is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready for work", body = String),
+    (status = 503, description = "Draining, or the catalog does not answer", body = String)))]
 async fn readyz(State(ops): State<Ops>) -> Response {
     if ops.draining.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();

@@ -13,12 +13,21 @@ use super::query::{Api, error_response};
 use tarn_lake::catalog::{TableEntry, TableSize};
 use tarn_lake::error::{Error, Result};
 
-/// `GET /v1/databases`.
+/// `GET /v1/databases`: each database with its number of tables.
+#[utoipa::path(get, path = "/v1/databases", tag = "catalog", responses(
+    (status = 200, description = "`{\"databases\": [{\"name\", \"tables\"}]}`", body = Object),
+    super::openapi::Errors), security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn databases(State(api): State<Api>, headers: HeaderMap) -> Response {
     answer(list_databases(&api, &headers).await)
 }
 
-/// `GET /v1/tables/{db}`.
+/// `GET /v1/tables/{db}`: a database's tables and views.
+#[utoipa::path(get, path = "/v1/tables/{db}", tag = "catalog",
+    params(("db" = String, Path, description = "A database")),
+    responses((status = 200, description = "`{\"database\", \"tables\": [{\"name\", \"type\" \
+        (TABLE or VIEW), \"format\", \"location\", \"partition_columns\", \"files\", \"rows\", \
+        \"bytes\", \"partitions\", \"version\", \"updated_at\"}]}`", body = Object),
+    super::openapi::Errors), security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn tables(
     State(api): State<Api>,
     Path(database): Path<String>,
@@ -27,7 +36,13 @@ pub(crate) async fn tables(
     answer(list_tables(&api, &headers, &database).await)
 }
 
-/// `GET /v1/tables/{db}/{table}`.
+/// `GET /v1/tables/{db}/{table}`: a table with its columns and schema history.
+#[utoipa::path(get, path = "/v1/tables/{db}/{table}", tag = "catalog",
+    params(("db" = String, Path, description = "A database"),
+           ("table" = String, Path, description = "A table or view of it")),
+    responses((status = 200, description = "The table as `/v1/tables/{db}` lists it, with \
+        `columns` (name, Arrow type, nullable) and `schema_history`", body = Object),
+    super::openapi::Errors), security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn table(
     State(api): State<Api>,
     Path((database, name)): Path<(String, String)>,

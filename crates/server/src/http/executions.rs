@@ -80,9 +80,9 @@ struct Running {
 }
 
 /// An execution's state, as Athena names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum ExecutionState {
+pub(crate) enum ExecutionState {
     Queued,
     Running,
     Succeeded,
@@ -96,9 +96,9 @@ impl ExecutionState {
     }
 }
 
-/// Why an execution failed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Failure {
+/// Why an execution failed (`code` as in `ErrorDetail`, or `CANCELLED`, `SERVER_STOPPED`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct Failure {
     code: String,
     message: String,
 }
@@ -127,11 +127,12 @@ impl Execution {
 }
 
 /// The query string of `GET /v1/queries/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StatusRequest {
-    /// Wait up to this long (at most [`LONGEST_WAIT`]) for the query to end before
-    /// answering (a long poll: `wait=20s`).
+    /// Wait up to this long (at most 60 s) for the query to end before answering (a long
+    /// poll), e.g. `20s`.
     wait: Option<String>,
 }
 
@@ -139,10 +140,13 @@ pub(crate) struct StatusRequest {
 const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
 /// The query string of `GET /v1/queries/{id}/results`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageRequest {
+    /// Rows a page has (default 1,000; at most the server's `--http-max-rows`).
     page_size: Option<usize>,
+    /// The previous page's `next_page_token` (none for the first page).
     page_token: Option<String>,
 }
 
@@ -381,7 +385,13 @@ impl Api {
     }
 }
 
-/// `POST /v1/queries`.
+/// `POST /v1/queries`: plans a statement, starts it and answers its id at once.
+#[utoipa::path(post, path = "/v1/queries", tag = "queries", request_body = QueryRequest,
+    responses(
+        (status = 202, description = "Started; poll `GET /v1/queries/{id}`", body = Started,
+         headers(("location" = String, description = "The execution's URL"))),
+        super::openapi::Errors),
+    security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn start(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -463,7 +473,10 @@ async fn start_execution(
     }
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"query_id": id, "state": ExecutionState::Queued})),
+        Json(Started {
+            query_id: id.clone(),
+            state: ExecutionState::Queued,
+        }),
     )
         .into_response();
     if let Ok(location) = axum::http::HeaderValue::from_str(&format!("/v1/queries/{id}")) {
@@ -545,7 +558,11 @@ async fn run(
     let _ = ended.send(true);
 }
 
-/// `GET /v1/queries/{id}`.
+/// `GET /v1/queries/{id}`: an execution's state and statistics.
+#[utoipa::path(get, path = "/v1/queries/{id}", tag = "queries",
+    params(("id" = String, Path, description = "The id `POST /v1/queries` answered"), StatusRequest),
+    responses((status = 200, body = ExecutionView), super::openapi::Errors),
+    security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn status(
     State(api): State<Api>,
     UrlPath(id): UrlPath<String>,
@@ -586,54 +603,113 @@ pub(crate) async fn status(
 async fn describe(
     engine: &Engine,
     executions: &Executions,
-    mut execution: Execution,
-) -> Result<serde_json::Value> {
+    execution: Execution,
+) -> Result<ExecutionView> {
     let record = engine.query_record(&execution.query_id).await?;
-    if !execution.state.ended() {
-        execution.state = match record.as_ref().map(|r| r.state.as_str()) {
+    let mut state = execution.state;
+    if !state.ended() {
+        state = match record.as_ref().map(|r| r.state.as_str()) {
             Some("running") => ExecutionState::Running,
             _ => ExecutionState::Queued,
         };
     }
-    let statistics = record.map(|r| {
-        serde_json::json!({
-            "queued_ms": r.queued_ms,
-            "planning_ms": r.stats.planning_ms,
-            "execution_ms": r.execution_ms,
-            "rows": r.rows,
-            "bytes_scanned": r.stats.bytes_scanned,
-            "files_scanned": r.stats.files_scanned,
-            "partitions_scanned": r.stats.partitions_scanned,
-            "partitions_pruned": r.stats.partitions_pruned,
-            "materialized_view": r.stats.materialized_view,
-            "result_cache_hit": r.stats.result_cache_hit,
-            "peak_memory_bytes": r.stats.peak_memory_bytes,
-            "spilled_bytes": r.stats.spilled_bytes,
-        })
+    let statistics = record.map(|r| Statistics {
+        queued_ms: r.queued_ms,
+        planning_ms: r.stats.planning_ms,
+        execution_ms: r.execution_ms,
+        rows: r.rows,
+        bytes_scanned: r.stats.bytes_scanned,
+        files_scanned: r.stats.files_scanned,
+        partitions_scanned: r.stats.partitions_scanned,
+        partitions_pruned: r.stats.partitions_pruned,
+        materialized_view: r.stats.materialized_view,
+        result_cache_hit: r.stats.result_cache_hit,
+        peak_memory_bytes: r.stats.peak_memory_bytes,
+        spilled_bytes: r.stats.spilled_bytes,
     });
-    let result = (execution.state == ExecutionState::Succeeded).then(|| {
-        serde_json::json!({
-            "location": format!("{}{}/result.parquet", executions.root_url, execution.query_id),
-            "row_count": execution.row_count,
-            "bytes": execution.result_bytes,
-            "expires_at": execution.expires_at,
-        })
+    let result = (state == ExecutionState::Succeeded).then(|| StoredResult {
+        location: format!(
+            "{}{}/result.parquet",
+            executions.root_url, execution.query_id
+        ),
+        row_count: execution.row_count.unwrap_or(0),
+        bytes: execution.result_bytes.unwrap_or(0),
+        expires_at: execution.expires_at.clone(),
     });
-    Ok(serde_json::json!({
-        "query_id": execution.query_id,
-        "state": execution.state,
-        "error": execution.error,
-        "sql": execution.sql,
-        "database": execution.database,
-        "user": execution.user,
-        "submitted_at": execution.submitted_at,
-        "completed_at": execution.completed_at,
-        "statistics": statistics,
-        "result": result,
-    }))
+    Ok(ExecutionView {
+        query_id: execution.query_id,
+        state,
+        error: execution.error,
+        sql: execution.sql,
+        database: execution.database,
+        user: execution.user,
+        submitted_at: execution.submitted_at,
+        completed_at: execution.completed_at,
+        statistics,
+        result,
+    })
+}
+
+/// What `POST /v1/queries` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Started {
+    query_id: String,
+    state: ExecutionState,
+}
+
+/// An execution as `GET /v1/queries/{id}` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ExecutionView {
+    query_id: String,
+    state: ExecutionState,
+    /// Why it failed or was cancelled.
+    error: Option<Failure>,
+    sql: String,
+    database: String,
+    user: String,
+    /// RFC 3339, UTC.
+    submitted_at: String,
+    completed_at: Option<String>,
+    /// From the query history (`system.queries`); none until the statement starts.
+    statistics: Option<Statistics>,
+    /// Where a succeeded execution's rows are.
+    result: Option<StoredResult>,
+}
+
+/// What a statement cost, from the query history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Statistics {
+    queued_ms: i64,
+    planning_ms: i64,
+    execution_ms: i64,
+    rows: i64,
+    bytes_scanned: i64,
+    files_scanned: i64,
+    partitions_scanned: i64,
+    partitions_pruned: i64,
+    /// The materialized view that answered (`db.view`).
+    materialized_view: Option<String>,
+    result_cache_hit: bool,
+    peak_memory_bytes: i64,
+    spilled_bytes: i64,
+}
+
+/// A stored result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StoredResult {
+    /// The Parquet file, readable by any Parquet reader with access to the warehouse.
+    location: String,
+    row_count: u64,
+    bytes: u64,
+    /// When it is removed (RFC 3339).
+    expires_at: String,
 }
 
 /// `DELETE /v1/queries/{id}`: cancels a query that has not ended; answers its state.
+#[utoipa::path(delete, path = "/v1/queries/{id}", tag = "queries",
+    params(("id" = String, Path, description = "The id `POST /v1/queries` answered")),
+    responses((status = 200, body = ExecutionView), super::openapi::Errors),
+    security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn cancel(
     State(api): State<Api>,
     UrlPath(id): UrlPath<String>,
@@ -656,7 +732,19 @@ pub(crate) async fn cancel(
     }
 }
 
-/// `GET /v1/queries/{id}/results`.
+/// `GET /v1/queries/{id}/results`: a page of a succeeded execution's rows.
+#[utoipa::path(get, path = "/v1/queries/{id}/results", tag = "queries",
+    params(("id" = String, Path, description = "The id `POST /v1/queries` answered"), PageRequest),
+    responses(
+        (status = 200, description = "The page's rows", content(
+            (super::openapi::QueryResult = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream")),
+         headers(("tarn-next-page-token" = String,
+                  description = "The next page's token (not in JSON, which has next_page_token)"))),
+        super::openapi::Errors),
+    security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn results(
     State(api): State<Api>,
     UrlPath(id): UrlPath<String>,
@@ -682,13 +770,14 @@ async fn page_of(api: &Api, id: &str, page: &PageRequest, headers: &HeaderMap) -
         ExecutionState::Succeeded => execution,
         _ => {
             let shown = describe(&api.engine, executions, execution).await?;
-            let state = shown["state"].as_str().unwrap_or("QUEUED").to_string();
+            let state = serde_json::to_value(shown.state).unwrap_or_default();
             return Err(Error::Conflict(format!(
-                "query {id} is {state}, so it has no results to read{}; poll GET \
+                "query {id} is {}, so it has no results to read{}; poll GET \
                  /v1/queries/{id} until it is SUCCEEDED",
-                shown["error"]["message"]
-                    .as_str()
-                    .map(|m| format!(" ({m})"))
+                state.as_str().unwrap_or("not done"),
+                shown
+                    .error
+                    .map(|e| format!(" ({})", e.message))
                     .unwrap_or_default()
             )));
         }

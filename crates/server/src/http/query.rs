@@ -61,20 +61,27 @@ impl Api {
     }
 }
 
-/// The body of `POST /v1/query`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/query` and `POST /v1/queries`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct QueryRequest {
+    /// One SQL statement; `$1`, `$2`, … or `?` for parameters.
     pub sql: String,
+    /// The database unqualified table names resolve in (`default` when not given).
     #[serde(default)]
     database: Option<String>,
+    /// The parameters' values, in order: strings, numbers, booleans or null.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     parameters: Vec<serde_json::Value>,
+    /// The most rows to return (synchronous queries only; default 10,000, at most the
+    /// server's `--http-max-rows`).
     #[serde(default)]
     pub max_rows: Option<usize>,
     /// Session settings for this request (`time_zone`, `target_partitions`,
     /// `query_timeout`, `tarn.*` switches), as `SET` would change them.
     #[serde(default)]
+    #[schema(value_type = Object)]
     settings: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
@@ -124,7 +131,16 @@ impl Format {
     }
 }
 
-/// `POST /v1/query`.
+/// `POST /v1/query`: runs a statement and streams its rows in the `Accept` format.
+#[utoipa::path(post, path = "/v1/query", tag = "queries", request_body = QueryRequest,
+    responses(
+        (status = 200, description = "The rows, streamed as the query runs", content(
+            (super::openapi::QueryResult = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        super::openapi::Errors),
+    security((), ("bearer" = []), ("basic" = [])))]
 pub(crate) async fn query(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
