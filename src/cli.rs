@@ -610,13 +610,19 @@ async fn serve_until_drained(
             );
         }
         let router = tarn_server::http::router(ctx.engine.clone(), draining.clone(), api);
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tarn_server::tls::server_config(cert, key, "HTTP listener")?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(tarn_server::http::serve(
             http_listener,
+            tls,
             router,
             closed(stopped.clone()),
         ));
         // Before the Flight SQL line, which tells a supervisor the server is up.
-        println!("Tarn operations listening on http://{http_addr}");
+        println!("Tarn operations listening on {scheme}://{http_addr}");
     }
     if let Some(pg) = args.pg_listen {
         serve_postgres(ctx, args, pg, &options, closed(stopped.clone())).await?;

@@ -5,6 +5,7 @@ results), parameters, the row limit, and the errors a caller must tell apart: ba
 unknown table, a bad token, too many queries and a timeout."""
 
 import csv
+import http.client
 import datetime as dt
 import io
 import json
@@ -306,3 +307,57 @@ def test_the_readme_example_for_a_function_runs_as_written(typed):
                          env={"TARN_URL": typed["base"], "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"tables": 1}
+
+
+def test_tls_security_headers_and_cross_site_refusal(tmp_path):
+    import ssl
+    from conftest import credentials
+    made = credentials(tmp_path)
+    s = Server(tmp_path, command=(
+        "serve", "--config", str(made["config"]), "--tls-cert", str(made["cert"]),
+        "--tls-key", str(made["key"]), "--http-listen", "127.0.0.1:0"))
+    try:
+        base = http_base(s)
+        assert base.startswith("https://"), base
+        trusted = ssl.create_default_context(cafile=str(made["ca"]))
+
+        def send(path, body=None, headers=None, context=trusted, url=None):
+            request = urllib.request.Request(
+                (url or base) + path, data=None if body is None else json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {made['token']}", **(headers or {})})
+            try:
+                with urllib.request.urlopen(request, timeout=60, context=context) as r:
+                    return r.status, r.headers, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers, e.read()
+
+        status, headers, body = send("/v1/query", {"sql": "SELECT 41 + 1 AS answer"})
+        assert status == 200 and json.loads(body)["rows"] == [{"answer": "42"}]
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+        # Errors carry them too, and challenge for a bearer token only (no browser prompt).
+        status, headers, _ = send("/v1/databases", headers={"Authorization": "Bearer nope"})
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert "Basic" not in headers["WWW-Authenticate"]
+        assert headers["Content-Security-Policy"] == csp
+        # A client that does not trust the certificate, or speaks plain HTTP, gets nothing.
+        with pytest.raises(urllib.error.URLError):
+            send("/healthz", context=ssl.create_default_context())
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            send("/healthz", url=base.replace("https://", "http://"))
+
+        # A browser's cross-site request that would change something is refused…
+        for cross in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            status, _, body = send("/v1/queries", {"sql": "SELECT 1"}, headers=cross)
+            assert status == 403 and b"cross-site" in body, (cross, body)
+        # …and the same origin's is not.
+        status, _, body = send("/v1/query", {"sql": "SELECT 1 AS one"},
+                               headers={"Origin": base, "Sec-Fetch-Site": "same-origin"})
+        assert status == 200, body
+        status, _, body = send("/v1/query", {"sql": "SELECT 1 AS one"}, headers={"Origin": base})
+        assert status == 200, body
+    finally:
+        s.stop()

@@ -20,7 +20,7 @@ from test_limits import ENDLESS, events_rows, hold_a_place
 
 def http_base(server) -> str:
     for line in server.output:
-        m = re.search(r"operations listening on (http://\S+)", line)
+        m = re.search(r"operations listening on (https?://\S+)", line)
         if m:
             return m.group(1)
     raise AssertionError(f"no operations line in {server.output}")

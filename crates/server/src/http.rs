@@ -15,10 +15,12 @@
 
 mod catalog;
 mod executions;
+mod listener;
 mod openapi;
 mod query;
 
 pub use executions::Executions;
+pub use listener::CONTENT_SECURITY_POLICY;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,22 +104,39 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` completes; every
+/// answer carries the security headers, and cross-site changes are refused.
 ///
 /// # Errors
 /// [`Error::Internal`] when the HTTP server fails.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
+    use axum::serve::ListenerExt;
+    let secured = tls.is_some();
+    let router = router.layer(axum::middleware::from_fn(move |request, next| {
+        listener::secure(secured, request, next)
+    }));
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            let listener = listener::TlsListener::new(listener, config)
+                .map_err(|e| Error::Internal(format!("HTTP listener: {e}")))?
+                .tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
 }
 
 /// `GET /metrics`: the engine's metrics for Prometheus.

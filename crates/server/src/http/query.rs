@@ -700,7 +700,9 @@ pub(crate) fn error_response(e: Error) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer, Basic realm=\"tarn\""),
+            // Bearer only: a Basic challenge would make a browser ask for a password
+            // and then send it with every request, cross-site ones included.
+            axum::http::HeaderValue::from_static("Bearer realm=\"tarn\""),
         );
     }
     response

@@ -182,29 +182,8 @@ fn watch_for_hang_up(
 }
 
 fn tls_acceptor(cert: &[u8], key: &[u8]) -> Result<pgwire::tokio::TlsAcceptor> {
-    use pgwire::tokio::tokio_rustls::rustls;
-    use rustls::pki_types::pem::PemObject;
-    crate::tls::use_ring_for_tls();
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        Error::InvalidArgument(format!("TLS {what} for the Postgres listener: {e}"))
-    };
-    let certs = rustls_pemfile_certs(cert).map_err(|e| bad("certificate", &e))?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("key", &e))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| bad("certificate or key", &e))?;
-    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
-}
-
-fn rustls_pemfile_certs(
-    pem: &[u8],
-) -> std::result::Result<
-    Vec<pgwire::tokio::tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
-    pgwire::tokio::tokio_rustls::rustls::pki_types::pem::Error,
-> {
-    use pgwire::tokio::tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
-    CertificateDer::pem_slice_iter(pem).collect()
+    let config = crate::tls::server_config(cert, key, "Postgres listener")?;
+    Ok(pgwire::tokio::TlsAcceptor::from(config))
 }
 
 /// A connection's process id and secret key, as a `CancelRequest` names it.
