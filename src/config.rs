@@ -515,6 +515,9 @@ pub struct DemoArgs {
     /// Address to serve the demo on.
     #[arg(long, env = "TARN_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the web console and HTTP API while the demo serves (loopback only).
+    #[arg(long, env = "TARN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
     /// Generate, crawl and query, then exit instead of serving.
     #[arg(long)]
     pub no_serve: bool,

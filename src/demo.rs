@@ -168,8 +168,10 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
         return Ok(());
     }
     let (listener, addr) = tarn_server::serve::bind(args.listen).await?;
+    let console = serve_console(ctx, data_dir, args).await;
     println!(
-        "\nConnect with any Flight SQL client, for example:\n\
+        "\n{console}\
+         Connect with any Flight SQL client, for example:\n\
          \x20 Python (ADBC):  adbc_driver_flightsql.dbapi.connect(\"grpc://{addr}\")\n\
          \x20 JDBC:           jdbc:arrow-flight-sql://{addr}?useEncryption=false\n\
          \x20 Tarn:           tarn sql \"SELECT count(*) FROM events\"\n\
@@ -177,6 +179,50 @@ pub async fn run(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> Result<()> 
     );
     announce(addr);
     tarn_server::serve::serve(ctx.engine.clone(), listener, shutdown_signal()).await
+}
+
+/// Serves the web console and HTTP API on `--http-listen` (loopback, so without
+/// authentication); returns the line that says where, or why not (the demo goes on).
+async fn serve_console(ctx: &Context, data_dir: &Path, args: &DemoArgs) -> String {
+    if !args.http_listen.ip().is_loopback() {
+        return format!(
+            "No console: {} is not a loopback address (the demo serves without \
+             authentication; use `tarn serve --config … --http-listen …`).\n\n",
+            args.http_listen
+        );
+    }
+    let started = async {
+        let signer = tarn_server::auth::Signer::from_file(&data_dir.join("secret.key"))?;
+        let executions = tarn_server::http::Executions::new(
+            &ctx.engine,
+            std::time::Duration::from_secs(86_400),
+        )?;
+        let api = tarn_server::http::QueryApi {
+            auth: Arc::new(tarn_server::auth::Authenticator::disabled(signer)),
+            max_rows: 1_000_000,
+            executions: Some(executions),
+        };
+        let (listener, addr) = tarn_server::serve::bind(args.http_listen).await?;
+        let router = tarn_server::http::router(
+            ctx.engine.clone(),
+            tarn_server::http::Draining::default(),
+            Some(api),
+        );
+        tokio::spawn(tarn_server::http::serve(
+            listener,
+            None,
+            router,
+            shutdown_signal(),
+        ));
+        Ok::<_, Error>(addr)
+    };
+    match started.await {
+        Ok(addr) => format!(
+            "Console:  http://{addr}/  (SQL, catalog, history, views; the HTTP API is under \
+             /v1, described at /v1/openapi.json)\n\n"
+        ),
+        Err(e) => format!("No console: {e} (give another --http-listen).\n\n"),
+    }
 }
 
 /// Defines the demo's materialized view (once), then answers a dashboard question from the

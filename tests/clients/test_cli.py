@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import re
+import urllib.request
 
 from conftest import Server, connect, tarn
 
@@ -27,13 +29,22 @@ def test_demo_writes_crawls_queries_and_is_incremental(tmp_path):
     assert json.loads(out.stdout) == {"n": 20000}
 
 
-def test_demo_serves_flight_sql(tmp_path):
-    server = Server(tmp_path, command=("demo", "--events", "5000"))
+def test_demo_serves_flight_sql_and_the_console(tmp_path):
+    server = Server(tmp_path, command=("demo", "--events", "5000", "--http-listen", "127.0.0.1:0"))
     try:
         assert any("adbc_driver_flightsql" in line for line in server.output)
         with connect(server.uri) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM events")
             assert cur.fetchone() == (5000,)
+        # It prints the console's address, which serves the page and the API.
+        console = next(re.search(r"Console:\s+(http://\S+)/", line).group(1)
+                       for line in server.output if "Console:" in line)
+        with urllib.request.urlopen(console + "/", timeout=30) as page:
+            assert "<title>Tarn console</title>" in page.read().decode()
+        request = urllib.request.Request(console + "/v1/query", data=json.dumps(
+            {"sql": "SELECT count(*) AS n FROM events"}).encode())
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert json.load(answer)["rows"] == [{"n": "5000"}]
     finally:
         server.stop()
     assert server.proc.returncode == 0

@@ -10,10 +10,13 @@
 //!   Athena-style asynchronous executions, results paged from Parquet ([`executions`]).
 //! - `GET /v1/databases`, `/v1/tables/{db}`, `/v1/tables/{db}/{table}`: the catalog
 //!   ([`catalog`]).
+//! - `GET /`: the web console ([`console`]); `GET`/`POST /v1/session`: who is calling, and
+//!   a login that answers a bearer token.
 //! - `GET /v1/openapi.json`: the API's OpenAPI document, generated from these handlers
 //!   ([`openapi`]).
 
 mod catalog;
+mod console;
 mod executions;
 mod listener;
 mod openapi;
@@ -81,6 +84,12 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
     match api {
         Some(api) => ops.merge(
             Router::new()
+                .route("/", get(console::page))
+                .route("/console.js", get(console::script))
+                .route("/console.css", get(console::style))
+                .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+                .route("/v1/session", get(console::whoami).post(console::login))
+                .route("/v1/crawlers", get(catalog::crawlers))
                 .route("/v1/openapi.json", get(openapi::document))
                 .route("/v1/query", post(query::query))
                 .route("/v1/queries", post(executions::start))

@@ -185,3 +185,34 @@ fn summary(t: &TableEntry, size: TableSize) -> Value {
         "updated_at": t.updated_at,
     })
 }
+
+/// `GET /v1/crawlers`: the catalog's crawlers, with their schedules and last starts.
+#[utoipa::path(get, path = "/v1/crawlers", tag = "catalog", responses(
+    (status = 200, description = "`{\"crawlers\": [{\"name\", \"location\", \"database\", \
+        \"schedule\", \"created_at\", \"last_started_at\"}]}`; `system.crawls` has their runs",
+     body = Object),
+    super::openapi::Errors), security((), ("bearer" = []), ("basic" = [])))]
+pub(crate) async fn crawlers(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let listed = async {
+        api.authenticate(&headers)?;
+        let crawlers: Vec<Value> = api
+            .engine
+            .catalog()
+            .crawlers()
+            .await?
+            .into_iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "location": c.location,
+                    "database": c.database,
+                    "schedule": c.schedule,
+                    "created_at": c.created_at,
+                    "last_started_at": c.last_started_at,
+                })
+            })
+            .collect();
+        Ok(json!({ "crawlers": crawlers }))
+    };
+    answer(listed.await)
+}
