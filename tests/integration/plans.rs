@@ -190,6 +190,17 @@ async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
     // group, so each hash table holds one range's keys), in ascending order, and the
     // repartition (above the HAVING filter) gives the plan above the partitioning it had.
     let plan = physical_plan(&on, &big_orders_sql("disjoint", i64::MIN)).await;
+    assert_one_group_per_range(&plan, range_of);
+
+    // The one-phase result joined on its key gives the same answer as two phases.
+    let joined = "SELECT count(*), sum(d.quantity) FROM disjoint d WHERE d.order_key IN \
+        (SELECT order_key FROM disjoint GROUP BY order_key HAVING sum(quantity) > 100)";
+    assert_eq!(rows(&on, joined).await, rows(&off, joined).await);
+}
+
+/// Asserts that the scan of `plan` has one file group per key range (`range_of` a file's
+/// number), in ascending order, and that the hash repartition sits above the filter.
+fn assert_one_group_per_range(plan: &str, range_of: impl Fn(usize) -> usize) {
     let scan = plan.lines().find(|l| l.contains("DataSourceExec")).unwrap();
     let groups: Vec<Vec<usize>> = scan
         .split("file_groups={12 groups: [")
@@ -221,11 +232,6 @@ async fn files_with_disjoint_key_ranges_are_aggregated_in_one_phase() {
         hash_line < filter_line,
         "repartition above the filter:\n{plan}"
     );
-
-    // The one-phase result joined on its key gives the same answer as two phases.
-    let joined = "SELECT count(*), sum(d.quantity) FROM disjoint d WHERE d.order_key IN \
-        (SELECT order_key FROM disjoint GROUP BY order_key HAVING sum(quantity) > 100)";
-    assert_eq!(rows(&on, joined).await, rows(&off, joined).await);
 }
 
 #[tokio::test]

@@ -284,6 +284,68 @@ async fn stale_partitions(env: &Env) -> i64 {
     rows[0][5].parse().unwrap()
 }
 
+/// A full refresh interrupted midway, then two full refreshes racing: answers stay exact
+/// throughout, and every refresh that finishes leaves the view fresh.
+async fn interrupt_and_race_full_refreshes(env: &Env) {
+    // A full refresh interrupted midway: answers stay exact, the next refresh completes.
+    let engine = env.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .refresh_rollup("default", "ev_hourly", true)
+            .await
+            .map(|r| r.refreshed)
+    });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    task.abort();
+    let _ = task.await;
+    assert_exact(env, "interrupted full refresh").await;
+    env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
+    assert_eq!(stale_partitions(env).await, 0);
+    assert_exact(env, "after the interrupted refresh").await;
+
+    // Two full refreshes racing (say a server's and a CLI's): the one that commits second
+    // finds a partition replaced since it read it, commits nothing and starts again, so
+    // both succeed and every partition keeps one file.
+    let (a, b) = tokio::join!(
+        env.engine.refresh_rollup("default", "ev_hourly", true),
+        env.engine.refresh_rollup("default", "ev_hourly", true)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(stale_partitions(env).await, 0);
+    assert_exact(env, "after racing refreshes").await;
+}
+
+/// Without the memory budget (one-shot commands), the rollup's files are scanned, with the
+/// base's answers.
+async fn assert_stored_view_answers_without_memory(env: &Env) {
+    // Without the memory budget (one-shot commands), the rollup's files are scanned.
+    let on_files = tarn_lake::engine::Engine::new(
+        env.catalog.clone(),
+        Arc::clone(&env.stores),
+        &tarn_lake::engine::EngineOptions::default(),
+    )
+    .unwrap();
+    let base = env.engine.without_rollup_rewrite();
+    for (sql, _) in &DASHBOARD[..4] {
+        assert_eq!(
+            answer(&on_files, sql).await,
+            answer(&base, sql).await,
+            "{sql}"
+        );
+        let (_, plan) = on_files.query(&format!("EXPLAIN {sql}")).await.unwrap();
+        let notes = render(&plan);
+        assert!(
+            notes.iter().any(|r| r[0] == "rollups"
+                && r[1].starts_with("used default.ev_hourly (")
+                && !r[1].contains("in memory")),
+            "{notes:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn rollup_answers_stay_exact_as_data_lands() {
     let env = Env::new().await;
@@ -379,35 +441,7 @@ async fn rollup_answers_stay_exact_as_data_lands() {
     assert_eq!(stale_partitions(&env).await, 1);
     assert_exact_with(&env, "rewritten file, before refresh", 8).await;
 
-    // A full refresh interrupted midway: answers stay exact, the next refresh completes.
-    let engine = env.engine.clone();
-    let task = tokio::spawn(async move {
-        engine
-            .refresh_rollup("default", "ev_hourly", true)
-            .await
-            .map(|r| r.refreshed)
-    });
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    task.abort();
-    let _ = task.await;
-    assert_exact(&env, "interrupted full refresh").await;
-    env.rows("REFRESH MATERIALIZED VIEW ev_hourly").await;
-    assert_eq!(stale_partitions(&env).await, 0);
-    assert_exact(&env, "after the interrupted refresh").await;
-
-    // Two full refreshes racing (say a server's and a CLI's): the one that commits second
-    // finds a partition replaced since it read it, commits nothing and starts again, so
-    // both succeed and every partition keeps one file.
-    let (a, b) = tokio::join!(
-        env.engine.refresh_rollup("default", "ev_hourly", true),
-        env.engine.refresh_rollup("default", "ev_hourly", true)
-    );
-    a.unwrap();
-    b.unwrap();
-    assert_eq!(stale_partitions(&env).await, 0);
-    assert_exact(&env, "after racing refreshes").await;
+    interrupt_and_race_full_refreshes(&env).await;
 
     // Changes made through Tarn refresh the rollup at once: a re-crawl by SQL, an INSERT.
     write_hour(&lake, 4, 1, 12, 77, "part-0.parquet");
@@ -422,29 +456,7 @@ async fn rollup_answers_stay_exact_as_data_lands() {
     assert_eq!(stale_partitions(&env).await, 0);
     assert_exact(&env, "after MSCK REPAIR and INSERT").await;
 
-    // Without the memory budget (one-shot commands), the rollup's files are scanned.
-    let on_files = tarn_lake::engine::Engine::new(
-        env.catalog.clone(),
-        Arc::clone(&env.stores),
-        &tarn_lake::engine::EngineOptions::default(),
-    )
-    .unwrap();
-    let base = env.engine.without_rollup_rewrite();
-    for (sql, _) in &DASHBOARD[..4] {
-        assert_eq!(
-            answer(&on_files, sql).await,
-            answer(&base, sql).await,
-            "{sql}"
-        );
-        let (_, plan) = on_files.query(&format!("EXPLAIN {sql}")).await.unwrap();
-        let notes = render(&plan);
-        assert!(
-            notes.iter().any(|r| r[0] == "rollups"
-                && r[1].starts_with("used default.ev_hourly (")
-                && !r[1].contains("in memory")),
-            "{notes:?}"
-        );
-    }
+    assert_stored_view_answers_without_memory(&env).await;
 
     // A restart keeps the rollup and its freshness.
     let reopened = Env::open(env.dir).await;
