@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::query::{Api, error_response};
-use crate::auth::Role;
 use tarn_lake::error::Error;
 
 const PAGE: &str = include_str!("console/index.html");
@@ -75,13 +74,6 @@ pub(crate) struct SessionView {
     token: Option<String>,
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Reader => "reader",
-    }
-}
-
 /// `GET /v1/session`: the caller of the request's credentials.
 #[utoipa::path(get, path = "/v1/session", tag = "operations",
     responses((status = 200, body = SessionView), super::openapi::Errors),
@@ -89,7 +81,7 @@ fn role_name(role: Role) -> &'static str {
 pub(crate) async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
     match api.authenticate(&headers) {
         Ok(caller) => Json(SessionView {
-            role: role_name(caller.role).to_string(),
+            role: caller.role.to_string(),
             user: caller.name,
             authentication: api.auth.enabled(),
             token: None,
@@ -121,7 +113,7 @@ pub(crate) async fn login(State(api): State<Api>, body: axum::body::Bytes) -> Re
     };
     Json(SessionView {
         token: Some(api.auth.issue(&caller)),
-        role: role_name(caller.role).to_string(),
+        role: caller.role.to_string(),
         user: caller.name,
         authentication: api.auth.enabled(),
     })

@@ -412,12 +412,7 @@ async fn start_execution(
 ) -> Result<Response> {
     let executions = Arc::clone(api.executions()?);
     let caller = api.authenticate(headers)?;
-    let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "the body is not a query request ({e}); send a JSON object with \"sql\" and, if \
-             needed, \"database\", \"parameters\" (a list) and \"settings\""
-        ))
-    })?;
+    let request = QueryRequest::parse(body)?;
     if request.max_rows.is_some() {
         return Err(Error::InvalidArgument(
             "an execution keeps every row of its result; page through them with \

@@ -51,6 +51,19 @@ pub(crate) struct Api {
     pub executions: Option<Arc<super::executions::Executions>>,
 }
 
+impl QueryRequest {
+    /// The request in a body of `POST /v1/query` or `POST /v1/queries`.
+    pub(crate) fn parse(body: &[u8]) -> Result<QueryRequest> {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the body is not a query request ({e}); send a JSON object with \"sql\" and, \
+                 if needed, \"database\", \"parameters\" (a list), \"settings\" and (for \
+                 /v1/query) \"max_rows\""
+            ))
+        })
+    }
+}
+
 impl Api {
     /// The caller of a request, from its `Authorization` header.
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<crate::auth::Caller> {
@@ -276,12 +289,7 @@ async fn with_settings(
 
 /// The request in the body and the rows it may return.
 fn parse_request(api: &Api, body: &[u8]) -> Result<(QueryRequest, usize)> {
-    let request: QueryRequest = serde_json::from_slice(body).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "the body is not a query request ({e}); send a JSON object with \"sql\" and, \
-             if needed, \"database\", \"parameters\" (a list), \"max_rows\" and \"settings\""
-        ))
-    })?;
+    let request = QueryRequest::parse(body)?;
     let limit = request.max_rows.unwrap_or(DEFAULT_ROWS);
     if limit > api.max_rows {
         return Err(Error::InvalidArgument(format!(
