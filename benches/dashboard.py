@@ -130,8 +130,8 @@ def write_lake(lake: Path, rows: int) -> None:
 class Server:
     def __init__(self, binary: str, data_dir: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [binary, "--data-dir", str(data_dir), *extra, "serve", "--listen", "127.0.0.1:0",
-             "--schedule-check-secs", "3600"],
+            [binary, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0",
+             "--schedule-check-secs", "3600", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         found = {}
         ready = threading.Event()

@@ -65,22 +65,6 @@ pub struct Cli {
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub no_rollup_rewrite: bool,
 
-    /// Megabytes of memory a server (`serve`, `demo`) keeps materialized views' rows in,
-    /// so dashboard queries read no files; views beyond it are read from their files.
-    #[arg(long, global = true, env = "TARN_ROLLUP_MEMORY_MB",
-          default_value_t = tarn_lake::rollup::MEMORY_BUDGET_MB)]
-    pub rollup_memory_mb: usize,
-
-    /// Megabytes of memory a server (`serve`, `demo`) keeps query results in, so a
-    /// repeated query over unchanged tables is answered without running it (0: off).
-    #[arg(
-        long,
-        global = true,
-        env = "TARN_RESULT_CACHE_MB",
-        default_value_t = 256
-    )]
-    pub result_cache_mb: usize,
-
     /// Days the query history (`system.queries`) keeps statements (0: no history).
     #[arg(
         long,
@@ -130,6 +114,17 @@ pub enum Command {
     /// Make password hashes and API tokens for the config file.
     #[command(subcommand)]
     Auth(AuthCommand),
+}
+
+impl Command {
+    /// The server settings of a command that serves (`serve`, `demo`).
+    pub fn server_limits(&self) -> Option<&LimitArgs> {
+        match self {
+            Command::Serve(args) => Some(&args.limits),
+            Command::Demo(args) => Some(&args.limits),
+            _ => None,
+        }
+    }
 }
 
 /// `tarn crawl`.
@@ -226,7 +221,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
-/// What queries may take from a server: memory, places and time.
+/// What a server (`serve`, `demo`) may take: memory, places and time for queries, and
+/// the memory of its result cache and in-memory views.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Memory every query's operators share: bytes, a unit (`4GiB`) or a share of the
@@ -259,6 +255,17 @@ pub struct LimitArgs {
     /// query is cancelled and its client told so.
     #[arg(long, env = "TARN_QUERY_TIMEOUT", default_value = "30m")]
     pub query_timeout: String,
+
+    /// Megabytes of memory materialized views' rows are kept in,
+    /// so dashboard queries read no files; views beyond it are read from their files.
+    #[arg(long, env = "TARN_ROLLUP_MEMORY_MB",
+          default_value_t = tarn_lake::rollup::MEMORY_BUDGET_MB)]
+    pub rollup_memory_mb: usize,
+
+    /// Megabytes of memory query results are kept in, so a
+    /// repeated query over unchanged tables is answered without running it (0: off).
+    #[arg(long, env = "TARN_RESULT_CACHE_MB", default_value_t = 256)]
+    pub result_cache_mb: usize,
 }
 
 impl LimitArgs {

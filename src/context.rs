@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Cli, Command};
+use crate::config::Cli;
 use tarn_lake::catalog::Catalog;
 use tarn_lake::crawler::Crawler;
 use tarn_lake::engine::limits::QueryLimits;
@@ -37,16 +37,15 @@ impl Context {
                 dir.to_string_lossy().into_owned()
             }
         };
-        let (memory, limits) = match &cli.command {
-            Command::Serve(args) => {
-                let (memory, limits) = args.limits.resolve(&cli.data_dir)?;
+        // Only a server bounds its queries and keeps results and views in memory; a
+        // one-shot command (`sql`, `crawl`) runs with no pool and no caches.
+        let server = cli.command.server_limits();
+        let (memory, limits) = match server {
+            Some(args) => {
+                let (memory, limits) = args.resolve(&cli.data_dir)?;
                 (Some(memory), limits)
             }
-            Command::Demo(args) => {
-                let (memory, limits) = args.limits.resolve(&cli.data_dir)?;
-                (Some(memory), limits)
-            }
-            _ => (None, QueryLimits::default()),
+            None => (None, QueryLimits::default()),
         };
         let options = EngineOptions {
             memory,
@@ -57,14 +56,8 @@ impl Context {
             allowed_locations,
             warehouse: Some(warehouse),
             rollup_rewrite: !cli.no_rollup_rewrite,
-            rollup_memory: match cli.command {
-                Command::Serve(_) | Command::Demo(_) => cli.rollup_memory_mb << 20,
-                _ => 0,
-            },
-            result_cache: match cli.command {
-                Command::Serve(_) | Command::Demo(_) => cli.result_cache_mb << 20,
-                _ => 0,
-            },
+            rollup_memory: server.map_or(0, |s| s.rollup_memory_mb << 20),
+            result_cache: server.map_or(0, |s| s.result_cache_mb << 20),
         };
         let engine = Engine::new(catalog.clone(), Arc::clone(&stores), &options)?;
         Ok(Self {

@@ -130,12 +130,12 @@ class TarnServer:
 
     def command(self) -> list[str]:
         config = [f"tarn.{r}=false" for r in sorted(self.disabled)] + list(self.extra_config)
-        cmd = [self.binary, "--data-dir", str(self.data_dir), "--result-cache-mb", "0"]
+        cmd = [self.binary, "--data-dir", str(self.data_dir)]
         if config:
             cmd += ["--datafusion-config", ",".join(config)]
         if self.no_rollup:
             cmd.append("--no-rollup-rewrite")
-        return cmd + ["serve", "--listen", "127.0.0.1:0"]
+        return cmd + ["serve", "--listen", "127.0.0.1:0", "--result-cache-mb", "0"]
 
     def start(self):
         # Tarn reads every flag from a TARN_* variable too: none may leak in.
