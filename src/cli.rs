@@ -458,7 +458,7 @@ fn print_summary(summary: &CrawlSummary, json: bool) -> Result<()> {
 async fn crawl(ctx: &Context, args: &CrawlArgs) -> Result<()> {
     let options = CrawlOptions {
         footer_concurrency: args.footer_concurrency.max(1),
-        ..CrawlOptions::from_kept(&args.database, &args.shape.options())
+        ..CrawlOptions::new(&args.database, args.shape.options())
     };
     // A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
     let bar = indicatif::ProgressBar::new(0);

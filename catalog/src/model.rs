@@ -257,12 +257,12 @@ pub struct TableCommit {
     pub upserts: Vec<FileEntry>,
     /// Paths of files that are gone.
     pub removals: Vec<String>,
-    /// When set, stored as the table's `declared` property in the same transaction.
-    pub declared: Option<serde_json::Value>,
+    /// When set, stored as the table's declared layout in the same transaction.
+    pub declared: Option<Declared>,
     /// What a table format with its own log records of the version catalogued (a Delta
     /// table's version), stored as the `format_state` property; a change is a new table
     /// version.
-    pub format_state: Option<serde_json::Value>,
+    pub format_state: Option<FormatState>,
     /// The table must not exist yet (`CREATE EXTERNAL TABLE`): when another statement
     /// created it first, the commit fails and changes nothing.
     pub create_only: bool,
@@ -622,5 +622,230 @@ mod tests {
         // Never more than the rows; a part of no rows adds nothing.
         assert_eq!(combine_distinct([(40, 25), (0, 0)]), 25);
         assert_eq!(combine_distinct([]), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A table's properties: what the catalog keeps with a table besides its columns and files,
+// one JSON object per table, read and written only as [`TableProperties`]. Every part has
+// its own type, and a value that does not decode is reported as a damaged catalog entry
+// naming the table ([`crate::Error::CatalogCorrupt`]), never read as empty: an empty
+// declared layout or an empty list of pinned partitions would silently change what later
+// crawls do.
+
+/// A table's properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableProperties {
+    /// Why the table is deprecated (its folder is gone: it answers empty until a crawl
+    /// finds the folder again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<String>,
+    /// What the table's format keeps of the version catalogued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_state: Option<FormatState>,
+    /// What a user declared about the table instead of letting the crawl infer it.
+    #[serde(default, skip_serializing_if = "Declared::is_empty")]
+    pub declared: Declared,
+    /// Partitions in folders the user named.
+    #[serde(
+        default,
+        rename = "partition_locations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pinned_partitions: Vec<PinnedPartition>,
+}
+
+/// What a table's format keeps of the version the catalog holds. Which one a table has
+/// follows from its [`crate::TableFormat`]; Parquet tables keep none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FormatState {
+    /// A Delta table: the version of its log the catalog holds, with that version's
+    /// partition columns and size. A new version is a new table version.
+    Delta {
+        version: u64,
+        #[serde(default)]
+        partition_columns: Vec<String>,
+        files: u64,
+        bytes: u64,
+    },
+    /// A CSV table: its dialect, fixed by its first crawl.
+    Csv { has_header: bool, delimiter: char },
+    /// A JSON-lines table: nothing beyond its format.
+    Json(JsonState),
+}
+
+/// A JSON-lines table's state: empty, and only empty (so a damaged CSV or Delta state is
+/// an error rather than read as this).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonState {}
+
+impl FormatState {
+    /// The Delta version catalogued, if this is a Delta table's state.
+    pub fn delta_version(&self) -> Option<u64> {
+        match self {
+            FormatState::Delta { version, .. } => Some(*version),
+            _ => None,
+        }
+    }
+
+    /// A CSV table's header and delimiter, if this is a CSV table's state.
+    pub fn csv_dialect(&self) -> Option<(bool, u8)> {
+        match self {
+            FormatState::Csv {
+                has_header,
+                delimiter,
+            } => Some((*has_header, u8::try_from(*delimiter).unwrap_or(b','))),
+            _ => None,
+        }
+    }
+}
+
+impl TableProperties {
+    /// A CSV table's header and delimiter, as its first crawl fixed them.
+    pub fn csv_dialect(&self) -> Option<(bool, u8)> {
+        self.format_state.as_ref()?.csv_dialect()
+    }
+
+    /// The Delta version catalogued, for a Delta table.
+    pub fn delta_version(&self) -> Option<u64> {
+        self.format_state.as_ref()?.delta_version()
+    }
+}
+
+/// What a user declared about a table instead of letting the crawl infer it
+/// (`CREATE EXTERNAL TABLE`, `--partition-type`). Kept so later crawls and
+/// `MSCK REPAIR TABLE` keep it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Declared {
+    /// The file columns, fixed: files are read as this schema, nothing is added or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "schema_hex")]
+    pub schema: Option<SchemaRef>,
+    /// The partition columns, in folder order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_keys: Option<Vec<String>>,
+    /// Partition column types that override inference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_types: BTreeMap<String, PartitionType>,
+}
+
+impl Declared {
+    pub fn is_empty(&self) -> bool {
+        *self == Declared::default()
+    }
+
+    /// What is declared now wins; what it leaves open comes from what was declared before.
+    pub fn or(&self, earlier: &Declared) -> Declared {
+        let mut partition_types = earlier.partition_types.clone();
+        partition_types.extend(self.partition_types.clone());
+        Declared {
+            schema: self.schema.clone().or_else(|| earlier.schema.clone()),
+            partition_keys: self
+                .partition_keys
+                .clone()
+                .or_else(|| earlier.partition_keys.clone()),
+            partition_types,
+        }
+    }
+}
+
+/// A partition whose files are in a folder the user named
+/// (`ALTER TABLE … ADD PARTITION (…) LOCATION '…'`). Its files take these values whatever
+/// their folders are called, and a folder outside the table's own is listed with the
+/// table on every crawl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinnedPartition {
+    /// Values in the table's partition column order (`None` is NULL).
+    pub values: Vec<Option<String>>,
+    /// Object path of the folder in the table's store, without a trailing `/`.
+    pub path: String,
+}
+
+/// A declared schema kept as its Arrow IPC bytes, hex-encoded.
+mod schema_hex {
+    use arrow_schema::SchemaRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(schema: &Option<SchemaRef>, s: S) -> Result<S::Ok, S::Error> {
+        match schema {
+            Some(schema) => {
+                let bytes = arrow_ipc::writer::IpcDataGenerator::default()
+                    .schema_to_bytes_with_dictionary_tracker(
+                        schema,
+                        &mut arrow_ipc::writer::DictionaryTracker::new(false),
+                        &arrow_ipc::writer::IpcWriteOptions::default(),
+                    )
+                    .ipc_message;
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                s.serialize_some(&hex)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SchemaRef>, D::Error> {
+        let Some(hex) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(serde::de::Error::custom)?;
+        arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&bytes)
+            .map(|s| Some(std::sync::Arc::new(s)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod properties_tests {
+    use super::*;
+
+    #[test]
+    fn properties_written_before_they_were_typed_read_back() {
+        let delta = serde_json::json!({
+            "format_state": {"version": 3, "partition_columns": ["day"], "files": 4, "bytes": 900},
+            "deprecated": "folder gone",
+            "partition_locations": [{"values": ["1", null], "path": "x/y"}],
+        });
+        let p: TableProperties = serde_json::from_value(delta.clone()).unwrap();
+        assert_eq!(
+            p.format_state.as_ref().and_then(FormatState::delta_version),
+            Some(3)
+        );
+        assert_eq!(p.deprecated.as_deref(), Some("folder gone"));
+        assert_eq!(p.pinned_partitions[0].values, vec![Some("1".into()), None]);
+        assert_eq!(serde_json::to_value(&p).unwrap(), delta);
+
+        let csv: TableProperties = serde_json::from_value(serde_json::json!({
+            "format_state": {"has_header": false, "delimiter": "|"}
+        }))
+        .unwrap();
+        assert_eq!(
+            csv.format_state,
+            Some(FormatState::Csv {
+                has_header: false,
+                delimiter: '|'
+            })
+        );
+        let json: TableProperties =
+            serde_json::from_value(serde_json::json!({"format_state": {}})).unwrap();
+        assert_eq!(json.format_state, Some(FormatState::Json(JsonState {})));
+        assert_eq!(
+            serde_json::to_value(TableProperties::default()).unwrap(),
+            serde_json::json!({})
+        );
+    }
+
+    #[test]
+    fn a_malformed_part_is_an_error_not_an_empty_value() {
+        let bad = serde_json::json!({"partition_locations": [{"values": 7}]});
+        assert!(serde_json::from_value::<TableProperties>(bad).is_err());
+        let bad = serde_json::json!({"declared": {"schema": "zz"}});
+        assert!(serde_json::from_value::<TableProperties>(bad).is_err());
+        let bad = serde_json::json!({"format_state": {"has_header": "yes", "delimiter": ","}});
+        assert!(serde_json::from_value::<TableProperties>(bad).is_err());
     }
 }

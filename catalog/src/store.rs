@@ -529,21 +529,26 @@ impl Catalog {
             }
         };
 
-        for (key, value) in [
-            ("format_state", &commit.format_state),
-            ("declared", &commit.declared),
-        ] {
-            if let Some(value) = value {
-                sqlx::query(
-                    "UPDATE tables SET properties = json_set(properties, '$.' || ?2, json(?3))
-                     WHERE id = ?1",
-                )
-                .bind(table_id)
-                .bind(key)
-                .bind(value.to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
+        let state = commit
+            .format_state
+            .as_ref()
+            .map(|v| ("format_state", serde_json::to_string(v)));
+        let declared = commit
+            .declared
+            .as_ref()
+            .map(|v| ("declared", serde_json::to_string(v)));
+        for (key, value) in state.into_iter().chain(declared) {
+            let value =
+                value.map_err(|e| Error::Internal(format!("table property {key} to JSON: {e}")))?;
+            sqlx::query(
+                "UPDATE tables SET properties = json_set(properties, '$.' || ?2, json(?3))
+                 WHERE id = ?1",
+            )
+            .bind(table_id)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
         }
 
         let mut touched = remove_files(&mut tx, table_id, commit, outcome.created).await?;
@@ -1318,34 +1323,41 @@ impl Catalog {
         Ok(deleted > 0)
     }
 
-    /// A table's properties (a JSON object).
-    pub async fn table_properties(&self, table_id: i64) -> Result<serde_json::Value> {
-        let text: String = sqlx::query_scalar("SELECT properties FROM tables WHERE id = ?1")
-            .bind(table_id)
-            .fetch_one(&self.pool)
-            .await?;
+    /// A table's properties.
+    ///
+    /// # Errors
+    /// [`Error::CatalogCorrupt`] naming the table when they do not decode.
+    pub async fn table_properties(&self, table_id: i64) -> Result<TableProperties> {
+        let (text, name): (String, String) = sqlx::query_as(
+            "SELECT t.properties, d.name || '.' || t.name
+             FROM tables t JOIN databases d ON d.id = t.database_id WHERE t.id = ?1",
+        )
+        .bind(table_id)
+        .fetch_one(&self.pool)
+        .await?;
         serde_json::from_str(&text).map_err(|e| Error::CatalogCorrupt {
-            what: format!("properties of table id {table_id}"),
+            what: format!("properties of table {name}"),
             reason: e.to_string(),
         })
     }
 
-    /// The tables that have property `key`, with its value, in one query (a crawl asks on
-    /// every run, so not one query per table).
-    pub async fn tables_with_property(&self, key: &str) -> Result<Vec<(i64, serde_json::Value)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, json_extract(properties, ?1) FROM tables
-             WHERE json_type(properties, ?1) IS NOT NULL",
+    /// The tables with pinned partitions, with them, in one query (a crawl asks on every
+    /// run, so not one query per table).
+    pub async fn tables_with_pinned_partitions(&self) -> Result<Vec<(i64, Vec<PinnedPartition>)>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT t.id, d.name || '.' || t.name,
+                    CAST(json_extract(t.properties, '$.partition_locations') AS TEXT)
+             FROM tables t JOIN databases d ON d.id = t.database_id
+             WHERE json_type(t.properties, '$.partition_locations') IS NOT NULL",
         )
-        .bind(format!("$.{key}"))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, text)| {
+            .map(|(id, name, text)| {
                 serde_json::from_str(&text)
                     .map(|value| (id, value))
                     .map_err(|e| Error::CatalogCorrupt {
-                        what: format!("property {key} of table id {id}"),
+                        what: format!("pinned partitions (partition_locations) of table {name}"),
                         reason: e.to_string(),
                     })
             })
@@ -1373,36 +1385,25 @@ impl Catalog {
         Ok(())
     }
 
-    /// Sets one of a table's properties, leaving the others as they are now (a crawl
-    /// committing at the same time keeps what it wrote).
-    pub async fn set_table_property(
+    /// Sets a table's pinned partitions, leaving its other properties as they are now (a
+    /// crawl committing at the same time keeps what it wrote).
+    pub async fn set_pinned_partitions(
         &self,
         table_id: i64,
-        key: &str,
-        value: &serde_json::Value,
+        pinned: &[PinnedPartition],
     ) -> Result<()> {
+        let value = serde_json::to_string(pinned)
+            .map_err(|e| Error::Internal(format!("pinned partitions to JSON: {e}")))?;
         sqlx::query(
-            "UPDATE tables SET properties = json_set(properties, ?2, json(?3)) WHERE id = ?1",
+            "UPDATE tables SET properties = CASE WHEN ?2 = '[]'
+                 THEN json_remove(properties, '$.partition_locations')
+                 ELSE json_set(properties, '$.partition_locations', json(?2)) END
+             WHERE id = ?1",
         )
         .bind(table_id)
-        .bind(format!("$.{key}"))
-        .bind(value.to_string())
+        .bind(value)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// Replaces a table's properties.
-    pub async fn set_table_properties(
-        &self,
-        table_id: i64,
-        properties: &serde_json::Value,
-    ) -> Result<()> {
-        sqlx::query("UPDATE tables SET properties = ?2 WHERE id = ?1")
-            .bind(table_id)
-            .bind(properties.to_string())
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
@@ -1654,9 +1655,10 @@ async fn update_table_row(
         .await?;
         outcome.changed = true;
     }
+    // A state that no longer decodes differs from any new one.
     let old_state = row
         .get::<Option<String>, _>(6)
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        .and_then(|s| serde_json::from_str::<FormatState>(&s).ok());
     if commit.format_state.is_some() && commit.format_state != old_state {
         outcome.changed = true;
     }

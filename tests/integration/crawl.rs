@@ -2,7 +2,9 @@
 
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::physical_plan::displayable;
-use tarn_lake::crawler::CrawlOptions;
+use std::sync::Arc;
+
+use tarn_lake::crawler::{CrawlOptions, Crawler};
 
 use crate::common::{Env, events_v1, events_v2, firehose_lake, write_bytes, write_parquet};
 
@@ -389,15 +391,68 @@ async fn queries_read_the_catalog_not_the_store() {
 }
 
 #[tokio::test]
+async fn damaged_table_properties_are_an_error_naming_the_table_not_an_empty_layout() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    firehose_lake(&lake);
+    // A pinned partition, as DDL writes it.
+    env.crawl_with(
+        &lake.join("events"),
+        CrawlOptions::table("default", "events"),
+    )
+    .await;
+    env.engine
+        .query(&format!(
+            "ALTER TABLE events ADD PARTITION (year='2030', month='01', day='01', hour='00') \
+             LOCATION '{}'",
+            lake.join("events/year=2024/month=01/day=05/hour=13")
+                .display()
+        ))
+        .await
+        .unwrap();
+    let table = env
+        .catalog
+        .table("default", "events")
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = env.catalog.table_properties(table.id).await.unwrap();
+    assert_eq!(kept.pinned_partitions.len(), 1, "{kept:?}");
+
+    // Hand-edited (or written by a broken build): the pins are no longer a list.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        env.dir.path().join("data/catalog.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE tables SET properties = json_set(properties, '$.partition_locations', 7)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let error = Crawler::new(env.catalog.clone(), Arc::clone(&env.stores))
+        .crawl(
+            &lake.join("events").to_string_lossy(),
+            &CrawlOptions::table("default", "events"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("damaged") && error.contains("default.events"),
+        "{error}"
+    );
+    // Nothing was changed: the table still has its files.
+    let files = env.catalog.files(table.id).await.unwrap();
+    assert!(!files.is_empty());
+}
+
+#[tokio::test]
 async fn named_table_and_database_options_and_bad_locations() {
     let env = Env::new().await;
     let lake = env.lake();
     firehose_lake(&lake);
-    let options = CrawlOptions {
-        database: "web".into(),
-        table: Some("clicks".into()),
-        ..CrawlOptions::default()
-    };
+    let options = CrawlOptions::table("web", "clicks");
     env.crawl_with(&lake.join("events"), options).await;
     assert_eq!(
         env.rows("SELECT count(*) FROM web.clicks").await,
@@ -553,7 +608,10 @@ async fn include_exclude_and_max_tables() {
         .crawl(
             &lake.to_string_lossy(),
             &CrawlOptions {
-                max_tables: Some(1),
+                shape: tarn_lake::catalog::CrawlerOptions {
+                    max_tables: Some(1),
+                    ..Default::default()
+                },
                 ..CrawlOptions::default()
             },
         )
@@ -567,8 +625,11 @@ async fn include_exclude_and_max_tables() {
     );
 
     let options = CrawlOptions {
-        include: vec!["events/**".into()],
-        exclude: vec!["**/hour=14/**".into()],
+        shape: tarn_lake::catalog::CrawlerOptions {
+            include: vec!["events/**".into()],
+            exclude: vec!["**/hour=14/**".into()],
+            ..Default::default()
+        },
         ..CrawlOptions::default()
     };
     let summary = env.crawl_with(&lake, options).await;
@@ -583,7 +644,10 @@ async fn include_exclude_and_max_tables() {
         .crawl(
             &lake.to_string_lossy(),
             &CrawlOptions {
-                include: vec!["[".into()],
+                shape: tarn_lake::catalog::CrawlerOptions {
+                    include: vec!["[".into()],
+                    ..Default::default()
+                },
                 ..CrawlOptions::default()
             },
         )
@@ -807,7 +871,10 @@ async fn schema_change_policies_update_log_and_fail() {
         ),
     );
     let with = |policy| CrawlOptions {
-        schema_change: policy,
+        shape: tarn_lake::catalog::CrawlerOptions {
+            schema_change: policy,
+            ..Default::default()
+        },
         ..CrawlOptions::default()
     };
 
@@ -865,9 +932,7 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
         let env = env.catalog.clone();
         async move {
             let table = env.table("default", "users").await.unwrap().unwrap();
-            env.table_properties(table.id).await.unwrap()["deprecated"]
-                .as_str()
-                .map(str::to_string)
+            env.table_properties(table.id).await.unwrap().deprecated
         }
     };
 
@@ -903,8 +968,11 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
         .crawl_with(
             &lake,
             CrawlOptions {
-                exclude: vec!["users/**".into()],
-                deletion: tarn_lake::crawler::DeletionPolicy::Delete,
+                shape: tarn_lake::catalog::CrawlerOptions {
+                    exclude: vec!["users/**".into()],
+                    deletion: tarn_lake::crawler::DeletionPolicy::Delete,
+                    ..Default::default()
+                },
                 ..CrawlOptions::default()
             },
         )
@@ -917,7 +985,10 @@ async fn tables_whose_folders_are_gone_are_marked_or_deleted() {
         .crawl_with(
             &lake,
             CrawlOptions {
-                deletion: tarn_lake::crawler::DeletionPolicy::Delete,
+                shape: tarn_lake::catalog::CrawlerOptions {
+                    deletion: tarn_lake::crawler::DeletionPolicy::Delete,
+                    ..Default::default()
+                },
                 ..CrawlOptions::default()
             },
         )

@@ -61,10 +61,7 @@ async fn run_file(name: &str) {
     reduced_lake(&reduced);
     env.crawl_with(
         &reduced,
-        tarn_lake::crawler::CrawlOptions {
-            database: "r".into(),
-            ..tarn_lake::crawler::CrawlOptions::default()
-        },
+        tarn_lake::crawler::CrawlOptions::new("r", Default::default()),
     )
     .await;
     let file = sql_dir().join(format!("{name}.slt"));

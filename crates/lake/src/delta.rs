@@ -269,19 +269,14 @@ pub fn partitions(table: &DeltaTable, table_url: &str) -> Result<(Vec<String>, V
     Ok((columns, partitions))
 }
 
-/// The catalog's record of a Delta table's version (the `format_state` property).
-pub fn format_state(described: &Described) -> serde_json::Value {
-    serde_json::json!({
-        "version": described.version,
-        "partition_columns": described.partition_columns,
-        "files": described.files,
-        "bytes": described.bytes,
-    })
-}
-
-/// The Delta version a table's catalog properties record, if any.
-pub fn catalogued_version(properties: &serde_json::Value) -> Option<u64> {
-    properties.get("format_state")?.get("version")?.as_u64()
+/// The catalog's record of a Delta table's version.
+pub fn format_state(described: &Described) -> crate::catalog::FormatState {
+    crate::catalog::FormatState::Delta {
+        version: described.version,
+        partition_columns: described.partition_columns.clone(),
+        files: described.files,
+        bytes: described.bytes,
+    }
 }
 
 /// One commit of a Delta table's log.

@@ -66,7 +66,7 @@ pub struct CatalogTable {
     text: Option<TextOptions>,
 }
 
-/// How a CSV or JSON table's files are read (from its catalogued `format_state`).
+/// How a CSV or JSON table's files are read (from its catalogued format state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextOptions {
     pub format: FileFormat,
@@ -75,17 +75,18 @@ pub struct TextOptions {
 }
 
 impl TextOptions {
-    /// The options of a table of `format` with the catalogued `format_state`; `None` for
+    /// The options of a table of `format` with these catalogued properties; `None` for
     /// Parquet and Delta tables.
-    pub fn of(format: crate::catalog::TableFormat, state: &serde_json::Value) -> Option<Self> {
+    pub fn of(
+        format: crate::catalog::TableFormat,
+        properties: &crate::catalog::TableProperties,
+    ) -> Option<Self> {
         let format = FileFormat::of_table(format).filter(|f| *f != FileFormat::Parquet)?;
+        let (has_header, delimiter) = properties.csv_dialect().unwrap_or((true, b','));
         Some(Self {
             format,
-            has_header: state["has_header"].as_bool().unwrap_or(true),
-            delimiter: state["delimiter"]
-                .as_str()
-                .and_then(|d| d.bytes().next())
-                .unwrap_or(b','),
+            has_header,
+            delimiter,
         })
     }
 }

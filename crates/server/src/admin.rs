@@ -188,7 +188,7 @@ impl AdminService {
             .database
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
-        let options = CrawlOptions::from_kept(&database, &kept);
+        let options = CrawlOptions::new(&database, kept);
         let crawler = Crawler::new(
             self.engine.catalog().clone(),
             Arc::clone(self.engine.stores()),
@@ -306,20 +306,21 @@ impl Admin for AdminService {
             .await
             .map_err(Error::from)
             .or_status()?;
-        let format_state = properties.get("format_state").cloned().unwrap_or_default();
         let mut partition_names: Vec<&str> = table
             .partition_columns
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        if let Some(names) = format_state["partition_columns"].as_array() {
-            partition_names.extend(names.iter().filter_map(|n| n.as_str()));
-        }
-        let (files, bytes) = match (
-            format_state["files"].as_i64(),
-            format_state["bytes"].as_i64(),
-        ) {
-            (Some(files), Some(bytes)) => (files, bytes),
+        let (files, bytes) = match &properties.format_state {
+            Some(tarn_lake::catalog::FormatState::Delta {
+                partition_columns,
+                files,
+                bytes,
+                ..
+            }) => {
+                partition_names.extend(partition_columns.iter().map(String::as_str));
+                (*files as i64, *bytes as i64)
+            }
             _ => (
                 partitions.iter().map(|p| p.file_count).sum(),
                 partitions.iter().map(|p| p.total_bytes).sum(),
@@ -342,8 +343,8 @@ impl Admin for AdminService {
             partitions: partitions.len() as i64,
             files,
             bytes,
-            delta_version: format_state["version"].as_u64(),
-            deprecated: properties["deprecated"].as_str().map(str::to_string),
+            delta_version: properties.delta_version(),
+            deprecated: properties.deprecated.clone(),
             rows: partitions.iter().map(|p| p.row_count).sum(),
             schema_history: history
                 .into_iter()

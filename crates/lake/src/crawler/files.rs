@@ -4,6 +4,7 @@
 //! dialect, merging their schemas, the schema-change policy, and one catalog commit.
 
 use super::*;
+use crate::catalog::{FormatState, TableProperties};
 
 /// A table's crawl: what is known before any of its files is read.
 struct TableCrawl<'a> {
@@ -12,7 +13,7 @@ struct TableCrawl<'a> {
     table_url: &'a str,
     table_path: &'a str,
     existing: Option<crate::catalog::TableEntry>,
-    properties: serde_json::Value,
+    properties: TableProperties,
     /// The layout declared at earlier crawls, and now (the options' over it).
     earlier: Declared,
     declared: Declared,
@@ -90,9 +91,9 @@ impl Crawler {
             .existing
             .as_ref()
             .and_then(|e| FileFormat::of_table(e.format));
-        let sample_rows = options.sample_rows.max(1);
+        let sample_rows = options.sample_rows();
         let sampling = Sampling {
-            header: t.properties["format_state"]["has_header"].as_bool(),
+            header: t.properties.csv_dialect().map(|(header, _)| header),
             bytes: (sample_rows as u64 * 1024).clamp(1 << 20, 64 << 20),
             rows: sample_rows,
         };
@@ -130,27 +131,20 @@ impl Crawler {
             one_file_per_partition: false,
             format_state: match format {
                 FileFormat::Parquet => None,
-                FileFormat::Csv => Some(serde_json::json!({
-                    "has_header": dialect.has_header,
-                    "delimiter": (dialect.delimiter as char).to_string(),
-                })),
-                FileFormat::Json => Some(serde_json::json!({})),
+                FileFormat::Csv => Some(FormatState::Csv {
+                    has_header: dialect.has_header,
+                    delimiter: char::from(dialect.delimiter),
+                }),
+                FileFormat::Json => Some(FormatState::Json(Default::default())),
             },
-            declared: if t.declared != t.earlier {
-                Some(
-                    serde_json::to_value(&t.declared)
-                        .map_err(|e| Error::Internal(format!("declared layout to JSON: {e}")))?,
-                )
-            } else {
-                None
-            },
+            declared: (t.declared != t.earlier).then(|| t.declared.clone()),
         };
         let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;
         summary.commit_ms += commit_started.elapsed().as_millis() as u64;
         if let Some(e) = &t.existing
             && holds_files
-            && t.properties.get("deprecated").is_some()
+            && t.properties.deprecated.is_some()
         {
             // Its folder is back.
             self.catalog.set_deprecated(e.id, None).await?;
@@ -172,11 +166,10 @@ impl Crawler {
     ) -> Result<TableCrawl<'a>> {
         let properties = match &existing {
             Some(t) => self.catalog.table_properties(t.id).await?,
-            None => serde_json::Value::Null,
+            None => TableProperties::default(),
         };
-        let earlier =
-            serde_json::from_value::<Declared>(properties["declared"].clone()).unwrap_or_default();
-        let declared = options.declared.or(&earlier);
+        let earlier = properties.declared.clone();
+        let declared = options.declared().or(&earlier);
         let old_files: HashMap<String, FileEntry> = match &existing {
             Some(t) => self
                 .catalog
@@ -449,9 +442,11 @@ impl TableCrawl<'_> {
     /// The table's pinned partitions (those of its current partition keys).
     fn pins(&self) -> Vec<PinnedPartition> {
         let keys = self.table_keys();
-        pinned_partitions(&self.properties)
-            .into_iter()
+        self.properties
+            .pinned_partitions
+            .iter()
             .filter(|p| !keys.is_empty() && p.values.len() == keys.len())
+            .cloned()
             .collect()
     }
 
@@ -647,9 +642,10 @@ impl TableCrawl<'_> {
         let has_header = sampling.header.unwrap_or_else(|| {
             csv_samples.iter().filter(|t| t.has_header).count() * 2 >= csv_samples.len()
         });
-        let delimiter = self.properties["format_state"]["delimiter"]
-            .as_str()
-            .and_then(|d| d.bytes().next())
+        let delimiter = self
+            .properties
+            .csv_dialect()
+            .map(|(_, delimiter)| delimiter)
             .or_else(|| csv_samples.first().map(|t| t.delimiter))
             .unwrap_or(b',');
         if format == FileFormat::Csv && sampling.header.is_none() {
@@ -917,7 +913,7 @@ impl TableCrawl<'_> {
         let Some(table) = &self.existing else {
             return Some(file_schema);
         };
-        if self.options.schema_change == SchemaChangePolicy::Update
+        if self.options.shape.schema_change == SchemaChangePolicy::Update
             || self.declared.schema.is_some()
         {
             return Some(file_schema);
@@ -933,7 +929,7 @@ impl TableCrawl<'_> {
             summary.tables_unchanged.push(qualified.clone());
             None
         };
-        match self.options.schema_change {
+        match self.options.shape.schema_change {
             SchemaChangePolicy::Fail => refuse(
                 format!(
                     "the schema of {qualified} changed ({change}); with --schema-change fail \

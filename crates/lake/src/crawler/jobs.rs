@@ -58,7 +58,7 @@ pub fn next_run(crawler: &CrawlerDef) -> Result<Option<DateTime<Utc>>> {
 pub fn crawl_options(crawler: &CrawlerDef) -> CrawlOptions {
     CrawlOptions {
         crawler: Some(crawler.name.clone()),
-        ..CrawlOptions::from_kept(&crawler.database, &crawler.options)
+        ..CrawlOptions::new(&crawler.database, crawler.options.clone())
     }
 }
 

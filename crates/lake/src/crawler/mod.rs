@@ -33,7 +33,7 @@ use crate::catalog::{
     Catalog, FileEntry, PartitionColumn, PartitionType, STATS_VERSION, TableCommit, TableFormat,
 };
 // The crawl policies are stored settings of crawlers, so the catalog defines them.
-pub use crate::catalog::{DeletionPolicy, SchemaChangePolicy};
+pub use crate::catalog::{Declared, DeletionPolicy, PinnedPartition, SchemaChangePolicy};
 use crate::delta::At;
 use crate::error::{Error, Result};
 use crate::storage::{Location, StoreRegistry};
@@ -51,43 +51,28 @@ pub const DEFAULT_SAMPLE_ROWS: usize = 1000;
 /// Default number of footer reads in flight at once.
 pub const DEFAULT_FOOTER_CONCURRENCY: usize = 32;
 
-/// What a crawl is asked to do.
+/// What a crawl is asked to do: how the location is crawled (`shape`, the options a
+/// crawler keeps and `tarn crawl`'s flags and the admin API give), and what only this run
+/// needs.
 #[derive(Debug, Clone)]
 pub struct CrawlOptions {
     /// Database the tables are registered in.
     pub database: String,
-    /// Register the whole location as one table with this name.
-    pub table: Option<String>,
+    /// How the location is crawled: one table or discovered tables, globs, partition
+    /// types, the schema change and deletion policies, the sample size, the table level.
+    pub shape: crate::catalog::CrawlerOptions,
     /// Footer reads in flight at once (bounded so a large lake does not open thousands of
     /// requests against the store).
     pub footer_concurrency: usize,
-    /// Declared table layout (from `CREATE EXTERNAL TABLE` or `--partition-type`); what is
-    /// not declared is inferred.
+    /// Declared table layout from `CREATE EXTERNAL TABLE` (columns, partition keys and
+    /// types); `shape`'s partition types join it. What is not declared is inferred.
     pub declared: Declared,
-    /// Glob patterns (relative to the crawled location) a file must match to be crawled;
-    /// empty means all.
-    pub include: Vec<String>,
-    /// Glob patterns (relative to the crawled location) of files to leave out.
-    pub exclude: Vec<String>,
     /// Put before a file's path (relative to the crawled location) when the globs are
     /// matched: event mode crawls a table under the crawler's location, whose globs are
     /// relative to that location.
     pub glob_prefix: String,
-    /// Refuse the crawl, before changing anything, if it would create more tables than
-    /// this (a wrong location or layout often looks like hundreds of tables).
-    pub max_tables: Option<usize>,
     /// The crawler this crawl runs for, recorded with the crawl.
     pub crawler: Option<String>,
-    /// What to do when an existing table's schema changes (Glue's schema change policy).
-    pub schema_change: SchemaChangePolicy,
-    /// CSV and JSON files: how many records of each new file's start its columns are
-    /// inferred from.
-    pub sample_rows: usize,
-    /// What to do with tables under the location whose folders are gone.
-    pub deletion: DeletionPolicy,
-    /// Glue's table level: every folder this many levels down (1: the location itself) is
-    /// a table, instead of tables being discovered from the folders' shapes.
-    pub table_level: Option<usize>,
     /// Event mode, with `table`: list and crawl only these folders of the table (relative
     /// to its location); its files elsewhere stay as catalogued. Empty: the whole table.
     pub within: Vec<String>,
@@ -97,25 +82,40 @@ pub struct CrawlOptions {
 }
 
 impl CrawlOptions {
-    /// The options of a crawl into `database` as the catalog keeps them (for a crawler,
-    /// or as `tarn crawl` and the admin API take them).
-    pub fn from_kept(database: &str, kept: &crate::catalog::CrawlerOptions) -> Self {
+    /// A crawl into `database` shaped by `shape`, with this run's settings at their
+    /// defaults.
+    pub fn new(database: &str, shape: crate::catalog::CrawlerOptions) -> Self {
         Self {
             database: database.to_string(),
-            table: kept.table.clone(),
-            declared: Declared {
-                partition_types: kept.partition_types.clone(),
-                ..Declared::default()
-            },
-            include: kept.include.clone(),
-            exclude: kept.exclude.clone(),
-            max_tables: kept.max_tables,
-            schema_change: kept.schema_change,
-            sample_rows: kept.sample_rows.unwrap_or(DEFAULT_SAMPLE_ROWS),
-            deletion: kept.deletion,
-            table_level: kept.table_level,
+            shape,
             ..Self::default()
         }
+    }
+
+    /// A crawl of the one table `name` in `database`.
+    pub fn table(database: &str, name: &str) -> Self {
+        Self::new(
+            database,
+            crate::catalog::CrawlerOptions {
+                table: Some(name.to_string()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// CSV and JSON files: how many records of each new file's start its columns are
+    /// inferred from.
+    pub fn sample_rows(&self) -> usize {
+        self.shape.sample_rows.unwrap_or(DEFAULT_SAMPLE_ROWS).max(1)
+    }
+
+    /// The declared layout with the shape's partition types.
+    fn declared(&self) -> Declared {
+        let mut declared = self.declared.clone();
+        declared
+            .partition_types
+            .extend(self.shape.partition_types.clone());
+        declared
     }
 }
 
@@ -180,109 +180,16 @@ fn glob_set(patterns: &[String]) -> Result<globset::GlobSet> {
         .map_err(|e| Error::InvalidArgument(format!("bad glob patterns: {e}")))
 }
 
-/// What a user declared about a table instead of letting the crawl infer it. Stored in
-/// the table's properties, so later crawls and `MSCK REPAIR TABLE` keep it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct Declared {
-    /// The file columns, fixed: files are read as this schema, nothing is added or dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "schema_json")]
-    pub schema: Option<SchemaRef>,
-    /// The partition columns, in folder order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partition_keys: Option<Vec<String>>,
-    /// Partition column types that override inference.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub partition_types: BTreeMap<String, PartitionType>,
-}
-
-impl Declared {
-    pub fn is_empty(&self) -> bool {
-        *self == Declared::default()
-    }
-
-    /// Options given now win; what they leave open comes from what was declared before.
-    fn or(&self, earlier: &Declared) -> Declared {
-        let mut partition_types = earlier.partition_types.clone();
-        partition_types.extend(self.partition_types.clone());
-        Declared {
-            schema: self.schema.clone().or_else(|| earlier.schema.clone()),
-            partition_keys: self
-                .partition_keys
-                .clone()
-                .or_else(|| earlier.partition_keys.clone()),
-            partition_types,
-        }
-    }
-}
-
-/// A partition whose files are in a folder the user named
-/// (`ALTER TABLE … ADD PARTITION (…) LOCATION '…'`), kept in the table's properties
-/// (`partition_locations`). Its files take these values whatever their folders are called,
-/// and a folder outside the table's own is listed with the table on every crawl.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct PinnedPartition {
-    /// Values in the table's partition column order (`None` is NULL).
-    pub values: Vec<Option<String>>,
-    /// Object path of the folder in the table's store, without a trailing `/`.
-    pub path: String,
-}
-
-/// The property that holds a table's [`PinnedPartition`]s.
-pub const PINNED_PARTITIONS: &str = "partition_locations";
-
-/// The pinned partitions in a table's properties.
-pub fn pinned_partitions(properties: &serde_json::Value) -> Vec<PinnedPartition> {
-    serde_json::from_value(properties[PINNED_PARTITIONS].clone()).unwrap_or_default()
-}
-
-/// A declared schema kept in table properties as its IPC bytes, hex-encoded.
-mod schema_json {
-    use arrow::datatypes::SchemaRef;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(schema: &Option<SchemaRef>, s: S) -> Result<S::Ok, S::Error> {
-        match schema {
-            Some(schema) => {
-                let bytes = crate::catalog::store::encode_schema(schema);
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                s.serialize_some(&hex)
-            }
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SchemaRef>, D::Error> {
-        let Some(hex) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(serde::de::Error::custom)?;
-        arrow::ipc::convert::try_schema_from_flatbuffer_bytes(&bytes)
-            .map(|s| Some(std::sync::Arc::new(s)))
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 impl Default for CrawlOptions {
     fn default() -> Self {
         Self {
             database: "default".into(),
-            table: None,
+            shape: crate::catalog::CrawlerOptions::default(),
             footer_concurrency: DEFAULT_FOOTER_CONCURRENCY,
             declared: Declared::default(),
-            include: Vec::new(),
-            exclude: Vec::new(),
             glob_prefix: String::new(),
-            max_tables: None,
             crawler: None,
-            schema_change: SchemaChangePolicy::Update,
-            sample_rows: DEFAULT_SAMPLE_ROWS,
-            deletion: DeletionPolicy::Mark,
             create_only: false,
-            table_level: None,
             within: Vec::new(),
         }
     }
@@ -771,13 +678,16 @@ impl Crawler {
                     .and_then(|rest| rest.strip_prefix(prefix.as_ref()))
                     .map(|rest| rest.trim_matches('/').to_string());
                 let (include, exclude) = match glob_prefix {
-                    Some(_) => (options.include.clone(), options.exclude.clone()),
+                    Some(_) => (options.shape.include.clone(), options.shape.exclude.clone()),
                     None => (Vec::new(), Vec::new()),
                 };
                 let one = CrawlOptions {
-                    table: Some(name.clone()),
-                    include,
-                    exclude,
+                    shape: crate::catalog::CrawlerOptions {
+                        table: Some(name.clone()),
+                        include,
+                        exclude,
+                        ..options.shape.clone()
+                    },
                     glob_prefix: glob_prefix.unwrap_or_default(),
                     within,
                     ..options.clone()
@@ -804,7 +714,7 @@ impl Crawler {
     /// Tables crawled from under `location` before whose folders are now gone (nothing of
     /// `listed_relatives` under them, not crawled now as one of `seen_locations`): kept
     /// through their pinned partition folders, deleted or marked deprecated as
-    /// `options.deletion` says.
+    /// `options.shape.deletion` says.
     async fn gone_tables(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -825,14 +735,19 @@ impl Crawler {
             let still_there = listed_relatives.iter().any(|r| is_under(r, table_relative));
             let gone = table.database == options.database
                 && !seen_locations.contains(&table.location)
-                && options.table.is_none()
+                && options.shape.table.is_none()
                 && !still_there
                 && crate::catalog::TableKind::of(&table.name)
                     != crate::catalog::TableKind::RollupStorage;
             // Partitions at folders of the user's choosing keep a table whose own folder
             // is empty; its files are those folders' now.
             if gone
-                && !pinned_partitions(&self.catalog.table_properties(table.id).await?).is_empty()
+                && !self
+                    .catalog
+                    .table_properties(table.id)
+                    .await?
+                    .pinned_partitions
+                    .is_empty()
             {
                 let table_path = Location::parse_catalogued(&table.location)?.prefix();
                 Box::pin(self.crawl_table(
@@ -848,13 +763,18 @@ impl Crawler {
                 continue;
             }
             if !gone
-                || (options.deletion == DeletionPolicy::Mark
-                    && self.catalog.table_properties(table.id).await?["deprecated"].is_string())
+                || (options.shape.deletion == DeletionPolicy::Mark
+                    && self
+                        .catalog
+                        .table_properties(table.id)
+                        .await?
+                        .deprecated
+                        .is_some())
             {
                 continue;
             }
             let qualified = format!("{}.{}", table.database, table.name);
-            match options.deletion {
+            match options.shape.deletion {
                 DeletionPolicy::Delete => {
                     if self
                         .catalog
@@ -905,7 +825,7 @@ impl Crawler {
         options: &CrawlOptions,
         names: impl Iterator<Item = &'a String>,
     ) -> Result<()> {
-        let Some(limit) = options.max_tables else {
+        let Some(limit) = options.shape.max_tables else {
             return Ok(());
         };
         let mut new_tables = Vec::new();
@@ -977,8 +897,8 @@ impl Crawler {
         let listed_relatives: Vec<String> = listed.iter().map(&relative_of).collect();
         let skip = Filters {
             options,
-            include: glob_set(&options.include)?,
-            exclude: glob_set(&options.exclude)?,
+            include: glob_set(&options.shape.include)?,
+            exclude: glob_set(&options.shape.exclude)?,
             foreign: &foreign,
             pinned_elsewhere: &pinned_elsewhere,
         };
@@ -991,13 +911,13 @@ impl Crawler {
             .collect();
         candidates.sort_by(|a, b| a.relative.cmp(&b.relative));
         let relatives: Vec<String> = candidates.iter().map(|c| c.relative.clone()).collect();
-        let grouping = match (&options.table, options.table_level) {
+        let grouping = match (&options.shape.table, options.shape.table_level) {
             (Some(_), _) => Grouping::Level(1),
             (None, Some(level)) => Grouping::Level(level),
             (None, None) => Grouping::Discover,
         };
         let mut layouts = group_tables(&relatives, grouping);
-        if let (None, Some(level)) = (&options.table, options.table_level) {
+        if let (None, Some(level)) = (&options.shape.table, options.shape.table_level) {
             let grouped: BTreeSet<usize> = layouts
                 .iter()
                 .flat_map(|l| l.files.iter().copied())
@@ -1014,7 +934,7 @@ impl Crawler {
                 }
             }
         }
-        if layouts.is_empty() && options.table.is_some() && delta_roots.is_empty() {
+        if layouts.is_empty() && options.shape.table.is_some() && delta_roots.is_empty() {
             // A named table whose folder holds no data (yet, or any more): still crawl it,
             // so its catalogued files are dropped or its declared layout is created.
             layouts.push(layout::TableLayout {
@@ -1094,14 +1014,14 @@ impl Crawler {
         };
         let properties = match &existing {
             Some(t) => self.catalog.table_properties(t.id).await?,
-            None => serde_json::Value::Null,
+            None => crate::catalog::TableProperties::default(),
         };
         if let Some(t) = &existing
             && t.format == TableFormat::Delta
             && newest.is_some()
-            && crate::delta::catalogued_version(&properties) == newest
+            && properties.delta_version() == newest
         {
-            if properties["deprecated"].is_string() {
+            if properties.deprecated.is_some() {
                 // Its log is back as it was.
                 self.catalog.set_deprecated(t.id, None).await?;
                 summary.tables_updated.push(qualified);
@@ -1126,10 +1046,10 @@ impl Crawler {
         };
         if let Some(t) = &existing
             && t.format == TableFormat::Delta
-            && options.schema_change != SchemaChangePolicy::Update
+            && options.shape.schema_change != SchemaChangePolicy::Update
             && let Some(change) = describe_schema_change(&t.file_schema, &described.schema)
         {
-            let fail = options.schema_change == SchemaChangePolicy::Fail;
+            let fail = options.shape.schema_change == SchemaChangePolicy::Fail;
             summary.problems.push(Problem {
                 path: table_url.to_string(),
                 message: if fail {
@@ -1169,7 +1089,7 @@ impl Crawler {
         let outcome = self.catalog.commit_table(&commit).await?;
         summary.commit_ms += commit_started.elapsed().as_millis() as u64;
         if let Some(t) = &existing
-            && properties["deprecated"].is_string()
+            && properties.deprecated.is_some()
         {
             // A log that is there again ends a deprecation.
             self.catalog.set_deprecated(t.id, None).await?;
@@ -1255,9 +1175,9 @@ impl Crawler {
     /// The tables of `database` with partitions in folders outside their own, and those
     /// folders (object paths).
     async fn pinned_outside(&self, database: &str) -> Result<Vec<(String, String)>> {
-        let with_pins: HashMap<i64, serde_json::Value> = self
+        let with_pins: HashMap<i64, Vec<PinnedPartition>> = self
             .catalog
-            .tables_with_property(PINNED_PARTITIONS)
+            .tables_with_pinned_partitions()
             .await?
             .into_iter()
             .collect();
@@ -1266,18 +1186,16 @@ impl Crawler {
         }
         let mut pinned = Vec::new();
         for table in self.catalog.tables().await? {
-            let Some(value) = with_pins.get(&table.id) else {
+            let Some(pins) = with_pins.get(&table.id) else {
                 continue;
             };
             if table.database != database {
                 continue;
             }
-            let pins: Vec<PinnedPartition> =
-                serde_json::from_value(value.clone()).unwrap_or_default();
             let own = Location::parse_catalogued(&table.location)?.prefix();
             for pin in pins {
                 if !is_under(&pin.path, own.as_ref()) {
-                    pinned.push((table.location.clone(), pin.path));
+                    pinned.push((table.location.clone(), pin.path.clone()));
                 }
             }
         }
@@ -1574,7 +1492,7 @@ impl Filters<'_> {
         } else {
             std::borrow::Cow::Owned(format!("{}/{relative}", options.glob_prefix))
         };
-        if (!options.include.is_empty() && !self.include.is_match(matched.as_ref()))
+        if (!options.shape.include.is_empty() && !self.include.is_match(matched.as_ref()))
             || self.exclude.is_match(matched.as_ref())
         {
             summary.skipped.excluded += 1;
@@ -1607,7 +1525,7 @@ fn delta_roots(
             format!("{location}{root}/")
         };
         let message = match format {
-            ForeignFormat::Delta if options.table.is_none() || root.is_empty() => {
+            ForeignFormat::Delta if options.shape.table.is_none() || root.is_empty() => {
                 delta_roots.push(root.clone());
                 continue;
             }
@@ -1636,7 +1554,7 @@ fn place_table(
     names_seen: &mut BTreeSet<String>,
 ) -> (String, object_store::path::Path, String) {
     let prefix_str = prefix.as_ref();
-    let name = match &options.table {
+    let name = match &options.shape.table {
         Some(t) => t.clone(),
         None => {
             let base = if root.is_empty() {

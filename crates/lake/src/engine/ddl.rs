@@ -19,7 +19,7 @@
 //! DDL locations are checked against the allowed roots (`--allow-location`), so SQL cannot
 //! become a way to read arbitrary files of the server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -29,15 +29,13 @@ use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     AlterTable, AlterTableOperation, BinaryOperator, CreateTableOptions, Expr as SqlExpr, Insert,
-    ObjectName, ObjectType, Partition, ShowCreateObject, SqlOption, Statement, TableObject,
+    ObjectName, ObjectType, ShowCreateObject, SqlOption, Statement, TableObject,
 };
 
 use crate::catalog::{PartitionType, TableFormat};
 use crate::crawler::layout::is_under;
 use crate::crawler::layout::{HIVE_NULL, parse_date, parse_timestamp};
-use crate::crawler::{
-    CrawlOptions, Crawler, Declared, PINNED_PARTITIONS, PinnedPartition, pinned_partitions,
-};
+use crate::crawler::{CrawlOptions, Crawler, Declared, PinnedPartition};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::storage::Location;
@@ -170,6 +168,38 @@ impl Command {
                 | Command::ShowCreateView { .. }
                 | Command::Session(_)
         )
+    }
+
+    /// The statement's name, for messages ("DROP TABLE needs role admin").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateDatabase { .. } => "CREATE DATABASE",
+            Command::DropDatabase { .. } => "DROP DATABASE",
+            Command::CreateExternalTable { .. } => "CREATE EXTERNAL TABLE",
+            Command::DropTable { .. } => "DROP TABLE",
+            Command::Repair { .. } => "MSCK REPAIR TABLE",
+            Command::AddPartitions { .. } => "ALTER TABLE ADD PARTITION",
+            Command::DropPartitions { .. } => "ALTER TABLE DROP PARTITION",
+            Command::ShowDatabases => "SHOW DATABASES",
+            Command::ShowPartitions { .. } => "SHOW PARTITIONS",
+            Command::ShowHistory { .. } => "SHOW HISTORY",
+            Command::ShowCrawls => "SHOW CRAWLS",
+            Command::CreateMaterializedView { .. } => "CREATE MATERIALIZED VIEW",
+            Command::RefreshMaterializedView { .. } => "REFRESH MATERIALIZED VIEW",
+            Command::DropMaterializedView { .. } => "DROP MATERIALIZED VIEW",
+            Command::ShowMaterializedViews => "SHOW MATERIALIZED VIEWS",
+            Command::CreateView { .. } => "CREATE VIEW",
+            Command::DropView { .. } => "DROP VIEW",
+            Command::ShowCreateView { .. } => "SHOW CREATE VIEW",
+            Command::CreateTableAs(_) => "CREATE TABLE AS",
+            Command::Unload(_) => "UNLOAD",
+            Command::ShowResultCache => "SHOW RESULT CACHE",
+            Command::Session(_) => "SET",
+            Command::Insert {
+                overwrite: true, ..
+            } => "INSERT OVERWRITE",
+            Command::Insert { .. } => "INSERT INTO",
+        }
     }
 
     /// The schema of the command's result.
@@ -480,35 +510,22 @@ fn drop_database(names: &[ObjectName], if_exists: bool, cascade: bool) -> Result
     })
 }
 
-/// `ALTER TABLE … ADD PARTITION | DROP PARTITION`.
+/// `ALTER TABLE … DROP PARTITION` (`ADD PARTITION` is Tarn's parser's: [`tarn_command`]).
 fn alter_table(alter: &AlterTable, default_db: &str) -> Result<Command> {
     let (database, name) = table_name(&alter.name, default_db)?;
+    if alter.location.is_some() {
+        return Err(Error::Sql(
+            "LOCATION '…' follows a PARTITION (…) of ALTER TABLE … ADD PARTITION; other \
+             ALTER TABLE statements take none"
+                .into(),
+        ));
+    }
     let [operation] = alter.operations.as_slice() else {
         return Err(Error::Sql(
             "ALTER TABLE takes one operation at a time".into(),
         ));
     };
     Ok(match operation {
-        AlterTableOperation::AddPartitions {
-            new_partitions,
-            if_not_exists,
-        } => {
-            let partitions = new_partitions
-                .iter()
-                .map(|p| match p {
-                    Partition::Partitions(exprs) => partition_spec(exprs),
-                    Partition::Expr(e) => partition_spec(std::slice::from_ref(e)),
-                    _ => Err(Error::Sql("expected PARTITION (key = value, …)".into())),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Command::AddPartitions {
-                database,
-                name,
-                locations: vec![None; partitions.len()],
-                partitions,
-                if_not_exists: *if_not_exists,
-            }
-        }
         AlterTableOperation::DropPartitions {
             partitions,
             if_exists,
@@ -667,101 +684,45 @@ fn staleness_option(options: &CreateTableOptions) -> Result<Option<u64>> {
     Ok(out)
 }
 
-/// `REFRESH MATERIALIZED VIEW [d.]v [FULL]`, which the SQL parser does not know.
-pub(crate) fn recognise_refresh(sql: &str, default_db: &str) -> Option<Result<Command>> {
-    let words: Vec<&str> = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .collect();
-    let [first, second, third, rest @ ..] = words.as_slice() else {
-        return None;
-    };
-    if !(first.eq_ignore_ascii_case("refresh")
-        && second.eq_ignore_ascii_case("materialized")
-        && third.eq_ignore_ascii_case("view"))
-    {
-        return None;
-    }
-    let usage = || Error::Sql("expected REFRESH MATERIALIZED VIEW [database.]name [FULL]".into());
-    let (name, full) = match rest {
-        [name] => (*name, false),
-        [name, full] if full.eq_ignore_ascii_case("full") => (*name, true),
-        _ => return Some(Err(usage())),
-    };
-    let parts: Vec<String> = name
-        .split('.')
-        .map(
-            |p| match p.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
-                Some(quoted) => quoted.to_string(),
-                None => p.to_ascii_lowercase(),
-            },
-        )
-        .collect();
-    let (database, name) = match parts.as_slice() {
-        [n] => (default_db.to_string(), n.clone()),
-        [d, n] => (d.clone(), n.clone()),
-        _ => return Some(Err(usage())),
-    };
-    Some(Ok(Command::RefreshMaterializedView {
-        database,
-        name,
-        full,
-    }))
-}
-
-/// `ALTER TABLE t ADD PARTITION (…) LOCATION '…' …`, which the SQL parser does not take:
-/// the statement without its `LOCATION` clauses, and each partition's location (in the
-/// order of its `PARTITION`s). `None` for any other statement.
-pub(crate) fn partition_locations(sql: &str) -> Option<(String, Vec<Option<String>>)> {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::keywords::Keyword;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-
-    // Literals stay as written (`'it''s'`), so the tokens print back as the same SQL.
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .with_unescape(false)
-        .tokenize()
-        .ok()?;
-    let keyword = |t: &Token| match t {
-        Token::Word(w) => Some(w.keyword),
-        _ => None,
-    };
-    let words: Vec<usize> = (0..tokens.len())
-        .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
-        .collect();
-    let starts = |i: usize, k: Keyword| words.get(i).and_then(|&t| keyword(&tokens[t])) == Some(k);
-    if !(starts(0, Keyword::ALTER) && starts(1, Keyword::TABLE)) {
-        return None;
-    }
-    let mut locations: Vec<Option<String>> = Vec::new();
-    let mut dropped: BTreeSet<usize> = BTreeSet::new();
-    for (n, &t) in words.iter().enumerate() {
-        match keyword(&tokens[t]) {
-            Some(Keyword::PARTITION) => locations.push(None),
-            Some(Keyword::LOCATION) => {
-                let value = words.get(n + 1).copied();
-                if let (Some(slot), Some(v)) = (locations.last_mut(), value)
-                    && let Token::SingleQuotedString(location) = &tokens[v]
-                    && slot.is_none()
-                {
-                    *slot = Some(location.replace("''", "'"));
-                    dropped.extend([t, v]);
-                }
-            }
-            _ => {}
+/// The command of one of Tarn's own statements, which [`super::parse`] reads itself.
+///
+/// # Errors
+/// [`Error::Sql`] for a malformed name or partition spec.
+pub(crate) fn tarn_command(parsed: super::parse::Parsed, default_db: &str) -> Result<Command> {
+    use super::parse::Parsed;
+    match parsed {
+        Parsed::Refresh { view, full } => {
+            let (database, name) = table_name(&view, default_db)?;
+            Ok(Command::RefreshMaterializedView {
+                database,
+                name,
+                full,
+            })
         }
+        Parsed::AddPartitions {
+            table,
+            if_not_exists,
+            partitions,
+        } => {
+            let (database, name) = table_name(&table, default_db)?;
+            let (partitions, locations) = partitions
+                .into_iter()
+                .map(|(spec, location)| Ok((partition_spec(&spec)?, location)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .unzip();
+            Ok(Command::AddPartitions {
+                database,
+                name,
+                partitions,
+                locations,
+                if_not_exists,
+            })
+        }
+        Parsed::Statement(statement) => Err(Error::Internal(format!(
+            "not one of Tarn's own statements: {statement}"
+        ))),
     }
-    if dropped.is_empty() {
-        return None;
-    }
-    let rest: String = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !dropped.contains(i))
-        .map(|(_, t)| t.to_string())
-        .collect();
-    Some((rest, locations))
 }
 
 /// An identifier as DataFusion resolves it: unquoted names are lower-cased, quoted ones
@@ -1201,7 +1162,11 @@ impl Engine {
         let qualified = format!("{}.{}", table.database, table.name);
         let table_location = Location::parse_catalogued(&table.location)?;
         let table_path = table_location.prefix().as_ref().to_string();
-        let mut pins = pinned_partitions(&self.catalog().table_properties(table.id).await?);
+        let mut pins = self
+            .catalog()
+            .table_properties(table.id)
+            .await?
+            .pinned_partitions;
         let existing = self.catalog().partitions(table.id).await?;
         let tables = self.catalog().tables().await?;
         for (spec, location) in partitions.iter().zip(locations) {
@@ -1273,11 +1238,9 @@ impl Engine {
                 .collect();
             pins.push(PinnedPartition { values, path });
         }
-        let value = serde_json::to_value(&pins)
-            .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
         Ok(self
             .catalog()
-            .set_table_property(table.id, PINNED_PARTITIONS, &value)
+            .set_pinned_partitions(table.id, &pins)
             .await?)
     }
 
@@ -1296,11 +1259,7 @@ impl Engine {
 
     async fn recrawl(&self, database: &str, name: &str) -> Result<crate::crawler::CrawlSummary> {
         let table = self.existing_table(database, name).await?;
-        let options = CrawlOptions {
-            database: database.to_string(),
-            table: Some(name.to_string()),
-            ..CrawlOptions::default()
-        };
+        let options = CrawlOptions::table(database, name);
         let mut summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
             .crawl(&table.location, &options)
             .await?;
@@ -1621,11 +1580,9 @@ impl Engine {
             }
         }
         let options = CrawlOptions {
-            database: database.to_string(),
-            table: Some(name.to_string()),
             declared: declared.clone(),
             create_only: true,
-            ..CrawlOptions::default()
+            ..CrawlOptions::table(database, name)
         };
         let summary = Crawler::new(self.catalog().clone(), Arc::clone(self.stores()))
             .crawl(parsed.url.as_str(), &options)
@@ -1656,7 +1613,7 @@ impl Engine {
             let properties = self.catalog().table_properties(created.id).await?;
             format!(
                 "created Delta table {database}.{name} at version {}",
-                crate::delta::catalogued_version(&properties).unwrap_or_default()
+                properties.delta_version().unwrap_or_default()
             )
         } else {
             format!(
@@ -1681,8 +1638,11 @@ impl Engine {
     ) -> Result<RecordBatch> {
         let table = self.existing_table(database, name).await?;
         let existing = self.catalog().partitions(table.id).await?;
-        let properties = self.catalog().table_properties(table.id).await?;
-        let mut pins = pinned_partitions(&properties);
+        let mut pins = self
+            .catalog()
+            .table_properties(table.id)
+            .await?
+            .pinned_partitions;
         let pin_count = pins.len();
         let mut dropped = 0;
         let mut files = 0;
@@ -1715,10 +1675,8 @@ impl Engine {
             }
         }
         if pins.len() != pin_count {
-            let value = serde_json::to_value(&pins)
-                .map_err(|e| Error::Internal(format!("partition locations: {e}")))?;
             self.catalog()
-                .set_table_property(table.id, PINNED_PARTITIONS, &value)
+                .set_pinned_partitions(table.id, &pins)
                 .await?;
         }
         message(format!(
@@ -1813,7 +1771,8 @@ impl Engine {
         if table.format == TableFormat::Delta {
             // A Delta table's partitions are those of its log at the catalogued version.
             let properties = self.catalog().table_properties(table.id).await?;
-            let at = crate::delta::catalogued_version(&properties)
+            let at = properties
+                .delta_version()
                 .map_or(crate::delta::At::Newest, crate::delta::At::Version);
             let location = Location::parse_catalogued(&table.location)?;
             let store = self.stores().store_for(&location)?;
@@ -1875,40 +1834,4 @@ pub(crate) fn partition_label(names: &[&str], values: &[Option<String>]) -> Stri
         .map(|(c, v)| format!("{c}={}", v.as_deref().unwrap_or("NULL")))
         .collect::<Vec<_>>()
         .join("/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::partition_locations;
-
-    #[test]
-    fn partition_locations_are_taken_out_of_alter_table() {
-        let (rest, locations) = partition_locations(
-            "ALTER TABLE t ADD PARTITION (dt = '1') LOCATION 's3://b/one/' \
-             PARTITION (dt = '2') PARTITION (dt = 'it''s') location 's3://b/three'",
-        )
-        .expect("locations found");
-        assert_eq!(
-            rest.split_whitespace().collect::<Vec<_>>().join(" "),
-            "ALTER TABLE t ADD PARTITION (dt = '1') PARTITION (dt = '2') \
-             PARTITION (dt = 'it''s')"
-        );
-        assert_eq!(
-            locations,
-            vec![
-                Some("s3://b/one/".into()),
-                None,
-                Some("s3://b/three".into())
-            ]
-        );
-        assert_eq!(
-            partition_locations("ALTER TABLE t ADD PARTITION (dt = '1')"),
-            None
-        );
-        assert_eq!(partition_locations("SELECT 'LOCATION' AS location"), None);
-        let (_, locations) =
-            partition_locations("ALTER TABLE t ADD PARTITION (k = 1) LOCATION '/lake/o''neil/'")
-                .expect("a location");
-        assert_eq!(locations, vec![Some("/lake/o'neil/".into())]);
-    }
 }

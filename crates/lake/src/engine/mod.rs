@@ -953,40 +953,20 @@ impl Engine {
         if at_least.is_none_or(|g| self.generation() < g) {
             self.refresh().await?;
         }
-        let travelled;
-        let sql = match crate::engine::time_travel::find(sql) {
-            Some(found) => {
-                travelled = self.resolve_time_travel(found).await?;
-                travelled.as_str()
-            }
-            None => sql,
-        };
-        if let Some(command) = ddl::recognise_refresh(sql, &self.default_database()) {
-            return Ok(Statement::Command(command?));
-        }
-        // `ADD PARTITION … LOCATION '…'`: the parser takes the statement without them.
-        let located = ddl::partition_locations(sql);
-        let (sql, partition_locations) = match &located {
-            Some((rest, locations)) => (rest.as_str(), Some(locations)),
-            None => (sql, None),
-        };
         // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
-        let statement = parse::statement(&self.state, sql).map_err(map_plan_error)?;
-        if let Some(mut command) = ddl::recognise(self, &statement).await? {
-            match (&mut command, partition_locations) {
-                (ddl::Command::AddPartitions { locations, .. }, Some(found))
-                    if found.len() == locations.len() =>
-                {
-                    locations.clone_from(found);
-                }
-                (_, Some(_)) => {
-                    return Err(Error::Sql(
-                        "LOCATION '…' follows a PARTITION (…) of ALTER TABLE … ADD PARTITION"
-                            .into(),
-                    ));
-                }
-                _ => {}
+        let mut tokens = parse::tokens(&self.state, sql).map_err(map_plan_error)?;
+        if let Some(found) = crate::engine::time_travel::find(&tokens) {
+            let versions = self.resolve_time_travel(&found).await?;
+            tokens = found.apply(&versions);
+        }
+        let statement = match parse::parse(&self.state, tokens).map_err(map_plan_error)? {
+            parse::Parsed::Statement(statement) => statement,
+            tarn => {
+                let command = ddl::tarn_command(tarn, &self.default_database())?;
+                return Ok(Statement::Command(command));
             }
+        };
+        if let Some(command) = ddl::recognise(self, &statement).await? {
             return Ok(Statement::Command(command));
         }
         let notes = match &statement {
@@ -1016,8 +996,8 @@ impl Engine {
     /// plan names a fixed version.
     async fn resolve_time_travel(
         &self,
-        found: crate::engine::time_travel::Found,
-    ) -> Result<String> {
+        found: &crate::engine::time_travel::Found,
+    ) -> Result<Vec<u64>> {
         use crate::engine::time_travel::Spec;
         let default_db = self.default_database();
         let snapshot = self.snapshot();
@@ -1061,7 +1041,7 @@ impl Engine {
                 }
             });
         }
-        Ok(found.apply(&versions))
+        Ok(versions)
     }
 
     /// Runs `sql` (a query or a Tarn statement) and collects its result.
@@ -1349,10 +1329,9 @@ impl Shared {
         let properties = if entry.format == TableFormat::Delta {
             self.catalog.table_properties(entry.id).await?
         } else {
-            serde_json::Value::Null
+            crate::catalog::TableProperties::default()
         };
-        let provider = if entry.format == TableFormat::Delta && properties["deprecated"].is_string()
-        {
+        let provider = if entry.format == TableFormat::Delta && properties.deprecated.is_some() {
             // Its log is gone: like any table whose folder is gone, it answers empty.
             Arc::new(CatalogTable::try_new(
                 entry.clone(),
@@ -1361,7 +1340,7 @@ impl Shared {
                 None,
             )?)
         } else if entry.format == TableFormat::Delta {
-            let at = match crate::delta::catalogued_version(&properties) {
+            let at = match properties.delta_version() {
                 Some(v) => crate::delta::At::Version(v),
                 None => crate::delta::At::Newest,
             };
@@ -1374,7 +1353,7 @@ impl Shared {
                 TableFormat::Parquet => None,
                 format => {
                     let properties = self.catalog.table_properties(entry.id).await?;
-                    crate::table::TextOptions::of(format, &properties["format_state"])
+                    crate::table::TextOptions::of(format, &properties)
                 }
             };
             Arc::new(CatalogTable::try_new(

@@ -1,5 +1,11 @@
-//! Tarn's SQL parsing: DataFusion's parser with Tarn's dialect, which is sqlparser's
-//! generic dialect (DataFusion's default) with corrections until they are made upstream.
+//! Tarn's SQL parsing, in one place: a statement is tokenized once in the session's
+//! dialect; the time-travel clauses are taken out of its tokens
+//! ([`super::time_travel`]); then [`parse`] reads Tarn's own statements (`REFRESH
+//! MATERIALIZED VIEW`, `ALTER TABLE … ADD PARTITION … LOCATION`) with sqlparser's parser and
+//! hands anything else to DataFusion's parser over the same tokens.
+//!
+//! Tarn's dialect is sqlparser's generic dialect (DataFusion's default) with corrections
+//! until they are made upstream:
 //!
 //! **`IS [NOT] DISTINCT FROM` binds as tightly as `IS NULL`, tighter than `AND` and
 //! `OR`.** sqlparser 0.62 parses the right side of `a IS NOT DISTINCT FROM b AND c < 2` as
@@ -14,43 +20,154 @@ use std::any::TypeId;
 use datafusion::error::Result;
 use datafusion::execution::context::SessionState;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
-use datafusion::sql::sqlparser::ast::Expr;
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName};
 use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect, dialect_from_str};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-/// Parses one statement with the session's dialect (Tarn's, for the default `generic`).
-///
-/// # Errors
-/// DataFusion's parse errors: a syntax error, several statements, none, an unknown
-/// dialect.
-pub(crate) fn statement(state: &SessionState, sql: &str) -> Result<Statement> {
-    let options = state.config().options();
-    let configured = options.sql_parser.dialect;
-    let dialect: Box<dyn Dialect> = match configured.to_string().to_ascii_lowercase().as_str() {
-        "generic" => Box::new(TarnDialect),
-        _ => dialect_from_str(configured).ok_or_else(|| {
+/// A statement as Tarn reads it: one of Tarn's own, which DataFusion's parser does not
+/// take, or one DataFusion's parser takes.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A statement DataFusion's parser takes.
+    Statement(Statement),
+    /// `REFRESH MATERIALIZED VIEW [database.]view [FULL]`.
+    Refresh { view: ObjectName, full: bool },
+    /// `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION (k = v, …) [LOCATION '…'] …`: Hive's
+    /// and Athena's form, where each partition may name the folder its files are in.
+    AddPartitions {
+        table: ObjectName,
+        if_not_exists: bool,
+        /// Each partition's `key = value` conditions and its folder, if it names one.
+        partitions: Vec<(Vec<Expr>, Option<String>)>,
+    },
+}
+
+/// The session's dialect: Tarn's for the default `generic`, else the one configured.
+fn dialect(state: &SessionState) -> Result<Box<dyn Dialect>> {
+    let configured = &state.config().options().sql_parser.dialect;
+    match configured.to_string().to_ascii_lowercase().as_str() {
+        "generic" => Ok(Box::new(TarnDialect)),
+        _ => dialect_from_str(*configured).ok_or_else(|| {
             datafusion::error::DataFusionError::Plan(format!(
                 "Unsupported SQL dialect: {configured}"
             ))
-        })?,
-    };
-    let mut statements = DFParserBuilder::new(sql)
+        }),
+    }
+}
+
+/// A statement's tokens in the session's dialect: what [`parse`] reads, after Tarn's
+/// token-level clauses (time travel, [`super::time_travel`]) are taken out.
+///
+/// # Errors
+/// The tokenizer's error (an unterminated literal or identifier), with its position.
+pub(crate) fn tokens(state: &SessionState, sql: &str) -> Result<Vec<TokenWithSpan>> {
+    let dialect = dialect(state)?;
+    Tokenizer::new(dialect.as_ref(), sql)
+        .tokenize_with_location()
+        .map_err(|e| {
+            datafusion::error::DataFusionError::SQL(
+                Box::new(ParserError::TokenizerError(e.to_string())),
+                None,
+            )
+        })
+}
+
+/// Parses one statement from its tokens: Tarn's own statements first, through the same
+/// sqlparser parser (so they parse alike in every dialect), then anything DataFusion's
+/// parser takes.
+///
+/// # Errors
+/// The parser's errors: a syntax error, several statements, none, an unknown dialect.
+pub(crate) fn parse(state: &SessionState, tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
+    let options = state.config().options();
+    let dialect = dialect(state)?;
+    let mut parser = DFParserBuilder::new(tokens)
         .with_dialect(dialect.as_ref())
         .with_recursion_limit(options.sql_parser.recursion_limit.get())
-        .build()?
-        .parse_statements()?;
+        .build()?;
+    if let Some(tarn) = tarn_statement(&mut parser.parser)? {
+        return Ok(tarn);
+    }
+    let mut statements = parser.parse_statements()?;
     if statements.len() > 1 {
         return datafusion::common::not_impl_err!(
             "The context currently only supports a single SQL statement"
         );
     }
-    statements.pop_front().ok_or_else(|| {
-        datafusion::error::DataFusionError::Plan(
-            "No SQL statements were provided in the query string".into(),
-        )
-    })
+    statements
+        .pop_front()
+        .map(Parsed::Statement)
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan(
+                "No SQL statements were provided in the query string".into(),
+            )
+        })
+}
+
+/// Parses one statement that DataFusion's parser takes (a view's or a rollup's query).
+///
+/// # Errors
+/// As [`parse`]; and a Tarn statement, which is not a query.
+pub(crate) fn statement(state: &SessionState, sql: &str) -> Result<Statement> {
+    match parse(state, tokens(state, sql)?)? {
+        Parsed::Statement(statement) => Ok(statement),
+        _ => datafusion::common::plan_err!("expected a query, found a Tarn statement: {sql}"),
+    }
+}
+
+/// Tarn's own statements, read with sqlparser's parser; `None` (nothing consumed) for
+/// any other statement.
+fn tarn_statement(p: &mut Parser) -> std::result::Result<Option<Parsed>, ParserError> {
+    if p.parse_keywords(&[Keyword::REFRESH, Keyword::MATERIALIZED, Keyword::VIEW]) {
+        let view = p.parse_object_name(false)?;
+        let full = p.parse_keyword(Keyword::FULL);
+        end_of_statement(p)?;
+        return Ok(Some(Parsed::Refresh { view, full }));
+    }
+    // `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION`: the start decides, and is read again
+    // by DataFusion's parser when it is another statement.
+    let add = p.maybe_parse(|p| {
+        p.expect_keywords(&[Keyword::ALTER, Keyword::TABLE])?;
+        let table = p.parse_object_name(false)?;
+        p.expect_keyword_is(Keyword::ADD)?;
+        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        if !p.peek_keyword(Keyword::PARTITION) {
+            return p.expected("PARTITION", p.peek_token());
+        }
+        Ok((table, if_not_exists))
+    })?;
+    let Some((table, if_not_exists)) = add else {
+        return Ok(None);
+    };
+    let mut partitions = Vec::new();
+    while p.parse_keyword(Keyword::PARTITION) {
+        p.expect_token(&Token::LParen)?;
+        let spec = p.parse_comma_separated(Parser::parse_expr)?;
+        p.expect_token(&Token::RParen)?;
+        let location = if p.parse_keyword(Keyword::LOCATION) {
+            Some(p.parse_literal_string()?)
+        } else {
+            None
+        };
+        partitions.push((spec, location));
+    }
+    end_of_statement(p)?;
+    Ok(Some(Parsed::AddPartitions {
+        table,
+        if_not_exists,
+        partitions,
+    }))
+}
+
+/// The end of the statement (an optional `;`), or the parser's error at what follows.
+fn end_of_statement(p: &mut Parser) -> std::result::Result<(), ParserError> {
+    let _optional = p.consume_token(&Token::SemiColon);
+    match p.peek_token_ref().token {
+        Token::EOF => Ok(()),
+        _ => p.expected("end of statement", p.peek_token()),
+    }
 }
 
 /// sqlparser's generic dialect with `IS [NOT] DISTINCT FROM` at its standard precedence
@@ -207,6 +324,71 @@ mod tests {
     fn parsed(sql: &str) -> Statement {
         let ctx = datafusion::prelude::SessionContext::new();
         statement(&ctx.state(), sql).expect("parses")
+    }
+
+    /// Tarn's own statements, in the default dialect and in another one.
+    #[test]
+    fn tarn_statements_parse_in_every_dialect() {
+        for dialect in ["generic", "postgresql"] {
+            let ctx = datafusion::prelude::SessionContext::new();
+            let mut state = ctx.state();
+            state.config_mut().options_mut().sql_parser.dialect = dialect.parse().unwrap();
+            let parse = |sql: &str| parse(&state, tokens(&state, sql).unwrap());
+            match parse("refresh materialized view web.\"Hourly\" FULL;").unwrap() {
+                Parsed::Refresh { view, full } => {
+                    assert_eq!(view.to_string(), "web.\"Hourly\"");
+                    assert!(full);
+                }
+                other => panic!("{other:?}"),
+            }
+            match parse(
+                "ALTER TABLE t ADD IF NOT EXISTS PARTITION (dt = '1') LOCATION 's3://b/one/' \
+                 PARTITION (dt = '2') PARTITION (dt = 'it''s', h = 3) location 's3://b/o''neil'",
+            )
+            .unwrap()
+            {
+                Parsed::AddPartitions {
+                    table,
+                    if_not_exists,
+                    partitions,
+                } => {
+                    assert_eq!(table.to_string(), "t");
+                    assert!(if_not_exists);
+                    let specs: Vec<String> = partitions
+                        .iter()
+                        .map(|(spec, _)| {
+                            spec.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .collect();
+                    assert_eq!(specs, ["dt = '1'", "dt = '2'", "dt = 'it''s', h = 3"]);
+                    let locations: Vec<Option<&str>> =
+                        partitions.iter().map(|(_, l)| l.as_deref()).collect();
+                    assert_eq!(
+                        locations,
+                        [Some("s3://b/one/"), None, Some("s3://b/o'neil")]
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            // Malformed: the parser's own message, at the place.
+            let error = parse("REFRESH MATERIALIZED VIEW v FULL NOW").unwrap_err();
+            assert!(
+                error.to_string().contains("end of statement, found: NOW"),
+                "{error}"
+            );
+            let error = parse("ALTER TABLE t ADD PARTITION (dt = '1') LOCATION").unwrap_err();
+            assert!(error.to_string().contains("literal string"), "{error}");
+            // Other statements, including other ALTER TABLEs, are DataFusion's parser's.
+            for sql in [
+                "ALTER TABLE t DROP PARTITION (dt = '1')",
+                "SELECT 'REFRESH MATERIALIZED VIEW v' AS location",
+            ] {
+                assert!(matches!(parse(sql).unwrap(), Parsed::Statement(_)), "{sql}");
+            }
+        }
     }
 
     /// The tree of `statement` without the parentheses written in it and without places

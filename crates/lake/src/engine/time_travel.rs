@@ -2,16 +2,15 @@
 //! 12:00:00'`, as Spark and Databricks write it, and `FOR VERSION AS OF` / `FOR TIMESTAMP AS
 //! OF TIMESTAMP '…'` as Trino writes it.
 //!
-//! DataFusion's SQL dialect has no table versions, so the clause is taken out of the
-//! statement's tokens before it is parsed: the table's name becomes the quoted name
+//! DataFusion's planner has no table versions, so the clause is taken out of the
+//! statement's tokens (the tokens Tarn's parser then reads, [`super::parse`]): the table's name becomes the quoted name
 //! `"t@v3"`, which the catalog resolves to that version of the table, and the name as
 //! written stays as the alias, so `t.col` still means what it said. A timestamp is turned
 //! into the version it selects before the statement is planned, so a plan (and a cached
 //! result) always names a fixed version.
 
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::{Keyword, RESERVED_FOR_TABLE_ALIAS};
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace, Word};
 
 /// Which version a clause asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub struct Clause {
 /// A statement's tokens with its time-travel clauses found.
 #[derive(Debug)]
 pub struct Found {
-    tokens: Vec<Token>,
+    tokens: Vec<TokenWithSpan>,
     pub clauses: Vec<Clause>,
 }
 
@@ -55,26 +54,15 @@ pub fn split_versioned(name: &str) -> Option<(&str, u64)> {
     (!table.is_empty()).then_some((table, version))
 }
 
-/// Finds the time-travel clauses of `sql`; `None` when it has none (or does not tokenize:
-/// the parser then reports the error).
-pub fn find(sql: &str) -> Option<Found> {
-    // Cheap test first: nearly every statement has no clause.
-    let upper = sql.to_ascii_uppercase();
-    if !upper.contains(" AS OF") && !upper.contains("\nAS OF") {
-        return None;
-    }
-    // Literals stay as written (`'it''s'`), so the tokens print back as the same SQL.
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .with_unescape(false)
-        .tokenize()
-        .ok()?;
+/// Finds the time-travel clauses of a statement's tokens; `None` when it has none.
+pub fn find(tokens: &[TokenWithSpan]) -> Option<Found> {
     let sig: Vec<usize> = tokens
         .iter()
         .enumerate()
-        .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
         .map(|(i, _)| i)
         .collect();
-    let at = |k: usize| sig.get(k).map(|i| &tokens[*i]);
+    let at = |k: usize| sig.get(k).map(|i| &tokens[*i].token);
     let keyword = |k: usize, kw: Keyword| matches!(at(k), Some(Token::Word(w)) if w.keyword == kw && w.quote_style.is_none());
     let mut clauses = Vec::new();
     for k in 1..sig.len() {
@@ -100,9 +88,7 @@ pub fn find(sql: &str) -> Option<Found> {
                 k + 3
             };
             match at(value_at) {
-                Some(Token::SingleQuotedString(s)) => {
-                    (Spec::Timestamp(s.replace("''", "'")), value_at + 1)
-                }
+                Some(Token::SingleQuotedString(s)) => (Spec::Timestamp(s.clone()), value_at + 1),
                 _ => continue,
             }
         };
@@ -167,52 +153,56 @@ pub fn find(sql: &str) -> Option<Found> {
             has_alias,
         });
     }
-    (!clauses.is_empty()).then_some(Found { tokens, clauses })
+    (!clauses.is_empty()).then(|| Found {
+        tokens: tokens.to_vec(),
+        clauses,
+    })
 }
 
 fn normalise(word: &Word) -> String {
     match word.quote_style {
-        // Tokens keep their escapes (`"a""b"` is the name `a"b`).
-        Some(q) => word.value.replace(&format!("{q}{q}"), &q.to_string()),
+        Some(_) => word.value.clone(),
         None => word.value.to_lowercase(),
     }
 }
 
 impl Found {
-    /// The statement with each clause replaced by its table's versioned name, `versions`
-    /// giving the version of each clause in order.
-    pub fn apply(self, versions: &[u64]) -> String {
-        let mut out = String::new();
+    /// The statement's tokens with each clause replaced by its table's versioned name,
+    /// `versions` giving the version of each clause in order.
+    pub fn apply(self, versions: &[u64]) -> Vec<TokenWithSpan> {
+        let space = |out: &mut Vec<TokenWithSpan>| {
+            if !matches!(out.last(), Some(t) if matches!(t.token, Token::Whitespace(_))) {
+                out.push(TokenWithSpan::wrap(Token::Whitespace(Whitespace::Space)));
+            }
+        };
+        let mut out = Vec::with_capacity(self.tokens.len() + 2 * self.clauses.len());
         let mut i = 0;
         let mut clauses = self.clauses.iter().zip(versions).peekable();
         while i < self.tokens.len() {
             match clauses.peek() {
                 Some((c, v)) if c.name_at == i => {
-                    let versioned = Token::Word(Word {
-                        value: versioned_name(&c.table, **v),
-                        quote_style: Some('"'),
-                        keyword: Keyword::NoKeyword,
-                    });
-                    out.push_str(&versioned.to_string());
+                    out.push(TokenWithSpan::new(
+                        Token::Word(Word {
+                            value: versioned_name(&c.table, **v),
+                            quote_style: Some('"'),
+                            keyword: Keyword::NoKeyword,
+                        }),
+                        self.tokens[i].span,
+                    ));
                     // What sat between the name and the clause (spaces), then the alias.
-                    for t in &self.tokens[i + 1..c.start] {
-                        out.push_str(&t.to_string());
-                    }
+                    out.extend_from_slice(&self.tokens[i + 1..c.start]);
                     if !c.has_alias {
-                        if !out.ends_with(char::is_whitespace) {
-                            out.push(' ');
-                        }
-                        out.push_str("AS ");
-                        out.push_str(&self.tokens[c.name_at].to_string());
+                        space(&mut out);
+                        out.push(TokenWithSpan::wrap(Token::make_keyword("AS")));
+                        space(&mut out);
+                        out.push(self.tokens[c.name_at].clone());
                     }
-                    if !out.ends_with(char::is_whitespace) {
-                        out.push(' ');
-                    }
+                    space(&mut out);
                     i = c.end;
                     clauses.next();
                 }
                 _ => {
-                    out.push_str(&self.tokens[i].to_string());
+                    out.push(self.tokens[i].clone());
                     i += 1;
                 }
             }
@@ -224,9 +214,24 @@ impl Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+
+    fn find(sql: &str) -> Option<Found> {
+        let tokens = Tokenizer::new(&GenericDialect, sql)
+            .tokenize_with_location()
+            .unwrap();
+        super::find(&tokens)
+    }
+
+    fn text(tokens: &[TokenWithSpan]) -> String {
+        tokens.iter().map(|t| t.token.to_string()).collect()
+    }
 
     fn rewrite(sql: &str, versions: &[u64]) -> String {
-        find(sql).map(|f| f.apply(versions)).unwrap_or_default()
+        find(sql)
+            .map(|f| text(&f.apply(versions)))
+            .unwrap_or_default()
     }
 
     #[test]
@@ -243,7 +248,7 @@ mod tests {
             Spec::Timestamp("2024-05-01 12:00:00".into())
         );
         assert_eq!(
-            found.apply(&[7]),
+            text(&found.apply(&[7])),
             "select count(*) from \"sales@v7\" s join t on s.a = t.a"
         );
         // The alias before the clause.
@@ -266,13 +271,14 @@ mod tests {
             ),
             "SELECT 1 FROM \"a@v1\" AS a , \"B@v2\" AS \"B\" "
         );
-        // Quotes inside literals stay escaped in the rewritten statement.
-        assert_eq!(
-            rewrite(
-                "SELECT * FROM sales VERSION AS OF 2 WHERE name = 'O''Brien'",
-                &[2]
-            ),
-            "SELECT * FROM \"sales@v2\" AS sales WHERE name = 'O''Brien'"
+        // Literals stay the tokens they were.
+        let applied = find("SELECT * FROM sales VERSION AS OF 2 WHERE name = 'O''Brien'")
+            .unwrap()
+            .apply(&[2]);
+        assert!(
+            applied
+                .iter()
+                .any(|t| t.token == Token::SingleQuotedString("O'Brien".into()))
         );
         let found = find("SELECT 1 FROM \"a\"\"b\" VERSION AS OF 1").unwrap();
         assert_eq!(found.clauses[0].table, "a\"b");

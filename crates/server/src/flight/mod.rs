@@ -163,7 +163,7 @@ impl TarnFlightSql {
             Statement::Command(command) if command.is_update() => {
                 let batch = engine
                     .recorded(async {
-                        caller.require_admin(&statement_kind(&handle.sql))?;
+                        caller.require_admin(command.kind())?;
                         engine.run_statement(&command, &rows).await
                     })
                     .await?;
@@ -212,7 +212,7 @@ impl TarnFlightSql {
             Statement::Command(command) if command.is_update() => {
                 let result = engine
                     .recorded(async {
-                        caller.require_admin(&statement_kind(sql))?;
+                        caller.require_admin(command.kind())?;
                         engine.run_statement(&command, rows).await
                     })
                     .await?;
@@ -276,7 +276,7 @@ impl TarnFlightSql {
                     let batch = engine
                         .recorded(async {
                             if command.is_update() {
-                                caller.require_admin(&statement_kind(&handle.sql))?;
+                                caller.require_admin(command.kind())?;
                             }
                             engine.run_command(&command).await
                         })
@@ -489,28 +489,6 @@ pub(crate) fn requested_database<T>(request: &Request<T>) -> Option<String> {
             // one.
             session_settings(request).get("schema").map(str::to_string)
         })
-}
-
-/// The statement's leading keywords (`CREATE EXTERNAL TABLE`), to name it in messages.
-pub(crate) fn statement_kind(sql: &str) -> String {
-    const OBJECTS: [&str; 6] = ["TABLE", "DATABASE", "SCHEMA", "VIEW", "PARTITION", "INTO"];
-    let mut words: Vec<String> = Vec::new();
-    for word in sql.split_whitespace().take(4) {
-        if !word.chars().all(|c| c.is_ascii_alphabetic()) {
-            break;
-        }
-        let word = word.to_ascii_uppercase();
-        let last = OBJECTS.contains(&word.as_str());
-        words.push(word);
-        if last {
-            break;
-        }
-    }
-    if words.is_empty() {
-        "this statement".into()
-    } else {
-        words.join(" ")
-    }
 }
 
 fn flight_status(e: Error) -> Status {

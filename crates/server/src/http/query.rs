@@ -218,7 +218,7 @@ pub(crate) async fn plan(
     let sql = crate::flight::handle::rewrite_question_marks(&request.sql);
     let statement = match engine.prepare(&sql, params.as_ref()).await {
         Ok(Statement::Command(command)) if command.is_update() => {
-            let allowed = caller.require_admin(&crate::flight::statement_kind(&request.sql));
+            let allowed = caller.require_admin(command.kind());
             if let Err(e) = allowed {
                 engine.record_failure(&e);
                 return Err(e);

@@ -119,9 +119,7 @@ impl Run<'_> {
         let batch = engine
             .recorded(async {
                 if command.is_update() {
-                    self.session
-                        .caller
-                        .require_admin(&crate::flight::statement_kind(self.sql))?;
+                    self.session.caller.require_admin(command.kind())?;
                 }
                 engine.run_statement(command, &rows).await
             })
