@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import re
+import socket
 import urllib.request
 
 from conftest import Server, connect, tarn
@@ -67,3 +68,11 @@ def test_sql_formats_and_errors(lake):
     bad = tarn(lake["data_dir"], "crawl", str(lake["root"] / "missing"))
     assert bad.returncode == 1
     assert "missing" in bad.stderr
+
+    # A server that does not answer is unavailable, not a bad argument.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bad = tarn(lake["data_dir"], "tables", "--server", f"grpc://127.0.0.1:{port}")
+    assert bad.returncode == 1
+    assert f"unavailable: cannot reach Tarn at grpc://127.0.0.1:{port}" in bad.stderr, bad.stderr

@@ -52,6 +52,11 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A server Tarn needed did not answer (a remote Tarn server the CLI talks to); trying
+    /// again later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// Reading or listing the object store failed.
     #[error("object store error at '{location}': {source}")]
     ObjectStore {
@@ -134,14 +139,11 @@ impl From<tarn_catalog::Error> for Error {
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        match from_datafusion(e) {
-            Error::Execution(message) => execution(message),
-            other => other,
-        }
+        from_datafusion(e)
     }
 }
 
-/// Tarn's error for a DataFusion error (before [`execution`] adds fixes).
+/// Tarn's error for a DataFusion error, by its variant.
 fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
     use datafusion::error::DataFusionError as D;
     match e {
@@ -165,29 +167,32 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
             Ok(inner) => Error::from(inner),
             Err(shared) => Error::Execution(shared.to_string()),
         },
+        D::ArrowError(arrow, _) => Error::from(*arrow),
         D::External(ext) => match ext.downcast::<Error>() {
             Ok(tarn) => *tarn,
-            Err(other) => Error::Execution(other.to_string()),
+            Err(other) => match other.downcast::<arrow::error::ArrowError>() {
+                Ok(arrow) => Error::from(*arrow),
+                Err(other) => Error::Execution(other.to_string()),
+            },
         },
         other => Error::Execution(other.strip_backtrace().to_string()),
     }
 }
 
 impl From<arrow::error::ArrowError> for Error {
+    /// A value that does not parse as its column's type (the CSV and JSON readers'
+    /// errors, and text cast to a date or time) gets the fix: a CSV or JSON table's
+    /// column types were inferred from a sample.
     fn from(e: arrow::error::ArrowError) -> Self {
-        execution(e.to_string())
+        use arrow::error::ArrowError as A;
+        match e {
+            A::ParseError(_) | A::CsvError(_) | A::JsonError(_) => Error::Execution(format!(
+                "{e}; if the value is read from a CSV or JSON table, its column types were \
+                 inferred from the first records of each file: crawl it again with a larger \
+                 --sample-rows, or declare the columns with CREATE EXTERNAL TABLE … \
+                 (column TYPE, …) STORED AS CSV"
+            )),
+            other => Error::Execution(other.to_string()),
+        }
     }
-}
-
-/// An execution failure; a value that does not parse as its column's type gets the fix,
-/// since for CSV and JSON tables that type was inferred from a sample.
-fn execution(message: String) -> Error {
-    if message.contains("Error while parsing value") && !message.contains("--sample-rows") {
-        return Error::Execution(format!(
-            "{message}; a CSV or JSON table's column types are inferred from the first records \
-             of each file: crawl it again with a larger --sample-rows, or declare the columns \
-             with CREATE EXTERNAL TABLE … (column TYPE, …) STORED AS CSV"
-        ));
-    }
-    Error::Execution(message)
 }

@@ -603,7 +603,10 @@ impl Remote {
                 .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
         }
         let channel = endpoint.connect().await.map_err(|e| {
-            Error::InvalidArgument(format!("cannot reach Tarn at {}: {e}", self.url))
+            Error::Unavailable(format!(
+                "cannot reach Tarn at {}: {e}; check the address and that the server runs",
+                self.url
+            ))
         })?;
         let header = match (&self.token, &self.user) {
             (Some(token), _) => Some(format!("Bearer {token}")),
@@ -641,9 +644,12 @@ pub fn remote_error(status: Status) -> Error {
                 .trim_start_matches("permission denied: ")
                 .to_string(),
         ),
-        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => {
-            Error::InvalidArgument(message)
-        }
+        tonic::Code::NotFound => Error::NotFound(message),
+        tonic::Code::AlreadyExists => Error::AlreadyExists(message),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(message),
+        tonic::Code::Unavailable => Error::Unavailable(format!("remote server: {message}")),
+        tonic::Code::ResourceExhausted => Error::ResourceExhausted(message),
+        tonic::Code::DeadlineExceeded => Error::Timeout(message),
         _ => Error::Execution(format!("remote server: {message}")),
     }
 }

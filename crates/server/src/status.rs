@@ -47,6 +47,10 @@ pub fn status(e: Error) -> Status {
                 tracing::info!(%message, "query timed out");
                 Status::deadline_exceeded(message)
             }
+            Error::Unavailable(_) => {
+                tracing::warn!(%message, "a server Tarn needs is unavailable");
+                Status::unavailable(message)
+            }
             Error::Catalog(_) | Error::Migrate(_) => {
                 tracing::error!(%message, "catalog unavailable");
                 Status::unavailable(message)

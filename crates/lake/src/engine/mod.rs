@@ -814,13 +814,19 @@ impl Engine {
 
     /// As [`Engine::plan`], on the current catalog snapshot (the caller refreshed it).
     async fn plan_current(&self, sql: &str, params: Option<ParamValues>) -> Result<DataFrame> {
-        let ctx = SessionContext::new_with_state(self.state.clone());
-        let df = ctx
-            .sql_with_options(sql, read_only())
-            .await
-            .map_err(map_plan_error)?;
+        let statement = parse::statement(&self.state, sql).map_err(Error::from)?;
+        let references = self
+            .state
+            .resolve_table_references(&statement)
+            .unwrap_or_default();
+        let plan = match self.state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(plan_error(&self.state, &references, e)),
+        };
+        read_only().verify_plan(&plan).map_err(Error::from)?;
+        let df = DataFrame::new(self.state.clone(), plan);
         match params {
-            Some(p) => df.with_param_values(p).map_err(map_plan_error),
+            Some(p) => df.with_param_values(p).map_err(Error::from),
             None => Ok(df),
         }
     }
@@ -861,7 +867,7 @@ async fn with_notes(df: DataFrame, notes: Vec<String>) -> Result<DataFrame> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     SessionContext::new_with_state(state)
         .read_batches(batches)
-        .map_err(map_plan_error)
+        .map_err(Error::from)
 }
 
 /// Statements a request may plan: queries only (DDL, DML and `SET` go through Tarn's own
@@ -880,7 +886,7 @@ fn bind_row(df: DataFrame, row: Option<&RecordBatch>) -> Result<DataFrame> {
     let types = df
         .logical_plan()
         .get_parameter_types()
-        .map_err(map_plan_error)?;
+        .map_err(Error::from)?;
     if types.len() != row.num_columns() {
         return Err(Error::InvalidArgument(format!(
             "the statement has {} parameter(s) but {} value(s) were bound",
@@ -906,7 +912,7 @@ fn bind_row(df: DataFrame, row: Option<&RecordBatch>) -> Result<DataFrame> {
         };
         values.push(value);
     }
-    df.with_param_values(values).map_err(map_plan_error)
+    df.with_param_values(values).map_err(Error::from)
 }
 
 impl Engine {
@@ -954,12 +960,12 @@ impl Engine {
             self.refresh().await?;
         }
         // Parsed once: Tarn's statements are recognised on the tree the planner then takes.
-        let mut tokens = parse::tokens(&self.state, sql).map_err(map_plan_error)?;
+        let mut tokens = parse::tokens(&self.state, sql).map_err(Error::from)?;
         if let Some(found) = crate::engine::time_travel::find(&tokens) {
             let versions = self.resolve_time_travel(&found).await?;
             tokens = found.apply(&versions);
         }
-        let statement = match parse::parse(&self.state, tokens).map_err(map_plan_error)? {
+        let statement = match parse::parse(&self.state, tokens).map_err(Error::from)? {
             parse::Parsed::Statement(statement) => statement,
             tarn => {
                 let command = ddl::tarn_command(tarn, &self.default_database())?;
@@ -979,11 +985,15 @@ impl Engine {
         // instant throughout the query.
         let mut state = self.state.clone();
         state.mark_start_execution();
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(map_plan_error)?;
-        read_only().verify_plan(&plan).map_err(map_plan_error)?;
+        // The tables it names, asked of the catalog only if planning fails.
+        let references = state
+            .resolve_table_references(&statement)
+            .unwrap_or_default();
+        let plan = match state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(plan_error(&state, &references, e)),
+        };
+        read_only().verify_plan(&plan).map_err(Error::from)?;
         let mut df = DataFrame::new(state, plan);
         if !notes.is_empty() {
             df = with_notes(df, notes).await?;
@@ -1418,19 +1428,32 @@ impl Shared {
     }
 }
 
-/// Turns DataFusion's "table not found" planning error into [`Error::TableNotFound`].
-fn map_plan_error(e: DataFusionError) -> Error {
-    let message = e.to_string();
-    if let Some(rest) = message.split("table '").nth(1)
-        && message.contains("' not found")
-    {
-        let name = rest.split('\'').next().unwrap_or(rest);
-        let name = name
-            .strip_prefix(&format!("{CATALOG_NAME}."))
-            .unwrap_or(name);
-        return Error::TableNotFound {
-            name: name.to_string(),
-        };
+/// A planning failure as Tarn reports it: the first table the statement names that the
+/// session does not have, as [`Error::TableNotFound`] (asked of the catalog, not read
+/// from DataFusion's message), or DataFusion's error.
+fn plan_error(
+    state: &datafusion::execution::context::SessionState,
+    references: &[datafusion::common::TableReference],
+    e: DataFusionError,
+) -> Error {
+    for reference in references {
+        let table = reference.table();
+        // A table function (`generate_series(…)`) is not a table of a schema.
+        if reference.schema().is_none() && state.table_functions().contains_key(table) {
+            continue;
+        }
+        let exists = state
+            .schema_for_ref(reference.clone())
+            .is_ok_and(|schema| schema.table_exist(table));
+        if !exists {
+            let defaults = &state.config().options().catalog;
+            let resolved = reference
+                .clone()
+                .resolve(&defaults.default_catalog, &defaults.default_schema);
+            return Error::TableNotFound {
+                name: format!("{}.{}", resolved.schema, resolved.table),
+            };
+        }
     }
     Error::from(e)
 }
@@ -1511,11 +1534,13 @@ impl SchemaProvider for TarnDatabase {
     }
 
     fn table_exist(&self, name: &str) -> bool {
+        // A table's earlier version (time travel) exists where the table does.
+        let table = crate::engine::time_travel::split_versioned(name).map_or(name, |(t, _)| t);
         self.shared
             .snapshot()
             .databases
             .get(&self.name)
-            .is_some_and(|t| t.contains_key(name))
+            .is_some_and(|t| t.contains_key(name) || t.contains_key(table))
             || self.shared.view(&self.name, name).is_some()
             || self.shared.sql_view(&self.name, name).is_some()
     }

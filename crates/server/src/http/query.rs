@@ -685,6 +685,7 @@ pub(crate) fn status_of(e: &Error) -> (StatusCode, &'static str) {
         Error::Catalog(_) | Error::Migrate(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "CATALOG_UNAVAILABLE")
         }
+        Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
     }
 }

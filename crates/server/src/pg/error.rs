@@ -22,6 +22,8 @@ pub(crate) fn sqlstate(e: &Error) -> &'static str {
         // query_canceled: a time limit or a CancelRequest.
         Error::Timeout(_) => "57014",
         Error::ObjectStore { .. } | Error::Io { .. } => "58030",
+        // connection_failure
+        Error::Unavailable(_) => "08006",
         Error::Execution(_)
         | Error::Catalog(_)
         | Error::Migrate(_)
