@@ -106,11 +106,13 @@ impl Queue {
             .body(body.to_string().into())
             .map_err(|e| failed(e.to_string()))?;
         AwsAuthorizer::new(&self.credential, "sqs", &self.region).authorize(&mut request, None);
-        let response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|e| failed(format!("{target} failed: {e}")))?;
+        // No answer at all: the queue's service is unreachable, which may pass.
+        let response = self.client.execute(request).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "events queue {}: {target} got no answer: {e}",
+                self.url
+            ))
+        })?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -133,7 +135,8 @@ impl Queue {
     /// from other readers for ten minutes, and come back unless [`Queue::delete`]d.
     ///
     /// # Errors
-    /// [`Error::Execution`] when SQS refuses or cannot be reached.
+    /// [`Error::Execution`] when SQS refuses, [`Error::Unavailable`] when it cannot be
+    /// reached.
     pub async fn receive(&self, max: usize) -> Result<Vec<Message>> {
         let mut out = Vec::new();
         while out.len() < max {
@@ -165,7 +168,8 @@ impl Queue {
     /// Deletes handled messages.
     ///
     /// # Errors
-    /// [`Error::Execution`] when SQS refuses or cannot be reached.
+    /// [`Error::Execution`] when SQS refuses, [`Error::Unavailable`] when it cannot be
+    /// reached.
     pub async fn delete(&self, messages: &[Message]) -> Result<()> {
         self.each_batch("DeleteMessageBatch", messages, Value::Null)
             .await
@@ -174,7 +178,8 @@ impl Queue {
     /// Makes messages visible again at once, for the next run to take them again.
     ///
     /// # Errors
-    /// [`Error::Execution`] when SQS refuses or cannot be reached.
+    /// [`Error::Execution`] when SQS refuses, [`Error::Unavailable`] when it cannot be
+    /// reached.
     pub async fn release(&self, messages: &[Message]) -> Result<()> {
         self.each_batch("ChangeMessageVisibilityBatch", messages, json!(0))
             .await
