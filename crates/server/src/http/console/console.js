@@ -217,9 +217,11 @@ async function run() {
       const stats = view.statistics || {};
       const scanned = stats.bytes_scanned ? `, ${formatBytes(stats.bytes_scanned)} scanned` : "";
       const answeredBy = stats.materialized_view ? `, answered by ${stats.materialized_view}` : "";
-      setStatus(`SUCCEEDED: ${view.result.row_count} rows in ` +
-        `${Math.round(performance.now() - started)} ms${scanned}${answeredBy}`);
+      const ms = Math.round(performance.now() - started);
+      // The status says SUCCEEDED once the first page is on screen, not before.
       await loadPage();
+      if (current.id !== id) return;
+      setStatus(`SUCCEEDED: ${view.result.row_count} rows in ${ms} ms${scanned}${answeredBy}`);
     } else {
       setStatus(`${view.state}: ${view.error ? view.error.message : ""}`, true);
       show($("grid"));
