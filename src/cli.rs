@@ -25,6 +25,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     // Auth helpers need no catalog; remote admin commands use the server's.
     match &cli.command {
         Command::Auth(command) => return auth_command(command),
+        Command::Worker(args) => {
+            let shutdown = crate::context::shutdown_signal();
+            return crate::cluster::worker(&cli.data_dir, args, shutdown).await;
+        }
         Command::Crawl(args) if args.remote.server.is_some() => {
             return remote_crawl(args).await;
         }
@@ -46,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(&ctx, &cli.data_dir, args).await,
         Command::Demo(args) => crate::demo::run(&ctx, &cli.data_dir, args).await,
         Command::Auth(command) => auth_command(command),
+        Command::Worker(args) => {
+            crate::cluster::worker(&cli.data_dir, args, crate::context::shutdown_signal()).await
+        }
         Command::Crawler(command) => crawler_command(&ctx, command).await,
         Command::Check(args) => check(&ctx, &cli.data_dir, args).await,
         Command::Tables(_) | Command::Describe(_) | Command::Partitions(_) | Command::Crawls(_) => {

@@ -94,6 +94,9 @@ pub enum Command {
     Crawl(CrawlArgs),
     /// Serve the catalog over Arrow Flight SQL.
     Serve(ServeArgs),
+    /// Run parts of distributed queries for coordinators (`serve --workers`); needs no
+    /// catalog, reads the lake with the same store settings as the coordinator.
+    Worker(WorkerArgs),
     /// Run one SQL statement and print its result.
     Sql(SqlArgs),
     /// Define, run and inspect crawlers (named, scheduled crawls kept in the catalog).
@@ -125,6 +128,67 @@ impl Command {
             _ => None,
         }
     }
+}
+
+/// The cluster's shared token (coordinator and workers).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterTokenArg {
+    /// Shared secret between coordinator and workers: workers refuse calls without it.
+    /// Needed when a worker listens beyond loopback.
+    #[arg(long, env = "TARN_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+}
+
+/// `tarn worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address to listen on for coordinators; port 0 picks a free port (printed).
+    #[arg(long, env = "TARN_WORKER_LISTEN", default_value = "127.0.0.1:50061")]
+    pub listen: SocketAddr,
+
+    /// Memory the tasks' operators share (bytes, `4GiB` or `60%`); past it they spill to
+    /// --spill-dir.
+    #[arg(long, env = "TARN_MEMORY_LIMIT", default_value = "60%")]
+    pub memory_limit: String,
+
+    /// Where tasks spill; defaults to `spill/` in the data directory.
+    #[arg(long, env = "TARN_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub token: ClusterTokenArg,
+
+    /// Listen beyond loopback without a cluster token (refused otherwise: the worker runs
+    /// any plan it is sent).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// A coordinator's workers (`serve --workers`).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Workers to spread large queries over: `host:port,host:port`, `dns:NAME:PORT` (every
+    /// address the name resolves to) or `file:PATH` (one address a line); resolved again
+    /// every second, and workers that do not answer are left out until they do.
+    #[arg(long, env = "TARN_WORKERS")]
+    pub workers: Option<String>,
+
+    /// A query is spread over the workers when the files its scans read hold at least this
+    /// much (by the catalog's sizes): bytes or a unit (`256MiB`); smaller ones run here.
+    #[arg(long, env = "TARN_DISTRIBUTE_MIN_BYTES", default_value = "256MiB")]
+    pub distribute_min_bytes: String,
+
+    /// Bytes of files per scan partition on a worker (the unit of work distributed scans
+    /// are split into).
+    #[arg(
+        long,
+        env = "TARN_DISTRIBUTE_BYTES_PER_PARTITION",
+        default_value = "16MiB"
+    )]
+    pub distribute_bytes_per_partition: String,
+
+    #[command(flatten)]
+    pub token: ClusterTokenArg,
 }
 
 /// `tarn crawl`.
@@ -219,6 +283,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// What a server (`serve`, `demo`) may take: memory, places and time for queries, and
@@ -282,17 +349,9 @@ impl LimitArgs {
         tarn_lake::engine::limits::MemoryLimit,
         tarn_lake::engine::limits::QueryLimits,
     )> {
-        use tarn_lake::engine::limits::{
-            MemoryLimit, QueryLimits, available_memory, parse_duration, parse_size,
-        };
+        use tarn_lake::engine::limits::{QueryLimits, parse_duration};
         use tarn_lake::error::Error;
-        let bytes = parse_size(&self.memory_limit, available_memory())
-            .map_err(|e| Error::InvalidArgument(format!("--memory-limit: {e}")))?;
-        let root = self
-            .spill_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("spill"));
-        let spill_dir = tarn_lake::engine::limits::own_spill_dir(&root)?;
+        let memory = memory_limit(&self.memory_limit, self.spill_dir.as_deref(), data_dir)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let max_concurrent = match self.max_concurrent_queries {
             Some(0) => None,
@@ -304,10 +363,7 @@ impl LimitArgs {
         let query_timeout = parse_duration(&self.query_timeout)
             .map_err(|e| Error::InvalidArgument(format!("--query-timeout: {e}")))?;
         Ok((
-            MemoryLimit {
-                bytes,
-                spill_dir: Some(spill_dir),
-            },
+            memory,
             QueryLimits {
                 max_concurrent,
                 max_queued: self.max_queued_queries,
@@ -316,6 +372,27 @@ impl LimitArgs {
             },
         ))
     }
+}
+
+/// The memory pool of `--memory-limit` (`text`) and where it spills: `spill_dir`, or
+/// `spill/` in `data_dir` (emptied here).
+///
+/// # Errors
+/// [`tarn_lake::error::Error::InvalidArgument`] for a malformed size;
+/// [`tarn_lake::error::Error::Io`] when the spill directory cannot be prepared.
+pub fn memory_limit(
+    text: &str,
+    spill_dir: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> tarn_lake::error::Result<tarn_lake::engine::limits::MemoryLimit> {
+    use tarn_lake::engine::limits::{available_memory, own_spill_dir, parse_size};
+    let bytes = parse_size(text, available_memory())
+        .map_err(|e| tarn_lake::error::Error::InvalidArgument(format!("--memory-limit: {e}")))?;
+    let root = spill_dir.map_or_else(|| data_dir.join("spill"), std::path::Path::to_path_buf);
+    Ok(tarn_lake::engine::limits::MemoryLimit {
+        bytes,
+        spill_dir: Some(own_spill_dir(&root)?),
+    })
 }
 
 /// `tarn crawler …`.

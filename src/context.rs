@@ -47,7 +47,14 @@ impl Context {
             }
             None => (None, QueryLimits::default()),
         };
+        let session_extension = match &cli.command {
+            crate::config::Command::Serve(args) => {
+                crate::cluster::coordinator(&args.cluster).await?
+            }
+            _ => None,
+        };
         let options = EngineOptions {
+            session_extension,
             memory,
             limits,
             history_retention: (cli.history_retention_days > 0)

@@ -23,7 +23,9 @@ async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        tarn::config::Command::Serve(_) | tarn::config::Command::Demo(_)
+        tarn::config::Command::Serve(_)
+            | tarn::config::Command::Demo(_)
+            | tarn::config::Command::Worker(_)
     ) {
         // A one-shot command piped into `head` stops quietly when the pipe closes, as
         // other command-line tools do, instead of failing on the next print. (Servers keep

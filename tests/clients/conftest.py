@@ -42,8 +42,24 @@ def lake(tmp_path_factory):
     return {"root": root, "good": good, "data_dir": data_dir, "summary": summary}
 
 
+def tpch_lake(work: Path, scale: float) -> tuple[Path, Path]:
+    """TPC-H at `scale` as Parquet under `work` (tpchgen-cli, `--parts 2`: two files a
+    table but nation and region, so the rules and plans that need several files apply),
+    crawled into a catalog of its own: the data's directory and the catalog's."""
+    import sys
+    data = work / f"sf{scale:g}"
+    tpchgen = Path(sys.executable).parent / "tpchgen-cli"
+    subprocess.run([str(tpchgen), "parquet", "-s", f"{scale:g}", "--parts", "2",
+                    "--output-dir", str(data)], check=True, capture_output=True)
+    catalog = work / "tarn"
+    crawled = tarn(catalog, "crawl", str(data))
+    assert crawled.returncode == 0, crawled.stderr
+    return data, catalog
+
+
 class Server:
-    """`tarn serve` in a child process; the address comes from its ready line."""
+    """`tarn serve` (or `tarn worker`) in a child process; the address comes from its ready
+    line."""
 
     def __init__(self, data_dir: Path, command=("serve",), env: dict | None = None):
         self.proc = subprocess.Popen(
@@ -58,7 +74,8 @@ class Server:
         def read():
             for line in self.proc.stdout:
                 self.output.append(line)
-                m = re.search(r"listening on (grpc(?:\+tls)?)://(\S+)", line)
+                m = re.search(r"(?:Flight SQL|worker) listening on (grpc(?:\+tls)?|http)://(\S+)",
+                              line)
                 if m:
                     found["scheme"], found["addr"] = m.group(1), m.group(2)
                     ready.set()

@@ -9,14 +9,12 @@ within the tolerances compare.py states. The rules are the fields of `TarnOption
 (tests/fuzz/engines.py reads them), so a new rule is covered without editing this file."""
 
 import concurrent.futures
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tarn, tarn_bin
+from conftest import ROOT, tarn_bin, tpch_lake
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benches"))
@@ -46,14 +44,7 @@ def config_id(disabled: frozenset) -> str:
 def tpch(tmp_path_factory):
     """TPC-H SF 0.05 as Parquet (tpchgen-cli, `--parts 2`), crawled into a catalog of its
     own, and DuckDB's answers over the same files."""
-    work = tmp_path_factory.mktemp("tpch-oracle")
-    data = work / f"sf{SCALE:g}"
-    tpchgen = Path(sys.executable).parent / "tpchgen-cli"
-    subprocess.run([str(tpchgen), "parquet", "-s", f"{SCALE:g}", "--parts", "2",
-                    "--output-dir", str(data)], check=True, capture_output=True)
-    catalog = work / "tarn"
-    crawled = tarn(catalog, "crawl", str(data))
-    assert crawled.returncode == 0, crawled.stderr
+    data, catalog = tpch_lake(tmp_path_factory.mktemp("tpch-oracle"), SCALE)
     duck = DuckEngine([f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{data}/{t}/*.parquet')"
                        for t in TABLES])
     try:

@@ -135,6 +135,46 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// DataFusion's object store registry over a [`StoreRegistry`]: a store root nobody
+/// registered is built from the environment on first use. A worker of a distributed query
+/// has no catalog to register its stores from; it reads what the coordinator's plan names.
+#[derive(Debug)]
+pub struct OnDemandStores {
+    stores: Arc<StoreRegistry>,
+    registered: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl OnDemandStores {
+    /// Stores from `stores`.
+    pub fn new(stores: Arc<StoreRegistry>) -> Self {
+        Self {
+            stores,
+            registered: Default::default(),
+        }
+    }
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for OnDemandStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.registered.register_store(url, store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.registered.get_store(url) {
+            return Ok(store);
+        }
+        let location = Location::parse(url.as_str())
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        self.stores
+            .store_for(&location)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+    }
+}
+
 /// Builds object stores on demand and keeps one per store root.
 ///
 /// S3 stores read the standard AWS environment (`AWS_ACCESS_KEY_ID`,

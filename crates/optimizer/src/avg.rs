@@ -211,13 +211,13 @@ pub fn decimal_average(result: DataType, sum: Expr, count: Expr) -> Expr {
 /// result's scale, divided by the count (truncated), and checked against the result's
 /// precision; null where there is no value.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct DecimalAverage {
-    result: DataType,
+pub(crate) struct DecimalAverage {
+    pub(crate) result: DataType,
     signature: Signature,
 }
 
 impl DecimalAverage {
-    fn new(result: DataType) -> Self {
+    pub(crate) fn new(result: DataType) -> Self {
         DecimalAverage {
             result,
             signature: Signature::any(2, Volatility::Immutable),
@@ -246,8 +246,10 @@ impl ScalarUDFImpl for DecimalAverage {
         let [sum, count] = args.args.as_slice() else {
             return internal_err!("decimal_avg takes a sum and a count");
         };
-        let DataType::Decimal128(precision, scale) = self.result else {
-            return internal_err!("decimal_avg gives a Decimal128, not {}", self.result);
+        // The call's result type (a worker's copy, found by name, knows none of its own).
+        let result = args.return_field.data_type();
+        let DataType::Decimal128(precision, scale) = *result else {
+            return internal_err!("decimal_avg gives a Decimal128, not {result}");
         };
         let DataType::Decimal128(_, sum_scale) = sum.data_type() else {
             return internal_err!("decimal_avg divides a Decimal128, not {}", sum.data_type());

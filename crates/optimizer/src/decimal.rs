@@ -32,7 +32,7 @@ use datafusion::physical_expr_common::datum::apply;
 
 /// The operations rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Op {
+pub(crate) enum Op {
     Add,
     Sub,
     Mul,
@@ -82,10 +82,10 @@ impl Op {
 
 /// `left op right` for two decimals, with the result type the planner chose.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct DecimalArithmetic {
-    op: Op,
-    result: DataType,
-    signature: Signature,
+pub(crate) struct DecimalArithmetic {
+    pub(crate) op: Op,
+    pub(crate) result: DataType,
+    pub(crate) signature: Signature,
 }
 
 impl ScalarUDFImpl for DecimalArithmetic {
@@ -118,7 +118,9 @@ impl ScalarUDFImpl for DecimalArithmetic {
         let [left, right] = args.args.as_slice() else {
             return datafusion::common::internal_err!("{} takes two arguments", self.name());
         };
-        if let Some(result) = self.unchecked(left, right)? {
+        // The result's type is the call's (a worker's copy of this function, found by
+        // name, knows no type of its own).
+        if let Some(result) = self.unchecked(left, right, args.return_field.data_type())? {
             return Ok(result);
         }
         apply(left, right, self.op.checked())
@@ -132,8 +134,9 @@ impl DecimalArithmetic {
         &self,
         left: &ColumnarValue,
         right: &ColumnarValue,
+        result: &DataType,
     ) -> Result<Option<ColumnarValue>> {
-        let DataType::Decimal128(precision, scale) = self.result else {
+        let DataType::Decimal128(precision, scale) = *result else {
             return Ok(None);
         };
         let (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) =
@@ -395,7 +398,7 @@ mod tests {
             for (left, right) in pairs {
                 let f = udf(op, &left.data_type(), &right.data_type());
                 let fast = f
-                    .unchecked(left, right)
+                    .unchecked(left, right, &f.result)
                     .expect("no error")
                     .unwrap_or_else(|| panic!("{op:?} {left:?} {right:?} should be proven"));
                 let checked = apply(left, right, op.checked()).expect("checked kernel");
@@ -462,7 +465,11 @@ mod tests {
         // 30-digit values: their product may not fit in 128 bits.
         let big = ColumnarValue::Array(Arc::new(decimals(64, 30, 38, 0, 4)));
         let f = udf(Op::Mul, &big.data_type(), &big.data_type());
-        assert!(f.unchecked(&big, &big).expect("no error").is_none());
+        assert!(
+            f.unchecked(&big, &big, &f.result)
+                .expect("no error")
+                .is_none()
+        );
         // Through the function, the overflow is Arrow's error, as without the rewrite.
         let error = call(&f, &big, &big, 64).expect_err("overflow");
         let expected = apply(&big, &big, Op::Mul.checked()).expect_err("overflow");
@@ -475,8 +482,16 @@ mod tests {
                 .expect("type"),
         ));
         let f = udf(Op::Add, &max.data_type(), &small.data_type());
-        assert!(f.unchecked(&max, &max).expect("no error").is_none());
-        assert!(f.unchecked(&max, &small).expect("no error").is_none());
+        assert!(
+            f.unchecked(&max, &max, &f.result)
+                .expect("no error")
+                .is_none()
+        );
+        assert!(
+            f.unchecked(&max, &small, &f.result)
+                .expect("no error")
+                .is_none()
+        );
         let sum = call(&f, &max, &small, 2);
         let expected = apply(&max, &small, Op::Add.checked()).expect("fits");
         let (sum, expected) = (array(&sum.expect("fits")), array(&expected));

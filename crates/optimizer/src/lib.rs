@@ -10,6 +10,7 @@
 //! them all to a session.
 
 pub mod avg;
+pub mod codec;
 mod correlated;
 mod decimal;
 mod dependencies;
@@ -39,7 +40,8 @@ use datafusion::execution::SessionStateBuilder;
 #[cfg(test)]
 use datafusion::prelude::SessionConfig;
 
-pub use shared::TarnQueryPlanner;
+pub use codec::TarnCodec;
+pub use shared::{TarnQueryPlanner, unshare_subplans};
 
 datafusion::common::extensions_options! {
     /// Tarn's own planner settings, given like DataFusion's:

@@ -132,9 +132,9 @@ fn rewrite_expr(expr: Expr) -> Result<Transformed<Expr>> {
 /// `value LIKE pattern` for a pattern of parts in order (the second argument, shown in
 /// plans, is the pattern as written).
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct LikeParts {
-    parts: Vec<String>,
-    signature: Signature,
+pub(crate) struct LikeParts {
+    pub(crate) parts: Vec<String>,
+    pub(crate) signature: Signature,
 }
 
 impl ScalarUDFImpl for LikeParts {
@@ -163,7 +163,26 @@ impl ScalarUDFImpl for LikeParts {
         let Some(value) = args.args.first() else {
             return internal_err!("like_parts takes a string and a pattern");
         };
-        let finders: Vec<Finder> = self.parts.iter().map(Finder::new).collect();
+        // A worker's copy of the function, found by name, reads its parts from the
+        // pattern (the second argument).
+        let from_pattern;
+        let parts = if self.parts.is_empty() {
+            from_pattern = match args.args.get(1) {
+                Some(ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(p))
+                    | ScalarValue::Utf8View(Some(p))
+                    | ScalarValue::LargeUtf8(Some(p)),
+                )) => parts(p),
+                _ => None,
+            };
+            match &from_pattern {
+                Some(parts) => parts,
+                None => return internal_err!("like_parts takes a pattern of parts"),
+            }
+        } else {
+            &self.parts
+        };
+        let finders: Vec<Finder> = parts.iter().map(Finder::new).collect();
         let matches = |haystack: &[u8]| {
             let mut at = 0;
             for finder in &finders {

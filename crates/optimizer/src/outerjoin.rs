@@ -118,7 +118,7 @@ pub struct NullableSideExec {
 }
 
 impl NullableSideExec {
-    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
         let given = input.properties();
         let eq = given.equivalence_properties();
         let kept = EquivalenceProperties::new_with_orderings(

@@ -419,6 +419,24 @@ fn undecorrelated_subquery(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
+/// `plan` with every shared subplan computed wherever it is named (for plans split across
+/// processes, where copies in different processes cannot share one computation), and
+/// whether it had any.
+///
+/// # Errors
+/// Only DataFusion's, from rewriting the plan.
+pub fn unshare_subplans(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
+    let unshared = plan.clone().transform_down_with_subqueries(|node| {
+        if let LogicalPlan::Extension(e) = &node
+            && let Some(shared) = e.node.as_any().downcast_ref::<SharedSubplan>()
+        {
+            return Ok(Transformed::yes(shared.input.as_ref().clone()));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok((unshared.data, unshared.transformed))
+}
+
 /// `plan` without the [`SharedSubplan`] nodes that have no equal copy, and whether there
 /// were any.
 fn strip_lone_copies(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {

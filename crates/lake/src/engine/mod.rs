@@ -140,6 +140,19 @@ pub struct EngineOptions {
     pub limits: limits::QueryLimits,
     /// How long the query history keeps statements (`None`: no history).
     pub history_retention: Option<chrono::TimeDelta>,
+    /// What the engine's session gains after Tarn's planner and rules are in place (a
+    /// coordinator's distributed planner); `None`: queries run in this process.
+    pub session_extension: Option<Arc<dyn SessionExtension>>,
+}
+
+/// Something added to the engine's session after Tarn's planner and rules: it may wrap
+/// the query planner (see `tarn-distributed`).
+pub trait SessionExtension: std::fmt::Debug + Send + Sync {
+    /// `builder`, extended.
+    ///
+    /// # Errors
+    /// When the extension's settings cannot be applied.
+    fn extend(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder>;
 }
 
 impl Default for EngineOptions {
@@ -154,6 +167,7 @@ impl Default for EngineOptions {
             memory: None,
             limits: limits::QueryLimits::default(),
             history_retention: None,
+            session_extension: None,
         }
     }
 }
@@ -238,9 +252,12 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime_env(options.memory.as_ref())?)
             .with_default_features();
-        let mut state =
-            tarn_optimizer::register(builder, first, Arc::new(planner::EnginePlanner::default()))
-                .build();
+        let mut builder =
+            tarn_optimizer::register(builder, first, Arc::new(planner::EnginePlanner::default()));
+        if let Some(extension) = &options.session_extension {
+            builder = extension.extend(builder)?;
+        }
+        let mut state = builder.build();
         tarn_functions::register(&mut state)?;
         state.catalog_list().register_catalog(
             CATALOG_NAME.to_string(),
@@ -1551,9 +1568,32 @@ impl SchemaProvider for TarnDatabase {
 fn runtime_env(
     memory: Option<&limits::MemoryLimit>,
 ) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    runtime_with(
+        memory,
+        datafusion::execution::runtime_env::RuntimeEnvBuilder::new(),
+    )
+}
+
+/// The runtime of a worker of distributed queries: `memory` as a server's, and object
+/// stores built from `stores` on first use, since a worker has no catalog to register
+/// them from (see [`crate::storage::OnDemandStores`]).
+///
+/// # Errors
+/// When the runtime cannot be built (e.g. the spill directory).
+pub fn worker_runtime(
+    stores: Arc<StoreRegistry>,
+    memory: Option<&limits::MemoryLimit>,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    let builder = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(crate::storage::OnDemandStores::new(stores)));
+    runtime_with(memory, builder)
+}
+
+fn runtime_with(
+    memory: Option<&limits::MemoryLimit>,
+    mut builder: datafusion::execution::runtime_env::RuntimeEnvBuilder,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    let mut builder = RuntimeEnvBuilder::new();
     if let Some(memory) = memory {
         builder = builder.with_memory_pool(limits::memory_pool(memory.bytes));
         if let Some(dir) = &memory.spill_dir {
