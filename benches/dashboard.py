@@ -128,17 +128,21 @@ def write_lake(lake: Path, rows: int) -> None:
 
 
 class Server:
-    def __init__(self, binary: str, data_dir: Path, *extra: str):
+    """`tarn serve` (or, with `command="worker"`, `tarn worker`) on 127.0.0.1:0; its
+    address comes from its ready line."""
+
+    def __init__(self, binary: str, data_dir: Path, *extra: str, command: str = "serve"):
+        if command == "serve":
+            extra = ("--schedule-check-secs", "3600", *extra)
         self.proc = subprocess.Popen(
-            [binary, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0",
-             "--schedule-check-secs", "3600", *extra],
+            [binary, "--data-dir", str(data_dir), command, "--listen", "127.0.0.1:0", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         found = {}
         ready = threading.Event()
 
         def read():
             for line in self.proc.stdout:
-                m = re.search(r"listening on (grpc://\S+)", line)
+                m = re.search(r"listening on ((?:grpc|http)://\S+)", line)
                 if m:
                     found["uri"] = m.group(1)
                     ready.set()
@@ -147,7 +151,7 @@ class Server:
         threading.Thread(target=read, daemon=True).start()
         ready.wait(60)
         if "uri" not in found:
-            raise RuntimeError("tarn serve did not start")
+            raise RuntimeError(f"tarn {command} did not start")
         self.uri = found["uri"]
 
     def stop(self):

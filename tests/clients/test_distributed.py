@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Server, connect, tpch_lake
+from conftest import ROOT, Server, connect, moto_s3, tarn, tpch_lake
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benches"))
@@ -151,6 +151,33 @@ def test_workers_refuse_a_coordinator_without_the_token(cluster):
         assert "cluster's token" in outcome.error, outcome.error
     finally:
         intruder.stop()
+
+
+def test_workers_read_an_s3_lake_with_the_same_settings_as_the_coordinator(cluster, tmp_path):
+    """Workers have no catalog: they open the stores a plan names from their own
+    environment, here a real S3 API server (moto)."""
+    with moto_s3("distributed") as (env, client):
+        for f in sorted((cluster["data"] / "orders").glob("*.parquet")):
+            client.upload_file(str(f), "distributed", f"tpch/orders/{f.name}")
+        catalog = tmp_path / "catalog"
+        crawled = tarn(catalog, "crawl", "s3://distributed/tpch", env=env)
+        assert crawled.returncode == 0, crawled.stderr
+        workers = [Server(tmp_path / f"w{i}", command=("worker", "--cluster-token", TOKEN),
+                          env={**env, "TARN_LOG": "info"}) for i in range(2)]
+        coordinator = Server(catalog, command=(
+            "serve", "--workers", ",".join(worker_addr(w) for w in workers),
+            "--cluster-token", TOKEN, "--distribute-min-bytes", "0",
+            "--distribute-bytes-per-partition", "1"), env={**env, "TARN_LOG": "info"})
+        try:
+            sql = ("SELECT o_orderpriority, count(*), sum(o_totalprice) FROM orders "
+                   "GROUP BY 1 ORDER BY 1")
+            plan = explain(coordinator.uri, sql)
+            assert re.search(r"Stage \d+ ── tasks=2", plan), plan
+            assert run(coordinator.uri, sql).rows == run(cluster["coordinator"].uri, sql).rows
+        finally:
+            coordinator.stop()
+            for w in workers:
+                w.stop()
 
 
 def cpu_seconds(pid: int) -> float:

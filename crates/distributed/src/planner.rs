@@ -239,7 +239,10 @@ impl ChoosingPlanner {
         if physical.downcast_ref::<DistributedExec>().is_none() {
             return Ok(None);
         }
-        let task = TaskContext::from(self.worker_functions.as_ref());
+        // A worker's functions, over this process's stores (decoding a scan looks its
+        // store up).
+        let task = TaskContext::from(self.worker_functions.as_ref())
+            .with_runtime(Arc::clone(state.runtime_env()));
         check_stages(&physical, &state, &task)?;
         Ok(Some(physical))
     }
