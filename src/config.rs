@@ -21,6 +21,11 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
 
+    /// Where the catalog lives: a `postgres://user:password@host:port/database` URL for a
+    /// catalog several front ends share; by default SQLite in the data directory.
+    #[arg(long, global = true, env = "TARN_CATALOG")]
+    pub catalog: Option<String>,
+
     /// Log filter (e.g. `info`, `tarn=debug`); logs go to stderr.
     #[arg(long, global = true, env = "TARN_LOG", default_value = "warn")]
     pub log: String,

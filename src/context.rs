@@ -19,12 +19,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// Opens the catalog in the data directory and builds an engine over it.
+    /// Opens the catalog (`--catalog`, or SQLite in the data directory) and builds an
+    /// engine over it.
     ///
     /// # Errors
     /// When the catalog cannot be opened or a DataFusion setting is invalid.
     pub async fn open(cli: &Cli) -> Result<Self> {
-        let catalog = Catalog::open(&cli.data_dir).await?;
+        let catalog = match &cli.catalog {
+            Some(url) => Catalog::connect(url).await?,
+            None => Catalog::open(&cli.data_dir).await?,
+        };
         let stores = Arc::new(StoreRegistry::default());
         // SQL may create tables under the data directory and the --allow-location roots.
         let mut allowed_locations = vec![cli.data_dir.to_string_lossy().into_owned()];

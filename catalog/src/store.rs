@@ -1,6 +1,13 @@
-//! The catalog database: SQLite through sqlx, opened in WAL mode so a server and a crawl
-//! can share one data directory (many readers, one writer at a time, a busy timeout
-//! instead of an error when they meet).
+//! The catalog database, through sqlx's `Any` driver on one of two backends:
+//! - SQLite (the embedded default), opened in WAL mode so a server and a crawl can share
+//!   one data directory (many readers, one writer at a time, a busy timeout instead of an
+//!   error when they meet);
+//! - PostgreSQL, shared by several front ends: the same migrations in PostgreSQL's types
+//!   (`migrations/postgres/`), and table commits that are optimistic (a commit that loses a
+//!   race to another front end is run again on the new state).
+//!
+//! Statements are written once, in the SQL both accept (`$N` parameters, `ON CONFLICT`,
+//! `RETURNING`); the few that differ (JSON properties, integrity checks) ask [`Backend`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -12,62 +19,62 @@ use arrow_ipc::convert::try_schema_from_flatbuffer_bytes;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use arrow_schema::{Field, Schema, SchemaRef};
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, Arguments, ConnectOptions, Row};
 
 use super::model::*;
 use crate::error::{Error, Result};
 
-/// Migrations of the catalog database, embedded in the binary (`catalog/migrations/`).
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "catalog", include_str!("../migrations/0001_catalog.sql")),
-    (
-        2,
-        "crawlers",
-        include_str!("../migrations/0002_crawlers.sql"),
-    ),
-    (3, "rollups", include_str!("../migrations/0003_rollups.sql")),
-    (
-        4,
-        "deferred_deletes",
-        include_str!("../migrations/0004_deferred_deletes.sql"),
-    ),
-    (
-        5,
-        "stats_version",
-        include_str!("../migrations/0005_stats_version.sql"),
-    ),
-    (
-        6,
-        "rollup_errors",
-        include_str!("../migrations/0006_rollup_errors.sql"),
-    ),
-    (
-        7,
-        "query_history",
-        include_str!("../migrations/0007_query_history.sql"),
-    ),
-    (
-        8,
-        "query_statistics",
-        include_str!("../migrations/0008_query_statistics.sql"),
-    ),
-    (
-        9,
-        "uncommitted_writes",
-        include_str!("../migrations/0009_uncommitted_writes.sql"),
-    ),
-    (10, "views", include_str!("../migrations/0010_views.sql")),
+/// One migration: its version, name and SQL in SQLite's and in PostgreSQL's types.
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        (
+            $version,
+            $name,
+            include_str!(concat!("../migrations/", $file)),
+            include_str!(concat!("../migrations/postgres/", $file)),
+        )
+    };
+}
+
+/// Migrations of the catalog database, embedded in the binary (`catalog/migrations/`): one
+/// list, each step written for both backends, so the two always hold the same tables.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    migration!(1, "catalog", "0001_catalog.sql"),
+    migration!(2, "crawlers", "0002_crawlers.sql"),
+    migration!(3, "rollups", "0003_rollups.sql"),
+    migration!(4, "deferred_deletes", "0004_deferred_deletes.sql"),
+    migration!(5, "stats_version", "0005_stats_version.sql"),
+    migration!(6, "rollup_errors", "0006_rollup_errors.sql"),
+    migration!(7, "query_history", "0007_query_history.sql"),
+    migration!(8, "query_statistics", "0008_query_statistics.sql"),
+    migration!(9, "uncommitted_writes", "0009_uncommitted_writes.sql"),
+    migration!(10, "views", "0010_views.sql"),
 ];
+
+/// How many times a table commit that lost a race to another front end (PostgreSQL) is run
+/// again on the new state before the conflict is reported.
+const COMMIT_ATTEMPTS: usize = 8;
 
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The database a catalog lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `catalog.db` in the data directory: the embedded default.
+    Sqlite,
+    /// A PostgreSQL database, which several front ends can share.
+    Postgres,
+}
+
 /// Handle to the catalog database. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     /// Told of commits and finished crawls (shared by every clone).
     observer: Arc<std::sync::RwLock<Option<Observer>>>,
 }
@@ -86,7 +93,10 @@ pub type Observer = Arc<dyn Fn(CatalogEvent) + Send + Sync>;
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("pool", &self.pool).finish()
+        f.debug_struct("Catalog")
+            .field("backend", &self.backend)
+            .field("pool", &self.pool)
+            .finish()
     }
 }
 
@@ -143,27 +153,89 @@ impl Catalog {
     /// [`Error::Migrate`] when the database cannot be opened or migrated.
     pub async fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("catalog.db"))
+        sqlx::any::install_default_drivers();
+        // Absolute: the URL of a relative path would read its first folder as a host name.
+        let file = data_dir.join("catalog.db");
+        let file = std::path::absolute(&file).map_err(|e| Error::io(&file, e))?;
+        let url = SqliteConnectOptions::new()
+            .filename(file)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL".to_owned(),
+                        "PRAGMA synchronous = NORMAL".to_owned(),
+                        format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis()),
+                        "PRAGMA foreign_keys = ON".to_owned(),
+                    ] {
+                        sqlx::query(pragma.as_str()).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(AnyConnectOptions::from_url(&url)?)
             .await?;
+        Self::migrated(pool, Backend::Sqlite).await
+    }
+
+    /// Opens the catalog at `url`: a `postgres://` (or `postgresql://`) URL for a catalog
+    /// several front ends share, a `sqlite://` URL or a directory for an embedded one; and
+    /// applies the migrations (PostgreSQL's take an advisory lock, so front ends that start
+    /// together migrate once).
+    ///
+    /// # Errors
+    /// As [`Catalog::open`]; [`Error::InvalidArgument`] for a URL of another database.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::open(Path::new(path)).await;
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Self::open(Path::new(url)).await;
+        }
+        sqlx::any::install_default_drivers();
+        let unreachable = |e: sqlx::Error| {
+            Error::InvalidArgument(format!(
+                "cannot reach the catalog at {}: {e}; check --catalog (TARN_CATALOG) and that \
+                 the PostgreSQL server is up and accepts this user",
+                redact_password(url)
+            ))
+        };
+        // One connection first: a pool retries a refused connection until its timeout,
+        // where a user wants the reason at once.
+        {
+            use sqlx::Connection;
+            let probe = sqlx::AnyConnection::connect(url)
+                .await
+                .map_err(unreachable)?;
+            probe.close().await.map_err(unreachable)?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(unreachable)?;
+        Self::migrated(pool, Backend::Postgres).await
+    }
+
+    async fn migrated(pool: AnyPool, backend: Backend) -> Result<Self> {
         let migrator = Migrator {
             migrations: Cow::Owned(
                 MIGRATIONS
                     .iter()
-                    .map(|(v, d, sql)| {
+                    .map(|(v, d, sqlite, postgres)| {
+                        let sql = match backend {
+                            Backend::Sqlite => *sqlite,
+                            Backend::Postgres => *postgres,
+                        };
                         Migration::new(
                             *v,
                             Cow::Borrowed(*d),
                             MigrationType::Simple,
-                            Cow::Borrowed(*sql),
+                            Cow::Borrowed(sql),
                             false,
                         )
                     })
@@ -174,17 +246,27 @@ impl Catalog {
         migrator.run(&pool).await?;
         Ok(Self {
             pool,
+            backend,
             observer: Arc::default(),
         })
     }
 
-    /// A transaction that writes. `BEGIN IMMEDIATE` takes the write lock at once, waiting
-    /// up to the busy timeout for another writer (a server's history, a crawl beside it).
-    /// A deferred `BEGIN` that reads first and writes after fails at once with "database
-    /// is locked" when another connection wrote in between: SQLite cannot turn that stale
-    /// read snapshot into a write, and its busy timeout does not cover the case.
-    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// The database this catalog lives in.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A transaction that writes. On SQLite, `BEGIN IMMEDIATE` takes the write lock at
+    /// once, waiting up to the busy timeout for another writer (a server's history, a crawl
+    /// beside it). A deferred `BEGIN` that reads first and writes after fails at once with
+    /// "database is locked" when another connection wrote in between: SQLite cannot turn
+    /// that stale read snapshot into a write, and its busy timeout does not cover the case.
+    /// PostgreSQL's row locks let writers of different rows go on side by side.
+    async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Tells `observer` of every commit and finished crawl from now on, through this handle
@@ -250,7 +332,7 @@ impl Catalog {
              {}
              ORDER BY d.name, t.name",
             if only.is_some() {
-                "WHERE d.name = ?1 AND t.name = ?2"
+                "WHERE d.name = $1 AND t.name = $2"
             } else {
                 ""
             }
@@ -299,7 +381,7 @@ impl Catalog {
     pub async fn schema_history(&self, table_id: i64) -> Result<Vec<(i64, String, String)>> {
         let rows = sqlx::query(
             "SELECT version, columns, created_at FROM schema_versions
-             WHERE table_id = ?1 ORDER BY version",
+             WHERE table_id = $1 ORDER BY version",
         )
         .bind(table_id)
         .fetch_all(&self.pool)
@@ -314,7 +396,7 @@ impl Catalog {
     pub async fn partitions(&self, table_id: i64) -> Result<Vec<PartitionEntry>> {
         let rows = sqlx::query(
             r#"SELECT "values", location, file_count, total_bytes, row_count
-               FROM partitions WHERE table_id = ?1 ORDER BY location"#,
+               FROM partitions WHERE table_id = $1 ORDER BY location"#,
         )
         .bind(table_id)
         .fetch_all(&self.pool)
@@ -336,7 +418,8 @@ impl Catalog {
     /// are left out).
     pub async fn table_sizes(&self) -> Result<HashMap<i64, TableSize>> {
         let rows = sqlx::query_as::<_, (i64, i64, i64, i64)>(
-            "SELECT table_id, count(*), coalesce(sum(row_count), 0), coalesce(sum(size), 0) \
+            "SELECT table_id, count(*), CAST(coalesce(sum(row_count), 0) AS BIGINT), \
+                    CAST(coalesce(sum(size), 0) AS BIGINT) \
              FROM data_files GROUP BY table_id",
         )
         .fetch_all(&self.pool)
@@ -384,7 +467,7 @@ impl Catalog {
         let mut schemas: HashMap<i64, SchemaRef> = HashMap::new();
         for r in sqlx::query(
             "SELECT id, schema FROM file_schemas WHERE id IN
-               (SELECT DISTINCT file_schema_id FROM data_files WHERE table_id = ?1)",
+               (SELECT DISTINCT file_schema_id FROM data_files WHERE table_id = $1)",
         )
         .bind(table_id)
         .fetch_all(&mut *tx)
@@ -395,7 +478,7 @@ impl Catalog {
             schemas.insert(id, schema);
         }
         let mut partitions: HashMap<i64, (Vec<Option<String>>, String)> = HashMap::new();
-        for r in sqlx::query(r#"SELECT id, "values", location FROM partitions WHERE table_id = ?1"#)
+        for r in sqlx::query(r#"SELECT id, "values", location FROM partitions WHERE table_id = $1"#)
             .bind(table_id)
             .fetch_all(&mut *tx)
             .await?
@@ -405,10 +488,10 @@ impl Catalog {
         }
         let rows = sqlx::query(
             r#"SELECT f.path, f.size, f.e_tag, f.last_modified, f.row_count, f.footer_size,
-                      f.file_schema_id, CASE WHEN ?2 THEN f.stats ELSE '{}' END, f.partition_id,
+                      f.file_schema_id, CASE WHEN $2 THEN f.stats ELSE '{}' END, f.partition_id,
                       f.stats_version
                FROM data_files f
-               WHERE f.table_id = ?1
+               WHERE f.table_id = $1
                ORDER BY f.path"#,
         )
         .bind(table_id)
@@ -459,26 +542,65 @@ impl Catalog {
     /// version when the schema changed, partitions and files. A crash before the commit
     /// leaves the previous state untouched.
     ///
+    /// On PostgreSQL the commit is optimistic: it reads the table's version, and swaps it
+    /// for the next only if no other front end committed in between; one that lost the race
+    /// is rolled back and run again on the new state (the commit names files, so applying
+    /// it again is safe), up to [`COMMIT_ATTEMPTS`] times.
+    ///
     /// # Errors
-    /// [`Error::Catalog`] when the database rejects the write (nothing is applied).
+    /// [`Error::Catalog`] when the database rejects the write (nothing is applied);
+    /// [`Error::Conflict`] when other writers won every attempt.
     pub async fn commit_table(&self, commit: &TableCommit) -> Result<CommitOutcome> {
-        // Boxed: the transaction's state across its many awaits would otherwise sit on the
-        // stack of every caller's future.
         let started = std::time::Instant::now();
-        let outcome = Box::pin(self.commit_table_in_one_transaction(commit)).await?;
-        self.tell(CatalogEvent::Committed(started.elapsed()));
-        Ok(outcome)
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            // Boxed: the transaction's state across its many awaits would otherwise sit on
+            // the stack of every caller's future.
+            match Box::pin(self.commit_table_in_one_transaction(commit)).await {
+                Ok(Some(outcome)) => {
+                    self.tell(CatalogEvent::Committed(started.elapsed()));
+                    return Ok(outcome);
+                }
+                Ok(None) => {}
+                Err(e) if lost_race(&e) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::debug!(
+                table = %format!("{}.{}", commit.database, commit.name),
+                attempt,
+                "another writer committed to the table first; committing again"
+            );
+        }
+        Err(Error::Conflict(format!(
+            "{}.{}: other writers committed to the table {COMMIT_ATTEMPTS} times while this \
+             commit was tried; nothing of it was applied",
+            commit.database, commit.name
+        )))
     }
 
-    async fn commit_table_in_one_transaction(&self, commit: &TableCommit) -> Result<CommitOutcome> {
-        let mut tx = self.write_transaction().await?;
+    /// One attempt at [`Catalog::commit_table`]: `None` when another writer committed to
+    /// the table since this one read it (the transaction is rolled back).
+    async fn commit_table_in_one_transaction(
+        &self,
+        commit: &TableCommit,
+    ) -> Result<Option<CommitOutcome>> {
+        // PostgreSQL: one snapshot for the whole commit, so what it reads is what it swaps.
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .await?
+            }
+        };
         let ts = now();
-        sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
-            .bind(&commit.database)
-            .bind(&ts)
-            .execute(&mut *tx)
-            .await?;
-        let database_id: i64 = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+        sqlx::query(
+            "INSERT INTO databases (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&commit.database)
+        .bind(&ts)
+        .execute(&mut *tx)
+        .await?;
+        let database_id: i64 = sqlx::query_scalar("SELECT id FROM databases WHERE name = $1")
             .bind(&commit.database)
             .fetch_one(&mut *tx)
             .await?;
@@ -487,17 +609,19 @@ impl Catalog {
         let schema = strip_metadata(&commit.file_schema);
         let schema_bytes = encode_schema(&schema);
 
-        let existing = sqlx::query(
+        let existing = sqlx::query(&format!(
             "SELECT t.id, t.schema_version, s.schema, t.partition_columns, t.location, t.format,
-                    json_extract(t.properties, '$.format_state')
+                    {}, t.version
              FROM tables t JOIN schema_versions s
                ON s.table_id = t.id AND s.version = t.schema_version
-             WHERE t.database_id = ?1 AND t.name = ?2",
-        )
+             WHERE t.database_id = $1 AND t.name = $2",
+            self.backend.property("t.properties", "format_state")
+        ))
         .bind(database_id)
         .bind(&commit.name)
         .fetch_optional(&mut *tx)
         .await?;
+        let read_version: Option<i64> = existing.as_ref().map(|row| row.get(7));
 
         let mut outcome = CommitOutcome {
             created: false,
@@ -529,67 +653,29 @@ impl Catalog {
             }
         };
 
-        let state = commit
-            .format_state
-            .as_ref()
-            .map(|v| ("format_state", serde_json::to_string(v)));
-        let declared = commit
-            .declared
-            .as_ref()
-            .map(|v| ("declared", serde_json::to_string(v)));
-        for (key, value) in state.into_iter().chain(declared) {
-            let value =
-                value.map_err(|e| Error::Internal(format!("table property {key} to JSON: {e}")))?;
-            sqlx::query(
-                "UPDATE tables SET properties = json_set(properties, '$.' || ?2, json(?3))
-                 WHERE id = ?1",
-            )
-            .bind(table_id)
-            .bind(key)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        }
-
+        set_commit_properties(&mut tx, self.backend, table_id, commit).await?;
         let mut touched = remove_files(&mut tx, table_id, commit, outcome.created).await?;
         let partition_ids = partition_ids(&mut tx, table_id, commit, &mut outcome).await?;
-        upsert_files(&mut tx, table_id, commit, &partition_ids, &mut touched).await?;
+        upsert_files(
+            &mut tx,
+            self.backend,
+            table_id,
+            commit,
+            &partition_ids,
+            &mut touched,
+        )
+        .await?;
         release_written(&mut tx, commit).await?;
 
         if !commit.upserts.is_empty() || !commit.removals.is_empty() {
-            let touched: Vec<i64> = touched.into_iter().collect();
-            for ids in touched.chunks(INSERT_CHUNK) {
-                rows_in(
-                    "UPDATE partitions SET
-                       file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
-                       total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
-                       row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
-                     WHERE table_id = ",
-                    table_id,
-                    "id",
-                    ids.iter().copied(),
-                    "",
-                )
-                .build()
-                .execute(&mut *tx)
-                .await?;
-                let mut delete = rows_in(
-                    "DELETE FROM partitions WHERE file_count = 0 AND table_id = ",
-                    table_id,
-                    "id",
-                    ids.iter().copied(),
-                    "",
-                );
-                outcome.partitions_removed +=
-                    delete.build().execute(&mut *tx).await?.rows_affected();
-            }
+            outcome.partitions_removed += recount_partitions(&mut tx, table_id, touched).await?;
             outcome.changed = true;
         }
         outcome.changed |= outcome.created || outcome.new_schema_version;
         if commit.one_file_per_partition {
             let crowded: Option<String> = sqlx::query_scalar(
                 "SELECT p.location FROM data_files f JOIN partitions p ON p.id = f.partition_id
-                 WHERE f.table_id = ?1 GROUP BY f.partition_id HAVING count(*) > 1 LIMIT 1",
+                 WHERE f.table_id = $1 GROUP BY p.id, p.location HAVING count(*) > 1 LIMIT 1",
             )
             .bind(table_id)
             .fetch_optional(&mut *tx)
@@ -604,15 +690,26 @@ impl Catalog {
             }
         }
         if outcome.changed {
-            sqlx::query("UPDATE tables SET version = version + 1, updated_at = ?2 WHERE id = ?1")
-                .bind(table_id)
-                .bind(&ts)
-                .execute(&mut *tx)
-                .await?;
+            // Compare and swap: a table whose version moved since it was read was committed
+            // to by another writer (only PostgreSQL lets that happen), and this commit is
+            // run again on the new state.
+            let swapped = sqlx::query(
+                "UPDATE tables SET version = version + 1, updated_at = $2
+                 WHERE id = $1 AND ($3 IS NULL OR version = $3)",
+            )
+            .bind(table_id)
+            .bind(&ts)
+            .bind(read_version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if swapped == 0 {
+                return Ok(None);
+            }
             bump_generation(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// Records the start of a crawl; returns its id.
@@ -624,7 +721,7 @@ impl Catalog {
     ) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "INSERT INTO crawls (location, database, started_at, status, crawler)
-             VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
+             VALUES ($1, $2, $3, 'running', $4) RETURNING id",
         )
         .bind(location)
         .bind(database)
@@ -637,7 +734,7 @@ impl Catalog {
     /// Records how a crawl ended, with its summary as JSON.
     pub async fn finish_crawl(&self, id: i64, status: &str, summary: &str) -> Result<()> {
         let started: Option<String> = sqlx::query_scalar(
-            "UPDATE crawls SET finished_at = ?2, status = ?3, summary = ?4 WHERE id = ?1 \
+            "UPDATE crawls SET finished_at = $2, status = $3, summary = $4 WHERE id = $1 \
              RETURNING started_at",
         )
         .bind(id)
@@ -671,7 +768,7 @@ impl Catalog {
     ) -> Result<Vec<CrawlRecord>> {
         let rows = sqlx::query(
             "SELECT id, location, database, started_at, finished_at, status, summary
-             FROM crawls WHERE ?2 IS NULL OR crawler = ?2 ORDER BY id DESC LIMIT ?1",
+             FROM crawls WHERE $2 IS NULL OR crawler = $2 ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .bind(crawler)
@@ -694,7 +791,7 @@ impl Catalog {
     /// The most recent crawls, newest first, as (id, location, status, summary JSON).
     pub async fn crawls(&self, limit: i64) -> Result<Vec<(i64, String, String, Option<String>)>> {
         let rows = sqlx::query(
-            "SELECT id, location, status, summary FROM crawls ORDER BY id DESC LIMIT ?1",
+            "SELECT id, location, status, summary FROM crawls ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -712,8 +809,8 @@ impl Catalog {
         let options = serde_json::to_string(&crawler.options)
             .map_err(|e| Error::Internal(format!("crawler options to JSON: {e}")))?;
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO crawlers (name, location, database, options, schedule, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO crawlers (name, location, database, options, schedule, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(&crawler.name)
         .bind(&crawler.location)
@@ -768,7 +865,7 @@ impl Catalog {
 
     /// Forgets a crawler (its crawls stay in the history). Returns whether it existed.
     pub async fn drop_crawler(&self, name: &str) -> Result<bool> {
-        let dropped = sqlx::query("DELETE FROM crawlers WHERE name = ?1")
+        let dropped = sqlx::query("DELETE FROM crawlers WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await?
@@ -779,12 +876,36 @@ impl Catalog {
 
     /// Records that a crawler started at `at` (RFC 3339), so its schedule moves on.
     pub async fn crawler_started(&self, name: &str, at: &str) -> Result<()> {
-        sqlx::query("UPDATE crawlers SET last_started_at = ?2 WHERE name = ?1")
+        sqlx::query("UPDATE crawlers SET last_started_at = $2 WHERE name = $1")
             .bind(name)
             .bind(at)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Claims a scheduled run of a crawler: records `at` as its start only if its last
+    /// start is still `seen` (what the caller read when it found the run due). Returns
+    /// whether this caller won the claim; with front ends sharing a catalog, one runs the
+    /// crawl and the others see its new start and skip it.
+    pub async fn claim_crawler_run(
+        &self,
+        name: &str,
+        seen: Option<&str>,
+        at: &str,
+    ) -> Result<bool> {
+        let claimed = sqlx::query(
+            "UPDATE crawlers SET last_started_at = $2
+             WHERE name = $1
+               AND (last_started_at = $3 OR (last_started_at IS NULL AND $3 IS NULL))",
+        )
+        .bind(name)
+        .bind(at)
+        .bind(seen)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
     }
 
     /// Stores a rollup's definition (its rows come with its first refresh).
@@ -798,8 +919,8 @@ impl Catalog {
         let mut tx = self.write_transaction().await?;
         let database_id = existing_database(&mut tx, &rollup.database).await?;
         let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO rollups (database_id, name, definition, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO rollups (database_id, name, definition, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(database_id)
         .bind(&rollup.name)
@@ -853,8 +974,8 @@ impl Catalog {
     pub async fn rollup_refreshed(&self, database: &str, name: &str, at: &str) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         let repaired = sqlx::query(
-            "UPDATE rollups SET last_error = NULL, last_error_at = NULL WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)
+            "UPDATE rollups SET last_error = NULL, last_error_at = NULL WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)
                AND last_error IS NOT NULL",
         )
         .bind(database)
@@ -863,8 +984,8 @@ impl Catalog {
         .await?
         .rows_affected();
         sqlx::query(
-            "UPDATE rollups SET refreshed_at = ?3 WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+            "UPDATE rollups SET refreshed_at = $3 WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)",
         )
         .bind(database)
         .bind(name)
@@ -890,8 +1011,8 @@ impl Catalog {
     ) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         sqlx::query(
-            "UPDATE rollups SET last_error = ?3, last_error_at = ?4 WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)",
+            "UPDATE rollups SET last_error = $3, last_error_at = $4 WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)",
         )
         .bind(database)
         .bind(name)
@@ -915,7 +1036,7 @@ impl Catalog {
         let mut tx = self.write_transaction().await?;
         for path in paths {
             sqlx::query(
-                "INSERT INTO deferred_deletes (location, path, due_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO deferred_deletes (location, path, due_at) VALUES ($1, $2, $3)",
             )
             .bind(location)
             .bind(path)
@@ -931,16 +1052,20 @@ impl Catalog {
     /// `catalogued` says a table at that location references the file (then it must stay:
     /// only the row is forgotten).
     pub async fn due_deletes(&self, now: &str) -> Result<Vec<(i64, String, String, bool)>> {
-        let rows = sqlx::query_as::<_, (i64, String, String, bool)>(
+        let rows = sqlx::query_as::<_, (i64, String, String, i64)>(
             "SELECT d.id, d.location, d.path,
-                    EXISTS (SELECT 1 FROM data_files f JOIN tables t ON t.id = f.table_id
-                            WHERE t.location = d.location AND f.path = d.path)
-             FROM deferred_deletes d WHERE d.due_at <= ?1 ORDER BY d.id",
+                    CASE WHEN EXISTS (SELECT 1 FROM data_files f JOIN tables t ON t.id = f.table_id
+                                      WHERE t.location = d.location AND f.path = d.path)
+                         THEN 1 ELSE 0 END
+             FROM deferred_deletes d WHERE d.due_at <= $1 ORDER BY d.id",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        Ok(rows
+            .into_iter()
+            .map(|(id, location, path, catalogued)| (id, location, path, catalogued != 0))
+            .collect())
     }
 
     /// Records a statement in the query history, and forgets those submitted before
@@ -960,14 +1085,20 @@ impl Catalog {
         let mut tx = self.write_transaction().await?;
         for q in records {
             let s = &q.stats;
-            sqlx::query(
-                "INSERT OR REPLACE INTO query_history (query_id, user_name, database_name, \
-                 sql_text, state, submitted_at, queued_ms, execution_ms, rows_returned, error, \
-                 front_door, planning_ms, bytes_returned, bytes_scanned, files_scanned, \
-                 partitions_scanned, partitions_pruned, materialized_view, result_cache_hit, \
-                 peak_memory_bytes, spilled_bytes) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
+            sqlx::query(&format!(
+                "INSERT INTO query_history ({QUERY_COLUMNS}) VALUES ({}) \
+                     ON CONFLICT (query_id) DO UPDATE SET {}",
+                (1..=QUERY_COLUMN_COUNT)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                QUERY_COLUMNS
+                    .split(", ")
+                    .skip(1)
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
             .bind(&q.query_id)
             .bind(&q.user)
             .bind(&q.database)
@@ -986,14 +1117,14 @@ impl Catalog {
             .bind(s.partitions_scanned)
             .bind(s.partitions_pruned)
             .bind(&s.materialized_view)
-            .bind(s.result_cache_hit)
+            .bind(i64::from(s.result_cache_hit))
             .bind(s.peak_memory_bytes)
             .bind(s.spilled_bytes)
             .execute(&mut *tx)
             .await?;
         }
         if let Some(before) = forget_before {
-            sqlx::query("DELETE FROM query_history WHERE submitted_at < ?")
+            sqlx::query("DELETE FROM query_history WHERE submitted_at < $1")
                 .bind(before)
                 .execute(&mut *tx)
                 .await?;
@@ -1006,7 +1137,7 @@ impl Catalog {
     pub async fn query_history(&self, user: Option<&str>, limit: i64) -> Result<Vec<QueryRecord>> {
         let sql = format!(
             "SELECT {QUERY_COLUMNS} FROM query_history \
-             WHERE (?1 IS NULL OR user_name = ?1) ORDER BY submitted_at DESC, query_id LIMIT ?2"
+             WHERE ($1 IS NULL OR user_name = $1) ORDER BY submitted_at DESC, query_id LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(user)
@@ -1018,7 +1149,7 @@ impl Catalog {
 
     /// The history's record of statement `query_id`, if it has one.
     pub async fn query_record(&self, query_id: &str) -> Result<Option<QueryRecord>> {
-        let sql = format!("SELECT {QUERY_COLUMNS} FROM query_history WHERE query_id = ?1");
+        let sql = format!("SELECT {QUERY_COLUMNS} FROM query_history WHERE query_id = $1");
         let row = sqlx::query(&sql)
             .bind(query_id)
             .fetch_optional(&self.pool)
@@ -1035,23 +1166,26 @@ impl Catalog {
     /// When the database cannot be read at all.
     pub async fn check(&self) -> Result<Vec<String>> {
         let mut problems = Vec::new();
-        let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        // PostgreSQL keeps its own pages and foreign keys whole; SQLite is asked.
+        if self.backend == Backend::Sqlite {
+            let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_all(&self.pool)
+                .await?;
+            problems.extend(
+                integrity
+                    .into_iter()
+                    .filter(|line| line != "ok")
+                    .map(|line| format!("SQLite integrity check: {line}")),
+            );
+            let dangling = sqlx::query_as::<_, (String, i64, String)>(
+                "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check",
+            )
             .fetch_all(&self.pool)
             .await?;
-        problems.extend(
-            integrity
-                .into_iter()
-                .filter(|line| line != "ok")
-                .map(|line| format!("SQLite integrity check: {line}")),
-        );
-        let dangling = sqlx::query_as::<_, (String, i64, String)>(
-            "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        problems.extend(dangling.into_iter().map(|(table, row, parent)| {
-            format!("row {row} of {table} refers to a row of {parent} that does not exist")
-        }));
+            problems.extend(dangling.into_iter().map(|(table, row, parent)| {
+                format!("row {row} of {table} refers to a row of {parent} that does not exist")
+            }));
+        }
         let invariants: [(&str, &str); 3] = [
             (
                 "SELECT d.name || '.' || t.name FROM tables t JOIN databases d ON d.id = t.database_id
@@ -1063,9 +1197,12 @@ impl Catalog {
                 "SELECT d.name || '.' || t.name || ' partition ' || p.location
                  FROM partitions p JOIN tables t ON t.id = p.table_id
                  JOIN databases d ON d.id = t.database_id
-                 WHERE (p.file_count, p.row_count, p.total_bytes) IS NOT
-                       (SELECT count(*), coalesce(sum(f.row_count), 0), coalesce(sum(f.size), 0)
-                        FROM data_files f WHERE f.partition_id = p.id)",
+                 WHERE p.file_count <> (SELECT count(*) FROM data_files f
+                                        WHERE f.partition_id = p.id)
+                    OR p.row_count <> (SELECT coalesce(sum(f.row_count), 0) FROM data_files f
+                                       WHERE f.partition_id = p.id)
+                    OR p.total_bytes <> (SELECT coalesce(sum(f.size), 0) FROM data_files f
+                                         WHERE f.partition_id = p.id)",
                 "counts files, rows or bytes its files do not add up to",
             ),
             (
@@ -1095,7 +1232,7 @@ impl Catalog {
     pub async fn forget_deletes(&self, ids: &[i64]) -> Result<()> {
         let mut tx = self.write_transaction().await?;
         for id in ids {
-            sqlx::query("DELETE FROM deferred_deletes WHERE id = ?1")
+            sqlx::query("DELETE FROM deferred_deletes WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -1135,9 +1272,9 @@ impl Catalog {
         let mut tx = self.write_transaction().await?;
         let database_id = existing_database(&mut tx, &view.database).await?;
         let taken: Option<String> = sqlx::query_scalar(
-            "SELECT 'a table' FROM tables WHERE database_id = ?1 AND name = ?2
+            "SELECT 'a table' FROM tables WHERE database_id = $1 AND name = $2
              UNION ALL SELECT 'a materialized view' FROM rollups
-              WHERE database_id = ?1 AND name = ?2",
+              WHERE database_id = $1 AND name = $2",
         )
         .bind(database_id)
         .bind(&view.name)
@@ -1150,7 +1287,7 @@ impl Catalog {
             )));
         }
         let exists: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM views WHERE database_id = ?1 AND name = ?2")
+            sqlx::query_scalar("SELECT id FROM views WHERE database_id = $1 AND name = $2")
                 .bind(database_id)
                 .bind(&view.name)
                 .fetch_optional(&mut *tx)
@@ -1166,8 +1303,8 @@ impl Catalog {
             }
             (Some(id), true, _) => {
                 sqlx::query(
-                    "UPDATE views SET query = ?2, columns = ?3, updated_at = ?4, resolve_in = ?5
-                     WHERE id = ?1",
+                    "UPDATE views SET query = $2, columns = $3, updated_at = $4, resolve_in = $5
+                     WHERE id = $1",
                 )
                 .bind(id)
                 .bind(&view.query)
@@ -1181,7 +1318,7 @@ impl Catalog {
                 sqlx::query(
                     "INSERT INTO views
                        (database_id, name, query, columns, created_at, updated_at, resolve_in)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
                 )
                 .bind(database_id)
                 .bind(&view.name)
@@ -1245,14 +1382,15 @@ impl Catalog {
     /// [`Error::InvalidArgument`] when it exists and `if_not_exists` is false.
     pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
         let mut tx = self.write_transaction().await?;
-        let inserted =
-            sqlx::query("INSERT OR IGNORE INTO databases (name, created_at) VALUES (?1, ?2)")
-                .bind(name)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+        let inserted = sqlx::query(
+            "INSERT INTO databases (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         if !inserted {
             if if_not_exists {
                 return Ok(false);
@@ -1278,7 +1416,7 @@ impl Catalog {
             ));
         }
         let mut tx = self.write_transaction().await?;
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -1291,8 +1429,8 @@ impl Catalog {
             )));
         };
         let tables: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM tables WHERE database_id = ?1)
-                  + (SELECT count(*) FROM views WHERE database_id = ?1)",
+            "SELECT (SELECT count(*) FROM tables WHERE database_id = $1)
+                  + (SELECT count(*) FROM views WHERE database_id = $1)",
         )
         .bind(id)
         .fetch_one(&mut *tx)
@@ -1302,7 +1440,7 @@ impl Catalog {
                 "database '{name}' has {tables} table(s) or view(s); drop them first or use DROP DATABASE {name} CASCADE"
             )));
         }
-        sqlx::query("DELETE FROM databases WHERE id = ?1")
+        sqlx::query("DELETE FROM databases WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -1330,7 +1468,7 @@ impl Catalog {
     pub async fn table_properties(&self, table_id: i64) -> Result<TableProperties> {
         let (text, name): (String, String) = sqlx::query_as(
             "SELECT t.properties, d.name || '.' || t.name
-             FROM tables t JOIN databases d ON d.id = t.database_id WHERE t.id = ?1",
+             FROM tables t JOIN databases d ON d.id = t.database_id WHERE t.id = $1",
         )
         .bind(table_id)
         .fetch_one(&self.pool)
@@ -1344,12 +1482,12 @@ impl Catalog {
     /// The tables with pinned partitions, with them, in one query (a crawl asks on every
     /// run, so not one query per table).
     pub async fn tables_with_pinned_partitions(&self) -> Result<Vec<(i64, Vec<PinnedPartition>)>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT t.id, d.name || '.' || t.name,
-                    CAST(json_extract(t.properties, '$.partition_locations') AS TEXT)
+        let pinned = self.backend.property("t.properties", "partition_locations");
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+            "SELECT t.id, d.name || '.' || t.name, {pinned}
              FROM tables t JOIN databases d ON d.id = t.database_id
-             WHERE json_type(t.properties, '$.partition_locations') IS NOT NULL",
-        )
+             WHERE {pinned} IS NOT NULL"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -1368,13 +1506,21 @@ impl Catalog {
     /// Either is a new table version, so servers reload what they read.
     pub async fn set_deprecated(&self, table_id: i64, reason: Option<&str>) -> Result<()> {
         let mut tx = self.write_transaction().await?;
-        sqlx::query(
+        // The reason as a JSON string: both backends set a property from JSON text.
+        let reason = reason
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("deprecation reason to JSON: {e}")))?;
+        sqlx::query(&format!(
             "UPDATE tables SET
-               properties = CASE WHEN ?2 IS NULL THEN json_remove(properties, '$.deprecated')
-                                 ELSE json_set(properties, '$.deprecated', ?2) END,
-               version = version + 1, updated_at = ?3
-             WHERE id = ?1",
-        )
+               properties = CASE WHEN $2 IS NULL THEN {}
+                                 ELSE {} END,
+               version = version + 1, updated_at = $3
+             WHERE id = $1",
+            self.backend.remove_property("properties", "deprecated"),
+            self.backend
+                .set_property("properties", "'deprecated'", "$2"),
+        ))
         .bind(table_id)
         .bind(reason)
         .bind(now())
@@ -1394,12 +1540,14 @@ impl Catalog {
     ) -> Result<()> {
         let value = serde_json::to_string(pinned)
             .map_err(|e| Error::Internal(format!("pinned partitions to JSON: {e}")))?;
-        sqlx::query(
-            "UPDATE tables SET properties = CASE WHEN ?2 = '[]'
-                 THEN json_remove(properties, '$.partition_locations')
-                 ELSE json_set(properties, '$.partition_locations', json(?2)) END
-             WHERE id = ?1",
-        )
+        sqlx::query(&format!(
+            "UPDATE tables SET properties = CASE WHEN $2 = '[]' THEN {} ELSE {} END
+             WHERE id = $1",
+            self.backend
+                .remove_property("properties", "partition_locations"),
+            self.backend
+                .set_property("properties", "'partition_locations'", "$2"),
+        ))
         .bind(table_id)
         .bind(value)
         .execute(&self.pool)
@@ -1417,7 +1565,7 @@ impl Catalog {
             .map_err(|e| Error::Internal(format!("partition values to JSON: {e}")))?;
         let mut tx = self.write_transaction().await?;
         let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM partitions WHERE table_id = ?1 AND \"values\" = ?2")
+            sqlx::query_scalar("SELECT id FROM partitions WHERE table_id = $1 AND \"values\" = $2")
                 .bind(table_id)
                 .bind(&json)
                 .fetch_all(&mut *tx)
@@ -1429,17 +1577,17 @@ impl Catalog {
         }
         let mut files = 0;
         for id in ids {
-            files += sqlx::query("DELETE FROM data_files WHERE partition_id = ?1")
+            files += sqlx::query("DELETE FROM data_files WHERE partition_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            sqlx::query("DELETE FROM partitions WHERE id = ?1")
+            sqlx::query("DELETE FROM partitions WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE tables SET version = version + 1, updated_at = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE tables SET version = version + 1, updated_at = $2 WHERE id = $1")
             .bind(table_id)
             .bind(now())
             .execute(&mut *tx)
@@ -1473,23 +1621,23 @@ enum Named {
 
 /// Deletes the object `database.name` of a kind; returns how many rows went.
 async fn delete_named(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: Named,
     database: &str,
     name: &str,
 ) -> Result<u64> {
     let sql = match kind {
         Named::Table => {
-            "DELETE FROM tables WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+            "DELETE FROM tables WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)"
         }
         Named::Rollup => {
-            "DELETE FROM rollups WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+            "DELETE FROM rollups WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)"
         }
         Named::View => {
-            "DELETE FROM views WHERE name = ?2
-               AND database_id = (SELECT id FROM databases WHERE name = ?1)"
+            "DELETE FROM views WHERE name = $2
+               AND database_id = (SELECT id FROM databases WHERE name = $1)"
         }
     };
     Ok(sqlx::query(sql)
@@ -1515,11 +1663,8 @@ fn stored_json<T: serde::de::DeserializeOwned>(
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] when there is no such database.
-async fn existing_database(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    name: &str,
-) -> Result<i64> {
-    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = ?1")
+async fn existing_database(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> Result<i64> {
+    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM databases WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?;
@@ -1530,11 +1675,67 @@ async fn existing_database(
     })
 }
 
-async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+async fn bump_generation(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
     sqlx::query("UPDATE catalog_state SET generation = generation + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// `url` with its password, if any, replaced by `***` (for messages and logs).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether `e` is a commit that lost a race to another writer (PostgreSQL: a
+/// serialization failure, a deadlock, or a row another front end inserted first), so that
+/// running it again on the new state will do.
+fn lost_race(e: &Error) -> bool {
+    match e {
+        Error::Catalog(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01" | "23505"))
+        }
+        _ => false,
+    }
+}
+
+impl Backend {
+    /// SQL for the JSON text of the property `key` of the JSON object in `column` (NULL
+    /// when it has none).
+    fn property(self, column: &str, key: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("CAST(json_extract({column}, '$.{key}') AS TEXT)"),
+            Backend::Postgres => format!("(({column})::jsonb -> '{key}')::text"),
+        }
+    }
+
+    /// SQL for the JSON object in `column` with the property named by the parameter `key`
+    /// set to the JSON text in the parameter `json`.
+    fn set_property(self, column: &str, key: &str, json: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("json_set({column}, '$.' || {key}, json({json}))"),
+            Backend::Postgres => {
+                format!("jsonb_set(({column})::jsonb, ARRAY[{key}::text], ({json})::jsonb)::text")
+            }
+        }
+    }
+
+    /// SQL for the JSON object in `column` without the property `key`.
+    fn remove_property(self, column: &str, key: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("json_remove({column}, '$.{key}')"),
+            Backend::Postgres => format!("(({column})::jsonb - '{key}')::text"),
+        }
+    }
 }
 
 fn parse_values(json: &str, table_id: i64) -> Result<Vec<Option<String>>> {
@@ -1552,48 +1753,214 @@ fn rows_in<'a, T>(
     column: &str,
     values: impl IntoIterator<Item = T>,
     tail: &str,
-) -> sqlx::QueryBuilder<'a, sqlx::Sqlite>
+) -> Statement<'a>
 where
-    T: 'a + sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    T: 'a + sqlx::Encode<'a, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
-    let mut query = sqlx::QueryBuilder::new(head);
+    let mut query = Statement::new(head);
+    query.bind(table_id).push(&format!(" AND {column} IN ("));
+    query.bind_list(values);
+    query.push(")").push(tail);
     query
-        .push_bind(table_id)
-        .push(format!(" AND {column} IN ("));
-    let mut list = query.separated(", ");
-    for value in values {
-        list.push_bind(value);
+}
+
+/// A statement put together from SQL text and bound values, numbered `$1, $2, …` as both
+/// backends read them (sqlx's `QueryBuilder` numbers none for the `Any` driver, which
+/// PostgreSQL cannot read).
+struct Statement<'q> {
+    sql: String,
+    args: AnyArguments<'q>,
+    count: usize,
+    /// Rows of a `VALUES` list so far, and whether the current one has a value yet.
+    rows: usize,
+    row_started: bool,
+    /// The first value that did not encode: reported when the statement runs.
+    error: Option<String>,
+}
+
+impl<'q> Statement<'q> {
+    fn new(head: &str) -> Self {
+        Self {
+            sql: head.to_owned(),
+            args: AnyArguments::default(),
+            count: 0,
+            rows: 0,
+            row_started: false,
+            error: None,
+        }
     }
-    list.push_unseparated(")");
-    query.push(tail);
-    query
+
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Binds `value` as the next parameter, written where the text has got to.
+    fn bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert_with(|| e.to_string());
+        }
+        self.count += 1;
+        self.sql.push_str(&format!("${}", self.count));
+        self
+    }
+
+    /// Binds each value, separated by commas.
+    fn bind_list<T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
+    /// Starts the next row of a `VALUES` list.
+    fn row(&mut self) -> &mut Self {
+        self.sql
+            .push_str(if self.rows == 0 { " VALUES (" } else { "), (" });
+        self.rows += 1;
+        self.row_started = false;
+        self
+    }
+
+    /// Binds the next value of the current row.
+    fn value<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        if self.row_started {
+            self.sql.push_str(", ");
+        }
+        self.row_started = true;
+        self.bind(value)
+    }
+
+    /// Ends a `VALUES` list.
+    fn end_rows(&mut self) -> &mut Self {
+        if self.rows > 0 {
+            self.sql.push(')');
+        }
+        self
+    }
+
+    fn finish(self) -> Result<(String, AnyArguments<'q>)> {
+        match self.error {
+            Some(e) => Err(Error::Internal(format!(
+                "a catalog value did not encode: {e}"
+            ))),
+            None => Ok((self.sql, self.args)),
+        }
+    }
+
+    async fn run(self, conn: &mut sqlx::AnyConnection) -> Result<sqlx::any::AnyQueryResult> {
+        let (sql, args) = self.finish()?;
+        Ok(sqlx::query_with(&sql, args).execute(conn).await?)
+    }
+
+    async fn fetch_all(self, conn: &mut sqlx::AnyConnection) -> Result<Vec<sqlx::any::AnyRow>> {
+        let (sql, args) = self.finish()?;
+        Ok(sqlx::query_with(&sql, args).fetch_all(conn).await?)
+    }
+}
+
+/// Stores the table properties a commit carries (format state, declared layout) in its
+/// transaction.
+async fn set_commit_properties(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    table_id: i64,
+    commit: &TableCommit,
+) -> Result<()> {
+    let state = commit
+        .format_state
+        .as_ref()
+        .map(|v| ("format_state", serde_json::to_string(v)));
+    let declared = commit
+        .declared
+        .as_ref()
+        .map(|v| ("declared", serde_json::to_string(v)));
+    for (key, value) in state.into_iter().chain(declared) {
+        let value =
+            value.map_err(|e| Error::Internal(format!("table property {key} to JSON: {e}")))?;
+        sqlx::query(&format!(
+            "UPDATE tables SET properties = {} WHERE id = $1",
+            backend.set_property("properties", "$2", "$3")
+        ))
+        .bind(table_id)
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Recomputes the file, byte and row counts of the `touched` partitions from their files
+/// and deletes those left empty; returns how many were deleted.
+async fn recount_partitions(
+    tx: &mut sqlx::AnyConnection,
+    table_id: i64,
+    touched: std::collections::BTreeSet<i64>,
+) -> Result<u64> {
+    let touched: Vec<i64> = touched.into_iter().collect();
+    let mut removed = 0;
+    for ids in touched.chunks(INSERT_CHUNK) {
+        rows_in(
+            "UPDATE partitions SET
+               file_count = (SELECT count(*) FROM data_files f WHERE f.partition_id = partitions.id),
+               total_bytes = (SELECT coalesce(sum(size), 0) FROM data_files f WHERE f.partition_id = partitions.id),
+               row_count = (SELECT coalesce(sum(row_count), 0) FROM data_files f WHERE f.partition_id = partitions.id)
+             WHERE table_id = ",
+            table_id,
+            "id",
+            ids.iter().copied(),
+            "",
+        )
+        .run(&mut *tx)
+        .await?;
+        let delete = rows_in(
+            "DELETE FROM partitions WHERE file_count = 0 AND table_id = ",
+            table_id,
+            "id",
+            ids.iter().copied(),
+            "",
+        );
+        removed += delete.run(&mut *tx).await?.rows_affected();
+    }
+    Ok(removed)
 }
 
 /// Forgets the uncommitted-write records of the files `commit` catalogues: they are
 /// committed now, and must not be swept.
-async fn release_written(tx: &mut sqlx::SqliteConnection, commit: &TableCommit) -> Result<()> {
+async fn release_written(tx: &mut sqlx::AnyConnection, commit: &TableCommit) -> Result<()> {
     if commit.upserts.is_empty() {
         return Ok(());
     }
     // A crawl's commit may carry many thousands of files and its location has no pending
     // write as a rule: look once before deleting path by path.
-    let pending: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deferred_deletes WHERE location = ?1)")
-            .bind(&commit.location)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !pending {
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM deferred_deletes WHERE location = $1 LIMIT 1) p",
+    )
+    .bind(&commit.location)
+    .fetch_one(&mut *tx)
+    .await?;
+    if pending == 0 {
         return Ok(());
     }
     for files in commit.upserts.chunks(INSERT_CHUNK) {
-        let mut query = sqlx::QueryBuilder::new("DELETE FROM deferred_deletes WHERE location = ");
-        query.push_bind(&commit.location).push(" AND path IN (");
-        let mut list = query.separated(", ");
-        for file in files {
-            list.push_bind(&file.path);
-        }
-        list.push_unseparated(")");
-        query.build().execute(&mut *tx).await?;
+        let mut query = Statement::new("DELETE FROM deferred_deletes WHERE location = ");
+        query.bind(&commit.location).push(" AND path IN (");
+        query.bind_list(files.iter().map(|f| &f.path));
+        query.push(")");
+        query.run(&mut *tx).await?;
     }
     Ok(())
 }
@@ -1609,8 +1976,8 @@ struct NewTableRow<'a> {
 /// Brings an existing table's row up to `commit` (a new schema version when the schema
 /// changed; partition columns, location and format); returns the table's id.
 async fn update_table_row(
-    tx: &mut sqlx::SqliteConnection,
-    row: &sqlx::sqlite::SqliteRow,
+    tx: &mut sqlx::AnyConnection,
+    row: &sqlx::any::AnyRow,
     commit: &TableCommit,
     table: &NewTableRow<'_>,
     outcome: &mut CommitOutcome,
@@ -1623,7 +1990,7 @@ async fn update_table_row(
     if old_schema.as_ref() != table.schema {
         sqlx::query(
             "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(version + 1)
@@ -1632,7 +1999,7 @@ async fn update_table_row(
         .bind(table.ts)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE tables SET schema_version = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE tables SET schema_version = $2 WHERE id = $1")
             .bind(id)
             .bind(version + 1)
             .execute(&mut *tx)
@@ -1644,8 +2011,8 @@ async fn update_table_row(
         || row.get::<&str, _>(5) != commit.format.as_str()
     {
         sqlx::query(
-            "UPDATE tables SET partition_columns = ?2, location = ?3, format = ?4
-             WHERE id = ?1",
+            "UPDATE tables SET partition_columns = $2, location = $3, format = $4
+             WHERE id = $1",
         )
         .bind(id)
         .bind(table.partition_json)
@@ -1667,7 +2034,7 @@ async fn update_table_row(
 
 /// Inserts a new table's row and its first schema version; returns the table's id.
 async fn insert_table_row(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     database_id: i64,
     commit: &TableCommit,
     table: &NewTableRow<'_>,
@@ -1675,7 +2042,7 @@ async fn insert_table_row(
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO tables (database_id, name, location, format, partition_columns,
                              schema_version, version, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, 1, ?6, ?6) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, 1, 1, $6, $6) RETURNING id",
     )
     .bind(database_id)
     .bind(&commit.name)
@@ -1687,7 +2054,7 @@ async fn insert_table_row(
     .await?;
     sqlx::query(
         "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
-         VALUES (?1, 1, ?2, ?3, ?4)",
+         VALUES ($1, 1, $2, $3, $4)",
     )
     .bind(id)
     .bind(table.schema_bytes)
@@ -1703,7 +2070,7 @@ async fn insert_table_row(
 /// counts are then recomputed: a small commit to a table of many partitions touches only
 /// its own.
 async fn remove_files(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     table_id: i64,
     commit: &TableCommit,
     created: bool,
@@ -1712,28 +2079,28 @@ async fn remove_files(
     // commit to a table of many partitions touches only its own).
     let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
     for paths in commit.removals.chunks(INSERT_CHUNK) {
-        let mut delete = rows_in(
+        let delete = rows_in(
             "DELETE FROM data_files WHERE table_id = ",
             table_id,
             "path",
             paths,
             " RETURNING partition_id",
         );
-        for row in delete.build().fetch_all(&mut *tx).await? {
+        for row in delete.fetch_all(&mut *tx).await? {
             touched.insert(row.get(0));
         }
     }
     // A file catalogued before may move to another partition (a pinned folder).
     if !created {
         for files in commit.upserts.chunks(INSERT_CHUNK) {
-            let mut select = rows_in(
+            let select = rows_in(
                 "SELECT DISTINCT partition_id FROM data_files WHERE table_id = ",
                 table_id,
                 "path",
                 files.iter().map(|f| &f.path),
                 "",
             );
-            for row in select.build().fetch_all(&mut *tx).await? {
+            for row in select.fetch_all(&mut *tx).await? {
                 touched.insert(row.get(0));
             }
         }
@@ -1745,7 +2112,7 @@ async fn remove_files(
 /// known ones looked up and the new ones inserted (counted in `outcome`), many per
 /// statement.
 async fn partition_ids(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     table_id: i64,
     commit: &TableCommit,
     outcome: &mut CommitOutcome,
@@ -1762,14 +2129,14 @@ async fn partition_ids(
         .into_iter()
         .collect();
     for locations in wanted.chunks(INSERT_CHUNK) {
-        let mut select = rows_in(
+        let select = rows_in(
             "SELECT location, id FROM partitions WHERE table_id = ",
             table_id,
             "location",
             locations.iter().copied(),
             "",
         );
-        for row in select.build().fetch_all(&mut *tx).await? {
+        for row in select.fetch_all(&mut *tx).await? {
             partition_ids.insert(row.get(0), row.get(1));
         }
     }
@@ -1784,20 +2151,24 @@ async fn partition_ids(
         }
     }
     for chunk in new_partitions.chunks(INSERT_CHUNK) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            r#"INSERT OR IGNORE INTO partitions
-                 (table_id, "values", location, file_count, total_bytes, row_count) "#,
+        let mut insert = Statement::new(
+            r#"INSERT INTO partitions
+                 (table_id, "values", location, file_count, total_bytes, row_count)"#,
         );
-        insert.push_values(chunk, |mut b, (location, values)| {
-            b.push_bind(table_id)
-                .push_bind(values)
-                .push_bind(*location)
-                .push_bind(0i64)
-                .push_bind(0i64)
-                .push_bind(0i64);
-        });
-        insert.push(" RETURNING location, id");
-        let rows = insert.build().fetch_all(&mut *tx).await?;
+        for (location, values) in chunk {
+            insert
+                .row()
+                .value(table_id)
+                .value(values.as_str())
+                .value(*location)
+                .value(0i64)
+                .value(0i64)
+                .value(0i64);
+        }
+        insert
+            .end_rows()
+            .push(" ON CONFLICT DO NOTHING RETURNING location, id");
+        let rows = insert.fetch_all(&mut *tx).await?;
         outcome.partitions_added += rows.len() as u64;
         for row in rows {
             partition_ids.insert(row.get(0), row.get(1));
@@ -1809,7 +2180,8 @@ async fn partition_ids(
 /// Inserts or updates the rows of the files `commit` upserts, in `partition_ids`, and adds
 /// their partitions to `touched`.
 async fn upsert_files(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
     table_id: i64,
     commit: &TableCommit,
     partition_ids: &HashMap<String, i64>,
@@ -1828,15 +2200,22 @@ async fn upsert_files(
                 let id = match schema_ids.get(&bytes) {
                     Some(id) => *id,
                     None => {
-                        sqlx::query("INSERT OR IGNORE INTO file_schemas (schema) VALUES (?1)")
-                            .bind(&bytes)
-                            .execute(&mut *tx)
-                            .await?;
-                        let id: i64 =
-                            sqlx::query_scalar("SELECT id FROM file_schemas WHERE schema = ?1")
-                                .bind(&bytes)
-                                .fetch_one(&mut *tx)
-                                .await?;
+                        sqlx::query(
+                            "INSERT INTO file_schemas (schema) VALUES ($1) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&bytes)
+                        .execute(&mut *tx)
+                        .await?;
+                        let id: i64 = sqlx::query_scalar(match backend {
+                            Backend::Sqlite => "SELECT id FROM file_schemas WHERE schema = $1",
+                            // By the indexed digest.
+                            Backend::Postgres => {
+                                "SELECT id FROM file_schemas WHERE digest = sha256($1)"
+                            }
+                        })
+                        .bind(&bytes)
+                        .fetch_one(&mut *tx)
+                        .await?;
                         schema_ids.insert(bytes, id);
                         id
                     }
@@ -1862,31 +2241,30 @@ async fn upsert_files(
         .chunks(INSERT_CHUNK)
         .zip(rows.chunks(INSERT_CHUNK))
     {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        let mut insert = Statement::new(
             "INSERT INTO data_files (table_id, partition_id, path, size, e_tag, last_modified,
                                      row_count, footer_size, file_schema_id, stats,
-                                     stats_version) ",
+                                     stats_version)",
         );
-        insert.push_values(
-            files.iter().zip(rows),
-            |mut b, (file, (partition_id, schema_id, stats))| {
-                b.push_bind(table_id)
-                    .push_bind(*partition_id)
-                    .push_bind(&file.path)
-                    .push_bind(file.size as i64)
-                    .push_bind(&file.e_tag)
-                    .push_bind(
-                        file.last_modified
-                            .to_rfc3339_opts(SecondsFormat::Micros, true),
-                    )
-                    .push_bind(file.row_count as i64)
-                    .push_bind(file.footer_size.map(|v| v as i64))
-                    .push_bind(*schema_id)
-                    .push_bind(stats)
-                    .push_bind(file.stats_version);
-            },
-        );
-        insert.push(
+        for (file, (partition_id, schema_id, stats)) in files.iter().zip(rows) {
+            insert
+                .row()
+                .value(table_id)
+                .value(*partition_id)
+                .value(file.path.as_str())
+                .value(file.size as i64)
+                .value(file.e_tag.as_deref())
+                .value(
+                    file.last_modified
+                        .to_rfc3339_opts(SecondsFormat::Micros, true),
+                )
+                .value(file.row_count as i64)
+                .value(file.footer_size.map(|v| v as i64))
+                .value(*schema_id)
+                .value(stats.as_str())
+                .value(file.stats_version);
+        }
+        insert.end_rows().push(
             " ON CONFLICT (table_id, path) DO UPDATE SET
                partition_id = excluded.partition_id, size = excluded.size,
                e_tag = excluded.e_tag, last_modified = excluded.last_modified,
@@ -1894,19 +2272,23 @@ async fn upsert_files(
                file_schema_id = excluded.file_schema_id, stats = excluded.stats,
                stats_version = excluded.stats_version",
         );
-        insert.build().execute(&mut *tx).await?;
+        insert.run(&mut *tx).await?;
     }
     Ok(())
 }
 
-/// The columns of `query_history` that [`query_record`] reads, in its order.
+/// The columns of `query_history` that [`query_record`] reads, in its order (the first is
+/// the key).
 const QUERY_COLUMNS: &str = "query_id, user_name, database_name, sql_text, state, \
     submitted_at, queued_ms, execution_ms, rows_returned, error, front_door, planning_ms, \
     bytes_returned, bytes_scanned, files_scanned, partitions_scanned, partitions_pruned, \
     materialized_view, result_cache_hit, peak_memory_bytes, spilled_bytes";
 
+/// How many columns [`QUERY_COLUMNS`] names.
+const QUERY_COLUMN_COUNT: usize = 21;
+
 /// A row of [`QUERY_COLUMNS`] as a record.
-fn query_record(r: &sqlx::sqlite::SqliteRow) -> Result<QueryRecord> {
+fn query_record(r: &sqlx::any::AnyRow) -> Result<QueryRecord> {
     Ok(QueryRecord {
         query_id: r.try_get(0)?,
         user: r.try_get(1)?,
@@ -1927,7 +2309,7 @@ fn query_record(r: &sqlx::sqlite::SqliteRow) -> Result<QueryRecord> {
             partitions_scanned: r.try_get(15)?,
             partitions_pruned: r.try_get(16)?,
             materialized_view: r.try_get(17)?,
-            result_cache_hit: r.try_get(18)?,
+            result_cache_hit: r.try_get::<i64, _>(18)? != 0,
             peak_memory_bytes: r.try_get(19)?,
             spilled_bytes: r.try_get(20)?,
         },

@@ -215,6 +215,66 @@ def flight_sql_command(name: str, query: str) -> bytes:
 
 
 @contextmanager
+def postgres_server():
+    """A throwaway PostgreSQL server (Debian's `postgresql` binaries) on a free loopback
+    port, with its cluster in a temporary directory; yields a function that creates a
+    database and returns its URL. Run as root (as CI is), the server runs as `postgres`."""
+    import shutil
+    import socket
+    import tempfile
+
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name))
+    assert versions, "PostgreSQL's server is not installed (scripts/test installs Debian's postgresql)"
+    bin_dir = versions[-1].parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="tarn-pg-"))
+    if as_postgres:
+        shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-A", "trust", "-U", "tarn",
+                    "--no-sync", "-E", "UTF8", "-D", str(data)], check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
+         "-p", str(port), "-k", str(root), "-c", "fsync=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ready = threading.Event()
+    log = []
+
+    def read():
+        for line in proc.stderr:
+            log.append(line)
+            if "ready to accept connections" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(60) and proc.poll() is None, f"PostgreSQL did not start: {''.join(log)}"
+
+        def database(name: str) -> str:
+            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "tarn", "-d",
+                            "postgres", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+                           check=True, capture_output=True)
+            return f"postgres://tarn@127.0.0.1:{port}/{name}"
+
+        yield database
+    finally:
+        # SIGINT is PostgreSQL's fast shutdown, sent to the server itself (runuser does not
+        # pass signals on): its pid is the first line of postmaster.pid.
+        pid_file = data / "postmaster.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), 2)
+        else:
+            proc.send_signal(2)
+        proc.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
 def moto_s3(*buckets: str):
     """A real S3 API server (moto) on loopback with `buckets` created; yields the AWS
     environment that points Tarn (and boto3/deltalake) at it. Servers in one test process

@@ -35,6 +35,45 @@ def test_compose_services_dependencies_and_volumes_agree():
     assert "mb --ignore-existing lake/lake" in " ".join(services["bucket"]["command"])
 
 
+def test_the_cluster_profile_wires_two_front_ends_to_a_shared_catalog_and_workers():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    worker, catalog = services["worker"], services["catalog"]
+    fronts = [services["front-1"], services["front-2"]]
+    for s in (worker, catalog, services["cluster-crawler"], *fronts):
+        assert s["profiles"] == ["cluster"]
+    assert worker["deploy"]["replicas"] == 3
+    # Each front end finds every worker replica by the service's DNS name, on the port
+    # the workers listen on, beyond loopback and with the same token.
+    listen = worker["command"][worker["command"].index("--listen") + 1]
+    host, port = listen.rsplit(":", 1)
+    assert host == "0.0.0.0"
+    token = worker["environment"]["TARN_CLUSTER_TOKEN"]
+    for front in fronts:
+        env = front["environment"]
+        assert env["TARN_WORKERS"] == f"dns:worker:{port}"
+        assert token and env["TARN_CLUSTER_TOKEN"] == token
+        # Workers read the lake as the front ends do.
+        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert worker["environment"][key] == env[key]
+        # One catalog in the PostgreSQL service, with its user, password and database.
+        url = re.fullmatch(r"postgres://(\w+):(.+)@catalog:5432/(\w+)", env["TARN_CATALOG"])
+        assert url, env["TARN_CATALOG"]
+        assert url.group(1) == catalog["environment"]["POSTGRES_USER"]
+        assert url.group(2) == catalog["environment"]["POSTGRES_PASSWORD"]
+        assert url.group(3) == catalog["environment"]["POSTGRES_DB"]
+        assert front["depends_on"]["cluster-crawler"]["condition"] == "service_completed_successfully"
+    assert services["cluster-crawler"]["depends_on"]["catalog"]["condition"] == "service_healthy"
+    assert services["cluster-crawler"]["environment"]["TARN_CATALOG"] == fronts[0]["environment"]["TARN_CATALOG"]
+    # Both front ends write new tables to one warehouse in the object store, which both read;
+    # each has a data directory (spill) of its own, and distinct ports.
+    warehouses = {f["command"][f["command"].index("--warehouse") + 1] for f in fronts}
+    assert len(warehouses) == 1 and warehouses.pop().startswith("s3://lake/")
+    assert fronts[0]["volumes"] != fronts[1]["volumes"]
+    assert fronts[0]["ports"] != fronts[1]["ports"]
+    assert "volumes" not in worker
+
+
 def test_dockerfile_builds_in_stages_and_runs_unprivileged_with_a_health_check():
     text = (DOCKER / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)

@@ -78,6 +78,15 @@ pub async fn run(
             &now.to_rfc3339_opts(SecondsFormat::Millis, true),
         )
         .await?;
+    crawl_now(catalog, stores, crawler).await
+}
+
+/// Crawls a crawler's location with its options (its start is already recorded).
+async fn crawl_now(
+    catalog: &Catalog,
+    stores: &Arc<StoreRegistry>,
+    crawler: &CrawlerDef,
+) -> Result<CrawlSummary> {
     let crawl = Crawler::new(catalog.clone(), Arc::clone(stores));
     match &crawler.options.events_queue {
         Some(queue) => {
@@ -120,13 +129,24 @@ pub async fn run_due(
                 continue;
             }
         };
-        if due {
-            let outcome = run(catalog, stores, &crawler, now).await;
-            if let Err(e) = &outcome {
-                tracing::warn!(crawler = %crawler.name, error = %e, "scheduled crawl failed");
-            }
-            outcomes.push((crawler.name.clone(), outcome));
+        if !due {
+            continue;
         }
+        // Processes sharing a catalog each find the run due: the one whose claim lands
+        // runs it, the others skip it.
+        let at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        if !catalog
+            .claim_crawler_run(&crawler.name, crawler.last_started_at.as_deref(), &at)
+            .await?
+        {
+            tracing::debug!(crawler = %crawler.name, "another process started this scheduled crawl");
+            continue;
+        }
+        let outcome = crawl_now(catalog, stores, &crawler).await;
+        if let Err(e) = &outcome {
+            tracing::warn!(crawler = %crawler.name, error = %e, "scheduled crawl failed");
+        }
+        outcomes.push((crawler.name.clone(), outcome));
     }
     Ok(outcomes)
 }
