@@ -266,6 +266,24 @@ async fn crawls_history_and_deletes(catalog: &Catalog) {
         .crawler_started("nightly", "2024-01-02T00:00:00Z")
         .await
         .unwrap();
+    // Two processes that found the same run due: the first claim lands, the second sees
+    // the start moved and does not.
+    let seen = Some("2024-01-02T00:00:00Z");
+    let claims = [
+        catalog
+            .claim_crawler_run("nightly", seen, "2024-01-03T03:00:00Z")
+            .await
+            .unwrap(),
+        catalog
+            .claim_crawler_run("nightly", seen, "2024-01-03T03:00:01Z")
+            .await
+            .unwrap(),
+    ];
+    assert_eq!(claims, [true, false]);
+    catalog
+        .crawler_started("nightly", "2024-01-02T00:00:00Z")
+        .await
+        .unwrap();
     let stored = catalog.crawler("nightly").await.unwrap().unwrap();
     assert_eq!(
         stored.last_started_at.as_deref(),
