@@ -193,6 +193,13 @@ impl Catalog {
             return Self::open(Path::new(path)).await;
         }
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if url.contains("://") {
+                return Err(Error::InvalidArgument(format!(
+                    "catalog URL '{}': Tarn keeps its catalog in PostgreSQL \
+                     (postgres://user:password@host:port/database) or SQLite (a directory)",
+                    redact_password(url)
+                )));
+            }
             return Self::open(Path::new(url)).await;
         }
         sqlx::any::install_default_drivers();

@@ -94,6 +94,10 @@ def test_a_change_through_one_front_end_is_seen_by_the_next_query_through_the_ot
 
 
 def test_a_catalog_url_that_cannot_be_reached_is_a_clear_error(tmp_path):
-    bad = tarn(tmp_path, "tables", env={"TARN_CATALOG": "postgres://tarn@127.0.0.1:1/none"})
+    bad = tarn(tmp_path, "tables", env={"TARN_CATALOG": "postgres://tarn:hunter2@127.0.0.1:1/none"})
     assert bad.returncode != 0
     assert "127.0.0.1:1" in bad.stderr and "catalog" in bad.stderr.lower(), bad.stderr
+    assert "hunter2" not in bad.stderr
+    other = tarn(tmp_path, "tables", env={"TARN_CATALOG": "mysql://tarn:secret@db/catalog"})
+    assert other.returncode != 0
+    assert "postgres://" in other.stderr and "secret" not in other.stderr, other.stderr
