@@ -165,7 +165,7 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
         D::Diagnostic(_, inner) => Error::from(*inner),
         D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
             Ok(inner) => Error::from(inner),
-            Err(shared) => Error::Execution(shared.to_string()),
+            Err(shared) => from_shared(&shared),
         },
         D::ArrowError(arrow, _) => Error::from(*arrow),
         D::External(ext) => match ext.downcast::<Error>() {
@@ -179,20 +179,72 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
     }
 }
 
+/// Tarn's error for a DataFusion error that several partitions share (a repartition
+/// reports one error to every output), read through the reference because it cannot
+/// be moved out: the same kinds as `from_datafusion`, so the fix a reader needs does
+/// not depend on which partition saw the error first.
+fn from_shared(e: &datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::ArrowError(arrow, _) => from_arrow(arrow),
+        D::Shared(inner) => from_shared(inner),
+        D::Context(ctx, inner) => match from_shared(inner) {
+            Error::Execution(m) => Error::Execution(format!("{ctx}: {m}")),
+            other => other,
+        },
+        D::External(ext) => match ext.downcast_ref::<arrow::error::ArrowError>() {
+            Some(arrow) => from_arrow(arrow),
+            None => Error::Execution(ext.to_string()),
+        },
+        D::ResourcesExhausted(message) => Error::ResourceExhausted(message.clone()),
+        other => Error::Execution(other.strip_backtrace().to_string()),
+    }
+}
+
 impl From<arrow::error::ArrowError> for Error {
-    /// A value that does not parse as its column's type (the CSV and JSON readers'
-    /// errors, and text cast to a date or time) gets the fix: a CSV or JSON table's
-    /// column types were inferred from a sample.
     fn from(e: arrow::error::ArrowError) -> Self {
-        use arrow::error::ArrowError as A;
-        match e {
-            A::ParseError(_) | A::CsvError(_) | A::JsonError(_) => Error::Execution(format!(
-                "{e}; if the value is read from a CSV or JSON table, its column types were \
-                 inferred from the first records of each file: crawl it again with a larger \
-                 --sample-rows, or declare the columns with CREATE EXTERNAL TABLE … \
-                 (column TYPE, …) STORED AS CSV"
-            )),
-            other => Error::Execution(other.to_string()),
-        }
+        from_arrow(&e)
+    }
+}
+
+/// A value that does not parse as its column's type (the CSV and JSON readers'
+/// errors, and text cast to a date or time) gets the fix: a CSV or JSON table's
+/// column types were inferred from a sample.
+fn from_arrow(e: &arrow::error::ArrowError) -> Error {
+    use arrow::error::ArrowError as A;
+    match e {
+        A::ParseError(_) | A::CsvError(_) | A::JsonError(_) => Error::Execution(format!(
+            "{e}; if the value is read from a CSV or JSON table, its column types were \
+             inferred from the first records of each file: crawl it again with a larger \
+             --sample-rows, or declare the columns with CREATE EXTERNAL TABLE … \
+             (column TYPE, …) STORED AS CSV"
+        )),
+        other => Error::Execution(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_parse_error_several_partitions_share_keeps_its_fix() {
+        let parse = arrow::error::ArrowError::ParseError("'0.5' as type 'Int64'".into());
+        let shared = Arc::new(DataFusionError::ArrowError(Box::new(parse), None));
+        let _other_partition = Arc::clone(&shared);
+        let e = Error::from(DataFusionError::Shared(shared));
+        let message = e.to_string();
+        assert!(message.contains("'0.5' as type 'Int64'"), "{message}");
+        assert!(message.contains("--sample-rows"), "{message}");
+    }
+
+    #[test]
+    fn a_resource_error_several_partitions_share_stays_one() {
+        let full = Arc::new(DataFusionError::ResourcesExhausted("pool full".into()));
+        let _other_partition = Arc::clone(&full);
+        let e = Error::from(DataFusionError::Shared(full));
+        assert!(matches!(e, Error::ResourceExhausted(m) if m == "pool full"));
     }
 }
