@@ -4,8 +4,9 @@ machine and the same files, taking turns query by query (benches/tpch.py's `run_
 
 On one machine the two setups share the same cores, so the ratio measures what spreading a
 plan costs (serialising stages, shuffling batches over loopback gRPC, the coordinator's
-extra planning), not what more machines would give; the README's scaling model uses the
-per-stage task counts this run records. The answers of both are checked against DuckDB's.
+extra planning), not what more machines would give. The README's scaling model uses what
+this run records of each query's stages and of the bytes its scans read and its network
+boundaries carried (EXPLAIN ANALYZE, after the timed runs). The answers of both are checked against DuckDB's.
 
 Run with `scripts/bench-distributed [--scale 10] [--runs 3] [--query N …]`; writes
 `benches/results/distributed-sf<N>.md`.
@@ -53,6 +54,10 @@ class Setup:
         self.cursor.execute("EXPLAIN " + tpch.query_text(q, self.scale))
         return "\n".join(str(r[1]) for r in self.cursor.fetchall())
 
+    def analyze(self, q: int) -> str:
+        self.cursor.execute("EXPLAIN ANALYZE " + tpch.query_text(q, self.scale))
+        return "\n".join(str(r[1]) for r in self.cursor.fetchall())
+
     def close(self) -> int:
         try:
             self.cursor.close()
@@ -67,7 +72,33 @@ def stages(plan: str) -> list[int]:
     return [int(t) for t in re.findall(r"Stage \d+ ── tasks=(\d+)", plan)]
 
 
-def report(scale, queries, results, plans, workers, runs, differences) -> str:
+# DataFusion prints counts with K/M/B (thousand, million, billion) and
+# datafusion-distributed prints bytes with KB/MB/GB (binary).
+COUNT = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+SIZE = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def metric(line: str, name: str, units: dict) -> float:
+    """The value of metric `name` on one line of EXPLAIN ANALYZE (0 when absent)."""
+    found = re.search(rf"\b{name}=([\d.]+)(?: ([KMGT]?B|[KMBT])\b)?", line)
+    if not found:
+        return 0.0
+    return float(found.group(1)) * units[found.group(2) or ""]
+
+
+def volumes(analyzed: str) -> dict:
+    """What a distributed run moved, from its EXPLAIN ANALYZE: the Parquet bytes the scans
+    read, and the bytes each network boundary carried from the stage below it (a shuffle
+    between workers, a broadcast, or the gather to the coordinator)."""
+    # A scan split over tasks reports its tasks' sum on its `DistributedLeafExec` line.
+    scanned = sum(metric(line, "bytes_scanned", COUNT) for line in analyzed.splitlines())
+    crossings = [(kind, metric(line, "bytes_transferred", SIZE))
+                 for line in analyzed.splitlines()
+                 for kind in re.findall(r"Network(Shuffle|Coalesce|Broadcast)Exec", line)]
+    return {"scanned": scanned, "crossings": crossings}
+
+
+def report(scale, queries, results, plans, moved, workers, runs, differences) -> str:
     single, cluster = results["single"], results["cluster"]
     lines = [
         f"# Distributed overhead, TPC-H SF{scale:g}", "",
@@ -97,10 +128,41 @@ def report(scale, queries, results, plans, workers, runs, differences) -> str:
         f"{sum(1 for q in queries if stages(plans[q]))} of {len(queries)}. Spread: the "
         "slowest warm run over the fastest, the machine's noise for that query.",
     ]
+    lines += volume_table(queries, moved)
     if differences:
         lines += ["", "Answers that differ from DuckDB's: "
                   + ", ".join(f"Q{q}" for q in sorted(differences))]
     return "\n".join(lines) + "\n"
+
+
+def volume_table(queries, moved) -> list[str]:
+    """Per query, what the distributed run read and moved, in MiB (from one more run of
+    each query under EXPLAIN ANALYZE, after the timed ones)."""
+    mib = 2**20
+    lines = [
+        "", "## Data volumes", "",
+        "From one `EXPLAIN ANALYZE` run of each query on the cluster after the timed runs. "
+        "Scanned: Parquet bytes the scans read. Exchanged: bytes shuffled or broadcast "
+        "between stages on the workers. Gathered: bytes sent to the coordinator. Largest "
+        "exchange: the biggest single boundary. MiB.", "",
+        "| query | scanned | exchanged | gathered | largest exchange | exchanged / scanned |",
+        "|---|---|---|---|---|---|",
+    ]
+    totals = [0.0, 0.0, 0.0]
+    for q in queries:
+        v = moved[q]
+        exchanged = [b for kind, b in v["crossings"] if kind != "Coalesce"]
+        gathered = sum(b for kind, b in v["crossings"] if kind == "Coalesce")
+        row = [v["scanned"], sum(exchanged), gathered]
+        totals = [t + r for t, r in zip(totals, row)]
+        share = f"{row[1] / row[0]:.1%}" if row[0] else "-"
+        largest = max(exchanged, default=0.0)
+        lines.append(f"| Q{q} | {row[0] / mib:.1f} | {row[1] / mib:.1f} | {row[2] / mib:.2f} | "
+                     f"{largest / mib:.1f} | {share} |")
+    share = f"{totals[1] / totals[0]:.1%}" if totals[0] else "-"
+    lines.append(f"| sum | {totals[0] / mib:.1f} | {totals[1] / mib:.1f} | "
+                 f"{totals[2] / mib:.2f} | | {share} |")
+    return lines
 
 
 def main() -> None:
@@ -137,6 +199,7 @@ def main() -> None:
         plans = {q: setups["cluster"].explain(q) for q in queries}
         tpch.LABELS.update({"single": "one server", "cluster": "coordinator + workers"})
         results = tpch.run_all(setups, queries, args.runs)
+        moved = {q: volumes(setups["cluster"].analyze(q)) for q in queries}
     finally:
         for setup in setups.values():
             setup.close()
@@ -146,7 +209,8 @@ def main() -> None:
     for key in ("single", "cluster"):
         for q, d in tpch.check_answers(data, args.scale, queries, results[key]).items():
             differences[q] = f"{key}: {d}"
-    text = report(args.scale, queries, results, plans, args.workers, args.runs, differences)
+    text = report(args.scale, queries, results, plans, moved, args.workers, args.runs,
+                  differences)
     print(text)
     if differences:
         sys.exit("answers differ from DuckDB's:\n" + "\n".join(differences.values()))

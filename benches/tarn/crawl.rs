@@ -421,6 +421,7 @@ pub async fn main() {
                 data_type: PartitionType::Int64,
             }],
             file_schema: Arc::clone(&schema),
+            base_schema_version: None,
             upserts,
             removals: vec![],
             declared: None,

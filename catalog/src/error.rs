@@ -18,6 +18,12 @@ pub enum Error {
     #[error("conflict: {0}; try again")]
     Conflict(String),
 
+    /// Another writer changed the table's schema after this commit's schema was merged
+    /// onto the one before ([`crate::TableCommit::base_schema_version`]); nothing was
+    /// changed. The writer merges its columns onto the new schema and commits again.
+    #[error("conflict: {0}; try again")]
+    SchemaMoved(String),
+
     /// A request the catalog cannot carry out as asked (an unknown name, a bad value).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -253,6 +253,12 @@ pub struct TableCommit {
     pub partition_columns: Vec<PartitionColumn>,
     /// The merged file schema after this crawl.
     pub file_schema: SchemaRef,
+    /// The table's schema version `file_schema` was merged onto (`None`: a new table, or
+    /// a schema that replaces the table's whatever it is, as a declared one does). When
+    /// another writer has changed the schema since, the commit fails with
+    /// [`crate::Error::SchemaMoved`] and changes nothing, so no writer's columns are lost
+    /// to another's merge.
+    pub base_schema_version: Option<i64>,
     /// Files new or changed since the last crawl (a changed file replaces the old row).
     pub upserts: Vec<FileEntry>,
     /// Paths of files that are gone.

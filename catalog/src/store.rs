@@ -58,6 +58,19 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 /// again on the new state before the conflict is reported.
 const COMMIT_ATTEMPTS: usize = 8;
 
+/// How long a writer that lost a commit race waits before its next attempt: doubling from
+/// 4 ms with each attempt, at a random point of that span, so writers that keep colliding
+/// drift apart instead of losing to each other in lockstep (under a second in all).
+fn backoff(attempt: usize) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let span_ms = 4u64 << attempt.min(6);
+    // A fresh `RandomState` is randomly keyed: its hash of nothing is a random number.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::time::Duration::from_micros(random % (span_ms * 1000) + 1000)
+}
+
 /// How long a writer waits for another writer (a crawl beside a server) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -549,14 +562,16 @@ impl Catalog {
     /// version when the schema changed, partitions and files. A crash before the commit
     /// leaves the previous state untouched.
     ///
-    /// On PostgreSQL the commit is optimistic: it reads the table's version, and swaps it
-    /// for the next only if no other front end committed in between; one that lost the race
-    /// is rolled back and run again on the new state (the commit names files, so applying
-    /// it again is safe), up to [`COMMIT_ATTEMPTS`] times.
+    /// On PostgreSQL it reads the table's version with the table's row locked (writers to
+    /// one table take turns), and swaps it for the next only if it is still the one read;
+    /// a commit that lost a race (two front ends creating the table, a deadlock) is rolled
+    /// back and run again on the new state after a random wait (the commit names files, so
+    /// applying it again is safe), up to [`COMMIT_ATTEMPTS`] times.
     ///
     /// # Errors
     /// [`Error::Catalog`] when the database rejects the write (nothing is applied);
-    /// [`Error::Conflict`] when other writers won every attempt.
+    /// [`Error::Conflict`] when other writers won every attempt; [`Error::SchemaMoved`]
+    /// when another writer changed the schema `commit` was merged onto.
     pub async fn commit_table(&self, commit: &TableCommit) -> Result<CommitOutcome> {
         let started = std::time::Instant::now();
         for attempt in 1..=COMMIT_ATTEMPTS {
@@ -576,6 +591,9 @@ impl Catalog {
                 attempt,
                 "another writer committed to the table first; committing again"
             );
+            if attempt < COMMIT_ATTEMPTS {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
         }
         Err(Error::Conflict(format!(
             "{}.{}: other writers committed to the table {COMMIT_ATTEMPTS} times while this \
@@ -590,12 +608,15 @@ impl Catalog {
         &self,
         commit: &TableCommit,
     ) -> Result<Option<CommitOutcome>> {
-        // PostgreSQL: one snapshot for the whole commit, so what it reads is what it swaps.
+        // SQLite: one writer at a time. PostgreSQL: the table's row is locked when read
+        // (below), so writers to one table commit one after the other, each reading what
+        // the one before committed, instead of racing and starving the slower one; only
+        // writers creating the same table at once race (one loses on the unique name).
         let mut tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
                     .await?
             }
         };
@@ -621,8 +642,12 @@ impl Catalog {
                     {}, t.version
              FROM tables t JOIN schema_versions s
                ON s.table_id = t.id AND s.version = t.schema_version
-             WHERE t.database_id = $1 AND t.name = $2",
-            self.backend.property("t.properties", "format_state")
+             WHERE t.database_id = $1 AND t.name = $2{}",
+            self.backend.property("t.properties", "format_state"),
+            match self.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE OF t",
+            }
         ))
         .bind(database_id)
         .bind(&commit.name)
@@ -698,8 +723,8 @@ impl Catalog {
         }
         if outcome.changed {
             // Compare and swap: a table whose version moved since it was read was committed
-            // to by another writer (only PostgreSQL lets that happen), and this commit is
-            // run again on the new state.
+            // to by another writer, and this commit is run again on the new state (a guard:
+            // the row lock above keeps the version from moving).
             let swapped = sqlx::query(
                 "UPDATE tables SET version = version + 1, updated_at = $2
                  WHERE id = $1 AND ($3 IS NULL OR version = $3)",
@@ -1995,6 +2020,16 @@ async fn update_table_row(
         format!("table {}.{}", commit.database, commit.name)
     })?;
     if old_schema.as_ref() != table.schema {
+        if let Some(base) = commit.base_schema_version
+            && base != version
+        {
+            return Err(Error::SchemaMoved(format!(
+                "another writer changed the schema of {}.{} (to version {version}) after \
+                 this commit's columns were merged onto version {base}; nothing of it was \
+                 applied",
+                commit.database, commit.name
+            )));
+        }
         sqlx::query(
             "INSERT INTO schema_versions (table_id, version, schema, columns, created_at)
              VALUES ($1, $2, $3, $4, $5)",

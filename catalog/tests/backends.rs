@@ -53,6 +53,7 @@ fn commit(
             data_type: PartitionType::String,
         }],
         file_schema: Arc::clone(schema),
+        base_schema_version: None,
         upserts,
         removals,
         declared: None,
@@ -163,6 +164,33 @@ async fn tables_and_files(catalog: &Catalog) -> i64 {
         ]
     );
     assert_eq!(index[2].file_schema, v2);
+
+    // A writer that merged its column onto schema version 1, while another writer made
+    // version 2, is refused with nothing applied (its merge would drop `score`); one whose
+    // schema is the table's goes through.
+    let stale_schema = schema(&[
+        ("id", DataType::Int64),
+        ("name", DataType::Utf8),
+        ("tag", DataType::Utf8),
+    ]);
+    let mut stale = commit(
+        "events",
+        &stale_schema,
+        vec![file("events/day=4/e.parquet", "4", 1, &stale_schema)],
+        vec![],
+    );
+    stale.base_schema_version = Some(1);
+    let refused = catalog.commit_table(&stale).await.unwrap_err();
+    assert!(
+        matches!(&refused, tarn_catalog::Error::SchemaMoved(m) if m.contains("default.events")),
+        "{refused}"
+    );
+    let after = catalog.table("default", "events").await.unwrap().unwrap();
+    assert_eq!((after.version, after.schema_version), (4, 2));
+    assert_eq!(catalog.files(table.id).await.unwrap().len(), 3);
+    let mut same = commit("events", &v2, vec![], vec![]);
+    same.base_schema_version = Some(1);
+    assert!(!catalog.commit_table(&same).await.unwrap().changed);
     table.id
 }
 

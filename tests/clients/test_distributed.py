@@ -4,6 +4,7 @@ table) crawled into the coordinator's catalog.
 
 - The 22 TPC-H queries answer as DuckDB does over the same files, and their plans
   (`EXPLAIN`) are spread over the workers: stages, tasks, network shuffles.
+- EXPLAIN ANALYZE runs on the workers and reports each stage's rows and network bytes.
 - A query under the coordinator's --distribute-min-bytes runs on the coordinator alone.
 - A coordinator without the cluster's token is refused by the workers, by name.
 - A worker killed during a query fails that query with an error naming the worker; the
@@ -122,6 +123,40 @@ def test_a_query_under_the_threshold_runs_on_the_coordinator(cluster):
                                           ("EUROPE", 5), ("MIDDLE EAST", 5)]
     big = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1"
     assert "DistributedExec" in explain(uri, big)
+
+
+def test_explain_analyze_reports_each_stage_and_the_bytes_it_sent(cluster):
+    """EXPLAIN ANALYZE runs the query on the workers and draws the stages with the metrics
+    each worker sent back: rows per operator, and at each network boundary the bytes that
+    crossed it (what a scaling estimate needs)."""
+    uri = cluster["coordinator"].uri
+    sql = "SELECT l_returnflag, count(*) AS n FROM lineitem GROUP BY 1"
+    with connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN ANALYZE " + sql)
+        text = "\n".join(row[1] for row in cur.fetchall())
+    assert re.search(r"Stage \d+ ── tasks=3", text), text
+    sent = [amount(b) for b in re.findall(r"bytes_transferred=([\d.]+ [KMGT]?B)", text)]
+    assert sent and all(b > 0 for b in sent), text
+    # Each of the three tasks scans its part of the files; the scan's rows, summed over
+    # them, are the table's.
+    duck = DuckEngine([f"CREATE VIEW lineitem AS SELECT * FROM "
+                       f"read_parquet('{cluster['data']}/lineitem/*.parquet')"])
+    try:
+        (total,), = duck.run("SELECT count(*) FROM lineitem").rows
+    finally:
+        duck.close()
+    assert all(f"t{task}: DataSourceExec" in text for task in range(3)), text
+    rows = r"DistributedLeafExec.*output_rows=([\d.]+(?: [KM])?)"
+    scans = [amount(n) for n in re.findall(rows, text)]
+    assert len(scans) == 1 and abs(scans[0] - total) <= total / 100, (total, text)
+
+
+def amount(text: str) -> float:
+    """A number as DataFusion's metrics print it: `300.0 K` rows, `1.9 MB`."""
+    number, _, unit = text.partition(" ")
+    scale = {"": 1, "K": 1e3, "M": 1e6, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30,
+             "TB": 2**40}[unit]
+    return float(number) * scale
 
 
 def test_a_guarded_condition_runs_on_the_coordinator_and_answers(cluster):

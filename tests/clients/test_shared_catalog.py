@@ -1,12 +1,13 @@
 """Several front ends sharing one catalog in PostgreSQL (`--catalog postgres://…`): a real
 PostgreSQL server started by the test, a crawl through one `tarn` process, two `tarn serve`
 front ends with data directories of their own, queried through ADBC with DuckDB as the
-oracle; both writing to one table at once lose no row; a change made through one is seen
-by the next query through the other."""
+oracle; both writing to one table at once lose no row, and both widening it at once keep
+every new column; a change made through one is seen by the next query through the other."""
 
 import threading
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from conftest import Server, connect, postgres_server, tarn
@@ -41,6 +42,28 @@ def query(server, sql):
         return cur.fetchall()
 
 
+def both_at_once(shared, writes: int, write) -> None:
+    """Writer 1 through the first front end and writer 2 through the second, at once, each
+    calling `write(cursor, writer, seq)` for seq 1..writes; fails with any writer's error."""
+    errors = []
+
+    def writer_loop(front, writer):
+        try:
+            with connect(front.uri) as c, c.cursor() as cur:
+                for seq in range(1, writes + 1):
+                    write(cur, writer, seq)
+        except Exception as e:  # reported below, with the writer
+            errors.append((writer, e))
+
+    threads = [threading.Thread(target=writer_loop, args=(f, w))
+               for w, f in enumerate(shared["fronts"], start=1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+
+
 def test_both_front_ends_answer_from_the_crawl_another_process_made(shared, lake):
     files = ", ".join(f"'{p}'" for p in lake["good"]["events"])
     want = duckdb.sql(
@@ -55,22 +78,8 @@ def test_two_front_ends_writing_one_table_at_once_lose_no_row(shared):
     a, b = shared["fronts"]
     query(a, "CREATE TABLE shared_writes AS SELECT 0 AS writer, 0 AS seq, 'seed' AS note")
     writes = 15
-    errors = []
-
-    def write(front, writer):
-        try:
-            with connect(front.uri) as c, c.cursor() as cur:
-                for seq in range(1, writes + 1):
-                    cur.execute(f"INSERT INTO shared_writes VALUES ({writer}, {seq}, 'w{writer}-{seq}')")
-        except Exception as e:  # reported below, with the writer
-            errors.append((writer, e))
-
-    threads = [threading.Thread(target=write, args=(f, w)) for w, f in ((1, a), (2, b))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
+    both_at_once(shared, writes, lambda cur, writer, seq: cur.execute(
+        f"INSERT INTO shared_writes VALUES ({writer}, {seq}, 'w{writer}-{seq}')"))
     for front in (a, b):
         got = query(front, "SELECT writer, count(*), sum(seq), count(DISTINCT seq) "
                            "FROM shared_writes GROUP BY writer ORDER BY writer")
@@ -79,6 +88,23 @@ def test_two_front_ends_writing_one_table_at_once_lose_no_row(shared):
             (1, writes, writes * (writes + 1) // 2, writes),
             (2, writes, writes * (writes + 1) // 2, writes),
         ]
+
+
+def test_two_front_ends_widening_one_table_at_once_keep_every_column(shared):
+    """Every append brings a column of its own (ADBC ingest widens the table), through both
+    front ends at once: a writer that commits after another widened the table merges its
+    column onto the new schema, so every column stays, with its row's value."""
+    a, b = shared["fronts"]
+    query(a, "CREATE TABLE widened AS SELECT 0 AS writer, 0 AS seq")
+    writes = 10
+    both_at_once(shared, writes, lambda cur, writer, seq: cur.adbc_ingest(
+        "widened", pa.table({"writer": [writer], "seq": [seq],
+                             f"c{writer}_{seq}": [writer * 1000 + seq]}), mode="append"))
+    added = [(w, s) for w in (1, 2) for s in range(1, writes + 1)]
+    sums = ", ".join(f"sum(c{w}_{s})" for w, s in added)
+    for front in (a, b):
+        got = query(front, f"SELECT count(*), {sums} FROM widened")
+        assert list(got[0]) == [1 + len(added)] + [w * 1000 + s for w, s in added]
 
 
 def test_a_change_through_one_front_end_is_seen_by_the_next_query_through_the_other(shared):

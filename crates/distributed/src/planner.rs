@@ -236,7 +236,9 @@ impl ChoosingPlanner {
             options.narrow_filter_conditions = false;
         }
         let physical = self.distributed.create_physical_plan(&plan, &state).await?;
-        if physical.downcast_ref::<DistributedExec>().is_none() {
+        // `EXPLAIN ANALYZE`'s plan has the distributed query under its analyze node, which
+        // gathers each worker's metrics (rows, bytes over the network) after the run.
+        if !physical.exists(|node| Ok(node.downcast_ref::<DistributedExec>().is_some()))? {
             return Ok(None);
         }
         // A worker's functions, over this process's stores (decoding a scan looks its

@@ -126,7 +126,7 @@ impl From<tarn_catalog::Error> for Error {
         use tarn_catalog::Error as C;
         match e {
             C::AlreadyExists(m) => Error::AlreadyExists(m),
-            C::Conflict(m) => Error::Conflict(m),
+            C::Conflict(m) | C::SchemaMoved(m) => Error::Conflict(m),
             C::InvalidArgument(m) => Error::InvalidArgument(m),
             C::Catalog(e) => Error::Catalog(e),
             C::Migrate(e) => Error::Migrate(e),

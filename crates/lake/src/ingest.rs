@@ -27,7 +27,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::catalog::{
     FileEntry, PartitionColumn, PartitionEntry, PartitionType, STATS_VERSION, TableCommit,
-    TableFormat,
+    TableEntry, TableFormat,
 };
 use crate::crawler::footer::{count_written_dictionaries, file_stats};
 use crate::crawler::layout::HIVE_NULL;
@@ -220,22 +220,6 @@ where
         }
     };
 
-    // The table's schema after the ingest: the rows' schema for a new or replaced table,
-    // the table's widened to take the rows in when appending.
-    let mut merger = match (&existing, request.mode) {
-        (Some(t), IngestMode::Append | IngestMode::CreateAppend) => {
-            SchemaMerger::from_schema(&t.file_schema)
-        }
-        _ => SchemaMerger::default(),
-    };
-    if let Err(conflict) = merger.add("the ingested rows", &file_schema) {
-        written.abort().await;
-        return Err(Error::InvalidArgument(format!(
-            "cannot append to '{qualified}': column '{}' is {} in the rows but {} in the \
-             table; cast it, or ingest in replace mode",
-            conflict.column, conflict.file_type, conflict.table_type
-        )));
-    }
     let removals: Vec<String> = match (&existing, request.mode) {
         (Some(t), IngestMode::Replace) => catalog
             .file_index(t.id)
@@ -245,29 +229,75 @@ where
             .collect(),
         _ => Vec::new(),
     };
-    let commit = TableCommit {
-        database: database.clone(),
-        name: name.to_string(),
-        location: location.to_string(),
-        format: TableFormat::Parquet,
-        partition_columns,
-        file_schema: merger.finish(),
-        upserts: written.done.clone(),
-        removals: removals.clone(),
-        declared: None,
-        format_state: None,
-        create_only: false,
-        one_file_per_partition: false,
-    };
-    if let Err(e) = catalog.commit_table(&commit).await {
+    let appending = matches!(request.mode, IngestMode::Append | IngestMode::CreateAppend);
+    let mut table = existing;
+    for attempt in 1..=crate::catalog::SCHEMA_ATTEMPTS {
+        // The table's schema after the ingest: the rows' schema for a new or replaced
+        // table, the table's widened to take the rows in when appending.
+        let base = table.as_ref().filter(|_| appending);
+        let file_schema = match widened(base, &file_schema, &qualified) {
+            Ok(schema) => schema,
+            Err(e) => {
+                written.abort().await;
+                return Err(e);
+            }
+        };
+        let commit = TableCommit {
+            database: database.clone(),
+            name: name.to_string(),
+            location: location.to_string(),
+            format: TableFormat::Parquet,
+            partition_columns: partition_columns.clone(),
+            file_schema,
+            base_schema_version: base.map(|t| t.schema_version),
+            upserts: written.done.clone(),
+            removals: removals.clone(),
+            declared: None,
+            format_state: None,
+            create_only: false,
+            one_file_per_partition: false,
+        };
+        let failed = match catalog.commit_table(&commit).await {
+            Ok(_) => break,
+            // Another writer widened the table meanwhile: widen its new schema.
+            Err(crate::catalog::Error::SchemaMoved(_))
+                if attempt < crate::catalog::SCHEMA_ATTEMPTS =>
+            {
+                match catalog.table(&database, name).await {
+                    Ok(now) => {
+                        table = now;
+                        continue;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
         written.abort().await;
-        return Err(e.into());
+        return Err(failed.into());
     }
     // The old files are deleted after the grace period: a query planned before this
     // commit may still be reading them (crawls leave them out meanwhile).
     crate::deferred::defer(catalog, &location, removals).await;
-    tracing::info!(table = %qualified, rows, files = commit.upserts.len(), "ingested");
+    tracing::info!(table = %qualified, rows, files = written.done.len(), "ingested");
     Ok(rows)
+}
+
+/// The schema a table has after rows of `rows` are added: `table`'s widened to take them
+/// in, or the rows' own (a new or replaced table, `table` `None`).
+fn widened(table: Option<&TableEntry>, rows: &SchemaRef, qualified: &str) -> Result<SchemaRef> {
+    let mut merger = match table {
+        Some(t) => SchemaMerger::from_schema(&t.file_schema),
+        None => SchemaMerger::default(),
+    };
+    match merger.add("the ingested rows", rows) {
+        Ok(()) => Ok(merger.finish()),
+        Err(conflict) => Err(Error::InvalidArgument(format!(
+            "cannot append to '{qualified}': column '{}' is {} in the rows but {} in the \
+             table; cast it, or ingest in replace mode",
+            conflict.column, conflict.file_type, conflict.table_type
+        ))),
+    }
 }
 
 /// Writes `batches` as Parquet files (zstd) under `location`, in `key=value` folders of

@@ -58,7 +58,28 @@ struct Dialect {
     delimiter: u8,
 }
 
+/// Why one attempt at a table's crawl did not commit.
+enum CrawlError {
+    /// Another writer changed the table's schema since the attempt read it.
+    SchemaMoved(String),
+    Other(Error),
+}
+
+impl<E: Into<Error>> From<E> for CrawlError {
+    fn from(e: E) -> Self {
+        CrawlError::Other(e.into())
+    }
+}
+
+/// How often a table's crawl starts again from the catalog's new state when other writers
+/// keep changing the table's schema under it.
+const SCHEMA_ATTEMPTS: usize = 8;
+
 impl Crawler {
+    /// Crawls one table ([`Self::crawl_table_once`]); when another writer changed the
+    /// table's schema between this crawl's read and its commit, the crawl runs again from
+    /// the new state (only files that changed are read again), so the columns both
+    /// brought are kept.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn crawl_table(
         &self,
@@ -70,6 +91,36 @@ impl Crawler {
         files: &[&Candidate],
         summary: &mut CrawlSummary,
     ) -> Result<()> {
+        for attempt in 1..=SCHEMA_ATTEMPTS {
+            let before = summary.clone();
+            let crawled = Box::pin(
+                self.crawl_table_once(store, options, name, table_url, table_path, files, summary),
+            )
+            .await;
+            match crawled {
+                Err(CrawlError::SchemaMoved(message)) if attempt < SCHEMA_ATTEMPTS => {
+                    tracing::debug!(table = name, attempt, %message, "crawling again");
+                    *summary = before;
+                }
+                Err(CrawlError::SchemaMoved(message)) => return Err(Error::Conflict(message)),
+                Err(CrawlError::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn crawl_table_once(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        options: &CrawlOptions,
+        name: &str,
+        table_url: &str,
+        table_path: &str,
+        files: &[&Candidate],
+        summary: &mut CrawlSummary,
+    ) -> Result<(), CrawlError> {
         let Some(existing) = self.table_at(options, name, table_url, summary).await? else {
             return Ok(());
         };
@@ -124,6 +175,13 @@ impl Crawler {
             format: format.table_format(),
             partition_columns,
             file_schema,
+            // The schema was merged from what the catalog held then; a declared one is the
+            // table's whatever it held.
+            base_schema_version: t
+                .existing
+                .as_ref()
+                .filter(|_| t.declared.schema.is_none())
+                .map(|e| e.schema_version),
             upserts: new_entries.into_iter().map(|(_, f)| f).collect(),
             removals,
             // What the user declared travels with the commit: same transaction.
@@ -140,7 +198,11 @@ impl Crawler {
             declared: (t.declared != t.earlier).then(|| t.declared.clone()),
         };
         let commit_started = Instant::now();
-        let outcome = self.catalog.commit_table(&commit).await?;
+        let outcome = match self.catalog.commit_table(&commit).await {
+            Ok(outcome) => outcome,
+            Err(crate::catalog::Error::SchemaMoved(m)) => return Err(CrawlError::SchemaMoved(m)),
+            Err(e) => return Err(CrawlError::Other(e.into())),
+        };
         summary.commit_ms += commit_started.elapsed().as_millis() as u64;
         if let Some(e) = &t.existing
             && holds_files

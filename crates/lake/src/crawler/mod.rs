@@ -1077,7 +1077,9 @@ impl Crawler {
             location: table_url.to_string(),
             format: TableFormat::Delta,
             partition_columns: Vec::new(),
+            // The Delta log's schema is the table's, whatever the catalog held.
             file_schema: Arc::clone(&described.schema),
+            base_schema_version: None,
             upserts: Vec::new(),
             removals: Vec::new(),
             declared: None,

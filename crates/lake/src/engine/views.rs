@@ -232,7 +232,9 @@ impl Engine {
             location: location.to_string(),
             format: TableFormat::Parquet,
             partition_columns: prefix.to_vec(),
+            // The view's own columns: a refresh's schema replaces the storage's.
             file_schema: schema,
+            base_schema_version: None,
             upserts,
             removals,
             declared: None,
