@@ -428,6 +428,8 @@ pub async fn main() {
             format_state: None,
             create_only: false,
             one_file_per_partition: false,
+            removals_read: false,
+            from_listing: true,
         })
         .await
         .expect("commit");

@@ -276,6 +276,15 @@ pub struct TableCommit {
     /// would leave two in one (another writer replaced the file this one read) fails with
     /// [`crate::Error::Conflict`] and changes nothing.
     pub one_file_per_partition: bool,
+    /// Each removal is a file this writer read and rewrote (a compaction): when another
+    /// writer removed one of them first, the commit fails with [`crate::Error::Conflict`]
+    /// and changes nothing, so no row is catalogued twice.
+    pub removals_read: bool,
+    /// The upserts come from a listing of the store (a crawl): a file another writer
+    /// replaced since the listing (scheduled for deletion, or written and not yet
+    /// committed) is left out, so a crawl never brings back a file a compaction or an
+    /// overwrite took out.
+    pub from_listing: bool,
 }
 
 /// Outcome of committing a [`TableCommit`].

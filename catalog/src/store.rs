@@ -620,6 +620,14 @@ impl Catalog {
                     .await?
             }
         };
+        let listed;
+        let commit = match replaced_since_listing(&mut tx, commit).await? {
+            Some(kept) => {
+                listed = kept;
+                &listed
+            }
+            None => commit,
+        };
         let ts = now();
         sqlx::query(
             "INSERT INTO databases (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -1972,19 +1980,51 @@ async fn recount_partitions(
 
 /// Forgets the uncommitted-write records of the files `commit` catalogues: they are
 /// committed now, and must not be swept.
-async fn release_written(tx: &mut sqlx::AnyConnection, commit: &TableCommit) -> Result<()> {
-    if commit.upserts.is_empty() {
-        return Ok(());
+/// A listing's commit ([`TableCommit::from_listing`]) without the files replaced or being
+/// written since the listing (those with a deferred delete): `None` when it has none.
+async fn replaced_since_listing(
+    tx: &mut sqlx::AnyConnection,
+    commit: &TableCommit,
+) -> Result<Option<TableCommit>> {
+    if !commit.from_listing || commit.upserts.is_empty() || !has_deferred(tx, commit).await? {
+        return Ok(None);
     }
-    // A crawl's commit may carry many thousands of files and its location has no pending
-    // write as a rule: look once before deleting path by path.
+    let mut replaced: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for files in commit.upserts.chunks(INSERT_CHUNK) {
+        let mut query = Statement::new("SELECT path FROM deferred_deletes WHERE location = ");
+        query.bind(&commit.location).push(" AND path IN (");
+        query.bind_list(files.iter().map(|f| &f.path));
+        query.push(")");
+        for row in query.fetch_all(&mut *tx).await? {
+            replaced.insert(row.get(0));
+        }
+    }
+    if replaced.is_empty() {
+        return Ok(None);
+    }
+    let mut kept = commit.clone();
+    kept.upserts.retain(|f| !replaced.contains(&f.path));
+    Ok(Some(kept))
+}
+
+/// Whether the commit's location has any deferred delete. A crawl's commit may carry many
+/// thousands of files and its location has none as a rule: look once before looking path
+/// by path.
+async fn has_deferred(tx: &mut sqlx::AnyConnection, commit: &TableCommit) -> Result<bool> {
     let pending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM deferred_deletes WHERE location = $1 LIMIT 1) p",
     )
     .bind(&commit.location)
     .fetch_one(&mut *tx)
     .await?;
-    if pending == 0 {
+    Ok(pending > 0)
+}
+
+async fn release_written(tx: &mut sqlx::AnyConnection, commit: &TableCommit) -> Result<()> {
+    if commit.upserts.is_empty() {
+        return Ok(());
+    }
+    if !has_deferred(tx, commit).await? {
         return Ok(());
     }
     for files in commit.upserts.chunks(INSERT_CHUNK) {
@@ -2120,6 +2160,7 @@ async fn remove_files(
     // The partitions whose files change: only their counts are recomputed (a small
     // commit to a table of many partitions touches only its own).
     let mut touched: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    let mut removed = 0;
     for paths in commit.removals.chunks(INSERT_CHUNK) {
         let delete = rows_in(
             "DELETE FROM data_files WHERE table_id = ",
@@ -2130,7 +2171,18 @@ async fn remove_files(
         );
         for row in delete.fetch_all(&mut *tx).await? {
             touched.insert(row.get(0));
+            removed += 1;
         }
+    }
+    if commit.removals_read && removed < commit.removals.len() {
+        // Dropping the transaction rolls it back: nothing of this commit is kept.
+        return Err(Error::Conflict(format!(
+            "{}.{}: {} of the files this commit replaces were removed by another writer \
+             since they were read; nothing was changed",
+            commit.database,
+            commit.name,
+            commit.removals.len() - removed
+        )));
     }
     // A file catalogued before may move to another partition (a pinned folder).
     if !created {

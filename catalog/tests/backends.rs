@@ -60,6 +60,8 @@ fn commit(
         format_state: None,
         create_only: false,
         one_file_per_partition: false,
+        removals_read: false,
+        from_listing: false,
     }
 }
 
@@ -68,6 +70,7 @@ async fn suite(catalog: &Catalog) {
     let table_id = tables_and_files(catalog).await;
     properties_partitions_databases_views(catalog, table_id).await;
     crawls_history_and_deletes(catalog).await;
+    rewrites_and_listings(catalog).await;
     // The catalog's own invariants hold after all of it.
     assert_eq!(catalog.check().await.unwrap(), Vec::<String>::new());
     assert!(catalog.drop_table("default", "events").await.unwrap());
@@ -192,6 +195,73 @@ async fn tables_and_files(catalog: &Catalog) -> i64 {
     same.base_schema_version = Some(1);
     assert!(!catalog.commit_table(&same).await.unwrap().changed);
     table.id
+}
+
+/// A rewrite (a compaction) whose files another writer removed first is refused with
+/// nothing applied; a listing's commit (a crawl) leaves out files replaced since it listed.
+async fn rewrites_and_listings(catalog: &Catalog) {
+    let s = schema(&[("id", DataType::Int64)]);
+    let path = |name: &str| format!("logs/day=1/{name}.parquet");
+    let small = |name: &str| file(&path(name), "1", 1, &s);
+    let paths = || async {
+        let table = catalog.table("default", "logs").await.unwrap().unwrap();
+        let index = catalog.file_index(table.id).await.unwrap();
+        index.into_iter().map(|f| f.path).collect::<Vec<_>>()
+    };
+    let files = vec![small("a"), small("b"), small("c")];
+    catalog
+        .commit_table(&commit("logs", &s, files, vec![]))
+        .await
+        .unwrap();
+
+    // Two compactions read a and b; the first swaps them for ab, the second is refused.
+    let mut first = commit("logs", &s, vec![small("ab")], vec![path("a"), path("b")]);
+    first.removals_read = true;
+    catalog.commit_table(&first).await.unwrap();
+    let mut second = commit("logs", &s, vec![small("ab2")], vec![path("a"), path("b")]);
+    second.removals_read = true;
+    let refused = catalog.commit_table(&second).await.unwrap_err();
+    assert!(
+        matches!(&refused, tarn_catalog::Error::Conflict(m)
+            if m.contains("default.logs") && m.contains("2 of the files")),
+        "{refused}"
+    );
+    assert_eq!(paths().await, [path("ab"), path("c")]);
+
+    // The first compaction scheduled a and b for deletion. A crawl that listed them before
+    // it does not bring them back, and keeps the rest of what it found.
+    let location = "file:///lake/logs/";
+    let due = "2999-01-01T00:00:00.000Z";
+    catalog
+        .defer_deletes(location, &[path("a"), path("b")], due)
+        .await
+        .unwrap();
+    let mut crawl = commit("logs", &s, vec![small("a"), small("b"), small("d")], vec![]);
+    crawl.from_listing = true;
+    catalog.commit_table(&crawl).await.unwrap();
+    assert_eq!(paths().await, [path("ab"), path("c"), path("d")]);
+    // Another writer's commit of a path is taken as it is (an ingest's own files).
+    catalog
+        .commit_table(&commit("logs", &s, vec![small("b")], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(paths().await, [path("ab"), path("b"), path("c"), path("d")]);
+    let pending = catalog.due_deletes(due).await.unwrap();
+    let pending: Vec<&str> = pending
+        .iter()
+        .filter(|d| d.1 == location)
+        .map(|d| d.2.as_str())
+        .collect();
+    assert_eq!(pending, [path("a")]);
+    let ids: Vec<i64> = catalog
+        .due_deletes(due)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    catalog.forget_deletes(&ids).await.unwrap();
+    assert!(catalog.drop_table("default", "logs").await.unwrap());
 }
 
 async fn properties_partitions_databases_views(catalog: &Catalog, table_id: i64) {

@@ -93,9 +93,21 @@ struct Written {
     done: Vec<FileEntry>,
     open: HashMap<Vec<Option<String>>, OpenFile>,
     started: Vec<Path>,
+    /// A file is finished once it holds about this many bytes (or [`ROWS_PER_FILE`] rows).
+    file_bytes: u64,
 }
 
 impl Written {
+    fn new(store: Arc<dyn ObjectStore>, file_bytes: u64) -> Self {
+        Self {
+            store,
+            done: Vec::new(),
+            open: HashMap::new(),
+            started: Vec::new(),
+            file_bytes,
+        }
+    }
+
     /// Deletes every file this ingest started (best effort: the files are not in the
     /// catalog, so a leftover is invisible to queries, but it would be found by a crawl).
     async fn abort(self) {
@@ -201,12 +213,7 @@ where
     let router = PartitionRouter::new(&location, &partition_columns, &partitions, &qualified)?;
 
     let ingest_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut written = Written {
-        store: Arc::clone(&store),
-        done: Vec::new(),
-        open: HashMap::new(),
-        started: Vec::new(),
-    };
+    let mut written = Written::new(Arc::clone(&store), u64::MAX);
     let pending = PendingWrites {
         catalog,
         location: &location,
@@ -256,6 +263,8 @@ where
             format_state: None,
             create_only: false,
             one_file_per_partition: false,
+            removals_read: false,
+            from_listing: false,
         };
         let failed = match catalog.commit_table(&commit).await {
             Ok(_) => break,
@@ -281,6 +290,83 @@ where
     crate::deferred::defer(catalog, &location, removals).await;
     tracing::info!(table = %qualified, rows, files = written.done.len(), "ingested");
     Ok(rows)
+}
+
+/// Files of a table to write again: the table as read, the catalogued files the rows come
+/// from, and the size of the new files.
+pub(crate) struct Rewrite<'a> {
+    pub catalog: &'a crate::catalog::Catalog,
+    pub stores: &'a StoreRegistry,
+    pub table: &'a TableEntry,
+    /// Paths of the catalogued files the rows were read from.
+    pub replaced: Vec<String>,
+    /// A new file is finished once it holds about this many bytes.
+    pub file_bytes: u64,
+}
+
+/// Writes `batches` (the rows of `rewrite.replaced`, with the table's columns and its
+/// partition columns) into new files in the partitions the rows belong to, and commits them
+/// in place of the replaced files in one commit. The commit fails with a conflict, keeping
+/// nothing, when another writer removed any replaced file first (so no row is catalogued
+/// twice) or changed the table's schema. The replaced files are deleted after the grace
+/// period, as a query planned before the swap may still read them. Returns the new files.
+///
+/// # Errors
+/// [`Error::Conflict`] as above; store errors while writing. Nothing is committed then, and
+/// the new files are deleted.
+pub(crate) async fn rewrite<S>(rewrite: Rewrite<'_>, batches: S) -> Result<Vec<FileEntry>>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send,
+{
+    let t = rewrite.table;
+    let qualified = format!("{}.{}", t.database, t.name);
+    let location = Location::parse_catalogued(&t.location)?;
+    let partitions = if t.partition_columns.is_empty() {
+        Vec::new()
+    } else {
+        rewrite.catalog.partitions(t.id).await?
+    };
+    let store = rewrite.stores.store_for(&location)?;
+    let router = PartitionRouter::new(&location, &t.partition_columns, &partitions, &qualified)?;
+    let mut written = Written::new(store, rewrite.file_bytes);
+    let pending = PendingWrites {
+        catalog: rewrite.catalog,
+        location: &location,
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    if let Err(e) = write_all(&mut written, &router, Some(&pending), &id, batches).await {
+        written.abort().await;
+        return Err(e);
+    }
+    let commit = TableCommit {
+        database: t.database.clone(),
+        name: t.name.clone(),
+        location: location.to_string(),
+        format: TableFormat::Parquet,
+        partition_columns: t.partition_columns.clone(),
+        file_schema: Arc::clone(&t.file_schema),
+        base_schema_version: Some(t.schema_version),
+        upserts: written.done.clone(),
+        removals: rewrite.replaced.clone(),
+        declared: None,
+        format_state: None,
+        create_only: false,
+        one_file_per_partition: false,
+        removals_read: true,
+        from_listing: false,
+    };
+    if let Err(e) = rewrite.catalog.commit_table(&commit).await {
+        written.abort().await;
+        return Err(match e {
+            crate::catalog::Error::SchemaMoved(m) => Error::Conflict(format!(
+                "{qualified}: its schema changed while its files were rewritten ({m}); run \
+                 the statement again"
+            )),
+            e => e.into(),
+        });
+    }
+    crate::deferred::defer(rewrite.catalog, &location, rewrite.replaced).await;
+    Ok(written.done)
 }
 
 /// The schema a table has after rows of `rows` are added: `table`'s widened to take them
@@ -318,12 +404,7 @@ where
 {
     let store = stores.store_for(location)?;
     let router = PartitionRouter::new(location, partition_columns, &[], &location.to_string())?;
-    let mut written = Written {
-        store: Arc::clone(&store),
-        done: Vec::new(),
-        open: HashMap::new(),
-        started: Vec::new(),
-    };
+    let mut written = Written::new(Arc::clone(&store), u64::MAX);
     let id = uuid::Uuid::new_v4().simple().to_string();
     match write_all(&mut written, &router, None, &id, batches).await {
         Ok((_, rows)) => Ok((rows, written.done.len())),
@@ -398,7 +479,8 @@ where
                 .await
                 .map_err(|e| Error::Execution(format!("writing '{}': {e}", open.path)))?;
             open.rows += part.num_rows();
-            if open.rows >= ROWS_PER_FILE
+            let bytes = open.writer.bytes_written() + open.writer.in_progress_size();
+            if (open.rows >= ROWS_PER_FILE || bytes as u64 >= written.file_bytes)
                 && let Some(full) = written.open.remove(&values)
             {
                 let entry = finish_file(&written.store, full, &file_schema).await?;

@@ -187,6 +187,8 @@ impl Crawler {
             // What the user declared travels with the commit: same transaction.
             create_only: options.create_only,
             one_file_per_partition: false,
+            removals_read: false,
+            from_listing: true,
             format_state: match format {
                 FileFormat::Parquet => None,
                 FileFormat::Csv => Some(FormatState::Csv {

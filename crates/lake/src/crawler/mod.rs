@@ -1086,6 +1086,8 @@ impl Crawler {
             format_state: Some(crate::delta::format_state(&described)),
             create_only: options.create_only,
             one_file_per_partition: false,
+            removals_read: false,
+            from_listing: false,
         };
         let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;

@@ -181,7 +181,7 @@ fn file_option(key: &str, value: &SqlExpr, statement: &str) -> Result<Option<Vec
 
 /// The query's rows, led by an empty batch of its schema, so a query that gives no rows
 /// still gives the writer its columns (an empty table, or no files).
-async fn rows_of(
+pub(super) async fn rows_of(
     df: datafusion::prelude::DataFrame,
 ) -> Result<impl futures::Stream<Item = Result<arrow::array::RecordBatch>> + Send> {
     use futures::StreamExt;

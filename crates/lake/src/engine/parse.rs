@@ -1,7 +1,7 @@
 //! Tarn's SQL parsing, in one place: a statement is tokenized once in the session's
 //! dialect; the time-travel clauses are taken out of its tokens
 //! ([`super::time_travel`]); then [`parse`] reads Tarn's own statements (`REFRESH
-//! MATERIALIZED VIEW`, `ALTER TABLE … ADD PARTITION … LOCATION`) with sqlparser's parser and
+//! MATERIALIZED VIEW`, `OPTIMIZE`, `ALTER TABLE … ADD PARTITION … LOCATION`) with sqlparser's parser and
 //! hands anything else to DataFusion's parser over the same tokens.
 //!
 //! Tarn's dialect is sqlparser's generic dialect (DataFusion's default) with corrections
@@ -34,6 +34,12 @@ pub(crate) enum Parsed {
     Statement(Statement),
     /// `REFRESH MATERIALIZED VIEW [database.]view [FULL]`.
     Refresh { view: ObjectName, full: bool },
+    /// `OPTIMIZE [TABLE] t [REWRITE DATA USING BIN_PACK] [WHERE predicate]` (Athena's and
+    /// Delta's form): the table's small files rewritten into files near a target size.
+    Optimize {
+        table: ObjectName,
+        predicate: Option<Expr>,
+    },
     /// `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION (k = v, …) [LOCATION '…'] …`: Hive's
     /// and Athena's form, where each partition may name the folder its files are in.
     AddPartitions {
@@ -126,6 +132,24 @@ fn tarn_statement(p: &mut Parser) -> std::result::Result<Option<Parsed>, ParserE
         end_of_statement(p)?;
         return Ok(Some(Parsed::Refresh { view, full }));
     }
+    if p.parse_keyword(Keyword::OPTIMIZE) {
+        let _table = p.parse_keyword(Keyword::TABLE);
+        let table = p.parse_object_name(false)?;
+        // Athena's `REWRITE DATA USING BIN_PACK` names the one way Tarn rewrites.
+        if parse_word(p, "REWRITE") {
+            p.expect_keywords(&[Keyword::DATA, Keyword::USING])?;
+            if !parse_word(p, "BIN_PACK") {
+                return p.expected("BIN_PACK", p.peek_token());
+            }
+        }
+        let predicate = if p.parse_keyword(Keyword::WHERE) {
+            Some(p.parse_expr()?)
+        } else {
+            None
+        };
+        end_of_statement(p)?;
+        return Ok(Some(Parsed::Optimize { table, predicate }));
+    }
     // `ALTER TABLE t ADD [IF NOT EXISTS] PARTITION`: the start decides, and is read again
     // by DataFusion's parser when it is another statement.
     let add = p.maybe_parse(|p| {
@@ -159,6 +183,16 @@ fn tarn_statement(p: &mut Parser) -> std::result::Result<Option<Parsed>, ParserE
         if_not_exists,
         partitions,
     }))
+}
+
+/// Consumes the next token when it is the word `word` (one sqlparser has no keyword for).
+fn parse_word(p: &mut Parser, word: &str) -> bool {
+    let matches = matches!(&p.peek_token_ref().token, Token::Word(w)
+        if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    if matches {
+        p.next_token();
+    }
+    matches
 }
 
 /// The end of the statement (an optional `;`), or the parser's error at what follows.
@@ -373,6 +407,34 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+            for (sql, table, predicate) in [
+                ("optimize events", "events", None),
+                (
+                    "OPTIMIZE TABLE web.events REWRITE DATA USING bin_pack WHERE day >= 3;",
+                    "web.events",
+                    Some("day >= 3"),
+                ),
+                (
+                    "OPTIMIZE events WHERE hour = 1 AND day IN (1, 2)",
+                    "events",
+                    Some("hour = 1 AND day IN (1, 2)"),
+                ),
+            ] {
+                match parse(sql).unwrap() {
+                    Parsed::Optimize {
+                        table: t,
+                        predicate: p,
+                    } => {
+                        assert_eq!(t.to_string(), table);
+                        assert_eq!(p.map(|p| p.to_string()).as_deref(), predicate);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            let error = parse("OPTIMIZE events REWRITE DATA USING SORT").unwrap_err();
+            assert!(error.to_string().contains("BIN_PACK"), "{error}");
+            let error = parse("OPTIMIZE events WHERE").unwrap_err();
+            assert!(error.to_string().contains("expression"), "{error}");
             // Malformed: the parser's own message, at the place.
             let error = parse("REFRESH MATERIALIZED VIEW v FULL NOW").unwrap_err();
             assert!(

@@ -241,6 +241,8 @@ impl Engine {
             format_state: None,
             create_only: false,
             one_file_per_partition: true,
+            removals_read: false,
+            from_listing: false,
         };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;

@@ -46,6 +46,7 @@ use crate::storage::Location;
 
 mod insert;
 mod locations;
+mod optimize;
 mod partitions;
 mod run;
 mod show;
@@ -152,6 +153,13 @@ pub enum Command {
     Unload(Box<super::ctas::Unload>),
     /// `SHOW RESULT CACHE`: the result cache's size, hits and misses.
     ShowResultCache,
+    /// `OPTIMIZE d.t [WHERE predicate]`: the small files of the partitions the predicate
+    /// (over partition columns, as SQL) selects rewritten into files near a target size.
+    Optimize {
+        database: String,
+        name: String,
+        predicate: Option<String>,
+    },
     /// `SET`, `RESET`, `USE` or `SHOW` of a session's setting: the front door keeps the
     /// session (see [`super::settings`]).
     Session(crate::engine::settings::SessionCommand),
@@ -207,6 +215,7 @@ impl Command {
             Command::CreateTableAs(_) => "CREATE TABLE AS",
             Command::Unload(_) => "UNLOAD",
             Command::ShowResultCache => "SHOW RESULT CACHE",
+            Command::Optimize { .. } => "OPTIMIZE",
             Command::Session(_) => "SET",
             Command::Insert {
                 overwrite: true, ..
@@ -710,6 +719,14 @@ pub(crate) fn tarn_command(parsed: super::parse::Parsed, default_db: &str) -> Re
                 database,
                 name,
                 full,
+            })
+        }
+        Parsed::Optimize { table, predicate } => {
+            let (database, name) = table_name(&table, default_db)?;
+            Ok(Command::Optimize {
+                database,
+                name,
+                predicate: predicate.map(|p| p.to_string()),
             })
         }
         Parsed::AddPartitions {

@@ -137,6 +137,11 @@ impl Engine {
                 self.show_history(command.schema(), database, name).await?
             }
             Command::ShowCrawls => self.show_crawls(command.schema()).await?,
+            Command::Optimize {
+                database,
+                name,
+                predicate,
+            } => message(self.optimize(database, name, predicate.as_deref()).await?)?,
             Command::ShowDatabases => {
                 self.refresh().await?;
                 let names = self.databases();
