@@ -243,7 +243,9 @@ impl Executions {
         if execution.user != caller.name && !matches!(caller.role, Role::Admin) {
             return Err(unknown());
         }
-        if !live && execution.expired(Utc::now()) {
+        // An ended execution past its retention is gone, even in the moment before it
+        // leaves `running` (a long poll woken by its end reads it then).
+        if (!live || execution.state.ended()) && execution.expired(Utc::now()) {
             return Err(unknown());
         }
         if !live && !execution.state.ended() {
