@@ -561,6 +561,8 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
     let (listener, addr) = tarn_server::serve::bind(args.listen).await?;
     // Scheduled crawlers run inside the server.
     let engine = ctx.engine.clone();
+    let min_files = args.auto_optimize_min_files;
+    let compacting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(tarn_lake::crawler::jobs::schedule_loop(
         ctx.catalog.clone(),
         std::sync::Arc::clone(&ctx.stores),
@@ -568,10 +570,19 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         move |mut crawled| {
             // Every tick: rollups catch up with changes from scheduled crawls and from
             // crawls and ingests of other processes sharing the catalog; the scheduled
-            // crawls report the refreshes that failed.
+            // crawls report the refreshes that failed. Then crowded partitions are
+            // compacted, by one tick at a time.
             let engine = engine.clone();
+            let compacting = std::sync::Arc::clone(&compacting);
             tokio::spawn(async move {
                 engine.refresh_after_crawls(&mut crawled).await;
+                use std::sync::atomic::Ordering;
+                if min_files > 0 && !compacting.swap(true, Ordering::SeqCst) {
+                    if let Err(e) = engine.auto_optimize(min_files).await {
+                        tracing::warn!(error = %e, "automatic compaction failed");
+                    }
+                    compacting.store(false, Ordering::SeqCst);
+                }
             });
         },
     ));

@@ -250,6 +250,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TARN_SCHEDULE_CHECK_SECS", default_value_t = 15)]
     pub schedule_check_secs: u64,
 
+    /// Compact automatically: at each scheduler check, a partition of a Parquet table that
+    /// holds at least this many files under OPTIMIZE's target size is rewritten as
+    /// `OPTIMIZE` would (0: off, the default, as it rewrites and later deletes files that
+    /// other writers put in the lake).
+    #[arg(long, env = "TARN_AUTO_OPTIMIZE_MIN_FILES", default_value_t = 0)]
+    pub auto_optimize_min_files: u64,
+
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long)]
     pub insecure_no_auth: bool,

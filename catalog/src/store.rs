@@ -1065,6 +1065,31 @@ impl Catalog {
         Ok(())
     }
 
+    /// The partitions of Parquet tables holding at least `min_files` files smaller than
+    /// `below_bytes` (candidates for compaction): `(database, table, partition location)`.
+    pub async fn crowded_partitions(
+        &self,
+        below_bytes: u64,
+        min_files: u64,
+    ) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT d.name, t.name, p.location
+             FROM data_files f
+               JOIN partitions p ON p.id = f.partition_id
+               JOIN tables t ON t.id = f.table_id
+               JOIN databases d ON d.id = t.database_id
+             WHERE f.size < $1 AND t.format = 'parquet'
+             GROUP BY d.name, t.name, p.location
+             HAVING count(*) >= $2
+             ORDER BY d.name, t.name, p.location",
+        )
+        .bind(i64::try_from(below_bytes).unwrap_or(i64::MAX))
+        .bind(i64::try_from(min_files).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Schedules the deletion of `paths` (objects of the table at `location`) at `due_at`
     /// (RFC 3339, UTC).
     pub async fn defer_deletes(

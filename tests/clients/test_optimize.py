@@ -171,3 +171,37 @@ def test_optimize_where_selects_partitions_and_bad_requests_get_clear_errors(tmp
             assert [rows(cur, sql) for sql in ANSWERS] == expected
     finally:
         server.stop()
+
+
+def test_a_server_compacts_crowded_partitions_on_its_own(tmp_path):
+    """`--auto-optimize-min-files`: partitions with that many small files are compacted at
+    the scheduler's checks, whether a crawl found them or small ingests made them."""
+    root = tmp_path / "lake"
+    originals = write_firehose(root, {13: 12, 14: 3})
+    expected = [oracle(originals, sql) for sql in ANSWERS]
+    data_dir = tmp_path / "data"
+    crawl = tarn(data_dir, "crawl", str(root))
+    assert crawl.returncode == 0, crawl.stderr
+    server = Server(
+        data_dir,
+        command=("serve", "--auto-optimize-min-files", "10", "--schedule-check-secs", "1"),
+        env={"TARN_LOG": "info"},
+    )
+    try:
+        server.wait_for_log(r"optimized table=default\.events")
+        with connect(server.uri) as conn, conn.cursor() as cur:
+            # Only the crowded hour was rewritten.
+            assert files_per_hour(cur) == {13: 1, 14: 3}
+            assert [rows(cur, sql) for sql in ANSWERS] == expected
+
+            # Ten small appends: ten files in one partition, then one.
+            batches = [pa.table({"n": pa.array(range(i * 10, i * 10 + 10), pa.int64())})
+                       for i in range(10)]
+            for batch in batches:
+                cur.adbc_ingest("appends", batch, mode="create_append")
+            server.wait_for_log(r"optimized table=default\.appends")
+            assert rows(cur, "SELECT files FROM system.tables WHERE table_name = 'appends'") \
+                == [(1,)]
+            assert rows(cur, "SELECT count(*), sum(n) FROM appends") == [(100, sum(range(100)))]
+    finally:
+        server.stop()

@@ -45,6 +45,57 @@ impl Engine {
         name: &str,
         predicate: Option<&str>,
     ) -> Result<String> {
+        let table = self.optimizable(database, name).await?;
+        let mut partitions = self.files_by_partition(&table).await?;
+        if let Some(sql) = predicate {
+            let selected = self.selected_partitions(&table, &partitions, sql)?;
+            partitions.retain(|folder, _| selected.contains(folder));
+        }
+        let done = self.compact(&table, partitions).await?;
+        Ok(done.message(&format!("{database}.{name}")))
+    }
+
+    /// Automatic compaction (`tarn serve --auto-optimize-min-files`): every partition of a
+    /// Parquet table holding at least `min_files` files below [`OPTIMIZE_TARGET_BYTES`] is
+    /// compacted as `OPTIMIZE` would. A table that fails (another writer rewrote a
+    /// partition first) is logged and the others go on. Returns the partitions compacted.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] when the catalog cannot be read.
+    pub async fn auto_optimize(&self, min_files: u64) -> Result<u64> {
+        let crowded = self
+            .catalog()
+            .crowded_partitions(OPTIMIZE_TARGET_BYTES, min_files.max(2))
+            .await?;
+        let mut by_table: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for (database, name, folder) in crowded {
+            by_table.entry((database, name)).or_default().push(folder);
+        }
+        let mut compacted = 0;
+        for ((database, name), folders) in by_table {
+            if crate::rollup::is_storage_table(&name) {
+                continue;
+            }
+            let compacted_here = async {
+                let table = self.optimizable(&database, &name).await?;
+                let mut partitions = self.files_by_partition(&table).await?;
+                partitions.retain(|folder, _| folders.contains(folder));
+                self.compact(&table, partitions).await
+            };
+            match compacted_here.await {
+                Ok(done) => compacted += done.partitions,
+                Err(e) => tracing::warn!(
+                    table = %format!("{database}.{name}"),
+                    error = %e,
+                    "automatic compaction of a table failed; the next check tries again"
+                ),
+            }
+        }
+        Ok(compacted)
+    }
+
+    /// The table, when `OPTIMIZE` can rewrite it.
+    async fn optimizable(&self, database: &str, name: &str) -> Result<crate::catalog::TableEntry> {
         let qualified = format!("{database}.{name}");
         let Some(table) = self.catalog().table(database, name).await? else {
             return Err(Error::TableNotFound { name: qualified });
@@ -70,6 +121,14 @@ impl Engine {
                  already; REFRESH MATERIALIZED VIEW rewrites it"
             )));
         }
+        Ok(table)
+    }
+
+    /// The table's catalogued files by partition folder.
+    async fn files_by_partition(
+        &self,
+        table: &crate::catalog::TableEntry,
+    ) -> Result<BTreeMap<String, Vec<FileEntry>>> {
         let mut partitions: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
         for file in self.catalog().files(table.id).await? {
             partitions
@@ -77,10 +136,16 @@ impl Engine {
                 .or_default()
                 .push(file);
         }
-        if let Some(sql) = predicate {
-            let selected = self.selected_partitions(&table, &partitions, sql)?;
-            partitions.retain(|folder, _| selected.contains(folder));
-        }
+        Ok(partitions)
+    }
+
+    /// Rewrites the small files of each of `partitions` (one commit each), then refreshes
+    /// the catalog snapshot and the views over the table.
+    async fn compact(
+        &self,
+        table: &crate::catalog::TableEntry,
+        partitions: BTreeMap<String, Vec<FileEntry>>,
+    ) -> Result<Optimized> {
         let location = Location::parse_catalogued(&table.location)?;
         let mut done = Optimized::default();
         for files in partitions.into_values() {
@@ -99,7 +164,7 @@ impl Engine {
             let rewrite = crate::ingest::Rewrite {
                 catalog: self.catalog(),
                 stores: self.stores(),
-                table: &table,
+                table,
                 replaced: small.iter().map(|f| f.path.clone()).collect(),
                 file_bytes: OPTIMIZE_TARGET_BYTES,
             };
@@ -113,15 +178,15 @@ impl Engine {
         if done.partitions > 0 {
             self.refresh().await?;
             self.refresh_stale_rollups().await;
+            tracing::info!(
+                table = %format!("{}.{}", table.database, table.name),
+                partitions = done.partitions,
+                files_read = done.files_read,
+                files_written = done.files_written,
+                "optimized"
+            );
         }
-        tracing::info!(
-            table = %qualified,
-            partitions = done.partitions,
-            files_read = done.files_read,
-            files_written = done.files_written,
-            "optimized"
-        );
-        Ok(done.message(&qualified))
+        Ok(done)
     }
 
     /// The partition folders whose values satisfy `sql`, a condition on the table's
