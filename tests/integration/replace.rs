@@ -99,3 +99,68 @@ fn sum(batch: &RecordBatch) -> i64 {
         .iter()
         .sum()
 }
+
+/// A crawl takes a catalogued file it did not list for removed only when the file is older
+/// than its listing: a file another writer committed while the crawl ran (last modified
+/// after the listing began) cannot be in the listing, and stays.
+#[tokio::test]
+async fn a_crawl_keeps_files_committed_after_its_listing_began() {
+    let env = Env::new().await;
+    let lake = env.lake();
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+    for file in ["a", "b"] {
+        let values: ArrayRef = Arc::new(Int64Array::from_iter_values(0..10));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
+        write_parquet(&lake.join(format!("t/{file}.parquet")), &batch);
+    }
+    env.crawl(&lake).await;
+    let table = env.catalog.table("default", "t").await.unwrap().unwrap();
+    let catalogued = env.catalog.file_index(table.id).await.unwrap();
+    assert_eq!(catalogued.len(), 2);
+
+    // What another writer commits between the next crawl's listing and its commit: a file
+    // written after the listing began (dated an hour ahead here, so the listing below
+    // cannot have seen it). And b is deleted from the lake.
+    let a = catalogued
+        .iter()
+        .find(|f| f.path.ends_with("/a.parquet"))
+        .expect("a is catalogued")
+        .clone();
+    let mut late = a.clone();
+    late.path = late.path.replace("/a.parquet", "/late.parquet");
+    late.last_modified = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    env.catalog
+        .commit_table(&tarn_lake::catalog::TableCommit {
+            database: "default".into(),
+            name: "t".into(),
+            location: table.location.clone(),
+            format: table.format,
+            partition_columns: table.partition_columns.clone(),
+            file_schema: Arc::clone(&table.file_schema),
+            base_schema_version: Some(table.schema_version),
+            upserts: vec![late.clone()],
+            removals: vec![],
+            declared: None,
+            format_state: None,
+            create_only: false,
+            one_file_per_partition: false,
+            removals_read: false,
+            from_listing: false,
+        })
+        .await
+        .unwrap();
+    std::fs::remove_file(lake.join("t/b.parquet")).unwrap();
+
+    let summary = env.crawl(&lake).await;
+    assert_eq!(summary.files_removed, 1);
+    let mut paths: Vec<String> = env
+        .catalog
+        .file_index(table.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, [a.path, late.path]);
+}

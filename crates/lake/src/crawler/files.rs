@@ -908,9 +908,12 @@ impl TableCrawl<'_> {
         let new_paths: BTreeSet<&str> = new_entries.iter().map(|(_, f)| f.path.as_str()).collect();
         let removals: Vec<String> = self
             .old_files
-            .keys()
-            .filter(|p| !kept_paths.contains(p.as_str()) && !new_paths.contains(p.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(p, _)| !kept_paths.contains(p.as_str()) && !new_paths.contains(p.as_str()))
+            // Written after the listing began (an ingest or a compaction committed while
+            // this crawl ran): the listing cannot have seen it, so it is not gone.
+            .filter(|(_, f)| summary.listed_at.is_none_or(|at| f.last_modified <= at))
+            .map(|(p, _)| p.clone())
             .collect();
         for (i, f) in new_entries {
             match triage.restat.get(i) {

@@ -284,6 +284,11 @@ pub struct CrawlSummary {
     /// The crawl's record in the crawl history (not part of the recorded summary).
     #[serde(skip)]
     pub crawl_id: Option<i64>,
+    /// When the crawl began listing the location (not part of the recorded summary): a
+    /// catalogued file last modified after it cannot be in the listing, as another writer
+    /// committed it while the crawl ran, so it is not taken for removed.
+    #[serde(skip)]
+    pub listed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub location: String,
     pub database: String,
     pub tables_created: Vec<String>,
@@ -866,6 +871,7 @@ impl Crawler {
             ..Default::default()
         };
 
+        summary.listed_at = Some(chrono::Utc::now());
         let listed = list_objects(&store, location, &prefix, &options.within).await?;
         summary.files_listed = listed.len() as u64;
         self.report(|p| p.files_listed += listed.len() as u64);
