@@ -202,23 +202,8 @@ impl Engine {
             removed: comparison.gone.len(),
             ..RefreshReport::default()
         };
-        let to_compute: Vec<(Vec<ScalarValue>, String)> = if full {
-            groups(&base, depth)
-                .into_iter()
-                .map(|(key, files)| (key, fingerprint(files)))
-                .collect()
-        } else {
-            comparison.stale
-        };
-        report.unchanged = comparison.partitions - to_compute.len();
-        let mut stale: Vec<StalePartition> = to_compute
-            .into_iter()
-            .map(|(key, print)| {
-                let values = raw.get(&key).cloned().unwrap_or_default();
-                (key, values, print)
-            })
-            .collect();
-        stale.sort_by(|a, b| a.1.cmp(&b.1));
+        let stale = to_compute(&base, depth, full, comparison.stale, &raw);
+        report.unchanged = comparison.partitions - stale.len();
 
         // The base is read as it is: answering the refresh from the view being refreshed
         // would read the rows it replaces.
@@ -488,6 +473,34 @@ impl Engine {
     pub async fn sweep_deferred_deletes(&self, now: DateTime<Utc>) -> Result<usize> {
         crate::deferred::sweep(self.catalog(), self.stores(), now).await
     }
+}
+
+/// The partitions a refresh recomputes: every one of `base` (`full`) or the `stale` ones,
+/// each with its raw values (from `raw`) and fingerprint, in the order of their values.
+fn to_compute(
+    base: &crate::table::CatalogTable,
+    depth: usize,
+    full: bool,
+    stale: Vec<(Vec<ScalarValue>, String)>,
+    raw: &HashMap<Vec<ScalarValue>, Vec<Option<String>>>,
+) -> Vec<StalePartition> {
+    let chosen: Vec<(Vec<ScalarValue>, String)> = if full {
+        groups(base, depth)
+            .into_iter()
+            .map(|(key, files)| (key, fingerprint(files)))
+            .collect()
+    } else {
+        stale
+    };
+    let mut out: Vec<StalePartition> = chosen
+        .into_iter()
+        .map(|(key, print)| {
+            let values = raw.get(&key).cloned().unwrap_or_default();
+            (key, values, print)
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
 }
 
 /// The folder and path of the file each partition of `group` gets in the view's storage at
