@@ -298,6 +298,8 @@ pub(crate) struct Rewrite<'a> {
     pub catalog: &'a crate::catalog::Catalog,
     pub stores: &'a StoreRegistry,
     pub table: &'a TableEntry,
+    /// The table's partitions (read once by a caller rewriting several).
+    pub partitions: &'a [PartitionEntry],
     /// Paths of the catalogued files the rows were read from.
     pub replaced: Vec<String>,
     /// A new file is finished once it holds about this many bytes.
@@ -321,13 +323,13 @@ where
     let t = rewrite.table;
     let qualified = format!("{}.{}", t.database, t.name);
     let location = Location::parse_catalogued(&t.location)?;
-    let partitions = if t.partition_columns.is_empty() {
-        Vec::new()
-    } else {
-        rewrite.catalog.partitions(t.id).await?
-    };
     let store = rewrite.stores.store_for(&location)?;
-    let router = PartitionRouter::new(&location, &t.partition_columns, &partitions, &qualified)?;
+    let router = PartitionRouter::new(
+        &location,
+        &t.partition_columns,
+        rewrite.partitions,
+        &qualified,
+    )?;
     let mut written = Written::new(store, rewrite.file_bytes);
     let pending = PendingWrites {
         catalog: rewrite.catalog,

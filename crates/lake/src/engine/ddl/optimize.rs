@@ -147,6 +147,11 @@ impl Engine {
         partitions: BTreeMap<String, Vec<FileEntry>>,
     ) -> Result<Optimized> {
         let location = Location::parse_catalogued(&table.location)?;
+        let known = if table.partition_columns.is_empty() {
+            Vec::new()
+        } else {
+            self.catalog().partitions(table.id).await?
+        };
         let mut done = Optimized::default();
         for files in partitions.into_values() {
             let small: Vec<FileEntry> = files
@@ -165,6 +170,7 @@ impl Engine {
                 catalog: self.catalog(),
                 stores: self.stores(),
                 table,
+                partitions: &known,
                 replaced: small.iter().map(|f| f.path.clone()).collect(),
                 file_bytes: OPTIMIZE_TARGET_BYTES,
             };
