@@ -559,6 +559,15 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         tls,
     };
     let (listener, addr) = tarn_server::serve::bind(args.listen).await?;
+    // Streamed records acknowledged before a restart are back in their buffers before
+    // the first request.
+    let replayed = ctx
+        .engine
+        .start_streams(stream_options(data_dir, args)?)
+        .await?;
+    if replayed > 0 {
+        tracing::info!(records = replayed, "stream log replayed");
+    }
     // Scheduled crawlers run inside the server.
     let engine = ctx.engine.clone();
     let min_files = args.auto_optimize_min_files;
@@ -587,6 +596,30 @@ async fn serve(ctx: &Context, data_dir: &std::path::Path, args: &ServeArgs) -> R
         },
     ));
     serve_until_drained(ctx, args, (listener, scheme, addr), options).await
+}
+
+/// Where the stream log lives and when buffers are delivered, from `tarn serve`'s flags.
+fn stream_options(
+    data_dir: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<tarn_lake::stream::StreamOptions> {
+    let positive = |value: f64, flag: &str| {
+        if value.is_finite() && value > 0.0 {
+            Ok(value)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{flag} must be a positive number, not {value}"
+            )))
+        }
+    };
+    let megabytes = positive(args.stream_buffer_mb, "--stream-buffer-mb")?;
+    let seconds = positive(args.stream_buffer_seconds, "--stream-buffer-seconds")?;
+    Ok(tarn_lake::stream::StreamOptions {
+        dir: data_dir.join("streams"),
+        flush_bytes: (megabytes * 1024.0 * 1024.0) as usize,
+        flush_age: std::time::Duration::from_secs_f64(seconds),
+        max_bytes: usize::try_from(args.stream_memory_mb.max(1) << 20).unwrap_or(usize::MAX),
+    })
 }
 
 /// Serves Flight SQL (and the operations listener, if asked for) until SIGTERM or Ctrl-C:

@@ -98,7 +98,7 @@ pub enum Command {
     /// Crawl a location (a path, file:// or s3:// URL) into the catalog.
     Crawl(CrawlArgs),
     /// Serve the catalog over Arrow Flight SQL.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run parts of distributed queries for coordinators (`serve --workers`); needs no
     /// catalog, reads the lake with the same store settings as the coordinator.
     Worker(WorkerArgs),
@@ -256,6 +256,21 @@ pub struct ServeArgs {
     /// other writers put in the lake).
     #[arg(long, env = "TARN_AUTO_OPTIMIZE_MIN_FILES", default_value_t = 0)]
     pub auto_optimize_min_files: u64,
+
+    /// Streams: a table's buffered records are delivered to the lake once they hold this
+    /// many megabytes (Firehose's default: 5).
+    #[arg(long, env = "TARN_STREAM_BUFFER_MB", default_value_t = 5.0)]
+    pub stream_buffer_mb: f64,
+
+    /// Streams: ... or once the oldest buffered record is this many seconds old
+    /// (Firehose's default: 300).
+    #[arg(long, env = "TARN_STREAM_BUFFER_SECONDS", default_value_t = 300.0)]
+    pub stream_buffer_seconds: f64,
+
+    /// Streams: megabytes of buffered records held at most, all tables together; writers
+    /// beyond it are told to retry (RESOURCE_EXHAUSTED, HTTP 429 with Retry-After).
+    #[arg(long, env = "TARN_STREAM_MEMORY_MB", default_value_t = 512)]
+    pub stream_memory_mb: u64,
 
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long)]

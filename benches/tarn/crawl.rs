@@ -430,6 +430,7 @@ pub async fn main() {
             one_file_per_partition: false,
             removals_read: false,
             from_listing: true,
+            stream_flushed: None,
         })
         .await
         .expect("commit");

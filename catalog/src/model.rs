@@ -285,6 +285,10 @@ pub struct TableCommit {
     /// committed) is left out, so a crawl never brings back a file a compaction or an
     /// overwrite took out.
     pub from_listing: bool,
+    /// The commit delivers a stream's buffered records (see `TableProperties::stream`):
+    /// the log's id and the newest log sequence number whose records these files hold,
+    /// recorded in the same transaction so a replay after a crash skips them.
+    pub stream_flushed: Option<(String, u64)>,
 }
 
 /// Outcome of committing a [`TableCommit`].
@@ -668,6 +672,11 @@ pub struct TableProperties {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub pinned_partitions: Vec<PinnedPartition>,
+    /// Streamed records delivered into the table's files: by write-ahead log id, the
+    /// newest log sequence number delivered. A server replaying its log after a crash
+    /// skips the records at or below it, so none is catalogued twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stream: BTreeMap<String, u64>,
 }
 
 /// What a table's format keeps of the version the catalog holds. Which one a table has

@@ -1544,6 +1544,34 @@ impl Catalog {
         })
     }
 
+    /// By table id, the newest log sequence number of the write-ahead log `log` that each
+    /// table's files hold (see [`TableProperties::stream`]), in one query.
+    ///
+    /// # Errors
+    /// [`Error::CatalogCorrupt`] when a table's stream positions do not decode.
+    pub async fn stream_positions(&self, log: &str) -> Result<HashMap<i64, u64>> {
+        let stream = self.backend.property("t.properties", "stream");
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+            "SELECT t.id, d.name || '.' || t.name, {stream}
+             FROM tables t JOIN databases d ON d.id = t.database_id
+             WHERE {stream} IS NOT NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut positions = HashMap::new();
+        for (id, name, text) in rows {
+            let by_log: std::collections::BTreeMap<String, u64> = serde_json::from_str(&text)
+                .map_err(|e| Error::CatalogCorrupt {
+                    what: format!("stream positions of table {name}"),
+                    reason: e.to_string(),
+                })?;
+            if let Some(lsn) = by_log.get(log) {
+                positions.insert(id, *lsn);
+            }
+        }
+        Ok(positions)
+    }
+
     /// The tables with pinned partitions, with them, in one query (a crawl asks on every
     /// run, so not one query per table).
     pub async fn tables_with_pinned_partitions(&self) -> Result<Vec<(i64, Vec<PinnedPartition>)>> {
@@ -1952,7 +1980,27 @@ async fn set_commit_properties(
         .declared
         .as_ref()
         .map(|v| ("declared", serde_json::to_string(v)));
-    for (key, value) in state.into_iter().chain(declared) {
+    let stream = match &commit.stream_flushed {
+        Some((log, lsn)) => {
+            // Read, merge and write back in this transaction: other logs' positions stay.
+            let current: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT {} FROM tables WHERE id = $1",
+                backend.property("properties", "stream")
+            ))
+            .bind(table_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut positions: std::collections::BTreeMap<String, u64> = current
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            let newest = positions.entry(log.clone()).or_insert(0);
+            *newest = (*newest).max(*lsn);
+            Some(("stream", serde_json::to_string(&positions)))
+        }
+        None => None,
+    };
+    for (key, value) in state.into_iter().chain(declared).chain(stream) {
         let value =
             value.map_err(|e| Error::Internal(format!("table property {key} to JSON: {e}")))?;
         sqlx::query(&format!(

@@ -62,6 +62,7 @@ fn commit(
         one_file_per_partition: false,
         removals_read: false,
         from_listing: false,
+        stream_flushed: None,
     }
 }
 

@@ -146,6 +146,7 @@ async fn a_crawl_keeps_files_committed_after_its_listing_began() {
             one_file_per_partition: false,
             removals_read: false,
             from_listing: false,
+            stream_flushed: None,
         })
         .await
         .unwrap();

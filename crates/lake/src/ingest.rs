@@ -265,6 +265,7 @@ where
             one_file_per_partition: false,
             removals_read: false,
             from_listing: false,
+            stream_flushed: None,
         };
         let failed = match catalog.commit_table(&commit).await {
             Ok(_) => break,
@@ -290,6 +291,134 @@ where
     crate::deferred::defer(catalog, &location, removals).await;
     tracing::info!(table = %qualified, rows, files = written.done.len(), "ingested");
     Ok(rows)
+}
+
+/// Delivers a stream's buffered records (`batches`, in the table's schema as it was when
+/// they arrived) into `table`'s files, in one commit that also records `log`'s newest
+/// delivered sequence number. The commit is made holding `gate` for writing, and the guard
+/// is returned so the caller marks the records delivered before any provider reads the
+/// table's files again.
+///
+/// # Errors
+/// Store errors while writing; catalog errors (the table changed shape meanwhile: its
+/// schema is re-read and the commit retried first). Nothing is committed then, and the
+/// written files are deleted.
+pub(crate) async fn deliver<'g>(
+    to: Destination<'_>,
+    table: &TableEntry,
+    batches: Vec<RecordBatch>,
+    log: (String, u64),
+    gate: &'g tokio::sync::RwLock<()>,
+) -> Result<(u64, tokio::sync::RwLockWriteGuard<'g, ()>)> {
+    let catalog = to.catalog;
+    let qualified = format!("{}.{}", table.database, table.name);
+    let location = Location::parse_catalogued(&table.location)?;
+    let partitions = match table.partition_columns.is_empty() {
+        true => Vec::new(),
+        false => catalog.partitions(table.id).await?,
+    };
+    let store = to.stores.store_for(&location)?;
+    let router =
+        PartitionRouter::new(&location, &table.partition_columns, &partitions, &qualified)?;
+    // Records that arrived before the table was widened take its new columns as NULL.
+    let schema = table.table_schema();
+    let batches: Vec<Result<RecordBatch>> = batches
+        .iter()
+        .map(|b| crate::stream::conform(b, &schema, &qualified, false))
+        .collect();
+    let mut written = Written::new(Arc::clone(&store), u64::MAX);
+    let pending = PendingWrites {
+        catalog,
+        location: &location,
+    };
+    let id = format!("s{:020}-{}", log.1, uuid::Uuid::new_v4().simple());
+    let stream = futures::stream::iter(batches);
+    let (file_schema, rows) =
+        match write_all(&mut written, &router, Some(&pending), &id, stream).await {
+            Ok(r) => r,
+            Err(e) => {
+                written.abort().await;
+                return Err(e);
+            }
+        };
+    let mut current = table.clone();
+    for attempt in 1..=crate::catalog::SCHEMA_ATTEMPTS {
+        let file_schema = match widened(Some(&current), &file_schema, &qualified) {
+            Ok(schema) => schema,
+            Err(e) => {
+                written.abort().await;
+                return Err(e);
+            }
+        };
+        let commit = TableCommit {
+            stream_flushed: Some(log.clone()),
+            ..files_commit(
+                &current,
+                &location,
+                file_schema,
+                written.done.clone(),
+                Vec::new(),
+            )
+        };
+        let guard = gate.write().await;
+        let failed = match catalog.commit_table(&commit).await {
+            Ok(_) => {
+                tracing::info!(table = %qualified, rows, files = written.done.len(), lsn = log.1, "stream delivered");
+                return Ok((rows, guard));
+            }
+            Err(crate::catalog::Error::SchemaMoved(_))
+                if attempt < crate::catalog::SCHEMA_ATTEMPTS =>
+            {
+                drop(guard);
+                match catalog.table(&current.database, &current.name).await {
+                    Ok(Some(now)) if now.id == current.id => {
+                        current = now;
+                        continue;
+                    }
+                    Ok(_) => Error::TableNotFound {
+                        name: qualified.clone(),
+                    },
+                    Err(e) => e.into(),
+                }
+            }
+            Err(e) => e.into(),
+        };
+        written.abort().await;
+        return Err(failed);
+    }
+    written.abort().await;
+    Err(Error::Conflict(format!(
+        "{qualified}: its schema kept changing while a stream was delivered"
+    )))
+}
+
+/// The commit of new files `upserts` (and `removals`) into the existing Parquet table `t`,
+/// its schema now `file_schema`.
+fn files_commit(
+    t: &TableEntry,
+    location: &Location,
+    file_schema: SchemaRef,
+    upserts: Vec<FileEntry>,
+    removals: Vec<String>,
+) -> TableCommit {
+    TableCommit {
+        database: t.database.clone(),
+        name: t.name.clone(),
+        location: location.to_string(),
+        format: TableFormat::Parquet,
+        partition_columns: t.partition_columns.clone(),
+        file_schema,
+        base_schema_version: Some(t.schema_version),
+        upserts,
+        removals,
+        declared: None,
+        format_state: None,
+        create_only: false,
+        one_file_per_partition: false,
+        removals_read: false,
+        from_listing: false,
+        stream_flushed: None,
+    }
 }
 
 /// Files of a table to write again: the table as read, the catalogued files the rows come
@@ -341,21 +470,14 @@ where
         return Err(e);
     }
     let commit = TableCommit {
-        database: t.database.clone(),
-        name: t.name.clone(),
-        location: location.to_string(),
-        format: TableFormat::Parquet,
-        partition_columns: t.partition_columns.clone(),
-        file_schema: Arc::clone(&t.file_schema),
-        base_schema_version: Some(t.schema_version),
-        upserts: written.done.clone(),
-        removals: rewrite.replaced.clone(),
-        declared: None,
-        format_state: None,
-        create_only: false,
-        one_file_per_partition: false,
         removals_read: true,
-        from_listing: false,
+        ..files_commit(
+            t,
+            &location,
+            Arc::clone(&t.file_schema),
+            written.done.clone(),
+            rewrite.replaced.clone(),
+        )
     };
     if let Err(e) = rewrite.catalog.commit_table(&commit).await {
         written.abort().await;

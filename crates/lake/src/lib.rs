@@ -29,6 +29,7 @@ pub mod ingest;
 mod probe;
 pub mod rollup;
 pub mod storage;
+pub mod stream;
 pub mod table;
 
 pub use error::{Error, Result};

@@ -64,6 +64,8 @@ pub struct CatalogTable {
     delegate: Option<Arc<dyn TableProvider>>,
     /// CSV or JSON files, read with these options (Parquet when `None`).
     text: Option<TextOptions>,
+    /// Streamed records not in `files`: scans read them too.
+    stream: Option<crate::stream::StreamView>,
 }
 
 /// How a CSV or JSON table's files are read (from its catalogued format state).
@@ -334,6 +336,7 @@ impl CatalogTable {
             statistics,
             delegate: None,
             text,
+            stream: None,
         })
     }
 
@@ -355,6 +358,7 @@ impl CatalogTable {
             statistics,
             delegate: Some(provider),
             text: None,
+            stream: None,
         }
     }
 
@@ -364,6 +368,17 @@ impl CatalogTable {
     }
 
     /// The catalog entry this provider was built from.
+    /// This table with the buffered records of `view` (streamed, not yet in its files).
+    pub fn with_stream(mut self, view: Option<crate::stream::StreamView>) -> Self {
+        self.stream = view;
+        self
+    }
+
+    /// Whether scans of this table include buffered records (streamed, not yet in files).
+    pub fn has_buffered_rows(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.has_rows())
+    }
+
     pub fn entry(&self) -> &TableEntry {
         &self.entry
     }
@@ -534,10 +549,118 @@ impl TableProvider for CatalogTable {
     }
 
     fn statistics(&self) -> Option<Statistics> {
+        // Buffered records are not in the files' statistics: nothing is known for sure.
+        if self.has_buffered_rows() {
+            return Some(Statistics::new_unknown(&self.schema));
+        }
         Some(self.statistics.clone())
     }
 
     async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let files = self.scan_files(state, projection, filters, limit).await?;
+        let buffered = match &self.stream {
+            Some(view) if state.config().get_extension::<FilesOnly>().is_none() => view.batches(),
+            _ => Vec::new(),
+        };
+        if buffered.is_empty() {
+            return Ok(files);
+        }
+        let buffer = self.scan_buffer(state, buffered, projection, filters)?;
+        if files.downcast_ref::<EmptyExec>().is_some() {
+            return Ok(buffer);
+        }
+        datafusion::physical_plan::union::UnionExec::try_new(vec![files, buffer])
+    }
+}
+
+/// A session extension that makes catalog tables' scans read their files only, leaving
+/// out streamed records still buffered (a materialized view's refresh: the view's rows
+/// must match the files its freshness is judged by).
+#[derive(Debug, Default)]
+pub struct FilesOnly;
+
+impl CatalogTable {
+    /// A scan of buffered batches: in the table's current schema (a batch buffered before
+    /// the table was widened gets NULL for the new columns), projected, with the filters
+    /// on partition columns applied (they are reported exact, so nothing above applies
+    /// them again).
+    fn scan_buffer(
+        &self,
+        state: &dyn Session,
+        batches: Vec<RecordBatch>,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let qualified = format!("{}.{}", self.entry.database, self.entry.name);
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| {
+                if b.schema() == self.schema {
+                    Ok(b.clone())
+                } else {
+                    crate::stream::conform(b, &self.schema, &qualified, false)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                }
+            })
+            .collect::<DfResult<_>>()?;
+        let names = self.partition_names();
+        let exact: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !names.is_empty() && expr_applicable_for_cols(&names, f))
+            .cloned()
+            .collect();
+        // Spread over the session's partitions, so a large buffer is scanned in parallel.
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(batches.len().max(1));
+        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+        for (i, batch) in batches.into_iter().enumerate() {
+            partitions[i % n].push(batch);
+        }
+        let all = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &partitions,
+            Arc::clone(&self.schema),
+            None,
+        )?;
+        let mut plan: Arc<dyn ExecutionPlan> = all;
+        if let Some(predicate) = datafusion::logical_expr::utils::conjunction(exact) {
+            let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+            let predicate = state.create_physical_expr(predicate, &df_schema)?;
+            plan = Arc::new(datafusion::physical_plan::filter::FilterExec::try_new(
+                predicate, plan,
+            )?);
+        }
+        if let Some(p) = projection {
+            let schema = plan.schema();
+            let columns: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = p
+                .iter()
+                .map(|i| {
+                    let name = schema.field(*i).name().clone();
+                    (
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            &name, *i,
+                        )) as _,
+                        name,
+                    )
+                })
+                .collect();
+            plan = Arc::new(
+                datafusion::physical_plan::projection::ProjectionExec::try_new(columns, plan)?,
+            );
+        }
+        Ok(plan)
+    }
+
+    /// A scan of the table's catalogued files (or its format's own reader).
+    async fn scan_files(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,

@@ -21,6 +21,7 @@ mod executions;
 mod listener;
 mod openapi;
 mod query;
+mod streams;
 
 pub use executions::Executions;
 pub use listener::CONTENT_SECURITY_POLICY;
@@ -37,6 +38,9 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use tarn_lake::engine::Engine;
+
+/// The largest body `POST /v1/streams/…/records` takes (a Firehose-sized batch and more).
+const STREAM_BODY_BYTES: usize = 64 << 20;
 use tarn_lake::error::{Error, Result};
 
 /// Whether the server is shutting down (no longer ready for new work).
@@ -102,6 +106,11 @@ pub fn router(engine: Engine, draining: Draining, api: Option<QueryApi>) -> Rout
                 .route("/v1/databases", get(catalog::databases))
                 .route("/v1/tables/{db}", get(catalog::tables))
                 .route("/v1/tables/{db}/{table}", get(catalog::table))
+                .route(
+                    "/v1/streams/{db}/{table}/records",
+                    post(streams::records)
+                        .layer(axum::extract::DefaultBodyLimit::max(STREAM_BODY_BYTES)),
+                )
                 .with_state(query::Api {
                     engine,
                     auth: api.auth,

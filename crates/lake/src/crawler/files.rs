@@ -189,6 +189,7 @@ impl Crawler {
             one_file_per_partition: false,
             removals_read: false,
             from_listing: true,
+            stream_flushed: None,
             format_state: match format {
                 FileFormat::Parquet => None,
                 FileFormat::Csv => Some(FormatState::Csv {

@@ -1094,6 +1094,7 @@ impl Crawler {
             one_file_per_partition: false,
             removals_read: false,
             from_listing: false,
+            stream_flushed: None,
         };
         let commit_started = Instant::now();
         let outcome = self.catalog.commit_table(&commit).await?;

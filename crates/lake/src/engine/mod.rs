@@ -16,6 +16,7 @@ mod parse;
 mod planner;
 pub mod settings;
 mod sql_views;
+mod streams;
 pub mod system;
 pub mod time_travel;
 mod views;
@@ -89,6 +90,10 @@ struct Shared {
     /// The server's planner switches (`tarn.<key>`, value): what a session's `RESET`
     /// returns to.
     switches: Vec<(String, String)>,
+    /// Streamed records: the log and the tables' buffers.
+    streams: Arc<crate::stream::Streams>,
+    /// Held while buffered records are delivered (one pass at a time).
+    delivering: tokio::sync::Mutex<()>,
 }
 
 /// Plans and runs SQL over the catalog. Cheap to clone; shared by all requests.
@@ -236,6 +241,8 @@ impl Engine {
             ready: std::sync::atomic::AtomicI64::new(i64::MIN),
             target_partitions: config.target_partitions(),
             switches: settings::switch_values(config.options()),
+            streams: Arc::default(),
+            delivering: tokio::sync::Mutex::new(()),
         });
         let metrics = Arc::clone(&shared.admission.metrics);
         catalog.observe(Arc::new(move |event| metrics.catalog(event)));
@@ -424,6 +431,49 @@ impl Engine {
     /// The session state every request starts from.
     pub(crate) fn base_state(&self) -> &SessionState {
         &self.state
+    }
+
+    /// The session state with scans reading catalogued files only, not streamed records
+    /// still buffered (see [`crate::table::FilesOnly`]).
+    pub(crate) fn files_only_state(&self) -> SessionState {
+        let mut state = self.state.clone();
+        state
+            .config_mut()
+            .set_extension(Arc::new(crate::table::FilesOnly));
+        state
+    }
+
+    /// The streams' buffers and log.
+    pub(crate) fn streams(&self) -> &Arc<crate::stream::Streams> {
+        &self.shared.streams
+    }
+
+    /// Forgets the cached provider of a table (its files changed).
+    pub(crate) fn forget_provider(&self, table_id: i64) {
+        if let Ok(mut cache) = self.shared.providers.lock() {
+            cache.remove(&table_id);
+        }
+    }
+
+    /// Every catalogued table by id, as of the snapshot.
+    pub(crate) fn tables_by_id(&self) -> HashMap<i64, TableEntry> {
+        self.shared
+            .snapshot()
+            .databases
+            .values()
+            .flat_map(|tables| tables.values())
+            .map(|e| (e.id, e.clone()))
+            .collect()
+    }
+
+    /// The snapshot's entry of `database.name`.
+    pub(crate) fn snapshot_entry(&self, database: &str, name: &str) -> Option<TableEntry> {
+        self.shared
+            .snapshot()
+            .databases
+            .get(database)
+            .and_then(|d| d.get(name))
+            .cloned()
     }
 
     /// The database unqualified table names resolve in.
@@ -1273,8 +1323,13 @@ impl Engine {
                     .map(|t| (t.entry().id, t.entry().version, behind))
             })
             .collect();
+        // Streamed records change a table's rows between its versions.
+        let streamed: Vec<u64> = inputs
+            .iter()
+            .map(|i| self.shared.streams.newest(i.id))
+            .collect();
         format!(
-            "{}\n{inputs:?}\n{views:?}\nrewrite={}",
+            "{}\n{inputs:?}\n{views:?}\n{streamed:?}\nrewrite={}",
             df.logical_plan().display_indent(),
             self.rollup_rewrite
         )
@@ -1374,8 +1429,20 @@ impl Shared {
             Arc::new(self.delta_table(entry, at).await?)
         } else {
             // Read the entry again with its files, so they belong to one version even if a
-            // crawl commits in between (the version then simply moves on).
+            // crawl commits in between (the version then simply moves on). A stream's
+            // delivery cannot commit meanwhile: the provider knows which buffered records
+            // its files hold.
+            let gate = self.streams.gate().read().await;
+            let view = match entry.format {
+                TableFormat::Parquet => self.streams.reader(&crate::stream::TableKey {
+                    id: entry.id,
+                    database: entry.database.clone(),
+                    name: entry.name.clone(),
+                }),
+                _ => None,
+            };
             let files = self.catalog.files(entry.id).await?;
+            drop(gate);
             let text = match entry.format {
                 TableFormat::Parquet => None,
                 format => {
@@ -1383,12 +1450,10 @@ impl Shared {
                     crate::table::TextOptions::of(format, &properties)
                 }
             };
-            Arc::new(CatalogTable::try_new(
-                entry.clone(),
-                files,
-                location.store_url(),
-                text,
-            )?)
+            Arc::new(
+                CatalogTable::try_new(entry.clone(), files, location.store_url(), text)?
+                    .with_stream(view),
+            )
         };
         if let Ok(mut cache) = self.providers.lock() {
             cache.insert(entry.id, (entry.clone(), Arc::clone(&provider)));

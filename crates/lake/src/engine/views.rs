@@ -207,8 +207,7 @@ impl Engine {
 
         // The base is read as it is: answering the refresh from the view being refreshed
         // would read the rows it replaces.
-        let ctx =
-            SessionContext::new_with_state(self.without_rollup_rewrite().base_state().clone());
+        let ctx = SessionContext::new_with_state(self.without_rollup_rewrite().files_only_state());
         let mut storage_schema: Option<SchemaRef> =
             storage.as_ref().map(|s| s.entry().file_schema.clone());
         let commit = |schema: SchemaRef, upserts, removals| TableCommit {
@@ -228,6 +227,7 @@ impl Engine {
             one_file_per_partition: true,
             removals_read: false,
             from_listing: false,
+            stream_flushed: None,
         };
         for group in stale.chunks(PARTITIONS_PER_QUERY) {
             let (result_schema, batches) = compute(&ctx, &def, prefix, group).await?;

@@ -239,8 +239,13 @@ fn source_of(plan: &LogicalPlan) -> Option<(Vec<Expr>, TableEntry)> {
                 for f in &scan.filters {
                     push(f);
                 }
-                let entry = catalog_entry(&scan.source)?;
-                return Some((conjuncts, entry));
+                // Streamed records still buffered are in no view's rows: the base answers.
+                let provider = source_as_provider(&scan.source).ok()?;
+                let table = provider.downcast_ref::<CatalogTable>()?;
+                if table.has_buffered_rows() {
+                    return None;
+                }
+                return Some((conjuncts, table.entry().clone()));
             }
             _ => return None,
         }

@@ -15,6 +15,7 @@ pub mod handle;
 pub mod info;
 pub mod service;
 pub mod session;
+mod stream;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -892,6 +893,24 @@ impl FlightSqlService for TarnFlightSql {
         Ok(Response::new(one_batch(RecordBatch::new_empty(
             foreign_keys_schema(),
         ))))
+    }
+
+    async fn do_put_fallback(
+        &self,
+        request: Request<PeekableFlightDataStream>,
+        message: Any,
+    ) -> std::result::Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoPutStream>,
+        Status,
+    > {
+        // A path descriptor (no command) names a table to stream into.
+        if message.type_url.is_empty() && message.value.is_empty() {
+            return stream::do_put_stream(&self.engine, request).await;
+        }
+        Err(Status::unimplemented(format!(
+            "DoPut with command {} is not supported",
+            message.type_url
+        )))
     }
 
     async fn do_put_statement_update(

@@ -29,6 +29,7 @@ use super::query::QueryRequest;
         super::catalog::tables,
         super::catalog::table,
         super::catalog::crawlers,
+        super::streams::records,
         super::console::whoami,
         super::console::login,
         super::metrics,

@@ -677,6 +677,9 @@ pub(crate) fn status_of(e: &Error) -> (StatusCode, &'static str) {
         Error::ResourceExhausted(m) if m.starts_with("too many queries") => {
             (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_QUERIES")
         }
+        Error::ResourceExhausted(m) if m.starts_with("stream buffers are full") => {
+            (StatusCode::TOO_MANY_REQUESTS, "STREAM_BUFFERS_FULL")
+        }
         Error::ResourceExhausted(_) => (StatusCode::SERVICE_UNAVAILABLE, "RESOURCE_EXHAUSTED"),
         Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "TIMEOUT"),
         Error::ObjectStore { .. } | Error::Io { .. } | Error::Execution(_) => {
@@ -706,6 +709,12 @@ pub(crate) async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -
 pub(crate) fn error_response(e: Error) -> Response {
     let (status, _) = status_of(&e);
     let mut response = (status, Json(serde_json::json!({"error": error_json(&e)}))).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
