@@ -360,6 +360,7 @@ def test_the_openapi_document_describes_every_route(lake):
                     ("/v1/databases", "get"), ("/v1/tables/{db}", "get"),
                     ("/v1/tables/{db}/{table}", "get"), ("/v1/openapi.json", "get"),
                     ("/v1/crawlers", "get"), ("/v1/session", "get"), ("/v1/session", "post"),
+                    ("/v1/streams/{db}/{table}/records", "post"),
                     ("/metrics", "get"), ("/healthz", "get"), ("/readyz", "get")}
         documented = {(path, method) for path, methods in doc["paths"].items() for method in methods}
         assert documented == expected
