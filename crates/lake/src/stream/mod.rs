@@ -99,17 +99,6 @@ impl StreamView {
                 .any(|e| e.delivered_at.is_none_or(|d| d > self.epoch))
         })
     }
-
-    /// A position that changes whenever the visible rows do (for result cache keys).
-    pub fn position(&self) -> (u64, u64) {
-        let state = self.streams.lock();
-        let newest = state
-            .tables
-            .get(&self.table_id)
-            .and_then(|t| t.entries.back().map(|e| e.lsn))
-            .unwrap_or(0);
-        (self.epoch, newest)
-    }
 }
 
 struct Append {
@@ -189,11 +178,6 @@ impl Streams {
     /// while a delivery commits and marks its records delivered.
     pub fn gate(&self) -> &tokio::sync::RwLock<()> {
         &self.gate
-    }
-
-    /// Whether the log is open (a server streams; a CLI command does not).
-    pub fn started(&self) -> bool {
-        self.started.get().is_some()
     }
 
     /// The options the streams were started with.
@@ -529,13 +513,6 @@ impl Streams {
                 .back()
                 .map_or(t.delivered, |e| e.lsn.max(t.delivered))
         })
-    }
-
-    /// Buffered bytes and records pending delivery, all tables (for metrics and tests).
-    pub fn buffered(&self) -> (usize, usize) {
-        let state = self.lock();
-        let pending = state.tables.values().map(|t| t.pending().count()).sum();
-        (state.bytes, pending)
     }
 }
 
